@@ -1,0 +1,348 @@
+"""Client library: :class:`AsyncClient` (asyncio) and :class:`Client` (blocking).
+
+Both speak the same protocol through DEALER sockets and share every public
+method through :class:`_Api`; only the transport differs. Every call has a
+timeout and raises a typed :mod:`spear.errors` exception.
+
+``node=ADDR`` on a call talks to that Spearlet directly (FunctionService)
+instead of going through the SMS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import time
+from typing import Any, Callable, Iterator
+
+import zmq
+
+from . import errors, protocol as P
+from .config import DEFAULT_SMS
+from .mesh import DealerPeer, context
+
+
+def _default_sms() -> str:
+    # the client library takes its default like the CLI does
+    return os.environ.get("SPEAR_SMS") or DEFAULT_SMS
+
+
+def _nodes(reply, payload):
+    return list(reply.nodes)
+
+
+def _node(reply, payload):
+    return reply.node
+
+
+def _pong(reply, payload):
+    return reply
+
+
+def _function(reply, payload):
+    return reply.function
+
+
+def _functions(reply, payload):
+    return list(reply.functions)
+
+
+def _none(reply, payload):
+    return None
+
+
+def _accepted(reply, payload):
+    return reply.execution_id
+
+
+class ExecutionResult:
+    """The outcome of an execution: its record plus the output bytes."""
+
+    __slots__ = ("info", "output")
+
+    def __init__(self, info: P.ExecutionInfo, output: bytes) -> None:
+        self.info = info
+        self.output = output
+
+    @property
+    def ok(self) -> bool:
+        return self.info.status == "succeeded"
+
+    @property
+    def status(self) -> str:
+        return self.info.status
+
+    @property
+    def execution_id(self) -> str:
+        return self.info.execution_id
+
+    def raise_for_status(self) -> "ExecutionResult":
+        """Raise the typed error of a failed execution; return self otherwise."""
+        if self.info.error is not None and not self.ok:
+            raise errors.from_code(self.info.error.code, self.info.error.message)
+        return self
+
+    def __repr__(self) -> str:
+        return f"ExecutionResult({self.info.status}, {self.output[:60]!r})"
+
+
+def _result(reply, payload):
+    return ExecutionResult(reply.execution, bytes(payload) if payload is not None else b"")
+
+
+class _Api:
+    """The public operations, written once for both transports.
+
+    ``_call(target, msg, payload, extract, timeout)`` is provided by the
+    transport: it returns the extracted value (blocking) or an awaitable.
+    """
+
+    timeout: float
+
+    def _next_id(self) -> int:
+        raise NotImplementedError
+
+    def _call(self, target, msg, payload, extract, timeout):
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ any daemon
+
+    def ping(self, *, node: str | None = None, timeout: float | None = None):
+        """Liveness probe of the SMS (or of the Spearlet at ``node``)."""
+        return self._call(node, P.Ping(id=self._next_id()), None, _pong, timeout)
+
+    # ------------------------------------------------------------ NodeService
+
+    def nodes(self, state: str | None = None, *, timeout: float | None = None):
+        """All registered nodes (optionally only those in ``state``)."""
+        return self._call(None, P.ListNodes(id=self._next_id(), state=state), None, _nodes, timeout)
+
+    def node(self, node_id: str, *, timeout: float | None = None):
+        """One node by id or name; raises NotFound."""
+        return self._call(None, P.GetNode(id=self._next_id(), node_id=node_id), None, _node, timeout)
+
+    # ------------------------------------------------------------ functions
+
+    def deploy(self, spec: P.FunctionSpec, *, node: str | None = None, timeout: float | None = None):
+        """Deploy a function (directly on ``node``); returns its FunctionInfo."""
+        return self._call(node, P.DeployFunction(id=self._next_id(), spec=spec), None, _function,
+                          timeout or max(self.timeout, 60.0))
+
+    def remove(self, name: str, *, node: str | None = None, timeout: float | None = None):
+        """Remove a deployed function."""
+        return self._call(node, P.RemoveFunction(id=self._next_id(), name=name), None, _none, timeout)
+
+    def functions(self, *, node: str | None = None, timeout: float | None = None):
+        """The functions deployed (on ``node``)."""
+        return self._call(node, P.ListFunctions(id=self._next_id()), None, _functions, timeout)
+
+    # ------------------------------------------------------------ executions
+
+    def invoke(
+        self,
+        function: str,
+        data: bytes | str = b"",
+        *,
+        args: list | None = None,
+        node: str | None = None,
+        timeout: float | None = None,
+        trace_id: str = "",
+    ):
+        """Run ``function`` and return its :class:`ExecutionResult` (sync mode).
+
+        A failed execution is a result with ``status != "succeeded"``, not an
+        exception; call ``raise_for_status()`` to turn it into one.
+        """
+        if isinstance(data, str):
+            data = data.encode()
+        msg = P.Invoke(id=self._next_id(), function=function, args=list(args or ()),
+                       timeout=timeout, trace_id=trace_id)
+        wait = (timeout or self.timeout) + 5.0
+        return self._call(node, msg, data, _result, wait)
+
+    def submit(
+        self,
+        function: str,
+        data: bytes | str = b"",
+        *,
+        args: list | None = None,
+        node: str | None = None,
+        timeout: float | None = None,
+        trace_id: str = "",
+    ):
+        """Start ``function`` asynchronously; returns the execution id."""
+        if isinstance(data, str):
+            data = data.encode()
+        msg = P.Invoke(id=self._next_id(), function=function, args=list(args or ()),
+                       mode="async", timeout=timeout, trace_id=trace_id)
+        return self._call(node, msg, data, _accepted, None)
+
+    def execution(self, execution_id: str, *, wait: float = 0.0, node: str | None = None,
+                  timeout: float | None = None):
+        """An execution's current record; ``wait`` seconds for it to finish."""
+        msg = P.GetExecution(id=self._next_id(), execution_id=execution_id, wait=wait)
+        return self._call(node, msg, None, _result, (timeout or self.timeout) + wait)
+
+    def wait(self, execution_id: str, *, timeout: float = 60.0, node: str | None = None):
+        """Wait until the execution reaches a terminal state."""
+        return self.execution(execution_id, wait=timeout, node=node)
+
+    def cancel(self, execution_id: str, *, node: str | None = None, timeout: float | None = None):
+        """Cancel an execution that has not finished."""
+        msg = P.CancelExecution(id=self._next_id(), execution_id=execution_id)
+        return self._call(node, msg, None, _none, timeout)
+
+
+class AsyncClient(_Api):
+    """asyncio client. Use ``async with AsyncClient(sms) as c:``."""
+
+    def __init__(self, sms: str | None = None, *, timeout: float = 10.0) -> None:
+        self.sms = sms or _default_sms()
+        self.timeout = timeout
+        self._peers: dict[str | None, DealerPeer] = {}
+        self._ids = itertools.count(1)
+
+    def _peer(self, target: str | None) -> DealerPeer:
+        peer = self._peers.get(target)
+        if peer is None:
+            peer = DealerPeer(f"client->{target or 'sms'}")
+            peer._ids = self._ids  # one id space for all sockets of this client
+            peer.connect(target or self.sms)
+            peer.start()
+            self._peers[target] = peer
+        return peer
+
+    def _next_id(self) -> int:
+        return next(self._ids)
+
+    async def _call(self, target, msg, payload, extract, timeout):
+        peer = self._peer(target)
+        reply, rpayload = await peer.request(msg, payload, timeout=timeout or self.timeout)
+        return extract(reply, rpayload)
+
+    async def stream(self, function: str, data: bytes | str = b"", *, args=None,
+                     node: str | None = None, timeout: float | None = None, trace_id: str = ""):
+        """Invoke in stream mode: yields ``LogChunk`` data (bytes), then the result."""
+        if isinstance(data, str):
+            data = data.encode()
+        peer = self._peer(node)
+        queue: asyncio.Queue = asyncio.Queue()
+        msg = P.Invoke(id=self._next_id(), function=function, args=list(args or ()),
+                       mode="stream", timeout=timeout, trace_id=trace_id)
+        fut = peer.request(msg, data, timeout=(timeout or self.timeout) + 5.0,
+                           on_item=lambda m, p: queue.put_nowait(m.data))
+        fut.add_done_callback(lambda f: queue.put_nowait(None))
+        while True:
+            item = await queue.get()
+            if item is None:
+                break
+            yield item
+        reply, rpayload = fut.result()
+        yield _result(reply, rpayload)
+
+    async def close(self) -> None:
+        for peer in self._peers.values():
+            peer.close()
+        self._peers.clear()
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+
+class Client(_Api):
+    """Blocking client over plain zmq sockets (no event loop needed)."""
+
+    def __init__(self, sms: str | None = None, *, timeout: float = 10.0) -> None:
+        self.sms = sms or _default_sms()
+        self.timeout = timeout
+        self._socks: dict[str | None, zmq.Socket] = {}
+        self._ids = itertools.count(1)
+
+    def _sock(self, target: str | None) -> zmq.Socket:
+        s = self._socks.get(target)
+        if s is None:
+            s = context().socket(zmq.DEALER)
+            s.setsockopt(zmq.LINGER, 0)
+            s.connect(target or self.sms)
+            self._socks[target] = s
+        return s
+
+    def _next_id(self) -> int:
+        return next(self._ids)
+
+    def _exchange(self, target, msg, payload, timeout, on_item: Callable | None = None):
+        sock = self._sock(target)
+        timeout = timeout or self.timeout
+        sock.send_multipart(P.encode(msg, payload))
+        deadline = time.monotonic() + timeout
+        addr = target or self.sms
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not sock.poll(int(left * 1000) + 1):
+                if time.monotonic() >= deadline:
+                    # a late reply must not be read as the answer to the next call
+                    sock.close(linger=0)
+                    self._socks.pop(target, None)
+                    raise errors.DeadlineExceeded(f"no reply from {addr} within {timeout:g}s")
+                continue
+            try:
+                reply, rpayload = P.decode(sock.recv_multipart())
+            except errors.ProtocolError:
+                continue
+            if getattr(reply, "id", None) != msg.id:
+                continue  # stale reply of an earlier, abandoned call
+            if isinstance(reply, P.LogChunk) and on_item is not None:
+                on_item(reply, rpayload)
+                continue
+            P.raise_for(reply)
+            return reply, rpayload
+
+    def _call(self, target, msg, payload, extract, timeout):
+        return extract(*self._exchange(target, msg, payload, timeout))
+
+    def stream(self, function: str, data: bytes | str = b"", *, args=None,
+               node: str | None = None, timeout: float | None = None,
+               trace_id: str = "") -> Iterator[Any]:
+        """Invoke in stream mode: yields log chunks (bytes) as they arrive, then the result."""
+        if isinstance(data, str):
+            data = data.encode()
+        msg = P.Invoke(id=self._next_id(), function=function, args=list(args or ()),
+                       mode="stream", timeout=timeout, trace_id=trace_id)
+        sock = self._sock(node)
+        sock.send_multipart(P.encode(msg, data))
+        deadline = time.monotonic() + (timeout or self.timeout) + 5.0
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                sock.close(linger=0)
+                self._socks.pop(node, None)
+                raise errors.DeadlineExceeded(f"stream from {node or self.sms} timed out")
+            if not sock.poll(int(left * 1000) + 1):
+                continue
+            try:
+                reply, rpayload = P.decode(sock.recv_multipart())
+            except errors.ProtocolError:
+                continue
+            if getattr(reply, "id", None) != msg.id:
+                continue
+            if isinstance(reply, P.LogChunk):
+                yield reply.data
+                continue
+            P.raise_for(reply)
+            yield _result(reply, rpayload)
+            return
+
+    def close(self) -> None:
+        for s in self._socks.values():
+            s.close(linger=0)
+        self._socks.clear()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

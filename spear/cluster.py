@@ -1,0 +1,203 @@
+"""An embedded cluster of real daemons on loopback (``spear up``, demo, tests, bench).
+
+Each daemon is a subprocess started with ``sys.executable -m spear ...`` so it
+behaves exactly like one an operator starts by hand.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from . import errors
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (bound then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Cluster:
+    """SMS + N Spearlets as subprocesses; a context manager that always cleans up."""
+
+    def __init__(
+        self,
+        data: str | Path,
+        *,
+        spearlets: int = 2,
+        sms_port: int | None = None,
+        store: str = "leveldb",
+        config: str | None = None,
+        heartbeat_interval: float | None = None,
+        heartbeat_timeout: float | None = None,
+        cleanup_interval: float | None = None,
+        log_level: str = "info",
+        env: dict | None = None,
+        quiet: bool = True,
+        labels: list[str] | None = None,
+    ) -> None:
+        self.data = Path(data)
+        self.n = spearlets
+        self.sms_port = sms_port or free_port()
+        self.sms_addr = f"tcp://127.0.0.1:{self.sms_port}"
+        self.store = store
+        self.config = config
+        self.hb = (heartbeat_interval, heartbeat_timeout, cleanup_interval)
+        self.log_level = log_level
+        self.env = {**os.environ, **(env or {})}
+        self.quiet = quiet
+        self.labels = labels or []
+        self.sms: subprocess.Popen | None = None
+        self.spearlets: list[subprocess.Popen] = []
+        self.spearlet_addrs: list[str] = []
+        self._logs: list = []
+
+    # ---------------------------------------------------------------- processes
+
+    def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen:
+        self.data.mkdir(parents=True, exist_ok=True)
+        out = open(self.data / f"{log_name}.log", "ab")
+        self._logs.append(out)
+        cmd = [sys.executable, "-m", "spear", "--log-level", self.log_level, *args]
+        if self.config:
+            cmd += ["--config", self.config]
+        return subprocess.Popen(
+            cmd,
+            stdout=out if self.quiet else None,
+            stderr=out if self.quiet else None,
+            env=self.env,
+            start_new_session=True,
+        )
+
+    def start_sms(self) -> subprocess.Popen:
+        args = ["sms", "--listen", self.sms_addr, "--data", str(self.data / "sms"), "--store", self.store]
+        hi, ht, ci = self.hb
+        if hi is not None:
+            args += ["--heartbeat-interval", str(hi)]
+        if ht is not None:
+            args += ["--heartbeat-timeout", str(ht)]
+        if ci is not None:
+            args += ["--cleanup-interval", str(ci)]
+        self.sms = self._spawn(args, "sms")
+        return self.sms
+
+    def start_spearlet(self, i: int, port: int | None = None) -> subprocess.Popen:
+        if i < len(self.spearlet_addrs):
+            addr = self.spearlet_addrs[i]
+        else:
+            addr = f"tcp://127.0.0.1:{port or free_port()}"
+            self.spearlet_addrs.append(addr)
+        args = ["spearlet", "--sms", self.sms_addr, "--listen", addr, "--name", f"spearlet-{i + 1}",
+                "--data", str(self.data / f"spearlet-{i + 1}")]
+        if i < len(self.labels) and self.labels[i]:
+            args += ["--labels", self.labels[i]]
+        p = self._spawn(args, f"spearlet-{i + 1}")
+        if i < len(self.spearlets):
+            self.spearlets[i] = p
+        else:
+            self.spearlets.append(p)
+        return p
+
+    def start(self, *, wait: float = 30.0, first_spearlet_port: int | None = None) -> "Cluster":
+        self.start_sms()
+        for i in range(self.n):
+            self.start_spearlet(i, first_spearlet_port + i if first_spearlet_port else None)
+        if wait:
+            self.wait_ready(self.n, timeout=wait)
+        return self
+
+    def wait_ready(self, count: int, *, timeout: float = 30.0) -> list:
+        """Block until ``count`` nodes are ready; raise DeadlineExceeded otherwise."""
+        from .client import Client
+
+        deadline = time.monotonic() + timeout
+        last: list = []
+        with Client(self.sms_addr, timeout=1.0) as c:
+            while time.monotonic() < deadline:
+                self._check_alive()
+                try:
+                    last = c.nodes("ready")
+                    if len(last) >= count:
+                        return last
+                except errors.DeadlineExceeded:
+                    pass
+                time.sleep(0.05)
+        raise errors.DeadlineExceeded(
+            f"only {len(last)} of {count} nodes ready after {timeout}s (logs in {self.data})")
+
+    def _check_alive(self) -> None:
+        if self.sms is not None and self.sms.poll() is not None:
+            raise errors.Unavailable(f"SMS exited with {self.sms.returncode} (log {self.data}/sms.log)")
+
+    @staticmethod
+    def stop_process(p: subprocess.Popen | None, *, sig=signal.SIGTERM, timeout: float = 10.0) -> int | None:
+        """Signal a daemon, wait for it, kill it if it does not go."""
+        if p is None or p.poll() is not None:
+            return None if p is None else p.returncode
+        try:
+            p.send_signal(sig)
+            return p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            return p.wait(5)
+
+    def stop(self) -> None:
+        for p in self.spearlets:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.spearlets:
+            self.stop_process(p)
+        self.stop_process(self.sms)
+        for f in self._logs:
+            f.close()
+        self._logs.clear()
+
+    def __enter__(self) -> "Cluster":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def run_up(args) -> int:
+    """``spear up``: run the embedded cluster until Ctrl-C or SIGTERM."""
+    t0 = time.perf_counter()
+    cluster = Cluster(args.data, spearlets=args.spearlets, sms_port=args.port, store=args.store,
+                      config=args.config, quiet=False)
+    stopping = []
+
+    def on_signal(signum, frame):
+        stopping.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        cluster.start(wait=0, first_spearlet_port=args.port + 1)
+        nodes = cluster.wait_ready(args.spearlets, timeout=30)
+        print(f"spear up: SMS {cluster.sms_addr}, {len(nodes)} spearlet(s) ready in "
+              f"{time.perf_counter() - t0:.2f}s; data in {args.data}. Ctrl-C stops.", flush=True)
+        print(f"  try: spear nodes --sms {cluster.sms_addr}", flush=True)
+        while True:
+            cluster._check_alive()
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    except errors.SpearError as exc:
+        print(f"spear up: {exc.code}: {exc.message}", file=sys.stderr)
+        cluster.stop()
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    cluster.stop()
+    print("spear up: stopped", flush=True)
+    return 0

@@ -1,0 +1,303 @@
+"""Typed configuration, loaded in one place.
+
+Precedence, lowest first: built-in defaults < one TOML file < ``SPEAR_*``
+environment variables < command-line flags. This is the only module that
+reads the environment. Every value is validated by msgspec on load; a bad
+one raises :class:`spear.errors.ConfigError` naming the source, key and value.
+
+TOML sections map to the Structs below::
+
+    [global]            -> GlobalConfig
+    [sms]               -> SMSConfig
+    [spearlet]          -> SpearletConfig
+    [runtimes.wasm]     -> WasmConfig       (also .process, .docker)
+    [storage]           -> StorageConfig
+
+Environment variables are ``SPEAR_<SECTION>_<KEY>`` (e.g.
+``SPEAR_SMS_LISTEN``, ``SPEAR_RUNTIMES_WASM_FUEL``), plus the shorthand
+``SPEAR_SMS`` for the client's SMS address.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal, Mapping
+
+import msgspec
+from msgspec import Meta, Struct
+
+from .errors import ConfigError
+
+Seconds = Annotated[float, Meta(gt=0, le=86400)]
+Address = Annotated[str, Meta(min_length=1, max_length=512)]
+DEFAULT_SMS = "tcp://127.0.0.1:7700"
+
+
+class _Section(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class GlobalConfig(_Section, frozen=True):
+    """Settings shared by every daemon and client."""
+
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "text"] = "auto"
+    timeout: Seconds = 10.0
+    sms: Address = DEFAULT_SMS
+
+
+class StorageConfig(_Section, frozen=True):
+    """Where the SMS keeps its state."""
+
+    backend: Literal["memory", "leveldb", "rocksdb"] = "leveldb"
+    path: str = "./.spear/sms"
+
+
+class SMSConfig(_Section, frozen=True):
+    """The management service."""
+
+    listen: Address = "tcp://127.0.0.1:7700"
+    heartbeat_interval: Annotated[float, Meta(gt=0, le=3600)] = 1.0
+    heartbeat_timeout: Annotated[float, Meta(gt=0, le=86400)] = 5.0
+    cleanup_interval: Annotated[float, Meta(gt=0, le=30 * 86400)] = 60.0
+
+
+class SpearletConfig(_Section, frozen=True):
+    """One execution node."""
+
+    sms: Address = DEFAULT_SMS
+    listen: Address = "tcp://127.0.0.1:7701"
+    advertise: str = ""
+    name: str = ""
+    node_id: str = ""
+    labels: dict[str, str] = {}
+    data: str = "./.spear/spearlet"
+    max_concurrency: Annotated[int, Meta(ge=1, le=100000)] = 64
+    reconnect_min: Annotated[float, Meta(gt=0, le=60)] = 0.1
+    reconnect_max: Annotated[float, Meta(gt=0, le=600)] = 2.0
+
+
+class WasmConfig(_Section, frozen=True):
+    """Defaults of the wasm runtime."""
+
+    enabled: bool = True
+    memory_mb: Annotated[int, Meta(ge=1)] = 128
+    fuel: Annotated[int, Meta(ge=1)] | None = None
+    timeout: Seconds = 30.0
+
+
+class ProcessConfig(_Section, frozen=True):
+    """Defaults of the process runtime."""
+
+    enabled: bool = True
+    memory_mb: Annotated[int, Meta(ge=1)] = 512
+    timeout: Seconds = 30.0
+
+
+class DockerConfig(_Section, frozen=True):
+    """Defaults of the docker runtime."""
+
+    enabled: bool = True
+    base_url: str = ""
+    memory_mb: Annotated[int, Meta(ge=4)] = 256
+    pids: Annotated[int, Meta(ge=1)] = 256
+    timeout: Seconds = 30.0
+
+
+class RuntimesConfig(_Section, frozen=True):
+    """Per-runtime defaults; per-function limits override them."""
+
+    wasm: WasmConfig = WasmConfig()
+    process: ProcessConfig = ProcessConfig()
+    docker: DockerConfig = DockerConfig()
+
+
+class Config(_Section, frozen=True):
+    """The whole effective configuration."""
+
+    global_: GlobalConfig = msgspec.field(default_factory=GlobalConfig, name="global")
+    sms: SMSConfig = SMSConfig()
+    spearlet: SpearletConfig = SpearletConfig()
+    runtimes: RuntimesConfig = RuntimesConfig()
+    storage: StorageConfig = StorageConfig()
+
+
+_SECTIONS = {
+    "global": GlobalConfig,
+    "sms": SMSConfig,
+    "spearlet": SpearletConfig,
+    "storage": StorageConfig,
+    "runtimes.wasm": WasmConfig,
+    "runtimes.process": ProcessConfig,
+    "runtimes.docker": DockerConfig,
+}
+
+
+def _set(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        tree = tree.setdefault(p, {})
+    tree[parts[-1]] = value
+
+
+def _merge(base: dict, top: Mapping) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _env_layer(env: Mapping[str, str]) -> tuple[dict, dict[str, str]]:
+    """Parse SPEAR_* variables into a tree of raw strings; returns (tree, origin)."""
+    tree: dict = {}
+    origin: dict[str, str] = {}
+    if env.get("SPEAR_SMS"):
+        for key in ("global.sms", "spearlet.sms"):
+            _set(tree, key, env["SPEAR_SMS"])
+            origin[key] = "env SPEAR_SMS"
+    for name, raw in env.items():
+        if not name.startswith("SPEAR_") or name in ("SPEAR_SMS", "SPEAR_NO_EXTENSIONS"):
+            continue
+        rest = name[6:].lower()
+        for section in sorted(_SECTIONS, key=len, reverse=True):
+            prefix = section.replace(".", "_") + "_"
+            if rest.startswith(prefix):
+                key = rest[len(prefix):]
+                if key in _SECTIONS[section].__struct_fields__:
+                    _set(tree, f"{section}.{key}", raw)
+                    origin[f"{section}.{key}"] = f"env {name}"
+                break
+    return tree, origin
+
+
+def _coerce_strings(section_cls: type, values: dict, source: str) -> dict:
+    """Env values arrive as strings: convert them to each field's type."""
+    out = {}
+    hints = {f.name: f.type for f in msgspec.structs.fields(section_cls)}
+    for key, raw in values.items():
+        typ = hints.get(key)
+        if not isinstance(raw, str) or typ is None:
+            out[key] = raw
+            continue
+        try:
+            if "dict" in str(typ):
+                out[key] = _parse_labels(raw)
+            else:
+                out[key] = msgspec.convert(raw, typ, strict=False)
+        except (msgspec.ValidationError, ValueError) as exc:
+            section = next(s for s, c in _SECTIONS.items() if c is section_cls)
+            raise ConfigError(f"{source}: [{section}] {key} = {raw!r}: {exc}") from None
+    return out
+
+
+def _parse_labels(text: str) -> dict[str, str]:
+    """Parse ``k=v,k2=v2`` into a dict; raise ValueError on a malformed pair."""
+    labels: dict[str, str] = {}
+    for pair in filter(None, (p.strip() for p in text.split(","))):
+        if "=" not in pair:
+            raise ValueError(f"label {pair!r} is not key=value")
+        k, v = pair.split("=", 1)
+        labels[k.strip()] = v.strip()
+    return labels
+
+
+parse_labels = _parse_labels
+
+
+def _validate(tree: dict, source: str) -> None:
+    """Check one layer section by section so errors name the source and key."""
+    for name, section in tree.items():
+        if name == "runtimes" and isinstance(section, dict):
+            for rname, rsec in section.items():
+                _validate_section(f"runtimes.{rname}", rsec, source)
+        else:
+            _validate_section(name, section, source)
+
+
+def _validate_section(name: str, values: Any, source: str) -> None:
+    cls = _SECTIONS.get(name)
+    if cls is None:
+        raise ConfigError(f"{source}: unknown section [{name}] (known: {', '.join(_SECTIONS)})")
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: [{name}] must be a table, got {values!r}")
+    for key, value in values.items():
+        if key not in cls.__struct_fields__:
+            raise ConfigError(f"{source}: unknown key [{name}] {key} = {value!r}")
+        try:
+            msgspec.convert({key: value}, cls)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(f"{source}: [{name}] {key} = {value!r}: {exc}") from None
+
+
+def load_config(
+    path: str | os.PathLike | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    with_origin: bool = False,
+):
+    """Build the effective :class:`Config`.
+
+    ``path``: a TOML file (else ``SPEAR_CONFIG`` if set). ``overrides``: flat
+    ``{"section.key": value}`` from command-line flags (``None`` values are
+    ignored). With ``with_origin=True`` returns ``(config, origin)`` where
+    origin maps each non-default key to where it came from.
+    """
+    env = os.environ if env is None else env
+    origin: dict[str, str] = {}
+    tree: dict = {}
+    path = path or env.get("SPEAR_CONFIG")
+    if path:
+        p = Path(path)
+        try:
+            file_tree = tomllib.loads(p.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{p}: config file not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{p}: invalid TOML: {exc}") from None
+        _validate(file_tree, str(p))
+        tree = _merge(tree, file_tree)
+        for section, values in file_tree.items():
+            items = values.items() if section != "runtimes" else (
+                (f"{r}.{k}", v) for r, sec in values.items() for k, v in sec.items()
+            )
+            for key, _ in items:
+                origin[f"{section}.{key}"] = f"file {p}"
+    env_tree, env_origin = _env_layer(env)
+    for section, values in list(env_tree.items()):
+        if section == "runtimes":
+            for rname, rvals in values.items():
+                values[rname] = _coerce_strings(_SECTIONS[f"runtimes.{rname}"], rvals, "environment")
+        else:
+            env_tree[section] = _coerce_strings(_SECTIONS[section], values, "environment")
+    _validate(env_tree, "environment")
+    tree = _merge(tree, env_tree)
+    origin.update(env_origin)
+    flag_tree: dict = {}
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            _set(flag_tree, key, value)
+            origin[key] = "flag"
+    _validate(flag_tree, "command line")
+    tree = _merge(tree, flag_tree)
+    try:
+        cfg = msgspec.convert(tree, Config)
+    except msgspec.ValidationError as exc:  # cross-field problems
+        raise ConfigError(f"configuration: {exc}") from None
+    if cfg.sms.heartbeat_timeout <= cfg.sms.heartbeat_interval:
+        raise ConfigError(
+            f"[sms] heartbeat_timeout = {cfg.sms.heartbeat_timeout} must exceed "
+            f"heartbeat_interval = {cfg.sms.heartbeat_interval}"
+        )
+    return (cfg, origin) if with_origin else cfg
+
+
+def no_extensions(env: Mapping[str, str] | None = None) -> bool:
+    """True when SPEAR_NO_EXTENSIONS=1 asks for the pure-Python twins."""
+    env = os.environ if env is None else env
+    return env.get("SPEAR_NO_EXTENSIONS", "") == "1"

@@ -1,0 +1,172 @@
+"""A DEALER peer: requests with ids, replies matched to futures.
+
+Used by :class:`spear.AsyncClient` and by the Spearlet's link to the SMS.
+Every request gets a fresh id; the reply (or an ``ErrorReply``, rebuilt as
+the matching :mod:`spear.errors` class) resolves its future. Messages that
+match no pending request go to ``on_message`` (e.g. SMS -> node pushes).
+A streaming request registers a callback that sees every message with its
+id until the final one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from typing import Any, Callable
+
+import zmq
+
+from .. import errors, protocol
+from .endpoint import Endpoint
+
+log = logging.getLogger("spear.mesh")
+
+
+class _Pending:
+    __slots__ = ("future", "timer", "on_item")
+
+    def __init__(self, future, timer, on_item=None):
+        self.future = future
+        self.timer = timer
+        self.on_item = on_item
+
+
+class DealerPeer:
+    """One DEALER connection to a ROUTER, with request/reply bookkeeping."""
+
+    def __init__(
+        self,
+        name: str = "peer",
+        *,
+        on_message: Callable[[Any, Any], None] | None = None,
+        identity: bytes | None = None,
+    ) -> None:
+        self.name = name
+        self.on_message = on_message
+        self.identity = identity
+        self.address: str | None = None
+        self._ids = itertools.count(1)
+        self._pending: dict[int, _Pending] = {}
+        self.protocol_errors = 0
+        self.last_heard = 0.0
+        self.endpoint = self._new_endpoint()
+
+    def _new_endpoint(self) -> Endpoint:
+        ep = Endpoint(zmq.DEALER, self._on_frames, name=self.name)
+        if self.identity:
+            ep.sock.setsockopt(zmq.ROUTING_ID, self.identity)
+        ep.sock.setsockopt(zmq.RECONNECT_IVL, 100)
+        ep.sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+        return ep
+
+    def connect(self, addr: str) -> None:
+        self.address = addr
+        self.endpoint.connect(addr)
+
+    def start(self) -> None:
+        self.endpoint.start()
+
+    def reconnect(self) -> None:
+        """Drop the socket and open a new one to the same address.
+
+        Requests in flight fail with UNAVAILABLE: their replies can't arrive.
+        """
+        loop = self.endpoint.loop
+        self.endpoint.close()
+        self._fail_all(errors.Unavailable(f"{self.name}: connection reset"))
+        self.endpoint = self._new_endpoint()
+        if self.address:
+            self.endpoint.connect(self.address)
+        if loop is not None:
+            self.endpoint.start(loop)
+
+    def close(self) -> None:
+        self._fail_all(errors.Unavailable(f"{self.name}: closed"))
+        self.endpoint.close()
+
+    def _fail_all(self, exc: Exception) -> None:
+        pending, self._pending = self._pending, {}
+        for p in pending.values():
+            if p.timer is not None:
+                p.timer.cancel()
+            if not p.future.done():
+                p.future.set_exception(exc)
+
+    # ------------------------------------------------------------- sending
+
+    def next_id(self) -> int:
+        return next(self._ids)
+
+    def send(self, msg: Any, payload: bytes | None = None) -> bool:
+        return self.endpoint.send(protocol.encode(msg, payload))
+
+    def request(
+        self,
+        msg: Any,
+        payload: bytes | None = None,
+        *,
+        timeout: float | None = 10.0,
+        on_item: Callable[[Any, Any], None] | None = None,
+    ) -> asyncio.Future:
+        """Send ``msg`` and return a future for ``(reply, payload)``.
+
+        ``on_item``: for streams, called with every non-final message of this
+        exchange (``LogChunk``); the future resolves on the final one.
+        """
+        loop = self.endpoint.loop or asyncio.get_running_loop()
+        fut = loop.create_future()
+        rid = msg.id
+        timer = None
+        if timeout is not None:
+            timer = loop.call_later(timeout, self._expire, rid, timeout)
+        self._pending[rid] = _Pending(fut, timer, on_item)
+        if not self.send(msg, payload):
+            self._pending.pop(rid, None)
+            if timer is not None:
+                timer.cancel()
+            fut.set_exception(errors.ResourceExhausted(f"{self.name}: send queue full"))
+        return fut
+
+    def _expire(self, rid: int, timeout: float) -> None:
+        p = self._pending.pop(rid, None)
+        if p is not None and not p.future.done():
+            p.future.set_exception(
+                errors.DeadlineExceeded(f"no reply from {self.address} within {timeout:g}s"))
+
+    def forget(self, rid: int) -> None:
+        """Stop waiting for ``rid`` (the caller gave up)."""
+        p = self._pending.pop(rid, None)
+        if p is not None and p.timer is not None:
+            p.timer.cancel()
+
+    # ------------------------------------------------------------- receiving
+
+    def _on_frames(self, frames: list) -> None:
+        try:
+            msg, payload = protocol.decode(frames)
+        except errors.ProtocolError as exc:
+            self.protocol_errors += 1
+            log.debug("%s: dropped bad frames: %s", self.name, exc)
+            return
+        loop = self.endpoint.loop
+        if loop is not None:
+            self.last_heard = loop.time()
+        rid = getattr(msg, "id", 0)
+        p = self._pending.get(rid)
+        if p is None:
+            if self.on_message is not None:
+                self.on_message(msg, payload)
+            return
+        if p.on_item is not None and isinstance(msg, protocol.LogChunk):
+            p.on_item(msg, payload)
+            return
+        del self._pending[rid]
+        if p.timer is not None:
+            p.timer.cancel()
+        if p.future.done():
+            return
+        if isinstance(msg, protocol.ErrorReply):
+            p.future.set_exception(errors.from_code(msg.code, msg.message, dict(msg.details)))
+        else:
+            p.future.set_result((msg, payload))

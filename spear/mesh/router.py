@@ -1,0 +1,122 @@
+"""A ROUTER socket that decodes, validates and dispatches Spear messages.
+
+Used by the SMS (its broker socket) and by each Spearlet (its direct
+invocation socket). Garbage never reaches a handler: a frame list that fails
+to decode is answered with an ``ErrorReply`` (INVALID_ARGUMENT) and counted.
+A handler that raises gets its error sent back as a typed reply; the loop
+keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from typing import Any, Callable
+
+import zmq
+
+from .. import errors, protocol
+from .endpoint import Endpoint
+
+log = logging.getLogger("spear.mesh")
+
+Handler = Callable[[bytes, Any, Any], Any]
+
+
+class RouterServer:
+    """Dispatch decoded requests to ``handlers[type(msg)](ident, msg, payload)``.
+
+    A handler may reply itself with :meth:`reply`, or return a message
+    (optionally ``(message, payload)``) which is sent back to the caller, or
+    return a coroutine, which runs as a task and whose result is sent back.
+    """
+
+    def __init__(self, name: str, handlers: dict[type, Handler]) -> None:
+        self.name = name
+        self.handlers = handlers
+        self.endpoint = Endpoint(zmq.ROUTER, self._on_frames, name=name)
+        self.protocol_errors = 0
+        self.tasks: set[asyncio.Task] = set()
+
+    def bind(self, addr: str) -> str:
+        return self.endpoint.bind(addr)
+
+    def start(self) -> None:
+        self.endpoint.start()
+
+    def close(self) -> None:
+        for t in list(self.tasks):
+            t.cancel()
+        self.endpoint.close()
+
+    # ------------------------------------------------------------- sending
+
+    def reply(self, ident: bytes, msg: Any, payload: bytes | None = None) -> bool:
+        """Send one message to the peer with routing identity ``ident``."""
+        frames = protocol.encode(msg, payload)
+        frames.insert(0, ident)
+        return self.endpoint.send(frames)
+
+    def reply_error(self, ident: bytes, rid: int, exc: BaseException) -> None:
+        self.reply(ident, protocol.error_reply(rid, exc))
+
+    # ------------------------------------------------------------- receiving
+
+    def _on_frames(self, frames: list) -> None:
+        if len(frames) < 2:
+            self.protocol_errors += 1
+            return
+        ident = frames[0]
+        body = frames[1:]
+        try:
+            msg, payload = protocol.decode(body)
+        except errors.ProtocolError as exc:
+            self.protocol_errors += 1
+            log.debug("%s: bad frames from %r: %s", self.name, ident, exc)
+            self.reply(ident, protocol.ErrorReply(
+                id=protocol.request_id_of(body), code=exc.code, message=exc.message))
+            return
+        handler = self.handlers.get(type(msg))
+        if handler is None:
+            self.protocol_errors += 1
+            if not isinstance(msg, protocol.ErrorReply):  # never answer an error
+                self.reply(ident, protocol.ErrorReply(
+                    id=getattr(msg, "id", 0), code="INVALID_ARGUMENT",
+                    message=f"{type(msg).__name__} is not accepted by {self.name}"))
+            return
+        try:
+            out = handler(ident, msg, payload)
+        except Exception as exc:  # noqa: BLE001 - becomes a typed reply
+            if not isinstance(exc, errors.SpearError):
+                log.exception("%s: handler for %s failed", self.name, type(msg).__name__)
+            self.reply_error(ident, msg.id, exc)
+            return
+        if out is None:
+            return
+        if inspect.iscoroutine(out):
+            task = asyncio.ensure_future(self._finish(ident, msg.id, out))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+            return
+        self._send_out(ident, out)
+
+    def _send_out(self, ident: bytes, out: Any) -> None:
+        if isinstance(out, tuple):
+            self.reply(ident, out[0], out[1])
+        else:
+            self.reply(ident, out)
+
+    async def _finish(self, ident: bytes, rid: int, coro) -> None:
+        try:
+            out = await coro
+        except asyncio.CancelledError:
+            self.reply_error(ident, rid, errors.Unavailable(f"{self.name} is shutting down"))
+            raise
+        except Exception as exc:  # noqa: BLE001
+            if not isinstance(exc, errors.SpearError):
+                log.exception("%s: async handler failed", self.name)
+            self.reply_error(ident, rid, exc)
+            return
+        if out is not None:
+            self._send_out(ident, out)

@@ -1,0 +1,489 @@
+"""The Spear wire protocol: the single source of truth for every message.
+
+Frames on every socket (a ROUTER adds its peer identity in front)::
+
+    +-----------+----------------------+---------------------------+
+    | "SPEAR/1" | msgpack(Message)     | [payload]  (optional)     |
+    | version   | tagged msgspec Struct| raw bytes, never decoded  |
+    +-----------+----------------------+---------------------------+
+
+* Frame 0 is the protocol and version, so a peer can validate a message even
+  after a silent reconnect (the Majordomo habit).
+* Frame 1 is one Struct of the ``Message`` union, tagged by its class name
+  in field ``t``. Decoding is strict: wrong types are refused, not coerced.
+* Frame 2, when present, is an opaque payload (function input or output,
+  artifact bytes). It travels as-is and is never re-encoded.
+* Every request carries ``id`` (a request id chosen by the sender); every
+  reply echoes it. Messages that are not requests (heartbeats, log chunks of
+  a stream) still carry the id of the exchange they belong to.
+* Errors are ``ErrorReply`` with a stable code from :mod:`spear.errors`.
+
+Schema evolution: new fields get defaults; a field's type never changes.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+import msgspec
+from msgspec import Meta, Struct
+
+from . import errors
+
+PROTOCOL = b"SPEAR/1"
+#: Largest encoded message body (frame 1). Payload frames have their own cap.
+MAX_BODY = 4 * 1024 * 1024
+#: Largest payload frame (frame 2) accepted on any socket.
+MAX_PAYLOAD = 64 * 1024 * 1024
+
+Name = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")]
+NodeId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$")]
+LabelMap = Annotated[dict[str, str], Meta(max_length=64)]
+Runtime = Literal["wasm", "process", "docker"]
+NodeState = Literal["ready", "unhealthy", "draining", "gone"]
+ExecStatus = Literal[
+    "pending", "scheduled", "running", "succeeded", "failed", "cancelled", "timed_out", "lost"
+]
+TERMINAL = frozenset({"succeeded", "failed", "cancelled", "timed_out", "lost"})
+NonNeg = Annotated[float, Meta(ge=0)]
+NonNegInt = Annotated[int, Meta(ge=0)]
+
+
+class _Msg(Struct, frozen=True, tag_field="t", tag=True, kw_only=True, omit_defaults=True):
+    """Base of wire messages: frozen, tagged by class name."""
+
+
+# ---------------------------------------------------------------- shared types
+
+
+class Capacity(Struct, frozen=True, kw_only=True):
+    """What a node offers: logical cores, memory and disk in bytes."""
+
+    cores: NonNeg = 0.0
+    memory: NonNegInt = 0
+    disk: NonNegInt = 0
+
+
+class Usage(Struct, frozen=True, kw_only=True):
+    """A node's current usage, sent in every heartbeat (psutil figures)."""
+
+    cpu_percent: NonNeg = 0.0
+    memory_used: NonNegInt = 0
+    memory_total: NonNegInt = 0
+    disk_used: NonNegInt = 0
+    disk_total: NonNegInt = 0
+    net_rx: NonNegInt = 0
+    net_tx: NonNegInt = 0
+    load1: NonNeg = 0.0
+    running: NonNegInt = 0
+    warm: NonNegInt = 0
+
+
+class NodeInfo(Struct, frozen=True, kw_only=True):
+    """A node as the SMS knows it (also the record stored in the SMS store)."""
+
+    node_id: NodeId
+    name: str = ""
+    address: str = ""
+    labels: dict[str, str] = {}
+    runtimes: list[str] = []
+    unavailable: dict[str, str] = {}
+    capacity: Capacity = Capacity()
+    usage: Usage = Usage()
+    state: NodeState = "ready"
+    registered_at: float = 0.0
+    last_seen: float = 0.0
+
+
+class Limits(Struct, frozen=True, kw_only=True):
+    """Per-function resource limits; ``None`` means the runtime default."""
+
+    timeout: Annotated[float, Meta(gt=0, le=86400)] | None = None
+    memory_mb: Annotated[int, Meta(ge=1, le=1 << 20)] | None = None
+    cpu_seconds: Annotated[float, Meta(gt=0)] | None = None
+    fuel: Annotated[int, Meta(ge=1)] | None = None
+    cpus: Annotated[float, Meta(gt=0, le=1024)] | None = None
+    pids: Annotated[int, Meta(ge=1, le=1 << 22)] | None = None
+    network: bool = False
+    read_only: bool = False
+
+
+class PoolSettings(Struct, frozen=True, kw_only=True):
+    """Warm-instance pool of one function on one node."""
+
+    min_warm: Annotated[int, Meta(ge=0, le=1024)] = 0
+    max: Annotated[int, Meta(ge=1, le=4096)] = 8
+    idle_ttl: Annotated[float, Meta(gt=0)] = 300.0
+
+
+class FunctionSpec(Struct, frozen=True, kw_only=True):
+    """A deployable function.
+
+    * ``wasm``: ``artifact`` holds .wasm or .wat bytes; ``handler`` names an
+      export to call with numeric ``args`` (empty: WASI command ``_start``).
+    * ``process``: ``command`` is an argv run one-shot, or ``handler`` is a
+      Python ``module:function``; ``mode="pooled"`` keeps a worker up.
+    * ``docker``: ``image`` plus ``command``; ``mode="pooled"`` keeps a
+      container up and execs into it.
+    """
+
+    name: Name
+    runtime: Runtime
+    artifact: bytes | None = None
+    handler: str = ""
+    command: list[str] = []
+    image: str = ""
+    mode: Literal["oneshot", "pooled"] = "oneshot"
+    env: dict[str, str] = {}
+    workdir: str = ""
+    limits: Limits = Limits()
+    pool: PoolSettings = PoolSettings()
+    labels: LabelMap = {}
+    retries: Annotated[int, Meta(ge=0, le=100)] = 0
+    idempotent: bool = False
+    grants: list[str] = []
+
+
+class Timings(Struct, frozen=True, kw_only=True):
+    """Where an execution's time went, in seconds."""
+
+    queue: float = 0.0
+    cold_start: float = 0.0
+    run: float = 0.0
+    total: float = 0.0
+
+
+class ExecUsage(Struct, frozen=True, kw_only=True):
+    """What an execution consumed."""
+
+    cpu_time: float = 0.0
+    peak_memory: int = 0
+    fuel: int = 0
+
+
+class ErrorInfo(Struct, frozen=True, kw_only=True):
+    """A typed error inside a result (not a failed request)."""
+
+    code: str
+    message: str
+
+
+class ExecutionInfo(Struct, frozen=True, kw_only=True):
+    """The record of one execution (output travels as the payload frame)."""
+
+    execution_id: str
+    function: str
+    status: ExecStatus
+    node_id: str = ""
+    error: ErrorInfo | None = None
+    exit_code: int | None = None
+    timings: Timings = Timings()
+    usage: ExecUsage = ExecUsage()
+    trace_id: str = ""
+    submitted_at: float = 0.0
+    finished_at: float = 0.0
+    cold: bool = False
+
+
+# ------------------------------------------------------------- any direction
+
+
+class ErrorReply(_Msg, frozen=True):
+    """Sent by any daemon instead of the normal reply when a request fails."""
+
+    id: int
+    code: str
+    message: str
+    details: dict[str, str] = {}
+
+
+class Ok(_Msg, frozen=True):
+    """Generic acknowledgement of a request that returns nothing."""
+
+    id: int
+
+
+class Ping(_Msg, frozen=True):
+    """Client -> any daemon: liveness probe."""
+
+    id: int
+
+
+class Pong(_Msg, frozen=True):
+    """Daemon -> client: answer to Ping, with who answered."""
+
+    id: int
+    role: str
+    node_id: str = ""
+    version: str = ""
+
+
+# ---------------------------------------------------------------- node -> SMS
+
+
+class Register(_Msg, frozen=True):
+    """Spearlet -> SMS: (re)register this node; sent on start and after reconnect."""
+
+    id: int
+    node: NodeInfo
+
+
+class Heartbeat(_Msg, frozen=True):
+    """Spearlet -> SMS: periodic liveness with current usage."""
+
+    id: int
+    node_id: NodeId
+    usage: Usage
+
+
+class Deregister(_Msg, frozen=True):
+    """Spearlet -> SMS: this node is leaving (graceful stop)."""
+
+    id: int
+    node_id: NodeId
+
+
+# ---------------------------------------------------------------- SMS -> node
+
+
+class Welcome(_Msg, frozen=True):
+    """SMS -> Spearlet: registration accepted; the SMS sets the heartbeat rate."""
+
+    id: int
+    node_id: str
+    heartbeat_interval: float
+    heartbeat_timeout: float
+
+
+class HeartbeatAck(_Msg, frozen=True):
+    """SMS -> Spearlet: heartbeat seen. ``known=False`` asks it to register again."""
+
+    id: int
+    known: bool = True
+
+
+# ------------------------------------------------------------- client -> SMS
+
+
+class ListNodes(_Msg, frozen=True):
+    """Client -> SMS: list nodes, optionally only those in one state."""
+
+    id: int
+    state: NodeState | None = None
+
+
+class GetNode(_Msg, frozen=True):
+    """Client -> SMS: one node by id or name."""
+
+    id: int
+    node_id: str
+
+
+# ------------------------------------------------------------- SMS -> client
+
+
+class NodeList(_Msg, frozen=True):
+    """SMS -> client: reply to ListNodes."""
+
+    id: int
+    nodes: list[NodeInfo]
+
+
+class NodeReply(_Msg, frozen=True):
+    """SMS -> client: reply to GetNode."""
+
+    id: int
+    node: NodeInfo
+
+
+# ------------------------------------------------- client -> Spearlet (direct)
+
+
+class DeployFunction(_Msg, frozen=True):
+    """Client -> Spearlet: install a function on this node and pre-warm its pool."""
+
+    id: int
+    spec: FunctionSpec
+
+
+class RemoveFunction(_Msg, frozen=True):
+    """Client -> Spearlet: remove a function and destroy its instances."""
+
+    id: int
+    name: Name
+
+
+class ListFunctions(_Msg, frozen=True):
+    """Client -> Spearlet: the functions deployed on this node."""
+
+    id: int
+
+
+class Invoke(_Msg, frozen=True):
+    """Client -> Spearlet: run a function. Input is the payload frame.
+
+    ``mode``: ``sync`` answers with ``Result``; ``async`` answers at once with
+    ``Accepted``; ``stream`` sends ``LogChunk`` messages then ``Result``.
+    """
+
+    id: int
+    function: Name
+    args: list[int | float] = []
+    mode: Literal["sync", "async", "stream"] = "sync"
+    timeout: Annotated[float, Meta(gt=0, le=86400)] | None = None
+    trace_id: str = ""
+    execution_id: str = ""
+
+
+class GetExecution(_Msg, frozen=True):
+    """Client -> daemon: the current record of an execution (output as payload)."""
+
+    id: int
+    execution_id: str
+    wait: Annotated[float, Meta(ge=0, le=86400)] = 0.0
+
+
+class CancelExecution(_Msg, frozen=True):
+    """Client -> daemon: cancel an execution that has not finished."""
+
+    id: int
+    execution_id: str
+
+
+# ------------------------------------------------- Spearlet -> client (direct)
+
+
+class FunctionInfo(Struct, frozen=True, kw_only=True):
+    """A deployed function and its pool figures on one node."""
+
+    name: str
+    runtime: str
+    digest: str = ""
+    warm: int = 0
+    busy: int = 0
+    hits: int = 0
+    misses: int = 0
+    evictions: int = 0
+
+
+class Deployed(_Msg, frozen=True):
+    """Spearlet -> client: the function is installed (and pre-warmed)."""
+
+    id: int
+    function: FunctionInfo
+
+
+class FunctionList(_Msg, frozen=True):
+    """Spearlet -> client: reply to ListFunctions."""
+
+    id: int
+    functions: list[FunctionInfo]
+
+
+class Accepted(_Msg, frozen=True):
+    """Daemon -> client: an async invocation was accepted."""
+
+    id: int
+    execution_id: str
+
+
+class LogChunk(_Msg, frozen=True):
+    """Daemon -> client: one chunk of a streamed execution's logs (stderr)."""
+
+    id: int
+    execution_id: str
+    data: bytes
+    seq: int = 0
+
+
+class Result(_Msg, frozen=True):
+    """Daemon -> client: the final record of an execution; output is the payload."""
+
+    id: int
+    execution: ExecutionInfo
+
+
+Message = Union[
+    ErrorReply,
+    Ok,
+    Ping,
+    Pong,
+    Register,
+    Heartbeat,
+    Deregister,
+    Welcome,
+    HeartbeatAck,
+    ListNodes,
+    GetNode,
+    NodeList,
+    NodeReply,
+    DeployFunction,
+    RemoveFunction,
+    ListFunctions,
+    Invoke,
+    GetExecution,
+    CancelExecution,
+    Deployed,
+    FunctionList,
+    Accepted,
+    LogChunk,
+    Result,
+]
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Message)
+_loose = msgspec.msgpack.Decoder()
+
+
+def encode(msg: _Msg, payload: bytes | memoryview | None = None) -> list:
+    """Frames for one message: ``[PROTOCOL, body]`` plus the raw payload if any."""
+    body = _encoder.encode(msg)
+    if payload is None:
+        return [PROTOCOL, body]
+    return [PROTOCOL, body, payload]
+
+
+def decode(frames: list) -> tuple[_Msg, bytes | None]:
+    """Decode ``[PROTOCOL, body, payload?]``; raise ProtocolError on anything else."""
+    n = len(frames)
+    if n < 2 or n > 3:
+        raise errors.ProtocolError(f"expected 2 or 3 frames, got {n}")
+    if bytes(frames[0]) != PROTOCOL:
+        raise errors.ProtocolError(f"unsupported protocol/version {bytes(frames[0])[:32]!r}")
+    body = frames[1]
+    if len(body) > MAX_BODY:
+        raise errors.ProtocolError(f"message body of {len(body)} bytes exceeds {MAX_BODY}")
+    payload = None
+    if n == 3:
+        payload = frames[2]
+        if len(payload) > MAX_PAYLOAD:
+            raise errors.ProtocolError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
+    try:
+        return _decoder.decode(body), payload
+    except msgspec.ValidationError as exc:
+        raise errors.ProtocolError(f"invalid message: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise errors.ProtocolError(f"undecodable message: {exc}") from None
+
+
+def request_id_of(frames: list) -> int:
+    """Best effort: the request id of a frame list that failed to decode (else 0)."""
+    try:
+        obj = _loose.decode(frames[1])
+        rid = obj.get("id", 0) if isinstance(obj, dict) else 0
+        return rid if isinstance(rid, int) and 0 <= rid < 2**63 else 0
+    except Exception:
+        return 0
+
+
+def error_reply(rid: int, exc: BaseException) -> ErrorReply:
+    """Turn any exception into an ErrorReply (unknown ones become INTERNAL)."""
+    if isinstance(exc, errors.SpearError):
+        return ErrorReply(id=rid, code=exc.code, message=exc.message)
+    return ErrorReply(id=rid, code="INTERNAL", message=f"{type(exc).__name__}: {exc}")
+
+
+def raise_for(msg: _Msg) -> None:
+    """Raise the typed SpearError an ErrorReply stands for; no-op otherwise."""
+    if isinstance(msg, ErrorReply):
+        raise errors.from_code(msg.code, msg.message, dict(msg.details))

@@ -1,0 +1,94 @@
+"""The interface every runtime provides (wasm, process, docker).
+
+A runtime turns a :class:`~spear.protocol.FunctionSpec` into running code in
+four steps, all driven by the Spearlet's RuntimeManager and InstancePool:
+
+1. ``prepare(spec)`` once per deploy: validate the spec, compile or fetch the
+   artifact (cached), return an opaque ``Prepared`` handle.
+2. ``create_instance(prepared)`` per warm instance (cold start).
+3. ``invoke(instance, data, args, limits, on_log)`` per call; returns an
+   :class:`Outcome` or raises a typed :mod:`spear.errors` exception:
+   ``DeadlineExceeded`` (timeout), ``ResourceExhausted`` (memory, fuel, OOM),
+   ``FunctionError`` (the user's code failed), ``InvalidArgument``.
+   After any exception, or when ``instance.reusable`` is False, the caller
+   destroys the instance instead of returning it to the pool.
+4. ``destroy(instance)`` frees everything (processes, containers, stores).
+
+All methods are coroutines and must never block the event loop for long:
+blocking SDK calls go to a thread.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..protocol import ExecUsage, FunctionSpec, Limits
+
+LogSink = Callable[[bytes], None]
+
+
+@dataclass
+class Outcome:
+    """What one successful invocation produced."""
+
+    output: bytes
+    exit_code: int | None = None
+    usage: ExecUsage = field(default_factory=ExecUsage)
+
+
+@dataclass
+class Instance:
+    """One warm instance of a function; ``handle`` is the runtime's own object."""
+
+    function: str
+    handle: Any
+    reusable: bool = True
+    invocations: int = 0
+
+
+@dataclass
+class Prepared:
+    """A function ready to instantiate: the spec plus the runtime's compiled form."""
+
+    spec: FunctionSpec
+    handle: Any = None
+    digest: str = ""
+
+
+class Runtime(abc.ABC):
+    """Base class of all runtimes."""
+
+    #: name used in FunctionSpec.runtime
+    name: str = ""
+
+    def available(self) -> tuple[bool, str]:
+        """``(True, "")`` if usable on this node, else ``(False, reason)``."""
+        return True, ""
+
+    @abc.abstractmethod
+    async def prepare(self, spec: FunctionSpec) -> Prepared:
+        """Validate and compile/fetch the artifact; raise InvalidArgument on bad specs."""
+
+    @abc.abstractmethod
+    async def create_instance(self, prepared: Prepared) -> Instance:
+        """Create one instance (this is the cold start)."""
+
+    @abc.abstractmethod
+    async def invoke(
+        self,
+        instance: Instance,
+        data: bytes,
+        args: list,
+        limits: Limits,
+        on_log: LogSink | None = None,
+    ) -> Outcome:
+        """Run one invocation on ``instance`` under ``limits``."""
+
+    @abc.abstractmethod
+    async def destroy(self, instance: Instance) -> None:
+        """Release the instance; must not raise for an already-dead instance."""
+
+    async def close(self) -> None:
+        """Release runtime-wide resources (threads, clients) at Spearlet stop."""

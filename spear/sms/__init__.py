@@ -1,0 +1,1 @@
+"""Spear Management Service: node registry, resources, functions, scheduling."""

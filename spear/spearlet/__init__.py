@@ -1,0 +1,1 @@
+"""Spearlet: the execution node (runtimes, instance pools, direct invocation)."""

@@ -1,0 +1,201 @@
+"""The Spearlet daemon: one execution node.
+
+Two sockets: a DEALER to the SMS (routing id = node id) for registration,
+heartbeats and work, and a ROUTER for direct invocation by clients.
+
+The link to the SMS is a small state machine::
+
+    registering ──Welcome──► registered ──(SMS silent for its timeout)──┐
+         ▲                        │ HeartbeatAck(known=False)           │
+         └────────────────────────┴──────────── reconnect ◄─────────────┘
+
+The SMS sets the heartbeat rate in its Welcome, so both sides agree on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import time
+import uuid
+from pathlib import Path
+
+from .. import __version__, errors, protocol as P
+from ..config import Config
+from ..mesh import DealerPeer, RouterServer
+from .resources import ResourceMonitor
+
+log = logging.getLogger("spear.spearlet")
+
+
+def _node_id(config: Config) -> str:
+    """The configured node id, else one persisted in the data dir, else a new one."""
+    c = config.spearlet
+    if c.node_id:
+        return c.node_id
+    data = Path(c.data)
+    f = data / "node_id"
+    try:
+        value = f.read_text().strip()
+        if value:
+            return value
+    except OSError:
+        pass
+    base = (c.name or socket.gethostname()).replace(" ", "-")[:48]
+    value = f"{base}-{uuid.uuid4().hex[:8]}"
+    data.mkdir(parents=True, exist_ok=True)
+    f.write_text(value + "\n")
+    return value
+
+
+class Spearlet:
+    """Registers with the SMS, heartbeats, serves direct invocations."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        c = config.spearlet
+        Path(c.data).mkdir(parents=True, exist_ok=True)
+        self.node_id = _node_id(config)
+        self.name = c.name or self.node_id
+        self.monitor = ResourceMonitor(c.data)
+        self.link = DealerPeer("spearlet->sms", identity=self.node_id.encode(),
+                               on_message=self._on_sms_push)
+        self.handlers: dict[type, object] = {P.Ping: self.on_ping}
+        self.server = RouterServer("spearlet", self.handlers)
+        self.address = ""
+        self.registered = asyncio.Event()
+        self.heartbeat_interval = 1.0
+        self.heartbeat_timeout = 5.0
+        self.runtimes: list[str] = []
+        self.unavailable: dict[str, str] = {}
+        self.running = 0
+        self.warm = 0
+        self._tasks: list[asyncio.Task] = []
+        self._stopping: asyncio.Event | None = None
+        self.reconnects = 0
+
+    # ---------------------------------------------------------------- direct
+
+    def on_ping(self, ident, msg: P.Ping, payload):
+        return P.Pong(id=msg.id, role="spearlet", node_id=self.node_id, version=__version__)
+
+    def _on_sms_push(self, msg, payload) -> None:
+        log.debug("unsolicited message from SMS: %s", type(msg).__name__)
+
+    # ---------------------------------------------------------------- SMS link
+
+    def node_info(self) -> P.NodeInfo:
+        return P.NodeInfo(
+            node_id=self.node_id,
+            name=self.name,
+            address=self.config.spearlet.advertise or self.address,
+            labels=dict(self.config.spearlet.labels),
+            runtimes=list(self.runtimes),
+            unavailable=dict(self.unavailable),
+            capacity=self.monitor.capacity(),
+            usage=self.monitor.usage(running=self.running, warm=self.warm),
+        )
+
+    async def _register(self) -> None:
+        """Send Register until a Welcome arrives (bounded backoff)."""
+        c = self.config.spearlet
+        delay = c.reconnect_min
+        while True:
+            try:
+                welcome, _ = await self.link.request(
+                    P.Register(id=self.link.next_id(), node=self.node_info()),
+                    timeout=max(delay, 0.5))
+            except errors.SpearError as exc:
+                log.debug("register failed: %s", exc)
+                if isinstance(exc, errors.InvalidArgument):
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, c.reconnect_max)
+                continue
+            self.heartbeat_interval = welcome.heartbeat_interval
+            self.heartbeat_timeout = welcome.heartbeat_timeout
+            self.registered.set()
+            log.info("registered with SMS %s as %s (heartbeat %.2gs, timeout %.2gs)",
+                     self.link.address, self.node_id, self.heartbeat_interval,
+                     self.heartbeat_timeout)
+            return
+
+    async def _link_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._register()
+            self.link.last_heard = loop.time()
+            while True:
+                await asyncio.sleep(self.heartbeat_interval)
+                if loop.time() - self.link.last_heard > self.heartbeat_timeout:
+                    log.warning("SMS silent for %.1fs: reconnecting", loop.time() - self.link.last_heard)
+                    break
+                hb = P.Heartbeat(id=self.link.next_id(), node_id=self.node_id,
+                                 usage=self.monitor.usage(running=self.running, warm=self.warm))
+                fut = self.link.request(hb, timeout=self.heartbeat_timeout)
+                fut.add_done_callback(self._on_heartbeat_ack)
+                if self._needs_register:
+                    self._needs_register = False
+                    log.info("SMS does not know this node: registering again")
+                    break
+            self.registered.clear()
+            self.reconnects += 1
+            self.link.reconnect()
+
+    _needs_register = False
+
+    def _on_heartbeat_ack(self, fut: asyncio.Future) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            return
+        ack, _ = fut.result()
+        if isinstance(ack, P.HeartbeatAck) and not ack.known:
+            self._needs_register = True
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def start(self) -> str:
+        self.address = self.server.bind(self.config.spearlet.listen)
+        self.server.start()
+        self.link.connect(self.config.spearlet.sms)
+        self.link.start()
+        self._stopping = asyncio.Event()
+        self._tasks.append(asyncio.ensure_future(self._link_loop()))
+        log.info("spearlet %s serving on %s, SMS %s", self.node_id, self.address,
+                 self.config.spearlet.sms)
+        return self.address
+
+    def stop(self) -> None:
+        if self._stopping is not None:
+            self._stopping.set()
+
+    async def serve_forever(self) -> None:
+        await self.start()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, self.stop)
+            except (NotImplementedError, RuntimeError):
+                pass
+        await self._stopping.wait()
+        await self.close()
+
+    async def close(self, *, deregister: bool = True) -> None:
+        """Graceful stop: stop taking work, deregister, close sockets."""
+        for t in self._tasks:
+            t.cancel()
+        self.server.close()
+        if deregister and self.registered.is_set():
+            try:
+                await self.link.request(P.Deregister(id=self.link.next_id(), node_id=self.node_id),
+                                        timeout=1.0)
+                log.info("deregistered from SMS")
+            except errors.SpearError as exc:
+                log.warning("could not deregister: %s", exc)
+        self.link.close()
+        log.info("spearlet %s stopped (pid %d)", self.node_id, os.getpid())
+
+    def uptime(self) -> float:  # pragma: no cover - informational
+        return time.monotonic()

@@ -1,0 +1,50 @@
+"""LevelDB store (plyvel): the default for daemons."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from ..errors import Unavailable
+from .base import Store
+
+
+class LevelDBStore(Store):
+    """A LevelDB database in one directory; one process owns it at a time."""
+
+    def __init__(self, path: str | Path) -> None:
+        try:
+            import plyvel
+        except ImportError as exc:  # pragma: no cover - plyvel is a dependency
+            raise Unavailable(f"leveldb store needs plyvel: {exc}") from None
+        Path(path).mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = plyvel.DB(str(path), create_if_missing=True)
+        except plyvel.IOError as exc:
+            raise Unavailable(f"cannot open LevelDB at {path}: {exc}") from None
+        self.path = str(path)
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._db.get(key)
+
+    def put(self, key: bytes, value: bytes, *, sync: bool = False) -> None:
+        self._db.put(key, value, sync=sync)
+
+    def delete(self, key: bytes, *, sync: bool = False) -> None:
+        self._db.delete(key, sync=sync)
+
+    def write_batch(self, puts: Iterable[tuple[bytes, bytes]] = (), deletes: Iterable[bytes] = (), *, sync: bool = False) -> None:
+        with self._db.write_batch(sync=sync) as wb:
+            for k, v in puts:
+                wb.put(k, v)
+            for k in deletes:
+                wb.delete(k)
+
+    def scan(self, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        it = self._db.iterator(prefix=prefix) if prefix else self._db.iterator()
+        with it:
+            yield from it
+
+    def close(self) -> None:
+        if not self._db.closed:
+            self._db.close()
