@@ -1,0 +1,171 @@
+"""Real daemons as subprocesses on random loopback ports (issue: walking skeleton)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from spear import Client, errors
+from spear.cluster import Cluster
+
+HB = dict(heartbeat_interval=0.2, heartbeat_timeout=1.0, cleanup_interval=60.0)
+
+
+def spear_cli(*args: str, timeout: float = 20.0) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "spear", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def wait_for(pred, timeout: float, what: str, step: float = 0.05):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = pred()
+        if last:
+            return last
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last={last!r}")
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    c = Cluster(tmp_path / "spear", spearlets=2, labels=["zone=a", "zone=b"], **HB)
+    try:
+        c.start(wait=30)
+        yield c
+    finally:
+        c.stop()
+
+
+def test_nodes_json_lists_both_ready_with_usage(cluster):
+    r = spear_cli("nodes", "--json", "--sms", cluster.sms_addr)
+    assert r.returncode == 0, r.stderr
+    nodes = json.loads(r.stdout)
+    assert len(nodes) == 2
+    assert {n["state"] for n in nodes} == {"ready"}
+    assert sorted(n["labels"]["zone"] for n in nodes) == ["a", "b"]
+    assert sorted(n["address"] for n in nodes) == sorted(cluster.spearlet_addrs)
+    for n in nodes:
+        assert n["capacity"]["cores"] >= 1 and n["capacity"]["memory"] > 0
+        assert n["usage"]["memory_total"] > 0 and n["usage"]["disk_total"] > 0
+    # the table form works too, and `nodes NAME` finds one node
+    r = spear_cli("nodes", "--sms", cluster.sms_addr)
+    assert r.returncode == 0 and "spearlet-1" in r.stdout
+    r = spear_cli("nodes", "spearlet-2", "--json", "--sms", cluster.sms_addr)
+    assert r.returncode == 0 and json.loads(r.stdout)["name"] == "spearlet-2"
+    r = spear_cli("nodes", "nope", "--sms", cluster.sms_addr)
+    assert r.returncode == 1 and "NOT_FOUND" in r.stderr
+
+
+def test_heartbeats_update_usage(cluster):
+    with Client(cluster.sms_addr) as c:
+        first = {n.node_id: n.last_seen for n in c.nodes()}
+        time.sleep(0.6)
+        later = {n.node_id: n.last_seen for n in c.nodes()}
+    assert all(later[k] > first[k] for k in first)
+
+
+def test_killed_spearlet_turns_unhealthy_within_timeout(cluster):
+    victim = cluster.spearlets[0]
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait(5)
+    t0 = time.monotonic()
+    with Client(cluster.sms_addr) as c:
+        unhealthy = wait_for(lambda: [n for n in c.nodes() if n.state == "unhealthy"], 5.0,
+                             "a node to turn unhealthy")
+        elapsed = time.monotonic() - t0
+        assert [n.name for n in unhealthy] == ["spearlet-1"]
+        # the timeout is 1.0s and the SMS checks 4x per timeout: allow scheduling slack
+        assert elapsed < 1.0 + 1.5
+        assert c.node("spearlet-2").state == "ready"
+        # restarting it with the same data dir (same node id) brings it back to ready
+        cluster.start_spearlet(0)
+        wait_for(lambda: c.node("spearlet-1").state == "ready", 10.0, "spearlet-1 ready again")
+
+
+def test_sms_restart_on_same_leveldb_reattaches_spearlets(cluster):
+    with Client(cluster.sms_addr) as c:
+        before = {n.node_id for n in c.nodes()}
+    assert cluster.stop_process(cluster.sms) == 0  # graceful: exit code 0
+    time.sleep(0.5)
+    cluster.start_sms()
+    with Client(cluster.sms_addr, timeout=2.0) as c:
+        def both_ready():
+            try:
+                nodes = c.nodes()
+            except errors.DeadlineExceeded:
+                return False
+            return {n.node_id for n in nodes if n.state == "ready"} == before and nodes
+        wait_for(both_ready, 15.0, "both spearlets ready after SMS restart")
+    # the spearlets were never restarted
+    assert all(p.poll() is None for p in cluster.spearlets)
+
+
+def test_sms_killed_hard_and_restarted(cluster):
+    os.kill(cluster.sms.pid, signal.SIGKILL)
+    cluster.sms.wait(5)
+    cluster.start_sms()
+    with Client(cluster.sms_addr, timeout=2.0) as c:
+        wait_for(lambda: len([n for n in c.nodes() if n.state == "ready"]) == 2, 15.0,
+                 "both ready after SMS SIGKILL")
+
+
+def test_spearlet_sigterm_deregisters_and_exits_zero(cluster):
+    p = cluster.spearlets[1]
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(10) == 0
+    with Client(cluster.sms_addr) as c:
+        names = [n.name for n in c.nodes()]
+    assert names == ["spearlet-1"]
+
+
+def test_python_m_spear_sms_behaves_like_spear_sms(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "spear.sms", "--help"], capture_output=True, text=True)
+    r2 = spear_cli("sms", "--help")
+    assert r.returncode == r2.returncode == 0
+    assert "--listen" in r.stdout and r.stdout.split("options:")[1] == r2.stdout.split("options:")[1]
+
+
+def test_client_commands_fail_cleanly_without_sms():
+    from spear.cluster import free_port
+
+    r = spear_cli("nodes", "--sms", f"tcp://127.0.0.1:{free_port()}", "--timeout", "0.3")
+    assert r.returncode == 3
+    assert "DEADLINE_EXCEEDED" in r.stderr
+
+
+def test_bad_config_is_a_usage_error(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[sms]\nheartbeat_timeout = -3\n")
+    r = spear_cli("sms", "--config", str(bad))
+    assert r.returncode == 2
+    assert "heartbeat_timeout" in r.stderr and str(bad) in r.stderr
+
+
+def test_spear_up_starts_and_stops_cleanly(tmp_path):
+    from spear.cluster import free_port
+
+    port = free_port()
+    p = subprocess.Popen([sys.executable, "-m", "spear", "up", "-n", "2", "--port", str(port),
+                          "--data", str(tmp_path / "d")], stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    try:
+        line = wait_for(lambda: p.stdout.readline(), 30, "spear up banner")
+        while "ready" not in line:
+            line = p.stdout.readline()
+            assert line, "spear up exited early"
+        with Client(f"tcp://127.0.0.1:{port}") as c:
+            assert len(c.nodes("ready")) == 2
+        assert (tmp_path / "d" / "sms").is_dir()  # LevelDB lives under the data dir
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(20) == 0
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
