@@ -26,6 +26,8 @@ from pathlib import Path
 from .. import __version__, errors, protocol as P
 from ..config import Config
 from ..mesh import DealerPeer, RouterServer
+from ..runtimes import RuntimeManager
+from .functions import FunctionService
 from .resources import ResourceMonitor
 
 log = logging.getLogger("spear.spearlet")
@@ -65,17 +67,27 @@ class Spearlet:
                                on_message=self._on_sms_push)
         self.handlers: dict[type, object] = {P.Ping: self.on_ping}
         self.server = RouterServer("spearlet", self.handlers)
+        self.runtime_manager = RuntimeManager(config, c.data)
+        self.functions = FunctionService(self.runtime_manager, self.node_id,
+                                         max_concurrency=c.max_concurrency)
+        self.handlers.update(self.functions.handlers(self.server))
         self.address = ""
         self.registered = asyncio.Event()
         self.heartbeat_interval = 1.0
         self.heartbeat_timeout = 5.0
         self.runtimes: list[str] = []
         self.unavailable: dict[str, str] = {}
-        self.running = 0
-        self.warm = 0
         self._tasks: list[asyncio.Task] = []
         self._stopping: asyncio.Event | None = None
         self.reconnects = 0
+
+    @property
+    def running(self) -> int:
+        return self.functions.running
+
+    @property
+    def warm(self) -> int:
+        return self.functions.warm
 
     # ---------------------------------------------------------------- direct
 
@@ -157,12 +169,16 @@ class Spearlet:
     # ---------------------------------------------------------------- lifecycle
 
     async def start(self) -> str:
+        await self.runtime_manager.probe()
+        self.runtimes = sorted(self.runtime_manager.runtimes)
+        self.unavailable = dict(self.runtime_manager.unavailable)
         self.address = self.server.bind(self.config.spearlet.listen)
         self.server.start()
         self.link.connect(self.config.spearlet.sms)
         self.link.start()
         self._stopping = asyncio.Event()
         self._tasks.append(asyncio.ensure_future(self._link_loop()))
+        self._tasks.append(asyncio.ensure_future(self.functions.evict_loop()))
         log.info("spearlet %s serving on %s, SMS %s", self.node_id, self.address,
                  self.config.spearlet.sms)
         return self.address
@@ -184,9 +200,17 @@ class Spearlet:
 
     async def close(self, *, deregister: bool = True) -> None:
         """Graceful stop: stop taking work, deregister, close sockets."""
+        # stop taking work, let running executions finish (bounded), then stop
+        self.functions.draining = True
+        deadline = time.monotonic() + self.config.spearlet.drain_timeout
+        while self.functions.running and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
         for t in self._tasks:
             t.cancel()
+        await self.functions.close()
+        await asyncio.sleep(0)  # let cancelled executions send their results
         self.server.close()
+        await self.runtime_manager.close()
         if deregister and self.registered.is_set():
             try:
                 await self.link.request(P.Deregister(id=self.link.next_id(), node_id=self.node_id),
@@ -196,6 +220,3 @@ class Spearlet:
                 log.warning("could not deregister: %s", exc)
         self.link.close()
         log.info("spearlet %s stopped (pid %d)", self.node_id, os.getpid())
-
-    def uptime(self) -> float:  # pragma: no cover - informational
-        return time.monotonic()

@@ -1,0 +1,300 @@
+"""FunctionService and execution manager of a Spearlet.
+
+Deploys functions into their runtime, keeps a warm :class:`InstancePool` per
+function, and runs invocations in three modes:
+
+* ``sync``: the reply is the ``Result`` (output as the payload frame);
+* ``async``: the reply is ``Accepted``; ``GetExecution``/``CancelExecution``
+  follow the execution by id;
+* ``stream``: ``LogChunk`` messages as the function writes to stderr, then
+  the ``Result``.
+
+A per-node concurrency limit answers RESOURCE_EXHAUSTED instead of queueing
+without bound. Finished executions are kept (bounded) for later lookups.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import hashlib
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable
+
+import msgspec
+
+from .. import errors, protocol as P
+from ..runtimes import RuntimeManager
+from ..runtimes.base import Prepared, Runtime
+from .pool import InstancePool
+
+log = logging.getLogger("spear.functions")
+
+_STATUS_OF = {
+    errors.DeadlineExceeded: "timed_out",
+    errors.Cancelled: "cancelled",
+}
+
+
+@dataclass
+class Deployment:
+    """A function installed on this node."""
+
+    spec: P.FunctionSpec
+    runtime: Runtime
+    prepared: Prepared
+    pool: InstancePool
+    invocations: int = 0
+
+
+@dataclass
+class Execution:
+    """One execution tracked by this node."""
+
+    info: P.ExecutionInfo
+    output: bytes = b""
+    task: asyncio.Task | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    logs: list = field(default_factory=list)
+
+
+class FunctionService:
+    """Deployments, pools and executions of one Spearlet."""
+
+    def __init__(self, runtimes: RuntimeManager, node_id: str, *, max_concurrency: int = 64,
+                 keep_executions: int = 10_000) -> None:
+        self.runtimes = runtimes
+        self.node_id = node_id
+        self.max_concurrency = max_concurrency
+        self.deployments: dict[str, Deployment] = {}
+        self.executions: collections.OrderedDict[str, Execution] = collections.OrderedDict()
+        self.keep_executions = keep_executions
+        self.running = 0
+        self.counts: collections.Counter = collections.Counter()
+        self._deploying: dict[str, asyncio.Lock] = {}
+        self.draining = False
+
+    # ------------------------------------------------------------ deployments
+
+    def info(self, d: Deployment) -> P.FunctionInfo:
+        s = d.pool.slots
+        return P.FunctionInfo(name=d.spec.name, runtime=d.spec.runtime, digest=d.prepared.digest,
+                              warm=s.idle, busy=s.busy, hits=s.hits, misses=s.misses,
+                              evictions=s.evictions)
+
+    async def deploy(self, spec: P.FunctionSpec) -> P.FunctionInfo:
+        """Install (or replace) a function and pre-warm ``min_warm`` instances."""
+        if spec.pool.min_warm > spec.pool.max:
+            raise errors.InvalidArgument(
+                f"pool.min_warm ({spec.pool.min_warm}) exceeds pool.max ({spec.pool.max})")
+        runtime = self.runtimes.get(spec.runtime)
+        lock = self._deploying.setdefault(spec.name, asyncio.Lock())
+        async with lock:
+            prepared = await runtime.prepare(spec)
+            if not prepared.digest:
+                prepared.digest = hashlib.sha256(msgspec.msgpack.encode(spec)).hexdigest()
+            pool = InstancePool(runtime, prepared, spec.pool)
+            try:
+                await pool.prewarm()
+            except BaseException:
+                await pool.close()
+                raise
+            old = self.deployments.get(spec.name)
+            d = Deployment(spec, runtime, prepared, pool)
+            self.deployments[spec.name] = d
+            if old is not None:
+                await old.pool.close()
+        log.info("deployed %s (%s, digest %s, %d warm)", spec.name, spec.runtime,
+                 prepared.digest[:12], pool.warm)
+        return self.info(d)
+
+    async def remove(self, name: str) -> None:
+        d = self.deployments.pop(name, None)
+        if d is None:
+            raise errors.NotFound(f"function {name!r} is not deployed on node {self.node_id}")
+        await d.pool.close()
+        log.info("removed %s", name)
+
+    def get(self, name: str) -> Deployment:
+        d = self.deployments.get(name)
+        if d is None:
+            raise errors.NotFound(f"function {name!r} is not deployed on node {self.node_id}")
+        return d
+
+    @property
+    def warm(self) -> int:
+        return sum(d.pool.warm for d in self.deployments.values())
+
+    # ------------------------------------------------------------ executions
+
+    def new_execution(self, function: str, execution_id: str = "", trace_id: str = "") -> Execution:
+        eid = execution_id or uuid.uuid4().hex
+        info = P.ExecutionInfo(execution_id=eid, function=function, status="pending",
+                               node_id=self.node_id, trace_id=trace_id or eid,
+                               submitted_at=time.time())
+        ex = Execution(info)
+        self.executions[eid] = ex
+        while len(self.executions) > self.keep_executions:
+            old_id, old = next(iter(self.executions.items()))
+            if old.task is not None and not old.task.done():
+                break  # never forget a running execution
+            del self.executions[old_id]
+        return ex
+
+    async def run(self, ex: Execution, data: bytes, args: list, timeout: float | None,
+                  on_log: Callable[[bytes], None] | None = None) -> Execution:
+        """Run one execution to a terminal state; never raises (except cancel)."""
+        t_submit = time.perf_counter()
+        name = ex.info.function
+        status, err, exit_code, usage, cold, output = "failed", None, None, P.ExecUsage(), 0.0, b""
+        t_run = t_submit
+        slot = -1
+        d = None
+        self.running += 1
+        try:
+            d = self.get(name)
+            limits = d.spec.limits
+            if timeout is not None:
+                limits = msgspec.structs.replace(limits, timeout=timeout)
+            ex.info = msgspec.structs.replace(ex.info, status="running")
+            slot, inst, cold = await d.pool.acquire()
+            t_run = time.perf_counter()
+            healthy = False
+            try:
+                outcome = await d.runtime.invoke(inst, data, args, limits, on_log)
+                healthy = True
+            finally:
+                d.pool.release(slot, healthy=healthy)
+            status, output, exit_code, usage = "succeeded", outcome.output, outcome.exit_code, outcome.usage
+        except asyncio.CancelledError:
+            status, err = "cancelled", P.ErrorInfo(code="CANCELLED", message="cancelled by request")
+            raise
+        except errors.SpearError as exc:
+            status = _STATUS_OF.get(type(exc), "failed")
+            err = P.ErrorInfo(code=exc.code, message=exc.message)
+            exit_code = exc.details.get("exit_code") if isinstance(exc.details.get("exit_code"), int) else None
+        except Exception as exc:  # noqa: BLE001 - a runtime bug fails the execution, not the node
+            log.exception("execution %s of %s failed inside Spear", ex.info.execution_id, name)
+            err = P.ErrorInfo(code="INTERNAL", message=f"{type(exc).__name__}: {exc}")
+        finally:
+            self.running -= 1
+            t_end = time.perf_counter()
+            if d is not None:
+                d.invocations += 1
+            self.counts[status] += 1
+            queue = max(0.0, t_run - t_submit - cold)
+            ex.info = msgspec.structs.replace(
+                ex.info, status=status, error=err, exit_code=exit_code, usage=usage,
+                cold=cold > 0, finished_at=time.time(),
+                timings=P.Timings(queue=queue, cold_start=cold, run=t_end - t_run,
+                                  total=t_end - t_submit))
+            ex.output = output
+            ex.done.set()
+        return ex
+
+    # ------------------------------------------------------------ wire handlers
+
+    def handlers(self, server) -> dict:
+        """Message handlers for the Spearlet's ROUTER."""
+        self.server = server
+        return {
+            P.DeployFunction: self.on_deploy,
+            P.RemoveFunction: self.on_remove,
+            P.ListFunctions: self.on_list,
+            P.Invoke: self.on_invoke,
+            P.GetExecution: self.on_get_execution,
+            P.CancelExecution: self.on_cancel,
+        }
+
+    async def on_deploy(self, ident, msg: P.DeployFunction, payload):
+        return P.Deployed(id=msg.id, function=await self.deploy(msg.spec))
+
+    async def on_remove(self, ident, msg: P.RemoveFunction, payload):
+        await self.remove(msg.name)
+        return P.Ok(id=msg.id)
+
+    def on_list(self, ident, msg: P.ListFunctions, payload):
+        return P.FunctionList(id=msg.id, functions=[self.info(d) for d in self.deployments.values()])
+
+    def on_invoke(self, ident, msg: P.Invoke, payload):
+        if self.draining:
+            raise errors.Unavailable(f"node {self.node_id} is stopping")
+        if msg.function not in self.deployments:
+            raise errors.NotFound(f"function {msg.function!r} is not deployed on node {self.node_id}")
+        if self.running >= self.max_concurrency:
+            raise errors.ResourceExhausted(
+                f"node {self.node_id} is running {self.running} executions (limit {self.max_concurrency})")
+        ex = self.new_execution(msg.function, msg.execution_id, msg.trace_id)
+        data = bytes(payload) if payload is not None else b""
+        if msg.mode == "sync":
+            return self._sync(msg, ex, data)
+        if msg.mode == "async":
+            ex.task = asyncio.ensure_future(self._guarded(ex, data, msg.args, msg.timeout, None))
+            return P.Accepted(id=msg.id, execution_id=ex.info.execution_id)
+        seq = [0]
+
+        def on_log(chunk: bytes) -> None:
+            ex.logs.append(chunk)
+            seq[0] += 1
+            self.server.reply(ident, P.LogChunk(id=msg.id, execution_id=ex.info.execution_id,
+                                                data=bytes(chunk), seq=seq[0]))
+
+        return self._sync(msg, ex, data, on_log)
+
+    async def _sync(self, msg: P.Invoke, ex: Execution, data: bytes, on_log=None):
+        ex.task = asyncio.current_task()
+        await self._guarded(ex, data, msg.args, msg.timeout, on_log)
+        return P.Result(id=msg.id, execution=ex.info), ex.output
+
+    async def _guarded(self, ex, data, args, timeout, on_log) -> None:
+        try:
+            await self.run(ex, data, args, timeout, on_log)
+        except asyncio.CancelledError:
+            pass  # run() recorded the cancellation
+
+    async def on_get_execution(self, ident, msg: P.GetExecution, payload):
+        ex = self.executions.get(msg.execution_id)
+        if ex is None:
+            raise errors.NotFound(f"execution {msg.execution_id!r} not found on node {self.node_id}")
+        if msg.wait > 0 and not ex.done.is_set():
+            try:
+                await asyncio.wait_for(ex.done.wait(), msg.wait)
+            except asyncio.TimeoutError:
+                pass
+        return P.Result(id=msg.id, execution=ex.info), ex.output
+
+    def on_cancel(self, ident, msg: P.CancelExecution, payload):
+        ex = self.executions.get(msg.execution_id)
+        if ex is None:
+            raise errors.NotFound(f"execution {msg.execution_id!r} not found on node {self.node_id}")
+        if ex.done.is_set():
+            raise errors.InvalidArgument(
+                f"execution {msg.execution_id} already finished ({ex.info.status})")
+        if ex.task is not None:
+            ex.task.cancel()
+        return P.Ok(id=msg.id)
+
+    # ------------------------------------------------------------ upkeep
+
+    async def evict_loop(self, period: float = 5.0) -> None:
+        while True:
+            await asyncio.sleep(period)
+            for d in list(self.deployments.values()):
+                try:
+                    n = await d.pool.evict_idle()
+                    if n:
+                        log.info("evicted %d idle instance(s) of %s", n, d.spec.name)
+                except Exception:  # noqa: BLE001
+                    log.exception("eviction failed for %s", d.spec.name)
+
+    async def close(self) -> None:
+        """Cancel running executions and destroy every instance."""
+        for ex in list(self.executions.values()):
+            if ex.task is not None and not ex.task.done():
+                ex.task.cancel()
+        for d in list(self.deployments.values()):
+            await d.pool.close()
+        self.deployments.clear()

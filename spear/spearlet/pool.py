@@ -1,0 +1,179 @@
+"""InstancePool: warm instances of one function on one node.
+
+The bookkeeping (which slot is idle, busy or free; hits, misses, evictions)
+is the :class:`spear.fast.SlotPool` kernel, Cython with a pure-Python twin;
+this wrapper maps slots to runtime instances and does the async work
+(creating and destroying instances) around it. A hit costs one kernel call
+and a list index.
+
+When every slot is busy and the pool is at its maximum, callers wait in FIFO
+order for a released instance, up to ``wait`` seconds, then get
+RESOURCE_EXHAUSTED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+
+from .. import errors
+from ..fast import SlotPool
+from ..protocol import PoolSettings
+from ..runtimes.base import Instance, Prepared, Runtime
+
+log = logging.getLogger("spear.pool")
+
+
+class InstancePool:
+    """Per-function pool of warm instances."""
+
+    def __init__(self, runtime: Runtime, prepared: Prepared, settings: PoolSettings) -> None:
+        self.runtime = runtime
+        self.prepared = prepared
+        self.settings = settings
+        self.slots = SlotPool(settings.max)
+        self.instances: list[Instance | None] = [None] * settings.max
+        self._waiters: collections.deque[asyncio.Future] = collections.deque()
+        self._destroying: set[asyncio.Task] = set()
+        self.cold_starts = 0
+        self.closed = False
+
+    # ------------------------------------------------------------ figures
+
+    @property
+    def warm(self) -> int:
+        return self.slots.idle
+
+    @property
+    def busy(self) -> int:
+        return self.slots.busy
+
+    # ------------------------------------------------------------ hot path
+
+    async def acquire(self, wait: float = 30.0) -> tuple[int, Instance, float]:
+        """A slot and its instance; the float is the cold-start time (0 on a hit)."""
+        if self.closed:
+            raise errors.Unavailable(f"function {self.prepared.spec.name!r} was removed")
+        slot = self.slots.acquire()
+        if slot >= 0:
+            return slot, self.instances[slot], 0.0
+        slot = self.slots.reserve()
+        if slot < 0:
+            slot = await self._wait_for_release(wait)
+            inst = self.instances[slot]
+            if inst is not None:
+                return slot, inst, 0.0
+        return await self._create(slot)
+
+    async def _create(self, slot: int) -> tuple[int, Instance, float]:
+        t0 = time.perf_counter()
+        try:
+            inst = await self.runtime.create_instance(self.prepared)
+        except BaseException:
+            self.slots.discard(slot)
+            self._wake_one(-1)
+            raise
+        self.instances[slot] = inst
+        self.cold_starts += 1
+        return slot, inst, time.perf_counter() - t0
+
+    async def _wait_for_release(self, wait: float) -> int:
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            return await asyncio.wait_for(fut, wait)
+        except asyncio.TimeoutError:
+            raise errors.ResourceExhausted(
+                f"all {self.settings.max} instances of {self.prepared.spec.name!r} busy "
+                f"for {wait:g}s") from None
+        finally:
+            if not fut.done():
+                fut.cancel()
+            try:
+                self._waiters.remove(fut)
+            except ValueError:
+                pass
+
+    def _wake_one(self, slot: int) -> bool:
+        """Hand ``slot`` (busy, or -1: "reserve one yourself") to the oldest waiter."""
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if fut.done():
+                continue
+            if slot < 0:
+                slot = self.slots.reserve()
+                if slot < 0:
+                    self._waiters.appendleft(fut)
+                    return False
+            fut.set_result(slot)
+            return True
+        return False
+
+    def release(self, slot: int, *, healthy: bool = True) -> None:
+        """Return an instance; an unhealthy or non-reusable one is destroyed."""
+        inst = self.instances[slot]
+        if self.closed or not healthy or inst is None or not inst.reusable:
+            self.instances[slot] = None
+            self.slots.discard(slot)
+            if inst is not None:
+                self._destroy_later(inst)
+            if not self.closed:
+                self._wake_one(-1)
+            return
+        inst.invocations += 1
+        if self._waiters and self._wake_one(slot):
+            return  # handed over while still busy: a hit for the waiter
+        self.slots.release(slot, time.monotonic())
+
+    # ------------------------------------------------------------ upkeep
+
+    def _destroy_later(self, inst: Instance) -> None:
+        task = asyncio.ensure_future(self._destroy(inst))
+        self._destroying.add(task)
+        task.add_done_callback(self._destroying.discard)
+
+    async def _destroy(self, inst: Instance) -> None:
+        try:
+            await self.runtime.destroy(inst)
+        except Exception:  # destroy must not take the node down
+            log.exception("destroying an instance of %s failed", inst.function)
+
+    async def prewarm(self, count: int | None = None) -> int:
+        """Create instances until ``count`` (default min_warm) are idle."""
+        target = self.settings.min_warm if count is None else count
+        made = 0
+        while self.slots.idle < target:
+            slot = self.slots.reserve()
+            if slot < 0:
+                break
+            await self._create(slot)
+            self.slots.release(slot, time.monotonic())
+            made += 1
+        return made
+
+    async def evict_idle(self, now: float | None = None) -> int:
+        """Destroy instances idle for longer than ``idle_ttl`` (keeping min_warm)."""
+        now = time.monotonic() if now is None else now
+        slots = self.slots.evict(now, self.settings.idle_ttl, self.settings.min_warm)
+        for slot in slots:
+            inst, self.instances[slot] = self.instances[slot], None
+            if inst is not None:
+                await self._destroy(inst)
+        return len(slots)
+
+    async def close(self) -> None:
+        """Destroy every instance; busy ones are destroyed when released."""
+        self.closed = True
+        for fut in self._waiters:
+            if not fut.done():
+                fut.set_exception(errors.Unavailable("pool closed"))
+        self._waiters.clear()
+        for slot in self.slots.idle_slots():
+            inst, self.instances[slot] = self.instances[slot], None
+            self.slots.discard(slot)
+            if inst is not None:
+                await self._destroy(inst)
+        if self._destroying:
+            await asyncio.gather(*self._destroying, return_exceptions=True)
