@@ -52,6 +52,14 @@ def _none(reply, payload):
     return None
 
 
+def _exec_page(reply, payload):
+    return list(reply.executions), reply.total
+
+
+def _spec(reply, payload):
+    return reply.spec
+
+
 def _accepted(reply, payload):
     return reply.execution_id
 
@@ -187,6 +195,21 @@ class _Api:
     def wait(self, execution_id: str, *, timeout: float = 60.0, node: str | None = None):
         """Wait until the execution reaches a terminal state."""
         return self.execution(execution_id, wait=timeout, node=node)
+
+    def executions(self, *, function: str = "", status: str | None = None, node_id: str = "",
+                   limit: int = 100, offset: int = 0, timeout: float | None = None):
+        """A page of execution records from the SMS, newest first: ``(items, total)``."""
+        msg = P.ListExecutions(id=self._next_id(), function=function, status=status,
+                               node_id=node_id, limit=limit, offset=offset)
+        return self._call(None, msg, None, _exec_page, timeout)
+
+    def function(self, name: str, *, timeout: float | None = None):
+        """A registered function's spec (without artifact bytes) from the SMS."""
+        return self._call(None, P.GetFunction(id=self._next_id(), name=name), None, _spec, timeout)
+
+    def stats(self, *, timeout: float | None = None):
+        """Cluster totals, reservations and execution counts (ResourceService)."""
+        return self._call(None, P.Stats(id=self._next_id()), None, _pong, timeout)
 
     def cancel(self, execution_id: str, *, node: str | None = None, timeout: float | None = None):
         """Cancel an execution that has not finished."""

@@ -62,6 +62,8 @@ class SMSConfig(_Section, frozen=True):
     heartbeat_interval: Annotated[float, Meta(gt=0, le=3600)] = 1.0
     heartbeat_timeout: Annotated[float, Meta(gt=0, le=86400)] = 5.0
     cleanup_interval: Annotated[float, Meta(gt=0, le=30 * 86400)] = 60.0
+    max_executions: Annotated[int, Meta(ge=100, le=10_000_000)] = 100_000
+    queue_timeout: Annotated[float, Meta(gt=0, le=86400)] = 30.0
 
 
 class SpearletConfig(_Section, frozen=True):

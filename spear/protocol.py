@@ -62,6 +62,7 @@ class Capacity(Struct, frozen=True, kw_only=True):
     cores: NonNeg = 0.0
     memory: NonNegInt = 0
     disk: NonNegInt = 0
+    slots: NonNegInt = 0  # concurrent executions the node accepts (0: no limit)
 
 
 class Usage(Struct, frozen=True, kw_only=True):
@@ -183,6 +184,8 @@ class ExecutionInfo(Struct, frozen=True, kw_only=True):
     submitted_at: float = 0.0
     finished_at: float = 0.0
     cold: bool = False
+    attempts: int = 0
+    args: list[int | float] = []
 
 
 # ------------------------------------------------------------- any direction
@@ -234,6 +237,7 @@ class Heartbeat(_Msg, frozen=True):
     id: int
     node_id: NodeId
     usage: Usage
+    running_ids: list[str] = []  # executions dispatched by the SMS still running here
 
 
 class Deregister(_Msg, frozen=True):
@@ -403,6 +407,117 @@ class Result(_Msg, frozen=True):
     execution: ExecutionInfo
 
 
+# ------------------------------------------------------- SMS <-> node (tasks)
+
+
+class Dispatch(_Msg, frozen=True):
+    """SMS -> Spearlet: run one execution; input is the payload.
+
+    The node answers with ``Result`` (same id), preceded by ``LogChunk``
+    messages when ``stream`` is set. ``digest`` tells the node which version
+    of the function to run; a node that lacks it sends ``FetchFunction``.
+    """
+
+    id: int
+    execution_id: str
+    function: Name
+    digest: str
+    args: list[int | float] = []
+    timeout: float | None = None
+    trace_id: str = ""
+    stream: bool = False
+
+
+class FetchFunction(_Msg, frozen=True):
+    """Spearlet -> SMS: send me the full spec (artifact included) of a function."""
+
+    id: int
+    name: Name
+
+
+class FunctionReply(_Msg, frozen=True):
+    """SMS -> Spearlet or client: one function's spec (reply to Fetch/GetFunction)."""
+
+    id: int
+    spec: FunctionSpec
+    digest: str = ""
+
+
+class GetFunction(_Msg, frozen=True):
+    """Client -> SMS: one registered function (without its artifact bytes)."""
+
+    id: int
+    name: Name
+
+
+class ListExecutions(_Msg, frozen=True):
+    """Client -> SMS: executions, newest first, filtered, one page at a time."""
+
+    id: int
+    function: str = ""
+    status: ExecStatus | None = None
+    node_id: str = ""
+    limit: Annotated[int, Meta(ge=1, le=10000)] = 100
+    offset: Annotated[int, Meta(ge=0)] = 0
+
+
+class ExecutionList(_Msg, frozen=True):
+    """SMS -> client: one page of executions and the total that matched."""
+
+    id: int
+    executions: list[ExecutionInfo]
+    total: int = 0
+
+
+class Subscribe(_Msg, frozen=True):
+    """Client -> SMS: stream node and execution events with seq > ``since``.
+
+    The SMS answers with ``Event`` messages carrying this request's id until
+    the client sends ``Unsubscribe`` or goes away; resume after a reconnect
+    by subscribing again from the last seq seen.
+    """
+
+    id: int
+    since: Annotated[int, Meta(ge=0)] = 0
+
+
+class Unsubscribe(_Msg, frozen=True):
+    """Client -> SMS: stop the event stream started by request ``id``."""
+
+    id: int
+
+
+class Event(_Msg, frozen=True):
+    """SMS -> client: one node or execution event of a subscription."""
+
+    id: int
+    seq: int
+    kind: Literal["node", "execution"]
+    key: str
+    state: str
+    ts: float
+    detail: str = ""
+
+
+class Stats(_Msg, frozen=True):
+    """Client -> SMS: cluster resource totals and scheduler figures."""
+
+    id: int
+
+
+class StatsReply(_Msg, frozen=True):
+    """SMS -> client: totals, reservations and execution counts."""
+
+    id: int
+    nodes_ready: int
+    cores_total: float
+    memory_total: int
+    cores_reserved: float
+    memory_reserved: int
+    executions_active: int
+    counts: dict[str, int] = {}
+
+
 Message = Union[
     ErrorReply,
     Ok,
@@ -428,6 +543,17 @@ Message = Union[
     Accepted,
     LogChunk,
     Result,
+    Dispatch,
+    FetchFunction,
+    FunctionReply,
+    GetFunction,
+    ListExecutions,
+    ExecutionList,
+    Subscribe,
+    Unsubscribe,
+    Event,
+    Stats,
+    StatsReply,
 ]
 
 _encoder = msgspec.msgpack.Encoder()

@@ -1,8 +1,8 @@
 """The SMS daemon: a thin asyncio driver around the service cores.
 
 It owns the ROUTER socket and the store, feeds decoded messages and the
-clock to the cores, and sends what they answer. The cores never touch a
-socket.
+clock to the cores (:class:`NodeRegistry`, :class:`TaskService`), and sends
+what they answer. The cores never touch a socket.
 """
 
 from __future__ import annotations
@@ -16,39 +16,81 @@ from .. import __version__, errors, protocol as P
 from ..config import Config
 from ..mesh import RouterServer
 from ..store import open_store
+from .events import EventLog
 from .nodes import NodeEvent, NodeRegistry
+from .scheduler import NodeTable
+from .tasks import TaskService, TaskSettings
 
 log = logging.getLogger("spear.sms")
 
 
+class _Outbox:
+    """Delivers the TaskService's messages through the ROUTER."""
+
+    def __init__(self, server: RouterServer) -> None:
+        self.server = server
+
+    def to_node(self, node_id: str, msg, payload=None) -> bool:
+        return self.server.reply(node_id.encode(), msg, payload)
+
+    def to_client(self, ident: bytes, msg, payload=None) -> bool:
+        return self.server.reply(ident, msg, payload)
+
+
 class SMS:
-    """Spear Management Service: node registry (and, later, tasks)."""
+    """Spear Management Service: nodes, functions, executions, scheduling."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
         c = config.sms
         self.store = open_store(config.storage.backend, config.storage.path)
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.server = RouterServer("sms", {})
+        self.events = EventLog(self.store, lambda ident, ev: self.server.reply(ident, ev))
+        self.table = NodeTable()
+        now = time.time()
         self.registry = NodeRegistry(
             self.store,
             heartbeat_timeout=c.heartbeat_timeout,
             cleanup_interval=c.cleanup_interval,
-            now=time.time(),
+            now=now,
             on_event=self._on_node_event,
         )
-        self.server = RouterServer("sms", {
+        for info in self.registry.nodes.values():
+            self.table.upsert(info)
+        self.tasks = TaskService(
+            self.store, self.table, _Outbox(self.server), now=now,
+            settings=TaskSettings(max_executions=c.max_executions, queue_timeout=c.queue_timeout),
+            on_event=self.events.publish)
+        self.server.handlers.update({
             P.Ping: self.on_ping,
             P.Register: self.on_register,
             P.Heartbeat: self.on_heartbeat,
             P.Deregister: self.on_deregister,
             P.ListNodes: self.on_list_nodes,
             P.GetNode: self.on_get_node,
+            P.DeployFunction: self.on_deploy,
+            P.RemoveFunction: self.on_remove,
+            P.ListFunctions: self.on_list_functions,
+            P.GetFunction: self.on_get_function,
+            P.FetchFunction: self.on_fetch_function,
+            P.Invoke: self.on_invoke,
+            P.GetExecution: self.on_get_execution,
+            P.CancelExecution: self.on_cancel,
+            P.ListExecutions: self.on_list_executions,
+            P.Result: self.on_result,
+            P.LogChunk: self.on_log_chunk,
+            P.ErrorReply: self.on_node_error,
+            P.Ok: lambda ident, msg, payload: None,
+            P.Subscribe: self.on_subscribe,
+            P.Unsubscribe: self.on_unsubscribe,
+            P.Stats: self.on_stats,
         })
         self.address = ""
         self._stopping: asyncio.Event | None = None
-        self._ticker: asyncio.Task | None = None
+        self._tickers: list[asyncio.Task] = []
 
-    # ---------------------------------------------------------------- handlers
+    # ---------------------------------------------------------------- nodes
 
     def on_ping(self, ident, msg: P.Ping, payload):
         return P.Pong(id=msg.id, role="sms", version=__version__)
@@ -59,16 +101,28 @@ class SMS:
             # the routing id is how the SMS reaches the node: they must agree
             raise errors.InvalidArgument(
                 f"routing id {ident!r} does not match node id {node.node_id!r}")
-        info = self.registry.register(node, time.time())
+        now = time.time()
+        was_known = node.node_id in self.registry.nodes
+        info = self.registry.register(node, now)
+        self.table.upsert(info)
+        if was_known:
+            # a re-registering node restarted or reconnected: what it ran for us
+            # before is reconciled by the running_ids of its heartbeats
+            pass
         log.info("node %s (%s) registered from %s, runtimes %s",
-                 info.node_id, info.name, info.address, ",".join(info.runtimes))
+                 info.node_id, info.name, info.address, ",".join(info.runtimes) or "none")
         c = self.config.sms
+        self.tasks.retry_queue(now)
         return P.Welcome(id=msg.id, node_id=info.node_id,
                          heartbeat_interval=c.heartbeat_interval,
                          heartbeat_timeout=c.heartbeat_timeout)
 
     def on_heartbeat(self, ident, msg: P.Heartbeat, payload):
-        known = self.registry.heartbeat(msg.node_id, msg.usage, time.time())
+        now = time.time()
+        known = self.registry.heartbeat(msg.node_id, msg.usage, now)
+        if known:
+            self.table.update_usage(self.registry.nodes[msg.node_id])
+            self.tasks.on_running(msg.node_id, msg.running_ids, now)
         return P.HeartbeatAck(id=msg.id, known=known)
 
     def on_deregister(self, ident, msg: P.Deregister, payload):
@@ -84,6 +138,83 @@ class SMS:
 
     def _on_node_event(self, ev: NodeEvent) -> None:
         log.info("node %s: %s -> %s (%s)", ev.node_id, ev.old or "new", ev.new, ev.reason)
+        now = time.time()
+        if ev.new == "gone":
+            self.tasks.node_lost(ev.node_id, now, ev.reason)
+            self.table.remove(ev.node_id)
+        else:
+            self.table.set_state(ev.node_id, ev.new)
+            if ev.new == "unhealthy":
+                self.tasks.node_lost(ev.node_id, now, f"turned unhealthy: {ev.reason}")
+        self.events.publish("node", ev.node_id, ev.new, now, ev.reason)
+
+    # ---------------------------------------------------------------- functions
+
+    def on_deploy(self, ident, msg: P.DeployFunction, payload):
+        return P.Deployed(id=msg.id, function=self.tasks.register_function(msg.spec, time.time()))
+
+    def on_remove(self, ident, msg: P.RemoveFunction, payload):
+        self.tasks.remove_function(msg.name, time.time())
+        for node_id in self.registry.nodes:
+            self.server.reply(node_id.encode(), P.RemoveFunction(id=0, name=msg.name))
+        return P.Ok(id=msg.id)
+
+    def on_list_functions(self, ident, msg: P.ListFunctions, payload):
+        return P.FunctionList(id=msg.id, functions=self.tasks.list_functions())
+
+    def on_get_function(self, ident, msg: P.GetFunction, payload):
+        fn = self.tasks.get_function(msg.name)
+        return P.FunctionReply(id=msg.id, spec=fn.spec, digest=fn.digest)
+
+    def on_fetch_function(self, ident, msg: P.FetchFunction, payload):
+        spec, digest = self.tasks.full_spec(msg.name)
+        return P.FunctionReply(id=msg.id, spec=spec, digest=digest)
+
+    # ---------------------------------------------------------------- executions
+
+    def on_invoke(self, ident, msg: P.Invoke, payload):
+        return self.tasks.submit(ident, msg, payload, time.time())
+
+    def on_get_execution(self, ident, msg: P.GetExecution, payload):
+        return self.tasks.wait(ident, msg, time.time())
+
+    def on_cancel(self, ident, msg: P.CancelExecution, payload):
+        self.tasks.cancel(msg.execution_id, time.time())
+        return P.Ok(id=msg.id)
+
+    def on_list_executions(self, ident, msg: P.ListExecutions, payload):
+        items, total = self.tasks.list_executions(msg)
+        return P.ExecutionList(id=msg.id, executions=items, total=total)
+
+    def on_result(self, ident, msg: P.Result, payload):
+        self.tasks.on_result(ident.decode(), msg, payload, time.time())
+
+    def on_log_chunk(self, ident, msg: P.LogChunk, payload):
+        self.tasks.on_log(ident.decode(), msg)
+
+    def on_node_error(self, ident, msg: P.ErrorReply, payload):
+        node = ident.decode("utf-8", "replace")
+        if node in self.registry.nodes and msg.id:
+            self.tasks.on_dispatch_error(node, msg, time.time())
+        else:
+            self.server.protocol_errors += 1
+
+    def on_subscribe(self, ident, msg: P.Subscribe, payload):
+        self.events.subscribe(ident, msg.id, msg.since)
+
+    def on_unsubscribe(self, ident, msg: P.Unsubscribe, payload):
+        self.events.unsubscribe(ident, msg.id)
+        return P.Ok(id=msg.id)
+
+    def on_stats(self, ident, msg: P.Stats, payload):
+        ready = self.registry.list("ready")
+        cpu, mem = self.table.total_reserved()
+        return P.StatsReply(
+            id=msg.id, nodes_ready=len(ready),
+            cores_total=sum(n.capacity.cores for n in ready),
+            memory_total=sum(n.capacity.memory for n in ready),
+            cores_reserved=round(cpu, 6), memory_reserved=int(mem),
+            executions_active=self.tasks.active(), counts=dict(self.tasks.counts))
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -92,16 +223,27 @@ class SMS:
         while True:
             await asyncio.sleep(period)
             try:
-                self.registry.tick(time.time())
+                now = time.time()
+                self.registry.tick(now)
+                self.table.decay_penalties(now)
             except Exception:  # never let housekeeping kill the daemon
-                log.exception("tick failed")
+                log.exception("node tick failed")
+
+    async def _task_loop(self) -> None:
+        while True:
+            await asyncio.sleep(0.02)
+            try:
+                self.tasks.tick(time.time())
+            except Exception:
+                log.exception("task tick failed")
 
     async def start(self) -> str:
         """Bind and start serving; returns the bound address."""
         self.loop = asyncio.get_running_loop()
         self.address = self.server.bind(self.config.sms.listen)
         self.server.start()
-        self._ticker = asyncio.ensure_future(self._tick_loop())
+        self._tickers = [asyncio.ensure_future(self._tick_loop()),
+                         asyncio.ensure_future(self._task_loop())]
         self._stopping = asyncio.Event()
         log.info("SMS listening on %s (store %s at %s)", self.address,
                  self.config.storage.backend, self.config.storage.path)
@@ -123,8 +265,10 @@ class SMS:
         await self.close()
 
     async def close(self) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
+        for t in self._tickers:
+            t.cancel()
         self.server.close()
+        self.tasks.flush()
+        self.events.save()
         self.store.close()
         log.info("SMS stopped")

@@ -62,7 +62,7 @@ class Spearlet:
         Path(c.data).mkdir(parents=True, exist_ok=True)
         self.node_id = _node_id(config)
         self.name = c.name or self.node_id
-        self.monitor = ResourceMonitor(c.data)
+        self.monitor = ResourceMonitor(c.data, slots=c.max_concurrency)
         self.link = DealerPeer("spearlet->sms", identity=self.node_id.encode(),
                                on_message=self._on_sms_push)
         self.handlers: dict[type, object] = {P.Ping: self.on_ping}
@@ -80,6 +80,7 @@ class Spearlet:
         self._tasks: list[asyncio.Task] = []
         self._stopping: asyncio.Event | None = None
         self.reconnects = 0
+        self._dispatches: set[asyncio.Task] = set()
 
     @property
     def running(self) -> int:
@@ -95,7 +96,29 @@ class Spearlet:
         return P.Pong(id=msg.id, role="spearlet", node_id=self.node_id, version=__version__)
 
     def _on_sms_push(self, msg, payload) -> None:
-        log.debug("unsolicited message from SMS: %s", type(msg).__name__)
+        """Work and commands the SMS sends on its own initiative."""
+        if isinstance(msg, P.Dispatch):
+            task = asyncio.ensure_future(self.functions.run_dispatch(
+                msg, payload, self._send_to_sms, self._fetch_function))
+            self._dispatches.add(task)
+            task.add_done_callback(self._dispatches.discard)
+        elif isinstance(msg, P.CancelExecution):
+            ex = self.functions.executions.get(msg.execution_id)
+            if ex is not None and ex.task is not None and not ex.done.is_set():
+                ex.task.cancel()
+        elif isinstance(msg, P.RemoveFunction):
+            if msg.name in self.functions.deployments:
+                asyncio.ensure_future(self.functions.remove(msg.name))
+        else:
+            log.debug("unexpected message from SMS: %s", type(msg).__name__)
+
+    def _send_to_sms(self, msg, payload=None) -> bool:
+        return self.link.send(msg, payload)
+
+    async def _fetch_function(self, name: str):
+        reply, _ = await self.link.request(P.FetchFunction(id=self.link.next_id(), name=name),
+                                           timeout=30.0)
+        return reply.spec, reply.digest
 
     # ---------------------------------------------------------------- SMS link
 
@@ -146,7 +169,8 @@ class Spearlet:
                     log.warning("SMS silent for %.1fs: reconnecting", loop.time() - self.link.last_heard)
                     break
                 hb = P.Heartbeat(id=self.link.next_id(), node_id=self.node_id,
-                                 usage=self.monitor.usage(running=self.running, warm=self.warm))
+                                 usage=self.monitor.usage(running=self.running, warm=self.warm),
+                                 running_ids=list(self.functions.dispatched)[:50_000])
                 fut = self.link.request(hb, timeout=self.heartbeat_timeout)
                 fut.add_done_callback(self._on_heartbeat_ack)
                 if self._needs_register:

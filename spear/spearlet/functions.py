@@ -48,6 +48,7 @@ class Deployment:
     prepared: Prepared
     pool: InstancePool
     invocations: int = 0
+    sms_digest: str = ""
 
 
 @dataclass
@@ -76,6 +77,7 @@ class FunctionService:
         self.counts: collections.Counter = collections.Counter()
         self._deploying: dict[str, asyncio.Lock] = {}
         self.draining = False
+        self.dispatched: set[str] = set()  # SMS executions running here
 
     # ------------------------------------------------------------ deployments
 
@@ -85,7 +87,7 @@ class FunctionService:
                               warm=s.idle, busy=s.busy, hits=s.hits, misses=s.misses,
                               evictions=s.evictions)
 
-    async def deploy(self, spec: P.FunctionSpec) -> P.FunctionInfo:
+    async def deploy(self, spec: P.FunctionSpec, sms_digest: str = "") -> P.FunctionInfo:
         """Install (or replace) a function and pre-warm ``min_warm`` instances."""
         if spec.pool.min_warm > spec.pool.max:
             raise errors.InvalidArgument(
@@ -103,7 +105,7 @@ class FunctionService:
                 await pool.close()
                 raise
             old = self.deployments.get(spec.name)
-            d = Deployment(spec, runtime, prepared, pool)
+            d = Deployment(spec, runtime, prepared, pool, sms_digest=sms_digest)
             self.deployments[spec.name] = d
             if old is not None:
                 await old.pool.close()
@@ -276,6 +278,59 @@ class FunctionService:
         if ex.task is not None:
             ex.task.cancel()
         return P.Ok(id=msg.id)
+
+    # ------------------------------------------------------------ SMS dispatch
+
+    async def ensure(self, name: str, digest: str, fetch) -> None:
+        """Make sure version ``digest`` of ``name`` is deployed, fetching it if not."""
+        d = self.deployments.get(name)
+        if d is not None and d.sms_digest == digest:
+            return
+        lock = self._deploying.setdefault("fetch:" + name, asyncio.Lock())
+        async with lock:
+            d = self.deployments.get(name)
+            if d is not None and d.sms_digest == digest:
+                return
+            spec, got = await fetch(name)
+            await self.deploy(spec, sms_digest=got)
+
+    async def run_dispatch(self, msg: P.Dispatch, payload, send, fetch) -> None:
+        """Run an execution the SMS placed here; the reply goes back on the link."""
+        if self.draining:
+            send(P.ErrorReply(id=msg.id, code="UNAVAILABLE", message=f"node {self.node_id} is stopping"))
+            return
+        if self.running >= self.max_concurrency:
+            send(P.ErrorReply(id=msg.id, code="RESOURCE_EXHAUSTED",
+                              message=f"node {self.node_id} is at its concurrency limit"))
+            return
+        eid = msg.execution_id
+        self.dispatched.add(eid)
+        try:
+            try:
+                await self.ensure(msg.function, msg.digest, fetch)
+            except errors.SpearError as exc:
+                send(P.ErrorReply(id=msg.id, code=exc.code, message=f"deploy failed: {exc.message}"))
+                return
+            ex = self.new_execution(msg.function, eid, msg.trace_id)
+            ex.task = asyncio.current_task()
+            on_log = None
+            if msg.stream:
+                seq = [0]
+
+                def on_log(chunk: bytes) -> None:
+                    seq[0] += 1
+                    send(P.LogChunk(id=msg.id, execution_id=eid, data=bytes(chunk), seq=seq[0]))
+
+            data = bytes(payload) if payload is not None else b""
+            await self._guarded(ex, data, msg.args, msg.timeout, on_log)
+            if self.draining and ex.info.status == "cancelled":
+                # stopped by our own shutdown, not by a user: hand it back
+                send(P.ErrorReply(id=msg.id, code="UNAVAILABLE",
+                                  message=f"node {self.node_id} stopped before it finished"))
+                return
+            send(P.Result(id=msg.id, execution=ex.info), ex.output)
+        finally:
+            self.dispatched.discard(eid)
 
     # ------------------------------------------------------------ upkeep
 

@@ -12,8 +12,9 @@ from ..protocol import Capacity, Usage
 class ResourceMonitor:
     """Cheap, non-blocking psutil readings for registration and heartbeats."""
 
-    def __init__(self, disk_path: str = ".") -> None:
+    def __init__(self, disk_path: str = ".", slots: int = 0) -> None:
         self.disk_path = disk_path if os.path.exists(disk_path) else "/"
+        self.slots = slots
         psutil.cpu_percent(interval=None)  # prime the counter
 
     def capacity(self) -> Capacity:
@@ -21,6 +22,7 @@ class ResourceMonitor:
             cores=float(psutil.cpu_count(logical=True) or 1),
             memory=psutil.virtual_memory().total,
             disk=psutil.disk_usage(self.disk_path).total,
+            slots=self.slots,
         )
 
     def usage(self, *, running: int = 0, warm: int = 0) -> Usage:

@@ -1,0 +1,270 @@
+"""Scheduler: flat typed arrays of node figures and the scoring kernel.
+
+Every ready node has a slot in parallel ``array`` columns (free and total
+CPU and memory, load, penalty). A decision fills two byte masks — eligible
+(ready, runtime offered, labels match) and warm (the node already has the
+function) — from caches keyed by the request's shape, then calls
+:func:`spear.fast.pick_nodes` (Cython, or its pure-Python twin) for the
+best candidates in order. Reservations are taken on dispatch and returned on
+every terminal state; the free columns are capacity minus reservations.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+
+from ..fast import pick_nodes
+from ..protocol import NodeInfo
+
+#: added to a node's score penalty when it refuses or fails a dispatch
+PENALTY = 2.0
+#: seconds for a penalty to decay by half
+PENALTY_HALF_LIFE = 5.0
+
+
+class NodeTable:
+    """Scheduling view of the cluster, one array slot per known node."""
+
+    def __init__(self) -> None:
+        self.slot_of: dict[str, int] = {}
+        self.node_at: list[str | None] = []
+        self.info: list[NodeInfo | None] = []
+        self.free_cpu = array("d")
+        self.free_mem = array("d")
+        self.cap_cpu = array("d")
+        self.cap_mem = array("d")
+        self.load = array("d")
+        self.penalty = array("d")
+        self._penalty_at: dict[int, float] = {}
+        self.ready = bytearray()
+        self.functions: list[set[str]] = []
+        self._free_slots: list[int] = []
+        self._eligible: dict[tuple, bytearray] = {}
+        self._warm: dict[str, bytearray] = {}
+        self.reserved: dict[str, list[float]] = {}  # node -> [cpu, mem]
+        self.running: dict[str, int] = {}  # node -> executions dispatched there
+
+    def __len__(self) -> int:
+        return len(self.slot_of)
+
+    # ------------------------------------------------------------ membership
+
+    def upsert(self, info: NodeInfo) -> int:
+        """Add or refresh a node (capacity, labels, runtimes, state, load)."""
+        slot = self.slot_of.get(info.node_id)
+        if slot is None:
+            if self._free_slots:
+                slot = self._free_slots.pop()
+            else:
+                slot = len(self.node_at)
+                for col in (self.free_cpu, self.free_mem, self.cap_cpu, self.cap_mem, self.load,
+                            self.penalty):
+                    col.append(0.0)
+                self.ready.append(0)
+                self.node_at.append(None)
+                self.info.append(None)
+                self.functions.append(set())
+                for mask in self._eligible.values():
+                    mask.append(0)
+                for mask in self._warm.values():
+                    mask.append(0)
+            self.slot_of[info.node_id] = slot
+            self.node_at[slot] = info.node_id
+            self.functions[slot] = set()
+            self.penalty[slot] = 0.0
+            self.reserved.setdefault(info.node_id, [0.0, 0.0])
+            for mask in self._warm.values():
+                mask[slot] = 0
+        old = self.info[slot]
+        self.info[slot] = info
+        self.cap_cpu[slot] = info.capacity.cores
+        self.cap_mem[slot] = float(info.capacity.memory)
+        self.update_usage(info)
+        ready = 1 if info.state == "ready" else 0
+        if (old is None or old.labels != info.labels or old.runtimes != info.runtimes
+                or self.ready[slot] != ready):
+            self.ready[slot] = ready
+            self._eligible.clear()  # label/runtime/state changed: rebuild lazily
+        self._refresh_free(info.node_id)
+        return slot
+
+    def update_usage(self, info: NodeInfo) -> None:
+        slot = self.slot_of.get(info.node_id)
+        if slot is not None:
+            cores = max(info.capacity.cores, 1.0)
+            self.load[slot] = info.usage.load1 / cores
+
+    def set_state(self, node_id: str, state: str) -> None:
+        slot = self.slot_of.get(node_id)
+        if slot is None:
+            return
+        ready = 1 if state == "ready" else 0
+        if self.ready[slot] != ready:
+            self.ready[slot] = ready
+            self._eligible.clear()
+
+    def remove(self, node_id: str) -> None:
+        slot = self.slot_of.pop(node_id, None)
+        if slot is None:
+            return
+        self.node_at[slot] = None
+        self.info[slot] = None
+        self.ready[slot] = 0
+        self.functions[slot] = set()
+        self.free_cpu[slot] = self.free_mem[slot] = 0.0
+        self.reserved.pop(node_id, None)
+        self.running.pop(node_id, None)
+        for mask in self._eligible.values():
+            mask[slot] = 0
+        for mask in self._warm.values():
+            mask[slot] = 0
+        self._free_slots.append(slot)
+
+    # ------------------------------------------------------------ warmth
+
+    def mark_warm(self, node_id: str, function: str) -> None:
+        slot = self.slot_of.get(node_id)
+        if slot is None:
+            return
+        self.functions[slot].add(function)
+        mask = self._warm.get(function)
+        if mask is not None:
+            mask[slot] = 1
+
+    def forget_function(self, function: str) -> None:
+        self._warm.pop(function, None)
+        for fs in self.functions:
+            fs.discard(function)
+
+    def _warm_mask(self, function: str) -> bytearray:
+        mask = self._warm.get(function)
+        if mask is None:
+            mask = bytearray(len(self.node_at))
+            for i, fs in enumerate(self.functions):
+                if function in fs:
+                    mask[i] = 1
+            self._warm[function] = mask
+        return mask
+
+    # ------------------------------------------------------------ reservations
+
+    def _refresh_free(self, node_id: str) -> None:
+        slot = self.slot_of[node_id]
+        cpu, mem = self.reserved.get(node_id, (0.0, 0.0))
+        self.free_cpu[slot] = self.cap_cpu[slot] - cpu
+        self.free_mem[slot] = self.cap_mem[slot] - mem
+        info = self.info[slot]
+        if info is not None and info.capacity.slots and \
+                self.running.get(node_id, 0) >= info.capacity.slots:
+            self.free_cpu[slot] = -1.0  # at its concurrency limit: fits nothing
+
+    def note_running(self, node_id: str, delta: int) -> None:
+        """Count executions dispatched to a node (its concurrency slots)."""
+        n = max(0, self.running.get(node_id, 0) + delta)
+        self.running[node_id] = n
+        if node_id in self.slot_of:
+            self._refresh_free(node_id)
+
+    def reserve(self, node_id: str, cpu: float, mem: float) -> None:
+        r = self.reserved.setdefault(node_id, [0.0, 0.0])
+        r[0] += cpu
+        r[1] += mem
+        if node_id in self.slot_of:
+            self._refresh_free(node_id)
+
+    def release(self, node_id: str, cpu: float, mem: float) -> None:
+        r = self.reserved.get(node_id)
+        if r is None:
+            return
+        r[0] = max(0.0, r[0] - cpu)
+        r[1] = max(0.0, r[1] - mem)
+        if abs(r[0]) < 1e-9:
+            r[0] = 0.0
+        if abs(r[1]) < 1e-3:
+            r[1] = 0.0
+        if node_id in self.slot_of:
+            self._refresh_free(node_id)
+
+    def total_reserved(self) -> tuple[float, float]:
+        cpu = sum(r[0] for r in self.reserved.values())
+        mem = sum(r[1] for r in self.reserved.values())
+        return cpu, mem
+
+    # ------------------------------------------------------------ penalties
+
+    def penalise(self, node_id: str, now: float, amount: float = PENALTY) -> None:
+        slot = self.slot_of.get(node_id)
+        if slot is None:
+            return
+        self._decay(slot, now)
+        self.penalty[slot] += amount
+        self._penalty_at[slot] = now
+
+    def _decay(self, slot: int, now: float) -> None:
+        at = self._penalty_at.get(slot)
+        if at is None:
+            return
+        p = self.penalty[slot] * math.pow(0.5, (now - at) / PENALTY_HALF_LIFE)
+        if p < 0.01:
+            p = 0.0
+            del self._penalty_at[slot]
+        else:
+            self._penalty_at[slot] = now
+        self.penalty[slot] = p
+
+    def decay_penalties(self, now: float) -> None:
+        for slot in list(self._penalty_at):
+            self._decay(slot, now)
+
+    # ------------------------------------------------------------ decisions
+
+    def _eligible_mask(self, runtime: str, labels: tuple) -> bytearray:
+        key = (runtime, labels)
+        mask = self._eligible.get(key)
+        if mask is None:
+            mask = bytearray(len(self.node_at))
+            for i, info in enumerate(self.info):
+                if info is None or not self.ready[i] or runtime not in info.runtimes:
+                    continue
+                if all(info.labels.get(k) == v for k, v in labels):
+                    mask[i] = 1
+            self._eligible[key] = mask
+        return mask
+
+    def candidates(self, *, runtime: str, labels: dict, function: str, cpu: float, mem: float,
+                   k: int = 3, exclude: set[str] | None = None) -> list[str]:
+        """Best ``k`` node ids for the request, best first (empty: nothing fits)."""
+        if not self.node_at:
+            return []
+        elig = self._eligible_mask(runtime, tuple(sorted(labels.items())))
+        if exclude:
+            elig = bytearray(elig)
+            for nid in exclude:
+                slot = self.slot_of.get(nid)
+                if slot is not None:
+                    elig[slot] = 0
+        warm = self._warm_mask(function)
+        picks = pick_nodes(self.free_cpu, self.free_mem, self.cap_cpu, self.cap_mem, self.load,
+                           elig, warm, self.penalty, cpu, mem, k)
+        return [self.node_at[i] for i in picks]
+
+    def why_not(self, *, runtime: str, labels: dict, cpu: float, mem: float) -> tuple[str, bool]:
+        """Why no node fits, and whether waiting could help (nodes busy, not absent)."""
+        ready = [i for i in self.info if i is not None and self.ready[self.slot_of[i.node_id]]]
+        if not ready:
+            return "no ready nodes", False
+        with_rt = [i for i in ready if runtime in i.runtimes]
+        if not with_rt:
+            reasons = {i.unavailable.get(runtime, "not offered") for i in ready}
+            return (f"no ready node offers runtime {runtime!r} "
+                    f"({'; '.join(sorted(reasons))[:200]})"), False
+        matching = [i for i in with_rt if all(i.labels.get(k) == v for k, v in labels.items())]
+        if not matching:
+            return f"no ready node with runtime {runtime!r} matches labels {labels}", False
+        big = [i for i in matching if i.capacity.cores >= cpu and i.capacity.memory >= mem]
+        if not big:
+            return (f"no node is large enough for {cpu:g} cores and {mem / 2**20:.0f} MiB "
+                    f"(largest: {max(i.capacity.cores for i in matching):g} cores)"), False
+        return (f"no node has {cpu:g} free cores and {mem / 2**20:.0f} MiB free memory now "
+                f"({len(big)} candidate(s) busy)"), True

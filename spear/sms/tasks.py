@@ -1,0 +1,542 @@
+"""TaskService core: functions, executions, scheduling, dispatch, recovery.
+
+No sockets, no clock: the driver passes ``now`` and an :class:`Outbox` that
+delivers messages to nodes and clients. Tests drive it with a fake outbox.
+
+Life of an execution submitted through the SMS::
+
+    submit ─► pending ─(scheduler picks a node, reserves cpu/mem)─► scheduled
+       │         ▲ no node fits: queued (bounded), retried on every change
+       │         └──── spillback: node refused (RESOURCE_EXHAUSTED...) ◄──┐
+       │                                                                   │
+       └► Dispatch ──► node runs it ──► Result ─► succeeded | failed | timed_out
+                                                  | cancelled  (reservation returned)
+    node lost / stops reporting it: retry elsewhere if retries allow, else ``lost``
+
+Results are matched by execution id, so a late result (after a retry or an
+SMS restart) is accepted once and never counted twice. Heartbeats list the
+executions a node is running; an execution the node no longer reports is
+treated as lost on that node.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import msgspec
+
+from .. import errors, protocol as P
+from ..protocol import TERMINAL
+from ..store import Store
+from .scheduler import NodeTable
+
+log = logging.getLogger("spear.sms.tasks")
+
+FN_PREFIX = b"fn/"
+ART_PREFIX = b"artifact/"
+EX_PREFIX = b"ex/"
+MiB = 1024 * 1024
+
+_enc = msgspec.msgpack.Encoder()
+
+
+class StoredFunction(msgspec.Struct, frozen=True, kw_only=True):
+    """A registered function as persisted (artifact stored apart, by digest)."""
+
+    spec: P.FunctionSpec
+    digest: str
+    artifact_digest: str = ""
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+class StoredExecution(msgspec.Struct, frozen=True, kw_only=True):
+    """An execution record as persisted."""
+
+    info: P.ExecutionInfo
+    output: bytes = b""
+    retries: int = 0
+    timeout: float | None = None
+
+
+_dec_fn = msgspec.msgpack.Decoder(StoredFunction)
+_dec_ex = msgspec.msgpack.Decoder(StoredExecution)
+
+
+class Outbox(Protocol):
+    """Where the core's messages go (the driver's sockets, or a test list)."""
+
+    def to_node(self, node_id: str, msg: Any, payload: bytes | None = None) -> bool: ...
+
+    def to_client(self, ident: bytes, msg: Any, payload: bytes | None = None) -> bool: ...
+
+
+@dataclass
+class Waiter:
+    """A client waiting for an execution's terminal state."""
+
+    ident: bytes
+    rid: int
+    deadline: float
+    stream: bool = False
+
+
+@dataclass
+class Exec:
+    """In-memory state of one execution."""
+
+    info: P.ExecutionInfo
+    data: bytes = b""
+    output: bytes = b""
+    timeout: float | None = None
+    retries: int = 0
+    waiters: list[Waiter] = field(default_factory=list)
+    node: str = ""
+    dispatch_id: int = 0
+    dispatched_at: float = 0.0
+    reserved: tuple[float, float] = (0.0, 0.0)
+    excluded: set[str] = field(default_factory=set)
+    spills: int = 0
+    queued_at: float = 0.0
+    cancel_at: float = 0.0
+    stream: bool = False
+
+
+@dataclass
+class TaskSettings:
+    """Knobs of the TaskService (from [sms] config)."""
+
+    max_executions: int = 100_000
+    max_queue: int = 10_000
+    queue_timeout: float = 30.0
+    max_spills: int = 5
+    report_grace: float = 3.0
+    keep_output: int = MiB
+    default_cpu: float = 0.01
+    default_memory_mb: int = 16
+
+
+class TaskService:
+    """Function registry and execution manager of the SMS."""
+
+    def __init__(self, store: Store, table: NodeTable, outbox: Outbox, *, now: float,
+                 settings: TaskSettings | None = None, on_event=None) -> None:
+        self.store = store
+        self.table = table
+        self.outbox = outbox
+        self.s = settings or TaskSettings()
+        self.on_event = on_event
+        self.functions: dict[str, StoredFunction] = {}
+        self.execs: collections.OrderedDict[str, Exec] = collections.OrderedDict()
+        self.by_node: dict[str, set[str]] = collections.defaultdict(set)
+        self.queue: collections.deque[str] = collections.deque()
+        self.dirty: set[str] = set()
+        self.watch: set[str] = set()  # executions with timed waiters or pending cancels
+        self.counts: collections.Counter = collections.Counter()
+        self._dispatch_ids = iter(range(uuid.uuid4().int >> 66, 1 << 63))
+        self._load(now)
+
+    # ------------------------------------------------------------------ load
+
+    def _load(self, now: float) -> None:
+        for key, raw in self.store.scan(FN_PREFIX):
+            try:
+                fn = _dec_fn.decode(raw)
+            except msgspec.DecodeError:
+                log.error("skipping corrupt function record %r", key)
+                continue
+            self.functions[fn.spec.name] = fn
+        recovered = []
+        for key, raw in self.store.scan(EX_PREFIX):
+            try:
+                st = _dec_ex.decode(raw)
+            except msgspec.DecodeError:
+                log.error("skipping corrupt execution record %r", key)
+                continue
+            ex = Exec(info=st.info, output=st.output, retries=st.retries, timeout=st.timeout)
+            self.execs[st.info.execution_id] = ex
+            if st.info.status not in TERMINAL:
+                recovered.append(ex)
+        # oldest first, so retention prunes the right ones
+        self.execs = collections.OrderedDict(
+            sorted(self.execs.items(), key=lambda kv: kv[1].info.submitted_at))
+        for ex in recovered:
+            if ex.info.status in ("scheduled", "running") and ex.info.node_id:
+                # it may still be running there: the node's next heartbeats tell
+                ex.node = ex.info.node_id
+                ex.dispatched_at = now
+                self.by_node[ex.node].add(ex.info.execution_id)
+            else:
+                self._end(ex, "lost", now, "UNAVAILABLE", "SMS restarted before it was dispatched "
+                          "(its input is not kept across restarts)")
+        if self.functions or self.execs:
+            log.info("recovered %d function(s), %d execution record(s), %d in flight",
+                     len(self.functions), len(self.execs), len(recovered))
+
+    # ------------------------------------------------------------------ functions
+
+    def register_function(self, spec: P.FunctionSpec, now: float) -> P.FunctionInfo:
+        """Register or update a function; the artifact is stored once by content hash."""
+        art_digest = ""
+        if spec.artifact is not None:
+            art_digest = hashlib.sha256(spec.artifact).hexdigest()
+            key = ART_PREFIX + art_digest.encode()
+            if self.store.get(key) is None:
+                self.store.put(key, spec.artifact, sync=True)
+        bare = msgspec.structs.replace(spec, artifact=None)
+        digest = hashlib.sha256(_enc.encode(bare) + art_digest.encode()).hexdigest()
+        prev = self.functions.get(spec.name)
+        fn = StoredFunction(spec=bare, digest=digest, artifact_digest=art_digest,
+                            created_at=prev.created_at if prev else now, updated_at=now)
+        self.store.put(FN_PREFIX + spec.name.encode(), _enc.encode(fn), sync=True)
+        self.functions[spec.name] = fn
+        if prev is not None and prev.digest != digest:
+            self.table.forget_function(spec.name)  # nodes hold the old version
+        self._event("function", spec.name, "registered", now, digest[:12])
+        return self._fn_info(fn)
+
+    def remove_function(self, name: str, now: float) -> None:
+        if self.functions.pop(name, None) is None:
+            raise errors.NotFound(f"function {name!r} is not registered")
+        self.store.delete(FN_PREFIX + name.encode(), sync=True)
+        self.table.forget_function(name)
+        self._event("function", name, "removed", now)
+
+    def get_function(self, name: str) -> StoredFunction:
+        fn = self.functions.get(name)
+        if fn is None:
+            raise errors.NotFound(f"function {name!r} is not registered")
+        return fn
+
+    def full_spec(self, name: str) -> tuple[P.FunctionSpec, str]:
+        """The spec with its artifact bytes (for a node that lacks it)."""
+        fn = self.get_function(name)
+        spec = fn.spec
+        if fn.artifact_digest:
+            art = self.store.get(ART_PREFIX + fn.artifact_digest.encode())
+            if art is None:
+                raise errors.Internal(f"artifact {fn.artifact_digest} of {name} is missing")
+            spec = msgspec.structs.replace(spec, artifact=art)
+        return spec, fn.digest
+
+    def _fn_info(self, fn: StoredFunction) -> P.FunctionInfo:
+        return P.FunctionInfo(name=fn.spec.name, runtime=fn.spec.runtime, digest=fn.digest)
+
+    def list_functions(self) -> list[P.FunctionInfo]:
+        return [self._fn_info(f) for _, f in sorted(self.functions.items())]
+
+    # ------------------------------------------------------------------ submit
+
+    def submit(self, ident: bytes, msg: P.Invoke, payload, now: float):
+        """Accept an invocation; returns the immediate reply (async) or None."""
+        fn = self.get_function(msg.function)
+        if len(self.queue) >= self.s.max_queue:
+            raise errors.ResourceExhausted(f"SMS queue is full ({self.s.max_queue} executions waiting)")
+        eid = msg.execution_id or uuid.uuid4().hex
+        if eid in self.execs:
+            raise errors.InvalidArgument(f"execution id {eid!r} already exists")
+        info = P.ExecutionInfo(execution_id=eid, function=fn.spec.name, status="pending",
+                               trace_id=msg.trace_id or eid, submitted_at=now,
+                               args=list(msg.args))
+        ex = Exec(info=info, data=bytes(payload) if payload is not None else b"",
+                  timeout=msg.timeout, retries=fn.spec.retries, stream=msg.mode == "stream")
+        self.execs[eid] = ex
+        self.counts["submitted"] += 1
+        self._prune()
+        if msg.mode != "async":
+            ex.waiters.append(Waiter(ident, msg.id, float("inf"), stream=ex.stream))
+        self._schedule(ex, now)
+        if msg.mode == "async":
+            self.dirty.add(eid)
+            return P.Accepted(id=msg.id, execution_id=eid)
+        return None
+
+    def _need(self, spec: P.FunctionSpec) -> tuple[float, float]:
+        cpu = spec.limits.cpus if spec.limits.cpus is not None else self.s.default_cpu
+        mem = (spec.limits.memory_mb or self.s.default_memory_mb) * MiB
+        return cpu, float(mem)
+
+    def _schedule(self, ex: Exec, now: float) -> bool:
+        """Pick a node and dispatch; queue if nothing fits; fail if nothing ever can."""
+        fn = self.functions.get(ex.info.function)
+        if fn is None:
+            self._end(ex, "failed", now, "NOT_FOUND", f"function {ex.info.function!r} was removed")
+            return False
+        spec = fn.spec
+        cpu, mem = self._need(spec)
+        picks = self.table.candidates(runtime=spec.runtime, labels=spec.labels,
+                                      function=spec.name, cpu=cpu, mem=mem, k=1,
+                                      exclude=ex.excluded or None)
+        if not picks:
+            why, transient = self.table.why_not(runtime=spec.runtime, labels=spec.labels,
+                                                cpu=cpu, mem=mem)
+            if not transient and not ex.excluded:
+                # nothing could ever run it right now: fail clearly instead of waiting
+                self._end(ex, "failed", now, "UNAVAILABLE", why)
+                return False
+            if not ex.queued_at:
+                ex.queued_at = now
+                self.queue.append(ex.info.execution_id)
+            ex.excluded.clear()
+            return False
+        node = picks[0]
+        ex.node = node
+        ex.reserved = (cpu, mem)
+        self.table.reserve(node, cpu, mem)
+        self.table.note_running(node, +1)
+        ex.dispatch_id = next(self._dispatch_ids)
+        ex.dispatched_at = now
+        ex.queued_at = 0.0
+        ex.info = msgspec.structs.replace(ex.info, status="scheduled", node_id=node,
+                                          attempts=ex.info.attempts + 1)
+        self.by_node[node].add(ex.info.execution_id)
+        sent = self.outbox.to_node(node, P.Dispatch(
+            id=ex.dispatch_id, execution_id=ex.info.execution_id, function=spec.name,
+            digest=fn.digest, args=ex.info.args, timeout=ex.timeout, trace_id=ex.info.trace_id,
+            stream=ex.stream), ex.data)
+        if not sent:
+            self._spill(ex, now, "could not send to node")
+        return True
+
+    def _unassign(self, ex: Exec) -> None:
+        if ex.node:
+            self.table.release(ex.node, *ex.reserved)
+            self.table.note_running(ex.node, -1)
+            self.by_node[ex.node].discard(ex.info.execution_id)
+            ex.node = ""
+            ex.reserved = (0.0, 0.0)
+
+    def _spill(self, ex: Exec, now: float, reason: str) -> None:
+        """The chosen node refused or failed: penalise it and try the next one."""
+        node = ex.node
+        self._unassign(ex)
+        self.table.penalise(node, now)
+        ex.excluded.add(node)
+        ex.spills += 1
+        if ex.spills > self.s.max_spills:
+            self._end(ex, "failed", now, "RESOURCE_EXHAUSTED",
+                      f"refused by {ex.spills} nodes; last: {reason}")
+            return
+        ex.info = msgspec.structs.replace(ex.info, status="pending")
+        self._schedule(ex, now)
+
+    # ------------------------------------------------------------------ node replies
+
+    def on_result(self, node: str, msg: P.Result, payload, now: float) -> None:
+        """A node finished an execution (any terminal status)."""
+        info = msg.execution
+        ex = self.execs.get(info.execution_id)
+        if ex is None or ex.info.status in TERMINAL:
+            self.counts["late_results"] += 1
+            return
+        if ex.node and ex.node != node:
+            # a result from an earlier attempt: take it, free the current one
+            self.outbox.to_node(ex.node, P.CancelExecution(id=0, execution_id=info.execution_id))
+        self.table.mark_warm(node, ex.info.function)
+        status = info.status if info.status in TERMINAL else "failed"
+        ex.info = msgspec.structs.replace(
+            ex.info, node_id=node, error=info.error, exit_code=info.exit_code,
+            timings=info.timings, usage=info.usage, cold=info.cold)
+        self._end(ex, status, now, output=bytes(payload) if payload is not None else b"")
+
+    def on_log(self, node: str, msg: P.LogChunk) -> None:
+        ex = self.execs.get(msg.execution_id)
+        if ex is None:
+            return
+        for w in ex.waiters:
+            if w.stream:
+                self.outbox.to_client(w.ident, P.LogChunk(id=w.rid, execution_id=msg.execution_id,
+                                                          data=msg.data, seq=msg.seq))
+
+    def on_dispatch_error(self, node: str, msg: P.ErrorReply, now: float) -> None:
+        """A node refused a Dispatch (identified by its id)."""
+        for eid in list(self.by_node.get(node, ())):
+            ex = self.execs.get(eid)
+            if ex is not None and ex.dispatch_id == msg.id:
+                if msg.code in ("RESOURCE_EXHAUSTED", "UNAVAILABLE"):
+                    self._spill(ex, now, f"{msg.code}: {msg.message}")
+                else:
+                    self._unassign(ex)
+                    self._end(ex, "failed", now, msg.code, msg.message)
+                return
+
+    def on_running(self, node: str, running: list[str], now: float) -> None:
+        """Reconcile with a heartbeat's list of executions the node is running."""
+        mine = self.by_node.get(node)
+        if not mine:
+            return
+        present = set(running)
+        for eid in list(mine):
+            ex = self.execs.get(eid)
+            if ex is None or eid in present:
+                continue
+            if now - ex.dispatched_at > self.s.report_grace:
+                self._node_failed(ex, now, f"node {node} no longer reports execution {eid}")
+
+    def node_lost(self, node: str, now: float, reason: str) -> None:
+        """The node turned unhealthy or left: retry or lose what ran there."""
+        for eid in list(self.by_node.get(node, ())):
+            ex = self.execs.get(eid)
+            if ex is not None:
+                self._node_failed(ex, now, f"node {node} {reason}")
+        self.by_node.pop(node, None)
+
+    def _node_failed(self, ex: Exec, now: float, reason: str) -> None:
+        node = ex.node
+        self._unassign(ex)
+        if ex.info.attempts <= ex.retries and ex.data is not None:
+            log.info("retrying %s of %s after: %s", ex.info.execution_id, ex.info.function, reason)
+            self.counts["retried"] += 1
+            ex.excluded.add(node)
+            ex.info = msgspec.structs.replace(ex.info, status="pending")
+            self._schedule(ex, now)
+        else:
+            self._end(ex, "lost", now, "UNAVAILABLE", reason)
+
+    # ------------------------------------------------------------------ client queries
+
+    def get(self, eid: str) -> Exec:
+        ex = self.execs.get(eid)
+        if ex is None:
+            raise errors.NotFound(f"execution {eid!r} not found")
+        return ex
+
+    def result_msg(self, ex: Exec, rid: int):
+        return P.Result(id=rid, execution=ex.info), ex.output
+
+    def wait(self, ident: bytes, msg: P.GetExecution, now: float):
+        """Reply now if finished (or no wait asked), else register a waiter."""
+        ex = self.get(msg.execution_id)
+        if ex.info.status in TERMINAL or msg.wait <= 0:
+            return self.result_msg(ex, msg.id)
+        ex.waiters.append(Waiter(ident, msg.id, now + msg.wait))
+        self.watch.add(ex.info.execution_id)
+        return None
+
+    def cancel(self, eid: str, now: float) -> None:
+        ex = self.get(eid)
+        if ex.info.status in TERMINAL:
+            raise errors.InvalidArgument(f"execution {eid} already finished ({ex.info.status})")
+        if ex.node:
+            self.outbox.to_node(ex.node, P.CancelExecution(id=0, execution_id=eid))
+            # the node's Result (status cancelled) ends it; if the node is gone,
+            # node_lost does. Also end it here after a grace, see tick().
+            ex.retries = 0
+            ex.cancel_at = now
+            self.watch.add(eid)
+        else:
+            self._end(ex, "cancelled", now, "CANCELLED", "cancelled before it was dispatched")
+
+    def list_executions(self, msg: P.ListExecutions) -> tuple[list[P.ExecutionInfo], int]:
+        out = []
+        for ex in reversed(self.execs.values()):
+            i = ex.info
+            if msg.function and i.function != msg.function:
+                continue
+            if msg.status and i.status != msg.status:
+                continue
+            if msg.node_id and i.node_id != msg.node_id:
+                continue
+            out.append(i)
+        return out[msg.offset:msg.offset + msg.limit], len(out)
+
+    def active(self) -> int:
+        return sum(len(s) for s in self.by_node.values()) + len(self.queue)
+
+    # ------------------------------------------------------------------ endings
+
+    def _end(self, ex: Exec, status: str, now: float, code: str = "", message: str = "",
+             output: bytes = b"") -> None:
+        self._unassign(ex)
+        err = ex.info.error
+        if code:
+            err = P.ErrorInfo(code=code, message=message)
+        ex.info = msgspec.structs.replace(ex.info, status=status, error=err, finished_at=now)
+        ex.output = output
+        ex.data = b""
+        ex.queued_at = 0.0
+        self.counts[status] += 1
+        self.dirty.add(ex.info.execution_id)
+        for w in ex.waiters:
+            self.outbox.to_client(w.ident, *self.result_msg(ex, w.rid))
+        ex.waiters.clear()
+        self._event("execution", ex.info.execution_id, status, now, ex.info.function)
+
+    def _event(self, kind: str, key: str, state: str, now: float, detail: str = "") -> None:
+        if self.on_event is not None:
+            self.on_event(kind, key, state, now, detail)
+
+    def _prune(self) -> None:
+        excess = len(self.execs) - self.s.max_executions
+        if excess <= 0:
+            return
+        dead = []
+        for eid, ex in self.execs.items():
+            if len(dead) >= excess:
+                break
+            if ex.info.status in TERMINAL:
+                dead.append(eid)
+        for eid in dead:
+            del self.execs[eid]
+            self.dirty.discard(eid)
+        if dead:
+            self.store.write_batch(deletes=[EX_PREFIX + e.encode() for e in dead])
+
+    # ------------------------------------------------------------------ upkeep
+
+    def retry_queue(self, now: float) -> None:
+        """Try queued executions again (capacity may have freed); expire old ones."""
+        for _ in range(len(self.queue)):
+            eid = self.queue.popleft()
+            ex = self.execs.get(eid)
+            if ex is None or ex.info.status in TERMINAL or ex.node:
+                continue
+            if now - ex.queued_at > self.s.queue_timeout:
+                self._end(ex, "failed", now, "RESOURCE_EXHAUSTED",
+                          f"no node had capacity for {self.s.queue_timeout:g}s")
+                continue
+            queued_at = ex.queued_at
+            ex.queued_at = 0.0
+            if not self._schedule(ex, now) and ex.info.status not in TERMINAL:
+                ex.queued_at = queued_at
+
+    def tick(self, now: float) -> None:
+        """Expire waiters, end cancels whose node never answered, retry the queue, flush."""
+        for eid in list(self.watch):
+            ex = self.execs.get(eid)
+            if ex is None or ex.info.status in TERMINAL:
+                self.watch.discard(eid)
+                continue
+            if ex.waiters and any(w.deadline <= now for w in ex.waiters):
+                keep = []
+                for w in ex.waiters:
+                    if w.deadline <= now:
+                        self.outbox.to_client(w.ident, *self.result_msg(ex, w.rid))
+                    else:
+                        keep.append(w)
+                ex.waiters = keep
+            if ex.cancel_at and now - ex.cancel_at > 10.0 and ex.info.status not in TERMINAL:
+                self._end(ex, "cancelled", now, "CANCELLED", "cancelled (node did not confirm)")
+        if self.queue:
+            self.retry_queue(now)
+        self.flush()
+
+    def flush(self) -> None:
+        """Write dirty execution records in one batch."""
+        if not self.dirty:
+            return
+        puts = []
+        for eid in self.dirty:
+            ex = self.execs.get(eid)
+            if ex is None:
+                continue
+            out = ex.output if len(ex.output) <= self.s.keep_output else b""
+            puts.append((EX_PREFIX + eid.encode(), _enc.encode(StoredExecution(
+                info=ex.info, output=out, retries=ex.retries, timeout=ex.timeout))))
+        self.dirty.clear()
+        self.store.write_batch(puts)
