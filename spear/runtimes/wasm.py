@@ -1,0 +1,1098 @@
+"""The ``wasm`` runtime: WebAssembly functions on wasmtime-py.
+
+Two kinds of function, chosen by ``FunctionSpec.handler``:
+
+* **WASI command** (handler ``""`` or ``"_start"``): every invocation runs
+  ``_start`` in a *fresh* store and instance. The input bytes are stdin, the
+  bytes written to stdout are the output, stderr is streamed to ``on_log`` and
+  the WASI exit status is ``Outcome.exit_code`` (``proc_exit(0)`` or a plain
+  return is success; anything else raises :class:`~spear.errors.FunctionError`
+  with ``details["exit_code"]``). ``Instance`` is then only a cheap template
+  around a pre-linked ``InstancePre``: it holds no guest state, so it is
+  always ``reusable``.
+* **Plain export** (handler = export name): the store and instance are made
+  once in :meth:`WasmRuntime.create_instance` and reused by every invocation,
+  so guest state (globals, memory) persists between calls of one instance.
+  The numeric ``args`` are converted to the export's parameter types and the
+  output is the result(s) as compact JSON text (``b"42"``, ``b"[1,2]"``,
+  ``b"null"`` for no result). After a trap or ``proc_exit`` the instance is
+  marked ``reusable = False``.
+
+Limits (``None`` falls back to the function's own limits, then to the
+runtime defaults): ``memory_mb`` is a store limit on every linear memory (a
+failed ``memory.grow`` followed by a trap near the limit is reported as
+``ResourceExhausted("memory limit ...")``); ``fuel`` is set per call and running
+out raises ``ResourceExhausted("fuel exhausted")``; ``timeout`` is an epoch
+deadline (a daemon thread ticks the shared engine every ``epoch_tick``
+seconds) and raises ``DeadlineExceeded``. Other traps raise ``FunctionError``.
+
+Where calls run: WASI commands, and exports of modules that import WASI, run
+on a dedicated thread pool (wasmtime-py calls into C through ``ctypes``, which
+releases the GIL). Exports of self-contained modules run *inline* on the
+event loop through a low-level ``wasmtime_func_call_unchecked`` path: that is
+~10x cheaper than a thread hop, and the epoch ticker still interrupts a
+runaway loop. An export whose last call took longer than ``inline_budget``
+seconds is moved to the pool for its next call.
+
+Compiled modules are serialized to ``cache_dir`` under a key made of the
+artifact's sha256, the wasmtime version and the engine configuration, so a
+redeploy or a Spearlet restart deserializes (mmap) instead of recompiling.
+The cache directory must be trusted: deserializing is only safe for files
+this runtime wrote itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ctypes
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+from .. import errors
+from ..protocol import ExecUsage, FunctionSpec, Limits
+from .base import Instance, LogSink, Outcome, Prepared, Runtime
+
+try:  # pragma: no branch - wasmtime is a hard dependency in practice
+    import wasmtime
+    from wasmtime import _bindings as _B
+
+    _IMPORT_ERROR = ""
+except Exception as exc:  # pragma: no cover - exercised only without wasmtime
+    wasmtime = None  # type: ignore[assignment]
+    _B = None  # type: ignore[assignment]
+    _IMPORT_ERROR = f"wasmtime-py is not usable: {exc}"
+
+try:
+    from importlib.metadata import version as _dist_version
+
+    WASMTIME_VERSION = _dist_version("wasmtime") if wasmtime is not None else ""
+except Exception:  # pragma: no cover
+    WASMTIME_VERSION = "unknown"
+
+__all__ = ["WasmRuntime", "WASMTIME_VERSION"]
+
+log = logging.getLogger("spear.runtimes.wasm")
+
+WASM_MAGIC = b"\0asm"
+WASI_MODULES = ("wasi_snapshot_preview1", "wasi_unstable")
+#: fuel given to a call that has no fuel limit (consumption is still counted)
+UNLIMITED_FUEL = (1 << 63) - 1
+#: bump when the cache layout or the engine configuration changes
+CACHE_FORMAT = "spear-wasm-cache-v1"
+_MIB = 1 << 20
+_PIPE_CHUNK = 1 << 16
+_NUMERIC = ("i32", "i64", "f32", "f64")
+_INT_RANGE = {"i32": (-(1 << 31), 1 << 32), "i64": (-(1 << 63), 1 << 64)}
+
+
+# --------------------------------------------------------------------------
+# compiled form and instances
+# --------------------------------------------------------------------------
+
+
+class _Sandbox:
+    """What a function may touch, parsed from ``FunctionSpec.grants``."""
+
+    __slots__ = ("env", "preopens", "args", "network")
+
+    def __init__(self) -> None:
+        self.env: list[tuple[str, str]] = []
+        self.preopens: list[tuple[str, str, bool]] = []
+        self.args = False
+        self.network = False
+
+
+class _Module:
+    """A compiled module shared by every spec with the same artifact."""
+
+    __slots__ = ("module", "pre", "exports", "imports_wasi", "from_cache")
+
+    def __init__(self, module: Any, pre: Any, from_cache: bool) -> None:
+        self.module = module
+        self.pre = pre
+        self.exports = {e.name: e.type for e in module.exports}
+        self.imports_wasi = any(i.module in WASI_MODULES for i in module.imports)
+        self.from_cache = from_cache
+
+
+class _Compiled:
+    """``Prepared.handle``: a module plus how this spec runs it."""
+
+    __slots__ = ("mod", "name", "command", "export", "params", "results", "sandbox", "limits")
+
+    def __init__(self, mod: _Module, spec: FunctionSpec, sandbox: _Sandbox) -> None:
+        self.mod = mod
+        self.name = spec.name
+        self.sandbox = sandbox
+        self.limits = spec.limits
+        handler = spec.handler
+        self.command = handler in ("", "_start")
+        self.export = "_start" if self.command else handler
+        ty = mod.exports.get(self.export)
+        if ty is None or not isinstance(ty, wasmtime.FuncType):
+            if self.command:
+                raise errors.InvalidArgument(
+                    "module has no `_start` function (not a WASI command); set "
+                    "handler to the name of an exported function to call it"
+                )
+            funcs = sorted(n for n, t in mod.exports.items() if isinstance(t, wasmtime.FuncType))
+            raise errors.InvalidArgument(
+                f"module has no exported function {handler!r}; exported functions: {funcs}"
+            )
+        self.params = tuple(str(p) for p in ty.params)
+        self.results = tuple(str(r) for r in ty.results)
+        if self.command and (self.params or self.results):
+            raise errors.InvalidArgument("`_start` must take no parameters and return nothing")
+        bad = [t for t in self.params + self.results if t not in _NUMERIC]
+        if bad:
+            raise errors.InvalidArgument(
+                f"export {handler!r} uses non-numeric types {bad}; only i32, i64, f32, f64 are supported"
+            )
+
+
+class _Effective:
+    """Limits resolved to engine units, cached per Limits object."""
+
+    __slots__ = ("timeout", "ticks", "memory", "memory_mb", "fuel")
+
+    def __init__(self, timeout: float, tick: float, memory_mb: int, fuel: int | None) -> None:
+        self.timeout = timeout
+        self.ticks = max(1, math.ceil(timeout / tick))
+        self.memory_mb = memory_mb
+        self.memory = memory_mb * _MIB
+        self.fuel = fuel if fuel is not None else UNLIMITED_FUEL
+
+
+class _CommandInstance:
+    """Instance handle of a WASI command: a template, one store per call."""
+
+    __slots__ = ("compiled", "closed")
+
+    def __init__(self, compiled: _Compiled) -> None:
+        self.compiled = compiled
+        self.closed = False
+
+
+class _ExportInstance:
+    """Instance handle of a plain export: one store + instance, reused."""
+
+    __slots__ = (
+        "compiled", "store", "ctx", "func", "fref", "memories", "buf", "nbuf",
+        "setters", "getters", "mem_limit", "lim_obj", "lim_eff", "inline",
+        "slow", "busy", "pipes", "broken", "closed", "lock",
+    )
+
+    def __init__(self, compiled: _Compiled) -> None:
+        self.compiled = compiled
+        self.store: Any = None
+        self.ctx: Any = None
+        self.func: Any = None
+        self.fref: Any = None
+        self.memories: list = []
+        n = max(len(compiled.params), len(compiled.results), 1)
+        self.buf = (_B.wasmtime_val_raw_t * n)()
+        self.nbuf = n
+        self.setters = compiled.params
+        self.getters = compiled.results
+        self.mem_limit = -1
+        self.lim_obj: Any = None
+        self.lim_eff: _Effective | None = None
+        self.inline = not compiled.mod.imports_wasi
+        self.slow = False
+        self.busy = False
+        self.pipes: tuple[int, int] | None = None  # (stdout_r, stderr_r) for WASI exports
+        self.broken = False  # a call trapped or exited: guest state is suspect
+        self.closed = False
+        # guards busy/closed between a pool worker and destroy() on the loop
+        self.lock = threading.Lock()
+
+    def release(self) -> None:
+        """Free the store and pipes (only when no call is running)."""
+        store, self.store, self.ctx, self.func, self.fref, self.memories = self.store, None, None, None, None, []
+        if store is not None:
+            try:
+                store.close()
+            except Exception:  # pragma: no cover - defensive
+                log.exception("closing a wasm store failed")
+        _close_all(self.pipes)
+        self.pipes = None
+
+
+# --------------------------------------------------------------------------
+# small helpers
+# --------------------------------------------------------------------------
+
+
+def _short_trap(exc: BaseException) -> str:
+    """The reason line of a wasmtime trap/error message (no backtrace)."""
+    text = str(exc).strip()
+    if "Caused by:" in text:
+        tail = [ln.strip() for ln in text.split("Caused by:", 1)[1].splitlines() if ln.strip()]
+        if tail:
+            reason = tail[-1]
+            # "0: foo" / "1: bar" style chains: keep the last cause
+            if len(reason) > 2 and reason[0].isdigit() and ": " in reason[:4]:
+                reason = reason.split(": ", 1)[1]
+            return reason
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _memory_bytes(ctx: Any, memories: list) -> int:
+    size = _B._wasmtime_memory_data_size
+    peak = 0
+    for mem in memories:
+        n = size(ctx, ctypes.byref(mem._memory))
+        if n > peak:
+            peak = n
+    return peak
+
+
+def _near_limit(used: int, limit: int) -> bool:
+    """True if a memory of ``used`` bytes is close enough to ``limit`` that a
+    failed ``memory.grow`` (and the trap that follows it) is the likely cause."""
+    return limit - used < max(_MIB, limit >> 4)
+
+
+def _raw_call(ctx: Any, fref: Any, buf: Any, n: int) -> None:
+    """Call through ``wasmtime_func_call_unchecked``; raise Trap/WasmtimeError."""
+    trap = ctypes.POINTER(_B.wasm_trap_t)()
+    err = _B._wasmtime_func_call_unchecked(ctx, fref, buf, n, ctypes.byref(trap))
+    if err:
+        raise wasmtime.WasmtimeError._from_ptr(err)
+    if trap:
+        raise wasmtime.Trap._from_ptr(trap)
+
+
+def _convert_arg(i: int, ty: str, value: Any) -> int | float:
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = int(text, 0) if ty in _INT_RANGE else float(text)
+        except ValueError:
+            try:
+                value = float(text)
+            except ValueError:
+                raise errors.InvalidArgument(f"arg {i}: {value!r} is not a number") from None
+    if ty in _INT_RANGE:
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise errors.InvalidArgument(f"arg {i}: {value!r} is not an integer ({ty})")
+            value = int(value)
+        if not isinstance(value, int):
+            raise errors.InvalidArgument(f"arg {i}: {value!r} is not an integer ({ty})")
+        lo, hi = _INT_RANGE[ty]
+        if not lo <= value < hi:
+            raise errors.InvalidArgument(f"arg {i}: {value} is out of range for {ty}")
+        return int(value)
+    if isinstance(value, (int, float)):
+        return float(value)
+    raise errors.InvalidArgument(f"arg {i}: {value!r} is not a number ({ty})")
+
+
+def _encode_results(values: list) -> bytes:
+    if len(values) == 1:
+        v = values[0]
+        if v.__class__ is int:
+            return str(v).encode()
+        return json.dumps(v).encode()
+    if not values:
+        return b"null"
+    return json.dumps(values, separators=(",", ":")).encode()
+
+
+def _grow_pipe(fd: int) -> None:
+    """Ask for a 1 MiB pipe buffer (Linux), so big outputs need fewer wakeups."""
+    try:
+        import fcntl
+
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), _MIB)
+    except (ImportError, OSError):
+        pass
+
+
+def _drain(fd: int, sink: Callable[[bytes], None] | None) -> None:
+    """Read everything currently in a non-blocking pipe."""
+    while True:
+        try:
+            chunk = os.read(fd, _PIPE_CHUNK)
+        except OSError:  # BlockingIOError: nothing more for now
+            return
+        if not chunk:
+            return
+        if sink is not None:
+            sink(chunk)
+
+
+def _safe_sink(on_log: LogSink | None) -> Callable[[bytes], None] | None:
+    if on_log is None:
+        return None
+
+    def sink(chunk: bytes) -> None:
+        try:
+            on_log(chunk)
+        except Exception:  # a broken log consumer must not break the call
+            log.exception("on_log callback failed")
+
+    return sink
+
+
+class _Output:
+    """Collects a command's stdout up to a cap; past it the pipe is closed so
+    the guest's writes fail with EPIPE and the call ends as ResourceExhausted."""
+
+    __slots__ = ("chunks", "size", "cap", "overflow")
+
+    def __init__(self, cap: int) -> None:
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.cap = cap
+        self.overflow = False
+
+    def __call__(self, chunk: bytes) -> None:
+        if self.overflow:
+            return
+        self.size += len(chunk)
+        if self.size > self.cap:
+            self.overflow = True
+            self.chunks.clear()
+            return
+        self.chunks.append(chunk)
+
+
+class _Pump:
+    """Reads the stdout/stderr pipes of a running call on the event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fds: list[tuple[int, Callable[[bytes], None] | None]]) -> None:
+        self.loop = loop
+        self.fds = fds
+        self.active: list[int] = []
+        for fd, sink in fds:
+            loop.add_reader(fd, self._on_readable, fd, sink)
+            self.active.append(fd)
+
+    def _on_readable(self, fd: int, sink: Callable[[bytes], None] | None) -> None:
+        try:
+            chunk = os.read(fd, _PIPE_CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._stop(fd)
+            return
+        if sink is not None:
+            sink(chunk)
+            if isinstance(sink, _Output) and sink.overflow:
+                self._stop(fd)
+                # closing the read end makes further guest writes fail (EPIPE)
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+                self.fds = [(f, s) for f, s in self.fds if f != fd]
+
+    def _stop(self, fd: int) -> None:
+        if fd in self.active:
+            self.active.remove(fd)
+            self.loop.remove_reader(fd)
+
+    def finish(self) -> None:
+        """Stop watching and read what is left (the call has ended)."""
+        for fd, sink in self.fds:
+            self._stop(fd)
+            _drain(fd, sink)
+
+
+class _FdBox:
+    """Hands the write ends of a call's pipes to exactly one owner: the worker
+    that runs the call, or the coroutine if the worker never started."""
+
+    __slots__ = ("fds", "lock")
+
+    def __init__(self, fds: tuple[int, ...]) -> None:
+        self.fds: tuple[int, ...] | None = fds
+        self.lock = threading.Lock()
+
+    def take(self) -> tuple[int, ...] | None:
+        with self.lock:
+            fds, self.fds = self.fds, None
+            return fds
+
+
+def _retrieve(fut: asyncio.Future) -> None:
+    """Mark a pool future's exception as seen (its caller may have gone)."""
+    if not fut.cancelled():
+        fut.exception()
+
+
+def _close_all(fds: tuple[int, ...] | None) -> None:
+    for fd in fds or ():
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+# --------------------------------------------------------------------------
+# the runtime
+# --------------------------------------------------------------------------
+
+
+class WasmRuntime(Runtime):
+    """WebAssembly functions on one shared wasmtime Engine (see module doc).
+
+    Counters for the compiled-module cache: ``compiles`` (artifacts compiled
+    by cranelift), ``disk_hits`` (deserialized from ``cache_dir``),
+    ``memory_hits`` (found among already loaded modules); ``cache_hits`` is
+    the sum of the last two.
+    """
+
+    name = "wasm"
+
+    def __init__(
+        self,
+        cache_dir: str | Path,
+        *,
+        default_memory_mb: int = 128,
+        default_fuel: int | None = None,
+        default_timeout: float = 30.0,
+        epoch_tick: float = 0.01,
+        inline_exports: bool = True,
+        inline_budget: float = 0.002,
+        max_workers: int | None = None,
+        max_output_bytes: int = 64 * _MIB,
+        loaded_modules: int = 256,
+    ) -> None:
+        if default_memory_mb < 1:
+            raise errors.InvalidArgument("default_memory_mb must be >= 1")
+        if default_fuel is not None and default_fuel < 1:
+            raise errors.InvalidArgument("default_fuel must be >= 1 or None")
+        if default_timeout <= 0 or epoch_tick <= 0:
+            raise errors.InvalidArgument("default_timeout and epoch_tick must be > 0")
+        self.cache_dir = Path(cache_dir)
+        self.default_memory_mb = default_memory_mb
+        self.default_fuel = default_fuel
+        self.default_timeout = float(default_timeout)
+        self.epoch_tick = float(epoch_tick)
+        self.inline_exports = inline_exports
+        self.inline_budget = inline_budget
+        self.max_output_bytes = max_output_bytes
+        self.compiles = 0
+        self.disk_hits = 0
+        self.memory_hits = 0
+        self._loaded: collections.OrderedDict[str, _Module] = collections.OrderedDict()
+        self._loaded_max = loaded_modules
+        self._inflight: dict[str, asyncio.Future] = {}
+        self._closed = False
+        self._running = 0  # pool calls executing right now
+        self._running_lock = threading.Lock()
+        self._engine: Any = None
+        self._linker: Any = None
+        self._ticker: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._pool = ThreadPoolExecutor(
+            max_workers=max_workers or os.cpu_count() or 4, thread_name_prefix="spear-wasm"
+        )
+        #: everything that makes a serialized module (in)compatible
+        self.engine_fingerprint = (
+            f"{CACHE_FORMAT};wasmtime={WASMTIME_VERSION};machine={platform.machine()};"
+            f"system={platform.system()};consume_fuel=1;epoch_interruption=1"
+        )
+        if wasmtime is None:
+            return
+        cfg = wasmtime.Config()
+        cfg.consume_fuel = True
+        cfg.epoch_interruption = True
+        self._engine = wasmtime.Engine(cfg)
+        self._linker = wasmtime.Linker(self._engine)
+        self._linker.define_wasi()
+        self._ticker = threading.Thread(target=self._tick, name="spear-wasm-epoch", daemon=True)
+        self._ticker.start()
+
+    # -- runtime-wide --------------------------------------------------------
+
+    @property
+    def cache_hits(self) -> int:
+        return self.disk_hits + self.memory_hits
+
+    @property
+    def engine(self) -> Any:
+        return self._engine
+
+    def available(self) -> tuple[bool, str]:
+        if wasmtime is None:
+            return False, _IMPORT_ERROR
+        if self._closed:
+            return False, "wasm runtime is closed"
+        return True, ""
+
+    def _tick(self) -> None:
+        """Advance the epoch every ``epoch_tick`` s; after close(), keep going
+        until the last pool call has ended so its deadline still fires."""
+        inc = self._engine.increment_epoch
+        wait = self._stop.wait
+        tick = self.epoch_tick
+        while True:
+            if wait(tick):
+                if not self._running:
+                    return
+                time.sleep(tick)
+            inc()
+
+    def _tracked(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn`` in a pool thread, counted in ``_running``."""
+        with self._running_lock:
+            self._running += 1
+        try:
+            return fn(*args)
+        finally:
+            with self._running_lock:
+                self._running -= 1
+
+    def _submit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future:
+        return asyncio.get_running_loop().run_in_executor(self._pool, self._tracked, fn, *args)
+
+    async def close(self, grace: float = 5.0) -> None:
+        """Refuse new work, drop queued calls, give running calls up to
+        ``grace`` seconds, then stop the epoch ticker (it outlives calls that
+        are still running, so their deadlines keep working)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        end = time.monotonic() + grace
+        while self._running and time.monotonic() < end:
+            await asyncio.sleep(self.epoch_tick)
+        self._stop.set()
+        if self._ticker is not None and not self._running:
+            await asyncio.to_thread(self._ticker.join, 5.0)
+        self._loaded.clear()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise errors.Unavailable("wasm runtime is closed")
+        if wasmtime is None:
+            raise errors.Unavailable(_IMPORT_ERROR)
+
+    # -- prepare: validate, compile or load from the cache -------------------
+
+    def cache_path(self, digest: str) -> Path:
+        """Where the serialized module of an artifact with this sha256 lives."""
+        key = hashlib.sha256(f"{self.engine_fingerprint}\0{digest}".encode()).hexdigest()
+        return self.cache_dir / f"{key}.cwasm"
+
+    async def prepare(self, spec: FunctionSpec) -> Prepared:
+        self._check_open()
+        artifact = spec.artifact
+        if not artifact:
+            raise errors.InvalidArgument(f"function {spec.name!r}: a wasm function needs an artifact (.wasm or .wat bytes)")
+        if not isinstance(artifact, (bytes, bytearray, memoryview)):
+            raise errors.InvalidArgument("artifact must be bytes")
+        artifact = bytes(artifact)
+        sandbox = self._parse_grants(spec)
+        digest = hashlib.sha256(artifact).hexdigest()
+        mod = await self._module(artifact, digest)
+        compiled = _Compiled(mod, spec, sandbox)
+        return Prepared(spec=spec, handle=compiled, digest=digest)
+
+    async def _module(self, artifact: bytes, digest: str) -> _Module:
+        """The loaded module for an artifact: from memory, from a compile of
+        the same artifact already under way, from the disk cache, or compiled."""
+        while True:
+            mod = self._loaded.get(digest)
+            if mod is not None:
+                self._loaded.move_to_end(digest)
+                self.memory_hits += 1
+                return mod
+            pending = self._inflight.get(digest)
+            if pending is None:
+                break
+            try:
+                await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                if not pending.cancelled():
+                    raise  # we were cancelled ourselves
+                # the compiling caller was cancelled: try again ourselves
+        fut = asyncio.get_running_loop().create_future()
+        self._inflight[digest] = fut
+        try:
+            mod = await asyncio.to_thread(self._load, artifact, digest)
+        except asyncio.CancelledError:
+            fut.cancel()
+            raise
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # retrieved: waiters re-raise it, nobody else must
+            raise
+        finally:
+            self._inflight.pop(digest, None)
+        if mod.from_cache:
+            self.disk_hits += 1
+        else:
+            self.compiles += 1
+        self._loaded[digest] = mod
+        while len(self._loaded) > self._loaded_max:
+            self._loaded.popitem(last=False)
+        fut.set_result(mod)
+        return mod
+
+    def _load(self, artifact: bytes, digest: str) -> _Module:
+        """Deserialize from the disk cache, else compile and store. (thread)"""
+        engine = self._engine
+        path = self.cache_path(digest)
+        module = None
+        from_cache = False
+        if path.is_file():
+            try:
+                module = wasmtime.Module.deserialize_file(engine, str(path))
+                from_cache = True
+            except Exception as exc:  # stale/corrupt entry: recompile and replace
+                log.warning("wasm cache entry %s unusable (%s); recompiling", path.name, _short_trap(exc))
+                try:
+                    path.unlink()
+                except OSError:
+                    pass
+        if module is None:
+            module = self._compile(artifact)
+            self._store_cache(path, module)
+        try:
+            pre = self._linker.instantiate_pre(module)
+        except wasmtime.WasmtimeError as exc:
+            raise errors.InvalidArgument(
+                f"cannot link module: {_short_trap(exc)} (only WASI preview1 imports are provided)"
+            ) from None
+        return _Module(module, pre, from_cache)
+
+    def _compile(self, artifact: bytes) -> Any:
+        if artifact[:4] == WASM_MAGIC:
+            wasm = artifact
+        else:
+            try:
+                text = artifact.decode("utf-8")
+            except UnicodeDecodeError:
+                raise errors.InvalidArgument(
+                    "artifact is neither a wasm binary (no \\0asm magic) nor UTF-8 .wat text"
+                ) from None
+            try:
+                wasm = wasmtime.wat2wasm(text)
+            except wasmtime.WasmtimeError as exc:
+                raise errors.InvalidArgument(f"invalid .wat text: {exc}") from None
+        try:
+            return wasmtime.Module(self._engine, bytes(wasm))
+        except wasmtime.WasmtimeError as exc:
+            raise errors.InvalidArgument(f"invalid wasm module: {exc}") from None
+
+    def _store_cache(self, path: Path, module: Any) -> None:
+        try:
+            data = module.serialize()
+            self.cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+        except Exception as exc:  # the cache is an optimisation; never fail a deploy
+            log.warning("cannot write wasm cache entry %s: %s", path, exc)
+
+    def _parse_grants(self, spec: FunctionSpec) -> _Sandbox:
+        sb = _Sandbox()
+        for grant in spec.grants:
+            if grant == "env":
+                sb.env = sorted(spec.env.items())
+            elif grant == "args":
+                sb.args = True
+            elif grant == "network":
+                sb.network = True
+            elif grant.startswith("dir:"):
+                parts = grant[4:].split(":")
+                host = parts[0]
+                guest = parts[1] if len(parts) > 1 and parts[1] else host
+                mode = parts[2] if len(parts) > 2 else "rw"
+                if len(parts) > 3 or mode not in ("ro", "rw"):
+                    raise errors.InvalidArgument(f"bad grant {grant!r}: use dir:HOST[:GUEST[:ro|rw]]")
+                if not os.path.isabs(host) or not os.path.isdir(host):
+                    raise errors.InvalidArgument(f"bad grant {grant!r}: {host!r} is not an existing absolute directory")
+                sb.preopens.append((host, guest, mode == "rw" and not spec.limits.read_only))
+            else:
+                raise errors.InvalidArgument(
+                    f"unknown grant {grant!r} for the wasm runtime; known: env, args, network, dir:HOST[:GUEST[:ro|rw]]"
+                )
+        if spec.limits.network:
+            sb.network = True
+        return sb
+
+    # -- limits ----------------------------------------------------------------
+
+    def _effective(self, limits: Limits | None, spec_limits: Limits) -> _Effective:
+        lim = limits if limits is not None else spec_limits
+        timeout = lim.timeout if lim.timeout is not None else spec_limits.timeout
+        memory_mb = lim.memory_mb if lim.memory_mb is not None else spec_limits.memory_mb
+        fuel = lim.fuel if lim.fuel is not None else spec_limits.fuel
+        return _Effective(
+            timeout if timeout is not None else self.default_timeout,
+            self.epoch_tick,
+            memory_mb if memory_mb is not None else self.default_memory_mb,
+            fuel if fuel is not None else self.default_fuel,
+        )
+
+    def _wasi_config(self, compiled: _Compiled, args: list, stdin: bytes | None, out_fd: int | None, err_fd: int | None) -> Any:
+        sb = compiled.sandbox
+        cfg = wasmtime.WasiConfig()
+        argv = [compiled.name]
+        if sb.args:
+            argv += [str(a) for a in args]
+        cfg.argv = argv
+        if sb.env:
+            cfg.env = sb.env
+        for host, guest, mutable in sb.preopens:
+            cfg.preopen_dir(host, guest, mutable)
+        if sb.network:
+            _B.wasi_config_inherit_network(cfg.ptr())
+        if stdin:
+            vec = _B.wasm_byte_vec_t()
+            buf = (ctypes.c_uint8 * len(stdin)).from_buffer_copy(stdin)
+            _B.wasm_byte_vec_new(ctypes.byref(vec), len(stdin), buf)
+            _B.wasi_config_set_stdin_bytes(cfg.ptr(), ctypes.byref(vec))  # takes ownership
+        if out_fd is not None:
+            cfg.stdout_file = f"/dev/fd/{out_fd}"
+        if err_fd is not None:
+            cfg.stderr_file = f"/dev/fd/{err_fd}"
+        return cfg
+
+    def _classify(self, exc: BaseException, eff: _Effective, used_memory: int, usage: dict) -> errors.SpearError:
+        reason = _short_trap(exc)
+        details: dict = {"usage": usage}
+        code = exc.trap_code if isinstance(exc, wasmtime.Trap) else None
+        if code == wasmtime.TrapCode.OUT_OF_FUEL or "all fuel consumed" in reason:
+            details.update(limit="fuel", fuel=eff.fuel)
+            return errors.ResourceExhausted("fuel exhausted", details=details)
+        if code == wasmtime.TrapCode.INTERRUPT or reason.endswith("wasm trap: interrupt"):
+            details.update(limit="timeout", timeout=eff.timeout)
+            return errors.DeadlineExceeded(f"timed out after {eff.timeout:g}s", details=details)
+        if "exceeds memory limits" in reason or "memory minimum size" in reason:
+            details.update(limit="memory", memory_mb=eff.memory_mb)
+            return errors.ResourceExhausted(f"memory limit of {eff.memory_mb} MiB: {reason}", details=details)
+        if code is not None and used_memory and _near_limit(used_memory, eff.memory):
+            details.update(limit="memory", memory_mb=eff.memory_mb, trap=reason)
+            return errors.ResourceExhausted(
+                f"memory limit of {eff.memory_mb} MiB reached (trap after memory grew to "
+                f"{used_memory / _MIB:.1f} MiB: {reason})",
+                details=details,
+            )
+        details["trap"] = reason
+        details["backtrace"] = str(exc)
+        return errors.FunctionError(f"wasm trap: {reason}" if code is not None else reason, details=details)
+
+    # -- instances -------------------------------------------------------------
+
+    async def create_instance(self, prepared: Prepared) -> Instance:
+        self._check_open()
+        compiled = prepared.handle
+        if not isinstance(compiled, _Compiled):
+            raise errors.InvalidArgument("prepared handle does not come from the wasm runtime")
+        if compiled.command:
+            return Instance(function=compiled.name, handle=_CommandInstance(compiled))
+        h = _ExportInstance(compiled)
+        h.inline = h.inline and self.inline_exports
+        eff = self._effective(None, compiled.limits)
+        if compiled.mod.imports_wasi:
+            loop = asyncio.get_running_loop()
+            out_r, out_w = os.pipe()
+            err_r, err_w = os.pipe()
+            for fd in (out_r, err_r):
+                os.set_blocking(fd, False)
+            h.pipes = (out_r, err_r)
+            box = _FdBox((out_w, err_w))
+            pump = _Pump(loop, [(out_r, None), (err_r, None)])  # output of _initialize is dropped
+            try:
+                await self._submit(self._instantiate_export, h, eff, box)
+            except BaseException:
+                _close_all(h.pipes)
+                h.pipes = None
+                raise
+            finally:
+                _close_all(box.take())  # only if the worker never started
+                pump.finish()
+        else:
+            await self._submit(self._instantiate_export, h, eff, None)
+        return Instance(function=compiled.name, handle=h)
+
+    def _instantiate_export(self, h: _ExportInstance, eff: _Effective, box: _FdBox | None) -> None:
+        """Make the long-lived store and instance of an export. (pool thread)"""
+        compiled = h.compiled
+        store = wasmtime.Store(self._engine)
+        store.set_limits(memory_size=eff.memory)
+        h.mem_limit = eff.memory
+        store.set_fuel(eff.fuel)
+        store.set_epoch_deadline(eff.ticks)
+        if box is not None:
+            fds = box.take()
+            if fds is None:
+                raise errors.Cancelled("instance creation cancelled")
+            try:
+                store.set_wasi(self._wasi_config(compiled, [], None, fds[0], fds[1]))
+            finally:
+                _close_all(fds)  # wasmtime opened its own descriptors
+        try:
+            inst = compiled.mod.pre.instantiate(store)
+            exports = inst.exports(store)
+            h.memories = [x for x in exports.by_index if isinstance(x, wasmtime.Memory)]
+            init = exports.get("_initialize")
+            if isinstance(init, wasmtime.Func) and compiled.export != "_initialize":
+                _raw_call(store._context(), ctypes.byref(init._func), h.buf, h.nbuf)
+        except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+            used = _memory_bytes(store._context(), h.memories) if h.memories else 0
+            store.close()
+            if isinstance(exc, wasmtime.ExitTrap):
+                raise errors.FunctionError(
+                    f"module exited with status {exc.code} while initializing",
+                    details={"exit_code": exc.code},
+                ) from None
+            raise self._classify(exc, eff, used, {}) from None
+        h.store = store
+        h.ctx = store._context()
+        h.func = exports[compiled.export]
+        h.fref = ctypes.byref(h.func._func)
+
+    async def destroy(self, instance: Instance) -> None:
+        h = instance.handle
+        instance.reusable = False
+        if h is None or getattr(h, "closed", True):
+            return
+        if isinstance(h, _ExportInstance):
+            with h.lock:
+                h.closed = True
+                if h.busy:  # a pool worker is still in the call: it frees the store
+                    return
+            h.release()
+        else:
+            h.closed = True
+
+    # -- invoke ------------------------------------------------------------------
+
+    async def invoke(
+        self,
+        instance: Instance,
+        data: bytes,
+        args: list,
+        limits: Limits,
+        on_log: LogSink | None = None,
+    ) -> Outcome:
+        h = instance.handle
+        if h.__class__ is _ExportInstance:
+            if h.closed or self._closed:
+                raise errors.Unavailable("wasm instance or runtime is closed")
+            if h.lim_obj is limits and limits is not None:
+                eff = h.lim_eff
+            else:
+                eff = self._effective(limits, h.compiled.limits)
+                h.lim_obj, h.lim_eff = limits, eff
+            values = self._convert_args(h, args)
+            if h.inline and not h.slow:
+                # inline: nothing else can run on this thread meanwhile, so
+                # the busy flag needs no lock here
+                if h.busy:
+                    raise errors.Internal("wasm instance is already running a call")
+                h.busy = True
+                try:
+                    return self._call_export(h, values, eff)
+                finally:
+                    h.busy = False
+                    if h.broken:
+                        instance.reusable = False
+            try:
+                return await self._call_export_threaded(h, values, eff, on_log)
+            finally:
+                if h.broken:
+                    instance.reusable = False
+        if h.__class__ is _CommandInstance:
+            if h.closed or self._closed:
+                raise errors.Unavailable("wasm instance or runtime is closed")
+            return await self._run_command_async(h.compiled, data, args, self._effective(limits, h.compiled.limits), on_log)
+        raise errors.InvalidArgument("instance does not come from the wasm runtime")
+
+    def _convert_args(self, h: _ExportInstance, args: list) -> list:
+        params = h.setters
+        if len(args) != len(params):
+            raise errors.InvalidArgument(
+                f"export {h.compiled.export!r} takes {len(params)} args ({', '.join(params) or 'none'}), got {len(args)}"
+            )
+        out = []
+        for i, (ty, v) in enumerate(zip(params, args)):
+            if v.__class__ is int and ty in _INT_RANGE:
+                lo, hi = _INT_RANGE[ty]
+                if lo <= v < hi:
+                    out.append(v)
+                    continue
+            out.append(_convert_arg(i, ty, v))
+        return out
+
+    def _call_export_pooled(self, h: _ExportInstance, values: list, eff: _Effective) -> Outcome:
+        with h.lock:
+            if h.closed:
+                raise errors.Unavailable("wasm instance was destroyed")
+            if h.busy:
+                raise errors.Internal("wasm instance is already running a call")
+            h.busy = True
+        try:
+            return self._call_export(h, values, eff)
+        finally:
+            with h.lock:
+                h.busy = False
+                release = h.closed
+            if release:  # destroyed while the call ran
+                h.release()
+
+    def _call_export(self, h: _ExportInstance, values: list, eff: _Effective) -> Outcome:
+        """One export call on the current thread (the caller holds ``busy``)."""
+        ctx = h.ctx
+        if eff.memory != h.mem_limit:
+            h.store.set_limits(memory_size=eff.memory)
+            h.mem_limit = eff.memory
+        _B._wasmtime_context_set_fuel(ctx, eff.fuel)
+        _B._wasmtime_context_set_epoch_deadline(ctx, eff.ticks)
+        buf = h.buf
+        for i, ty in enumerate(h.setters):
+            setattr(buf[i], ty, values[i])
+        t_cpu = time.thread_time()
+        t_wall = time.perf_counter()
+        trap = ctypes.POINTER(_B.wasm_trap_t)()
+        err = _B._wasmtime_func_call_unchecked(ctx, h.fref, buf, h.nbuf, ctypes.byref(trap))
+        wall = time.perf_counter() - t_wall
+        cpu = time.thread_time() - t_cpu
+        h.slow = wall > self.inline_budget
+        remaining = ctypes.c_uint64(0)
+        _B._wasmtime_context_get_fuel(ctx, ctypes.byref(remaining))
+        fuel = eff.fuel - remaining.value
+        peak = _memory_bytes(ctx, h.memories) if h.memories else 0
+        if err or trap:
+            exc = wasmtime.WasmtimeError._from_ptr(err) if err else wasmtime.Trap._from_ptr(trap)
+            raise self._export_failure(h, exc, eff, peak, {"fuel": fuel, "peak_memory": peak, "cpu_time": cpu})
+        results = [getattr(buf[i], ty) for i, ty in enumerate(h.getters)]
+        return Outcome(
+            output=_encode_results(results),
+            exit_code=None,
+            usage=ExecUsage(cpu_time=cpu, peak_memory=peak, fuel=fuel),
+        )
+
+    def _export_failure(self, h: _ExportInstance, exc: BaseException, eff: _Effective, peak: int, usage: dict) -> errors.SpearError:
+        h.broken = True
+        if isinstance(exc, wasmtime.ExitTrap):
+            return errors.FunctionError(
+                f"export {h.compiled.export!r} called proc_exit({exc.code})",
+                details={"exit_code": exc.code, "usage": usage},
+            )
+        return self._classify(exc, eff, peak, usage)
+
+    async def _call_export_threaded(self, h: _ExportInstance, values: list, eff: _Effective, on_log: LogSink | None) -> Outcome:
+        loop = asyncio.get_running_loop()
+        pump = None
+        if h.pipes is not None:
+            sink = _safe_sink(on_log)
+            pump = _Pump(loop, [(h.pipes[0], sink), (h.pipes[1], sink)])
+        try:
+            fut = self._submit(self._call_export_pooled, h, values, eff)
+            return await self._await_call(fut, eff)
+        except (asyncio.CancelledError, errors.DeadlineExceeded):
+            h.broken = True  # the call may still be running
+            raise
+        finally:
+            if pump is not None:
+                pump.finish()
+
+    async def _await_call(self, fut: asyncio.Future, eff: _Effective) -> Any:
+        """Wait for a pool call; the epoch deadline ends runaway wasm, this
+        backstop only covers a guest blocked inside a host call (a WASI sleep)."""
+        fut.add_done_callback(_retrieve)
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), eff.timeout + max(1.0, 20 * self.epoch_tick))
+        except asyncio.TimeoutError:
+            raise errors.DeadlineExceeded(
+                f"timed out after {eff.timeout:g}s (guest blocked in a host call)",
+                details={"limit": "timeout", "timeout": eff.timeout},
+            ) from None
+
+    # -- WASI commands ------------------------------------------------------------
+
+    async def _run_command_async(self, compiled: _Compiled, data: bytes, args: list, eff: _Effective, on_log: LogSink | None) -> Outcome:
+        loop = asyncio.get_running_loop()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        for fd in (out_r, err_r):
+            os.set_blocking(fd, False)
+        _grow_pipe(out_r)
+        box = _FdBox((out_w, err_w))
+        output = _Output(self.max_output_bytes)
+        pump = _Pump(loop, [(out_r, output), (err_r, _safe_sink(on_log))])
+        try:
+            fut = self._submit(self._run_command, compiled, data, args, eff, box)
+            exit_code, usage = await self._await_call(fut, eff)
+        finally:
+            _close_all(box.take())  # only if the worker never started
+            pump.finish()
+            _close_all(tuple(fd for fd, _ in pump.fds))  # the read ends still open
+        if output.overflow:
+            raise errors.ResourceExhausted(
+                f"output larger than {self.max_output_bytes} bytes",
+                details={"limit": "output", "max_output_bytes": self.max_output_bytes},
+            )
+        out = b"".join(output.chunks)
+        if exit_code:
+            raise errors.FunctionError(
+                f"exited with status {exit_code}",
+                details={"exit_code": exit_code, "usage": usage, "output": out[-4096:].decode("utf-8", "replace")},
+            )
+        return Outcome(
+            output=out,
+            exit_code=0,
+            usage=ExecUsage(cpu_time=usage["cpu_time"], peak_memory=usage["peak_memory"], fuel=usage["fuel"]),
+        )
+
+    def _run_command(self, compiled: _Compiled, data: bytes, args: list, eff: _Effective, box: _FdBox) -> tuple[int, dict]:
+        """Run ``_start`` in a fresh store (pool thread). Returns (exit code, usage)."""
+        fds = box.take()
+        if fds is None:  # the caller gave up before this worker started
+            raise errors.Cancelled("invocation cancelled before it started")
+        t_cpu = time.thread_time()
+        store = wasmtime.Store(self._engine)
+        memories: list = []
+        try:
+            try:
+                store.set_wasi(self._wasi_config(compiled, args, data, fds[0], fds[1]))
+            finally:
+                _close_all(fds)  # wasmtime opened its own descriptors
+            store.set_limits(memory_size=eff.memory)
+            store.set_fuel(eff.fuel)
+            store.set_epoch_deadline(eff.ticks)
+            ctx = store._context()
+            exit_code = 0
+            failure: BaseException | None = None
+            try:
+                inst = compiled.mod.pre.instantiate(store)
+                exports = inst.exports(store)
+                memories = [x for x in exports.by_index if isinstance(x, wasmtime.Memory)]
+                start = exports[compiled.export]
+                buf = (_B.wasmtime_val_raw_t * 1)()
+                _raw_call(ctx, ctypes.byref(start._func), buf, 1)
+            except wasmtime.ExitTrap as exc:
+                exit_code = exc.code
+            except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+                failure = exc
+            remaining = ctypes.c_uint64(0)
+            _B._wasmtime_context_get_fuel(ctx, ctypes.byref(remaining))
+            peak = _memory_bytes(ctx, memories) if memories else 0
+            usage = {"fuel": eff.fuel - remaining.value, "peak_memory": peak, "cpu_time": time.thread_time() - t_cpu}
+            if failure is not None:
+                raise self._classify(failure, eff, peak, usage) from None
+            return exit_code, usage
+        finally:
+            store.close()  # drops the WASI context: closes the pipes' write ends
