@@ -74,10 +74,29 @@ def add_parsers(sub, client_opts) -> None:
     p.add_argument("--trace-id", default="")
     client_opts(p)
 
-    p = sub.add_parser("executions", help="show an execution (wait for it with --wait)")
+    p = sub.add_parser("executions", help="list executions (filters, paging) or show one")
+    p.add_argument("execution_id", nargs="?", help="show this execution")
+    p.add_argument("--wait", type=float, default=0.0, help="wait up to S seconds for it to finish")
+    p.add_argument("--function", default="", help="only this function")
+    p.add_argument("--status", choices=sorted(P.TERMINAL | {"pending", "scheduled", "running"}))
+    p.add_argument("--node-id", default="", help="only executions placed on this node")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--offset", type=int, default=0)
+    p.add_argument("--node", help="ask this spearlet directly (with an execution id)")
+    client_opts(p)
+
+    p = sub.add_parser("logs", help="an execution's record, output and trace")
     p.add_argument("execution_id")
-    p.add_argument("--wait", type=float, default=0.0)
     p.add_argument("--node")
+    client_opts(p)
+
+    p = sub.add_parser("events", help="node and execution events (resumable with --since)")
+    p.add_argument("--since", type=int, default=0, help="replay events after this sequence number")
+    p.add_argument("--count", type=int, default=0, help="stop after this many events")
+    p.add_argument("--for", dest="duration", type=float, default=0.0, help="stop after S seconds")
+    client_opts(p)
+
+    p = sub.add_parser("stats", help="cluster resources, reservations and execution counts")
     client_opts(p)
 
     p = sub.add_parser("cancel", help="cancel an execution")
@@ -270,9 +289,74 @@ def cmd_invoke(args) -> int:
 
 @command("executions")
 def cmd_executions(args) -> int:
+    from .cli import print_table
+
     with _client(args) as c:
-        res = c.execution(args.execution_id, wait=args.wait, node=args.node)
-    return _print_result(args, res)
+        if args.execution_id:
+            res = c.execution(args.execution_id, wait=args.wait, node=args.node)
+            return _print_result(args, res)
+        items, total = c.executions(function=args.function, status=args.status,
+                                    node_id=args.node_id, limit=args.limit, offset=args.offset)
+    if args.json:
+        _out(args, {"total": total, "executions": items}, "")
+        return 0
+    print_table(f"{len(items)} of {total} execution(s)",
+                ["id", "function", "status", "node", "attempts", "run ms", "total ms", "error"],
+                [[i.execution_id[:12], i.function, i.status, i.node_id, i.attempts,
+                  f"{i.timings.run * 1e3:.2f}", f"{i.timings.total * 1e3:.2f}",
+                  f"{i.error.code}: {i.error.message[:40]}" if i.error else ""] for i in items])
+    return 0
+
+
+@command("logs")
+def cmd_logs(args) -> int:
+    with _client(args) as c:
+        res = c.execution(args.execution_id, node=args.node)
+    i = res.info
+    if args.json:
+        return _print_result(args, res)
+    print(f"execution {i.execution_id}  trace {i.trace_id}")
+    print(f"  function {i.function}  status {i.status}  node {i.node_id or '-'}  attempts {i.attempts}")
+    t = i.timings
+    print(f"  timings: queue {t.queue * 1e3:.3f} ms, cold start {t.cold_start * 1e3:.3f} ms, "
+          f"run {t.run * 1e3:.3f} ms, total {t.total * 1e3:.3f} ms")
+    u = i.usage
+    print(f"  usage: cpu {u.cpu_time * 1e3:.3f} ms, peak memory {u.peak_memory} B, fuel {u.fuel}")
+    if i.error:
+        print(f"  error: {i.error.code}: {i.error.message}")
+    print("--- output ---")
+    sys.stdout.buffer.write(res.output + (b"" if res.output.endswith(b"\n") or not res.output else b"\n"))
+    return 0 if res.ok or i.status not in P.TERMINAL else 1
+
+
+@command("events")
+def cmd_events(args) -> int:
+    import time as _time
+
+    from .client import Client
+
+    deadline = _time.monotonic() + args.duration if args.duration else None
+    with _client(args) as c:
+        n = 0
+        for ev in c.events(since=args.since, until=deadline):
+            n += 1
+            if args.json:
+                print(json.dumps(msgspec.to_builtins(ev)), flush=True)
+            else:
+                print(f"{ev.seq:>8} {ev.kind:<9} {ev.key:<34} {ev.state:<10} {ev.detail}", flush=True)
+            if args.count and n >= args.count:
+                break
+    return 0
+
+
+@command("stats")
+def cmd_stats(args) -> int:
+    with _client(args) as c:
+        st = c.stats()
+    _out(args, st, f"{st.nodes_ready} ready node(s): {st.cores_total:g} cores, "
+         f"{st.memory_total / 2**30:.1f} GiB; reserved {st.cores_reserved:g} cores, "
+         f"{st.memory_reserved / 2**20:.0f} MiB; {st.executions_active} active; counts {st.counts}")
+    return 0
 
 
 @command("cancel")

@@ -359,6 +359,38 @@ class Client(_Api):
             yield _result(reply, rpayload)
             return
 
+    def events(self, since: int = 0, *, until: float | None = None) -> Iterator[P.Event]:
+        """Subscribe to node and execution events after ``since`` (blocking iterator).
+
+        ``until``: a ``time.monotonic()`` deadline. Resume after a reconnect by
+        passing the last ``seq`` seen.
+        """
+        sock = context().socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(self.sms)
+        rid = self._next_id()
+        try:
+            sock.send_multipart(P.encode(P.Subscribe(id=rid, since=since)))
+            while True:
+                wait = 1000 if until is None else int(max(0.0, until - time.monotonic()) * 1000)
+                if until is not None and wait <= 0:
+                    return
+                if not sock.poll(wait):
+                    continue
+                try:
+                    msg, _ = P.decode(sock.recv_multipart())
+                except errors.ProtocolError:
+                    continue
+                P.raise_for(msg)
+                if isinstance(msg, P.Event) and msg.id == rid:
+                    yield msg
+        finally:
+            try:
+                sock.send_multipart(P.encode(P.Unsubscribe(id=rid)), zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+            sock.close(linger=100)
+
     def close(self) -> None:
         for s in self._socks.values():
             s.close(linger=0)
