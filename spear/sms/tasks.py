@@ -24,7 +24,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import logging
-import uuid
+import os
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -32,6 +32,7 @@ import msgspec
 
 from .. import errors, protocol as P
 from ..protocol import TERMINAL
+from ..ids import new_id
 from ..store import Store
 from .scheduler import NodeTable
 
@@ -138,7 +139,7 @@ class TaskService:
         self.dirty: set[str] = set()
         self.watch: set[str] = set()  # executions with timed waiters or pending cancels
         self.counts: collections.Counter = collections.Counter()
-        self._dispatch_ids = iter(range(uuid.uuid4().int >> 66, 1 << 63))
+        self._dispatch_ids = iter(range(int.from_bytes(os.urandom(5), 'big') << 16, 1 << 63))
         self._load(now)
 
     # ------------------------------------------------------------------ load
@@ -237,7 +238,7 @@ class TaskService:
         fn = self.get_function(msg.function)
         if len(self.queue) >= self.s.max_queue:
             raise errors.ResourceExhausted(f"SMS queue is full ({self.s.max_queue} executions waiting)")
-        eid = msg.execution_id or uuid.uuid4().hex
+        eid = msg.execution_id or new_id()
         if eid in self.execs:
             raise errors.InvalidArgument(f"execution id {eid!r} already exists")
         info = P.ExecutionInfo(execution_id=eid, function=fn.spec.name, status="pending",

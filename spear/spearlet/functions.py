@@ -20,13 +20,13 @@ import collections
 import hashlib
 import logging
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Callable
 
 import msgspec
 
 from .. import errors, protocol as P
+from ..ids import new_id
 from ..runtimes import RuntimeManager
 from ..runtimes.base import Prepared, Runtime
 from .pool import InstancePool
@@ -133,7 +133,7 @@ class FunctionService:
     # ------------------------------------------------------------ executions
 
     def new_execution(self, function: str, execution_id: str = "", trace_id: str = "") -> Execution:
-        eid = execution_id or uuid.uuid4().hex
+        eid = execution_id or new_id()
         info = P.ExecutionInfo(execution_id=eid, function=function, status="pending",
                                node_id=self.node_id, trace_id=trace_id or eid,
                                submitted_at=time.time())

@@ -121,6 +121,11 @@ def test_cancel_running_execution(node, client):
 
 
 def test_concurrency_limit_answers_resource_exhausted(node, client):
+    # earlier tests' executions must have wound down (heartbeats report running)
+    deadline = time.monotonic() + 10
+    while client.nodes()[0].usage.running and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.3)
     ids = [client.submit("sleepy", node=addr(node)) for _ in range(4)]
     try:
         with pytest.raises(errors.ResourceExhausted):
