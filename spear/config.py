@@ -171,9 +171,11 @@ def _env_layer(env: Mapping[str, str]) -> tuple[dict, dict[str, str]]:
             prefix = section.replace(".", "_") + "_"
             if rest.startswith(prefix):
                 key = rest[len(prefix):]
-                if key in _SECTIONS[section].__struct_fields__:
-                    _set(tree, f"{section}.{key}", raw)
-                    origin[f"{section}.{key}"] = f"env {name}"
+                if key not in _SECTIONS[section].__struct_fields__:
+                    raise ConfigError(f"environment: unknown key [{section}] {key} "
+                                      f"(from {name}={raw!r})")
+                _set(tree, f"{section}.{key}", raw)
+                origin[f"{section}.{key}"] = f"env {name}"
                 break
     return tree, origin
 
@@ -293,9 +295,11 @@ def load_config(
     except msgspec.ValidationError as exc:  # cross-field problems
         raise ConfigError(f"configuration: {exc}") from None
     if cfg.sms.heartbeat_timeout <= cfg.sms.heartbeat_interval:
+        src_t = origin.get("sms.heartbeat_timeout", "default")
+        src_i = origin.get("sms.heartbeat_interval", "default")
         raise ConfigError(
-            f"[sms] heartbeat_timeout = {cfg.sms.heartbeat_timeout} must exceed "
-            f"heartbeat_interval = {cfg.sms.heartbeat_interval}"
+            f"[sms] heartbeat_timeout = {cfg.sms.heartbeat_timeout} (from {src_t}) must exceed "
+            f"heartbeat_interval = {cfg.sms.heartbeat_interval} (from {src_i})"
         )
     return (cfg, origin) if with_origin else cfg
 

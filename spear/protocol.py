@@ -36,8 +36,8 @@ MAX_BODY = 4 * 1024 * 1024
 #: Largest payload frame (frame 2) accepted on any socket.
 MAX_PAYLOAD = 64 * 1024 * 1024
 
-Name = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")]
-NodeId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$")]
+Name = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}\Z")]
+NodeId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}\Z")]
 LabelMap = Annotated[dict[str, str], Meta(max_length=64)]
 Runtime = Literal["wasm", "process", "docker"]
 NodeState = Literal["ready", "unhealthy", "draining", "gone"]
@@ -597,7 +597,7 @@ def request_id_of(frames: list) -> int:
     try:
         obj = _loose.decode(frames[1])
         rid = obj.get("id", 0) if isinstance(obj, dict) else 0
-        return rid if isinstance(rid, int) and 0 <= rid < 2**63 else 0
+        return rid if type(rid) is int and 0 <= rid < 2**63 else 0
     except Exception:
         return 0
 

@@ -34,7 +34,7 @@ class LevelDBStore(Store):
         self._db.delete(key, sync=sync)
 
     def write_batch(self, puts: Iterable[tuple[bytes, bytes]] = (), deletes: Iterable[bytes] = (), *, sync: bool = False) -> None:
-        with self._db.write_batch(sync=sync) as wb:
+        with self._db.write_batch(sync=sync, transaction=True) as wb:
             for k, v in puts:
                 wb.put(k, v)
             for k in deletes:

@@ -29,15 +29,22 @@ class MemoryStore(Store):
             del self._keys[i]
 
     def write_batch(self, puts: Iterable[tuple[bytes, bytes]] = (), deletes: Iterable[bytes] = (), *, sync: bool = False) -> None:
+        # materialise first so a failing iterator leaves the store untouched
+        puts = [(bytes(k), bytes(v)) for k, v in puts]
+        deletes = [bytes(k) for k in deletes]
         for k, v in puts:
             self.put(k, v)
         for k in deletes:
             self.delete(k)
 
     def scan(self, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        # iterate over a snapshot, like LevelDB does
         i = bisect.bisect_left(self._keys, prefix)
+        j = i
         keys = self._keys
-        while i < len(keys) and keys[i].startswith(prefix):
-            k = keys[i]
-            yield k, self._data[k]
-            i += 1
+        while j < len(keys) and keys[j].startswith(prefix):
+            j += 1
+        for k in keys[i:j]:
+            v = self._data.get(k)
+            if v is not None:
+                yield k, v

@@ -22,6 +22,7 @@ class RocksDBStore(Store):
         self._db = rocksdict.Rdict(str(path), options=rocksdict.Options(raw_mode=True))
         self._sync = rocksdict.WriteOptions()
         self._sync.sync = True
+        self._closed = False
 
     def get(self, key: bytes) -> bytes | None:
         return self._db.get(key)
@@ -51,4 +52,6 @@ class RocksDBStore(Store):
             it.next()
 
     def close(self) -> None:
-        self._db.close()
+        if not self._closed:
+            self._closed = True
+            self._db.close()

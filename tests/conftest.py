@@ -1,0 +1,119 @@
+"""Fixtures shared by the whole suite.
+
+Sections: network helpers, stores, zmq sockets, event loops. Add new shared
+fixtures under the matching section (or a new one); anything used by only
+one package belongs in that package's own conftest.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Callable, Iterator
+
+import pytest
+import zmq
+import zmq.asyncio
+
+from spear.mesh import context
+from spear.store import Store, open_store
+
+# ---------------------------------------------------------------- network
+
+
+def _free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def free_port() -> Callable[[], int]:
+    """``free_port()`` returns a currently unused TCP port on 127.0.0.1."""
+    return _free_port
+
+
+# ---------------------------------------------------------------- stores
+
+#: backends every store-using test runs against; rocksdb is an optional extra
+STORE_BACKENDS = ("memory", "leveldb")
+
+
+@pytest.fixture(params=STORE_BACKENDS)
+def store_backend(request) -> str:
+    """The name of a store backend (one test run per backend)."""
+    return request.param
+
+
+@pytest.fixture
+def store(store_backend, tmp_path) -> Iterator[Store]:
+    """An empty open store of each backend; leveldb lives under tmp_path."""
+    s = open_store(store_backend, str(tmp_path / "db"))
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+# ---------------------------------------------------------------- zmq
+
+
+@pytest.fixture
+def zsocket() -> Iterator[Callable[..., zmq.Socket]]:
+    """``zsocket(zmq.DEALER, aio=False)``: a raw socket on the process context.
+
+    ``aio=True`` gives a :mod:`zmq.asyncio` socket (close it inside the event
+    loop that used it). Every socket made is closed with linger=0 at teardown.
+    """
+    made: list[zmq.Socket] = []
+
+    def make(kind: int, *, aio: bool = False) -> zmq.Socket:
+        ctx = zmq.asyncio.Context.shadow(context().underlying) if aio else context()
+        s = ctx.socket(kind)
+        s.setsockopt(zmq.LINGER, 0)
+        made.append(s)
+        return s
+
+    try:
+        yield make
+    finally:
+        for s in made:
+            if not s.closed:
+                s.close(linger=0)
+
+
+# ---------------------------------------------------------------- event loops
+
+
+def _loop_factories():
+    yield pytest.param(asyncio.new_event_loop, id="asyncio")
+    try:
+        import uvloop
+    except ImportError:
+        yield pytest.param(None, id="uvloop",
+                           marks=pytest.mark.skip(reason="uvloop not installed"))
+    else:
+        yield pytest.param(uvloop.new_event_loop, id="uvloop")
+
+
+@pytest.fixture(params=list(_loop_factories()))
+def arun(request) -> Callable:
+    """``arun(coro)`` runs a coroutine to completion on asyncio and on uvloop."""
+    factory = request.param
+
+    def run(coro):
+        loop = factory()
+        try:
+            asyncio.set_event_loop(loop)
+            return loop.run_until_complete(coro)
+        finally:
+            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for t in pending:
+                t.cancel()
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            asyncio.set_event_loop(None)
+            loop.close()
+
+    return run
