@@ -38,8 +38,9 @@ def scrubbed_env() -> dict[str, str]:
 class RuntimeManager:
     """The runtimes of one node, probed at start."""
 
-    def __init__(self, config: Config, data_dir: str | Path) -> None:
+    def __init__(self, config: Config, data_dir: str | Path, node_id: str = "") -> None:
         self.config = config
+        self.node_id = node_id
         self.data_dir = Path(data_dir)
         self.runtimes: dict[str, Runtime] = {}
         self.unavailable: dict[str, str] = {}
@@ -65,9 +66,22 @@ class RuntimeManager:
                 ok, why = False, f"{type(exc).__name__}: {exc}"
             if ok:
                 self.runtimes[name] = rt
+                if name == "docker" and self.node_id:
+                    await self._clean_docker_leftovers()
             else:
                 self.unavailable[name] = why
                 log.warning("runtime %s unavailable: %s", name, why)
+
+    async def _clean_docker_leftovers(self) -> None:
+        from .docker import remove_leftovers
+
+        try:
+            n = await asyncio.to_thread(remove_leftovers, self.config.runtimes.docker.base_url or None,
+                                        self.node_id)
+            if n:
+                log.info("removed %d container(s) left by an earlier run of this node", n)
+        except Exception as exc:  # noqa: BLE001 - cleanup is best effort
+            log.warning("could not remove leftover containers: %s", exc)
 
     def _wasm(self) -> Runtime:
         from .wasm import WasmRuntime
@@ -87,8 +101,10 @@ class RuntimeManager:
         from .docker import DockerRuntime
 
         c = self.config.runtimes.docker
+        # owner = node id: a restarted Spearlet removes containers its crashed self left
         return DockerRuntime(base_url=c.base_url or None, default_timeout=c.timeout,
-                             default_memory_mb=c.memory_mb, default_pids=c.pids)
+                             default_memory_mb=c.memory_mb, default_pids=c.pids,
+                             owner=self.node_id or None)
 
     def get(self, name: str) -> Runtime:
         """The runtime called ``name``; UNAVAILABLE with the reason if not here."""

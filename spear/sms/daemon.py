@@ -60,7 +60,8 @@ class SMS:
             self.table.upsert(info)
         self.tasks = TaskService(
             self.store, self.table, _Outbox(self.server), now=now,
-            settings=TaskSettings(max_executions=c.max_executions, queue_timeout=c.queue_timeout),
+            settings=TaskSettings(max_executions=c.max_executions, queue_timeout=c.queue_timeout,
+                                  startup_grace=2 * c.heartbeat_timeout),
             on_event=self.events.publish)
         self.server.handlers.update({
             P.Ping: self.on_ping,

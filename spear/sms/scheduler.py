@@ -92,8 +92,15 @@ class NodeTable:
     def update_usage(self, info: NodeInfo) -> None:
         slot = self.slot_of.get(info.node_id)
         if slot is not None:
-            cores = max(info.capacity.cores, 1.0)
-            self.load[slot] = info.usage.load1 / cores
+            self._set_load(slot, info.node_id)
+
+    def _set_load(self, slot: int, node_id: str) -> None:
+        # the heartbeat's load average lags by seconds; executions we dispatched
+        # and that are still running count at once, so bursts spread out
+        info = self.info[slot]
+        cores = max(info.capacity.cores, 1.0) if info is not None else 1.0
+        hb = info.usage.load1 if info is not None else 0.0
+        self.load[slot] = (hb + self.running.get(node_id, 0)) / cores
 
     def set_state(self, node_id: str, state: str) -> None:
         slot = self.slot_of.get(node_id)
@@ -163,8 +170,10 @@ class NodeTable:
         """Count executions dispatched to a node (its concurrency slots)."""
         n = max(0, self.running.get(node_id, 0) + delta)
         self.running[node_id] = n
-        if node_id in self.slot_of:
+        slot = self.slot_of.get(node_id)
+        if slot is not None:
             self._refresh_free(node_id)
+            self._set_load(slot, node_id)
 
     def reserve(self, node_id: str, cpu: float, mem: float) -> None:
         r = self.reserved.setdefault(node_id, [0.0, 0.0])

@@ -63,6 +63,9 @@ class StoredExecution(msgspec.Struct, frozen=True, kw_only=True):
     output: bytes = b""
     retries: int = 0
     timeout: float | None = None
+    input: bytes | None = None  # kept while not terminal, so a retry can run it
+    failures: int = 0
+    stream: bool = False
 
 
 _dec_fn = msgspec.msgpack.Decoder(StoredFunction)
@@ -92,7 +95,7 @@ class Exec:
     """In-memory state of one execution."""
 
     info: P.ExecutionInfo
-    data: bytes = b""
+    data: bytes | None = b""  # None: the input was not kept (too large) - no retry possible
     output: bytes = b""
     timeout: float | None = None
     retries: int = 0
@@ -103,6 +106,7 @@ class Exec:
     reserved: tuple[float, float] = (0.0, 0.0)
     excluded: set[str] = field(default_factory=set)
     spills: int = 0
+    failures: int = 0  # node losses (refusals are spills, not failures)
     queued_at: float = 0.0
     cancel_at: float = 0.0
     stream: bool = False
@@ -120,6 +124,7 @@ class TaskSettings:
     keep_output: int = MiB
     default_cpu: float = 0.01
     default_memory_mb: int = 16
+    startup_grace: float = 5.0  # after a (re)start, wait this long for nodes to reattach
 
 
 class TaskService:
@@ -139,6 +144,8 @@ class TaskService:
         self.dirty: set[str] = set()
         self.watch: set[str] = set()  # executions with timed waiters or pending cancels
         self.counts: collections.Counter = collections.Counter()
+        self.started_at = now
+        self._retrying = False
         self._dispatch_ids = iter(range(int.from_bytes(os.urandom(5), 'big') << 16, 1 << 63))
         self._load(now)
 
@@ -159,7 +166,8 @@ class TaskService:
             except msgspec.DecodeError:
                 log.error("skipping corrupt execution record %r", key)
                 continue
-            ex = Exec(info=st.info, output=st.output, retries=st.retries, timeout=st.timeout)
+            ex = Exec(info=st.info, output=st.output, retries=st.retries, timeout=st.timeout,
+                      data=st.input, failures=st.failures, stream=st.stream)
             self.execs[st.info.execution_id] = ex
             if st.info.status not in TERMINAL:
                 recovered.append(ex)
@@ -168,13 +176,22 @@ class TaskService:
             sorted(self.execs.items(), key=lambda kv: kv[1].info.submitted_at))
         for ex in recovered:
             if ex.info.status in ("scheduled", "running") and ex.info.node_id:
-                # it may still be running there: the node's next heartbeats tell
+                # it may still be running there: the node's next heartbeats tell;
+                # it keeps its slot and reservation until then
                 ex.node = ex.info.node_id
                 ex.dispatched_at = now
+                fn = self.functions.get(ex.info.function)
+                ex.reserved = self._need(fn.spec) if fn is not None else (0.0, 0.0)
+                self.table.reserve(ex.node, *ex.reserved)
+                self.table.note_running(ex.node, +1)
                 self.by_node[ex.node].add(ex.info.execution_id)
+            elif ex.data is not None:
+                ex.info = msgspec.structs.replace(ex.info, status="pending")
+                ex.queued_at = now
+                self.queue.append(ex.info.execution_id)  # dispatched once nodes are back
             else:
-                self._end(ex, "lost", now, "UNAVAILABLE", "SMS restarted before it was dispatched "
-                          "(its input is not kept across restarts)")
+                self._end(ex, "lost", now, "UNAVAILABLE", "SMS restarted before it was "
+                          "dispatched and its input was too large to keep")
         if self.functions or self.execs:
             log.info("recovered %d function(s), %d execution record(s), %d in flight",
                      len(self.functions), len(self.execs), len(recovered))
@@ -251,7 +268,13 @@ class TaskService:
         self._prune()
         if msg.mode != "async":
             ex.waiters.append(Waiter(ident, msg.id, float("inf"), stream=ex.stream))
-        self._schedule(ex, now)
+        if self.queue:
+            self.retry_queue(now)
+        if self.queue:  # still waiting ones: queue behind them, don't overtake
+            ex.queued_at = now
+            self.queue.append(eid)
+        else:
+            self._schedule(ex, now)
         if msg.mode == "async":
             self.dirty.add(eid)
             return P.Accepted(id=msg.id, execution_id=eid)
@@ -276,6 +299,8 @@ class TaskService:
         if not picks:
             why, transient = self.table.why_not(runtime=spec.runtime, labels=spec.labels,
                                                 cpu=cpu, mem=mem)
+            if now - self.started_at < self.s.startup_grace:
+                transient = True  # nodes may still be reattaching after an SMS restart
             if not transient and not ex.excluded:
                 # nothing could ever run it right now: fail clearly instead of waiting
                 self._end(ex, "failed", now, "UNAVAILABLE", why)
@@ -296,6 +321,7 @@ class TaskService:
         ex.info = msgspec.structs.replace(ex.info, status="scheduled", node_id=node,
                                           attempts=ex.info.attempts + 1)
         self.by_node[node].add(ex.info.execution_id)
+        self.dirty.add(ex.info.execution_id)
         sent = self.outbox.to_node(node, P.Dispatch(
             id=ex.dispatch_id, execution_id=ex.info.execution_id, function=spec.name,
             digest=fn.digest, args=ex.info.args, timeout=ex.timeout, trace_id=ex.info.trace_id,
@@ -390,7 +416,8 @@ class TaskService:
     def _node_failed(self, ex: Exec, now: float, reason: str) -> None:
         node = ex.node
         self._unassign(ex)
-        if ex.info.attempts <= ex.retries and ex.data is not None:
+        ex.failures += 1
+        if ex.failures <= ex.retries and ex.data is not None:
             log.info("retrying %s of %s after: %s", ex.info.execution_id, ex.info.function, reason)
             self.counts["retried"] += 1
             ex.excluded.add(node)
@@ -466,6 +493,8 @@ class TaskService:
         for w in ex.waiters:
             self.outbox.to_client(w.ident, *self.result_msg(ex, w.rid))
         ex.waiters.clear()
+        if self.queue:
+            self.retry_queue(now)  # the capacity it freed goes to the queue first
         self._event("execution", ex.info.execution_id, status, now, ex.info.function)
 
     def _event(self, kind: str, key: str, state: str, now: float, detail: str = "") -> None:
@@ -492,7 +521,18 @@ class TaskService:
 
     def retry_queue(self, now: float) -> None:
         """Try queued executions again (capacity may have freed); expire old ones."""
+        if self._retrying:
+            return
+        self._retrying = True
+        try:
+            self._retry_queue(now)
+        finally:
+            self._retrying = False
+
+    def _retry_queue(self, now: float) -> None:
         for _ in range(len(self.queue)):
+            if not self.queue:
+                return
             eid = self.queue.popleft()
             ex = self.execs.get(eid)
             if ex is None or ex.info.status in TERMINAL or ex.node:
@@ -537,7 +577,12 @@ class TaskService:
             if ex is None:
                 continue
             out = ex.output if len(ex.output) <= self.s.keep_output else b""
+            inp = None
+            if ex.info.status not in TERMINAL and ex.data is not None \
+                    and len(ex.data) <= self.s.keep_output:
+                inp = ex.data
             puts.append((EX_PREFIX + eid.encode(), _enc.encode(StoredExecution(
-                info=ex.info, output=out, retries=ex.retries, timeout=ex.timeout))))
+                info=ex.info, output=out, retries=ex.retries, timeout=ex.timeout, input=inp,
+                failures=ex.failures, stream=ex.stream))))
         self.dirty.clear()
         self.store.write_batch(puts)

@@ -67,7 +67,7 @@ class Spearlet:
                                on_message=self._on_sms_push)
         self.handlers: dict[type, object] = {P.Ping: self.on_ping}
         self.server = RouterServer("spearlet", self.handlers)
-        self.runtime_manager = RuntimeManager(config, c.data)
+        self.runtime_manager = RuntimeManager(config, c.data, self.node_id)
         self.functions = FunctionService(self.runtime_manager, self.node_id,
                                          max_concurrency=c.max_concurrency)
         self.handlers.update(self.functions.handlers(self.server))
