@@ -168,6 +168,11 @@ class FunctionService:
             try:
                 outcome = await d.runtime.invoke(inst, data, args, limits, on_log)
                 healthy = True
+            except errors.FunctionError:
+                # the user's code failed but the instance may be fine (the runtime
+                # clears ``reusable`` when it is not)
+                healthy = inst.reusable
+                raise
             finally:
                 d.pool.release(slot, healthy=healthy)
             status, output, exit_code, usage = "succeeded", outcome.output, outcome.exit_code, outcome.usage

@@ -122,7 +122,6 @@ class InstancePool:
             if not self.closed:
                 self._wake_one(-1)
             return
-        inst.invocations += 1
         if self._waiters and self._wake_one(slot):
             return  # handed over while still busy: a hit for the waiter
         self.slots.release(slot, time.monotonic())

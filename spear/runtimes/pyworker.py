@@ -1,0 +1,180 @@
+"""The pooled Python handler worker shipped with Spear.
+
+Run as ``python -m spear.runtimes.pyworker module:function`` (or by file
+path, which is what the process runtime does so that starting a worker never
+imports the rest of Spear). It loads ``function`` from ``module`` once, then
+serves invocations over the Spear worker protocol (docs/worker-protocol.md):
+
+* every frame is a 4-byte big-endian length followed by that many bytes;
+* first the worker sends a *ready* reply (status 0), or status 1 with the
+  import error if the handler cannot be loaded, and exits;
+* each request body is ``u32 header length | JSON header | input bytes``;
+  the header may be empty or ``{"args": [...]}``;
+* each reply body is ``u8 status | payload``: 0 = output, 1 = the handler
+  raised (``"Type: message"``), 2 = resources exhausted (``MemoryError``).
+
+The handler is called as ``function(data)`` or ``function(data, *args)`` and
+may return ``bytes`` (sent as is), ``str`` (UTF-8), ``None`` (empty output)
+or anything JSON-serialisable (sent as compact JSON). An exception becomes an
+error reply and the worker keeps serving. ``print`` output and tracebacks go
+to stderr, which the runtime streams as the invocation's logs: the protocol
+pipes are moved off fds 0 and 1 first so user code cannot corrupt them.
+
+Standard library only, on purpose: this file must start fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import json
+import os
+import struct
+import sys
+import traceback
+
+PROTOCOL_VERSION = 1
+
+OK = 0
+ERROR = 1
+EXHAUSTED = 2
+
+_U32 = struct.Struct(">I")
+_REPLY = struct.Struct(">IB")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _send(fd: int, status: int, payload: bytes = b"") -> None:
+    head = _REPLY.pack(len(payload) + 1, status)
+    if len(payload) < 65536:
+        _write_all(fd, head + payload)
+    else:  # avoid copying big outputs just to prepend five bytes
+        _write_all(fd, head)
+        _write_all(fd, payload)
+
+
+def _encode(result) -> bytes:
+    kind = type(result)
+    if kind is bytes:
+        return result
+    if kind is str:
+        return result.encode("utf-8")
+    if result is None:
+        return b""
+    if isinstance(result, (bytearray, memoryview)):
+        return bytes(result)
+    try:
+        return json.dumps(result, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"handler returned {kind.__name__}, which is not bytes, str or JSON-serialisable"
+        ) from exc
+
+
+def _describe(exc: BaseException) -> bytes:
+    text = str(exc)
+    name = type(exc).__name__
+    return (f"{name}: {text}" if text else name).encode("utf-8", "replace")
+
+
+def load(target: str):
+    """Import ``module:function`` (the function part may be dotted)."""
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"handler must look like module:function, got {target!r}")
+    obj = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise TypeError(f"{target} is not callable")
+    return obj
+
+
+def _isolate_protocol_fds() -> tuple[int, int]:
+    """Move the protocol pipes off fds 0/1; fd 0 becomes /dev/null, fd 1 stderr."""
+    proto_in = os.dup(0)  # dup'd fds are close-on-exec: children never see them
+    proto_out = os.dup(1)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    os.dup2(2, 1)
+    try:
+        sys.stdout.reconfigure(line_buffering=True)
+    except (AttributeError, ValueError):  # pragma: no cover - replaced stdout
+        pass
+    return proto_in, proto_out
+
+
+def serve(fn, proto_in: int, proto_out: int) -> int:
+    """Answer requests until EOF on ``proto_in``; returns the exit status."""
+    reader = io.open(proto_in, "rb", buffering=1 << 16, closefd=False)
+    read = reader.read
+    unpack = _U32.unpack
+    unpack_from = _U32.unpack_from
+    stdout, stderr = sys.stdout, sys.stderr
+    while True:
+        head = read(4)
+        if len(head) < 4:
+            return 0
+        (size,) = unpack(head)
+        body = read(size)
+        if len(body) < size or size < 4:
+            return 0 if len(body) < size else 3
+        (hlen,) = unpack_from(body)
+        try:
+            if hlen:
+                header = json.loads(body[4 : 4 + hlen])
+                args = header.get("args") or ()
+                data = body[4 + hlen :]
+                out = _encode(fn(data, *args))
+            else:
+                out = _encode(fn(body[4:]))
+            status = OK
+        except MemoryError as exc:
+            status, out = EXHAUSTED, _describe(exc)
+        except BaseException as exc:  # noqa: BLE001 - user code may raise anything
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            status, out = ERROR, _describe(exc)
+            try:
+                traceback.print_exc()
+            except Exception:  # pragma: no cover - printing must not kill us
+                pass
+        try:
+            stdout.flush()
+            stderr.flush()
+        except Exception:  # pragma: no cover
+            pass
+        _send(proto_out, status, out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1 or argv[0].startswith("-"):
+        print("usage: python -m spear.runtimes.pyworker module:function", file=sys.stderr)
+        return 2
+    # Run by file path, sys.path[0] is this directory: use the working
+    # directory instead so the function's own modules are found first.
+    here = os.path.dirname(os.path.abspath(__file__))
+    if sys.path and os.path.abspath(sys.path[0] or ".") == here:
+        sys.path[0] = os.getcwd()
+    proto_in, proto_out = _isolate_protocol_fds()
+    try:
+        fn = load(argv[0])
+    except BaseException as exc:  # noqa: BLE001 - report any import failure
+        traceback.print_exc()
+        sys.stderr.flush()
+        _send(proto_out, ERROR, _describe(exc))
+        return 1
+    _send(proto_out, OK, b"spear-pyworker %d" % PROTOCOL_VERSION)
+    return serve(fn, proto_in, proto_out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Python handlers used by tests/runtimes/test_process.py."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+
+def pid(data: bytes) -> str:
+    return str(os.getpid())
+
+
+def boom(data: bytes) -> bytes:
+    raise ValueError("bad input: " + data.decode())
+
+
+def env(data: bytes) -> dict:
+    return dict(os.environ)
+
+
+def cwd(data: bytes) -> str:
+    return os.getcwd()
+
+
+def talk(data: bytes) -> str:
+    print("to stdout, which is the log stream")
+    print("to stderr", file=sys.stderr)
+    return "done"
+
+
+def args(data: bytes, *rest) -> list:
+    return [data.decode(), *rest]
+
+
+def bomb(data: bytes) -> bytes:
+    hog = []
+    while True:
+        hog.append(bytearray(16 * 1024 * 1024))
+
+
+def sleep(data: bytes) -> str:
+    time.sleep(float(data or b"30"))
+    return "slept"
+
+
+def spin(data: bytes) -> str:
+    end = time.time() + float(data or b"30")
+    while time.time() < end:
+        pass
+    return "spun"
+
+
+def crash(data: bytes) -> bytes:
+    os._exit(7)
+
+
+def tree(data: bytes) -> str:
+    """Start a child that starts a sleeping grandchild; write all pids to the file named by data."""
+    code = (
+        "import subprocess, sys, time\n"
+        "g = subprocess.Popen(['sleep', '60'])\n"
+        "open(sys.argv[1], 'a').write(f'{g.pid}\\n')\n"
+        "time.sleep(60)\n"
+    )
+    path = data.decode()
+    child = subprocess.Popen([sys.executable, "-c", code, path])
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()}\n{child.pid}\n")
+    time.sleep(60)
+    return "never"
+
+
+def weird(data: bytes) -> object:
+    return object()
