@@ -84,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state", choices=["ready", "unhealthy", "draining", "gone"])
     _client_opts(p)
 
+    p = sub.add_parser("keygen", help="write a CURVE key pair (NAME.key, NAME.key_secret)")
+    p.add_argument("name", help="key name, e.g. sms, spearlet-1, alice")
+    p.add_argument("--dir", default="./.spear/keys", help="directory (default ./.spear/keys)")
+    p.add_argument("--json", action="store_true")
+
     p = sub.add_parser("ping", help="check that the SMS (or a spearlet) answers")
     p.add_argument("--node", help="a spearlet address instead of the SMS")
     _client_opts(p)
@@ -105,7 +110,7 @@ def _client(args):
     from .client import Client
 
     cfg = _config(args, {"global.sms": args.sms, "global.timeout": args.timeout})
-    return Client(cfg.global_.sms, timeout=cfg.global_.timeout)
+    return Client(cfg.global_.sms, timeout=cfg.global_.timeout, security=cfg.security)
 
 
 def _to_builtins(obj) -> Any:
@@ -232,6 +237,18 @@ def cmd_ping(args) -> int:
     return EXIT_OK
 
 
+def cmd_keygen(args) -> int:
+    from .mesh.security import keygen
+
+    public_file, secret_file, z85 = keygen(args.dir, args.name)
+    if args.json:
+        _print_json({"public": str(public_file), "secret": str(secret_file), "z85": z85})
+    else:
+        print(f"public key  {public_file}  ({z85})")
+        print(f"secret key  {secret_file}  (mode 0600: keep it on this host)")
+    return EXIT_OK
+
+
 def cmd_up(args) -> int:
     from .cluster import run_up
 
@@ -243,6 +260,7 @@ COMMANDS = {
     "spearlet": cmd_spearlet,
     "nodes": cmd_nodes,
     "ping": cmd_ping,
+    "keygen": cmd_keygen,
     "up": cmd_up,
 }
 

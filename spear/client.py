@@ -217,19 +217,45 @@ class _Api:
         return self._call(node, msg, None, _none, timeout)
 
 
-class AsyncClient(_Api):
-    """asyncio client. Use ``async with AsyncClient(sms) as c:``."""
+def _security(security):
+    """Accept a Security, a SecurityConfig, or None (open)."""
+    if security is None:
+        return None
+    from .mesh.security import Security
 
-    def __init__(self, sms: str | None = None, *, timeout: float = 10.0) -> None:
+    if not isinstance(security, Security):
+        security = Security.from_config(security)
+    return security if security.enabled else None
+
+
+def _key_of(nodes, address: str) -> bytes | None:
+    for n in nodes:
+        if n.address == address and n.public_key:
+            return n.public_key.encode()
+    return None
+
+
+class AsyncClient(_Api):
+    """asyncio client. Use ``async with AsyncClient(sms) as c:``.
+
+    ``security``: a :class:`spear.mesh.security.Security` or the config's
+    ``[security]`` section; with keys, every socket uses CURVE and direct
+    Spearlet connections learn the node's public key from the SMS.
+    """
+
+    def __init__(self, sms: str | None = None, *, timeout: float = 10.0, security=None) -> None:
         self.sms = sms or _default_sms()
         self.timeout = timeout
+        self.security = _security(security)
         self._peers: dict[str | None, DealerPeer] = {}
+        self._keys: dict[str, bytes] = {}
         self._ids = itertools.count(1)
 
     def _peer(self, target: str | None) -> DealerPeer:
         peer = self._peers.get(target)
         if peer is None:
-            peer = DealerPeer(f"client->{target or 'sms'}")
+            peer = DealerPeer(f"client->{target or 'sms'}", security=self.security,
+                              server_key=self._keys.get(target) if target else None)
             peer._ids = self._ids  # one id space for all sockets of this client
             peer.connect(target or self.sms)
             peer.start()
@@ -240,6 +266,12 @@ class AsyncClient(_Api):
         return next(self._ids)
 
     async def _call(self, target, msg, payload, extract, timeout):
+        if target and self.security is not None and target not in self._peers \
+                and target not in self._keys:
+            key = _key_of(await self.nodes(), target)
+            if key is None:
+                raise errors.NotFound(f"no node at {target} is known to the SMS (needed for its key)")
+            self._keys[target] = key
         peer = self._peer(target)
         reply, rpayload = await peer.request(msg, payload, timeout=timeout or self.timeout)
         return extract(reply, rpayload)
@@ -279,17 +311,27 @@ class AsyncClient(_Api):
 class Client(_Api):
     """Blocking client over plain zmq sockets (no event loop needed)."""
 
-    def __init__(self, sms: str | None = None, *, timeout: float = 10.0) -> None:
+    def __init__(self, sms: str | None = None, *, timeout: float = 10.0, security=None) -> None:
         self.sms = sms or _default_sms()
         self.timeout = timeout
+        self.security = _security(security)
         self._socks: dict[str | None, zmq.Socket] = {}
+        self._keys: dict[str, bytes] = {}
         self._ids = itertools.count(1)
 
     def _sock(self, target: str | None) -> zmq.Socket:
         s = self._socks.get(target)
         if s is None:
+            key = None
+            if target and self.security is not None:
+                key = self._keys.get(target) or _key_of(self.nodes(), target)
+                if key is None:
+                    raise errors.NotFound(f"no node at {target} is known to the SMS (needed for its key)")
+                self._keys[target] = key
             s = context().socket(zmq.DEALER)
             s.setsockopt(zmq.LINGER, 0)
+            if self.security is not None:
+                self.security.connect_to(s, key)
             s.connect(target or self.sms)
             self._socks[target] = s
         return s
@@ -367,6 +409,8 @@ class Client(_Api):
         """
         sock = context().socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
+        if self.security is not None:
+            self.security.connect_to(sock)
         sock.connect(self.sms)
         rid = self._next_id()
         try:

@@ -42,6 +42,8 @@ class Cluster:
         env: dict | None = None,
         quiet: bool = True,
         labels: list[str] | None = None,
+        spearlet_config: str | None = None,
+        client_security=None,
     ) -> None:
         self.data = Path(data)
         self.n = spearlets
@@ -49,6 +51,9 @@ class Cluster:
         self.sms_addr = f"tcp://127.0.0.1:{self.sms_port}"
         self.store = store
         self.config = config
+        self.spearlet_config = spearlet_config or config
+        #: credentials the cluster's own readiness checks use when CURVE is on
+        self.client_security = client_security
         self.hb = (heartbeat_interval, heartbeat_timeout, cleanup_interval)
         self.log_level = log_level
         self.env = {**os.environ, **(env or {})}
@@ -61,13 +66,14 @@ class Cluster:
 
     # ---------------------------------------------------------------- processes
 
-    def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen:
+    def _spawn(self, args: list[str], log_name: str, config: str | None = None) -> subprocess.Popen:
         self.data.mkdir(parents=True, exist_ok=True)
         out = open(self.data / f"{log_name}.log", "ab")
         self._logs.append(out)
         cmd = [sys.executable, "-m", "spear", "--log-level", self.log_level, *args]
-        if self.config:
-            cmd += ["--config", self.config]
+        config = config or self.config
+        if config:
+            cmd += ["--config", config]
         return subprocess.Popen(
             cmd,
             stdout=out if self.quiet else None,
@@ -98,7 +104,7 @@ class Cluster:
                 "--data", str(self.data / f"spearlet-{i + 1}")]
         if i < len(self.labels) and self.labels[i]:
             args += ["--labels", self.labels[i]]
-        p = self._spawn(args, f"spearlet-{i + 1}")
+        p = self._spawn(args, f"spearlet-{i + 1}", self.spearlet_config)
         if i < len(self.spearlets):
             self.spearlets[i] = p
         else:
@@ -119,7 +125,7 @@ class Cluster:
 
         deadline = time.monotonic() + timeout
         last: list = []
-        with Client(self.sms_addr, timeout=1.0) as c:
+        with Client(self.sms_addr, timeout=1.0, security=self.client_security) as c:
             while time.monotonic() < deadline:
                 self._check_alive()
                 try:

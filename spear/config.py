@@ -109,6 +109,25 @@ class DockerConfig(_Section, frozen=True):
     timeout: Seconds = 30.0
 
 
+class SecurityConfig(_Section, frozen=True):
+    """CURVE keys and roles; empty ``key`` means open (plaintext, no auth).
+
+    ``key``: this process's secret key file (``NAME.key_secret`` from
+    ``spear keygen``). ``sms_key``: the SMS's public key file (for clients and
+    spearlets). Role lists hold public key files or z85 keys.
+    ``tokens``: HTTP bearer token -> role, for the gateway.
+    """
+
+    key: str = ""
+    sms_key: str = ""
+    admin: list[str] = []
+    deployer: list[str] = []
+    invoker: list[str] = []
+    viewer: list[str] = []
+    node: list[str] = []
+    tokens: dict[str, str] = {}
+
+
 class RuntimesConfig(_Section, frozen=True):
     """Per-runtime defaults; per-function limits override them."""
 
@@ -125,6 +144,7 @@ class Config(_Section, frozen=True):
     spearlet: SpearletConfig = SpearletConfig()
     runtimes: RuntimesConfig = RuntimesConfig()
     storage: StorageConfig = StorageConfig()
+    security: SecurityConfig = SecurityConfig()
 
 
 _SECTIONS = {
@@ -132,6 +152,7 @@ _SECTIONS = {
     "sms": SMSConfig,
     "spearlet": SpearletConfig,
     "storage": StorageConfig,
+    "security": SecurityConfig,
     "runtimes.wasm": WasmConfig,
     "runtimes.process": ProcessConfig,
     "runtimes.docker": DockerConfig,

@@ -94,6 +94,7 @@ class NodeInfo(Struct, frozen=True, kw_only=True):
     state: NodeState = "ready"
     registered_at: float = 0.0
     last_seen: float = 0.0
+    public_key: str = ""  # z85 CURVE key of the node's ROUTER (empty: open)
 
 
 class Limits(Struct, frozen=True, kw_only=True):

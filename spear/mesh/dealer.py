@@ -41,8 +41,12 @@ class DealerPeer:
         *,
         on_message: Callable[[Any, Any], None] | None = None,
         identity: bytes | None = None,
+        security=None,
+        server_key: bytes | None = None,
     ) -> None:
         self.name = name
+        self.security = security
+        self.server_key = server_key
         self.on_message = on_message
         self.identity = identity
         self.address: str | None = None
@@ -56,6 +60,8 @@ class DealerPeer:
         ep = Endpoint(zmq.DEALER, self._on_frames, name=self.name)
         if self.identity:
             ep.sock.setsockopt(zmq.ROUTING_ID, self.identity)
+        if self.security is not None:
+            self.security.connect_to(ep.sock, self.server_key)
         ep.sock.setsockopt(zmq.RECONNECT_IVL, 100)
         ep.sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
         return ep

@@ -62,6 +62,8 @@ class Endpoint:
             # a peer reconnecting with the same identity takes over its route
             self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.on_frames = on_frames
+        #: deliver each message's ZAP User-Id (the caller's role) as a 2nd argument
+        self.with_user = False
         self.name = name
         self.loop: asyncio.AbstractEventLoop | None = None
         self._fd: int | None = None
@@ -105,6 +107,8 @@ class Endpoint:
         sock = self.sock
         if sock.closed:
             return
+        if self.with_user:
+            return self._drain_with_user()
         recv = sock.recv_multipart
         handle = self.on_frames
         n = 0
@@ -124,6 +128,29 @@ class Endpoint:
                 self.handler_errors += 1
                 log.exception("%s: handler failed", self.name)
         # more may be waiting: yield to other callbacks, then continue
+        self._schedule_drain()
+
+    def _drain_with_user(self) -> None:
+        """The CURVE path: read frames as zmq.Frame to get their User-Id."""
+        sock = self.sock
+        for _ in range(BATCH):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            except zmq.ZMQError as exc:
+                log.debug("%s recv failed: %s", self.name, exc)
+                return
+            self.received += 1
+            try:
+                user = frames[-1].get("User-Id")
+            except (zmq.ZMQError, KeyError, AttributeError):
+                user = None
+            try:
+                self.on_frames([f.bytes for f in frames], user)
+            except Exception:
+                self.handler_errors += 1
+                log.exception("%s: handler failed", self.name)
         self._schedule_drain()
 
     def _schedule_drain(self) -> None:

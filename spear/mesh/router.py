@@ -32,11 +32,18 @@ class RouterServer:
     return a coroutine, which runs as a task and whose result is sent back.
     """
 
-    def __init__(self, name: str, handlers: dict[type, Handler]) -> None:
+    def __init__(self, name: str, handlers: dict[type, Handler], *, security=None) -> None:
         self.name = name
         self.handlers = handlers
         self.endpoint = Endpoint(zmq.ROUTER, self._on_frames, name=name)
+        self.security = security if security is not None and security.enabled else None
+        if self.security is not None:
+            self.security.serve(self.endpoint.sock)
+            self.endpoint.with_user = True
         self.protocol_errors = 0
+        self.denied = 0
+        #: role of the caller of the message being handled (CURVE only)
+        self.caller_role = "" 
         self.tasks: set[asyncio.Task] = set()
 
     def bind(self, addr: str) -> str:
@@ -63,7 +70,7 @@ class RouterServer:
 
     # ------------------------------------------------------------- receiving
 
-    def _on_frames(self, frames: list) -> None:
+    def _on_frames(self, frames: list, user: str | None = None) -> None:
         if len(frames) < 2:
             self.protocol_errors += 1
             return
@@ -77,6 +84,18 @@ class RouterServer:
             self.reply(ident, protocol.ErrorReply(
                 id=protocol.request_id_of(body), code=exc.code, message=exc.message))
             return
+        if self.security is not None:
+            from .security import allowed
+
+            role = user or ""
+            if not allowed(role, type(msg)):
+                self.denied += 1
+                if not isinstance(msg, protocol.ErrorReply):
+                    self.reply(ident, protocol.ErrorReply(
+                        id=getattr(msg, "id", 0), code="PERMISSION_DENIED",
+                        message=f"role {role or 'none'!r} may not send {type(msg).__name__}"))
+                return
+            self.caller_role = role
         handler = self.handlers.get(type(msg))
         if handler is None:
             self.protocol_errors += 1

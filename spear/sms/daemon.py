@@ -14,7 +14,8 @@ import time
 
 from .. import __version__, errors, protocol as P
 from ..config import Config
-from ..mesh import RouterServer
+from ..mesh import RouterServer, context
+from ..mesh.security import Security, start_authenticator, warn_open
 from ..store import open_store
 from .events import EventLog
 from .nodes import NodeEvent, NodeRegistry
@@ -45,7 +46,8 @@ class SMS:
         c = config.sms
         self.store = open_store(config.storage.backend, config.storage.path)
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.server = RouterServer("sms", {})
+        self.security = Security.from_config(config.security)
+        self.server = RouterServer("sms", {}, security=self.security)
         self.events = EventLog(self.store, lambda ident, ev: self.server.reply(ident, ev))
         self.table = NodeTable()
         now = time.time()
@@ -241,6 +243,11 @@ class SMS:
     async def start(self) -> str:
         """Bind and start serving; returns the bound address."""
         self.loop = asyncio.get_running_loop()
+        if self.security.enabled:
+            start_authenticator(context(), self.security)
+            log.info("CURVE on: %d authorized key(s)", len(self.security.roles))
+        else:
+            warn_open("SMS")
         self.address = self.server.bind(self.config.sms.listen)
         self.server.start()
         self._tickers = [asyncio.ensure_future(self._tick_loop()),

@@ -25,7 +25,8 @@ from pathlib import Path
 
 from .. import __version__, errors, protocol as P
 from ..config import Config
-from ..mesh import DealerPeer, RouterServer
+from ..mesh import DealerPeer, RouterServer, context
+from ..mesh.security import Security, start_authenticator, warn_open
 from ..runtimes import RuntimeManager
 from .functions import FunctionService
 from .resources import ResourceMonitor
@@ -63,10 +64,11 @@ class Spearlet:
         self.node_id = _node_id(config)
         self.name = c.name or self.node_id
         self.monitor = ResourceMonitor(c.data, slots=c.max_concurrency)
+        self.security = Security.from_config(config.security)
         self.link = DealerPeer("spearlet->sms", identity=self.node_id.encode(),
-                               on_message=self._on_sms_push)
+                               on_message=self._on_sms_push, security=self.security)
         self.handlers: dict[type, object] = {P.Ping: self.on_ping}
-        self.server = RouterServer("spearlet", self.handlers)
+        self.server = RouterServer("spearlet", self.handlers, security=self.security)
         self.runtime_manager = RuntimeManager(config, c.data, self.node_id)
         self.functions = FunctionService(self.runtime_manager, self.node_id,
                                          max_concurrency=c.max_concurrency)
@@ -132,6 +134,7 @@ class Spearlet:
             unavailable=dict(self.unavailable),
             capacity=self.monitor.capacity(),
             usage=self.monitor.usage(running=self.running, warm=self.warm),
+            public_key=self.security.public_z85(),
         )
 
     async def _register(self) -> None:
@@ -196,6 +199,10 @@ class Spearlet:
         await self.runtime_manager.probe()
         self.runtimes = sorted(self.runtime_manager.runtimes)
         self.unavailable = dict(self.runtime_manager.unavailable)
+        if self.security.enabled:
+            start_authenticator(context(), self.security)
+        else:
+            warn_open("spearlet")
         self.address = self.server.bind(self.config.spearlet.listen)
         self.server.start()
         self.link.connect(self.config.spearlet.sms)

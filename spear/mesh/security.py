@@ -1,0 +1,188 @@
+"""CURVE encryption, ZAP authentication and roles.
+
+When ``[security] key`` names a key file, every socket of the process uses
+CURVE: servers (the SMS's and each Spearlet's ROUTER) with their own key
+pair, clients with theirs plus the server's public key. A ZAP handler in a
+thread of this process admits only public keys listed under a role; the
+role travels with every message as the ZMQ ``User-Id`` property, and the
+ROUTER checks it against the operation before any handler runs.
+
+Roles: ``admin`` (everything), ``deployer`` (functions, read-only views),
+``invoker`` (invoke and cancel, read-only views), ``viewer`` (read-only),
+``node`` (the Spearlet side of the SMS protocol, nothing else).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
+
+from .. import errors, protocol as P
+
+log = logging.getLogger("spear.security")
+
+ROLES = ("admin", "deployer", "invoker", "viewer", "node")
+DOMAIN = "spear"
+
+_VIEW = frozenset({P.Ping, P.ListNodes, P.GetNode, P.ListFunctions, P.GetFunction,
+                   P.GetExecution, P.ListExecutions, P.Subscribe, P.Unsubscribe, P.Stats})
+_NODE = frozenset({P.Ping, P.Register, P.Heartbeat, P.Deregister, P.FetchFunction, P.Result,
+                   P.LogChunk, P.ErrorReply, P.Ok})
+ALLOWED: dict[str, frozenset] = {
+    "viewer": _VIEW,
+    "invoker": _VIEW | {P.Invoke, P.CancelExecution},
+    "deployer": _VIEW | {P.DeployFunction, P.RemoveFunction},
+    "node": _NODE,
+}
+ALLOWED["admin"] = frozenset().union(*ALLOWED.values())
+
+
+def allowed(role: str, msg_type: type) -> bool:
+    """May a caller with ``role`` send a message of ``msg_type``?"""
+    return msg_type in ALLOWED.get(role, ())
+
+
+def _read_public(entry: str, base: Path | None = None) -> bytes:
+    """A z85 public key: the key itself (40 chars) or a key file written by keygen."""
+    if len(entry) == 40 and not os.path.exists(entry):
+        return entry.encode()
+    path = Path(entry)
+    if base is not None and not path.is_absolute():
+        path = base / path
+    try:
+        public, _ = zmq.auth.load_certificate(str(path))
+    except (OSError, ValueError) as exc:
+        raise errors.ConfigError(f"[security] cannot read public key {path}: {exc}") from None
+    return public
+
+
+def _read_secret(path: str) -> tuple[bytes, bytes]:
+    try:
+        public, secret = zmq.auth.load_certificate(path)
+    except (OSError, ValueError) as exc:
+        raise errors.ConfigError(f"[security] cannot read key {path}: {exc}") from None
+    if secret is None:
+        raise errors.ConfigError(f"[security] key {path} has no secret part "
+                                 f"(use the .key_secret file written by `spear keygen`)")
+    return public, secret
+
+
+@dataclass
+class Security:
+    """Key material and role table of one process; ``enabled`` False means open."""
+
+    public: bytes = b""
+    secret: bytes = b""
+    sms_public: bytes = b""
+    roles: dict[bytes, str] = field(default_factory=dict)
+    tokens: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.secret)
+
+    @classmethod
+    def from_config(cls, sec) -> "Security":
+        """Build from a :class:`spear.config.SecurityConfig`."""
+        if not sec.key:
+            return cls(tokens=dict(sec.tokens))
+        public, secret = _read_secret(sec.key)
+        sms_public = _read_public(sec.sms_key) if sec.sms_key else b""
+        roles: dict[bytes, str] = {}
+        for role in ROLES:
+            for entry in getattr(sec, role):
+                roles[_read_public(entry)] = role
+        return cls(public=public, secret=secret, sms_public=sms_public, roles=roles,
+                   tokens=dict(sec.tokens))
+
+    # ---------------------------------------------------------------- sockets
+
+    def serve(self, sock: zmq.Socket) -> None:
+        """Make ``sock`` a CURVE server (call before bind)."""
+        if not self.enabled:
+            return
+        sock.curve_secretkey = self.secret
+        sock.curve_publickey = self.public
+        sock.curve_server = True
+        sock.zap_domain = DOMAIN.encode()
+
+    def connect_to(self, sock: zmq.Socket, server_public: bytes | None = None) -> None:
+        """Make ``sock`` a CURVE client of ``server_public`` (default: the SMS)."""
+        if not self.enabled:
+            return
+        key = server_public or self.sms_public
+        if not key:
+            raise errors.ConfigError("[security] sms_key is needed to connect with CURVE")
+        sock.curve_secretkey = self.secret
+        sock.curve_publickey = self.public
+        sock.curve_serverkey = key
+
+    def public_z85(self) -> str:
+        return self.public.decode() if self.public else ""
+
+
+class _RoleAuthenticator(ThreadAuthenticator):
+    """ZAP in a thread: admit listed keys; the role becomes the User-Id."""
+
+    def __init__(self, ctx: zmq.Context, roles: dict[bytes, str]) -> None:
+        super().__init__(ctx, log=logging.getLogger("spear.zap"))
+        self.role_of = roles
+
+    def curve_user_id(self, client_public_key: bytes) -> str:
+        from zmq.utils import z85
+
+        return self.role_of.get(z85.encode(client_public_key), "")
+
+
+class _Provider:
+    def __init__(self, roles: dict[bytes, str]) -> None:
+        self.roles = roles
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        ok = key in self.roles
+        if not ok:
+            log.warning("refused CURVE client with unknown public key %s", key.decode()[:12] + "...")
+        return ok
+
+
+_auth: _RoleAuthenticator | None = None
+
+
+def start_authenticator(ctx: zmq.Context, security: Security) -> None:
+    """Start this process's ZAP handler (once); no-op when security is off."""
+    global _auth
+    if not security.enabled or _auth is not None:
+        return
+    _auth = _RoleAuthenticator(ctx, security.roles)
+    _auth.start()
+    _auth.configure_curve_callback(DOMAIN, credentials_provider=_Provider(security.roles))
+
+
+def stop_authenticator() -> None:
+    global _auth
+    if _auth is not None:
+        _auth.stop()
+        _auth = None
+
+
+def keygen(directory: str | Path, name: str) -> tuple[Path, Path, str]:
+    """Write ``NAME.key`` (public) and ``NAME.key_secret`` (0600); returns paths and z85."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    public_file, secret_file = zmq.auth.create_certificates(str(directory), name)
+    os.chmod(secret_file, 0o600)
+    public, _ = zmq.auth.load_certificate(public_file)
+    return Path(public_file), Path(secret_file), public.decode()
+
+
+def warn_open(component: str) -> None:
+    """Say loudly that this daemon runs without authentication."""
+    log.warning("SECURITY: %s runs WITHOUT CURVE keys: traffic is plaintext and any peer "
+                "that can reach its sockets may use every operation. Run `spear keygen` and "
+                "set [security] key/sms_key/roles to lock it down.", component)
