@@ -133,9 +133,17 @@ class _Api:
     # ------------------------------------------------------------ functions
 
     def deploy(self, spec: P.FunctionSpec, *, node: str | None = None, timeout: float | None = None):
-        """Deploy a function (directly on ``node``); returns its FunctionInfo."""
-        return self._call(node, P.DeployFunction(id=self._next_id(), spec=spec), None, _function,
-                          timeout or max(self.timeout, 60.0))
+        """Deploy a function (directly on ``node``); returns its FunctionInfo.
+
+        The artifact travels as a raw payload frame, not inside the message.
+        """
+        artifact = spec.artifact
+        if artifact is not None:
+            import msgspec
+
+            spec = msgspec.structs.replace(spec, artifact=None)
+        return self._call(node, P.DeployFunction(id=self._next_id(), spec=spec), artifact,
+                          _function, timeout or max(self.timeout, 60.0))
 
     def remove(self, name: str, *, node: str | None = None, timeout: float | None = None):
         """Remove a deployed function."""

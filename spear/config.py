@@ -78,6 +78,9 @@ class SpearletConfig(_Section, frozen=True):
     data: str = "./.spear/spearlet"
     max_concurrency: Annotated[int, Meta(ge=1, le=100000)] = 64
     drain_timeout: Annotated[float, Meta(ge=0, le=3600)] = 10.0
+    max_memory_mb: Annotated[int, Meta(ge=1)] = 8192
+    max_timeout: Annotated[float, Meta(gt=0)] = 3600.0
+    max_cpus: Annotated[float, Meta(gt=0)] = 64.0
     reconnect_min: Annotated[float, Meta(gt=0, le=60)] = 0.1
     reconnect_max: Annotated[float, Meta(gt=0, le=600)] = 2.0
 

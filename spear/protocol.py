@@ -38,7 +38,12 @@ MAX_PAYLOAD = 64 * 1024 * 1024
 
 Name = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}\Z")]
 NodeId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}\Z")]
-LabelMap = Annotated[dict[str, str], Meta(max_length=64)]
+LabelKey = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}\Z")]
+LabelValue = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.\-/:]{0,128}\Z")]
+LabelMap = Annotated[dict[LabelKey, LabelValue], Meta(max_length=64)]
+EnvKey = Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")]
+Text = Annotated[str, Meta(max_length=4096)]
+Arg = Annotated[str, Meta(max_length=65536)]
 Runtime = Literal["wasm", "process", "docker"]
 NodeState = Literal["ready", "unhealthy", "draining", "gone"]
 ExecStatus = Literal[
@@ -132,18 +137,18 @@ class FunctionSpec(Struct, frozen=True, kw_only=True):
     name: Name
     runtime: Runtime
     artifact: bytes | None = None
-    handler: str = ""
-    command: list[str] = []
-    image: str = ""
+    handler: Annotated[str, Meta(max_length=512)] = ""
+    command: Annotated[list[Arg], Meta(max_length=1024)] = []
+    image: Annotated[str, Meta(max_length=512)] = ""
     mode: Literal["oneshot", "pooled"] = "oneshot"
-    env: dict[str, str] = {}
-    workdir: str = ""
+    env: Annotated[dict[EnvKey, Annotated[str, Meta(max_length=65536)]], Meta(max_length=256)] = {}
+    workdir: Text = ""
     limits: Limits = Limits()
     pool: PoolSettings = PoolSettings()
     labels: LabelMap = {}
     retries: Annotated[int, Meta(ge=0, le=100)] = 0
     idempotent: bool = False
-    grants: list[str] = []
+    grants: Annotated[list[Text], Meta(max_length=64)] = []
 
 
 class Timings(Struct, frozen=True, kw_only=True):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+
+import msgspec
 import signal
 import time
 
@@ -154,7 +156,10 @@ class SMS:
     # ---------------------------------------------------------------- functions
 
     def on_deploy(self, ident, msg: P.DeployFunction, payload):
-        return P.Deployed(id=msg.id, function=self.tasks.register_function(msg.spec, time.time()))
+        spec = msg.spec
+        if payload is not None:
+            spec = msgspec.structs.replace(spec, artifact=bytes(payload))
+        return P.Deployed(id=msg.id, function=self.tasks.register_function(spec, time.time()))
 
     def on_remove(self, ident, msg: P.RemoveFunction, payload):
         self.tasks.remove_function(msg.name, time.time())
@@ -171,7 +176,9 @@ class SMS:
 
     def on_fetch_function(self, ident, msg: P.FetchFunction, payload):
         spec, digest = self.tasks.full_spec(msg.name)
-        return P.FunctionReply(id=msg.id, spec=spec, digest=digest)
+        artifact = spec.artifact
+        spec = msgspec.structs.replace(spec, artifact=None)
+        return P.FunctionReply(id=msg.id, spec=spec, digest=digest), artifact
 
     # ---------------------------------------------------------------- executions
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+
+import msgspec
 import os
 import signal
 import socket
@@ -72,6 +74,7 @@ class Spearlet:
         self.runtime_manager = RuntimeManager(config, c.data, self.node_id)
         self.functions = FunctionService(self.runtime_manager, self.node_id,
                                          max_concurrency=c.max_concurrency)
+        self.functions.maxima = c
         self.handlers.update(self.functions.handlers(self.server))
         self.address = ""
         self.registered = asyncio.Event()
@@ -118,9 +121,12 @@ class Spearlet:
         return self.link.send(msg, payload)
 
     async def _fetch_function(self, name: str):
-        reply, _ = await self.link.request(P.FetchFunction(id=self.link.next_id(), name=name),
-                                           timeout=30.0)
-        return reply.spec, reply.digest
+        reply, artifact = await self.link.request(
+            P.FetchFunction(id=self.link.next_id(), name=name), timeout=30.0)
+        spec = reply.spec
+        if artifact is not None:
+            spec = msgspec.structs.replace(spec, artifact=bytes(artifact))
+        return spec, reply.digest
 
     # ---------------------------------------------------------------- SMS link
 

@@ -77,6 +77,7 @@ class FunctionService:
         self.counts: collections.Counter = collections.Counter()
         self._deploying: dict[str, asyncio.Lock] = {}
         self.draining = False
+        self.maxima = None  # SpearletConfig with max_* fields, set by the daemon
         self.dispatched: set[str] = set()  # SMS executions running here
 
     # ------------------------------------------------------------ deployments
@@ -89,6 +90,7 @@ class FunctionService:
 
     async def deploy(self, spec: P.FunctionSpec, sms_digest: str = "") -> P.FunctionInfo:
         """Install (or replace) a function and pre-warm ``min_warm`` instances."""
+        self.check_limits(spec.limits)
         if spec.pool.min_warm > spec.pool.max:
             raise errors.InvalidArgument(
                 f"pool.min_warm ({spec.pool.min_warm}) exceeds pool.max ({spec.pool.max})")
@@ -112,6 +114,22 @@ class FunctionService:
         log.info("deployed %s (%s, digest %s, %d warm)", spec.name, spec.runtime,
                  prepared.digest[:12], pool.warm)
         return self.info(d)
+
+    def check_limits(self, limits: P.Limits, timeout: float | None = None) -> None:
+        """Refuse limits above this node's maxima (INVALID_ARGUMENT names the field)."""
+        mx = self.maxima
+        if mx is None:
+            return
+        if limits.memory_mb is not None and limits.memory_mb > mx.max_memory_mb:
+            raise errors.InvalidArgument(f"limits.memory_mb = {limits.memory_mb} exceeds this "
+                                         f"node's maximum of {mx.max_memory_mb}")
+        for name, value in (("limits.timeout", limits.timeout), ("timeout", timeout)):
+            if value is not None and value > mx.max_timeout:
+                raise errors.InvalidArgument(f"{name} = {value:g} exceeds this node's maximum "
+                                             f"of {mx.max_timeout:g}s")
+        if limits.cpus is not None and limits.cpus > mx.max_cpus:
+            raise errors.InvalidArgument(f"limits.cpus = {limits.cpus:g} exceeds this node's "
+                                         f"maximum of {mx.max_cpus:g}")
 
     async def remove(self, name: str) -> None:
         d = self.deployments.pop(name, None)
@@ -217,7 +235,10 @@ class FunctionService:
         }
 
     async def on_deploy(self, ident, msg: P.DeployFunction, payload):
-        return P.Deployed(id=msg.id, function=await self.deploy(msg.spec))
+        spec = msg.spec
+        if payload is not None:
+            spec = msgspec.structs.replace(spec, artifact=bytes(payload))
+        return P.Deployed(id=msg.id, function=await self.deploy(spec))
 
     async def on_remove(self, ident, msg: P.RemoveFunction, payload):
         await self.remove(msg.name)
@@ -234,6 +255,8 @@ class FunctionService:
         if self.running >= self.max_concurrency:
             raise errors.ResourceExhausted(
                 f"node {self.node_id} is running {self.running} executions (limit {self.max_concurrency})")
+        if msg.timeout is not None and self.maxima is not None:
+            self.check_limits(P.Limits(), msg.timeout)
         ex = self.new_execution(msg.function, msg.execution_id, msg.trace_id)
         data = bytes(payload) if payload is not None else b""
         if msg.mode == "sync":

@@ -108,9 +108,18 @@ def test_placement_respects_labels_and_resources(cluster3):
 
 
 def test_thousand_async_executions_succeed_and_spread(cluster3):
+    import asyncio
+
+    from spear import AsyncClient
+
+    async def submit_all():
+        async with AsyncClient(cluster3.sms_addr, timeout=30) as ac:
+            return await asyncio.gather(*(ac.submit("add", args=[i, 1]) for i in range(1000)))
+
     with Client(cluster3.sms_addr, timeout=30) as c:
         c.deploy(add_spec())
-        ids = [c.submit("add", args=[i, 1]) for i in range(1000)]
+        # submitted concurrently: the SMS sees them all at once and spreads the load
+        ids = asyncio.run(submit_all())
         nodes = collections.Counter()
         for i, eid in enumerate(ids):
             r = c.wait(eid, timeout=30)
