@@ -177,3 +177,28 @@ def test_sigterm_finishes_running_execution_then_exits(tmp_path):
             assert r.status == "succeeded"
             assert c.spearlets[0].wait(15) == 0
             assert cl.nodes() == []
+
+
+def test_bad_input_gets_clear_codes(node, client):
+    a = addr(node)
+    with pytest.raises(errors.InvalidArgument, match="memory_mb"):
+        client.deploy(P.FunctionSpec(name="big", runtime="process", command=["true"],
+                                     limits=P.Limits(memory_mb=10**6)), node=a)
+    with pytest.raises(errors.InvalidArgument, match="labels"):
+        client.deploy(P.FunctionSpec(name="lbl", runtime="process", command=["true"],
+                                     labels={"bad key!": "x"}), node=a)
+    with pytest.raises(errors.InvalidArgument, match="env"):
+        client.deploy(P.FunctionSpec(name="env", runtime="process", command=["true"],
+                                     env={"1BAD": "x"}), node=a)
+    with pytest.raises(errors.InvalidArgument, match="function"):
+        client.invoke("bad name with spaces", node=a)
+    with pytest.raises(errors.InvalidArgument, match="timeout"):
+        client.invoke("add", args=[1, 1], node=a, timeout=10**6)
+    with pytest.raises(errors.InvalidArgument):
+        client.deploy(P.FunctionSpec(name="nocmd", runtime="process"), node=a)
+    # an artifact bigger than a message body travels as a raw frame and is accepted
+    big_wat = (EXAMPLES / "add.wat").read_bytes() + b";;" + b"x" * (5 * 1024 * 1024) + b"\n"
+    client.deploy(P.FunctionSpec(name="bigart", runtime="wasm", handler="add",
+                                 artifact=big_wat), node=a)
+    assert client.invoke("bigart", args=[2, 2], node=a).output == b"4"
+    assert client.invoke("add", args=[1, 1], node=a).output == b"2"
