@@ -93,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node", help="a spearlet address instead of the SMS")
     _client_opts(p)
 
+    from .bench import add_arguments as _bench_arguments
+
+    _bench_arguments(sub.add_parser(
+        "bench", help="measure Spear against a bare-pyzmq floor (SPEC section 9)"))
+
     from . import cli_functions
 
     cli_functions.add_parsers(sub, _client_opts)
@@ -261,6 +266,7 @@ COMMANDS = {
     "nodes": cmd_nodes,
     "ping": cmd_ping,
     "keygen": cmd_keygen,
+    "bench": lambda args: __import__("spear.bench", fromlist=["run"]).run(args),
     "up": cmd_up,
 }
 
