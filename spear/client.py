@@ -175,7 +175,7 @@ class _Api:
         msg = P.Invoke(id=self._next_id(), function=function, args=list(args or ()),
                        timeout=timeout, trace_id=trace_id)
         wait = (timeout or self.timeout) + 5.0
-        return self._call(node, msg, data, _result, wait)
+        return self._call(node, msg, data or None, _result, wait)
 
     def submit(
         self,
@@ -192,7 +192,7 @@ class _Api:
             data = data.encode()
         msg = P.Invoke(id=self._next_id(), function=function, args=list(args or ()),
                        mode="async", timeout=timeout, trace_id=trace_id)
-        return self._call(node, msg, data, _accepted, None)
+        return self._call(node, msg, data or None, _accepted, None)
 
     def execution(self, execution_id: str, *, wait: float = 0.0, node: str | None = None,
                   timeout: float | None = None):
@@ -293,7 +293,7 @@ class AsyncClient(_Api):
         queue: asyncio.Queue = asyncio.Queue()
         msg = P.Invoke(id=self._next_id(), function=function, args=list(args or ()),
                        mode="stream", timeout=timeout, trace_id=trace_id)
-        fut = peer.request(msg, data, timeout=(timeout or self.timeout) + 5.0,
+        fut = peer.request(msg, data or None, timeout=(timeout or self.timeout) + 5.0,
                            on_item=lambda m, p: queue.put_nowait(m.data))
         fut.add_done_callback(lambda f: queue.put_nowait(None))
         while True:
@@ -386,7 +386,7 @@ class Client(_Api):
         msg = P.Invoke(id=self._next_id(), function=function, args=list(args or ()),
                        mode="stream", timeout=timeout, trace_id=trace_id)
         sock = self._sock(node)
-        sock.send_multipart(P.encode(msg, data))
+        sock.send_multipart(P.encode(msg, data or None))
         deadline = time.monotonic() + (timeout or self.timeout) + 5.0
         while True:
             left = deadline - time.monotonic()

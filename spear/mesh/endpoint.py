@@ -25,6 +25,13 @@ log = logging.getLogger("spear.mesh")
 #: messages handled per wake-up before yielding to other callbacks
 BATCH = 512
 
+# plain ints: pyzmq's IntFlag arithmetic costs more than the syscalls it guards
+_NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE_NOBLOCK = int(zmq.SNDMORE) | _NOBLOCK
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+_RCVMORE = int(zmq.RCVMORE)
+
 _ctx: zmq.Context | None = None
 
 
@@ -109,12 +116,18 @@ class Endpoint:
             return
         if self.with_user:
             return self._drain_with_user()
-        recv = sock.recv_multipart
+        recv = sock.recv
+        get = sock.getsockopt
         handle = self.on_frames
         n = 0
         while n < BATCH:
             try:
-                frames = recv(zmq.NOBLOCK)
+                # asking EVENTS is cheaper than letting recv raise Again
+                if not get(_EVENTS) & _POLLIN:
+                    return
+                frames = [recv(_NOBLOCK)]
+                while get(_RCVMORE):
+                    frames.append(recv(_NOBLOCK))
             except zmq.Again:
                 return
             except zmq.ZMQError as exc:  # socket closed under us
@@ -160,8 +173,14 @@ class Endpoint:
 
     def send(self, frames: list, *, copy: bool = True) -> bool:
         """Send without blocking; returns False (and counts a drop) if it can't."""
+        sock = self.sock
         try:
-            self.sock.send_multipart(frames, zmq.NOBLOCK, copy=copy)
+            # multipart sends are atomic in libzmq: only the first part can hit HWM
+            last = len(frames) - 1
+            for i in range(last):
+                sock.send(frames[i], _SNDMORE_NOBLOCK, copy=copy)
+            sock.send(frames[last], _NOBLOCK, copy=copy)
+            pending = sock.getsockopt(_EVENTS) & _POLLIN
         except zmq.Again:
             self.dropped += 1
             return False
@@ -170,6 +189,7 @@ class Endpoint:
             log.debug("%s send failed: %s", self.name, exc)
             return False
         self.sent += 1
-        # the send may have consumed the FD's edge: check for input once more
-        self._schedule_drain()
+        # the send may have consumed the FD's edge: if input is waiting, drain it
+        if pending:
+            self._schedule_drain()
         return True

@@ -86,6 +86,16 @@ class Runtime(abc.ABC):
     ) -> Outcome:
         """Run one invocation on ``instance`` under ``limits``."""
 
+    def invoke_now(self, instance: Instance, data: bytes, args: list,
+                   limits: Limits) -> Outcome | None:
+        """Run the call synchronously if it is known to be short (fast path).
+
+        Returns None when the call must go through :meth:`invoke` (the
+        default). A runtime that answers must enforce the same limits and
+        raise the same errors as ``invoke``; it must never block for long.
+        """
+        return None
+
     @abc.abstractmethod
     async def destroy(self, instance: Instance) -> None:
         """Release the instance; must not raise for an already-dead instance."""

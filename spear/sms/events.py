@@ -26,19 +26,26 @@ class EventLog:
         raw = store.get(SEQ_KEY)
         self.seq = int(raw) if raw else 0
         self._saved = self.seq
-        self.buffer: collections.deque[P.Event] = collections.deque(maxlen=keep)
+        # plain tuples (seq, kind, key, state, ts, detail): Structs are built only
+        # for subscribers, which keeps publishing cheap on the execution hot path
+        self.buffer: collections.deque[tuple] = collections.deque(maxlen=keep)
         self.subscribers: dict[tuple[bytes, int], None] = {}
+        self.max_subscribers = 1024
 
     def publish(self, kind: str, key: str, state: str, ts: float, detail: str = "") -> None:
         self.seq += 1
-        ev = P.Event(id=0, seq=self.seq, kind="node" if kind == "node" else "execution",
-                     key=key, state=state, ts=ts, detail=detail)
+        ev = (self.seq, "node" if kind == "node" else "execution", key, state, ts, detail)
         self.buffer.append(ev)
-        for ident, rid in list(self.subscribers):
-            self.send(ident, P.Event(id=rid, seq=ev.seq, kind=ev.kind, key=key, state=state,
-                                     ts=ts, detail=detail))
-        if self.seq - self._saved >= 100:
+        if self.subscribers:
+            for ident, rid in list(self.subscribers):
+                self.send(ident, self._event(rid, ev))
+        if self.seq - self._saved >= 1000:
             self.save()
+
+    @staticmethod
+    def _event(rid: int, ev: tuple) -> P.Event:
+        seq, kind, key, state, ts, detail = ev
+        return P.Event(id=rid, seq=seq, kind=kind, key=key, state=state, ts=ts, detail=detail)
 
     def save(self) -> None:
         if self.seq != self._saved:
@@ -48,9 +55,11 @@ class EventLog:
     def subscribe(self, ident: bytes, rid: int, since: int) -> None:
         """Replay buffered events after ``since``, then stream new ones."""
         for ev in self.buffer:
-            if ev.seq > since:
-                self.send(ident, P.Event(id=rid, seq=ev.seq, kind=ev.kind, key=ev.key,
-                                         state=ev.state, ts=ev.ts, detail=ev.detail))
+            if ev[0] > since:
+                self.send(ident, self._event(rid, ev))
+        if len(self.subscribers) >= self.max_subscribers:
+            # a peer that vanished never unsubscribes: drop the oldest subscription
+            del self.subscribers[next(iter(self.subscribers))]
         self.subscribers[(ident, rid)] = None
 
     def unsubscribe(self, ident: bytes, rid: int) -> None:

@@ -102,6 +102,10 @@ class NodeTable:
         hb = info.usage.load1 if info is not None else 0.0
         self.load[slot] = (hb + self.running.get(node_id, 0)) / cores
 
+    def all_ready(self) -> bool:
+        """True when there are nodes and every known one is ready."""
+        return bool(self.slot_of) and all(self.ready[s] for s in self.slot_of.values())
+
     def set_state(self, node_id: str, state: str) -> None:
         slot = self.slot_of.get(node_id)
         if slot is None:

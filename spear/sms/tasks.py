@@ -121,8 +121,8 @@ class TaskSettings:
     queue_timeout: float = 30.0
     max_spills: int = 5
     report_grace: float = 3.0
-    keep_output: int = MiB
-    default_cpu: float = 0.01
+    keep_output: int = 64 * 1024  # outputs (and inputs) retained/persisted per record
+    default_cpu: float = 0.0  # no CPU reservation unless limits.cpus asks; slots bound concurrency
     default_memory_mb: int = 16
     startup_grace: float = 5.0  # after a (re)start, wait this long for nodes to reattach
 
@@ -285,7 +285,7 @@ class TaskService:
         mem = (spec.limits.memory_mb or self.s.default_memory_mb) * MiB
         return cpu, float(mem)
 
-    def _schedule(self, ex: Exec, now: float) -> bool:
+    def _schedule(self, ex: Exec, now: float, *, from_queue: bool = False) -> bool:
         """Pick a node and dispatch; queue if nothing fits; fail if nothing ever can."""
         fn = self.functions.get(ex.info.function)
         if fn is None:
@@ -297,9 +297,11 @@ class TaskService:
                                       function=spec.name, cpu=cpu, mem=mem, k=1,
                                       exclude=ex.excluded or None)
         if not picks:
+            if from_queue and not ex.excluded:
+                return False  # still waiting; the reason is worked out only to fail it
             why, transient = self.table.why_not(runtime=spec.runtime, labels=spec.labels,
                                                 cpu=cpu, mem=mem)
-            if now - self.started_at < self.s.startup_grace:
+            if now - self.started_at < self.s.startup_grace and not self.table.all_ready():
                 transient = True  # nodes may still be reattaching after an SMS restart
             if not transient and not ex.excluded:
                 # nothing could ever run it right now: fail clearly instead of waiting
@@ -529,11 +531,17 @@ class TaskService:
         finally:
             self._retrying = False
 
+    #: consecutive queued executions that still don't fit before a pass stops trying
+    QUEUE_MISSES = 16
+
     def _retry_queue(self, now: float) -> None:
-        for _ in range(len(self.queue)):
-            if not self.queue:
-                return
-            eid = self.queue.popleft()
+        q = self.queue
+        keep: list[str] = []
+        misses = 0
+        for _ in range(len(q)):
+            if not q:
+                break
+            eid = q.popleft()
             ex = self.execs.get(eid)
             if ex is None or ex.info.status in TERMINAL or ex.node:
                 continue
@@ -541,10 +549,15 @@ class TaskService:
                 self._end(ex, "failed", now, "RESOURCE_EXHAUSTED",
                           f"no node had capacity for {self.s.queue_timeout:g}s")
                 continue
-            queued_at = ex.queued_at
-            ex.queued_at = 0.0
-            if not self._schedule(ex, now) and ex.info.status not in TERMINAL:
-                ex.queued_at = queued_at
+            if misses >= self.QUEUE_MISSES:
+                keep.append(eid)  # nothing frees up by looking further: keep order, stop
+                continue
+            if self._schedule(ex, now, from_queue=True):
+                misses = 0
+            elif ex.info.status not in TERMINAL:
+                keep.append(eid)
+                misses += 1
+        q.extendleft(reversed(keep))
 
     def tick(self, now: float) -> None:
         """Expire waiters, end cancels whose node never answered, retry the queue, flush."""

@@ -103,8 +103,11 @@ class Spearlet:
     def _on_sms_push(self, msg, payload) -> None:
         """Work and commands the SMS sends on its own initiative."""
         if isinstance(msg, P.Dispatch):
+            slot = self.functions.dispatch_now(msg, payload, self._send_to_sms)
+            if slot is None:
+                return  # answered inline
             task = asyncio.ensure_future(self.functions.run_dispatch(
-                msg, payload, self._send_to_sms, self._fetch_function))
+                msg, payload, self._send_to_sms, self._fetch_function, slot))
             self._dispatches.add(task)
             task.add_done_callback(self._dispatches.discard)
         elif isinstance(msg, P.CancelExecution):

@@ -33,6 +33,8 @@ from .pool import InstancePool
 
 log = logging.getLogger("spear.functions")
 
+_NO_USAGE = P.ExecUsage()
+
 _STATUS_OF = {
     errors.DeadlineExceeded: "timed_out",
     errors.Cancelled: "cancelled",
@@ -164,14 +166,61 @@ class FunctionService:
             del self.executions[old_id]
         return ex
 
+    def run_now(self, function: str, execution_id: str, trace_id: str, data: bytes, args: list,
+                timeout: float | None):
+        """The fast path: a warm instance and a runtime that can answer inline.
+
+        Returns ``(info, output)`` or ``(None, slot)`` when the call has to go
+        the async way (the slot, if >= 0, is already acquired for it). No Task,
+        no Execution record: finished before the handler returns.
+        """
+        d = self.deployments[function]
+        t0 = time.perf_counter()
+        slot = d.pool.try_acquire()
+        if slot < 0:
+            return None, -1
+        inst = d.pool.instances[slot]
+        limits = d.spec.limits
+        if timeout is not None:
+            limits = msgspec.structs.replace(limits, timeout=timeout)
+        err = exit_code = None
+        usage = _NO_USAGE
+        output = b""
+        try:
+            outcome = d.runtime.invoke_now(inst, data, args, limits)
+        except errors.SpearError as exc:
+            d.pool.release(slot, healthy=isinstance(exc, errors.FunctionError) and inst.reusable)
+            status = _STATUS_OF.get(type(exc), "failed")
+            err = P.ErrorInfo(code=exc.code, message=exc.message)
+            x = exc.details.get("exit_code")
+            exit_code = x if isinstance(x, int) else None
+        except Exception as exc:  # noqa: BLE001 - a runtime bug fails the execution only
+            d.pool.release(slot, healthy=False)
+            log.exception("inline execution of %s failed inside Spear", function)
+            status, err = "failed", P.ErrorInfo(code="INTERNAL", message=f"{type(exc).__name__}: {exc}")
+        else:
+            if outcome is None:
+                return None, slot
+            d.pool.release(slot)
+            status, output, exit_code, usage = "succeeded", outcome.output, outcome.exit_code, outcome.usage
+        t1 = time.perf_counter()
+        d.invocations += 1
+        self.counts[status] += 1
+        now = time.time()
+        info = P.ExecutionInfo(
+            execution_id=execution_id or new_id(), function=function, status=status,
+            node_id=self.node_id, error=err, exit_code=exit_code, usage=usage,
+            trace_id=trace_id or execution_id, submitted_at=now - (t1 - t0), finished_at=now,
+            timings=P.Timings(run=t1 - t0, total=t1 - t0))
+        return info, output
+
     async def run(self, ex: Execution, data: bytes, args: list, timeout: float | None,
-                  on_log: Callable[[bytes], None] | None = None) -> Execution:
+                  on_log: Callable[[bytes], None] | None = None, slot: int = -1) -> Execution:
         """Run one execution to a terminal state; never raises (except cancel)."""
         t_submit = time.perf_counter()
         name = ex.info.function
         status, err, exit_code, usage, cold, output = "failed", None, None, P.ExecUsage(), 0.0, b""
         t_run = t_submit
-        slot = -1
         d = None
         self.running += 1
         try:
@@ -180,7 +229,7 @@ class FunctionService:
             if timeout is not None:
                 limits = msgspec.structs.replace(limits, timeout=timeout)
             ex.info = msgspec.structs.replace(ex.info, status="running")
-            slot, inst, cold = await d.pool.acquire()
+            slot, inst, cold = await d.pool.acquire(slot=slot)
             t_run = time.perf_counter()
             healthy = False
             try:
@@ -257,10 +306,17 @@ class FunctionService:
                 f"node {self.node_id} is running {self.running} executions (limit {self.max_concurrency})")
         if msg.timeout is not None and self.maxima is not None:
             self.check_limits(P.Limits(), msg.timeout)
-        ex = self.new_execution(msg.function, msg.execution_id, msg.trace_id)
-        data = bytes(payload) if payload is not None else b""
+        data = payload if payload is not None else b""
+        slot = -1
         if msg.mode == "sync":
-            return self._sync(msg, ex, data)
+            info, out = self.run_now(msg.function, msg.execution_id, msg.trace_id, data, msg.args,
+                                     msg.timeout)
+            if info is not None:
+                return P.Result(id=msg.id, execution=info), out
+            slot = out
+        ex = self.new_execution(msg.function, msg.execution_id, msg.trace_id)
+        if msg.mode == "sync":
+            return self._sync(msg, ex, data, slot=slot)
         if msg.mode == "async":
             ex.task = asyncio.ensure_future(self._guarded(ex, data, msg.args, msg.timeout, None))
             return P.Accepted(id=msg.id, execution_id=ex.info.execution_id)
@@ -274,14 +330,14 @@ class FunctionService:
 
         return self._sync(msg, ex, data, on_log)
 
-    async def _sync(self, msg: P.Invoke, ex: Execution, data: bytes, on_log=None):
+    async def _sync(self, msg: P.Invoke, ex: Execution, data: bytes, on_log=None, slot=-1):
         ex.task = asyncio.current_task()
-        await self._guarded(ex, data, msg.args, msg.timeout, on_log)
+        await self._guarded(ex, data, msg.args, msg.timeout, on_log, slot)
         return P.Result(id=msg.id, execution=ex.info), ex.output
 
-    async def _guarded(self, ex, data, args, timeout, on_log) -> None:
+    async def _guarded(self, ex, data, args, timeout, on_log, slot=-1) -> None:
         try:
-            await self.run(ex, data, args, timeout, on_log)
+            await self.run(ex, data, args, timeout, on_log, slot)
         except asyncio.CancelledError:
             pass  # run() recorded the cancellation
 
@@ -322,7 +378,24 @@ class FunctionService:
             spec, got = await fetch(name)
             await self.deploy(spec, sms_digest=got)
 
-    async def run_dispatch(self, msg: P.Dispatch, payload, send, fetch) -> None:
+    def dispatch_now(self, msg: P.Dispatch, payload, send) -> int | None:
+        """Fast path of an SMS dispatch: answered inline when possible.
+
+        Returns None when done, else the slot already taken (or -1) for
+        :meth:`run_dispatch` to continue with.
+        """
+        d = self.deployments.get(msg.function)
+        if (d is None or d.sms_digest != msg.digest or msg.stream or self.draining
+                or self.running >= self.max_concurrency):
+            return -1
+        info, out = self.run_now(msg.function, msg.execution_id, msg.trace_id,
+                                 payload if payload is not None else b"", msg.args, msg.timeout)
+        if info is None:
+            return out
+        send(P.Result(id=msg.id, execution=info), out)
+        return None
+
+    async def run_dispatch(self, msg: P.Dispatch, payload, send, fetch, slot: int = -1) -> None:
         """Run an execution the SMS placed here; the reply goes back on the link."""
         if self.draining:
             send(P.ErrorReply(id=msg.id, code="UNAVAILABLE", message=f"node {self.node_id} is stopping"))
@@ -350,7 +423,8 @@ class FunctionService:
                     send(P.LogChunk(id=msg.id, execution_id=eid, data=bytes(chunk), seq=seq[0]))
 
             data = bytes(payload) if payload is not None else b""
-            await self._guarded(ex, data, msg.args, msg.timeout, on_log)
+            await self._guarded(ex, data, msg.args, msg.timeout, on_log, slot)
+            slot = -1
             if self.draining and ex.info.status == "cancelled":
                 # stopped by our own shutdown, not by a user: hand it back
                 send(P.ErrorReply(id=msg.id, code="UNAVAILABLE",
@@ -359,6 +433,8 @@ class FunctionService:
             send(P.Result(id=msg.id, execution=ex.info), ex.output)
         finally:
             self.dispatched.discard(eid)
+            if slot >= 0:  # never reached run(): give the instance back
+                self.deployments[msg.function].pool.release(slot)
 
     # ------------------------------------------------------------ upkeep
 

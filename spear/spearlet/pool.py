@@ -52,11 +52,18 @@ class InstancePool:
 
     # ------------------------------------------------------------ hot path
 
-    async def acquire(self, wait: float = 30.0) -> tuple[int, Instance, float]:
+    def try_acquire(self) -> int:
+        """A warm instance's slot at once, or -1 (then use :meth:`acquire`)."""
+        if self.closed:
+            return -1
+        return self.slots.acquire()
+
+    async def acquire(self, wait: float = 30.0, slot: int = -1) -> tuple[int, Instance, float]:
         """A slot and its instance; the float is the cold-start time (0 on a hit)."""
         if self.closed:
             raise errors.Unavailable(f"function {self.prepared.spec.name!r} was removed")
-        slot = self.slots.acquire()
+        if slot < 0:
+            slot = self.slots.acquire()
         if slot >= 0:
             return slot, self.instances[slot], 0.0
         slot = self.slots.reserve()
