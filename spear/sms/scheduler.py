@@ -250,7 +250,7 @@ class NodeTable:
         """Best ``k`` node ids for the request, best first (empty: nothing fits)."""
         if not self.node_at:
             return []
-        elig = self._eligible_mask(runtime, tuple(sorted(labels.items())))
+        elig = self._eligible_mask(runtime, tuple(sorted(labels.items())) if labels else ())
         if exclude:
             elig = bytearray(elig)
             for nid in exclude:

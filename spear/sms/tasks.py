@@ -521,15 +521,40 @@ class TaskService:
 
     # ------------------------------------------------------------------ upkeep
 
-    def retry_queue(self, now: float) -> None:
-        """Try queued executions again (capacity may have freed); expire old ones."""
-        if self._retrying:
+    def retry_queue(self, now: float, *, full: bool = False) -> None:
+        """Try queued executions again (capacity may have freed).
+
+        The quick pass (after a completion or a new node) dispatches from the
+        head and stops at the first that still does not fit: O(dispatched).
+        The full pass (the periodic tick) also expires old entries and looks
+        past a head that does not fit.
+        """
+        if self._retrying or not self.queue:
             return
         self._retrying = True
         try:
-            self._retry_queue(now)
+            if full:
+                self._retry_queue(now)
+            else:
+                self._retry_head(now)
         finally:
             self._retrying = False
+
+    def _retry_head(self, now: float) -> None:
+        q = self.queue
+        while q:
+            eid = q[0]
+            ex = self.execs.get(eid)
+            if ex is None or ex.info.status in TERMINAL or ex.node:
+                q.popleft()
+                continue
+            if not self._schedule(ex, now, from_queue=True):
+                if ex.info.status in TERMINAL and q and q[0] == eid:
+                    q.popleft()
+                    continue
+                return
+            if q and q[0] == eid:
+                q.popleft()
 
     #: consecutive queued executions that still don't fit before a pass stops trying
     QUEUE_MISSES = 16
@@ -577,7 +602,7 @@ class TaskService:
             if ex.cancel_at and now - ex.cancel_at > 10.0 and ex.info.status not in TERMINAL:
                 self._end(ex, "cancelled", now, "CANCELLED", "cancelled (node did not confirm)")
         if self.queue:
-            self.retry_queue(now)
+            self.retry_queue(now, full=True)
         self.flush()
 
     def flush(self) -> None:
