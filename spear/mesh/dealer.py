@@ -24,12 +24,17 @@ log = logging.getLogger("spear.mesh")
 
 
 class _Pending:
-    __slots__ = ("future", "timer", "on_item")
+    __slots__ = ("future", "deadline", "timeout", "on_item")
 
-    def __init__(self, future, timer, on_item=None):
+    def __init__(self, future, deadline, timeout, on_item=None):
         self.future = future
-        self.timer = timer
+        self.deadline = deadline
+        self.timeout = timeout
         self.on_item = on_item
+
+
+#: how often expired requests are swept (one timer per peer, not one per request)
+SWEEP = 0.05
 
 
 class DealerPeer:
@@ -52,6 +57,7 @@ class DealerPeer:
         self.address: str | None = None
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
         self.protocol_errors = 0
         self.last_heard = 0.0
         self.endpoint = self._new_endpoint()
@@ -93,9 +99,10 @@ class DealerPeer:
 
     def _fail_all(self, exc: Exception) -> None:
         pending, self._pending = self._pending, {}
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for p in pending.values():
-            if p.timer is not None:
-                p.timer.cancel()
             if not p.future.done():
                 p.future.set_exception(exc)
 
@@ -123,28 +130,34 @@ class DealerPeer:
         loop = self.endpoint.loop or asyncio.get_running_loop()
         fut = loop.create_future()
         rid = msg.id
-        timer = None
-        if timeout is not None:
-            timer = loop.call_later(timeout, self._expire, rid, timeout)
-        self._pending[rid] = _Pending(fut, timer, on_item)
+        deadline = loop.time() + timeout if timeout is not None else float("inf")
+        self._pending[rid] = _Pending(fut, deadline, timeout, on_item)
+        if timeout is not None and self._sweeper is None:
+            self._sweeper = loop.call_later(SWEEP, self._sweep)
         if not self.send(msg, payload):
             self._pending.pop(rid, None)
-            if timer is not None:
-                timer.cancel()
             fut.set_exception(errors.ResourceExhausted(f"{self.name}: send queue full"))
         return fut
 
-    def _expire(self, rid: int, timeout: float) -> None:
-        p = self._pending.pop(rid, None)
-        if p is not None and not p.future.done():
-            p.future.set_exception(
-                errors.DeadlineExceeded(f"no reply from {self.address} within {timeout:g}s"))
+    def _sweep(self) -> None:
+        """Fail requests past their deadline; re-arm while any are pending."""
+        self._sweeper = None
+        loop = self.endpoint.loop
+        if loop is None:
+            return
+        now = loop.time()
+        expired = [rid for rid, p in self._pending.items() if p.deadline <= now]
+        for rid in expired:
+            p = self._pending.pop(rid)
+            if not p.future.done():
+                p.future.set_exception(errors.DeadlineExceeded(
+                    f"no reply from {self.address} within {p.timeout:g}s"))
+        if any(p.timeout is not None for p in self._pending.values()):
+            self._sweeper = loop.call_later(SWEEP, self._sweep)
 
     def forget(self, rid: int) -> None:
         """Stop waiting for ``rid`` (the caller gave up)."""
-        p = self._pending.pop(rid, None)
-        if p is not None and p.timer is not None:
-            p.timer.cancel()
+        self._pending.pop(rid, None)
 
     # ------------------------------------------------------------- receiving
 
@@ -168,8 +181,6 @@ class DealerPeer:
             p.on_item(msg, payload)
             return
         del self._pending[rid]
-        if p.timer is not None:
-            p.timer.cancel()
         if p.future.done():
             return
         if isinstance(msg, protocol.ErrorReply):
