@@ -322,6 +322,10 @@ class TaskService:
         ex.queued_at = 0.0
         ex.info = msgspec.structs.replace(ex.info, status="scheduled", node_id=node,
                                           attempts=ex.info.attempts + 1)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("execution %s of %s dispatched to %s (attempt %d)", ex.info.execution_id,
+                      spec.name, node, ex.info.attempts,
+                      extra={"trace_id": ex.info.trace_id, "execution_id": ex.info.execution_id})
         self.by_node[node].add(ex.info.execution_id)
         self.dirty.add(ex.info.execution_id)
         sent = self.outbox.to_node(node, P.Dispatch(
@@ -420,7 +424,8 @@ class TaskService:
         self._unassign(ex)
         ex.failures += 1
         if ex.failures <= ex.retries and ex.data is not None:
-            log.info("retrying %s of %s after: %s", ex.info.execution_id, ex.info.function, reason)
+            log.info("retrying %s of %s after: %s", ex.info.execution_id, ex.info.function, reason,
+                     extra={"trace_id": ex.info.trace_id, "execution_id": ex.info.execution_id})
             self.counts["retried"] += 1
             ex.excluded.add(node)
             ex.info = msgspec.structs.replace(ex.info, status="pending")
@@ -492,6 +497,13 @@ class TaskService:
         ex.queued_at = 0.0
         self.counts[status] += 1
         self.dirty.add(ex.info.execution_id)
+        if status != "succeeded" or log.isEnabledFor(logging.DEBUG):
+            log.log(logging.INFO if status != "succeeded" else logging.DEBUG,
+                    "execution %s of %s %s on %s after %d attempt(s)%s", ex.info.execution_id,
+                    ex.info.function, status, ex.info.node_id or "-", ex.info.attempts,
+                    f": {ex.info.error.code}: {ex.info.error.message}" if ex.info.error else "",
+                    extra={"trace_id": ex.info.trace_id, "execution_id": ex.info.execution_id,
+                           "function": ex.info.function, "status": status})
         for w in ex.waiters:
             self.outbox.to_client(w.ident, *self.result_msg(ex, w.rid))
         ex.waiters.clear()

@@ -207,12 +207,24 @@ class FunctionService:
         d.invocations += 1
         self.counts[status] += 1
         now = time.time()
+        eid = execution_id or new_id()
         info = P.ExecutionInfo(
-            execution_id=execution_id or new_id(), function=function, status=status,
+            execution_id=eid, function=function, status=status,
             node_id=self.node_id, error=err, exit_code=exit_code, usage=usage,
-            trace_id=trace_id or execution_id, submitted_at=now - (t1 - t0), finished_at=now,
+            trace_id=trace_id or eid, submitted_at=now - (t1 - t0), finished_at=now,
             timings=P.Timings(run=t1 - t0, total=t1 - t0))
+        if status != "succeeded" or log.isEnabledFor(logging.DEBUG):
+            self._log_end(info)
         return info, output
+
+    @staticmethod
+    def _log_end(info: P.ExecutionInfo) -> None:
+        log.log(logging.INFO if info.status != "succeeded" else logging.DEBUG,
+                "execution %s of %s %s in %.3f ms%s", info.execution_id, info.function,
+                info.status, info.timings.total * 1e3,
+                f": {info.error.code}: {info.error.message}" if info.error else "",
+                extra={"trace_id": info.trace_id, "execution_id": info.execution_id,
+                       "function": info.function, "status": info.status})
 
     async def run(self, ex: Execution, data: bytes, args: list, timeout: float | None,
                   on_log: Callable[[bytes], None] | None = None, slot: int = -1) -> Execution:
@@ -267,6 +279,8 @@ class FunctionService:
                                   total=t_end - t_submit))
             ex.output = output
             ex.done.set()
+            if status != "succeeded" or log.isEnabledFor(logging.DEBUG):
+                self._log_end(ex.info)
         return ex
 
     # ------------------------------------------------------------ wire handlers

@@ -219,3 +219,30 @@ def test_events_resume_from_sequence(cluster3):
         more = list(c.events(since=last, until=time.monotonic() + 1.0))
         assert more and all(e.seq > last for e in more)
         assert [e.seq for e in more] == sorted(e.seq for e in more)
+
+
+def test_trace_id_in_sms_and_spearlet_logs(cluster3):
+    import json as _json
+
+    with Client(cluster3.sms_addr, timeout=20) as c:
+        c.deploy(P.FunctionSpec(name="boom", runtime="process",
+                                command=["sh", "-c", "echo broken >&2; exit 7"]))
+        r = c.invoke("boom", trace_id="trace-abc-123")
+        assert r.status == "failed" and r.info.trace_id == "trace-abc-123"
+        node_name = {n.node_id: n.name for n in c.nodes()}[r.info.node_id]
+
+    def lines_with_trace(path):
+        out = []
+        for line in path.read_text().splitlines():
+            try:
+                rec = _json.loads(line)
+            except ValueError:
+                continue
+            if rec.get("trace_id") == "trace-abc-123":
+                out.append(rec)
+        return out
+
+    wait_for(lambda: lines_with_trace(cluster3.data / "sms.log"), 5, "SMS log line")
+    wait_for(lambda: lines_with_trace(cluster3.data / f"{node_name}.log"), 5, "spearlet log line")
+    rec = lines_with_trace(cluster3.data / "sms.log")[0]
+    assert rec["execution_id"] == r.execution_id and rec["status"] == "failed"
