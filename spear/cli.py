@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heartbeat-interval", type=float)
     p.add_argument("--heartbeat-timeout", type=float)
     p.add_argument("--cleanup-interval", type=float)
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics here (0: any free port)")
     p.add_argument("--config", help="TOML configuration file")
 
     p = sub.add_parser("spearlet", help="run an execution node daemon")
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node-id", help="stable node id (default: persisted in the data dir)")
     p.add_argument("--labels", help="k=v,k2=v2 placement labels")
     p.add_argument("--data", help="node data directory (default ./.spear/spearlet)")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics here (0: any free port)")
     p.add_argument("--config", help="TOML configuration file")
 
     p = sub.add_parser("up", help="run an embedded cluster: SMS + N spearlets on loopback")
@@ -101,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     from . import cli_functions
 
     cli_functions.add_parsers(sub, _client_opts)
+
+    from . import cli_config
+
+    cli_config.add_parsers(sub)
     return ap
 
 
@@ -167,6 +173,7 @@ def cmd_sms(args) -> int:
         "sms.heartbeat_interval": args.heartbeat_interval,
         "sms.heartbeat_timeout": args.heartbeat_timeout,
         "sms.cleanup_interval": args.cleanup_interval,
+        "sms.metrics_port": args.metrics_port,
     }
     cfg = _config(args, overrides)
     run_async(SMS(cfg).serve_forever())
@@ -185,6 +192,7 @@ def cmd_spearlet(args) -> int:
         "spearlet.node_id": args.node_id,
         "spearlet.labels": labels,
         "spearlet.data": args.data,
+        "spearlet.metrics_port": args.metrics_port,
     }
     cfg = _config(args, overrides)
     run_async(Spearlet(cfg).serve_forever())
@@ -273,7 +281,7 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``spear`` command."""
-    from . import cli_functions
+    from . import cli_config, cli_functions
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -288,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     logs.setup(args.log_level or cfg.global_.log_level if daemon else (args.log_level or "warning"),
                args.log_format or cfg.global_.log_format, component=args.command)
-    handler = COMMANDS.get(args.command) or cli_functions.COMMANDS[args.command]
+    handler = (COMMANDS.get(args.command) or cli_functions.COMMANDS.get(args.command)
+               or cli_config.COMMANDS[args.command])
     try:
         return handler(args)
     except errors.ConfigError as exc:

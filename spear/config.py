@@ -33,6 +33,8 @@ from .errors import ConfigError
 Seconds = Annotated[float, Meta(gt=0, le=86400)]
 Address = Annotated[str, Meta(min_length=1, max_length=512)]
 DEFAULT_SMS = "tcp://127.0.0.1:7700"
+#: Prometheus /metrics port: -1 off, 0 any free port (logged), else that port
+MetricsPort = Annotated[int, Meta(ge=-1, le=65535)]
 
 
 class _Section(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -64,6 +66,8 @@ class SMSConfig(_Section, frozen=True):
     cleanup_interval: Annotated[float, Meta(gt=0, le=30 * 86400)] = 60.0
     max_executions: Annotated[int, Meta(ge=100, le=10_000_000)] = 100_000
     queue_timeout: Annotated[float, Meta(gt=0, le=86400)] = 30.0
+    metrics_port: MetricsPort = -1
+    metrics_host: Address = "127.0.0.1"
 
 
 class SpearletConfig(_Section, frozen=True):
@@ -83,6 +87,8 @@ class SpearletConfig(_Section, frozen=True):
     max_cpus: Annotated[float, Meta(gt=0)] = 64.0
     reconnect_min: Annotated[float, Meta(gt=0, le=60)] = 0.1
     reconnect_max: Annotated[float, Meta(gt=0, le=600)] = 2.0
+    metrics_port: MetricsPort = -1
+    metrics_host: Address = "127.0.0.1"
 
 
 class WasmConfig(_Section, frozen=True):

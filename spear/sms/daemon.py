@@ -16,6 +16,7 @@ import time
 
 from .. import __version__, errors, protocol as P
 from ..config import Config
+from ..metrics import SMSMetrics
 from ..mesh import RouterServer, context
 from ..mesh.security import Security, start_authenticator, warn_open
 from ..store import open_store
@@ -46,6 +47,7 @@ class SMS:
     def __init__(self, config: Config) -> None:
         self.config = config
         c = config.sms
+        self.metrics = SMSMetrics()
         self.store = open_store(config.storage.backend, config.storage.path)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.security = Security.from_config(config.security)
@@ -66,7 +68,7 @@ class SMS:
             self.store, self.table, _Outbox(self.server), now=now,
             settings=TaskSettings(max_executions=c.max_executions, queue_timeout=c.queue_timeout,
                                   startup_grace=2 * c.heartbeat_timeout),
-            on_event=self.events.publish)
+            on_event=self._on_task_event)
         self.server.handlers.update({
             P.Ping: self.on_ping,
             P.Register: self.on_register,
@@ -91,6 +93,8 @@ class SMS:
             P.Unsubscribe: self.on_unsubscribe,
             P.Stats: self.on_stats,
         })
+        self.metrics.watch(self.tasks, self.registry, self.table)
+        self.metrics.watch_mesh({"router": self.server})
         self.address = ""
         self._stopping: asyncio.Event | None = None
         self._tickers: list[asyncio.Task] = []
@@ -142,6 +146,7 @@ class SMS:
         return P.NodeReply(id=msg.id, node=self.registry.get(msg.node_id))
 
     def _on_node_event(self, ev: NodeEvent) -> None:
+        self.metrics.node_event(ev.new)
         log.info("node %s: %s -> %s (%s)", ev.node_id, ev.old or "new", ev.new, ev.reason)
         now = time.time()
         if ev.new == "gone":
@@ -183,7 +188,17 @@ class SMS:
     # ---------------------------------------------------------------- executions
 
     def on_invoke(self, ident, msg: P.Invoke, payload):
-        return self.tasks.submit(ident, msg, payload, time.time())
+        try:
+            return self.tasks.submit(ident, msg, payload, time.time())
+        except errors.SpearError as exc:
+            self.metrics.rejected(exc.code)
+            raise
+
+    def _on_task_event(self, kind: str, key: str, state: str, now: float, detail: str = "") -> None:
+        self.events.publish(kind, key, state, now, detail)
+        # self.tasks is unset while TaskService.__init__ recovers records
+        if kind == "execution" and hasattr(self, "tasks"):
+            self.metrics.execution_ended(self.tasks, key)
 
     def on_get_execution(self, ident, msg: P.GetExecution, payload):
         return self.tasks.wait(ident, msg, time.time())
@@ -205,6 +220,7 @@ class SMS:
     def on_node_error(self, ident, msg: P.ErrorReply, payload):
         node = ident.decode("utf-8", "replace")
         if node in self.registry.nodes and msg.id:
+            self.metrics.dispatch_refused(msg.code)
             self.tasks.on_dispatch_error(node, msg, time.time())
         else:
             self.server.protocol_errors += 1
@@ -260,6 +276,9 @@ class SMS:
         self._tickers = [asyncio.ensure_future(self._tick_loop()),
                          asyncio.ensure_future(self._task_loop())]
         self._stopping = asyncio.Event()
+        if self.config.sms.metrics_port >= 0:
+            srv = self.metrics.serve(self.config.sms.metrics_host, self.config.sms.metrics_port)
+            log.info("metrics on %s", srv.url)
         log.info("SMS listening on %s (store %s at %s)", self.address,
                  self.config.storage.backend, self.config.storage.path)
         return self.address
@@ -286,4 +305,5 @@ class SMS:
         self.tasks.flush()
         self.events.save()
         self.store.close()
+        await asyncio.to_thread(self.metrics.close)
         log.info("SMS stopped")

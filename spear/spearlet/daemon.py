@@ -27,6 +27,7 @@ from pathlib import Path
 
 from .. import __version__, errors, protocol as P
 from ..config import Config
+from ..metrics import SpearletMetrics
 from ..mesh import DealerPeer, RouterServer, context
 from ..mesh.security import Security, start_authenticator, warn_open
 from ..runtimes import RuntimeManager
@@ -75,6 +76,8 @@ class Spearlet:
         self.functions = FunctionService(self.runtime_manager, self.node_id,
                                          max_concurrency=c.max_concurrency)
         self.functions.maxima = c
+        self.metrics = SpearletMetrics()
+        self.functions.metrics = self.metrics
         self.handlers.update(self.functions.handlers(self.server))
         self.address = ""
         self.registered = asyncio.Event()
@@ -86,6 +89,9 @@ class Spearlet:
         self._stopping: asyncio.Event | None = None
         self.reconnects = 0
         self._dispatches: set[asyncio.Task] = set()
+        self.metrics.watch(self.functions, self.monitor, registered=self.registered.is_set,
+                           reconnects=lambda: self.reconnects)
+        self.metrics.watch_mesh({"router": self.server, "sms-link": self.link})
 
     @property
     def running(self) -> int:
@@ -217,6 +223,10 @@ class Spearlet:
         self.link.connect(self.config.spearlet.sms)
         self.link.start()
         self._stopping = asyncio.Event()
+        c = self.config.spearlet
+        if c.metrics_port >= 0:
+            srv = self.metrics.serve(c.metrics_host, c.metrics_port)
+            log.info("metrics on %s", srv.url)
         self._tasks.append(asyncio.ensure_future(self._link_loop()))
         self._tasks.append(asyncio.ensure_future(self.functions.evict_loop()))
         log.info("spearlet %s serving on %s, SMS %s", self.node_id, self.address,
@@ -259,4 +269,5 @@ class Spearlet:
             except errors.SpearError as exc:
                 log.warning("could not deregister: %s", exc)
         self.link.close()
+        await asyncio.to_thread(self.metrics.close)
         log.info("spearlet %s stopped (pid %d)", self.node_id, os.getpid())

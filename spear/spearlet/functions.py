@@ -81,6 +81,7 @@ class FunctionService:
         self.draining = False
         self.maxima = None  # SpearletConfig with max_* fields, set by the daemon
         self.dispatched: set[str] = set()  # SMS executions running here
+        self.metrics = None  # SpearletMetrics, set by the daemon
 
     # ------------------------------------------------------------ deployments
 
@@ -206,6 +207,10 @@ class FunctionService:
         t1 = time.perf_counter()
         d.invocations += 1
         self.counts[status] += 1
+        m = self.metrics
+        if m is not None:
+            m.execution_finished(function, d.spec.runtime, status, 0.0, 0.0, t1 - t0, t1 - t0,
+                                 err.code if err is not None else "")
         now = time.time()
         eid = execution_id or new_id()
         info = P.ExecutionInfo(
@@ -272,6 +277,11 @@ class FunctionService:
                 d.invocations += 1
             self.counts[status] += 1
             queue = max(0.0, t_run - t_submit - cold)
+            m = self.metrics
+            if m is not None:
+                m.execution_finished(name, d.spec.runtime if d is not None else "", status, queue,
+                                     cold, t_end - t_run, t_end - t_submit,
+                                     err.code if err is not None else "")
             ex.info = msgspec.structs.replace(
                 ex.info, status=status, error=err, exit_code=exit_code, usage=usage,
                 cold=cold > 0, finished_at=time.time(),
@@ -312,10 +322,14 @@ class FunctionService:
 
     def on_invoke(self, ident, msg: P.Invoke, payload):
         if self.draining:
+            if self.metrics is not None:
+                self.metrics.rejected("UNAVAILABLE")
             raise errors.Unavailable(f"node {self.node_id} is stopping")
         if msg.function not in self.deployments:
             raise errors.NotFound(f"function {msg.function!r} is not deployed on node {self.node_id}")
         if self.running >= self.max_concurrency:
+            if self.metrics is not None:
+                self.metrics.rejected("RESOURCE_EXHAUSTED")
             raise errors.ResourceExhausted(
                 f"node {self.node_id} is running {self.running} executions (limit {self.max_concurrency})")
         if msg.timeout is not None and self.maxima is not None:
@@ -412,9 +426,13 @@ class FunctionService:
     async def run_dispatch(self, msg: P.Dispatch, payload, send, fetch, slot: int = -1) -> None:
         """Run an execution the SMS placed here; the reply goes back on the link."""
         if self.draining:
+            if self.metrics is not None:
+                self.metrics.rejected("UNAVAILABLE")
             send(P.ErrorReply(id=msg.id, code="UNAVAILABLE", message=f"node {self.node_id} is stopping"))
             return
         if self.running >= self.max_concurrency:
+            if self.metrics is not None:
+                self.metrics.rejected("RESOURCE_EXHAUSTED")
             send(P.ErrorReply(id=msg.id, code="RESOURCE_EXHAUSTED",
                               message=f"node {self.node_id} is at its concurrency limit"))
             return

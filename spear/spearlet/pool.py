@@ -50,6 +50,11 @@ class InstancePool:
     def busy(self) -> int:
         return self.slots.busy
 
+    @property
+    def waiting(self) -> int:
+        """Callers waiting for an instance (the pool is at its maximum)."""
+        return len(self._waiters)
+
     # ------------------------------------------------------------ hot path
 
     def try_acquire(self) -> int:

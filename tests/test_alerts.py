@@ -1,0 +1,147 @@
+"""deploy/prometheus/alerts.yml: well-formed rules over metrics Spear really exposes."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from spear.metrics import CATALOG, SMSMetrics, SpearletMetrics, metric_names
+
+RULES = Path(__file__).resolve().parents[1] / "deploy" / "prometheus" / "alerts.yml"
+
+#: series Prometheus makes itself for every target
+SYNTHETIC = {"up": ("job", "instance")}
+#: labels every scraped series carries
+TARGET_LABELS = {"job", "instance"}
+
+_KEYWORDS = {
+    # aggregations, functions and operators that look like identifiers
+    "sum", "min", "max", "avg", "count", "stddev", "stdvar", "topk", "bottomk", "quantile",
+    "count_values", "group", "rate", "irate", "increase", "delta", "idelta", "deriv",
+    "histogram_quantile", "abs", "absent", "absent_over_time", "avg_over_time", "max_over_time",
+    "min_over_time", "sum_over_time", "count_over_time", "clamp_min", "clamp_max", "vector",
+    "scalar", "time", "label_replace", "changes", "resets", "predict_linear", "and", "or",
+    "unless", "by", "without", "on", "ignoring", "group_left", "group_right", "bool", "offset",
+}
+
+
+def load_rules() -> list[dict]:
+    doc = yaml.safe_load(RULES.read_text())
+    assert isinstance(doc, dict) and doc.get("groups"), "no rule groups"
+    rules = []
+    for group in doc["groups"]:
+        assert group.get("name") and group.get("rules"), group
+        rules.extend(group["rules"])
+    return rules
+
+
+def exposed() -> set[str]:
+    """Every series name the SMS and Spearlet registries can expose."""
+    sp = SpearletMetrics()
+    sp.watch(SimpleNamespace(deployments={}, running=0, max_concurrency=1, draining=False),
+             None, registered=lambda: True, reconnects=lambda: 0)
+    sp.watch_mesh({})
+    sms = SMSMetrics()
+    sms.watch(SimpleNamespace(queue=[], active=lambda: 0, functions={}, counts={}),
+              SimpleNamespace(nodes={}), SimpleNamespace(total_reserved=lambda: (0.0, 0.0)))
+    return metric_names(sp.registry) | metric_names(sms.registry) | set(SYNTHETIC)
+
+
+def labels_of(series: str) -> set[str]:
+    if series in SYNTHETIC:
+        return set(SYNTHETIC[series])
+    for suffix in ("", "_bucket", "_sum", "_count"):
+        base = series[: len(series) - len(suffix)] if suffix else series
+        if series.endswith(suffix) and base in CATALOG:
+            return set(CATALOG[base].labels) | ({"le"} if suffix == "_bucket" else set())
+    return set()
+
+
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_SELECTOR = re.compile(r"([A-Za-z_:][A-Za-z0-9_:]*)?\s*\{([^}]*)\}")
+_GROUPING = re.compile(r"\b(by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)")
+_IDENT = re.compile(r"[A-Za-z_:][A-Za-z0-9_:]*")
+
+
+def parse_expr(expr: str) -> tuple[set[str], list[tuple[str, set[str]]], set[str]]:
+    """(metric names, [(metric, matcher labels)], grouping labels) of a PromQL expression.
+
+    A lexical reading, enough for the expressions in the rules file.
+    """
+    selectors = [(m.group(1) or "", {part.split("=")[0].strip().rstrip("!~")
+                                     for part in _STRING.sub('""', m.group(2)).split(",")
+                                     if part.strip()})
+                 for m in _SELECTOR.finditer(expr)]
+    grouping = {lab.strip() for m in _GROUPING.finditer(expr)
+                for lab in m.group(2).split(",") if lab.strip()}
+    text = _STRING.sub(" ", expr)
+    text = _GROUPING.sub(" ", text)
+    text = re.sub(r"\{[^}]*\}", " ", text)
+    text = re.sub(r"\[[^\]]*\]", " ", text)  # range durations
+    names = set()
+    for m in _IDENT.finditer(text):
+        word = m.group(0)
+        following = text[m.end():].lstrip()[:1]
+        if word in _KEYWORDS or following == "(" or re.fullmatch(r"\d.*", word):
+            continue
+        if re.fullmatch(r"(Inf|NaN|e\d*)", word):
+            continue
+        names.add(word)
+    return names, selectors, grouping
+
+
+RULE_LIST = load_rules()
+
+
+def test_the_parser_finds_names_labels_and_grouping():
+    names, selectors, grouping = parse_expr(
+        'sum by (job, function) (rate(spear_x_total{status=~"a|b", code!="c"}[5m])) '
+        '/ on (job) group_left max(up{job="x"}) > 0.5')
+    assert names == {"spear_x_total", "up"}
+    assert ("spear_x_total", {"status", "code"}) in selectors
+    assert grouping == {"job", "function"}
+
+
+def test_there_are_rules_for_each_concern():
+    alerts = {r["alert"] for r in RULE_LIST}
+    text = " ".join(r["expr"] for r in RULE_LIST)
+    assert len(alerts) == len(RULE_LIST), "alert names must be unique"
+    for must in ('up{job="spear-sms"} == 0',  # SMS unreachable
+                 "spear_sms_node_up",  # node down / unhealthy
+                 'status=~"failed',  # error rate
+                 'code="RESOURCE_EXHAUSTED"',  # pool exhaustion / refusals
+                 "spear_spearlet_pool_waiting"):
+        assert must in text, must
+
+
+@pytest.mark.parametrize("rule", RULE_LIST, ids=[r.get("alert", "?") for r in RULE_LIST])
+def test_rule_is_complete(rule):
+    assert set(rule) <= {"alert", "expr", "for", "labels", "annotations", "keep_firing_for"}
+    assert re.fullmatch(r"[A-Z][A-Za-z0-9]+", rule["alert"])
+    assert isinstance(rule["expr"], str) and rule["expr"].strip()
+    assert re.fullmatch(r"\d+[smhd]", str(rule["for"])), rule["for"]
+    assert rule["labels"]["severity"] in {"critical", "warning", "info"}
+    ann = rule["annotations"]
+    assert ann.get("summary") and ann.get("description")
+    assert rule["expr"].count("(") == rule["expr"].count(")")
+
+
+@pytest.mark.parametrize("rule", RULE_LIST, ids=[r.get("alert", "?") for r in RULE_LIST])
+def test_rule_uses_only_exposed_metrics_and_their_labels(rule):
+    known = exposed()
+    names, selectors, grouping = parse_expr(rule["expr"])
+    assert names, "no metric in the expression"
+    unknown = names - known
+    assert not unknown, f"{rule['alert']}: not exposed by spear.metrics: {sorted(unknown)}"
+    for metric, labels in selectors:
+        allowed = labels_of(metric) | TARGET_LABELS
+        assert labels <= allowed, f"{rule['alert']}: {metric} has no label {labels - allowed}"
+    usable = set().union(*(labels_of(n) for n in names)) | TARGET_LABELS
+    assert grouping <= usable, f"{rule['alert']}: grouping by unknown {grouping - usable}"
+    for ann in rule["annotations"].values():
+        for lab in re.findall(r"\$labels\.(\w+)", ann):
+            assert lab in usable, f"{rule['alert']}: annotation uses unknown label {lab}"
