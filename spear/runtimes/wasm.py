@@ -4,10 +4,11 @@ Two kinds of function, chosen by ``FunctionSpec.handler``:
 
 * **WASI command** (handler ``""`` or ``"_start"``): every invocation runs
   ``_start`` in a *fresh* store and instance. The input bytes are stdin, the
-  bytes written to stdout are the output, stderr is streamed to ``on_log`` and
-  the WASI exit status is ``Outcome.exit_code`` (``proc_exit(0)`` or a plain
-  return is success; anything else raises :class:`~spear.errors.FunctionError`
-  with ``details["exit_code"]``). ``Instance`` is then only a cheap template
+  bytes written to stdout are the output, stderr goes to ``on_log`` (live for
+  pool runs, after the run for inline runs) and the WASI exit status is
+  ``Outcome.exit_code`` (``proc_exit(0)`` or a plain return is success;
+  anything else raises :class:`~spear.errors.FunctionError` with
+  ``details["exit_code"]``). ``Instance`` is then only a cheap template
   around a pre-linked ``InstancePre``: it holds no guest state, so it is
   always ``reusable``.
 * **Plain export** (handler = export name): the store and instance are made
@@ -26,13 +27,21 @@ out raises ``ResourceExhausted("fuel exhausted")``; ``timeout`` is an epoch
 deadline (a daemon thread ticks the shared engine every ``epoch_tick``
 seconds) and raises ``DeadlineExceeded``. Other traps raise ``FunctionError``.
 
-Where calls run: WASI commands, and exports of modules that import WASI, run
-on a dedicated thread pool (wasmtime-py calls into C through ``ctypes``, which
-releases the GIL). Exports of self-contained modules run *inline* on the
-event loop through a low-level ``wasmtime_func_call_unchecked`` path: that is
-~10x cheaper than a thread hop, and the epoch ticker still interrupts a
-runaway loop. An export whose last call took longer than ``inline_budget``
-seconds is moved to the pool for its next call.
+Where calls run (wasmtime-py calls into C through ``ctypes``, which releases
+the GIL, so the pool runs in parallel):
+
+* Exports of self-contained modules run *inline* on the event loop through a
+  low-level ``wasmtime_func_call_unchecked`` path: ~10x cheaper than a thread
+  hop, and the epoch ticker still interrupts a runaway loop. Exports of
+  modules that import WASI run on a dedicated thread pool.
+* WASI commands run inline too once their last run was short, when no host
+  call can block them (no preopened directory, no ``poll_oneoff`` import):
+  the store, WASI context and instance are built straight through the C API
+  and stdout/stderr go to a reusable pair of memfds (:mod:`.wasm_io`) read
+  after the run. The first call of a command, and any other command, runs on
+  the pool with stdout/stderr pipes read live by the event loop.
+* Either kind whose last call took longer than ``inline_budget`` seconds
+  runs its next call on the pool, and comes back inline after a short one.
 
 Compiled modules are serialized to ``cache_dir`` under a key made of the
 artifact's sha256, the wasmtime version and the engine configuration, so a
@@ -61,6 +70,10 @@ from typing import Any, Callable
 from .. import errors
 from ..protocol import ExecUsage, FunctionSpec, Limits
 from .base import Instance, LogSink, Outcome, Prepared, Runtime
+from .wasm_io import (
+    Capture, FdBox, Output, Pump, WasiArgs, capture_supported, close_all, deliver, fd_path, open_pipes,
+    safe_sink, wasi_config,
+)
 
 try:  # pragma: no branch - wasmtime is a hard dependency in practice
     import wasmtime
@@ -90,8 +103,14 @@ UNLIMITED_FUEL = (1 << 63) - 1
 #: bump when the cache layout or the engine configuration changes
 CACHE_FORMAT = "spear-wasm-cache-v1"
 _MIB = 1 << 20
-_PIPE_CHUNK = 1 << 16
 _NUMERIC = ("i32", "i64", "f32", "f64")
+#: WASI imports that can park the calling thread (a sleep)
+_BLOCKING_IMPORTS = frozenset({"poll_oneoff"})
+#: wasmtime_extern_t kinds
+_EXTERN_FUNC = 0
+_EXTERN_MEMORY = 3
+#: idle capture-file pairs kept for inline commands
+_SPARE_CAPTURES = 4
 _INT_RANGE = {"i32": (-(1 << 31), 1 << 32), "i64": (-(1 << 63), 1 << 64)}
 
 
@@ -115,20 +134,30 @@ class _Sandbox:
 class _Module:
     """A compiled module shared by every spec with the same artifact."""
 
-    __slots__ = ("module", "pre", "exports", "imports_wasi", "from_cache")
+    __slots__ = ("module", "pre", "pre_ptr", "exports", "imports_wasi", "may_block", "memory_names", "from_cache")
 
     def __init__(self, module: Any, pre: Any, from_cache: bool) -> None:
         self.module = module
         self.pre = pre
+        self.pre_ptr = pre.ptr()  # kept alive by ``pre``
         self.exports = {e.name: e.type for e in module.exports}
-        self.imports_wasi = any(i.module in WASI_MODULES for i in module.imports)
+        wasi = {i.name for i in module.imports if i.module in WASI_MODULES}
+        self.imports_wasi = bool(wasi)
+        #: the guest can sleep inside a host call, where the epoch cannot stop it
+        self.may_block = not wasi.isdisjoint(_BLOCKING_IMPORTS)
+        self.memory_names = tuple(
+            n.encode() for n, t in self.exports.items() if isinstance(t, wasmtime.MemoryType)
+        )
         self.from_cache = from_cache
 
 
 class _Compiled:
     """``Prepared.handle``: a module plus how this spec runs it."""
 
-    __slots__ = ("mod", "name", "command", "export", "params", "results", "sandbox", "limits")
+    __slots__ = (
+        "mod", "name", "command", "export", "params", "results", "sandbox", "limits",
+        "wasi", "inline", "slow",
+    )
 
     def __init__(self, mod: _Module, spec: FunctionSpec, sandbox: _Sandbox) -> None:
         self.mod = mod
@@ -158,6 +187,14 @@ class _Compiled:
             raise errors.InvalidArgument(
                 f"export {handler!r} uses non-numeric types {bad}; only i32, i64, f32, f64 are supported"
             )
+        self.wasi = WasiArgs(spec.name, sandbox.env, sandbox.preopens, sandbox.args, sandbox.network)
+        #: a command may run inline on the event loop only if no host call can
+        #: block it: no preopened directories, no ``poll_oneoff`` (stdin is in
+        #: memory, stdout/stderr are memfds)
+        self.inline = self.command and not sandbox.preopens and not mod.may_block
+        #: the last call of this command took longer than ``inline_budget``
+        #: (unknown at first: the first call runs on the pool)
+        self.slow = True
 
 
 class _Effective:
@@ -176,11 +213,13 @@ class _Effective:
 class _CommandInstance:
     """Instance handle of a WASI command: a template, one store per call."""
 
-    __slots__ = ("compiled", "closed")
+    __slots__ = ("compiled", "closed", "lim_obj", "lim_eff")
 
     def __init__(self, compiled: _Compiled) -> None:
         self.compiled = compiled
         self.closed = False
+        self.lim_obj: Any = None
+        self.lim_eff: _Effective | None = None
 
 
 class _ExportInstance:
@@ -224,7 +263,7 @@ class _ExportInstance:
                 store.close()
             except Exception:  # pragma: no cover - defensive
                 log.exception("closing a wasm store failed")
-        _close_all(self.pipes)
+        close_all(self.pipes)
         self.pipes = None
 
 
@@ -310,137 +349,14 @@ def _encode_results(values: list) -> bytes:
     return json.dumps(values, separators=(",", ":")).encode()
 
 
-def _grow_pipe(fd: int) -> None:
-    """Ask for a 1 MiB pipe buffer (Linux), so big outputs need fewer wakeups."""
-    try:
-        import fcntl
-
-        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), _MIB)
-    except (ImportError, OSError):
-        pass
-
-
-def _drain(fd: int, sink: Callable[[bytes], None] | None) -> None:
-    """Read everything currently in a non-blocking pipe."""
-    while True:
-        try:
-            chunk = os.read(fd, _PIPE_CHUNK)
-        except OSError:  # BlockingIOError: nothing more for now
-            return
-        if not chunk:
-            return
-        if sink is not None:
-            sink(chunk)
-
-
-def _safe_sink(on_log: LogSink | None) -> Callable[[bytes], None] | None:
-    if on_log is None:
-        return None
-
-    def sink(chunk: bytes) -> None:
-        try:
-            on_log(chunk)
-        except Exception:  # a broken log consumer must not break the call
-            log.exception("on_log callback failed")
-
-    return sink
-
-
-class _Output:
-    """Collects a command's stdout up to a cap; past it the pipe is closed so
-    the guest's writes fail with EPIPE and the call ends as ResourceExhausted."""
-
-    __slots__ = ("chunks", "size", "cap", "overflow")
-
-    def __init__(self, cap: int) -> None:
-        self.chunks: list[bytes] = []
-        self.size = 0
-        self.cap = cap
-        self.overflow = False
-
-    def __call__(self, chunk: bytes) -> None:
-        if self.overflow:
-            return
-        self.size += len(chunk)
-        if self.size > self.cap:
-            self.overflow = True
-            self.chunks.clear()
-            return
-        self.chunks.append(chunk)
-
-
-class _Pump:
-    """Reads the stdout/stderr pipes of a running call on the event loop."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, fds: list[tuple[int, Callable[[bytes], None] | None]]) -> None:
-        self.loop = loop
-        self.fds = fds
-        self.active: list[int] = []
-        for fd, sink in fds:
-            loop.add_reader(fd, self._on_readable, fd, sink)
-            self.active.append(fd)
-
-    def _on_readable(self, fd: int, sink: Callable[[bytes], None] | None) -> None:
-        try:
-            chunk = os.read(fd, _PIPE_CHUNK)
-        except BlockingIOError:
-            return
-        except OSError:
-            chunk = b""
-        if not chunk:
-            self._stop(fd)
-            return
-        if sink is not None:
-            sink(chunk)
-            if isinstance(sink, _Output) and sink.overflow:
-                self._stop(fd)
-                # closing the read end makes further guest writes fail (EPIPE)
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-                self.fds = [(f, s) for f, s in self.fds if f != fd]
-
-    def _stop(self, fd: int) -> None:
-        if fd in self.active:
-            self.active.remove(fd)
-            self.loop.remove_reader(fd)
-
-    def finish(self) -> None:
-        """Stop watching and read what is left (the call has ended)."""
-        for fd, sink in self.fds:
-            self._stop(fd)
-            _drain(fd, sink)
-
-
-class _FdBox:
-    """Hands the write ends of a call's pipes to exactly one owner: the worker
-    that runs the call, or the coroutine if the worker never started."""
-
-    __slots__ = ("fds", "lock")
-
-    def __init__(self, fds: tuple[int, ...]) -> None:
-        self.fds: tuple[int, ...] | None = fds
-        self.lock = threading.Lock()
-
-    def take(self) -> tuple[int, ...] | None:
-        with self.lock:
-            fds, self.fds = self.fds, None
-            return fds
+#: the ``finalizer`` of a store that has no host data
+_NO_FINALIZER = ctypes.cast(0, ctypes.CFUNCTYPE(None, ctypes.c_void_p))
 
 
 def _retrieve(fut: asyncio.Future) -> None:
     """Mark a pool future's exception as seen (its caller may have gone)."""
     if not fut.cancelled():
         fut.exception()
-
-
-def _close_all(fds: tuple[int, ...] | None) -> None:
-    for fd in fds or ():
-        try:
-            os.close(fd)
-        except OSError:
-            pass
 
 
 # --------------------------------------------------------------------------
@@ -468,6 +384,7 @@ class WasmRuntime(Runtime):
         default_timeout: float = 30.0,
         epoch_tick: float = 0.01,
         inline_exports: bool = True,
+        inline_commands: bool = True,
         inline_budget: float = 0.002,
         max_workers: int | None = None,
         max_output_bytes: int = 64 * _MIB,
@@ -486,6 +403,8 @@ class WasmRuntime(Runtime):
         self.epoch_tick = float(epoch_tick)
         self.inline_exports = inline_exports
         self.inline_budget = inline_budget
+        #: short WASI commands run inline with memfd stdio (Linux only)
+        self.inline_commands = inline_commands and capture_supported()
         self.max_output_bytes = max_output_bytes
         self.compiles = 0
         self.disk_hits = 0
@@ -497,7 +416,13 @@ class WasmRuntime(Runtime):
         self._running = 0  # pool calls executing right now
         self._running_lock = threading.Lock()
         self._engine: Any = None
+        self._engine_ptr: Any = None
         self._linker: Any = None
+        # capture files of inline commands: idle pairs, and the pairs in use
+        # (watched by the epoch ticker, which seals a file past the output cap)
+        self._captures: list[Capture] = []
+        self._capturing: set[Capture] = set()
+        self._capture_lock = threading.Lock()
         self._ticker: threading.Thread | None = None
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(
@@ -514,6 +439,7 @@ class WasmRuntime(Runtime):
         cfg.consume_fuel = True
         cfg.epoch_interruption = True
         self._engine = wasmtime.Engine(cfg)
+        self._engine_ptr = self._engine.ptr()
         self._linker = wasmtime.Linker(self._engine)
         self._linker.define_wasi()
         self._ticker = threading.Thread(target=self._tick, name="spear-wasm-epoch", daemon=True)
@@ -542,12 +468,17 @@ class WasmRuntime(Runtime):
         inc = self._engine.increment_epoch
         wait = self._stop.wait
         tick = self.epoch_tick
+        capturing = self._capturing
         while True:
             if wait(tick):
                 if not self._running:
                     return
                 time.sleep(tick)
             inc()
+            if capturing:  # an inline command is running: bound its output
+                with self._capture_lock:
+                    for cap in capturing:
+                        cap.enforce(self.max_output_bytes)
 
     def _tracked(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn`` in a pool thread, counted in ``_running``."""
@@ -577,6 +508,8 @@ class WasmRuntime(Runtime):
         if self._ticker is not None and not self._running:
             await asyncio.to_thread(self._ticker.join, 5.0)
         self._loaded.clear()
+        while self._captures:
+            self._captures.pop().close()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -744,30 +677,6 @@ class WasmRuntime(Runtime):
             fuel if fuel is not None else self.default_fuel,
         )
 
-    def _wasi_config(self, compiled: _Compiled, args: list, stdin: bytes | None, out_fd: int | None, err_fd: int | None) -> Any:
-        sb = compiled.sandbox
-        cfg = wasmtime.WasiConfig()
-        argv = [compiled.name]
-        if sb.args:
-            argv += [str(a) for a in args]
-        cfg.argv = argv
-        if sb.env:
-            cfg.env = sb.env
-        for host, guest, mutable in sb.preopens:
-            cfg.preopen_dir(host, guest, mutable)
-        if sb.network:
-            _B.wasi_config_inherit_network(cfg.ptr())
-        if stdin:
-            vec = _B.wasm_byte_vec_t()
-            buf = (ctypes.c_uint8 * len(stdin)).from_buffer_copy(stdin)
-            _B.wasm_byte_vec_new(ctypes.byref(vec), len(stdin), buf)
-            _B.wasi_config_set_stdin_bytes(cfg.ptr(), ctypes.byref(vec))  # takes ownership
-        if out_fd is not None:
-            cfg.stdout_file = f"/dev/fd/{out_fd}"
-        if err_fd is not None:
-            cfg.stderr_file = f"/dev/fd/{err_fd}"
-        return cfg
-
     def _classify(self, exc: BaseException, eff: _Effective, used_memory: int, usage: dict) -> errors.SpearError:
         reason = _short_trap(exc)
         details: dict = {"usage": usage}
@@ -806,27 +715,23 @@ class WasmRuntime(Runtime):
         eff = self._effective(None, compiled.limits)
         if compiled.mod.imports_wasi:
             loop = asyncio.get_running_loop()
-            out_r, out_w = os.pipe()
-            err_r, err_w = os.pipe()
-            for fd in (out_r, err_r):
-                os.set_blocking(fd, False)
+            out_r, err_r, box = open_pipes()
             h.pipes = (out_r, err_r)
-            box = _FdBox((out_w, err_w))
-            pump = _Pump(loop, [(out_r, None), (err_r, None)])  # output of _initialize is dropped
+            pump = Pump(loop, [(out_r, None), (err_r, None)])  # output of _initialize is dropped
             try:
                 await self._submit(self._instantiate_export, h, eff, box)
             except BaseException:
-                _close_all(h.pipes)
+                close_all(h.pipes)
                 h.pipes = None
                 raise
             finally:
-                _close_all(box.take())  # only if the worker never started
+                close_all(box.take())  # only if the worker never started
                 pump.finish()
         else:
             await self._submit(self._instantiate_export, h, eff, None)
         return Instance(function=compiled.name, handle=h)
 
-    def _instantiate_export(self, h: _ExportInstance, eff: _Effective, box: _FdBox | None) -> None:
+    def _instantiate_export(self, h: _ExportInstance, eff: _Effective, box: FdBox | None) -> None:
         """Make the long-lived store and instance of an export. (pool thread)"""
         compiled = h.compiled
         store = wasmtime.Store(self._engine)
@@ -839,9 +744,12 @@ class WasmRuntime(Runtime):
             if fds is None:
                 raise errors.Cancelled("instance creation cancelled")
             try:
-                store.set_wasi(self._wasi_config(compiled, [], None, fds[0], fds[1]))
+                cfg = wasi_config(compiled.wasi, [], b"", fd_path(fds[0]), fd_path(fds[1]))
+                err = _B._wasmtime_context_set_wasi(store._context(), cfg)  # takes cfg
+                if err:
+                    raise wasmtime.WasmtimeError._from_ptr(err)
             finally:
-                _close_all(fds)  # wasmtime opened its own descriptors
+                close_all(fds)  # wasmtime opened its own descriptors
         try:
             inst = compiled.mod.pre.instantiate(store)
             exports = inst.exports(store)
@@ -917,7 +825,15 @@ class WasmRuntime(Runtime):
         if h.__class__ is _CommandInstance:
             if h.closed or self._closed:
                 raise errors.Unavailable("wasm instance or runtime is closed")
-            return await self._run_command_async(h.compiled, data, args, self._effective(limits, h.compiled.limits), on_log)
+            compiled = h.compiled
+            if h.lim_obj is limits and limits is not None:
+                eff = h.lim_eff
+            else:
+                eff = self._effective(limits, compiled.limits)
+                h.lim_obj, h.lim_eff = limits, eff
+            if compiled.inline and not compiled.slow and self.inline_commands:
+                return self._run_command_inline(compiled, data, args, eff, on_log)
+            return await self._run_command_async(compiled, data, args, eff, on_log)
         raise errors.InvalidArgument("instance does not come from the wasm runtime")
 
     def _convert_args(self, h: _ExportInstance, args: list) -> list:
@@ -997,8 +913,8 @@ class WasmRuntime(Runtime):
         loop = asyncio.get_running_loop()
         pump = None
         if h.pipes is not None:
-            sink = _safe_sink(on_log)
-            pump = _Pump(loop, [(h.pipes[0], sink), (h.pipes[1], sink)])
+            sink = safe_sink(on_log)
+            pump = Pump(loop, [(h.pipes[0], sink), (h.pipes[1], sink)])
         try:
             fut = self._submit(self._call_export_pooled, h, values, eff)
             return await self._await_call(fut, eff)
@@ -1023,29 +939,59 @@ class WasmRuntime(Runtime):
 
     # -- WASI commands ------------------------------------------------------------
 
+    def _run_command_inline(self, compiled: _Compiled, data: bytes, args: list, eff: _Effective, on_log: LogSink | None) -> Outcome:
+        """Run a short command on the event-loop thread. stdout and stderr go
+        to a reusable pair of memfds; stderr reaches ``on_log`` after the run."""
+        spare = self._captures
+        if spare:
+            cap = spare.pop()
+        else:
+            try:
+                cap = Capture()
+            except OSError as exc:
+                raise errors.Unavailable(f"cannot create the stdio files of a WASI call: {exc}") from None
+        lock = self._capture_lock
+        try:
+            cfg = wasi_config(compiled.wasi, args, data, cap.out_path, cap.err_path)
+            with lock:
+                self._capturing.add(cap)
+            try:
+                exit_code, usage = self._exec_command(compiled, cfg, eff)
+            finally:
+                with lock:
+                    self._capturing.discard(cap)
+                limit = self.max_output_bytes
+                logs, _ = cap.read(cap.err, limit, partial=True)
+                out, out_size = cap.read(cap.out, limit, partial=False)
+                deliver(logs, on_log)
+        finally:
+            if cap.sealed or self._closed or len(spare) >= _SPARE_CAPTURES:
+                cap.close()
+            else:
+                spare.append(cap)
+        return self._command_outcome(exit_code, usage, out, out_size > limit)
+
     async def _run_command_async(self, compiled: _Compiled, data: bytes, args: list, eff: _Effective, on_log: LogSink | None) -> Outcome:
+        """Run a command on the pool, its stdout/stderr pipes read live."""
         loop = asyncio.get_running_loop()
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        for fd in (out_r, err_r):
-            os.set_blocking(fd, False)
-        _grow_pipe(out_r)
-        box = _FdBox((out_w, err_w))
-        output = _Output(self.max_output_bytes)
-        pump = _Pump(loop, [(out_r, output), (err_r, _safe_sink(on_log))])
+        out_r, err_r, box = open_pipes(big_stdout=True)
+        output = Output(self.max_output_bytes)
+        pump = Pump(loop, [(out_r, output), (err_r, safe_sink(on_log))])
         try:
             fut = self._submit(self._run_command, compiled, data, args, eff, box)
             exit_code, usage = await self._await_call(fut, eff)
         finally:
-            _close_all(box.take())  # only if the worker never started
+            close_all(box.take())  # only if the worker never started
             pump.finish()
-            _close_all(tuple(fd for fd, _ in pump.fds))  # the read ends still open
-        if output.overflow:
+            close_all(tuple(fd for fd, _ in pump.fds))  # the read ends still open
+        return self._command_outcome(exit_code, usage, b"".join(output.chunks), output.overflow)
+
+    def _command_outcome(self, exit_code: int, usage: dict, out: bytes, overflow: bool) -> Outcome:
+        if overflow:
             raise errors.ResourceExhausted(
                 f"output larger than {self.max_output_bytes} bytes",
                 details={"limit": "output", "max_output_bytes": self.max_output_bytes},
             )
-        out = b"".join(output.chunks)
         if exit_code:
             raise errors.FunctionError(
                 f"exited with status {exit_code}",
@@ -1057,42 +1003,68 @@ class WasmRuntime(Runtime):
             usage=ExecUsage(cpu_time=usage["cpu_time"], peak_memory=usage["peak_memory"], fuel=usage["fuel"]),
         )
 
-    def _run_command(self, compiled: _Compiled, data: bytes, args: list, eff: _Effective, box: _FdBox) -> tuple[int, dict]:
+    def _run_command(self, compiled: _Compiled, data: bytes, args: list, eff: _Effective, box: FdBox) -> tuple[int, dict]:
         """Run ``_start`` in a fresh store (pool thread). Returns (exit code, usage)."""
         fds = box.take()
         if fds is None:  # the caller gave up before this worker started
             raise errors.Cancelled("invocation cancelled before it started")
-        t_cpu = time.thread_time()
-        store = wasmtime.Store(self._engine)
-        memories: list = []
         try:
-            try:
-                store.set_wasi(self._wasi_config(compiled, args, data, fds[0], fds[1]))
-            finally:
-                _close_all(fds)  # wasmtime opened its own descriptors
-            store.set_limits(memory_size=eff.memory)
-            store.set_fuel(eff.fuel)
-            store.set_epoch_deadline(eff.ticks)
-            ctx = store._context()
+            cfg = wasi_config(compiled.wasi, args, data, fd_path(fds[0]), fd_path(fds[1]))
+        finally:
+            close_all(fds)  # wasmtime opened its own descriptors
+        return self._exec_command(compiled, cfg, eff)
+
+    def _exec_command(self, compiled: _Compiled, cfg: Any, eff: _Effective) -> tuple[int, dict]:
+        """Run ``_start`` in a fresh store configured with ``cfg`` (consumed),
+        on the current thread, through the C API directly. Returns (exit code,
+        usage); a trap or a limit raises a classified SpearError. Records in
+        ``compiled.slow`` whether the run took longer than ``inline_budget``."""
+        t_cpu = time.thread_time()
+        t_wall = time.perf_counter()
+        byref = ctypes.byref
+        store = _B._wasmtime_store_new(self._engine_ptr, None, _NO_FINALIZER)
+        try:
+            ctx = _B._wasmtime_store_context(store)
+            err = _B._wasmtime_context_set_wasi(ctx, cfg)  # takes ownership of cfg
+            if not err:
+                _B._wasmtime_store_limiter(store, eff.memory, -1, -1, -1, -1)
+                err = _B._wasmtime_context_set_fuel(ctx, eff.fuel)
+            if err:
+                raise errors.Internal(f"cannot set up a WASI store: {_short_trap(wasmtime.WasmtimeError._from_ptr(err))}")
+            _B._wasmtime_context_set_epoch_deadline(ctx, eff.ticks)
+            mod = compiled.mod
+            inst = _B.wasmtime_instance_t()
+            item = _B.wasmtime_extern_t()
+            trap = ctypes.POINTER(_B.wasm_trap_t)()
+            err = _B._wasmtime_instance_pre_instantiate(mod.pre_ptr, ctx, byref(inst), byref(trap))
+            started = not err and not trap
+            if started:
+                if not _B._wasmtime_instance_export_get(ctx, byref(inst), b"_start", 6, byref(item)) or item.kind != _EXTERN_FUNC:
+                    raise errors.Internal("`_start` export not found after instantiation")
+                buf = (_B.wasmtime_val_raw_t * 1)()
+                err = _B._wasmtime_func_call_unchecked(ctx, byref(item.of.func), buf, 1, byref(trap))
+            wall = time.perf_counter() - t_wall
+            compiled.slow = wall > self.inline_budget
             exit_code = 0
             failure: BaseException | None = None
-            try:
-                inst = compiled.mod.pre.instantiate(store)
-                exports = inst.exports(store)
-                memories = [x for x in exports.by_index if isinstance(x, wasmtime.Memory)]
-                start = exports[compiled.export]
-                buf = (_B.wasmtime_val_raw_t * 1)()
-                _raw_call(ctx, ctypes.byref(start._func), buf, 1)
-            except wasmtime.ExitTrap as exc:
-                exit_code = exc.code
-            except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
-                failure = exc
+            if err:
+                exc = wasmtime.WasmtimeError._from_ptr(err)
+                if isinstance(exc, wasmtime.ExitTrap):
+                    exit_code = exc.code
+                else:
+                    failure = exc
+            elif trap:
+                failure = wasmtime.Trap._from_ptr(trap)
             remaining = ctypes.c_uint64(0)
-            _B._wasmtime_context_get_fuel(ctx, ctypes.byref(remaining))
-            peak = _memory_bytes(ctx, memories) if memories else 0
+            _B._wasmtime_context_get_fuel(ctx, byref(remaining))
+            peak = 0
+            if started:
+                for name in mod.memory_names:
+                    if _B._wasmtime_instance_export_get(ctx, byref(inst), name, len(name), byref(item)) and item.kind == _EXTERN_MEMORY:
+                        peak = max(peak, _B._wasmtime_memory_data_size(ctx, byref(item.of.memory)))
             usage = {"fuel": eff.fuel - remaining.value, "peak_memory": peak, "cpu_time": time.thread_time() - t_cpu}
             if failure is not None:
                 raise self._classify(failure, eff, peak, usage) from None
             return exit_code, usage
         finally:
-            store.close()  # drops the WASI context: closes the pipes' write ends
+            _B._wasmtime_store_delete(store)  # drops the WASI context: closes its files

@@ -22,16 +22,24 @@ tokio threads, and at interpreter exit that made the process panic):
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
 import threading
-from typing import Callable
+from typing import Any, Callable
+
+from .. import errors
+
+try:  # pragma: no branch
+    from wasmtime import _bindings as _B
+except Exception:  # pragma: no cover - the runtime reports wasmtime missing
+    _B = None  # type: ignore[assignment]
 
 log = logging.getLogger("spear.runtimes.wasm")
 
 __all__ = [
-    "CHUNK", "Capture", "FdBox", "Output", "Pump", "capture_supported",
-    "close_all", "deliver", "drain", "fd_path", "grow_pipe", "safe_sink",
+    "CHUNK", "Capture", "FdBox", "Output", "Pump", "WasiArgs", "capture_supported",
+    "close_all", "deliver", "drain", "fd_path", "grow_pipe", "open_pipes", "safe_sink", "wasi_config",
 ]
 
 _MIB = 1 << 20
@@ -47,6 +55,74 @@ LogFn = Callable[[bytes], None]
 def fd_path(fd: int) -> bytes:
     """A path that opens (a new description of) the file behind ``fd``."""
     return b"/proc/self/fd/%d" % fd
+
+
+# --------------------------------------------------------------------------
+# the WASI context of a call
+# --------------------------------------------------------------------------
+
+
+def _char_array(items: list[bytes]) -> Any:
+    """A ``char **`` over ``items`` (it keeps the array and the bytes alive)."""
+    arr = (ctypes.c_char_p * max(1, len(items)))(*items)
+    return ctypes.cast(arr, ctypes.POINTER(ctypes.POINTER(ctypes.c_char)))
+
+
+_U8P = ctypes.POINTER(ctypes.c_ubyte)
+
+
+class WasiArgs:
+    """What a function's WASI context holds on every call (argv[0], the
+    granted environment, preopens and network), ready as C arrays so that a
+    call's ``wasi_config_t`` is built with a handful of C calls."""
+
+    __slots__ = ("argv0", "argv", "pass_args", "env_n", "env_names", "env_values", "preopens", "network")
+
+    def __init__(self, name: str, env: list[tuple[str, str]], preopens: list[tuple[str, str, bool]],
+                 pass_args: bool, network: bool) -> None:
+        self.argv0 = name.encode()
+        self.argv = _char_array([self.argv0])
+        self.pass_args = pass_args
+        self.env_n = len(env)
+        self.env_names = _char_array([k.encode() for k, _ in env])
+        self.env_values = _char_array([v.encode() for _, v in env])
+        self.preopens = [(h.encode(), g.encode(), m) for h, g, m in preopens]
+        self.network = network
+
+
+def wasi_config(t: WasiArgs, args: list, stdin: bytes, out_path: bytes, err_path: bytes) -> Any:
+    """A new ``wasi_config_t`` for one call: the grants in ``t`` (``args``
+    follow argv[0] only if granted), ``stdin`` in memory (empty: EOF), stdout
+    and stderr opened (and truncated) from the given paths. Nothing else is
+    inherited from the host. The caller hands it to a store, which takes it."""
+    cfg = _B._wasi_config_new()
+    try:
+        if t.pass_args and args:
+            argv = [t.argv0] + [str(a).encode() for a in args]
+            ok = _B._wasi_config_set_argv(cfg, len(argv), _char_array(argv))
+        else:
+            ok = _B._wasi_config_set_argv(cfg, 1, t.argv)
+        if not ok:
+            raise errors.InvalidArgument("args must be valid UTF-8")
+        if t.env_n and not _B._wasi_config_set_env(cfg, t.env_n, t.env_names, t.env_values):
+            raise errors.InvalidArgument("the environment must be valid UTF-8")
+        for host, guest, mutable in t.preopens:
+            if not _B._wasi_config_preopen_dir(cfg, host, guest, mutable):
+                raise errors.Unavailable(f"cannot preopen granted directory {host.decode()!r}")
+        if t.network:
+            _B._wasi_config_inherit_network(cfg)
+        if stdin:
+            if stdin.__class__ is not bytes:
+                stdin = bytes(stdin)
+            vec = _B.wasm_byte_vec_t()
+            _B._wasm_byte_vec_new(ctypes.byref(vec), len(stdin), ctypes.cast(stdin, _U8P))  # copies
+            _B._wasi_config_set_stdin_bytes(cfg, ctypes.byref(vec))  # takes the vector
+        if not (_B._wasi_config_set_stdout_file(cfg, out_path) and _B._wasi_config_set_stderr_file(cfg, err_path)):
+            raise errors.Internal("cannot open the stdout/stderr files of a WASI call")
+    except BaseException:
+        _B._wasi_config_delete(cfg)
+        raise
+    return cfg
 
 
 # --------------------------------------------------------------------------
@@ -91,16 +167,32 @@ def safe_sink(on_log: LogFn | None) -> LogFn | None:
     return sink
 
 
-def deliver(data: bytes, sink: LogFn | None) -> None:
-    """Hand ``data`` to ``sink`` in chunks of at most :data:`CHUNK` bytes."""
-    if sink is None or not data:
+def deliver(data: bytes, on_log: LogFn | None) -> None:
+    """Hand ``data`` to ``on_log`` in chunks of at most :data:`CHUNK` bytes;
+    an exception in ``on_log`` is logged, never raised."""
+    if on_log is None or not data:
         return
-    if len(data) <= CHUNK:
-        sink(data)
-        return
-    view = memoryview(data)
-    for i in range(0, len(data), CHUNK):
-        sink(bytes(view[i:i + CHUNK]))
+    try:
+        if len(data) <= CHUNK:
+            on_log(data)
+            return
+        view = memoryview(data)
+        for i in range(0, len(data), CHUNK):
+            on_log(bytes(view[i:i + CHUNK]))
+    except Exception:  # a broken log consumer must not break the call
+        log.exception("on_log callback failed")
+
+
+def open_pipes(big_stdout: bool = False) -> tuple[int, int, "FdBox"]:
+    """The stdout and stderr pipes of a pooled call: their non-blocking read
+    ends, and a box with the write ends for the worker to hand to wasmtime."""
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    for fd in (out_r, err_r):
+        os.set_blocking(fd, False)
+    if big_stdout:
+        grow_pipe(out_r)
+    return out_r, err_r, FdBox((out_w, err_w))
 
 
 class Output:
@@ -237,17 +329,20 @@ class Capture:
             except OSError:  # pragma: no cover - defensive
                 self.sealed = True
 
-    def read(self, fd: int, limit: int) -> tuple[bytes, int]:
-        """``(the first limit bytes, the full size)`` of one file, emptied
-        afterwards when it was big."""
+    def read(self, fd: int, limit: int, partial: bool) -> tuple[bytes, int]:
+        """``(data, full size)`` of one file after a call: all of it, or when
+        it is bigger than ``limit`` its first ``limit`` bytes if ``partial``
+        (else nothing). A big file is emptied afterwards to free the memory."""
         size = os.lseek(fd, 0, os.SEEK_END)
         if not size:
             return b"", 0
-        data = os.pread(fd, min(size, limit), 0)
+        data = b""
+        if size <= limit or partial:
+            data = os.pread(fd, min(size, limit), 0)
         if size > _SHRINK:
             try:
                 os.ftruncate(fd, 0)
-            except OSError:  # sealed against shrinking? it is dropped anyway
+            except OSError:  # pragma: no cover - defensive: drop the pair
                 self.sealed = True
         return data, size
 

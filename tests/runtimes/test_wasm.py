@@ -160,6 +160,180 @@ def test_commands_do_not_block_the_loop(go):
     go(body)
 
 
+# A command for the inline tests. No input: returns at once. Else the first
+# input byte picks: "s" spins forever, "1"/"2" floods stdout/stderr with 64 KiB
+# writes until one fails, then proc_exit(7).
+MODES = b"""(module
+  (import "wasi_snapshot_preview1" "fd_read"
+    (func $fd_read (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write"
+    (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 2)
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 1024))
+    (i32.store (i32.const 4) (i32.const 16))
+    (drop (call $fd_read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (if (i32.eqz (i32.load (i32.const 8))) (then (return)))
+    (if (i32.eq (i32.load8_u (i32.const 1024)) (i32.const 115))
+      (then (loop $l (br $l))))
+    (i32.store (i32.const 16) (i32.const 65536))
+    (i32.store (i32.const 20) (i32.const 65536))
+    (block $done
+      (loop $w
+        (br_if $done (call $fd_write (i32.sub (i32.load8_u (i32.const 1024)) (i32.const 48))
+                                     (i32.const 16) (i32.const 1) (i32.const 24)))
+        (br $w)))
+    (call $exit (i32.const 7))))"""
+
+
+def count_pool_calls(rt: WasmRuntime) -> list:
+    """Record every call the runtime hands to its thread pool."""
+    calls: list = []
+    submit = rt._submit
+
+    def spy(fn, *args):
+        calls.append(fn.__name__)
+        return submit(fn, *args)
+
+    rt._submit = spy
+    return calls
+
+
+def test_warm_inline_command_delivers_stderr_to_on_log(go):
+    async def body(rt):
+        assert rt.inline_commands
+        inst = await deploy(rt, spec("hello.wat", name="hello"))
+        pool = count_pool_calls(rt)
+        # the first call of a command runs on the pool (its duration is unknown)
+        assert (await call(rt, inst, b"first")).output == b"hello, first"
+        assert pool == ["_run_command"] and inst.handle.compiled.slow is False
+        # warm: inline on the loop, stdio through reusable memfds
+        for i in range(3):
+            logs: list[bytes] = []
+            out = await call(rt, inst, f"warm{i}".encode(), logs=logs)
+            assert out.output == f"hello, warm{i}".encode() and out.exit_code == 0
+            assert b"".join(logs) == b"hello.wat: greeting written\n"
+            assert out.usage.fuel > 0 and out.usage.peak_memory == 17 * 65536
+        assert pool == ["_run_command"]
+        assert len(rt._captures) == 1 and not rt._capturing
+        # a fresh store per call still; big input and output; empty input
+        big = bytes(range(256)) * 3600
+        assert (await call(rt, inst, big)).output == b"hello, " + big
+        assert (await call(rt, inst, b"")).output == b"hello, world"
+        # a failing on_log does not break an inline call
+        out = await rt.invoke(inst, b"x", [], Limits(), lambda chunk: 1 / 0)
+        assert out.output == b"hello, x"
+        # non-zero exit inline: stderr still delivered, stdout tail in details
+        ex = await deploy(rt, spec("exit.wat"))
+        await call(rt, ex, b"0")
+        logs = []
+        with pytest.raises(errors.FunctionError) as ei:
+            await call(rt, ex, b"5", logs=logs)
+        assert ei.value.details["exit_code"] == 5 and ei.value.details["output"] == "bye"
+        assert b"".join(logs) == b"exit.wat: exiting\n"
+        # limits apply inline too
+        with pytest.raises(errors.ResourceExhausted):
+            await call(rt, inst, limits=Limits(memory_mb=1))
+        with pytest.raises(errors.ResourceExhausted) as ei:
+            await call(rt, inst, b"x", limits=Limits(fuel=50))
+        assert ei.value.details["limit"] == "fuel"
+        assert pool == ["_run_command"] * 2  # one first call per function
+        await assert_healthy(rt)
+
+    go(body, inline_budget=1.0)  # a loaded machine must not move calls to the pool
+
+
+def test_long_running_command_moves_to_the_pool_and_times_out(go):
+    async def body(rt):
+        inst = await deploy(rt, spec(MODES, name="modes"))
+        compiled = inst.handle.compiled
+        pool = count_pool_calls(rt)
+        await call(rt, inst)  # first call: pool
+        await call(rt, inst)  # fast: inline
+        assert pool == ["_run_command"] and compiled.slow is False
+        # a runaway call that was started inline is still stopped by the epoch
+        t = time.perf_counter()
+        with pytest.raises(errors.DeadlineExceeded):
+            await call(rt, inst, b"s", limits=Limits(timeout=0.2))
+        assert time.perf_counter() - t < 2.0
+        assert pool == ["_run_command"] and compiled.slow is True
+        # ... and the next call goes to the pool: the loop keeps running
+        beats = 0
+
+        async def heartbeat():
+            nonlocal beats
+            while True:
+                beats += 1
+                await asyncio.sleep(0.01)
+
+        hb = asyncio.create_task(heartbeat())
+        with pytest.raises(errors.DeadlineExceeded):
+            await call(rt, inst, b"s", limits=Limits(timeout=0.3))
+        hb.cancel()
+        assert pool == ["_run_command"] * 2 and beats >= 10
+        # a fast call (on the pool) brings it back inline
+        await call(rt, inst)
+        assert pool == ["_run_command"] * 3 and compiled.slow is False
+        await call(rt, inst)
+        assert pool == ["_run_command"] * 3
+
+    go(body, inline_budget=0.1)  # fast calls stay fast on a loaded machine
+
+
+def test_inline_command_output_cap(go):
+    async def body(rt):
+        inst = await deploy(rt, spec(MODES, name="modes"))
+        await call(rt, inst)
+        pool = count_pool_calls(rt)
+        # stdout: the ticker seals the memfd past the cap, the guest's write
+        # fails, and the call is ResourceExhausted
+        with pytest.raises(errors.ResourceExhausted) as ei:
+            await call(rt, inst, b"1", limits=Limits(timeout=5))
+        assert ei.value.details["limit"] == "output"
+        assert pool == [] and not rt._captures  # the sealed pair was dropped
+        # stderr: logs are cut at the cap, the guest sees a failed write
+        logs: list[bytes] = []
+        with pytest.raises(errors.FunctionError) as ei:
+            await call(rt, inst, b"2", limits=Limits(timeout=5), logs=logs)
+        assert ei.value.details["exit_code"] == 7
+        assert sum(map(len, logs)) == 1 << 20 and max(map(len, logs)) <= 1 << 16
+        assert pool == [] and not rt._captures
+        assert (await call(rt, inst)).output == b""
+        assert pool == [] and len(rt._captures) == 1
+        await assert_healthy(rt)
+
+    go(body, max_output_bytes=1 << 20, inline_budget=1.0)
+
+
+def test_commands_that_may_block_never_run_inline(go, tmp_path):
+    sleeper = b"""(module
+      (import "wasi_snapshot_preview1" "poll_oneoff"
+        (func $poll (param i32 i32 i32 i32) (result i32)))
+      (memory (export "memory") 1)
+      (func (export "_start")))"""
+
+    async def body(rt):
+        pool = count_pool_calls(rt)
+        for s in (spec(sleeper), spec("hello.wat", grants=[f"dir:{tmp_path}"])):
+            inst = await deploy(rt, s)
+            assert inst.handle.compiled.inline is False
+            for _ in range(3):
+                await call(rt, inst)
+        assert pool == ["_run_command"] * 6
+
+    go(body)
+
+    async def off(rt):
+        inst = await deploy(rt, spec("hello.wat"))
+        pool = count_pool_calls(rt)
+        for _ in range(3):
+            assert (await call(rt, inst, b"x")).output == b"hello, x"
+        assert pool == ["_run_command"] * 3
+
+    go(off, inline_commands=False)
+
+
 # ---------------------------------------------------------------- exports
 
 
