@@ -836,6 +836,44 @@ class WasmRuntime(Runtime):
             return await self._run_command_async(compiled, data, args, eff, on_log)
         raise errors.InvalidArgument("instance does not come from the wasm runtime")
 
+    def invoke_now(self, instance: Instance, data: bytes, args: list,
+                   limits: Limits) -> Outcome | None:
+        """The Spearlet's fast path: inline calls answered without a coroutine.
+
+        Same rules as :meth:`invoke`: exports and short WASI commands of
+        modules that cannot block run inline; anything else returns None.
+        Logs (stderr) are not streamed here: stream mode never uses this path.
+        """
+        h = instance.handle
+        if h.__class__ is _ExportInstance:
+            if h.closed or self._closed or not h.inline or h.slow or h.busy:
+                return None
+            if h.lim_obj is limits and limits is not None:
+                eff = h.lim_eff
+            else:
+                eff = self._effective(limits, h.compiled.limits)
+                h.lim_obj, h.lim_eff = limits, eff
+            values = self._convert_args(h, args)
+            h.busy = True
+            try:
+                return self._call_export(h, values, eff)
+            finally:
+                h.busy = False
+                if h.broken:
+                    instance.reusable = False
+        if h.__class__ is _CommandInstance:
+            compiled = h.compiled
+            if (h.closed or self._closed or not compiled.inline or compiled.slow
+                    or not self.inline_commands):
+                return None
+            if h.lim_obj is limits and limits is not None:
+                eff = h.lim_eff
+            else:
+                eff = self._effective(limits, compiled.limits)
+                h.lim_obj, h.lim_eff = limits, eff
+            return self._run_command_inline(compiled, data, args, eff, None)
+        return None
+
     def _convert_args(self, h: _ExportInstance, args: list) -> list:
         params = h.setters
         if len(args) != len(params):
