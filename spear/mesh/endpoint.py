@@ -32,6 +32,17 @@ _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 _RCVMORE = int(zmq.RCVMORE)
 
+
+def _raw_getsockopt():
+    """The backend's getsockopt: pyzmq's wrapper turns EVENTS into an enum per call."""
+    for cls in zmq.Socket.__mro__:
+        if cls.__module__.startswith("zmq.backend") and hasattr(cls, "get"):
+            return cls.get
+    return zmq.Socket.getsockopt
+
+
+_get = _raw_getsockopt()
+
 _ctx: zmq.Context | None = None
 
 
@@ -117,16 +128,16 @@ class Endpoint:
         if self.with_user:
             return self._drain_with_user()
         recv = sock.recv
-        get = sock.getsockopt
+        get = _get
         handle = self.on_frames
         n = 0
         while n < BATCH:
             try:
                 # asking EVENTS is cheaper than letting recv raise Again
-                if not get(_EVENTS) & _POLLIN:
+                if not get(sock, _EVENTS) & _POLLIN:
                     return
                 frames = [recv(_NOBLOCK)]
-                while get(_RCVMORE):
+                while get(sock, _RCVMORE):
                     frames.append(recv(_NOBLOCK))
             except zmq.Again:
                 return
@@ -180,7 +191,7 @@ class Endpoint:
             for i in range(last):
                 sock.send(frames[i], _SNDMORE_NOBLOCK, copy=copy)
             sock.send(frames[last], _NOBLOCK, copy=copy)
-            pending = sock.getsockopt(_EVENTS) & _POLLIN
+            pending = _get(sock, _EVENTS) & _POLLIN
         except zmq.Again:
             self.dropped += 1
             return False

@@ -923,7 +923,9 @@ class WasmRuntime(Runtime):
         err = _B._wasmtime_func_call_unchecked(ctx, h.fref, buf, h.nbuf, ctypes.byref(trap))
         wall = time.perf_counter() - t_wall
         cpu = time.thread_time() - t_cpu
-        h.slow = wall > self.inline_budget
+        # CPU time, not wall time: on a busy machine a preempted call would look
+        # slow and push every later call through the thread pool
+        h.slow = cpu > self.inline_budget
         remaining = ctypes.c_uint64(0)
         _B._wasmtime_context_get_fuel(ctx, ctypes.byref(remaining))
         fuel = eff.fuel - remaining.value
@@ -1082,7 +1084,7 @@ class WasmRuntime(Runtime):
                 buf = (_B.wasmtime_val_raw_t * 1)()
                 err = _B._wasmtime_func_call_unchecked(ctx, byref(item.of.func), buf, 1, byref(trap))
             wall = time.perf_counter() - t_wall
-            compiled.slow = wall > self.inline_budget
+            compiled.slow = time.thread_time() - t_cpu > self.inline_budget
             exit_code = 0
             failure: BaseException | None = None
             if err:
