@@ -106,6 +106,11 @@ class ProcessConfig(_Section, frozen=True):
     enabled: bool = True
     memory_mb: Annotated[int, Meta(ge=1)] = 512
     timeout: Seconds = 30.0
+    #: user functions run as: "auto" (nobody when the Spearlet is root), "" (the
+    #: Spearlet's own user), or a user name
+    user: str = "auto"
+    #: refuse network=false functions where no network namespace can be made
+    strict_network: bool = True
 
 
 class DockerConfig(_Section, frozen=True):

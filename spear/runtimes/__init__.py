@@ -95,7 +95,8 @@ class RuntimeManager:
 
         c = self.config.runtimes.process
         return ProcessRuntime(default_timeout=c.timeout, default_memory_mb=c.memory_mb,
-                              python=sys.executable, base_env=scrubbed_env())
+                              python=sys.executable, base_env=scrubbed_env(),
+                              user=c.user or None, strict_network=c.strict_network)
 
     def _docker(self) -> Runtime:
         from .docker import DockerRuntime

@@ -32,12 +32,25 @@ instance (removed on destroy). Limits:
   for one-shot); for a pooled worker the soft limit is moved before each call
   to "CPU used so far + cpu_seconds". Hitting it raises ``ResourceExhausted``.
 
+Sandbox (see ``docs/sandbox.md``): when the Spearlet runs as root, functions
+run as an unprivileged user (``user="auto"``: ``nobody``, no supplementary
+groups), so they cannot read the Spearlet's key files; and a function whose
+``limits.network`` is false starts in a new, empty network namespace (only a
+loopback that is down): it can connect nowhere, not even to 127.0.0.1. Both
+are done by exec'ing util-linux ``unshare`` in front of the command
+(``unshare --net -G gid -S uid -- cmd``), which keeps the cheap vfork spawn
+path and the same pid. A non-root Spearlet isolates the network with a user
+namespace (``unshare --user --map-current-user --net``) where the kernel
+allows it; where no isolation is possible such functions are refused with
+``Unavailable`` (``strict_network=True``, the default) or run with network
+after one warning (``strict_network=False``).
+
 Nothing is left behind: when the group leader exits the group is SIGKILLed
 before the leader is reaped (the zombie pins the group id, so the signal can
 never reach a stranger), and children are reaped by ``wait4`` on a pidfd,
 which also yields exact CPU time and peak RSS for one-shot calls. A
 descendant that leaves the group on purpose (``setsid``) escapes; use the
-docker runtime for hostile code.
+docker runtime for hostile code (all sandboxed functions share one user).
 
 Usage of a pooled call is the worker's CPU clock delta (``clock_gettime`` on
 its process CPU clock: all threads, nanoseconds). Its peak memory is the
@@ -55,10 +68,12 @@ import json
 import logging
 import math
 import os
+import pwd
 import re
 import resource
 import shutil
 import signal
+import stat
 import struct
 import subprocess
 import sys
@@ -181,6 +196,202 @@ def _emit(sink: LogSink | None, chunk: bytes) -> None:
         log.exception("on_log callback failed")
 
 
+# ------------------------------------------------------------------- sandbox
+
+#: Where the sandbox tools (util-linux ``unshare``) and fallback interpreters are looked up.
+_SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_NOBODY = 65534  # the overflow uid/gid, used if the system has no "nobody" entry
+_PY_NAME = re.compile(r"^python(\d+)\.(\d+)$")
+#: Variables through which the dynamic loader or libc of a *root* process can be
+#: made to load code or files of the function's choosing: the list glibc itself
+#: strips for setuid programs, plus every ``LD_*``, ``GLIBC_*`` and ``MALLOC_*``.
+#: The root-run ``unshare`` never sees them; ``env`` sets them again after the
+#: switch to the sandbox user, so the function still gets them.
+_LOADER_VARS = frozenset(
+    {
+        "GCONV_PATH", "GETCONF_DIR", "HOSTALIASES", "LOCALDOMAIN", "LOCPATH", "NIS_PATH",
+        "NLSPATH", "RESOLV_HOST_CONF", "RES_OPTIONS", "TMPDIR", "TZDIR",
+    }
+)
+
+
+def _loader_sensitive(name: str) -> bool:
+    return name in _LOADER_VARS or name.startswith(("LD_", "GLIBC_", "MALLOC_"))
+
+
+@dataclass(frozen=True)
+class _User:
+    """The unprivileged identity functions run as (set only when it differs from ours)."""
+
+    name: str
+    uid: int
+    gid: int
+
+
+def _resolve_user(user: str | None, euid: int) -> _User | None:
+    """The identity to switch to, or None to run functions as the Spearlet's own user.
+
+    ``"auto"``: ``nobody`` when we are root, else ourselves. ``None``/``""``:
+    ourselves. A name or numeric uid: that user (only root can switch).
+    """
+    if not user:
+        return None
+    if user == "auto":
+        if euid != 0:
+            return None
+        try:
+            pw = pwd.getpwnam("nobody")
+            return _User("nobody", pw.pw_uid, pw.pw_gid)
+        except KeyError:
+            return _User("nobody", _NOBODY, _NOBODY)
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        if not user.isdigit():
+            raise ValueError(f"no such user: {user!r}") from None
+        uid = int(user)
+        try:
+            pw = pwd.getpwuid(uid)
+        except KeyError:
+            found = _User(user, uid, uid)
+        else:
+            found = _User(pw.pw_name, pw.pw_uid, pw.pw_gid)
+    else:
+        found = _User(pw.pw_name, pw.pw_uid, pw.pw_gid)
+    if found.uid == euid:
+        return None  # already that user: nothing to switch
+    if euid != 0:
+        raise ValueError(f"cannot run functions as {user!r}: the Spearlet is not root")
+    return found
+
+
+def _allows(st: os.stat_result, user: _User, bit: int) -> bool:
+    """Whether the permission bits of ``st`` grant ``bit`` (4 r, 2 w, 1 x) to ``user``.
+
+    The user has no supplementary groups (we clear them). ACLs are not read.
+    """
+    if user.uid == 0:
+        return bit != 1 or stat.S_ISDIR(st.st_mode) or bool(st.st_mode & 0o111)
+    if st.st_uid == user.uid:
+        return bool((st.st_mode >> 6) & bit)
+    if st.st_gid == user.gid:
+        return bool((st.st_mode >> 3) & bit)
+    return bool(st.st_mode & bit)
+
+
+def _denied(
+    path: str, user: _User | None, *, read: bool = False, execute: bool = False
+) -> str | None:
+    """Why ``user`` cannot reach ``path`` (and read / execute / enter it), or None if it can.
+
+    Every directory on the way must be searchable, both along the path as
+    written and along its resolved form (symlinks).
+    """
+    if user is None:
+        return None
+    path = os.path.abspath(path)
+    real = os.path.realpath(path)
+    dirs: list[str] = []
+    for p in (path, real):
+        d = os.path.dirname(p)
+        chain = []
+        while True:
+            chain.append(d)
+            parent = os.path.dirname(d)
+            if parent == d:
+                break
+            d = parent
+        dirs.extend(reversed(chain))
+    seen: set[str] = set()
+    for d in dirs:
+        if d in seen:
+            continue
+        seen.add(d)
+        try:
+            st = os.stat(d)
+        except OSError as exc:
+            return f"{d}: {exc.strerror}"
+        if not _allows(st, user, 1):
+            return f"{d} is not searchable by {user.name} (mode {stat.filemode(st.st_mode)})"
+    try:
+        st = os.stat(real)
+    except OSError as exc:
+        return f"{path}: {exc.strerror}"
+    if read and not _allows(st, user, 4):
+        return f"{real} is not readable by {user.name} (mode {stat.filemode(st.st_mode)})"
+    if execute and not _allows(st, user, 1):
+        what = "searchable" if stat.S_ISDIR(st.st_mode) else "executable"
+        return f"{real} is not {what} by {user.name} (mode {stat.filemode(st.st_mode)})"
+    return None
+
+
+def _is_script(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(2) == b"#!"
+    except OSError:
+        return False
+
+
+def _python_version(path: str) -> tuple[int, int] | None:
+    """major.minor of an interpreter, from what we know without running it."""
+    real = os.path.realpath(path)
+    if real == os.path.realpath(sys.executable):
+        return sys.version_info[:2]
+    m = _PY_NAME.match(os.path.basename(real))
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def _python_denied(path: str, user: _User | None) -> str | None:
+    """Why ``user`` cannot run the interpreter ``path`` (binary, then its standard library)."""
+    why = _denied(path, user, execute=True)
+    if why or user is None:
+        return why
+    real = os.path.realpath(path)
+    if real == os.path.realpath(sys.executable):
+        stdlib = os.path.dirname(os.path.abspath(os.__file__))
+    else:
+        stdlib = os.path.join(os.path.dirname(os.path.dirname(real)), "lib")
+    if os.path.isdir(stdlib):
+        return _denied(stdlib, user, read=True, execute=True)
+    return None
+
+
+def _probe_isolation(unshare: str | None, root: bool) -> tuple[list[str] | None, str]:
+    """The ``unshare`` prefix that gives a process a new, empty network namespace here.
+
+    Returns ``(prefix, "")`` or ``(None, why not)``. Runs the prefix once to be
+    sure (a container without CAP_SYS_ADMIN, or a kernel refusing user
+    namespaces to unprivileged users, fails only when tried).
+    """
+    if unshare is None:
+        return None, "the unshare program (util-linux) is not installed"
+    if root:
+        tries = [[unshare, "--net"]]
+    else:  # a user namespace gives an unprivileged user its own network namespace
+        tries = [[unshare, "--user", "--map-current-user", "--net"], [unshare, "--user", "--net"]]
+    why = ""
+    for prefix in tries:
+        try:
+            r = subprocess.run(
+                [*prefix, "--", unshare, "--version"],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                env={"PATH": _SYSTEM_PATH, "LANG": "C"},
+                timeout=10,
+                close_fds=True,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            why = str(exc)
+            continue
+        if r.returncode == 0:
+            return prefix, ""
+        lines = r.stderr.decode("utf-8", "replace").strip().splitlines()
+        why = lines[-1] if lines else f"{' '.join(prefix)} exited with {r.returncode}"
+    return None, why
+
+
 # ----------------------------------------------------------------- the child
 
 
@@ -199,6 +410,7 @@ class _Child:
         cwd: str,
         executable: str | None,
         memory_mb: int | None,
+        popen_kw: dict | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         in_r, in_w = os.pipe()
@@ -215,6 +427,7 @@ class _Child:
                 cwd=cwd,
                 start_new_session=True,
                 close_fds=True,
+                **(popen_kw or {}),
             )
         except BaseException as exc:
             for fd in (in_w, out_r, err_r):
@@ -339,7 +552,12 @@ class _Child:
 
 @dataclass
 class _Plan:
-    """What ``prepare`` resolved: argv, environment, working directory, mode."""
+    """What ``prepare`` resolved: argv, environment, working directory, mode.
+
+    ``argv`` already starts with the sandbox wrapper (``unshare ... --``) when
+    there is one; ``popen_kw`` holds ``user``/``group`` only when the switch
+    must be done by ``subprocess`` itself (no ``unshare`` on this system).
+    """
 
     argv: list[str]
     executable: str | None
@@ -347,6 +565,7 @@ class _Plan:
     workdir: str
     pooled: bool
     limits: Limits  # the spec's own, used where the call's limits say None
+    popen_kw: dict = field(default_factory=dict)
 
 
 @dataclass(eq=False)
@@ -373,7 +592,7 @@ async def _run_oneshot(
 ) -> Outcome:
     plan = h.plan
     argv = plan.argv + [a if isinstance(a, str) else json.dumps(a) for a in args]
-    child = _Child(argv, plan.env, h.cwd, plan.executable, memory_mb)
+    child = _Child(argv, plan.env, h.cwd, plan.executable, memory_mb, plan.popen_kw)
     loop = child.loop
     h.running.add(child)
     if limits.cpu_seconds:
@@ -517,7 +736,9 @@ class _Worker:
 
     async def start(self, memory_mb: int, timeout: float) -> None:
         plan = self.plan
-        child = self.child = _Child(plan.argv, plan.env, self.cwd, plan.executable, memory_mb)
+        child = self.child = _Child(
+            plan.argv, plan.env, self.cwd, plan.executable, memory_mb, plan.popen_kw
+        )
         loop = child.loop
         self._clock = _cpu_clock(child.pid)
         self._statm_fd = _open_proc(child.pid, "statm", os.O_RDONLY)
@@ -820,7 +1041,15 @@ def _clock_ns(clock: int) -> int:
 
 
 class ProcessRuntime(Runtime):
-    """Run functions as processes: one-shot commands, pooled workers, Python handlers."""
+    """Run functions as processes: one-shot commands, pooled workers, Python handlers.
+
+    ``user``: who functions run as. ``"auto"`` (default): ``nobody`` when the
+    Spearlet is root, else the Spearlet's own user; ``None`` or ``""``: the
+    Spearlet's own user; a name or uid: that user (needs root).
+    ``strict_network``: when a function with ``limits.network = false`` cannot
+    get a network namespace here, refuse it (``Unavailable``, the default) or,
+    if False, run it with network after logging one warning.
+    """
 
     name = "process"
 
@@ -831,30 +1060,136 @@ class ProcessRuntime(Runtime):
         default_memory_mb: int = 512,
         python: str = sys.executable,
         base_env: dict[str, str] | None = None,
+        user: str | None = "auto",
+        strict_network: bool = True,
     ) -> None:
         self.default_timeout = default_timeout
         self.default_memory_mb = default_memory_mb
         self.python = python
         self.base_env = dict(DEFAULT_ENV if base_env is None else base_env)
+        self.strict_network = strict_network
+        self._root = os.geteuid() == 0
+        #: the identity functions are switched to; None: they run as we do
+        self.sandbox_user: _User | None = _resolve_user(user, os.geteuid())
+        self._unshare = shutil.which("unshare", path=_SYSTEM_PATH)
+        self._isolation: tuple[list[str] | None, str] | None = None  # probed on first need
+        self._handler_python: str | None = None
+        self._pyworker: str | None = None
+        self._pyworker_copy: str | None = None  # a readable copy we made, removed at close
+        self._warned_network = False
         self._workers: set[_Worker] = set()
         self._oneshots: set[_OneShot] = set()
+        if self.sandbox_user is not None:
+            u = self.sandbox_user
+            log.info("process functions run as %s (uid %d, gid %d)", u.name, u.uid, u.gid)
 
     def available(self) -> tuple[bool, str]:
         if os.name != "posix":
             return False, "the process runtime needs a POSIX system"
         return True, ""
 
+    # -- sandbox
+    async def network_isolation(self) -> tuple[bool, str]:
+        """``(True, "")`` if functions can be denied the network here, else ``(False, why)``."""
+        if self._isolation is None:
+            self._isolation = await asyncio.to_thread(_probe_isolation, self._unshare, self._root)
+        prefix, why = self._isolation
+        return prefix is not None, why
+
+    async def _network_prefix(self, name: str) -> list[str]:
+        """The ``unshare`` prefix for a function denied the network ([] if it may not be)."""
+        ok, why = await self.network_isolation()
+        if ok:
+            return list(self._isolation[0])
+        message = (
+            f"network isolation needs root or user namespaces ({why}); "
+            "deploy with limits.network=true to allow network"
+        )
+        if self.strict_network:
+            raise errors.Unavailable(f"{name}: {message}", details={"reason": why})
+        if not self._warned_network:
+            self._warned_network = True
+            log.warning(
+                "process functions with limits.network=false will HAVE network: %s", message
+            )
+        return []
+
+    def _python_for_handlers(self, name: str) -> str:
+        """``self.python``, or a system interpreter of the same version the sandbox user can run."""
+        if self._handler_python is not None:
+            return self._handler_python
+        user = self.sandbox_user
+        why = _python_denied(self.python, user)
+        if why is None:
+            self._handler_python = self.python
+            return self.python
+        want = _python_version(self.python)
+        names = [f"python{want[0]}.{want[1]}"] if want else []
+        names.append("python3")
+        others: list[str] = []
+        for exe in names:
+            found = shutil.which(exe, path=_SYSTEM_PATH)
+            if found is None or _python_denied(found, user) is not None:
+                continue
+            if want is None or _python_version(found) == want:
+                others.insert(0, found)
+                break
+            others.append(found)
+        if not others:
+            raise errors.InvalidArgument(
+                f"{name}: the Python interpreter {self.python} cannot be run by {user.name}, "
+                f"the user functions run as ({why}), and no system python3 can; install "
+                "Python where that user can read it or name an interpreter in the command"
+            )
+        alt = others[0]
+        got, fmt = _python_version(alt), lambda v: ".".join(map(str, v)) if v else "?"
+        log.warning(
+            "Python handlers run with %s (Python %s): the Spearlet's interpreter %s (Python %s) "
+            "cannot be run by %s: %s", alt, fmt(got), self.python, fmt(want), user.name, why,
+        )
+        self._handler_python = alt
+        return alt
+
+    def _worker_script(self, name: str) -> str:
+        """Path of pyworker.py that the sandbox user can read (a copy if need be)."""
+        if self._pyworker is not None:
+            return self._pyworker
+        user = self.sandbox_user
+        if _denied(PYWORKER, user, read=True) is None:
+            self._pyworker = PYWORKER
+            return PYWORKER
+        copy_dir = tempfile.mkdtemp(prefix="spear-pyworker-")
+        try:
+            os.chmod(copy_dir, 0o755)
+            target = os.path.join(copy_dir, "pyworker.py")
+            shutil.copyfile(PYWORKER, target)
+            os.chmod(target, 0o644)
+            why = _denied(target, user, read=True)
+        except OSError as exc:
+            why = str(exc)
+        if why is not None:
+            _rmtree(copy_dir)
+            raise errors.InvalidArgument(
+                f"{name}: no place where {user.name} can read pyworker.py ({why})"
+            )
+        log.info("%s cannot read %s: Python handlers use a copy in %s", user.name, PYWORKER, copy_dir)
+        self._pyworker_copy = copy_dir
+        self._pyworker = target
+        return target
+
     # -- prepare
     async def prepare(self, spec: FunctionSpec) -> Prepared:
         if spec.runtime != self.name:
             raise errors.InvalidArgument(f"{spec.name}: runtime is {spec.runtime!r}, not 'process'")
+        user = self.sandbox_user
         handler = spec.handler.strip()
         if handler:
             if not _HANDLER_RE.match(handler):
                 raise errors.InvalidArgument(
                     f"{spec.name}: handler must look like module:function, got {handler!r}"
                 )
-            argv = [*(spec.command or [self.python]), PYWORKER, handler]
+            interpreter = list(spec.command) or [self._python_for_handlers(spec.name)]
+            argv = [*interpreter, self._worker_script(spec.name), handler]
             pooled = True
         elif spec.command:
             argv = list(spec.command)
@@ -876,15 +1211,50 @@ class ProcessRuntime(Runtime):
             workdir = os.path.abspath(spec.workdir)
             if not os.path.isdir(workdir):
                 raise errors.InvalidArgument(f"{spec.name}: workdir {spec.workdir!r} is not a directory")
+            why = _denied(workdir, user, read=True, execute=True)
+            if why is not None:
+                raise errors.InvalidArgument(
+                    f"{spec.name}: workdir {spec.workdir!r} is not accessible to {user.name}, "
+                    f"the user functions run as: {why}"
+                )
         executable = self._resolve(spec.name, argv[0], env, workdir)
-        plan = _Plan(argv, executable, env, workdir, pooled, spec.limits)
+        why = _denied(executable, user, execute=True)
+        if why is None and user is not None and _is_script(executable):
+            why = _denied(executable, user, read=True)
+        if why is not None:
+            raise errors.InvalidArgument(
+                f"{spec.name}: command {argv[0]!r} cannot be run by {user.name}, "
+                f"the user functions run as: {why}"
+            )
+        wrapper = [] if spec.limits.network else await self._network_prefix(spec.name)
+        popen_kw: dict = {}
+        if user is not None:
+            if self._unshare is not None:  # unshare switches ids after making namespaces
+                wrapper = (wrapper or [self._unshare]) + ["-G", str(user.gid), "-S", str(user.uid)]
+            else:  # no vfork then: slower to spawn from a big Spearlet, but correct
+                popen_kw = {"user": user.uid, "group": user.gid, "extra_groups": []}
+        if wrapper:
+            target = [executable]
+            moved = {k: v for k, v in env.items() if _loader_sensitive(k)}
+            if moved and user is not None:  # never let them reach the root-run wrapper
+                env_tool = shutil.which("env", path=_SYSTEM_PATH)
+                if env_tool is None or "=" in executable:
+                    raise errors.InvalidArgument(
+                        f"{spec.name}: cannot pass {', '.join(sorted(moved))} to a sandboxed "
+                        + ("command whose path contains '='" if env_tool else "command: no env program")
+                    )
+                env = {k: v for k, v in env.items() if k not in moved}
+                target = [env_tool, "--", *(f"{k}={v}" for k, v in moved.items()), executable]
+            argv = [*wrapper, "--", *target, *argv[1:]]
+            executable = None
+        plan = _Plan(argv, executable, env, workdir, pooled, spec.limits, popen_kw)
         digest = hashlib.sha256(
-            json.dumps([argv, sorted(env.items()), workdir, pooled]).encode()
+            json.dumps([argv, sorted(env.items()), workdir, pooled, sorted(popen_kw.items())]).encode()
         ).hexdigest()
         return Prepared(spec=spec, handle=plan, digest=digest)
 
     @staticmethod
-    def _resolve(name: str, exe: str, env: dict[str, str], workdir: str) -> str | None:
+    def _resolve(name: str, exe: str, env: dict[str, str], workdir: str) -> str:
         """Find the executable now, so a typo fails the deploy, not every call."""
         if "/" not in exe:
             found = shutil.which(exe, path=env.get("PATH", os.defpath))
@@ -907,6 +1277,13 @@ class ProcessRuntime(Runtime):
         cwd = plan.workdir
         if not cwd:
             tmpdir = cwd = tempfile.mkdtemp(prefix=f"spear-{spec.name}-")
+            user = self.sandbox_user
+            if user is not None:  # mode 0700: the function's own, nobody else's
+                try:
+                    os.chown(tmpdir, user.uid, user.gid)
+                except OSError:
+                    _rmtree(tmpdir)
+                    raise
         if not plan.pooled:
             handle = _OneShot(plan, cwd, tmpdir)
             self._oneshots.add(handle)
@@ -981,6 +1358,10 @@ class ProcessRuntime(Runtime):
                 await child.wait()
         for tmpdir in [w.tmpdir for w in workers] + [h.tmpdir for h in oneshots]:
             _rmtree(tmpdir)
+        copy, self._pyworker_copy = self._pyworker_copy, None
+        if copy:
+            self._pyworker = None
+            _rmtree(copy)
 
 
 def _rmtree(path: str | None) -> None:

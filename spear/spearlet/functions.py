@@ -239,7 +239,8 @@ class FunctionService:
         status, err, exit_code, usage, cold, output = "failed", None, None, P.ExecUsage(), 0.0, b""
         t_run = t_submit
         d = None
-        self.running += 1
+        # ``running`` was counted when the execution was admitted (synchronously,
+        # so a burst of requests in one drain cannot overshoot the limit)
         try:
             d = self.get(name)
             limits = d.spec.limits
@@ -342,6 +343,7 @@ class FunctionService:
             if info is not None:
                 return P.Result(id=msg.id, execution=info), out
             slot = out
+        self.running += 1
         ex = self.new_execution(msg.function, msg.execution_id, msg.trace_id)
         if msg.mode == "sync":
             return self._sync(msg, ex, data, slot=slot)
@@ -412,36 +414,38 @@ class FunctionService:
         Returns None when done, else the slot already taken (or -1) for
         :meth:`run_dispatch` to continue with.
         """
+        if self.draining or self.running >= self.max_concurrency:
+            code = "UNAVAILABLE" if self.draining else "RESOURCE_EXHAUSTED"
+            if self.metrics is not None:
+                self.metrics.rejected(code)
+            send(P.ErrorReply(id=msg.id, code=code, message=(
+                f"node {self.node_id} is stopping" if self.draining
+                else f"node {self.node_id} is at its concurrency limit")))
+            return None
         d = self.deployments.get(msg.function)
-        if (d is None or d.sms_digest != msg.digest or msg.stream or self.draining
-                or self.running >= self.max_concurrency):
-            return -1
-        info, out = self.run_now(msg.function, msg.execution_id, msg.trace_id,
-                                 payload if payload is not None else b"", msg.args, msg.timeout)
-        if info is None:
-            return out
-        send(P.Result(id=msg.id, execution=info), out)
-        return None
+        out = -1
+        if d is not None and d.sms_digest == msg.digest and not msg.stream:
+            info, out = self.run_now(msg.function, msg.execution_id, msg.trace_id,
+                                     payload if payload is not None else b"", msg.args,
+                                     msg.timeout)
+            if info is not None:
+                send(P.Result(id=msg.id, execution=info), out)
+                return None
+        self.running += 1  # admitted: run_dispatch (or its early exits) gives it back
+        return out
 
     async def run_dispatch(self, msg: P.Dispatch, payload, send, fetch, slot: int = -1) -> None:
-        """Run an execution the SMS placed here; the reply goes back on the link."""
-        if self.draining:
-            if self.metrics is not None:
-                self.metrics.rejected("UNAVAILABLE")
-            send(P.ErrorReply(id=msg.id, code="UNAVAILABLE", message=f"node {self.node_id} is stopping"))
-            return
-        if self.running >= self.max_concurrency:
-            if self.metrics is not None:
-                self.metrics.rejected("RESOURCE_EXHAUSTED")
-            send(P.ErrorReply(id=msg.id, code="RESOURCE_EXHAUSTED",
-                              message=f"node {self.node_id} is at its concurrency limit"))
-            return
+        """Run an execution the SMS placed here; the reply goes back on the link.
+
+        Admission (draining, concurrency) was decided by :meth:`dispatch_now`.
+        """
         eid = msg.execution_id
         self.dispatched.add(eid)
         try:
             try:
                 await self.ensure(msg.function, msg.digest, fetch)
             except errors.SpearError as exc:
+                self.running -= 1  # never reached run()
                 send(P.ErrorReply(id=msg.id, code=exc.code, message=f"deploy failed: {exc.message}"))
                 return
             ex = self.new_execution(msg.function, eid, msg.trace_id)

@@ -47,8 +47,16 @@ def test_metrics_move_during_a_run(tmp_path):
                 assert cl.invoke("add", args=[i, 1]).ok
             cl.deploy(P.FunctionSpec(name="bad", runtime="process", command=["false"]))
             assert cl.invoke("bad").status == "failed"
-            sms_text = scrape(sms_port)
-            node_text = scrape(node_port)
+            # the reply can overtake the counter update by a hair: poll (bounded)
+            import time
+            deadline = time.monotonic() + 5
+            while True:
+                sms_text = scrape(sms_port)
+                node_text = scrape(node_port)
+                if (total(sms_text, "spear_sms_executions_total") >= before_sms + 21
+                        or time.monotonic() > deadline):
+                    break
+                time.sleep(0.05)
     assert total(sms_text, "spear_sms_executions_total") >= before_sms + 21
     assert total(node_text, "spear_spearlet_executions_total", function="add") >= before_node + 20
     assert total(node_text, "spear_spearlet_executions_total", function="bad",

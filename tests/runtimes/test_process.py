@@ -19,6 +19,10 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 HELPERS = Path(__file__).resolve().parent / "helpers"
 PY = sys.executable
+#: Tests that run sys.executable as a command or hand tmp_path to functions run
+#: them as the test's own user: both usually live where the sandbox user
+#: (nobody, when tests run as root) cannot go. test_sandbox.py covers the sandbox.
+AS_SELF = None
 
 
 def run(coro):
@@ -127,7 +131,7 @@ def test_oneshot_failure_is_typed_and_runtime_keeps_working():
 
 def test_oneshot_usage_counts_cpu_and_memory():
     async def main():
-        rt = ProcessRuntime()
+        rt = ProcessRuntime(user=AS_SELF)
         code = (
             "import time\nb = bytearray(60 << 20)\n"
             "t = time.process_time()\nwhile time.process_time() - t < 0.2: pass"
@@ -271,7 +275,7 @@ def _pids(path: Path, count: int) -> list[int]:
 
 def test_oneshot_timeout_kills_the_whole_group(tmp_path):
     async def main():
-        rt = ProcessRuntime()
+        rt = ProcessRuntime(user=AS_SELF)
         pidfile = tmp_path / "pids"
         inst = await start(rt, spec(command=[PY, str(HELPERS / "tree.py"), str(pidfile)]))
         started = time.monotonic()
@@ -291,7 +295,7 @@ def test_oneshot_timeout_kills_the_whole_group(tmp_path):
 
 def test_pooled_timeout_kills_the_worker_and_its_tree(tmp_path):
     async def main():
-        rt = ProcessRuntime()
+        rt = ProcessRuntime(user=AS_SELF)
         pidfile = tmp_path / "pids"
         inst = await start(rt, handler_spec("testhandlers:tree"))
         worker = inst.handle.pid
@@ -310,7 +314,7 @@ def test_pooled_timeout_kills_the_worker_and_its_tree(tmp_path):
 
 def test_memory_bomb_is_resource_exhausted():
     async def main():
-        rt = ProcessRuntime()
+        rt = ProcessRuntime(user=AS_SELF)
         inst = await start(rt, handler_spec("testhandlers:bomb", limits=Limits(memory_mb=256)))
         with pytest.raises(errors.ResourceExhausted, match="memory limit"):
             await rt.invoke(inst, b"", [], Limits(memory_mb=256))
@@ -329,7 +333,7 @@ def test_memory_bomb_is_resource_exhausted():
 
 def test_cpu_limit_is_resource_exhausted():
     async def main():
-        rt = ProcessRuntime()
+        rt = ProcessRuntime(user=AS_SELF)
         spin = [PY, "-c", "while True: pass"]
         inst = await start(rt, spec(command=spin))
         with pytest.raises(errors.ResourceExhausted, match="cpu limit"):
@@ -389,7 +393,7 @@ def test_environment_is_scrubbed_and_spec_env_visible(monkeypatch):
 
 def test_workdir_given_or_temporary(tmp_path):
     async def main():
-        rt = ProcessRuntime()
+        rt = ProcessRuntime(user=AS_SELF)
         inst = await start(rt, handler_spec("testhandlers:cwd", workdir=str(tmp_path)))
         assert (await rt.invoke(inst, b"", [], Limits())).output.decode() == str(tmp_path)
         pwd = await start(rt, spec(command=["pwd"], workdir=str(tmp_path)))

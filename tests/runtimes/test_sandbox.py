@@ -1,0 +1,508 @@
+"""The process runtime's sandbox, with real processes (docs/sandbox.md).
+
+When the Spearlet runs as root, functions run as ``nobody`` (no supplementary
+groups) and, unless ``limits.network`` is true, in a new, empty network
+namespace. These tests need root: without it they skip, except in CI
+(``CI=true``), where skipping would hide a broken sandbox, so they fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import pwd
+import secrets
+import shutil
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from spear import errors
+from spear.protocol import FunctionSpec, Limits
+from spear.runtimes import process as process_mod
+from spear.runtimes.process import ProcessRuntime, _probe_isolation, _resolve_user
+
+HELPERS = Path(__file__).resolve().parent / "helpers"
+PY_CODE_CONNECT = (
+    "import socket, sys\n"
+    "socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=5).close()\n"
+    "print('connected')\n"
+)
+
+
+def _need_root() -> None:
+    if os.geteuid() != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail("the sandbox tests must run as root in CI (CI=true): they would prove nothing")
+        pytest.skip("the process sandbox (user switch, network namespace) needs root")
+
+
+@pytest.fixture(autouse=True)
+def as_root():
+    _need_root()
+
+
+def nobody() -> tuple[int, int]:
+    try:
+        pw = pwd.getpwnam("nobody")
+        return pw.pw_uid, pw.pw_gid
+    except KeyError:
+        return 65534, 65534
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+def spec(name: str = "f", **kw) -> FunctionSpec:
+    return FunctionSpec(name=name, runtime="process", **kw)
+
+
+async def start(rt: ProcessRuntime, s: FunctionSpec):
+    return await rt.create_instance(await rt.prepare(s))
+
+
+def descendants() -> list[psutil.Process]:
+    return psutil.Process().children(recursive=True)
+
+
+def gone(pids, wait: float = 2.0) -> bool:
+    end = time.monotonic() + wait
+    while True:
+        alive = []
+        for pid in pids:
+            try:
+                p = psutil.Process(pid)
+                if p.status() != psutil.STATUS_ZOMBIE or p.ppid() == os.getpid():
+                    alive.append(pid)
+            except psutil.NoSuchProcess:
+                pass
+        if not alive or time.monotonic() > end:
+            return not alive
+        time.sleep(0.02)
+
+
+def new_descendants(before: set[int]) -> list[psutil.Process]:
+    return [p for p in descendants() if p.pid not in before]
+
+
+@pytest.fixture(autouse=True)
+def no_leftovers():
+    """Every process a test starts is gone at its end (others' leftovers are not ours)."""
+    before = {p.pid for p in descendants()}
+    yield before
+    assert gone([p.pid for p in new_descendants(before)]), new_descendants(before)
+
+
+@pytest.fixture
+def shared():
+    """A world-readable directory holding the test handlers (the checkout may not be)."""
+    d = tempfile.mkdtemp(prefix="spear-sandbox-test-")
+    os.chmod(d, 0o755)
+    for name, mode in (("sandboxhandlers.py", 0o644), ("upper_worker.sh", 0o755)):
+        shutil.copy(HELPERS / name, d)
+        os.chmod(os.path.join(d, name), mode)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def secret_file():
+    """A key file like the Spearlet's CURVE secret: root-owned, mode 0600, in a readable dir."""
+    d = tempfile.mkdtemp(prefix="spear-keys-")
+    os.chmod(d, 0o755)
+    value = "SECRET-" + secrets.token_hex(16)
+    path = os.path.join(d, "node.key_secret")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, value.encode())
+    os.close(fd)
+    assert os.stat(path).st_uid == 0 and os.stat(path).st_mode & 0o777 == 0o600
+    yield path, value
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def listener():
+    """A TCP listener on 127.0.0.1; ``accepted()`` says whether anyone connected."""
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    srv.setblocking(False)
+    conns: list[socket.socket] = []
+
+    def accepted() -> int:
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except BlockingIOError:
+                return len(conns)
+            conns.append(conn)
+
+    yield srv.getsockname()[1], accepted
+    for c in conns:
+        c.close()
+    srv.close()
+
+
+def handler(name: str, shared: str, **kw) -> FunctionSpec:
+    return spec(name.replace(":", "-"), handler=name, workdir=shared, **kw)
+
+
+def python3() -> list[str]:
+    """``python3`` as the functions' PATH finds it: the test's own interpreter may be
+    somewhere nobody cannot reach (a pyenv under /root)."""
+    return ["python3"]
+
+
+# ----------------------------------------------------------------- secrets
+
+
+def test_functions_cannot_read_the_spearlets_key_file(secret_file, shared):
+    path, value = secret_file
+
+    async def main():
+        rt = ProcessRuntime()
+        cat = await start(rt, spec(command=["cat", path]))
+        with pytest.raises(errors.FunctionError) as info:
+            await rt.invoke(cat, b"", [], Limits())
+        assert "Permission denied" in info.value.details["stderr"]
+        assert value not in json.dumps(info.value.details) and value not in info.value.message
+        reader = await start(rt, handler("sandboxhandlers:read", shared))
+        logs: list[bytes] = []
+        with pytest.raises(errors.FunctionError) as info:
+            await rt.invoke(reader, path.encode(), [], Limits(), logs.append)
+        assert info.value.details["type"] == "PermissionError"
+        assert value not in info.value.message and value.encode() not in b"".join(logs)
+        assert reader.reusable  # a handler error is not a crash
+        # the Spearlet's own environment and memory are out of reach too
+        environ = await start(rt, spec(command=["cat", f"/proc/{os.getpid()}/environ"]))
+        with pytest.raises(errors.FunctionError):
+            await rt.invoke(environ, b"", [], Limits())
+        signal = await start(rt, spec(command=["kill", "-0", str(os.getpid())]))
+        with pytest.raises(errors.FunctionError):
+            await rt.invoke(signal, b"", [], Limits())
+        # a file the function may read is fine: the failure above is the sandbox
+        ok = await start(rt, spec(command=["cat", os.path.join(shared, "sandboxhandlers.py")]))
+        assert b"def read" in (await rt.invoke(ok, b"", [], Limits())).output
+        await rt.close()
+
+    run(main())
+
+
+def test_the_spearlets_environment_never_reaches_functions(monkeypatch):
+    monkeypatch.setenv("SPEAR_TEST_SECRET", "hunter2")
+
+    async def main():
+        rt = ProcessRuntime()
+        env = await start(rt, spec(command=["env"]))
+        out = (await rt.invoke(env, b"", [], Limits())).output.decode()
+        assert "hunter2" not in out and "SPEAR_TEST_SECRET" not in out
+        await rt.close()
+
+    run(main())
+
+
+def test_loader_variables_never_reach_the_root_run_wrapper():
+    """LD_PRELOAD & co. in spec.env must act only after the switch to nobody.
+
+    The dynamic loader writes LD_DEBUG_OUTPUT files as whoever it runs as: a
+    file owned by root would mean the root-run unshare honoured the function's
+    loader variables (and LD_PRELOAD would have run the function's code as root).
+    """
+    out_dir = tempfile.mkdtemp(prefix="spear-ld-")
+    try:
+        os.chmod(out_dir, 0o1777)
+        env = {"LD_DEBUG": "libs", "LD_DEBUG_OUTPUT": os.path.join(out_dir, "ld"), "KEEP": "me"}
+
+        async def main():
+            rt = ProcessRuntime()
+            inst = await start(rt, spec(command=["sh", "-c", "echo $LD_DEBUG $KEEP"], env=env))
+            assert (await rt.invoke(inst, b"", [], Limits())).output == b"libs me\n"
+            await rt.close()
+
+        run(main())
+        made = os.listdir(out_dir)
+        assert made, "the loader saw no LD_DEBUG at all"
+        owners = {os.stat(os.path.join(out_dir, f)).st_uid for f in made}
+        assert owners == {nobody()[0]}, owners
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+
+# ----------------------------------------------------------------- identity
+
+
+def test_functions_run_as_nobody_without_groups(shared):
+    uid, gid = nobody()
+
+    async def main():
+        rt = ProcessRuntime()
+        assert rt.sandbox_user is not None and rt.sandbox_user.uid == uid
+        ident = await start(rt, spec(command=["id", "-u"]))
+        assert (await rt.invoke(ident, b"", [], Limits())).output.strip() == str(uid).encode()
+        groups = await start(rt, spec(command=["sh", "-c", "id -g; grep '^Groups:' /proc/self/status"]))
+        out = (await rt.invoke(groups, b"", [], Limits())).output.decode().split("\n")
+        assert out[0] == str(gid) and out[1].split(":")[1].strip() == ""
+        who = await start(rt, handler("sandboxhandlers:whoami", shared))
+        me = json.loads((await rt.invoke(who, b"", [], Limits())).output)
+        assert me["uid"] == me["euid"] == uid and me["gid"] == gid
+        assert set(me["groups"]) <= {gid}
+        # network=true changes the namespace, not the user
+        net = await start(rt, spec(command=["id", "-u"], limits=Limits(network=True)))
+        assert (await rt.invoke(net, b"", [], Limits())).output.strip() == str(uid).encode()
+        await rt.close()
+
+    run(main())
+
+
+def test_temporary_workdir_belongs_to_the_function(shared):
+    uid, _ = nobody()
+
+    async def main():
+        rt = ProcessRuntime()
+        inst = await start(rt, handler("sandboxhandlers:touch", "", env={"PYTHONPATH": shared}))
+        made = json.loads((await rt.invoke(inst, b"", [], Limits())).output)
+        assert made["owner"] == uid
+        where = os.path.dirname(made["path"])
+        assert os.stat(where).st_uid == uid and os.stat(where).st_mode & 0o777 == 0o700
+        await rt.destroy(inst)
+        assert not os.path.exists(where)
+        await rt.close()
+
+    run(main())
+
+
+def test_explicit_user_and_no_user(shared):
+    async def main():
+        named = ProcessRuntime(user="nobody")
+        inst = await start(named, spec(command=["id", "-un"]))
+        assert (await named.invoke(inst, b"", [], Limits())).output.strip() == b"nobody"
+        await named.close()
+        # user=None: functions run as the Spearlet's user, but still without network
+        same = ProcessRuntime(user=None)
+        assert same.sandbox_user is None
+        inst = await start(same, spec(command=["id", "-u"]))
+        assert (await same.invoke(inst, b"", [], Limits())).output.strip() == b"0"
+        lo = await start(same, spec(command=["cat", "/proc/net/dev"]))
+        out = (await same.invoke(lo, b"", [], Limits())).output.decode()
+        assert [line.split(":")[0].strip() for line in out.splitlines()[2:]] == ["lo"]
+        await same.close()
+
+    run(main())
+    with pytest.raises(ValueError, match="not root"):
+        _resolve_user("nobody", 1000)
+    with pytest.raises(ValueError, match="no such user"):
+        _resolve_user("no-such-user-here", 0)
+    assert _resolve_user("auto", 1000) is None and _resolve_user("", 0) is None
+
+
+# ----------------------------------------------------------------- network
+
+
+def test_no_network_unless_the_function_says_so(listener, shared):
+    port, accepted = listener
+
+    async def main():
+        rt = ProcessRuntime()
+        denied = await start(rt, spec(command=[*python3(), "-c", PY_CODE_CONNECT, str(port)]))
+        with pytest.raises(errors.FunctionError) as info:
+            await rt.invoke(denied, b"", [], Limits())
+        assert "Network is unreachable" in info.value.details["stderr"]
+        h = await start(rt, handler("sandboxhandlers:connect", shared))
+        with pytest.raises(errors.FunctionError) as info:
+            await rt.invoke(h, f"127.0.0.1:{port}".encode(), [], Limits())
+        assert "unreachable" in info.value.message
+        assert accepted() == 0
+        # limits.network = true: the same function reaches the listener
+        allowed = await start(
+            rt, spec(command=[*python3(), "-c", PY_CODE_CONNECT, str(port)], limits=Limits(network=True))
+        )
+        assert (await rt.invoke(allowed, b"", [], Limits())).output == b"connected\n"
+        h2 = await start(rt, handler("sandboxhandlers:connect", shared, limits=Limits(network=True)))
+        assert (await rt.invoke(h2, f"127.0.0.1:{port}".encode(), [], Limits())).output == b"connected"
+        await asyncio.sleep(0.05)
+        assert accepted() == 2
+        await rt.close()
+
+    run(main())
+
+
+def test_each_function_gets_an_empty_namespace():
+    async def main():
+        rt = ProcessRuntime()
+        show = ["sh", "-c", "readlink /proc/self/ns/net; tail -n +3 /proc/net/dev | cut -d: -f1"]
+        a = await start(rt, spec(command=show))
+        b = await start(rt, spec(command=show))
+        first = (await rt.invoke(a, b"", [], Limits())).output.decode().split()
+        again = (await rt.invoke(a, b"", [], Limits())).output.decode().split()
+        other = (await rt.invoke(b, b"", [], Limits())).output.decode().split()
+        mine = os.readlink("/proc/self/ns/net")
+        assert first[1:] == ["lo"] and len({first[0], again[0], other[0], mine}) == 4
+        ip = shutil.which("ip")
+        if ip:  # the loopback is down, so not even the namespace's own 127.0.0.1 works
+            link = await start(rt, spec(command=[ip, "-o", "link", "show", "lo"]))
+            assert b"state DOWN" in (await rt.invoke(link, b"", [], Limits())).output
+        await rt.close()
+
+    run(main())
+
+
+def test_without_isolation_functions_denied_network_are_refused(caplog):
+    async def main():
+        strict = ProcessRuntime()
+        strict._unshare = None  # as on a host where no namespace can be made
+        with pytest.raises(errors.Unavailable, match="limits.network=true"):
+            await strict.prepare(spec(command=["true"]))
+        ok, why = await strict.network_isolation()
+        assert not ok and "unshare" in why
+        # a function that asks for network is still fine (run through subprocess's user=)
+        inst = await start(strict, spec(command=["id", "-u"], limits=Limits(network=True)))
+        out = (await strict.invoke(inst, b"", [], Limits())).output.strip()
+        assert out == str(nobody()[0]).encode()
+        await strict.close()
+        lenient = ProcessRuntime(strict_network=False)
+        lenient._unshare = None
+        with caplog.at_level(logging.WARNING, logger="spear.runtimes.process"):
+            for _ in range(2):
+                inst = await start(lenient, spec(command=["cat", "/proc/net/dev"]))
+                out = (await lenient.invoke(inst, b"", [], Limits())).output.decode()
+                assert len(out.splitlines()) >= 3  # the host's interfaces: network allowed
+        warnings = [r for r in caplog.records if "HAVE network" in r.getMessage()]
+        assert len(warnings) == 1
+        await lenient.close()
+
+    run(main())
+
+
+def test_isolation_probe_with_user_namespaces():
+    """The unprivileged variant (user namespace) works on this kernel, as root too."""
+    unshare = shutil.which("unshare", path=process_mod._SYSTEM_PATH)
+    assert unshare, "util-linux unshare is needed for the sandbox"
+    prefix, why = _probe_isolation(unshare, root=False)
+    assert prefix is not None and "--user" in prefix, why
+    assert _probe_isolation(None, root=True)[0] is None
+
+
+# ------------------------------------------------------- what it may reach
+
+
+def test_workdir_and_command_must_be_reachable_by_the_sandbox_user(tmp_path):
+    private = tmp_path / "private"  # pytest's tmp_path is under a 0700 directory
+    private.mkdir()
+    script = tmp_path / "run.sh"
+    script.write_text("#!/bin/sh\necho hi\n")
+    script.chmod(0o755)
+    hidden_dir = tempfile.mkdtemp(prefix="spear-hidden-")
+    try:
+        os.chmod(hidden_dir, 0o755)
+        unreadable = os.path.join(hidden_dir, "run.sh")
+        with open(unreadable, "w") as f:
+            f.write("#!/bin/sh\necho hi\n")
+        os.chmod(unreadable, 0o711)  # executable but not readable: a script cannot run
+
+        async def main():
+            rt = ProcessRuntime()
+            with pytest.raises(errors.InvalidArgument, match="not accessible to nobody"):
+                await rt.prepare(spec(command=["pwd"], workdir=str(private)))
+            for cmd in (str(script), unreadable):
+                with pytest.raises(errors.InvalidArgument, match="cannot be run by nobody"):
+                    await rt.prepare(spec(command=[cmd]))
+            # the same specs are fine when functions run as root
+            root = ProcessRuntime(user=None)
+            inst = await start(root, spec(command=["pwd"], workdir=str(private)))
+            assert (await root.invoke(inst, b"", [], Limits())).output.strip() == str(private).encode()
+            await root.close()
+            await rt.close()
+
+        run(main())
+    finally:
+        shutil.rmtree(hidden_dir, ignore_errors=True)
+
+
+def test_pyworker_is_copied_where_the_sandbox_user_can_read_it(monkeypatch, shared):
+    hidden = tempfile.mkdtemp(prefix="spear-hidden-")  # mode 0700
+    try:
+        copy = os.path.join(hidden, "pyworker.py")
+        shutil.copy(process_mod.PYWORKER, copy)
+        monkeypatch.setattr(process_mod, "PYWORKER", copy)
+
+        async def main():
+            rt = ProcessRuntime()
+            inst = await start(rt, handler("sandboxhandlers:whoami", shared))
+            assert json.loads((await rt.invoke(inst, b"", [], Limits())).output)["uid"] == nobody()[0]
+            used = inst.handle.plan.argv[inst.handle.plan.argv.index("--") + 2]
+            assert used != copy and os.path.isfile(used)
+            await rt.close()
+            assert not os.path.exists(used)
+
+        run(main())
+    finally:
+        shutil.rmtree(hidden, ignore_errors=True)
+
+
+# -------------------------------------------------------- pooled workers
+
+
+def test_pooled_workers_are_reused_under_the_sandbox(shared, listener):
+    port, accepted = listener
+    uid = nobody()[0]
+
+    async def main():
+        rt = ProcessRuntime()
+        inst = await start(rt, handler("sandboxhandlers:whoami", shared))
+        pid = inst.handle.pid
+        for _ in range(5):
+            out = await rt.invoke(inst, b"", [], Limits())
+            me = json.loads(out.output)
+            assert me["pid"] == pid and me["uid"] == uid
+            assert inst.reusable and out.usage.peak_memory > 0
+        assert psutil.Process(pid).uids().real == uid
+        conn = await start(rt, handler("sandboxhandlers:connect", shared))
+        for _ in range(2):  # an error reply keeps the worker
+            with pytest.raises(errors.FunctionError):
+                await rt.invoke(conn, f"127.0.0.1:{port}".encode(), [], Limits())
+            assert conn.reusable
+        assert accepted() == 0
+        # a bash worker speaking the framed protocol, sandboxed the same way
+        bash = await start(rt, spec(command=[os.path.join(shared, "upper_worker.sh")], mode="pooled"))
+        first = (await rt.invoke(bash, b"pid", [], Limits())).output
+        assert (await rt.invoke(bash, b"pid", [], Limits())).output == first
+        assert int(first) == bash.handle.pid and psutil.Process(int(first)).uids().real == uid
+        assert (await rt.invoke(bash, b"hi", [], Limits())).output == b"HI"
+        # limits still apply: a timeout kills the sandboxed worker, which is not reused
+        sleeper = await start(rt, handler("sandboxhandlers:sleep", shared))
+        with pytest.raises(errors.DeadlineExceeded):
+            await rt.invoke(sleeper, b"30", [], Limits(timeout=0.5))
+        assert not sleeper.reusable
+        await rt.close()
+
+    run(main())
+
+
+def test_nothing_is_left_behind(shared, no_leftovers):
+    before = no_leftovers
+
+    async def main():
+        rt = ProcessRuntime()
+        insts = [await start(rt, handler("sandboxhandlers:whoami", shared)) for _ in range(3)]
+        sleepy = await start(rt, spec(command=["sh", "-c", "sleep 30 & sleep 30"]))
+        task = asyncio.create_task(rt.invoke(sleepy, b"", [], Limits()))
+        await asyncio.sleep(0.3)
+        pids = [i.handle.pid for i in insts] + [p.pid for p in new_descendants(before)]
+        assert len(pids) >= 5  # three workers, sh and its background sleep
+        timed = await start(rt, spec(command=["sleep", "30"]))
+        with pytest.raises(errors.DeadlineExceeded):
+            await rt.invoke(timed, b"", [], Limits(timeout=0.3))
+        await rt.close()
+        with pytest.raises((errors.SpearError, asyncio.CancelledError)):
+            await task
+        assert gone(pids), pids
+        assert gone([p.pid for p in new_descendants(before)], wait=0)
+
+    run(main())
