@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="./.spear", help="state directory (default ./.spear)")
     p.add_argument("--port", type=int, default=7700, help="SMS port; spearlets use the next ones")
     p.add_argument("--store", choices=["memory", "leveldb"], default="leveldb")
+    p.add_argument("--http", default="127.0.0.1:7780", help="HTTP gateway HOST:PORT (default 127.0.0.1:7780)")
+    p.add_argument("--no-gateway", action="store_true", help="do not start the HTTP gateway")
     p.add_argument("--config", help="TOML configuration file passed to every daemon")
 
     p = sub.add_parser("nodes", help="list nodes (or show one)")
@@ -96,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     _client_opts(p)
 
     from .bench import add_arguments as _bench_arguments
+    from .gateway.cli import add_arguments as _gateway_arguments
+
+    _gateway_arguments(sub.add_parser(
+        "gateway", help="run the HTTP gateway: REST, OpenAPI, Swagger UI, admin page"))
 
     _bench_arguments(sub.add_parser(
         "bench", help="measure Spear against a bare-pyzmq floor (SPEC section 9)"))
@@ -275,6 +281,7 @@ COMMANDS = {
     "ping": cmd_ping,
     "keygen": cmd_keygen,
     "bench": lambda args: __import__("spear.bench", fromlist=["run"]).run(args),
+    "gateway": lambda args: __import__("spear.gateway.cli", fromlist=["run"]).run(args),
     "up": cmd_up,
 }
 

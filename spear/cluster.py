@@ -44,6 +44,7 @@ class Cluster:
         labels: list[str] | None = None,
         spearlet_config: str | None = None,
         client_security=None,
+        gateway: str | None = None,
     ) -> None:
         self.data = Path(data)
         self.n = spearlets
@@ -59,6 +60,9 @@ class Cluster:
         self.env = {**os.environ, **(env or {})}
         self.quiet = quiet
         self.labels = labels or []
+        #: HOST:PORT of an HTTP gateway to start with the cluster (None: none)
+        self.gateway = gateway
+        self.gateway_proc: subprocess.Popen | None = None
         self.sms: subprocess.Popen | None = None
         self.spearlets: list[subprocess.Popen] = []
         self.spearlet_addrs: list[str] = []
@@ -115,8 +119,15 @@ class Cluster:
         self.start_sms()
         for i in range(self.n):
             self.start_spearlet(i, first_spearlet_port + i if first_spearlet_port else None)
+        if self.gateway:
+            self.gateway_proc = self._spawn(["gateway", "--sms", self.sms_addr, "--http", self.gateway],
+                                            "gateway")
         if wait:
             self.wait_ready(self.n, timeout=wait)
+            if self.gateway:
+                from .gateway import wait_healthy
+
+                wait_healthy(f"http://{self.gateway}", proc=self.gateway_proc)
         return self
 
     def wait_ready(self, count: int, *, timeout: float = 30.0) -> list:
@@ -158,6 +169,7 @@ class Cluster:
             return p.wait(5)
 
     def stop(self) -> None:
+        self.stop_process(self.gateway_proc)
         for p in self.spearlets:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
@@ -179,7 +191,8 @@ def run_up(args) -> int:
     """``spear up``: run the embedded cluster until Ctrl-C or SIGTERM."""
     t0 = time.perf_counter()
     cluster = Cluster(args.data, spearlets=args.spearlets, sms_port=args.port, store=args.store,
-                      config=args.config, quiet=False)
+                      config=args.config, quiet=False,
+                      gateway=None if args.no_gateway else args.http)
     stopping = []
 
     def on_signal(signum, frame):
@@ -192,6 +205,12 @@ def run_up(args) -> int:
         nodes = cluster.wait_ready(args.spearlets, timeout=30)
         print(f"spear up: SMS {cluster.sms_addr}, {len(nodes)} spearlet(s) ready in "
               f"{time.perf_counter() - t0:.2f}s; data in {args.data}. Ctrl-C stops.", flush=True)
+        if cluster.gateway:
+            from .gateway import wait_healthy
+
+            wait_healthy(f"http://{cluster.gateway}", proc=cluster.gateway_proc)
+            print(f"  admin http://{cluster.gateway}/admin, API docs http://{cluster.gateway}/docs",
+                  flush=True)
         print(f"  try: spear nodes --sms {cluster.sms_addr}", flush=True)
         while True:
             cluster._check_alive()

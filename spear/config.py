@@ -142,6 +142,26 @@ class SecurityConfig(_Section, frozen=True):
     tokens: dict[str, str] = {}
 
 
+class GatewayConfig(_Section, frozen=True):
+    """The HTTP gateway (``spear gateway``)."""
+
+    #: HOST:PORT to serve HTTP on
+    listen: Annotated[str, Meta(min_length=1, max_length=512)] = "127.0.0.1:7780"
+    #: SMS address; empty: ``[global] sms``
+    sms: str = ""
+    #: largest request body (deploy uploads, invocation input), bytes
+    max_body: Annotated[int, Meta(ge=1024, le=64 * 1024 * 1024)] = 64 * 1024 * 1024
+    #: how long a synchronous invocation may wait for its result, seconds
+    invoke_timeout: Annotated[float, Meta(gt=0, le=86400)] = 300.0
+    #: live figures: seconds between samples, and how many seconds are kept
+    sample_interval: Annotated[float, Meta(ge=0.1, le=3600)] = 2.0
+    history: Annotated[float, Meta(ge=10, le=86400)] = 900.0
+    #: executions whose streamed logs are kept in memory
+    log_executions: Annotated[int, Meta(ge=0, le=1_000_000)] = 1000
+    #: write an access log line per request
+    access_log: bool = False
+
+
 class RuntimesConfig(_Section, frozen=True):
     """Per-runtime defaults; per-function limits override them."""
 
@@ -159,6 +179,7 @@ class Config(_Section, frozen=True):
     runtimes: RuntimesConfig = RuntimesConfig()
     storage: StorageConfig = StorageConfig()
     security: SecurityConfig = SecurityConfig()
+    gateway: GatewayConfig = GatewayConfig()
 
 
 _SECTIONS = {
@@ -167,6 +188,7 @@ _SECTIONS = {
     "spearlet": SpearletConfig,
     "storage": StorageConfig,
     "security": SecurityConfig,
+    "gateway": GatewayConfig,
     "runtimes.wasm": WasmConfig,
     "runtimes.process": ProcessConfig,
     "runtimes.docker": DockerConfig,

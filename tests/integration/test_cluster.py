@@ -152,8 +152,9 @@ def test_spear_up_starts_and_stops_cleanly(tmp_path):
     from spear.cluster import free_port
 
     port = free_port()
+    http = f"127.0.0.1:{free_port()}"
     p = subprocess.Popen([sys.executable, "-m", "spear", "up", "-n", "2", "--port", str(port),
-                          "--data", str(tmp_path / "d")], stdout=subprocess.PIPE,
+                          "--http", http, "--data", str(tmp_path / "d")], stdout=subprocess.PIPE,
                          stderr=subprocess.DEVNULL, text=True, start_new_session=True)
     try:
         line = wait_for(lambda: p.stdout.readline(), 30, "spear up banner")
@@ -162,6 +163,12 @@ def test_spear_up_starts_and_stops_cleanly(tmp_path):
             assert line, "spear up exited early"
         with Client(f"tcp://127.0.0.1:{port}") as c:
             assert len(c.nodes("ready")) == 2
+        # spear up also serves the HTTP gateway
+        import urllib.request
+        line = p.stdout.readline()
+        assert "admin http://" in line, line
+        with urllib.request.urlopen(f"http://{http}/v1/nodes", timeout=5) as r:
+            assert r.status == 200 and b"spearlet-1" in r.read()
         assert (tmp_path / "d" / "sms").is_dir()  # LevelDB lives under the data dir
         p.send_signal(signal.SIGTERM)
         assert p.wait(20) == 0

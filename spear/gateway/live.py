@@ -1,0 +1,158 @@
+"""Live figures for the admin page, and the logs this gateway saw stream by.
+
+:class:`Monitor` samples the SMS every ``interval`` seconds (two requests:
+``Stats`` and the newest page of executions) and keeps the last ``window``
+seconds of :class:`~spear.gateway.models.Sample` for plots; listeners get
+each new sample as it is taken. The figure arithmetic is in
+:func:`make_sample`, a pure function of two readings, tested without a
+cluster.
+
+:class:`LogStore` keeps the stderr of executions streamed through this
+gateway (the SMS keeps none), bounded in executions and bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+
+from .. import errors, protocol as P
+from .models import LiveHistory, Sample
+
+log = logging.getLogger("spear.gateway")
+
+_FAILED = ("failed", "timed_out", "lost")
+
+
+class Reading:
+    """What one poll of the SMS returned."""
+
+    __slots__ = ("ts", "stats", "recent")
+
+    def __init__(self, ts: float, stats: P.StatsReply, recent: list[P.ExecutionInfo]) -> None:
+        self.ts = ts
+        self.stats = stats
+        self.recent = recent
+
+
+def _pct(sorted_values: list[float], q: float) -> float:
+    i = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[i]
+
+
+def make_sample(prev: Reading | None, cur: Reading) -> Sample:
+    """The figures between two readings (rates are 0 for the first one)."""
+    st = cur.stats
+    counts = st.counts
+    done = sum(counts.get(s, 0) for s in P.TERMINAL)
+    failed = sum(counts.get(s, 0) for s in _FAILED)
+    rate = fail_rate = 0.0
+    since = cur.ts - 60.0
+    if prev is not None:
+        dt = max(cur.ts - prev.ts, 1e-6)
+        pc = prev.stats.counts
+        # a negative difference means the SMS restarted and its counters with it
+        rate = max(0, done - sum(pc.get(s, 0) for s in P.TERMINAL)) / dt
+        fail_rate = max(0, failed - sum(pc.get(s, 0) for s in _FAILED)) / dt
+        since = prev.ts
+    finished = [i for i in cur.recent if i.status in P.TERMINAL and i.finished_at > since]
+    lat = sorted((i.finished_at - i.submitted_at) * 1e3 for i in finished if i.submitted_at > 0)
+    ok = [i for i in finished if i.status == "succeeded"]
+    return Sample(
+        ts=cur.ts,
+        invocations_per_s=round(rate, 3),
+        failures_per_s=round(fail_rate, 3),
+        latency_p50_ms=round(_pct(lat, 0.5), 3) if lat else None,
+        latency_p95_ms=round(_pct(lat, 0.95), 3) if lat else None,
+        pool_hit_rate=round(sum(not i.cold for i in ok) / len(ok), 4) if ok else None,
+        executions_active=st.executions_active,
+        nodes_ready=st.nodes_ready,
+        cores_total=st.cores_total,
+        cores_reserved=st.cores_reserved,
+    )
+
+
+class Monitor:
+    """Periodic sampler of cluster figures with a bounded history."""
+
+    def __init__(self, client, *, interval: float = 2.0, window: float = 600.0,
+                 sample_size: int = 200) -> None:
+        self.client = client
+        self.interval = interval
+        self.sample_size = sample_size
+        self.samples: collections.deque[Sample] = collections.deque(maxlen=max(2, int(window / interval)))
+        self._prev: Reading | None = None
+        self._listeners: set[asyncio.Queue] = set()
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    def history(self) -> LiveHistory:
+        return LiveHistory(interval=self.interval, samples=list(self.samples))
+
+    async def poll(self) -> Sample:
+        """Take one sample now (also what the loop does every interval)."""
+        stats = await self.client.stats()
+        recent, _ = await self.client.executions(limit=self.sample_size)
+        cur = Reading(time.time(), stats, recent)
+        sample = make_sample(self._prev, cur)
+        self._prev = cur
+        self.samples.append(sample)
+        for q in list(self._listeners):
+            if q.full():
+                q.get_nowait()
+            q.put_nowait(sample)
+        return sample
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.poll()
+            except errors.SpearError as exc:
+                log.debug("live sample failed: %s", exc)
+            except Exception:  # never let a figure kill the gateway
+                log.exception("live sample failed")
+            await asyncio.sleep(self.interval)
+
+    async def listen(self):
+        """Every new sample, as it is taken."""
+        q: asyncio.Queue = asyncio.Queue(16)
+        self._listeners.add(q)
+        try:
+            while True:
+                yield await q.get()
+        finally:
+            self._listeners.discard(q)
+
+
+class LogStore:
+    """Captured stderr per execution id, newest ``max_executions`` kept."""
+
+    def __init__(self, max_executions: int = 1000, max_bytes: int = 64 * 1024) -> None:
+        self.max_executions = max_executions
+        self.max_bytes = max_bytes
+        self._logs: collections.OrderedDict[str, tuple[bytes, bool]] = collections.OrderedDict()
+
+    def put(self, execution_id: str, chunks: list[bytes]) -> None:
+        data = b"".join(chunks)
+        truncated = len(data) > self.max_bytes
+        if truncated:
+            data = data[-self.max_bytes:]  # the end of a log says most about how it ended
+        self._logs[execution_id] = (data, truncated)
+        self._logs.move_to_end(execution_id)
+        while len(self._logs) > self.max_executions:
+            self._logs.popitem(last=False)
+
+    def get(self, execution_id: str) -> tuple[bytes, bool] | None:
+        """``(data, truncated)`` or None when nothing was captured."""
+        return self._logs.get(execution_id)
