@@ -498,7 +498,7 @@ class Event(_Msg, frozen=True):
 
     id: int
     seq: int
-    kind: Literal["node", "execution"]
+    kind: Literal["node", "execution", "function"]
     key: str
     state: str
     ts: float

@@ -34,7 +34,7 @@ class EventLog:
 
     def publish(self, kind: str, key: str, state: str, ts: float, detail: str = "") -> None:
         self.seq += 1
-        ev = (self.seq, "node" if kind == "node" else "execution", key, state, ts, detail)
+        ev = (self.seq, kind if kind in ("node", "function") else "execution", key, state, ts, detail)
         self.buffer.append(ev)
         if self.subscribers:
             for ident, rid in list(self.subscribers):

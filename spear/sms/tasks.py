@@ -200,6 +200,12 @@ class TaskService:
 
     def register_function(self, spec: P.FunctionSpec, now: float) -> P.FunctionInfo:
         """Register or update a function; the artifact is stored once by content hash."""
+        if spec.runtime == "wasm" and not spec.artifact:
+            raise errors.InvalidArgument("a wasm function needs an artifact (.wasm or .wat bytes)")
+        if spec.runtime == "process" and not (spec.command or spec.handler):
+            raise errors.InvalidArgument("a process function needs a command or a handler")
+        if spec.runtime == "docker" and not spec.image:
+            raise errors.InvalidArgument("a docker function needs an image")
         art_digest = ""
         if spec.artifact is not None:
             art_digest = hashlib.sha256(spec.artifact).hexdigest()
