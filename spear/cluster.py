@@ -24,6 +24,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def port_free(port: int) -> bool:
+    """Can 127.0.0.1:port be bound right now?"""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 class Cluster:
     """SMS + N Spearlets as subprocesses; a context manager that always cleans up."""
 
@@ -118,7 +128,10 @@ class Cluster:
     def start(self, *, wait: float = 30.0, first_spearlet_port: int | None = None) -> "Cluster":
         self.start_sms()
         for i in range(self.n):
-            self.start_spearlet(i, first_spearlet_port + i if first_spearlet_port else None)
+            port = first_spearlet_port + i if first_spearlet_port else None
+            if port is not None and not port_free(port):
+                port = None  # taken: any free port will do
+            self.start_spearlet(i, port)
         if self.gateway:
             self.gateway_proc = self._spawn(["gateway", "--sms", self.sms_addr, "--http", self.gateway],
                                             "gateway")
