@@ -65,8 +65,11 @@ async def start(rt: ProcessRuntime, s: FunctionSpec):
 
 @pytest.fixture(autouse=True)
 def no_leftovers():
+    # daemons of other modules' long-lived fixtures are not this test's business
+    before = {p.pid for p in descendants()}
     yield
-    assert gone([p.pid for p in descendants()]), descendants()
+    mine = [p for p in descendants() if p.pid not in before]
+    assert gone([p.pid for p in mine]), mine
 
 
 # ------------------------------------------------------------------ one-shot
