@@ -5,27 +5,31 @@ Not collected by pytest (the file name does not start with ``test_``). Run from
 the repository root::
 
     pip install atheris                       # manylinux wheels: no clang needed
-    python3 tests/fuzz/atheris_sms.py -max_total_time=600 /tmp/spear-corpus
+    python3 tests/fuzz/atheris_sms.py -max_total_time=600 -artifact_prefix=/tmp/ /tmp/spear-corpus
     python3 tests/fuzz/atheris_sms.py -runs=200000 -rss_limit_mb=4096 /tmp/spear-corpus
+    python3 tests/fuzz/atheris_sms.py /tmp/crash-...   # replay one input
+    python3 bench/fuzz_long.py --seconds 0 --atheris 600   # the same via the wrapper
 
 Any libFuzzer flag works (``-jobs``, ``-workers``, ``-dict``, ``-only_ascii``...).
 The corpus directory is seeded with one valid message of every type (and a few
 known-bad frames) when it is empty.
 
-One input is a multipart message as a ROUTER sees it, frames separated by
-``SEP``: ``ident SEP frame0 SEP frame1 [SEP payload ...]``. Each input goes
+One input is a short conversation: up to 16 multipart messages separated by
+``MSEP``, each one as a ROUTER sees it, frames separated by ``SEP``:
+``ident SEP frame0 SEP frame1 [SEP payload ...]``. Every input gets a fresh SMS
+(memory store, never started: its handlers are synchronous, its socket is
+never bound and what it sends is captured), so a crash replays from its input
+alone. Each message goes
 
 1. through :func:`spear.protocol.decode`, which may only raise ProtocolError;
 2. through :func:`spear.protocol.request_id_of`, which may not raise and must
    return an id in ``[0, 2**63)``;
-3. into ``RouterServer._on_frames`` of a real :class:`spear.sms.daemon.SMS`
-   (memory store, never started: its handlers are synchronous, its ROUTER is
-   unbound so replies go nowhere), which may not raise; every message the SMS
-   sends must encode and decode again;
-4. and then the SMS's invariants are checked (reservations >= 0, executions
-   indexed by node exist, bounded subscriptions). Every 64 inputs the SMS
-   clock advances (``registry.tick``/``tasks.tick``); every 20,000 inputs the
-   SMS is rebuilt so its state (and RSS) stays bounded.
+3. into ``RouterServer._on_frames`` of the SMS, which may not raise; every
+   message the SMS sends must encode and decode again;
+
+then the SMS clock jumps ahead (``registry.tick``/``tasks.tick``, timeouts and
+retries fire) and its invariants are checked: reservations >= 0, executions
+indexed under the node they run on, bounded subscriptions and queue.
 
 Known bugs (see the strict xfails in test_fuzz.py) would stop the run at once;
 by default they are tolerated and counted, ``SPEAR_ATHERIS_STRICT=1`` makes them
@@ -61,39 +65,36 @@ import msgspec
 logging.disable(logging.CRITICAL)
 
 SEP = b"|\xfe\xfe|"
+MSEP = b"#\xfd\xfd#"
+MAX_MESSAGES = 16
 STRICT = os.environ.get("SPEAR_ATHERIS_STRICT") == "1"
 #: exception types of known bugs, tolerated unless SPEAR_ATHERIS_STRICT=1
 KNOWN = {
     # protocol.decode lets these out (test_undecodable_frame_is_answered)
     "decode": (RecursionError, UnicodeDecodeError),
-    # the same, through the router; ident.decode() in on_result/on_log_chunk is caught
-    # by the router itself; Stats overflow (test_stats_survive_huge_node_capacity)
+    # the same through the router, and the Stats overflow on encode
+    # (test_stats_survive_huge_node_capacity); ident.decode() in on_result and
+    # on_log_chunk is caught by the router and becomes an INTERNAL reply
     "router": (RecursionError, UnicodeDecodeError, OverflowError),
 }
 counts: collections.Counter = collections.Counter()
-_state = {"sms": None, "n": 0, "sent": []}
+CONFIG = load_config(env={}, overrides={"sms.listen": "tcp://127.0.0.1:0",
+                                        "storage.backend": "memory",
+                                        "sms.heartbeat_timeout": 5.0,
+                                        "sms.cleanup_interval": 30.0})
 
 
-def new_sms() -> SMS:
-    old = _state["sms"]
-    if old is not None:
-        old.server.close()
-        old.store.close()
-    cfg = load_config(env={}, overrides={"sms.listen": "tcp://127.0.0.1:0",
-                                          "storage.backend": "memory",
-                                          "sms.heartbeat_timeout": 5.0,
-                                          "sms.cleanup_interval": 30.0})
-    sms = SMS(cfg)
+def new_sms(sent: list) -> SMS:
+    """A fresh SMS whose outgoing messages land in ``sent``."""
+    sms = SMS(CONFIG)
     endpoint = sms.server.endpoint
-    sent = _state["sent"]
 
-    def capture(frames, *, copy=True):  # replaces the socket send: keep what the SMS says
+    def capture(frames, *, copy=True):  # instead of the socket: keep what the SMS says
         sent.append(frames)
         endpoint.sent += 1
         return True
 
     endpoint.send = capture
-    _state["sms"] = sms
     return sms
 
 
@@ -108,10 +109,10 @@ def check_invariants(sms: SMS) -> None:
     assert len(sms.tasks.queue) <= sms.tasks.s.max_queue + 1
 
 
-def TestOneInput(data: bytes) -> None:
-    parts = data.split(SEP)
+def one_message(sms: SMS, sent: list, raw: bytes) -> None:
+    parts = raw.split(SEP)
     ident, frames = (parts[0] or b"\x00fz"), parts[1:] or [b""]
-    counts["inputs"] += 1
+    counts["messages"] += 1
 
     # 1. the decoder alone
     try:
@@ -129,8 +130,6 @@ def TestOneInput(data: bytes) -> None:
     assert type(rid) is int and 0 <= rid < 2**63, rid
 
     # 3. the SMS behind its router
-    sms = _state["sms"]
-    sent = _state["sent"]
     sent.clear()
     try:
         sms.server._on_frames([ident, *frames])
@@ -138,31 +137,46 @@ def TestOneInput(data: bytes) -> None:
         counts[f"known: router raised {type(exc).__name__}"] += 1
         if STRICT:
             raise
+    check_sent(sent)
+
+
+def check_sent(sent: list) -> None:
     for out in sent:
         assert isinstance(out[0], bytes) and out[0], out[0]  # always addressed to a peer
         msg, _ = P.decode(out[1:])  # the SMS only ever sends what it can read back
         counts[f"sent {type(msg).__name__}"] += 1
         if isinstance(msg, P.ErrorReply) and msg.code == "INTERNAL":
             counts["INTERNAL replies"] += 1
-            if STRICT and not msg.message.startswith("UnicodeDecodeError"):
+            if STRICT or not msg.message.startswith("UnicodeDecodeError"):
                 raise AssertionError(f"INTERNAL reply: {msg.message}")
+    sent.clear()
 
-    # 4. state
-    n = _state["n"] = _state["n"] + 1
-    if n % 64 == 0:
-        now = time.time() + (n // 64) * 0.5  # the SMS's clock runs faster than ours
-        sms.registry.tick(now)
-        sms.tasks.tick(now)
-    check_invariants(sms)
-    if n % 20_000 == 0:
-        new_sms()
-    if n % 100_000 == 0:
+
+def TestOneInput(data: bytes) -> None:
+    counts["inputs"] += 1
+    sent: list = []
+    sms = new_sms(sent)
+    try:
+        for raw in data.split(MSEP)[:MAX_MESSAGES]:
+            one_message(sms, sent, raw)
+            check_invariants(sms)
+        # 4. let time pass: heartbeat timeouts, cleanup, queue timeouts, retries
+        now = time.time()
+        for later in (now + 6.0, now + 40.0):
+            sms.registry.tick(later)
+            sms.tasks.tick(later)
+            check_sent(sent)
+            check_invariants(sms)
+    finally:
+        sms.server.close()
+        sms.store.close()
+    if counts["inputs"] % 100_000 == 0:
         report()
 
 
 def seeds() -> list[bytes]:
     """One valid message of every type, plus a few known-bad frames."""
-    from hypothesis import HealthCheck, given, settings, strategies as st
+    from hypothesis import HealthCheck, given, settings
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from fuzz.test_fuzz import ADD_WAT, MESSAGE_STRATEGIES, REF, UNDECODABLE  # noqa: E402
@@ -193,6 +207,33 @@ def seeds() -> list[bytes]:
             out.append(SEP.join([ident, P.PROTOCOL, msgspec.msgpack.encode(obj)]))
     out += [SEP.join([b"\x00cli", *frames]) for frames in UNDECODABLE.values()]
     out.append(SEP.join([b"\x00cli", P.PROTOCOL]))
+
+    def m(ident: bytes, msg, payload: bytes | None = None) -> bytes:
+        return SEP.join([ident, *P.encode(msg, payload)])
+
+    node = P.NodeInfo(node_id="fz-node", runtimes=["wasm"], capacity=P.Capacity(
+        cores=4, memory=2**34, slots=2))
+    fn = P.FunctionSpec(name="f", runtime="wasm", handler="add")
+    info = P.ExecutionInfo(execution_id="e1", function="f", status="succeeded")
+    # a node registers, a function is deployed and invoked, the node answers (or not)
+    for ending in ([m(b"fz-node", P.Result(id=1, execution=info), b"3")],
+                   [m(b"fz-node", P.LogChunk(id=1, execution_id="e1", data=b"x")),
+                    m(b"fz-node", P.ErrorReply(id=1, code="RESOURCE_EXHAUSTED", message="x"))],
+                   [m(b"fz-node", P.Heartbeat(id=5, node_id="fz-node", usage=P.Usage(),
+                                              running_ids=["e1"]))],
+                   [m(b"\x00cli", P.CancelExecution(id=6, execution_id="e1"))],
+                   [m(b"fz-node", P.Deregister(id=7, node_id="fz-node"))],
+                   [m(b"\x00cli", P.RemoveFunction(id=8, name="f"))],
+                   [m(b"\x00cli", P.Stats(id=9)), m(b"\x00cli", P.Subscribe(id=10))]):
+        out.append(MSEP.join([
+            m(b"fz-node", P.Register(id=1, node=node)),
+            m(b"\x00cli", P.DeployFunction(id=2, spec=fn), ADD_WAT),
+            m(b"\x00cli", P.Invoke(id=3, function="f", args=[1, 2], execution_id="e1")),
+            m(b"\x00cli", P.Invoke(id=4, function="f", args=[1, 2], mode="async")),
+            *ending,
+            m(b"\x00cli", P.GetExecution(id=11, execution_id="e1")),
+            m(b"\x00cli", P.ListExecutions(id=12)),
+        ]))
     return out
 
 
@@ -208,7 +249,6 @@ def main() -> None:
         if not any(corpus.iterdir()):
             for i, s in enumerate(seeds()):
                 (corpus / f"seed-{i:03d}").write_bytes(s)
-    new_sms()
     atexit.register(report)
     atheris.Setup(sys.argv, TestOneInput)
     atheris.Fuzz()
