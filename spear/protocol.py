@@ -64,9 +64,9 @@ class _Msg(Struct, frozen=True, tag_field="t", tag=True, kw_only=True, omit_defa
 class Capacity(Struct, frozen=True, kw_only=True):
     """What a node offers: logical cores, memory and disk in bytes."""
 
-    cores: NonNeg = 0.0
-    memory: NonNegInt = 0
-    disk: NonNegInt = 0
+    cores: Annotated[float, Meta(ge=0, le=1e6)] = 0.0
+    memory: Annotated[int, Meta(ge=0, le=2**48)] = 0
+    disk: Annotated[int, Meta(ge=0, le=2**52)] = 0
     slots: NonNegInt = 0  # concurrent executions the node accepts (0: no limit)
 
 
@@ -89,17 +89,18 @@ class NodeInfo(Struct, frozen=True, kw_only=True):
     """A node as the SMS knows it (also the record stored in the SMS store)."""
 
     node_id: NodeId
-    name: str = ""
-    address: str = ""
-    labels: dict[str, str] = {}
-    runtimes: list[str] = []
-    unavailable: dict[str, str] = {}
+    name: Annotated[str, Meta(max_length=256)] = ""
+    address: Annotated[str, Meta(max_length=512)] = ""
+    labels: LabelMap = {}
+    runtimes: Annotated[list[Annotated[str, Meta(max_length=64)]], Meta(max_length=16)] = []
+    unavailable: Annotated[dict[Annotated[str, Meta(max_length=64)],
+                                Annotated[str, Meta(max_length=2048)]], Meta(max_length=16)] = {}
     capacity: Capacity = Capacity()
     usage: Usage = Usage()
     state: NodeState = "ready"
     registered_at: float = 0.0
     last_seen: float = 0.0
-    public_key: str = ""  # z85 CURVE key of the node's ROUTER (empty: open)
+    public_key: Annotated[str, Meta(max_length=64)] = ""  # z85 CURVE key of the node's ROUTER (empty: open)
 
 
 class Limits(Struct, frozen=True, kw_only=True):
@@ -341,8 +342,8 @@ class Invoke(_Msg, frozen=True):
     args: list[int | float] = []
     mode: Literal["sync", "async", "stream"] = "sync"
     timeout: Annotated[float, Meta(gt=0, le=86400)] | None = None
-    trace_id: str = ""
-    execution_id: str = ""
+    trace_id: Annotated[str, Meta(max_length=128)] = ""
+    execution_id: Annotated[str, Meta(max_length=128)] = ""
 
 
 class GetExecution(_Msg, frozen=True):
@@ -596,6 +597,9 @@ def decode(frames: list) -> tuple[_Msg, bytes | None]:
         raise errors.ProtocolError(f"invalid message: {exc}") from None
     except msgspec.DecodeError as exc:
         raise errors.ProtocolError(f"undecodable message: {exc}") from None
+    except (RecursionError, UnicodeDecodeError, ValueError, OverflowError) as exc:
+        # msgspec raises these plain errors for deep nesting and bad UTF-8
+        raise errors.ProtocolError(f"undecodable message: {type(exc).__name__}") from None
 
 
 def request_id_of(frames: list) -> int:

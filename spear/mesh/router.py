@@ -121,10 +121,14 @@ class RouterServer:
         self._send_out(ident, out)
 
     def _send_out(self, ident: bytes, out: Any) -> None:
-        if isinstance(out, tuple):
-            self.reply(ident, out[0], out[1])
-        else:
-            self.reply(ident, out)
+        try:
+            if isinstance(out, tuple):
+                self.reply(ident, out[0], out[1])
+            else:
+                self.reply(ident, out)
+        except Exception as exc:  # noqa: BLE001 - e.g. a reply that cannot be encoded
+            log.exception("%s: could not send a reply", self.name)
+            self.reply_error(ident, getattr(out[0] if isinstance(out, tuple) else out, "id", 0), exc)
 
     async def _finish(self, ident: bytes, rid: int, coro) -> None:
         try:

@@ -126,7 +126,13 @@ class SMS:
                          heartbeat_interval=c.heartbeat_interval,
                          heartbeat_timeout=c.heartbeat_timeout)
 
+    def _check_node(self, ident: bytes, node_id: str) -> None:
+        # a node speaks only for itself: its routing id is its node id
+        if ident != node_id.encode():
+            raise errors.PermissionDenied(f"peer {ident!r} may not act for node {node_id!r}")
+
     def on_heartbeat(self, ident, msg: P.Heartbeat, payload):
+        self._check_node(ident, msg.node_id)
         now = time.time()
         known = self.registry.heartbeat(msg.node_id, msg.usage, now)
         if known:
@@ -135,6 +141,7 @@ class SMS:
         return P.HeartbeatAck(id=msg.id, known=known)
 
     def on_deregister(self, ident, msg: P.Deregister, payload):
+        self._check_node(ident, msg.node_id)
         self.registry.deregister(msg.node_id, time.time())
         log.info("node %s deregistered", msg.node_id)
         return P.Ok(id=msg.id)
@@ -211,11 +218,23 @@ class SMS:
         items, total = self.tasks.list_executions(msg)
         return P.ExecutionList(id=msg.id, executions=items, total=total)
 
+    def _node_of(self, ident: bytes) -> str | None:
+        """The registered node behind a routing id, or None (then the message is dropped)."""
+        node = ident.decode("utf-8", "replace")
+        if node not in self.registry.nodes:
+            self.server.protocol_errors += 1
+            return None
+        return node
+
     def on_result(self, ident, msg: P.Result, payload):
-        self.tasks.on_result(ident.decode(), msg, payload, time.time())
+        node = self._node_of(ident)
+        if node is not None:
+            self.tasks.on_result(node, msg, payload, time.time())
 
     def on_log_chunk(self, ident, msg: P.LogChunk, payload):
-        self.tasks.on_log(ident.decode(), msg)
+        node = self._node_of(ident)
+        if node is not None:
+            self.tasks.on_log(node, msg)
 
     def on_node_error(self, ident, msg: P.ErrorReply, payload):
         node = ident.decode("utf-8", "replace")

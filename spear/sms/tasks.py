@@ -513,6 +513,8 @@ class TaskService:
         for w in ex.waiters:
             self.outbox.to_client(w.ident, *self.result_msg(ex, w.rid))
         ex.waiters.clear()
+        if len(ex.output) > self.s.keep_output:
+            ex.output = b""  # delivered to the waiters; not retained (memory bound)
         if self.queue:
             self.retry_queue(now)  # the capacity it freed goes to the queue first
         self._event("execution", ex.info.execution_id, status, now, ex.info.function)

@@ -335,6 +335,8 @@ class FunctionService:
                 f"node {self.node_id} is running {self.running} executions (limit {self.max_concurrency})")
         if msg.timeout is not None and self.maxima is not None:
             self.check_limits(P.Limits(), msg.timeout)
+        if msg.execution_id and msg.execution_id in self.executions:
+            raise errors.InvalidArgument(f"execution id {msg.execution_id!r} already exists")
         data = payload if payload is not None else b""
         slot = -1
         if msg.mode == "sync":
@@ -421,6 +423,12 @@ class FunctionService:
             send(P.ErrorReply(id=msg.id, code=code, message=(
                 f"node {self.node_id} is stopping" if self.draining
                 else f"node {self.node_id} is at its concurrency limit")))
+            return None
+        known = self.executions.get(msg.execution_id)
+        if known is not None:
+            # a repeated dispatch: report what we have, never run it twice
+            if known.done.is_set():
+                send(P.Result(id=msg.id, execution=known.info), known.output)
             return None
         d = self.deployments.get(msg.function)
         out = -1
