@@ -282,7 +282,8 @@ class TaskService:
         else:
             self._schedule(ex, now)
         if msg.mode == "async":
-            self.dirty.add(eid)
+            # written before Accepted confirms it (to the OS: survives an SMS crash)
+            self._write(ex)
             return P.Accepted(id=msg.id, execution_id=eid)
         return None
 
@@ -397,7 +398,10 @@ class TaskService:
         for eid in list(self.by_node.get(node, ())):
             ex = self.execs.get(eid)
             if ex is not None and ex.dispatch_id == msg.id:
-                if msg.code in ("RESOURCE_EXHAUSTED", "UNAVAILABLE"):
+                if msg.details.get("started"):
+                    # it ran (partly) there: a node failure, retried only if allowed
+                    self._node_failed(ex, now, f"{msg.code}: {msg.message}")
+                elif msg.code in ("RESOURCE_EXHAUSTED", "UNAVAILABLE"):
                     self._spill(ex, now, f"{msg.code}: {msg.message}")
                 else:
                     self._unassign(ex)
@@ -624,6 +628,20 @@ class TaskService:
         if self.queue:
             self.retry_queue(now, full=True)
         self.flush()
+
+    def _write(self, ex: Exec) -> None:
+        self.dirty.discard(ex.info.execution_id)
+        self.store.put(*self._record(ex))
+
+    def _record(self, ex: Exec) -> tuple[bytes, bytes]:
+        out = ex.output if len(ex.output) <= self.s.keep_output else b""
+        inp = None
+        if ex.info.status not in TERMINAL and ex.data is not None \
+                and len(ex.data) <= self.s.keep_output:
+            inp = ex.data
+        return EX_PREFIX + ex.info.execution_id.encode(), _enc.encode(StoredExecution(
+            info=ex.info, output=out, retries=ex.retries, timeout=ex.timeout, input=inp,
+            failures=ex.failures, stream=ex.stream))
 
     def flush(self) -> None:
         """Write dirty execution records in one batch."""

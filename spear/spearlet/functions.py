@@ -472,7 +472,8 @@ class FunctionService:
             if self.draining and ex.info.status == "cancelled":
                 # stopped by our own shutdown, not by a user: hand it back
                 send(P.ErrorReply(id=msg.id, code="UNAVAILABLE",
-                                  message=f"node {self.node_id} stopped before it finished"))
+                                  message=f"node {self.node_id} stopped before it finished",
+                                  details={"started": "1"}))
                 return
             send(P.Result(id=msg.id, execution=ex.info), ex.output)
         finally:

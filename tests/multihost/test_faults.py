@@ -6,6 +6,12 @@ idempotent) succeed with the right output; non-retryable ones succeed or
 end ``lost`` (never run twice, never left hanging); the SMS counts every
 execution once; reservations return to zero; the faulty node is ready and
 takes work again.
+
+Hosts are network namespaces on a private bridge (lab.py); the SMS runs with
+heartbeats every 0.2 s and turns a node unhealthy after 1 s. Tests marked
+``xfail(strict=True, reason="bug: ...")`` pin bugs found in spear/: each
+reproduces one deterministically and will XPASS (fail) once it is fixed, so
+the marker must then go.
 """
 
 from __future__ import annotations
@@ -250,12 +256,6 @@ def test_sms_killed_and_restarted(multihost):
               f"{len(missing)} accepted then unknown")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: the SMS answers Accepted (spear/sms/tasks.py TaskService.submit) before the "
-    "execution record is written; records are flushed by the task loop every 20 ms, later "
-    "under load (spear/sms/daemon.py _task_loop -> TaskService.flush), so an SMS killed in "
-    "that window (tens of ms: hundreds of executions at a few thousand submits/s) forgets "
-    "executions it confirmed (SPEC 6: flushed before the reply that confirms them)"))
 def test_sms_crash_keeps_every_accepted_execution(multihost):
     """Pipelined submissions (200 in flight) while the SMS is SIGKILLed, up to
     three times: every execution it confirmed with Accepted must exist after
@@ -314,6 +314,31 @@ def test_sms_crash_keeps_every_accepted_execution(multihost):
                          f"{cycle + 1} SMS crash(es)")
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "bug: a result a Spearlet sends while the SMS is down is dropped when the Spearlet "
+    "gives up on the silent SMS and resets its link (spear/spearlet/daemon.py _link_loop -> "
+    "DealerPeer.reconnect, spear/mesh/dealer.py: the old socket is closed with linger 0, "
+    "its queued Result with it); the restarted SMS then sees the execution missing from the "
+    "node's heartbeats and ends it 'lost' (retries=0) though it succeeded"))
+def test_result_finished_while_sms_down_is_delivered(multihost):
+    """Executions that finish on their node while the SMS is down (and before
+    the node notices) keep their result: the restarted SMS accepts it."""
+    mh = multihost(["sms", "h1"])
+    with mh.client(timeout=20) as c:
+        c.deploy(slow_echo("once-1s", 1.0))
+        once = submit_batch(c, "once-1s", 4, "o")
+        wait_for(lambda: len(placed_on(c, mh.node_id("h1"))) == 4, 5, "dispatched")
+    time.sleep(0.4)  # running; they finish about 0.6 s after the kill
+    mh.kill("sms")
+    time.sleep(2.0)  # the node notices the silent SMS after its 1 s timeout
+    mh.start_sms()
+    mh.wait_ready(["h1"], timeout=20)
+    with mh.client(timeout=20) as c:
+        results = settle(c, once, retryable=set())
+        lost = [e for e, r in results.items() if not r.ok]
+        assert not lost, f"{len(lost)} of {len(once)} finished executions ended lost"
+
+
 @pytest.mark.parametrize("delay", [0.0, 2.0], ids=["at-once", "after-unhealthy"])
 def test_spearlet_restarted_with_same_node_id(multihost, delay):
     mh = multihost(["sms", "h1", "h2"])
@@ -367,12 +392,6 @@ def test_graceful_stop_hands_work_back(multihost):
         assert_no_reservations(c)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: on SIGTERM a Spearlet cancels what still runs after drain_timeout and hands it "
-    "back with ErrorReply UNAVAILABLE (spear/spearlet/functions.py run_dispatch, "
-    "'stopped before it finished'); the SMS takes that as a refusal and re-dispatches "
-    "(spear/sms/tasks.py on_dispatch_error -> _spill), whatever the function's retries: "
-    "a retries=0 execution that already ran starts a second time elsewhere"))
 def test_graceful_stop_never_reruns_a_started_non_retryable_execution(multihost):
     import shutil
     import tempfile
