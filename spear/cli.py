@@ -49,7 +49,9 @@ def _client_opts(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="spear", description="Spear: a distributed serverless platform")
     ap.add_argument("--version", action="version", version=f"spear {__version__}")
-    ap.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    ap.add_argument("--log-level", metavar="LEVEL[,COMPONENT=LEVEL...]",
+                    help="debug|info|warning|error, optionally per component: "
+                         "info,spear.mesh=debug")
     ap.add_argument("--log-format", choices=["auto", "json", "text"])
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -297,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     daemon = args.command in ("sms", "spearlet", "up", "gateway")
     try:
-        cfg = _config(args)
+        cfg = _config(args, {"global.log_level": args.log_level,
+                             "global.log_format": args.log_format})
     except errors.ConfigError as exc:
         print(f"spear: configuration error: {exc.message}", file=sys.stderr)
         return EXIT_USAGE

@@ -44,7 +44,10 @@ class _Section(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
 class GlobalConfig(_Section, frozen=True):
     """Settings shared by every daemon and client."""
 
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    #: a level, optionally followed by per-component levels:
+    #: "info,spear.mesh=debug,spear.sms.tasks=warning"
+    log_level: Annotated[str, Meta(pattern=r"^(debug|info|warning|error)"
+                                            r"(,[a-z_.]+=(debug|info|warning|error))*\Z")] = "info"
     log_format: Literal["auto", "json", "text"] = "auto"
     timeout: Seconds = 10.0
     sms: Address = DEFAULT_SMS

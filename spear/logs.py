@@ -44,5 +44,10 @@ def setup(level: str = "info", fmt: str = "auto", *, component: str = "") -> Non
             "%H:%M:%S"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    base, *parts = level.split(",")
+    root.setLevel(base.upper())
+    for part in parts:  # per-component levels: spear.mesh=debug
+        name, _, lvl = part.partition("=")
+        if name and lvl:
+            logging.getLogger(name.strip()).setLevel(lvl.strip().upper())
     logging.Formatter.converter = time.gmtime
