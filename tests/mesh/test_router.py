@@ -241,10 +241,12 @@ def test_register_then_query_through_the_client(arun, free_port, zsocket):
                     id=2, node_id="node-a", usage=P.Usage(running=4))))
                 ack, _ = await recv(spearlet)
                 assert ack == P.HeartbeatAck(id=2, known=True)
+                # a node speaks only for itself
                 await spearlet.send_multipart(P.encode(P.Heartbeat(
                     id=3, node_id="stranger", usage=P.Usage())))
                 ack, _ = await recv(spearlet)
-                assert ack == P.HeartbeatAck(id=3, known=False)
+                assert isinstance(ack, P.ErrorReply) and ack.code == "PERMISSION_DENIED"
+                assert ack.id == 3
 
                 async with AsyncClient(sms.address, timeout=REPLY_TIMEOUT) as client:
                     [info] = await client.nodes()

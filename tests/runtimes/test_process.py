@@ -63,12 +63,21 @@ async def start(rt: ProcessRuntime, s: FunctionSpec):
     return await rt.create_instance(await rt.prepare(s))
 
 
+_BEFORE: set[int] = set()
+
+
+def new_descendants() -> list[psutil.Process]:
+    """Descendants started since this test began (other modules' daemons excluded)."""
+    return [p for p in descendants() if p.pid not in _BEFORE]
+
+
 @pytest.fixture(autouse=True)
 def no_leftovers():
     # daemons of other modules' long-lived fixtures are not this test's business
-    before = {p.pid for p in descendants()}
+    _BEFORE.clear()
+    _BEFORE.update(p.pid for p in descendants())
     yield
-    mine = [p for p in descendants() if p.pid not in before]
+    mine = new_descendants()
     assert gone([p.pid for p in mine]), mine
 
 
@@ -362,7 +371,7 @@ def test_cancel_kills_the_process_group():
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-            assert descendants() == [] or gone([p.pid for p in descendants()])
+            assert gone([p.pid for p in new_descendants()])
         await rt.close()
 
     run(main())
@@ -443,7 +452,7 @@ def test_destroy_and_close_leave_no_process():
         assert gone(pids[:1], wait=0)
         await rt.close()
         assert gone(pids, wait=0)
-        assert descendants() == []
+        assert gone([p.pid for p in new_descendants()], wait=0)
 
     run(main())
 
