@@ -84,7 +84,10 @@ class Cluster:
         self.data.mkdir(parents=True, exist_ok=True)
         out = open(self.data / f"{log_name}.log", "ab")
         self._logs.append(out)
-        cmd = [sys.executable, "-m", "spear", "--log-level", self.log_level, *args]
+        # -P: the daemons import the installed spear, never a same-named
+        # directory in the current working directory (Python >= 3.11)
+        safe = ["-P"] if sys.version_info >= (3, 11) else []
+        cmd = [sys.executable, *safe, "-m", "spear", "--log-level", self.log_level, *args]
         config = config or self.config
         if config:
             cmd += ["--config", config]
