@@ -114,6 +114,14 @@ class _Api:
     def _call(self, target, msg, payload, extract, timeout):
         raise NotImplementedError
 
+    def _invoke_msg(self, function, data, args, mode, timeout, trace_id):
+        """The Invoke message and its payload frame (None when the input is empty)."""
+        if isinstance(data, str):
+            data = data.encode()
+        msg = P.Invoke(id=self._next_id(), function=function, args=list(args or ()),
+                       mode=mode, timeout=timeout, trace_id=trace_id)
+        return msg, data or None
+
     # ------------------------------------------------------------ any daemon
 
     def ping(self, *, node: str | None = None, timeout: float | None = None):
@@ -170,12 +178,9 @@ class _Api:
         A failed execution is a result with ``status != "succeeded"``, not an
         exception; call ``raise_for_status()`` to turn it into one.
         """
-        if isinstance(data, str):
-            data = data.encode()
-        msg = P.Invoke(id=self._next_id(), function=function, args=list(args or ()),
-                       timeout=timeout, trace_id=trace_id)
+        msg, data = self._invoke_msg(function, data, args, "sync", timeout, trace_id)
         wait = (timeout or self.timeout) + 5.0
-        return self._call(node, msg, data or None, _result, wait)
+        return self._call(node, msg, data, _result, wait)
 
     def submit(
         self,
@@ -188,11 +193,8 @@ class _Api:
         trace_id: str = "",
     ):
         """Start ``function`` asynchronously; returns the execution id."""
-        if isinstance(data, str):
-            data = data.encode()
-        msg = P.Invoke(id=self._next_id(), function=function, args=list(args or ()),
-                       mode="async", timeout=timeout, trace_id=trace_id)
-        return self._call(node, msg, data or None, _accepted, None)
+        msg, data = self._invoke_msg(function, data, args, "async", timeout, trace_id)
+        return self._call(node, msg, data, _accepted, None)
 
     def execution(self, execution_id: str, *, wait: float = 0.0, node: str | None = None,
                   timeout: float | None = None):
@@ -287,13 +289,10 @@ class AsyncClient(_Api):
     async def stream(self, function: str, data: bytes | str = b"", *, args=None,
                      node: str | None = None, timeout: float | None = None, trace_id: str = ""):
         """Invoke in stream mode: yields ``LogChunk`` data (bytes), then the result."""
-        if isinstance(data, str):
-            data = data.encode()
         peer = self._peer(node)
         queue: asyncio.Queue = asyncio.Queue()
-        msg = P.Invoke(id=self._next_id(), function=function, args=list(args or ()),
-                       mode="stream", timeout=timeout, trace_id=trace_id)
-        fut = peer.request(msg, data or None, timeout=(timeout or self.timeout) + 5.0,
+        msg, data = self._invoke_msg(function, data, args, "stream", timeout, trace_id)
+        fut = peer.request(msg, data, timeout=(timeout or self.timeout) + 5.0,
                            on_item=lambda m, p: queue.put_nowait(m.data))
         fut.add_done_callback(lambda f: queue.put_nowait(None))
         while True:
@@ -381,12 +380,9 @@ class Client(_Api):
                node: str | None = None, timeout: float | None = None,
                trace_id: str = "") -> Iterator[Any]:
         """Invoke in stream mode: yields log chunks (bytes) as they arrive, then the result."""
-        if isinstance(data, str):
-            data = data.encode()
-        msg = P.Invoke(id=self._next_id(), function=function, args=list(args or ()),
-                       mode="stream", timeout=timeout, trace_id=trace_id)
+        msg, data = self._invoke_msg(function, data, args, "stream", timeout, trace_id)
         sock = self._sock(node)
-        sock.send_multipart(P.encode(msg, data or None))
+        sock.send_multipart(P.encode(msg, data))
         deadline = time.monotonic() + (timeout or self.timeout) + 5.0
         while True:
             left = deadline - time.monotonic()

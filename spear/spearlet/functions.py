@@ -41,6 +41,13 @@ _STATUS_OF = {
 }
 
 
+def _failure(exc: errors.SpearError) -> tuple[str, P.ErrorInfo, int | None]:
+    """Status, typed error and exit code of an execution that raised ``exc``."""
+    x = exc.details.get("exit_code")
+    return (_STATUS_OF.get(type(exc), "failed"), P.ErrorInfo(code=exc.code, message=exc.message),
+            x if isinstance(x, int) else None)
+
+
 @dataclass
 class Deployment:
     """A function installed on this node."""
@@ -191,10 +198,7 @@ class FunctionService:
             outcome = d.runtime.invoke_now(inst, data, args, limits)
         except errors.SpearError as exc:
             d.pool.release(slot, healthy=isinstance(exc, errors.FunctionError) and inst.reusable)
-            status = _STATUS_OF.get(type(exc), "failed")
-            err = P.ErrorInfo(code=exc.code, message=exc.message)
-            x = exc.details.get("exit_code")
-            exit_code = x if isinstance(x, int) else None
+            status, err, exit_code = _failure(exc)
         except Exception as exc:  # noqa: BLE001 - a runtime bug fails the execution only
             d.pool.release(slot, healthy=False)
             log.exception("inline execution of %s failed inside Spear", function)
@@ -265,9 +269,7 @@ class FunctionService:
             status, err = "cancelled", P.ErrorInfo(code="CANCELLED", message="cancelled by request")
             raise
         except errors.SpearError as exc:
-            status = _STATUS_OF.get(type(exc), "failed")
-            err = P.ErrorInfo(code=exc.code, message=exc.message)
-            exit_code = exc.details.get("exit_code") if isinstance(exc.details.get("exit_code"), int) else None
+            status, err, exit_code = _failure(exc)
         except Exception as exc:  # noqa: BLE001 - a runtime bug fails the execution, not the node
             log.exception("execution %s of %s failed inside Spear", ex.info.execution_id, name)
             err = P.ErrorInfo(code="INTERNAL", message=f"{type(exc).__name__}: {exc}")
