@@ -69,6 +69,12 @@ class SMSConfig(_Section, frozen=True):
     cleanup_interval: Annotated[float, Meta(gt=0, le=30 * 86400)] = 60.0
     max_executions: Annotated[int, Meta(ge=100, le=10_000_000)] = 100_000
     queue_timeout: Annotated[float, Meta(gt=0, le=86400)] = 30.0
+    #: executions waiting for capacity, all functions together; more are refused
+    max_queue: Annotated[int, Meta(ge=1, le=10_000_000)] = 10_000
+    #: a dispatched execution still running this long past its timeout (or past
+    #: default_run_timeout when it has none) ends timed_out in the SMS
+    deadline_grace: Annotated[float, Meta(gt=0, le=86400)] = 5.0
+    default_run_timeout: Annotated[float, Meta(gt=0, le=7 * 86400)] = 3600.0
     metrics_port: MetricsPort = -1
     metrics_host: Address = "127.0.0.1"
 

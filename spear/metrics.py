@@ -597,7 +597,7 @@ class SMSCollector(_Collector):
             f[name].add_metric(labels, value)
 
         t = self.tasks
-        g("spear_sms_queue_depth", len(t.queue))
+        g("spear_sms_queue_depth", t.queued)
         g("spear_sms_executions_active", _snapshot(t.active, 0))
         g("spear_sms_functions", len(t.functions))
         counts = t.counts

@@ -67,7 +67,9 @@ class SMS:
         self.tasks = TaskService(
             self.store, self.table, _Outbox(self.server), now=now,
             settings=TaskSettings(max_executions=c.max_executions, queue_timeout=c.queue_timeout,
-                                  startup_grace=2 * c.heartbeat_timeout),
+                                  startup_grace=2 * c.heartbeat_timeout,
+                                  deadline_grace=c.deadline_grace, max_queue=c.max_queue,
+                                  default_run_timeout=c.default_run_timeout),
             on_event=self._on_task_event)
         self.server.handlers.update({
             P.Ping: self.on_ping,

@@ -6,12 +6,21 @@ delivers messages to nodes and clients. Tests drive it with a fake outbox.
 Life of an execution submitted through the SMS::
 
     submit ─► pending ─(scheduler picks a node, reserves cpu/mem)─► scheduled
-       │         ▲ no node fits: queued (bounded), retried on every change
+       │         ▲ no node fits: queued per function (bounded), retried on every change
        │         └──── spillback: node refused (RESOURCE_EXHAUSTED...) ◄──┐
        │                                                                   │
        └► Dispatch ──► node runs it ──► Result ─► succeeded | failed | timed_out
                                                   | cancelled  (reservation returned)
     node lost / stops reporting it: retry elsewhere if retries allow, else ``lost``
+
+Each function waits in its own FIFO queue, so executions that cannot run
+yet (their nodes are full) never hold back another function's executions
+that a free node could run.
+
+A dispatched execution has a deadline in the SMS too: its timeout (or
+``default_run_timeout``) plus ``deadline_grace``. A node that keeps listing it
+as running past that (hung, or misbehaving) no longer holds it nor its
+reservation: it ends ``timed_out`` and the node is told to cancel it.
 
 Results are matched by execution id, so a late result (after a retry or an
 SMS restart) is accepted once and never counted twice. Heartbeats list the
@@ -103,6 +112,7 @@ class Exec:
     node: str = ""
     dispatch_id: int = 0
     dispatched_at: float = 0.0
+    deadline: float = float("inf")  # dispatched: the node must have finished by then
     reserved: tuple[float, float] = (0.0, 0.0)
     excluded: set[str] = field(default_factory=set)
     spills: int = 0
@@ -125,6 +135,11 @@ class TaskSettings:
     default_cpu: float = 0.0  # no CPU reservation unless limits.cpus asks; slots bound concurrency
     default_memory_mb: int = 16
     startup_grace: float = 5.0  # after a (re)start, wait this long for nodes to reattach
+    #: run time assumed for executions without a timeout of their own (the nodes'
+    #: maximum by default): the SMS-side deadline of a dispatched execution is its
+    #: timeout plus ``deadline_grace`` (cold start, transfer, heartbeat delay)
+    default_run_timeout: float = 3600.0
+    deadline_grace: float = 5.0
 
 
 class TaskService:
@@ -140,7 +155,9 @@ class TaskService:
         self.functions: dict[str, StoredFunction] = {}
         self.execs: collections.OrderedDict[str, Exec] = collections.OrderedDict()
         self.by_node: dict[str, set[str]] = collections.defaultdict(set)
-        self.queue: collections.deque[str] = collections.deque()
+        #: executions waiting for capacity: one FIFO per function
+        self.queues: dict[str, collections.deque[str]] = {}
+        self.queued = 0  # executions in all queues (entries of ended ones included)
         self.dirty: set[str] = set()
         self.watch: set[str] = set()  # executions with timed waiters or pending cancels
         self.counts: collections.Counter = collections.Counter()
@@ -182,13 +199,14 @@ class TaskService:
                 ex.dispatched_at = now
                 fn = self.functions.get(ex.info.function)
                 ex.reserved = self._need(fn.spec) if fn is not None else (0.0, 0.0)
+                run = ex.timeout or (fn.spec.limits.timeout if fn is not None else None)
+                ex.deadline = now + (run or self.s.default_run_timeout) + self.s.deadline_grace
                 self.table.reserve(ex.node, *ex.reserved)
                 self.table.note_running(ex.node, +1)
                 self.by_node[ex.node].add(ex.info.execution_id)
             elif ex.data is not None:
                 ex.info = msgspec.structs.replace(ex.info, status="pending")
-                ex.queued_at = now
-                self.queue.append(ex.info.execution_id)  # dispatched once nodes are back
+                self._enqueue(ex, now)  # dispatched once nodes are back
             else:
                 self._end(ex, "lost", now, "UNAVAILABLE", "SMS restarted before it was "
                           "dispatched and its input was too large to keep")
@@ -259,7 +277,7 @@ class TaskService:
     def submit(self, ident: bytes, msg: P.Invoke, payload, now: float):
         """Accept an invocation; returns the immediate reply (async) or None."""
         fn = self.get_function(msg.function)
-        if len(self.queue) >= self.s.max_queue:
+        if self.queued >= self.s.max_queue:
             raise errors.ResourceExhausted(f"SMS queue is full ({self.s.max_queue} executions waiting)")
         eid = msg.execution_id or new_id()
         if eid in self.execs:
@@ -274,11 +292,15 @@ class TaskService:
         self._prune()
         if msg.mode != "async":
             ex.waiters.append(Waiter(ident, msg.id, float("inf"), stream=ex.stream))
-        if self.queue:
-            self.retry_queue(now)
-        if self.queue:  # still waiting ones: queue behind them, don't overtake
-            ex.queued_at = now
-            self.queue.append(eid)
+        q = self.queues.get(fn.spec.name)
+        if q and not self._retrying:
+            self._retrying = True
+            try:
+                self._retry_head(q, now)
+            finally:
+                self._retrying = False
+        if q:  # earlier executions of this function still wait: queue behind them
+            self._enqueue(ex, now)
         else:
             self._schedule(ex, now)
         if msg.mode == "async":
@@ -315,8 +337,7 @@ class TaskService:
                 self._end(ex, "failed", now, "UNAVAILABLE", why)
                 return False
             if not ex.queued_at:
-                ex.queued_at = now
-                self.queue.append(ex.info.execution_id)
+                self._enqueue(ex, now)
             ex.excluded.clear()
             return False
         node = picks[0]
@@ -326,6 +347,8 @@ class TaskService:
         self.table.note_running(node, +1)
         ex.dispatch_id = next(self._dispatch_ids)
         ex.dispatched_at = now
+        run = ex.timeout or spec.limits.timeout or self.s.default_run_timeout
+        ex.deadline = now + run + self.s.deadline_grace
         ex.queued_at = 0.0
         ex.info = msgspec.structs.replace(ex.info, status="scheduled", node_id=node,
                                           attempts=ex.info.attempts + 1)
@@ -416,10 +439,23 @@ class TaskService:
         present = set(running)
         for eid in list(mine):
             ex = self.execs.get(eid)
-            if ex is None or eid in present:
+            if ex is None:
+                continue
+            if eid in present:
+                if now > ex.deadline:
+                    self._overdue(ex, now)
                 continue
             if now - ex.dispatched_at > self.s.report_grace:
                 self._node_failed(ex, now, f"node {node} no longer reports execution {eid}")
+
+    def _overdue(self, ex: Exec, now: float) -> None:
+        """A node still runs an execution past its SMS-side deadline: end it here."""
+        node = ex.node
+        self.outbox.to_node(node, P.CancelExecution(id=0, execution_id=ex.info.execution_id))
+        self.counts["overdue"] += 1
+        self._end(ex, "timed_out", now, "DEADLINE_EXCEEDED",
+                  f"node {node} still ran it {now - ex.dispatched_at:.1f}s after dispatch "
+                  f"(deadline: timeout + {self.s.deadline_grace:g}s grace)")
 
     def node_lost(self, node: str, now: float, reason: str) -> None:
         """The node turned unhealthy or left: retry or lose what ran there."""
@@ -490,8 +526,13 @@ class TaskService:
             out.append(i)
         return out[msg.offset:msg.offset + msg.limit], len(out)
 
+    @property
+    def queue(self) -> list[str]:
+        """Every queued execution id, function by function (for inspection)."""
+        return [eid for q in self.queues.values() for eid in q]
+
     def active(self) -> int:
-        return sum(len(s) for s in self.by_node.values()) + len(self.queue)
+        return sum(len(s) for s in self.by_node.values()) + self.queued
 
     # ------------------------------------------------------------------ endings
 
@@ -519,8 +560,8 @@ class TaskService:
         ex.waiters.clear()
         if len(ex.output) > self.s.keep_output:
             ex.output = b""  # delivered to the waiters; not retained (memory bound)
-        if self.queue:
-            self.retry_queue(now)  # the capacity it freed goes to the queue first
+        if self.queued:
+            self.retry_queue(now)  # the capacity it freed goes to the queues first
         self._event("execution", ex.info.execution_id, status, now, ex.info.function)
 
     def _event(self, kind: str, key: str, state: str, now: float, detail: str = "") -> None:
@@ -545,52 +586,69 @@ class TaskService:
 
     # ------------------------------------------------------------------ upkeep
 
+    def _enqueue(self, ex: Exec, now: float) -> None:
+        ex.queued_at = now
+        q = self.queues.get(ex.info.function)
+        if q is None:
+            q = self.queues[ex.info.function] = collections.deque()
+        q.append(ex.info.execution_id)
+        self.queued += 1
+
     def retry_queue(self, now: float, *, full: bool = False) -> None:
         """Try queued executions again (capacity may have freed).
 
         The quick pass (after a completion or a new node) dispatches from the
-        head and stops at the first that still does not fit: O(dispatched).
-        The full pass (the periodic tick) also expires old entries and looks
-        past a head that does not fit.
+        head of each function's queue and stops there at the first that still
+        does not fit: O(functions waiting + dispatched). The full pass (the
+        periodic tick) also expires old entries and looks past a head that does
+        not fit (executions of one function differ only in the nodes they have
+        already failed on).
         """
-        if self._retrying or not self.queue:
+        if self._retrying or not self.queued:
             return
         self._retrying = True
         try:
-            if full:
-                self._retry_queue(now)
-            else:
-                self._retry_head(now)
+            for name in list(self.queues):
+                q = self.queues.get(name)
+                if q is not None:
+                    if full:
+                        self._retry_all(q, now)
+                    else:
+                        self._retry_head(q, now)
+                    if not q and self.queues.get(name) is q:
+                        del self.queues[name]
         finally:
             self._retrying = False
 
-    def _retry_head(self, now: float) -> None:
-        q = self.queue
+    def _retry_head(self, q: collections.deque[str], now: float) -> None:
         while q:
             eid = q[0]
             ex = self.execs.get(eid)
             if ex is None or ex.info.status in TERMINAL or ex.node:
                 q.popleft()
+                self.queued -= 1
                 continue
             if not self._schedule(ex, now, from_queue=True):
                 if ex.info.status in TERMINAL and q and q[0] == eid:
                     q.popleft()
+                    self.queued -= 1
                     continue
                 return
             if q and q[0] == eid:
                 q.popleft()
+                self.queued -= 1
 
     #: consecutive queued executions that still don't fit before a pass stops trying
     QUEUE_MISSES = 16
 
-    def _retry_queue(self, now: float) -> None:
-        q = self.queue
+    def _retry_all(self, q: collections.deque[str], now: float) -> None:
         keep: list[str] = []
         misses = 0
         for _ in range(len(q)):
             if not q:
                 break
             eid = q.popleft()
+            self.queued -= 1
             ex = self.execs.get(eid)
             if ex is None or ex.info.status in TERMINAL or ex.node:
                 continue
@@ -607,6 +665,7 @@ class TaskService:
                 keep.append(eid)
                 misses += 1
         q.extendleft(reversed(keep))
+        self.queued += len(keep)
 
     def tick(self, now: float) -> None:
         """Expire waiters, end cancels whose node never answered, retry the queue, flush."""
@@ -625,7 +684,7 @@ class TaskService:
                 ex.waiters = keep
             if ex.cancel_at and now - ex.cancel_at > 10.0 and ex.info.status not in TERMINAL:
                 self._end(ex, "cancelled", now, "CANCELLED", "cancelled (node did not confirm)")
-        if self.queue:
+        if self.queued:
             self.retry_queue(now, full=True)
         self.flush()
 

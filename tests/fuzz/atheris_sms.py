@@ -106,7 +106,7 @@ def check_invariants(sms: SMS) -> None:
             ex = sms.tasks.execs.get(eid)
             assert ex is None or ex.node == node, f"{eid} indexed under {node}, runs on {ex.node}"
     assert len(sms.events.subscribers) <= max(sms.events.max_subscribers, 1024)
-    assert len(sms.tasks.queue) <= sms.tasks.s.max_queue + 1
+    assert sms.tasks.queued <= sms.tasks.s.max_queue + 1
 
 
 def one_message(sms: SMS, sent: list, raw: bytes) -> None:

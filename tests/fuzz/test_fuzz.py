@@ -606,7 +606,7 @@ class ThreadSMS:
 @pytest.fixture
 def tsms():
     s = ThreadSMS(**{"sms.heartbeat_interval": 0.2, "sms.heartbeat_timeout": 1.0,
-                     "sms.cleanup_interval": 60.0})
+                     "sms.cleanup_interval": 60.0, "sms.deadline_grace": 1.0})
     try:
         yield s
     finally:
@@ -1641,17 +1641,12 @@ def test_sms_keeps_bounded_outputs(tsms):
         fake.close(0)
 
 
-@pytest.mark.xfail(strict=True, reason="SMS queue head-of-line blocking: executions waiting for "
-                   "one busy node hold back executions that a free node could run at once")
 def test_queue_does_not_block_other_nodes(tsms):
-    """spear/sms/tasks.py TaskService.submit: ``if self.queue: ... queue behind them, don't
-    overtake`` and _retry_queue: stops after QUEUE_MISSES (16) executions that don't fit.
-
-    20 executions for a node at its slot limit (capacity.slots=1, the first one
-    still running) fill the queue; an execution of another function whose only
-    eligible node is idle is queued behind them and not dispatched until they
-    fail with queue_timeout (30 s by default). Any client can stall every
-    function of the cluster this way. Found by the fuzz as a 6.5 s probe invoke.
+    """Found by the fuzz as a 6.5 s probe invoke: a single SMS queue let 20
+    executions for a node at its slot limit (capacity.slots=1, the first one
+    still running) hold back an execution of another function whose only
+    eligible node was idle, until they failed with queue_timeout. Each function
+    now waits in its own queue (spear/sms/tasks.py).
     """
     busy = _register(tsms.address, "busy-node", runtimes=["wasm"], labels={"zone": "x"},
                      capacity=P.Capacity(cores=4, memory=2**34, slots=1))
@@ -1727,15 +1722,10 @@ def test_fake_node_that_gets_work_still_ends_it(tsms, behaviour):
         fake.close(0)
 
 
-@pytest.mark.xfail(strict=True, reason="the SMS never times out a dispatched execution: a node "
-                   "that keeps listing it as running holds it (and its reservation) forever")
 def test_fake_node_that_never_finishes_is_timed_out(tsms):
-    """spear/sms/tasks.py: Invoke.timeout is only passed on in the Dispatch.
-
-    TaskService keeps an execution ``scheduled`` for as long as its node's
-    heartbeats list it in running_ids (on_running), with no deadline of its
-    own; a misbehaving (or hung) node holds it and its cpu/memory reservation
-    forever. Here timeout=0.5 s and the execution is still ``scheduled`` 4 s later.
+    """A node that keeps listing an execution as running in its heartbeats held it
+    (and its reservation) forever; the SMS now ends it ``timed_out`` at its
+    timeout + [sms] deadline_grace (1 s here) and tells the node to cancel it.
     """
     fake = _register(tsms.address, "fake-h", runtimes=["wasm"], labels={"zone": "hold"},
                      capacity=P.Capacity(cores=64, memory=2**40))
@@ -1744,15 +1734,23 @@ def test_fake_node_that_never_finishes_is_timed_out(tsms):
             cl.deploy(P.FunctionSpec(name="h", runtime="wasm", handler="add", artifact=ADD_WAT,
                                      labels={"zone": "hold"}))
             eid = cl.submit("h", args=[1, 2], timeout=0.5)
-            deadline = time.monotonic() + 4.0
-            while time.monotonic() < deadline:
+            deadline = time.monotonic() + 6.0
+            cancels = []
+            info = cl.execution(eid).info
+            while time.monotonic() < deadline and not (cancels and info.status in P.TERMINAL):
                 while fake.poll(0):
-                    fake.recv_multipart()
+                    m, _ = P.decode(fake.recv_multipart())
+                    if isinstance(m, P.CancelExecution):
+                        cancels.append(m.execution_id)
                 fake.send_multipart(P.encode(P.Heartbeat(id=1, node_id="fake-h", usage=P.Usage(),
                                                          running_ids=[eid])))
                 time.sleep(0.1)
-            info = cl.execution(eid).info
-            assert info.status in P.TERMINAL, f"still {info.status} 4 s after a 0.5 s timeout"
+                info = cl.execution(eid).info
+            assert info.status == "timed_out", f"still {info.status} 6 s after a 0.5 s timeout"
+            assert info.error.code == "DEADLINE_EXCEEDED"
+            assert cancels == [eid], "the node was not told to stop it"
+            s = cl.stats()
+            assert (s.cores_reserved, s.memory_reserved) == (0, 0)
     finally:
         fake.close(0)
 

@@ -62,10 +62,10 @@ def node(node_id: str, *, cores: float = 4.0, memory: int = 4 * GiB, slots: int 
 
 
 def fspec(name: str = "f", *, runtime: str = "process", cpus: float | None = 1.0,
-          memory_mb: int | None = 64, **kw) -> P.FunctionSpec:
+          memory_mb: int | None = 64, timeout: float | None = None, **kw) -> P.FunctionSpec:
     kw.setdefault("command", ["cat"])
     return P.FunctionSpec(name=name, runtime=runtime,
-                          limits=P.Limits(cpus=cpus, memory_mb=memory_mb), **kw)
+                          limits=P.Limits(cpus=cpus, memory_mb=memory_mb, timeout=timeout), **kw)
 
 
 class Cluster:
@@ -1196,3 +1196,124 @@ def test_spillback_refusals_do_not_use_up_retries(make):
     cl.svc.node_lost("n2", T0 + 1, "missed heartbeats")  # first real failure
     assert cl.status("e1") == "scheduled"  # retries=1 allows this retry; 'lost' today
     cl.result("n3", "e1")
+
+
+# ---------------------------------------------------------------- per-function queues
+
+
+def test_a_full_node_does_not_hold_back_another_functions_execution(make):
+    """Executions waiting for one full node never delay work another node can run."""
+    cl = make(queue_timeout=30.0)
+    cl.add_node("busy", cores=1.0, labels={"zone": "x"})
+    cl.add_node("free", cores=4.0, labels={"zone": "y"})
+    cl.deploy("f", cpus=1.0, labels={"zone": "x"})
+    cl.deploy("g", cpus=1.0, labels={"zone": "y"})
+    cl.submit("f1", fn="f")
+    for i in range(2, 22):
+        cl.submit(f"f{i}", fn="f")
+    assert cl.svc.queued == 20 and cl.status("f2") == "pending"
+    cl.submit("g1", fn="g")
+    assert cl.last_dispatch("g1")[0] == "free"  # at once, not behind f2..f21
+    cl.tick(T0 + 1)  # the full pass too leaves g alone and f in order
+    assert cl.svc.queue == [f"f{i}" for i in range(2, 22)]
+    cl.result("busy", "f1")
+    assert cl.last_dispatch("f2")[0] == "busy"  # FIFO within a function
+    assert cl.out.dispatches("f3") == []
+    assert cl.svc.queued == 19
+    cl.result("free", "g1")
+
+
+def test_freed_capacity_reaches_the_head_of_every_waiting_function(make):
+    cl = make(queue_timeout=30.0)
+    cl.add_node("n1", cores=2.0)
+    cl.deploy("f", cpus=1.0)
+    cl.deploy("g", cpus=1.0)
+    cl.submit("f1", fn="f")
+    cl.submit("g1", fn="g")
+    cl.submit("f2", fn="f")
+    cl.submit("g2", fn="g")
+    assert sorted(cl.svc.queues) == ["f", "g"] and cl.svc.queued == 2
+    cl.result("n1", "f1")
+    cl.result("n1", "g1")
+    assert cl.status("f2") == cl.status("g2") == "scheduled"
+    assert cl.svc.queued == 0 and not cl.svc.queues
+    cl.result("n1", "f2")
+    cl.result("n1", "g2")
+
+
+def test_queue_bound_counts_every_function(make):
+    cl = make(max_queue=3)
+    cl.add_node("n1", cores=1.0)
+    cl.deploy("f", cpus=1.0)
+    cl.deploy("g", cpus=1.0)
+    cl.submit("f1", fn="f")
+    cl.submit("f2", fn="f")
+    cl.submit("g1", fn="g")
+    cl.submit("g2", fn="g")
+    with pytest.raises(errors.ResourceExhausted):
+        cl.submit("f3", fn="f")
+    cl.svc.cancel("g2", cl.now)
+    cl.tick(T0 + 1)  # the cancelled entry leaves the queue at the next pass
+    assert cl.svc.queued == 2
+    cl.submit("f3", fn="f")
+    assert cl.svc.queue == ["f2", "f3", "g1"]
+    for _ in range(4):  # one at a time on the single core
+        (running,) = [e for e in ("f1", "f2", "f3", "g1") if cl.status(e) == "scheduled"]
+        cl.result("n1", running)
+    assert all(cl.status(e) in TERMINAL for e in ("f1", "f2", "f3", "g1", "g2"))
+
+
+# ---------------------------------------------------------------- SMS-side deadlines
+
+
+def test_node_that_keeps_reporting_an_execution_past_its_deadline_loses_it(make):
+    cl = make(deadline_grace=2.0)
+    cl.add_node("n1")
+    cl.deploy("f", retries=3)
+    cl.submit("e1", timeout=1.0)
+    cl.svc.on_running("n1", ["e1"], T0 + 2.9)  # timeout + grace not over yet
+    assert cl.status("e1") == "scheduled"
+    cl.svc.on_running("n1", ["e1"], T0 + 3.1)
+    ex = cl.ex("e1")
+    assert ex.info.status == "timed_out" and ex.info.error.code == "DEADLINE_EXCEEDED"
+    assert "n1" in ex.info.error.message
+    assert [m.execution_id for _, m, _ in cl.out.node_msgs(P.CancelExecution, "n1")] == ["e1"]
+    assert cl.table.total_reserved() == (0.0, 0.0)
+    assert cl.out.dispatches("e1")[-1][0] == "n1" and len(cl.out.dispatches("e1")) == 1
+    (res, _), = cl.out.client_msgs(CLIENT, P.Result)
+    assert res.execution.status == "timed_out"
+    assert cl.svc.counts["overdue"] == 1
+    cl.result("n1", "e1")  # the node finishes after all: a late result, counted once
+    assert cl.status("e1") == "timed_out" and cl.svc.counts["late_results"] == 1
+
+
+def test_deadline_uses_the_function_timeout_then_the_default(make):
+    cl = make(deadline_grace=1.0, default_run_timeout=10.0)
+    cl.add_node("n1")
+    cl.deploy("f")
+    cl.deploy("slow", timeout=5.0)
+    cl.submit("e1", fn="f")
+    cl.submit("e2", fn="slow")
+    cl.svc.on_running("n1", ["e1", "e2"], T0 + 5.5)
+    assert cl.status("e1") == cl.status("e2") == "scheduled"
+    cl.svc.on_running("n1", ["e1", "e2"], T0 + 6.5)
+    assert cl.status("e2") == "timed_out" and cl.status("e1") == "scheduled"
+    cl.svc.on_running("n1", ["e1"], T0 + 11.5)
+    assert cl.status("e1") == "timed_out"
+
+
+def test_a_retry_gets_a_fresh_deadline(make):
+    cl = make(deadline_grace=1.0, report_grace=0.5)
+    cl.add_node("n1")
+    cl.add_node("n2")
+    cl.deploy("f", retries=1, timeout=2.0)
+    cl.submit("e1")
+    first = cl.last_dispatch("e1")[0]
+    other = "n2" if first == "n1" else "n1"
+    cl.now = T0 + 2.5
+    cl.svc.node_lost(first, cl.now, "went unhealthy")
+    assert cl.last_dispatch("e1")[0] == other
+    cl.svc.on_running(other, ["e1"], T0 + 4.0)  # 3.5 s after the first dispatch, 1.5 s after this
+    assert cl.status("e1") == "scheduled"
+    cl.svc.on_running(other, ["e1"], T0 + 5.6)
+    assert cl.status("e1") == "timed_out"
