@@ -1,0 +1,187 @@
+"""Batches on the mesh: many messages to one peer in one zmq message.
+
+The envelope is split by spear/mesh/endpoint.py ``unbatch`` (unit-tested
+here on every malformed shape) and produced by ``Endpoint.send``; the live
+tests run a real in-process SMS on loopback and talk to it from raw DEALER
+sockets and from the AsyncClient.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import pytest
+import zmq
+
+from spear import AsyncClient
+from spear import protocol as P
+from spear.config import load_config
+from spear.mesh.endpoint import BATCH_PROTOCOL, MAX_BATCH, unbatch
+from spear.sms.daemon import SMS
+
+TIMEOUT = 5.0
+
+
+def body(msg) -> bytes:
+    return P.encode(msg)[1]
+
+
+# ------------------------------------------------------------------ the envelope
+
+
+def test_unbatch_splits_bodies_and_payloads():
+    frames = [BATCH_PROTOCOL, bytes([1, 2, 1]), b"b1", b"b2", b"p2", b"b3"]
+    assert unbatch(frames, 0) == [[P.PROTOCOL, b"b1"], [P.PROTOCOL, b"b2", b"p2"],
+                                  [P.PROTOCOL, b"b3"]]
+
+
+def test_unbatch_keeps_the_routing_identity():
+    frames = [b"peer", BATCH_PROTOCOL, bytes([1, 1]), b"x", b"y"]
+    assert unbatch(frames, 1) == [[b"peer", P.PROTOCOL, b"x"], [b"peer", P.PROTOCOL, b"y"]]
+
+
+@pytest.mark.parametrize("frames", [
+    [BATCH_PROTOCOL, bytes([1])],                       # no message frames at all
+    [BATCH_PROTOCOL, b"", b"x"],                        # empty layout
+    [BATCH_PROTOCOL, bytes([1, 1]), b"x"],              # layout longer than the frames
+    [BATCH_PROTOCOL, bytes([1]), b"x", b"y"],           # frames left over
+    [BATCH_PROTOCOL, bytes([3]), b"x", b"y", b"z"],     # 3 frames per message: not allowed
+    [BATCH_PROTOCOL, bytes([0]), b"x"],                 # 0 frames per message
+    [BATCH_PROTOCOL, bytes([1] * (MAX_BATCH + 1)), *([b"x"] * (MAX_BATCH + 1))],
+], ids=["no-frames", "empty-layout", "short", "left-over", "three", "zero", "too-many"])
+def test_unbatch_refuses_malformed_envelopes(frames):
+    assert unbatch(frames, 0) is None
+
+
+# ------------------------------------------------------------------ live, against an SMS
+
+
+@contextlib.asynccontextmanager
+async def running_sms(port: int):
+    sms = SMS(load_config(env={}, overrides={"sms.listen": f"tcp://127.0.0.1:{port}",
+                                             "storage.backend": "memory"}))
+    await sms.start()
+    try:
+        yield sms
+    finally:
+        await sms.close()
+
+
+async def recv_all(sock, want: int) -> tuple[list, int]:
+    """Messages until ``want`` arrived: (decoded messages, zmq messages that carried them)."""
+    out, carriers = [], 0
+    while len(out) < want:
+        frames = await asyncio.wait_for(sock.recv_multipart(), TIMEOUT)
+        carriers += 1
+        if frames[0] == BATCH_PROTOCOL:
+            parts = unbatch(frames, 0)
+            assert parts is not None, f"malformed batch from the SMS: {frames[:3]}"
+        else:
+            parts = [frames]
+        out.extend(P.decode(p)[0] for p in parts)
+    return out, carriers
+
+
+def test_a_peer_that_sends_a_batch_gets_every_answer(arun, free_port, zsocket):
+    port = free_port()
+
+    async def main():
+        async with running_sms(port) as sms:
+            sock = zsocket(zmq.DEALER, aio=True)
+            sock.connect(sms.address)
+            n = 200
+            layout = bytes([1] * n)
+            await sock.send_multipart([BATCH_PROTOCOL, layout,
+                                       *[body(P.Ping(id=i)) for i in range(1, n + 1)]])
+            msgs, carriers = await recv_all(sock, n)
+            assert sorted(m.id for m in msgs) == list(range(1, n + 1))
+            assert all(isinstance(m, P.Pong) for m in msgs)
+            # answers to one batch leave together, as a batch
+            assert carriers < n
+            ep = sms.server.endpoint
+            assert ep.batches_received == 1 and ep.batches_sent >= 1
+            assert sms.server.protocol_errors == 0
+
+    arun(main())
+
+
+def test_a_plain_peer_never_gets_a_batch(arun, free_port, zsocket):
+    """Scripts, other languages and the blocking client speak one message at a time."""
+    port = free_port()
+
+    async def main():
+        async with running_sms(port) as sms:
+            sock = zsocket(zmq.DEALER, aio=True)
+            sock.connect(sms.address)
+            n = 300
+            for i in range(1, n + 1):  # many requests in flight: replies could be coalesced
+                await sock.send_multipart(P.encode(P.Ping(id=i)))
+            got = []
+            for _ in range(n):
+                frames = await asyncio.wait_for(sock.recv_multipart(), TIMEOUT)
+                assert frames[0] == P.PROTOCOL, f"a plain peer got {frames[0]!r}"
+                got.append(P.decode(frames)[0].id)
+            assert sorted(got) == list(range(1, n + 1))
+            assert sms.server.endpoint.batches_sent == 0
+
+    arun(main())
+
+
+@pytest.mark.parametrize("frames,rid", [
+    ([BATCH_PROTOCOL, bytes([1, 1]), body(P.Ping(id=5))], 0),          # short
+    ([BATCH_PROTOCOL, bytes([7]), body(P.Ping(id=5))], 0),              # bad layout byte
+])
+def test_a_malformed_batch_is_a_protocol_error(frames, rid, arun, free_port, zsocket):
+    port = free_port()
+
+    async def main():
+        async with running_sms(port) as sms:
+            sock = zsocket(zmq.DEALER, aio=True)
+            sock.connect(sms.address)
+            await sock.send_multipart(frames)
+            (err,), _ = await recv_all(sock, 1)
+            assert isinstance(err, P.ErrorReply) and err.code == "INVALID_ARGUMENT"
+            assert "protocol" in err.message
+            await sock.send_multipart(P.encode(P.Ping(id=9)))
+            (pong,), _ = await recv_all(sock, 1)
+            assert isinstance(pong, P.Pong) and pong.id == 9
+            assert sms.server.protocol_errors == 1
+            assert sms.server.endpoint.handler_errors == 0
+
+    arun(main())
+
+
+def test_bad_messages_inside_a_batch_are_answered_one_by_one(arun, free_port, zsocket):
+    port = free_port()
+
+    async def main():
+        async with running_sms(port) as sms:
+            sock = zsocket(zmq.DEALER, aio=True)
+            sock.connect(sms.address)
+            parts = [body(P.Ping(id=1)), b"\xc1garbage", body(P.GetNode(id=3, node_id="nope")),
+                     body(P.Ping(id=4))]
+            await sock.send_multipart([BATCH_PROTOCOL, bytes([1] * 4), *parts])
+            msgs, _ = await recv_all(sock, 4)
+            by_kind = sorted((type(m).__name__, m.id) for m in msgs)
+            assert by_kind == [("ErrorReply", 0), ("ErrorReply", 3), ("Pong", 1), ("Pong", 4)]
+
+    arun(main())
+
+
+def test_async_client_pipelines_in_batches_both_ways(arun, free_port):
+    port = free_port()
+
+    async def main():
+        async with running_sms(port) as sms:
+            async with AsyncClient(sms.address, timeout=TIMEOUT) as cl:
+                pongs = await asyncio.gather(*[cl.ping() for _ in range(500)])
+                assert len(pongs) == 500 and all(p.role == "sms" for p in pongs)
+                ep = sms.server.endpoint
+                assert ep.batches_received >= 1, "the client sent no batch"
+                assert ep.batches_sent >= 1, "the SMS answered a batching client one by one"
+                assert ep.received < 500  # fewer zmq messages than requests
+                # one at a time still works (a batch of one is sent plain)
+                assert (await cl.ping()).role == "sms"
+
+    arun(main())
