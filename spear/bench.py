@@ -906,7 +906,7 @@ class Bench:
                        f"[runtimes.process]\nuser = \"\"\n")
         self.prog.step(f"cluster: SMS + {self.plan.spearlets} spearlet(s)")
         t0 = time.perf_counter()
-        self.cluster = Cluster(base / "cluster", spearlets=self.plan.spearlets, store="leveldb",
+        self.cluster = Cluster(base / "cluster", spearlets=self.plan.spearlets, store=os.environ.get("SPEAR_BENCH_STORE", "leveldb"),
                                config=str(cfg), log_level="warning")
         self.cluster.start(wait=60)
         t_ready = time.perf_counter() - t0
@@ -1194,12 +1194,12 @@ class Bench:
         for name in ("sms", "spearlet"):
             path = out_dir / f"{name}.txt"
             spies[name] = (subprocess.Popen(
-                [spy, "record", "--pid", str(pids[name]), "--rate", "200", "--format", "raw",
+                [spy, "record", "--pid", str(pids[name]), "--rate", "1000", "--format", "raw",
                  "--nonblocking", "--output", str(path)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True), path)
         time.sleep(1.0)  # py-spy attaches
         try:
-            r = self.run_async(self._pipelined("b-add", None, max(self.plan.rate_n, 10_000), self.plan.window))
+            r = self.run_async(self._pipelined("b-add", None, max(self.plan.rate_n, 40_000), self.plan.window))
             r2 = self.run_async(self._pipelined("b-add", self.node, max(self.plan.rate_n, 10_000), self.plan.window))
         finally:
             for p, _ in spies.values():

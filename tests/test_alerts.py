@@ -46,7 +46,7 @@ def exposed() -> set[str]:
              None, registered=lambda: True, reconnects=lambda: 0)
     sp.watch_mesh({})
     sms = SMSMetrics()
-    sms.watch(SimpleNamespace(queue=[], active=lambda: 0, functions={}, counts={}),
+    sms.watch(SimpleNamespace(queued=0, active=lambda: 0, functions={}, counts={}),
               SimpleNamespace(nodes={}), SimpleNamespace(total_reserved=lambda: (0.0, 0.0)))
     return metric_names(sp.registry) | metric_names(sms.registry) | set(SYNTHETIC)
 

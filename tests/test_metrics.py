@@ -435,7 +435,7 @@ def test_sms_event_counters():
     m.node_event("gone")
     m.dispatch_refused("RESOURCE_EXHAUSTED")
     m.rejected("RESOURCE_EXHAUSTED")
-    m.watch(SimpleNamespace(queue=[], active=lambda: 0, functions={}, counts={}),
+    m.watch(SimpleNamespace(queued=0, active=lambda: 0, functions={}, counts={}),
             SimpleNamespace(nodes={}))
     reg = m.registry
     assert value(reg, "spear_sms_node_transitions_total", state="gone") == 2
@@ -454,7 +454,7 @@ def test_a_dict_changing_under_the_scrape_is_retried():
             raise RuntimeError("dictionary changed size during iteration")
         return 7
 
-    m.watch(SimpleNamespace(queue=[], active=active, functions={}, counts={}),
+    m.watch(SimpleNamespace(queued=0, active=active, functions={}, counts={}),
             SimpleNamespace(nodes={}))
     assert value(m.registry, "spear_sms_executions_active") == 7
 

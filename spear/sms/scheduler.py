@@ -179,6 +179,35 @@ class NodeTable:
             self._refresh_free(node_id)
             self._set_load(slot, node_id)
 
+    def take(self, node_id: str, cpu: float, mem: float) -> None:
+        """Dispatch bookkeeping in one step: reserve cpu/mem and count one more running."""
+        r = self.reserved.get(node_id)
+        if r is None:
+            r = self.reserved[node_id] = [0.0, 0.0]
+        r[0] += cpu
+        r[1] += mem
+        self.running[node_id] = self.running.get(node_id, 0) + 1
+        slot = self.slot_of.get(node_id)
+        if slot is not None:
+            self._refresh_free(node_id)
+            self._set_load(slot, node_id)
+
+    def give(self, node_id: str, cpu: float, mem: float) -> None:
+        """The reverse of :meth:`take` (an execution left the node)."""
+        self.running[node_id] = max(0, self.running.get(node_id, 0) - 1)
+        r = self.reserved.get(node_id)
+        if r is not None:
+            r[0] = max(0.0, r[0] - cpu)
+            r[1] = max(0.0, r[1] - mem)
+            if abs(r[0]) < 1e-9:
+                r[0] = 0.0
+            if abs(r[1]) < 1e-3:
+                r[1] = 0.0
+        slot = self.slot_of.get(node_id)
+        if slot is not None:
+            self._refresh_free(node_id)
+            self._set_load(slot, node_id)
+
     def reserve(self, node_id: str, cpu: float, mem: float) -> None:
         r = self.reserved.setdefault(node_id, [0.0, 0.0])
         r[0] += cpu

@@ -343,8 +343,7 @@ class TaskService:
         node = picks[0]
         ex.node = node
         ex.reserved = (cpu, mem)
-        self.table.reserve(node, cpu, mem)
-        self.table.note_running(node, +1)
+        self.table.take(node, cpu, mem)
         ex.dispatch_id = next(self._dispatch_ids)
         ex.dispatched_at = now
         run = ex.timeout or spec.limits.timeout or self.s.default_run_timeout
@@ -368,8 +367,7 @@ class TaskService:
 
     def _unassign(self, ex: Exec) -> None:
         if ex.node:
-            self.table.release(ex.node, *ex.reserved)
-            self.table.note_running(ex.node, -1)
+            self.table.give(ex.node, *ex.reserved)
             self.by_node[ex.node].discard(ex.info.execution_id)
             ex.node = ""
             ex.reserved = (0.0, 0.0)

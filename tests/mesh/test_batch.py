@@ -185,3 +185,89 @@ def test_async_client_pipelines_in_batches_both_ways(arun, free_port):
                 assert (await cl.ping()).role == "sms"
 
     arun(main())
+
+
+# ------------------------------------------------------------------ random envelopes
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_VALID = [body(P.Ping(id=1)), body(P.ListNodes(id=2)), body(P.GetNode(id=3, node_id="x")),
+          body(P.Stats(id=4)), body(P.ListFunctions(id=5))]
+_part = st.one_of(st.sampled_from(_VALID), st.binary(max_size=64))
+_envelope = st.one_of(
+    # a well-formed layout over random or valid bodies (and payloads)
+    st.lists(st.tuples(_part, st.none() | st.binary(max_size=32)), min_size=1, max_size=40).map(
+        lambda ms: [BATCH_PROTOCOL, bytes(1 if p is None else 2 for _, p in ms),
+                    *[f for b, p in ms for f in ((b,) if p is None else (b, p))]]),
+    # anything after the marker
+    st.lists(st.binary(max_size=48), min_size=0, max_size=8).map(lambda fs: [BATCH_PROTOCOL, *fs]),
+)
+
+
+def test_random_batches_never_hurt_the_sms(free_port):
+    """Random envelopes at a live SMS (in a thread): every answer decodes, it keeps serving."""
+    import threading
+
+    import uvloop
+
+    port = free_port()
+    ready = threading.Event()
+    box: dict = {}
+
+    def serve():
+        loop = uvloop.new_event_loop()
+        box["loop"] = loop
+
+        async def start():
+            sms = SMS(load_config(env={}, overrides={"sms.listen": f"tcp://127.0.0.1:{port}",
+                                                     "storage.backend": "memory"}))
+            await sms.start()
+            box["sms"] = sms
+            ready.set()
+
+        loop.run_until_complete(start())
+        loop.run_forever()
+        loop.run_until_complete(box["sms"].close())
+        loop.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    assert ready.wait(10)
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(f"tcp://127.0.0.1:{port}")
+    seen = {"answers": 0}
+
+    def answers_until_pong(rid: int) -> None:
+        """Drain answers (each must decode) until the Pong to ``rid``."""
+        while True:
+            assert sock.poll(int(TIMEOUT * 1000)), "the SMS stopped answering"
+            frames = sock.recv_multipart()
+            parts = unbatch(frames, 0) if frames[0] == BATCH_PROTOCOL else [frames]
+            assert parts is not None, f"malformed batch from the SMS: {frames[:3]}"
+            for p in parts:
+                msg, _ = P.decode(p)
+                seen["answers"] += 1
+                if isinstance(msg, P.Pong) and msg.id == rid:
+                    return
+
+    try:
+        @settings(max_examples=150, deadline=None, database=None,
+                  suppress_health_check=list(HealthCheck))
+        @given(frames=_envelope)
+        def fuzz(frames):
+            sock.send_multipart(frames)
+            rid = 10**9 + seen["answers"]
+            sock.send_multipart(P.encode(P.Ping(id=rid)))
+            answers_until_pong(rid)
+
+        fuzz()
+        sms = box["sms"]
+        assert sms.server.endpoint.handler_errors == 0
+        assert seen["answers"] > 150
+    finally:
+        sock.close(0)
+        box["loop"].call_soon_threadsafe(box["loop"].stop)
+        t.join(10)
