@@ -354,7 +354,15 @@ class Client(_Api):
         addr = target or self.sms
         while True:
             left = deadline - time.monotonic()
-            if left <= 0 or not sock.poll(int(left * 1000) + 1):
+            frames = None
+            if left > 0:
+                # a blocking receive with a timeout: one wait, no separate poll
+                sock.setsockopt(zmq.RCVTIMEO, int(left * 1000) + 1)
+                try:
+                    frames = sock.recv_multipart()
+                except zmq.Again:
+                    pass
+            if frames is None:
                 if time.monotonic() >= deadline:
                     # a late reply must not be read as the answer to the next call
                     sock.close(linger=0)
@@ -362,7 +370,7 @@ class Client(_Api):
                     raise errors.DeadlineExceeded(f"no reply from {addr} within {timeout:g}s")
                 continue
             try:
-                reply, rpayload = P.decode(sock.recv_multipart())
+                reply, rpayload = P.decode(frames)
             except errors.ProtocolError:
                 continue
             if getattr(reply, "id", None) != msg.id:
