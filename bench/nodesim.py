@@ -6,10 +6,11 @@ a Spearlet does on its SMS link and nothing else:
 
 * sends ``Register`` (no runtimes, or ``--runtime NAME`` that no function
   uses, so the scheduler never picks it for real work) and waits for
-  ``Welcome``, which sets its heartbeat interval;
-* sends a ``Heartbeat`` every interval (phases spread evenly over the
-  interval across the process's nodes) and reads the ``HeartbeatAck``;
-  ``known=False`` makes it register again;
+  ``Welcome``, which sets its heartbeat interval and its session token;
+* sends a ``Heartbeat`` (with that session) every interval (phases spread
+  evenly over the interval across the process's nodes) and reads the
+  ``HeartbeatAck``; ``known=False`` (the SMS restarted, or turned the node
+  unhealthy and ended its session) makes it register again;
 * answers a ``Dispatch`` (never expected) with ``ErrorReply UNAVAILABLE``
   and counts it.
 
@@ -67,7 +68,7 @@ def percentile(hist: list[int], q: float) -> float | None:
 
 class SimNode:
     __slots__ = ("sim", "node_id", "ep", "registered", "reg_sent", "hb_id", "hb_sent",
-                 "interval", "seq")
+                 "interval", "seq", "session")
 
     def __init__(self, sim: "Simulator", node_id: str) -> None:
         self.sim = sim
@@ -82,6 +83,7 @@ class SimNode:
         self.hb_sent = 0.0
         self.interval = 1.0
         self.seq = 0
+        self.session = 0
 
     def send(self, msg, payload=None) -> bool:
         ok = self.ep.send(P.encode(msg, payload))
@@ -102,7 +104,8 @@ class SimNode:
         self.hb_id = self.seq
         self.hb_sent = now
         self.sim.c["hb_sent"] += 1
-        self.send(P.Heartbeat(id=self.seq, node_id=self.node_id, usage=self.sim.usage))
+        self.send(P.Heartbeat(id=self.seq, node_id=self.node_id, usage=self.sim.usage,
+                              session=self.session))
 
     def on_frames(self, frames: list) -> None:
         sim = self.sim
@@ -123,12 +126,15 @@ class SimNode:
                 sim.c["stale_acks"] += 1
             if not msg.known:
                 sim.c["unknown_acks"] += 1
-                self.registered = False
-                self.register(now)
+                if self.registered:  # else: registering already (an ack of an older heartbeat)
+                    self.registered = False
+                    self.register(now)
         elif t is P.Welcome:
+            # the newest Welcome holds the current session (the SMS answers in order)
+            self.session = msg.session
+            self.interval = msg.heartbeat_interval
             if not self.registered:
                 self.registered = True
-                self.interval = msg.heartbeat_interval
                 sim.c["registered"] += 1
                 sim.reg_hist[bucket(now - self.reg_sent)] += 1
                 if sim.c["registered"] == len(sim.nodes) and not sim.all_registered_at:

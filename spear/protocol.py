@@ -52,6 +52,10 @@ ExecStatus = Literal[
 TERMINAL = frozenset({"succeeded", "failed", "cancelled", "timed_out", "lost"})
 NonNeg = Annotated[float, Meta(ge=0)]
 NonNegInt = Annotated[int, Meta(ge=0)]
+#: a node's registration session, chosen by the SMS (0: none, a peer older than sessions)
+Session = Annotated[int, Meta(ge=0, le=2**63 - 1)]
+#: execution ids listed in a heartbeat or its ack (each list bounded; see the Spearlet)
+ExecIdList = Annotated[list[Annotated[str, Meta(max_length=128)]], Meta(max_length=100_000)]
 
 
 class _Msg(Struct, frozen=True, tag_field="t", tag=True, kw_only=True, omit_defaults=True):
@@ -239,12 +243,22 @@ class Register(_Msg, frozen=True):
 
 
 class Heartbeat(_Msg, frozen=True):
-    """Spearlet -> SMS: periodic liveness with current usage."""
+    """Spearlet -> SMS: periodic liveness with current usage.
+
+    ``session`` is the token of the node's registration (from ``Welcome``): a
+    heartbeat of another session, or of one that ended, changes nothing and
+    is answered ``known=False``. ``finished``: executions the SMS dispatched
+    here whose ``Result`` the node has sent but the SMS has not confirmed;
+    the ``HeartbeatAck`` says which the SMS has (``acked``) and which it
+    lacks (``resend``), and until then they count as still running here.
+    """
 
     id: int
     node_id: NodeId
     usage: Usage
     running_ids: list[str] = []  # executions dispatched by the SMS still running here
+    session: Session = 0
+    finished: ExecIdList = []
 
 
 class Deregister(_Msg, frozen=True):
@@ -264,13 +278,22 @@ class Welcome(_Msg, frozen=True):
     node_id: str
     heartbeat_interval: float
     heartbeat_timeout: float
+    session: Session = 0  # the token this node's heartbeats carry until it registers again
 
 
 class HeartbeatAck(_Msg, frozen=True):
-    """SMS -> Spearlet: heartbeat seen. ``known=False`` asks it to register again."""
+    """SMS -> Spearlet: heartbeat seen. ``known=False`` asks it to register again.
+
+    Of the heartbeat's ``finished`` executions: ``acked`` are ones whose result
+    the SMS has (or that it no longer knows): the node forgets them;
+    ``resend`` are ones still open at the SMS: the node sends their
+    ``Result`` again.
+    """
 
     id: int
     known: bool = True
+    acked: ExecIdList = []
+    resend: ExecIdList = []
 
 
 # ------------------------------------------------------------- client -> SMS

@@ -123,10 +123,13 @@ class SMS:
         log.info("node %s (%s) registered from %s, runtimes %s",
                  info.node_id, info.name, info.address, ",".join(info.runtimes) or "none")
         c = self.config.sms
+        # the Welcome (and the session it starts) first, then the work that waited
+        self.server.reply(ident, P.Welcome(id=msg.id, node_id=info.node_id,
+                                           heartbeat_interval=c.heartbeat_interval,
+                                           heartbeat_timeout=c.heartbeat_timeout,
+                                           session=self.registry.session_of(info.node_id)))
         self.tasks.retry_queue(now)
-        return P.Welcome(id=msg.id, node_id=info.node_id,
-                         heartbeat_interval=c.heartbeat_interval,
-                         heartbeat_timeout=c.heartbeat_timeout)
+        return None
 
     def _check_node(self, ident: bytes, node_id: str) -> None:
         # a node speaks only for itself: its routing id is its node id
@@ -136,11 +139,33 @@ class SMS:
     def on_heartbeat(self, ident, msg: P.Heartbeat, payload):
         self._check_node(ident, msg.node_id)
         now = time.time()
-        known = self.registry.heartbeat(msg.node_id, msg.usage, now)
-        if known:
-            self.table.update_usage(self.registry.nodes[msg.node_id])
+        # a heartbeat of a stale or ended session changes nothing (see nodes.py)
+        known = self.registry.heartbeat(msg.node_id, msg.usage, now, msg.session)
+        if not known:
+            return P.HeartbeatAck(id=msg.id, known=False)
+        self.table.update_usage(self.registry.nodes[msg.node_id])
+        if not msg.finished:
             self.tasks.on_running(msg.node_id, msg.running_ids, now)
-        return P.HeartbeatAck(id=msg.id, known=known)
+            return P.HeartbeatAck(id=msg.id)
+        # results the node sent and keeps until we confirm them: the ones we have
+        # (or no longer know) are acked; the open ones it sends again, and until
+        # then they count as running there (not lost)
+        acked, resend = self._sort_finished(msg.finished)
+        self.tasks.on_running(msg.node_id, [*msg.running_ids, *resend] if resend
+                              else msg.running_ids, now)
+        return P.HeartbeatAck(id=msg.id, acked=acked, resend=resend)
+
+    def _sort_finished(self, finished: list[str]) -> tuple[list[str], list[str]]:
+        execs = self.tasks.execs
+        acked: list[str] = []
+        resend: list[str] = []
+        for eid in finished:
+            ex = execs.get(eid)
+            if ex is None or ex.info.status in P.TERMINAL:
+                acked.append(eid)
+            else:
+                resend.append(eid)
+        return acked, resend
 
     def on_deregister(self, ident, msg: P.Deregister, payload):
         self._check_node(ident, msg.node_id)
@@ -283,6 +308,10 @@ class SMS:
                 self.tasks.tick(time.time())
             except Exception:
                 log.exception("task tick failed")
+            try:
+                self.registry.flush()  # node records, batched like execution records
+            except Exception:
+                log.exception("node flush failed")
 
     async def start(self) -> str:
         """Bind and start serving; returns the bound address."""
@@ -324,6 +353,7 @@ class SMS:
             t.cancel()
         self.server.close()
         self.tasks.flush()
+        self.registry.flush()
         self.events.save()
         self.store.close()
         await asyncio.to_thread(self.metrics.close)

@@ -1,28 +1,50 @@
 """NodeService core: the node registry as a state machine.
 
 No sockets and no clock of its own: every call takes ``now``. State lives in
-memory for speed; registrations and state changes are written through to
-the injected :class:`~spear.store.Store` (heartbeats are not: at 10,000
-nodes per second that would be pointless disk churn; ``last_seen`` and the
-usage figures are soft state, rebuilt by the next heartbeat).
+memory for speed. Registrations, state changes and removals mark the node
+*dirty*; :meth:`NodeRegistry.flush` (the driver calls it every few tens of
+milliseconds, and at shutdown) writes every dirty record in one batch, so a
+registration storm of thousands of nodes costs a handful of writes, not one
+synced write each. A crash loses at most the changes since the last flush:
+the nodes concerned register again. Heartbeats alone are never written
+(``last_seen`` and the usage figures are soft state, rebuilt by the next
+heartbeat); a record written for another reason carries their latest values.
+
+Sessions: every registration starts a new *session*, a random token the SMS
+returns in ``Welcome`` and the node puts in every ``Heartbeat``. The session
+ends when the node turns ``unhealthy`` (or registers again, or leaves). A
+heartbeat counts only within the node's current session: one that carries
+another token, or arrives after the session ended, changes nothing - no
+``last_seen``, no usage, no state - and is answered ``known=False`` so that
+connection registers again. That is what keeps a heartbeat that a dead
+connection still delivers after a partition heals from turning the node
+``ready`` (the SMS would then dispatch into that dead connection): an
+unhealthy node is ready again only when it *registers*, over a live
+connection. A heartbeat without a token (``session=0``: a peer older than
+sessions, or an in-process caller) is checked the old way, by node id only.
 
 States::
 
     register ─► ready ──(no heartbeat for heartbeat_timeout)──► unhealthy
-                  ▲                                                │
-                  └────────────(heartbeat or register)─────────────┤
+                  ▲                                  (session ended)│
+                  └───────────(register: a new session)─────────────┤
                                         (unhealthy for cleanup_interval)
                                                                    ▼
                                                         gone (removed)
 
+(A legacy heartbeat without a session token still turns an unhealthy node
+ready, as before sessions.)
+
 On load after an SMS restart every stored node starts ``unhealthy`` with
-``last_seen = now``: it is ready again as soon as it heartbeats, and removed
-if it never does.
+``last_seen = now`` and no session: its next heartbeat is answered
+``known=False``, it registers again and is ready; it is removed if it never
+comes back.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -37,6 +59,11 @@ log = logging.getLogger("spear.sms.nodes")
 PREFIX = b"node/"
 _enc = msgspec.msgpack.Encoder()
 _dec = msgspec.msgpack.Decoder(NodeInfo)
+
+
+def new_session() -> int:
+    """A fresh session token: random, non-zero, below 2**63 (0 means "none")."""
+    return (int.from_bytes(os.urandom(8), "big") >> 1) or 1
 
 
 @dataclass(frozen=True)
@@ -60,6 +87,7 @@ class NodeRegistry:
         cleanup_interval: float,
         now: float,
         on_event: Callable[[NodeEvent], None] | None = None,
+        session_factory: Callable[[], int] = new_session,
     ) -> None:
         self.store = store
         self.heartbeat_timeout = heartbeat_timeout
@@ -68,6 +96,15 @@ class NodeRegistry:
         self.nodes: dict[str, NodeInfo] = {}
         self._unhealthy_since: dict[str, float] = {}
         self.version = 0  # bumped on every change the scheduler cares about
+        #: node id -> token of its current session (none while unhealthy, or after a restart)
+        self.sessions: dict[str, int] = {}
+        self._new_session = session_factory
+        #: node records to write (dirty) or delete (removed) at the next flush()
+        self.dirty: set[str] = set()
+        self.removed: set[str] = set()
+        self.writes = 0  # batches written (for tests and figures)
+        #: heartbeats refused because their session was stale or had ended
+        self.stale_heartbeats = 0
         for key, raw in store.scan(PREFIX):
             try:
                 info = _dec.decode(raw)
@@ -81,7 +118,36 @@ class NodeRegistry:
     # ---------------------------------------------------------------- helpers
 
     def _persist(self, info: NodeInfo) -> None:
-        self.store.put(PREFIX + info.node_id.encode(), _enc.encode(info), sync=True)
+        """Write ``info`` at the next flush."""
+        self.dirty.add(info.node_id)
+        self.removed.discard(info.node_id)
+
+    def _remove(self, node_id: str) -> None:
+        """Delete the node's record at the next flush."""
+        self.removed.add(node_id)
+        self.dirty.discard(node_id)
+        self.sessions.pop(node_id, None)
+
+    def flush(self) -> int:
+        """Write every dirty node record (and delete removed ones) in one batch.
+
+        Returns the number of records written or deleted. A batch that deletes
+        a record (a node that left or was removed) is synced; state flips and
+        registrations are not (a crash loses at most the last flush interval,
+        and those nodes register again). On a store error nothing is
+        forgotten: the next flush tries again.
+        """
+        if not self.dirty and not self.removed:
+            return 0
+        nodes = self.nodes
+        puts = [(PREFIX + nid.encode(), _enc.encode(nodes[nid]))
+                for nid in self.dirty if nid in nodes]
+        deletes = [PREFIX + nid.encode() for nid in self.removed if nid not in nodes]
+        self.store.write_batch(puts, deletes, sync=bool(deletes))
+        self.dirty.clear()
+        self.removed.clear()
+        self.writes += 1
+        return len(puts) + len(deletes)
 
     def _set_state(self, info: NodeInfo, state: str, now: float, reason: str) -> NodeInfo:
         old = info.state
@@ -89,6 +155,8 @@ class NodeRegistry:
         self.nodes[info.node_id] = info
         if state == "unhealthy":
             self._unhealthy_since[info.node_id] = now
+            # its connection may be dead: only a new registration starts a new session
+            self.sessions.pop(info.node_id, None)
         else:
             self._unhealthy_since.pop(info.node_id, None)
         self._persist(info)
@@ -100,7 +168,8 @@ class NodeRegistry:
     # ---------------------------------------------------------------- commands
 
     def register(self, info: NodeInfo, now: float) -> NodeInfo:
-        """Add or refresh a node; it is ready at once."""
+        """Add or refresh a node; it is ready at once, in a new session
+        (``self.sessions[node_id]``, which the driver returns in ``Welcome``)."""
         prev = self.nodes.get(info.node_id)
         info = msgspec.structs.replace(
             info,
@@ -110,16 +179,31 @@ class NodeRegistry:
         )
         self.nodes[info.node_id] = info
         self._unhealthy_since.pop(info.node_id, None)
+        self.sessions[info.node_id] = self._new_session()
         self._persist(info)
         self.version += 1
         if self.on_event is not None:
             self.on_event(NodeEvent(info.node_id, prev.state if prev else "", "ready", "registered"))
         return info
 
-    def heartbeat(self, node_id: str, usage: Usage, now: float) -> bool:
-        """Record a heartbeat; False if the node is unknown (it must register)."""
+    def session_of(self, node_id: str) -> int:
+        """The node's current session token (0: none - unknown, unhealthy or not yet registered)."""
+        return self.sessions.get(node_id, 0)
+
+    def heartbeat(self, node_id: str, usage: Usage, now: float, session: int = 0) -> bool:
+        """Record a heartbeat; False if the node must register (again).
+
+        False when the node is unknown, or - for a heartbeat that carries a
+        session token - when that is not the node's current session (an older
+        registration, or a session that ended when the node turned unhealthy).
+        A refused heartbeat changes nothing. ``session=0`` (no token) is the
+        legacy check by node id only, which also lets it revive an unhealthy node.
+        """
         info = self.nodes.get(node_id)
         if info is None:
+            return False
+        if session and self.sessions.get(node_id) != session:
+            self.stale_heartbeats += 1
             return False
         info = msgspec.structs.replace(info, usage=usage, last_seen=now)
         self.nodes[node_id] = info
@@ -133,7 +217,7 @@ class NodeRegistry:
         if info is None:
             raise errors.NotFound(f"node {node_id!r} is not registered")
         self._unhealthy_since.pop(node_id, None)
-        self.store.delete(PREFIX + node_id.encode(), sync=True)
+        self._remove(node_id)
         self.version += 1
         if self.on_event is not None:
             self.on_event(NodeEvent(node_id, info.state, "gone", "deregistered"))
@@ -154,7 +238,7 @@ class NodeRegistry:
                 if since <= cutoff:
                     info = self.nodes.pop(node_id)
                     del self._unhealthy_since[node_id]
-                    self.store.delete(PREFIX + node_id.encode(), sync=True)
+                    self._remove(node_id)
                     self.version += 1
                     events.append(NodeEvent(node_id, info.state, "gone",
                                             f"unhealthy for {now - since:.1f}s"))

@@ -360,7 +360,7 @@ class TaskService:
         sent = self.outbox.to_node(node, P.Dispatch(
             id=ex.dispatch_id, execution_id=ex.info.execution_id, function=spec.name,
             digest=fn.digest, args=ex.info.args, timeout=ex.timeout, trace_id=ex.info.trace_id,
-            stream=ex.stream), ex.data)
+            stream=ex.stream), ex.data or None)  # no empty payload frame
         if not sent:
             self._spill(ex, now, "could not send to node")
         return True

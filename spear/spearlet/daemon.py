@@ -6,15 +6,26 @@ heartbeats and work, and a ROUTER for direct invocation by clients.
 The link to the SMS is a small state machine::
 
     registering ──Welcome──► registered ──(SMS silent for its timeout)──┐
-         ▲                        │ HeartbeatAck(known=False)           │
-         └────────────────────────┴──────────── reconnect ◄─────────────┘
+      ▲     ▲                     │ HeartbeatAck(known=False)           │
+      │     └─────────────────────┘ (same socket: the link works)       │
+      └──────────────────────────────────────── reconnect ◄─────────────┘
 
-The SMS sets the heartbeat rate in its Welcome, so both sides agree on it.
+The SMS sets the heartbeat rate in its Welcome, so both sides agree on it,
+and a session token that every heartbeat carries until the next Welcome.
+
+Results of executions the SMS dispatched are kept (:class:`ResultBuffer`,
+bounded) until the SMS confirms it has them: every heartbeat lists them in
+``finished``, its ack says which the SMS has (forgotten here) and which it
+lacks (sent again). So a result sent into a link that then breaks - the SMS
+down, a partition, a socket reset - still reaches the SMS once the node is
+registered again, and the SMS does not count the execution as vanished
+meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 
 import msgspec
@@ -24,6 +35,8 @@ import socket
 import time
 import uuid
 from pathlib import Path
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from .. import __version__, errors, protocol as P
 from ..config import Config
@@ -55,6 +68,127 @@ def _node_id(config: Config) -> str:
     data.mkdir(parents=True, exist_ok=True)
     f.write_text(value + "\n")
     return value
+
+
+#: longest execution id a heartbeat may list (protocol.ExecIdList)
+MAX_LISTED_ID = 128
+
+
+class _Kept:
+    __slots__ = ("msg", "payload", "size", "sent_seq")
+
+    def __init__(self, msg, payload, size: int, sent_seq: int) -> None:
+        self.msg = msg
+        self.payload = payload
+        self.size = size
+        self.sent_seq = sent_seq
+
+
+class ResultBuffer:
+    """Results sent to the SMS and not yet confirmed by it, oldest first.
+
+    Bounded by count and by bytes (output payloads included): beyond either
+    bound the oldest is dropped, counted in ``dropped`` and logged (at most
+    one warning a second). ``sent_seq`` orders sends against heartbeats: a
+    result (re)sent after heartbeat H is not sent again because H's ack
+    lists it as missing (the SMS answered H before that send reached it).
+    """
+
+    def __init__(self, max_results: int = 50_000, max_bytes: int = 256 << 20) -> None:
+        self.max_results = max_results
+        self.max_bytes = max_bytes
+        self.items: collections.OrderedDict[str, _Kept] = collections.OrderedDict()
+        self.bytes = 0
+        self.dropped = 0
+        self.seq = 0  # bumped by every (re)send and every heartbeat
+        self._warned_at = float("-inf")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __contains__(self, eid: str) -> bool:
+        return eid in self.items
+
+    def add(self, msg: P.Result, payload) -> None:
+        """Keep ``msg`` (about to be sent) until the SMS confirms it."""
+        eid = msg.execution.execution_id
+        if len(eid) > MAX_LISTED_ID:
+            return  # could not be listed in a heartbeat (the SMS never makes such ids)
+        old = self.items.pop(eid, None)
+        if old is not None:
+            self.bytes -= old.size
+        size = 256 + (len(payload) if payload is not None else 0)
+        self.seq += 1
+        self.items[eid] = _Kept(msg, payload, size, self.seq)
+        self.bytes += size
+        while self.items and (len(self.items) > self.max_results or self.bytes > self.max_bytes):
+            old_id, old = self.items.popitem(last=False)
+            self.bytes -= old.size
+            self.dropped += 1
+            now = time.monotonic()
+            if now - self._warned_at >= 1.0:
+                self._warned_at = now
+                log.warning("dropped the result of execution %s: %d results (%d bytes) wait for "
+                            "the SMS to confirm them, bounds %d / %d bytes (%d dropped so far)",
+                            old_id, len(self.items), self.bytes, self.max_results,
+                            self.max_bytes, self.dropped,
+                            extra={"execution_id": old_id,
+                                   "trace_id": old.msg.execution.trace_id})
+
+    def mark(self) -> int:
+        """A heartbeat is sent now: the sequence number its ack is judged by."""
+        self.seq += 1
+        return self.seq
+
+    def pending(self, limit: int = 20_000, max_chars: int = 1 << 20) -> list[str]:
+        """Ids to list in the next heartbeat: the oldest, bounded in count and size."""
+        out: list[str] = []
+        chars = 0
+        for eid in self.items:
+            if len(out) >= limit or chars > max_chars:
+                break
+            out.append(eid)
+            chars += len(eid) + 2
+        return out
+
+    def ack(self, eids) -> None:
+        for eid in eids:
+            kept = self.items.pop(eid, None)
+            if kept is not None:
+                self.bytes -= kept.size
+
+    def to_resend(self, eids, heartbeat_seq: int) -> list[_Kept]:
+        """Of ``eids`` (the SMS lacks them as of the heartbeat ``heartbeat_seq``),
+        the ones last sent before that heartbeat; marked as sent now."""
+        out = []
+        for eid in eids:
+            kept = self.items.get(eid)
+            if kept is not None and kept.sent_seq < heartbeat_seq:
+                self.seq += 1
+                kept.sent_seq = self.seq
+                out.append(kept)
+        return out
+
+    def clear(self) -> None:
+        self.items.clear()
+        self.bytes = 0
+
+
+class _ResultCollector:
+    """Prometheus figures of the result buffer (read at scrape time)."""
+
+    def __init__(self, buf: ResultBuffer) -> None:
+        self.buf = buf
+
+    def collect(self):
+        kept = GaugeMetricFamily("spear_spearlet_results_unconfirmed",
+                                 "Results of SMS executions sent and not yet confirmed by the SMS.")
+        kept.add_metric((), len(self.buf))
+        dropped = CounterMetricFamily(
+            "spear_spearlet_results_dropped",
+            "Unconfirmed results dropped because the buffer was full (bounds by count and bytes).")
+        dropped.add_metric((), self.buf.dropped)
+        return [kept, dropped]
 
 
 class Spearlet:
@@ -89,9 +223,13 @@ class Spearlet:
         self._stopping: asyncio.Event | None = None
         self.reconnects = 0
         self._dispatches: set[asyncio.Task] = set()
+        self.session = 0  # from the SMS's Welcome; every heartbeat carries it
+        self._reregister = asyncio.Event()
+        self.results = ResultBuffer()
         self.metrics.watch(self.functions, self.monitor, registered=self.registered.is_set,
                            reconnects=lambda: self.reconnects)
         self.metrics.watch_mesh({"router": self.server, "sms-link": self.link})
+        self.metrics.registry.register(_ResultCollector(self.results))
 
     @property
     def running(self) -> int:
@@ -127,6 +265,10 @@ class Spearlet:
             log.debug("unexpected message from SMS: %s", type(msg).__name__)
 
     def _send_to_sms(self, msg, payload=None) -> bool:
+        if type(msg) is P.Result:
+            # kept until the SMS confirms it (heartbeat acks): the link may break
+            # before it gets there, and then it is sent again
+            self.results.add(msg, payload)
         return self.link.send(msg, payload)
 
     async def _fetch_function(self, name: str):
@@ -170,6 +312,7 @@ class Spearlet:
                 continue
             self.heartbeat_interval = welcome.heartbeat_interval
             self.heartbeat_timeout = welcome.heartbeat_timeout
+            self.session = welcome.session
             self.registered.set()
             log.info("registered with SMS %s as %s (heartbeat %.2gs, timeout %.2gs)",
                      self.link.address, self.node_id, self.heartbeat_interval,
@@ -180,33 +323,61 @@ class Spearlet:
         loop = asyncio.get_running_loop()
         while True:
             await self._register()
+            # a known=False that arrived meanwhile answered a heartbeat of the old session
+            self._reregister.clear()
             self.link.last_heard = loop.time()
+            # at once, not an interval later: results kept from before (the SMS was
+            # down, the link was reset) are confirmed or sent again by its ack
+            self._heartbeat()
+            silent = False
             while True:
-                await asyncio.sleep(self.heartbeat_interval)
+                try:
+                    await asyncio.wait_for(self._reregister.wait(), self.heartbeat_interval)
+                except asyncio.TimeoutError:
+                    pass
+                if self._reregister.is_set():
+                    # the SMS answered: the link works, register again over it
+                    log.info("SMS does not know this node's session: registering again")
+                    break
                 if loop.time() - self.link.last_heard > self.heartbeat_timeout:
-                    log.warning("SMS silent for %.1fs: reconnecting", loop.time() - self.link.last_heard)
+                    log.warning("SMS silent for %.1fs: reconnecting",
+                                loop.time() - self.link.last_heard)
+                    silent = True
                     break
-                hb = P.Heartbeat(id=self.link.next_id(), node_id=self.node_id,
-                                 usage=self.monitor.usage(running=self.running, warm=self.warm),
-                                 running_ids=list(self.functions.dispatched)[:50_000])
-                fut = self.link.request(hb, timeout=self.heartbeat_timeout)
-                fut.add_done_callback(self._on_heartbeat_ack)
-                if self._needs_register:
-                    self._needs_register = False
-                    log.info("SMS does not know this node: registering again")
-                    break
+                self._heartbeat()
             self.registered.clear()
-            self.reconnects += 1
-            self.link.reconnect()
+            if silent:
+                self.reconnects += 1
+                self.link.reconnect()
 
-    _needs_register = False
+    def _heartbeat(self) -> None:
+        hb = P.Heartbeat(id=self.link.next_id(), node_id=self.node_id,
+                         usage=self.monitor.usage(running=self.running, warm=self.warm),
+                         running_ids=list(self.functions.dispatched)[:50_000],
+                         session=self.session, finished=self.results.pending())
+        fut = self.link.request(hb, timeout=self.heartbeat_timeout)
+        seq = self.results.mark()
+        session = self.session
+        fut.add_done_callback(lambda f: self._on_heartbeat_ack(f, session, seq))
 
-    def _on_heartbeat_ack(self, fut: asyncio.Future) -> None:
+    def _on_heartbeat_ack(self, fut: asyncio.Future, session: int = 0, seq: int = 0) -> None:
         if fut.cancelled() or fut.exception() is not None:
             return
         ack, _ = fut.result()
-        if isinstance(ack, P.HeartbeatAck) and not ack.known:
-            self._needs_register = True
+        if not isinstance(ack, P.HeartbeatAck) or session != self.session:
+            return  # the answer to a heartbeat of an earlier registration
+        if not ack.known:
+            self._reregister.set()
+            return
+        if ack.acked:
+            self.results.ack(ack.acked)
+        if ack.resend:
+            for kept in self.results.to_resend(ack.resend, seq):
+                log.info("sending the result of execution %s again",
+                         kept.msg.execution.execution_id,
+                         extra={"execution_id": kept.msg.execution.execution_id,
+                                "trace_id": kept.msg.execution.trace_id})
+                self.link.send(kept.msg, kept.payload)
 
     # ---------------------------------------------------------------- lifecycle
 

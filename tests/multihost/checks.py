@@ -149,6 +149,7 @@ class RawNode:
         self.sock.setsockopt(zmq.ROUTING_ID, node_id.encode())
         self.sock.connect(sms)
         self._ids = iter(range(1, 1 << 62))
+        self.session = 0  # from the Welcome; every heartbeat carries it
 
     def send(self, msg, payload=None) -> None:
         self.sock.send_multipart(P.encode(msg, payload))
@@ -174,11 +175,16 @@ class RawNode:
             capacity=P.Capacity(cores=2.0, memory=2 << 30, slots=8))))
         welcome, _ = self.recv_until(P.Welcome, timeout)
         assert welcome is not None, f"{self.node_id}: no Welcome"
+        self.session = welcome.session
         return welcome
 
-    def heartbeat(self, running: list[str] = ()) -> None:
-        self.send(P.Heartbeat(id=next(self._ids), node_id=self.node_id, usage=P.Usage(),
-                              running_ids=list(running)))
+    def heartbeat(self, running: list[str] = (), finished: list[str] = ()) -> int:
+        """Send a heartbeat of this connection's session; returns its request id."""
+        rid = next(self._ids)
+        self.send(P.Heartbeat(id=rid, node_id=self.node_id, usage=P.Usage(),
+                              running_ids=list(running), session=self.session,
+                              finished=list(finished)))
+        return rid
 
     def close(self) -> None:
         self.sock.close(linger=0)

@@ -8,10 +8,12 @@ execution once; reservations return to zero; the faulty node is ready and
 takes work again.
 
 Hosts are network namespaces on a private bridge (lab.py); the SMS runs with
-heartbeats every 0.2 s and turns a node unhealthy after 1 s. Tests marked
-``xfail(strict=True, reason="bug: ...")`` pin bugs found in spear/: each
-reproduces one deterministically and will XPASS (fail) once it is fixed, so
-the marker must then go.
+heartbeats every 0.2 s and turns a node unhealthy after 1 s. A bug found in
+spear/ is pinned by a test marked ``xfail(strict=True, reason="bug: ...")``
+that reproduces it deterministically and XPASSes (fails) once it is fixed, so
+the marker must then go (none is open at the moment: the last two, the stale
+connection after a heal and the result finished while the SMS was down, are
+plain tests now).
 """
 
 from __future__ import annotations
@@ -101,7 +103,7 @@ def test_spearlet_cut_off_then_reconnected(multihost, where):
         t_heal = time.monotonic()
         mh.lab.heal_link("h1")
         # ready again means registered again over its new connection (a heartbeat
-        # the old connection still delivers is not enough: see the xfail below)
+        # the old connection still delivers is not enough: see the test below)
         wait_registered(c, victim, seq, timeout=30)
         mh.wait_ready(["h1", "h2"], timeout=10)
         t_back = time.monotonic() - t_heal
@@ -126,11 +128,6 @@ def test_spearlet_cut_off_then_reconnected(multihost, where):
               f"ready {t_back:.2f}s after the heal")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: a heartbeat that a node's old, dead connection still delivers after a "
-    "partition heals turns the node ready (spear/sms/nodes.py NodeRegistry.heartbeat, "
-    "'heartbeat resumed'); the SMS then dispatches into that dead connection before the "
-    "node re-registers on its new one, and the execution ends 'lost' without having run"))
 def test_heartbeat_from_stale_connection_does_not_revive_node(multihost):
     """What the kernel does after a heal, on cue: the node's old socket (closed by
     the Spearlet when the SMS went silent, its unsent heartbeats still in the TCP
@@ -148,8 +145,22 @@ def test_heartbeat_from_stale_connection_does_not_revive_node(multihost):
             eid = c.submit("pinned", b"once")
             time.sleep(0.2)
             assert c.execution(eid).status == "pending"  # queued: its only node is away
-            old.heartbeat()  # the stale bytes arrive; nobody reads the old socket after this
-            dispatch, _ = old.recv_until(P.Dispatch, 1.0)  # delivered into a dead connection?
+            # the stale bytes arrive (a heartbeat of the session the node had then);
+            # nobody reads the old socket after this
+            hb = old.heartbeat()
+            seen = []
+            deadline = time.monotonic() + 1.0
+            while (left := deadline - time.monotonic()) > 0:
+                msg, _ = old.recv(left)
+                if msg is not None:
+                    seen.append(msg)
+            dispatch = next((m for m in seen if isinstance(m, P.Dispatch)), None)
+            assert dispatch is None, "dispatched into the old connection"
+            # the stale connection is told to register; the node stays unhealthy
+            assert [m for m in seen if isinstance(m, P.HeartbeatAck)] == [
+                P.HeartbeatAck(id=hb, known=False)], seen
+            assert c.node("stale-node").state == "unhealthy"
+            assert c.execution(eid).status == "pending"
             new = RawNode(mh.sms_addr, "stale-node", labels={"host": "stale"})
             new.register()
             # the live node: runs what it is sent, heartbeats what it runs
@@ -314,12 +325,6 @@ def test_sms_crash_keeps_every_accepted_execution(multihost):
                          f"{cycle + 1} SMS crash(es)")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: a result a Spearlet sends while the SMS is down is dropped when the Spearlet "
-    "gives up on the silent SMS and resets its link (spear/spearlet/daemon.py _link_loop -> "
-    "DealerPeer.reconnect, spear/mesh/dealer.py: the old socket is closed with linger 0, "
-    "its queued Result with it); the restarted SMS then sees the execution missing from the "
-    "node's heartbeats and ends it 'lost' (retries=0) though it succeeded"))
 def test_result_finished_while_sms_down_is_delivered(multihost):
     """Executions that finish on their node while the SMS is down (and before
     the node notices) keep their result: the restarted SMS accepts it."""

@@ -49,6 +49,7 @@ def test_register_makes_the_node_ready(reg, store, events):
     assert info.registered_at == T0
     assert info.last_seen == T0
     assert reg.get("n1") == info
+    reg.flush()
     assert stored(store, "n1") == info
     assert events == [NodeEvent("n1", "", "ready", "registered")]
 
@@ -102,11 +103,16 @@ def test_heartbeats_keep_a_node_ready(reg):
 
 def test_unhealthy_state_is_persisted(reg, store):
     reg.register(node(), T0)
+    reg.flush()
     reg.tick(T0 + TIMEOUT + 1)
+    assert stored(store, "n1").state == "ready"  # not before the next flush
+    reg.flush()
     assert stored(store, "n1").state == "unhealthy"
 
 
-def test_heartbeat_resumes_to_ready(reg, store, events):
+def test_legacy_heartbeat_without_session_resumes_to_ready(reg, store, events):
+    """A heartbeat without a session token (session=0: a peer older than sessions,
+    or an in-process caller) is checked by node id only, as before sessions."""
     reg.register(node(), T0)
     reg.tick(T0 + TIMEOUT + 1)
     events.clear()
@@ -114,6 +120,7 @@ def test_heartbeat_resumes_to_ready(reg, store, events):
     info = reg.get("n1")
     assert info.state == "ready"
     assert info.usage.load1 == 0.5
+    reg.flush()
     assert stored(store, "n1").state == "ready"
     assert events == [NodeEvent("n1", "unhealthy", "ready", "heartbeat resumed")]
     # and it is no longer on the way out: kept alive, it outlives the cleanup deadline
@@ -129,12 +136,14 @@ def test_unhealthy_for_cleanup_interval_is_gone_and_removed(reg, store):
     reg.tick(t_unhealthy)
     assert reg.tick(t_unhealthy + CLEANUP - 0.001) == []
     assert reg.get("n1").state == "unhealthy"
+    reg.flush()
     assert stored(store, "n1") is not None
     evs = reg.tick(t_unhealthy + CLEANUP)
     assert [(e.node_id, e.old, e.new) for e in evs] == [("n1", "unhealthy", "gone")]
     assert reg.list() == []
     with pytest.raises(errors.NotFound):
         reg.get("n1")
+    reg.flush()
     assert stored(store, "n1") is None
     assert list(store.scan(PREFIX)) == []
     assert reg.heartbeat("n1", Usage(), t_unhealthy + CLEANUP + 1) is False
@@ -156,6 +165,7 @@ def test_reregistration_after_removal_is_ready(reg, store):
     info = reg.register(node(), t)
     assert info.state == "ready"
     assert info.registered_at == t
+    reg.flush()
     assert stored(store, "n1").state == "ready"
 
 
@@ -193,10 +203,12 @@ def test_on_event_sees_what_tick_returns(store):
 
 def test_deregister_removes(reg, store, events):
     reg.register(node(), T0)
+    reg.flush()
     events.clear()
     info = reg.deregister("n1", T0 + 1)
     assert info.node_id == "n1"
     assert reg.list() == []
+    reg.flush()
     assert stored(store, "n1") is None
     assert events == [NodeEvent("n1", "ready", "gone", "deregistered")]
 
@@ -257,6 +269,7 @@ def test_restart_loads_nodes_unhealthy_then_ready_on_heartbeat(ldb_path):
         reg.register(node("a", "alpha", labels={"zone": "1"}), T0)
         reg.register(node("b", "beta"), T0)
         reg.heartbeat("a", Usage(running=1), T0 + 1)
+        reg.flush()
     finally:
         s.close()
 
@@ -278,6 +291,7 @@ def test_restart_loads_nodes_unhealthy_then_ready_on_heartbeat(ldb_path):
         evs = reg.tick(t1 + CLEANUP)
         assert [(e.node_id, e.new) for e in evs] == [("b", "gone")]
         assert [n.node_id for n in reg.list()] == ["a"]
+        reg.flush()
     finally:
         s.close()
 
@@ -298,6 +312,7 @@ def test_restart_loads_nodes_unhealthy_then_ready_on_heartbeat(ldb_path):
 def test_corrupt_record_is_skipped_not_fatal(store, raw, caplog):
     good = make(store)
     good.register(node("ok", "fine"), T0)
+    good.flush()
     store.put(PREFIX + b"bad", raw)
     reg = make(store, now=T0 + 10)
     assert [n.node_id for n in reg.list()] == ["ok"]
@@ -312,5 +327,280 @@ def test_corrupt_record_is_skipped_not_fatal(store, raw, caplog):
 def test_only_node_prefix_is_loaded(store):
     store.put(b"fn/x", b"\xc1")
     store.put(b"node0", b"\xc1")
-    make(store).register(node("n", "n"), T0)
+    reg = make(store)
+    reg.register(node("n", "n"), T0)
+    reg.flush()
     assert [n.node_id for n in make(store, now=T0).list()] == ["n"]
+
+
+# ---------------------------------------------------------------- sessions
+
+
+def test_each_registration_starts_a_new_session(reg):
+    reg.register(node(), T0)
+    first = reg.session_of("n1")
+    assert first > 0
+    reg.register(node(), T0 + 1)
+    second = reg.session_of("n1")
+    assert second > 0 and second != first
+    assert reg.session_of("ghost") == 0
+
+
+def test_heartbeat_of_the_current_session_is_taken(reg):
+    reg.register(node(), T0)
+    s = reg.session_of("n1")
+    assert reg.heartbeat("n1", Usage(running=2), T0 + 1, s) is True
+    info = reg.get("n1")
+    assert (info.last_seen, info.usage.running, info.state) == (T0 + 1, 2, "ready")
+    assert reg.stale_heartbeats == 0
+
+
+def test_heartbeat_of_an_older_session_changes_nothing(reg, events):
+    """The node registered again (a new connection): what its old connection still
+    delivers is refused and leaves last_seen, usage and state alone."""
+    reg.register(node(), T0)
+    old = reg.session_of("n1")
+    reg.register(node(), T0 + 1)
+    events.clear()
+    before = reg.get("n1")
+    assert reg.heartbeat("n1", Usage(running=7), T0 + 2, old) is False
+    assert reg.get("n1") == before
+    assert reg.stale_heartbeats == 1
+    assert events == []
+    # and it does not keep the node alive: it turns unhealthy on time
+    assert [e.new for e in reg.tick(T0 + 1 + TIMEOUT + 0.1)] == ["unhealthy"]
+
+
+def test_made_up_session_is_refused(reg):
+    reg.register(node(), T0)
+    s = reg.session_of("n1")
+    assert reg.heartbeat("n1", Usage(), T0 + 1, s ^ 1) is False
+    assert reg.get("n1").last_seen == T0
+
+
+def test_unhealthy_ends_the_session_only_register_revives(reg, store, events):
+    """The stale-connection bug: after a partition heals, the node's old (dead)
+    connection delivers a heartbeat of its then current session. It must not turn
+    the node ready (the SMS would dispatch into that connection): only the node's
+    registration over its new connection does."""
+    reg.register(node(), T0)
+    s = reg.session_of("n1")
+    reg.tick(T0 + TIMEOUT + 1)
+    assert reg.get("n1").state == "unhealthy"
+    assert reg.session_of("n1") == 0
+    events.clear()
+    version = reg.version
+    assert reg.heartbeat("n1", Usage(running=3), T0 + TIMEOUT + 2, s) is False
+    info = reg.get("n1")
+    assert info.state == "unhealthy"
+    assert info.usage.running == 0 and info.last_seen == T0
+    assert events == [] and reg.version == version
+    # refused heartbeats do not hold off the cleanup either
+    evs = reg.tick(T0 + TIMEOUT + 1 + CLEANUP)
+    assert [(e.node_id, e.new) for e in evs] == [("n1", "gone")]
+
+
+def test_register_after_unhealthy_is_ready_with_a_new_session(reg, events):
+    reg.register(node(), T0)
+    s = reg.session_of("n1")
+    reg.tick(T0 + TIMEOUT + 1)
+    events.clear()
+    reg.register(node(), T0 + TIMEOUT + 2)
+    s2 = reg.session_of("n1")
+    assert s2 not in (0, s)
+    assert reg.get("n1").state == "ready"
+    assert events == [NodeEvent("n1", "unhealthy", "ready", "registered")]
+    assert reg.heartbeat("n1", Usage(), T0 + TIMEOUT + 3, s) is False
+    assert reg.heartbeat("n1", Usage(), T0 + TIMEOUT + 3, s2) is True
+    assert reg.get("n1").last_seen == T0 + TIMEOUT + 3
+
+
+def test_deregister_and_removal_end_the_session(reg):
+    reg.register(node("a", "a"), T0)
+    reg.register(node("b", "b"), T0)
+    sa = reg.session_of("a")
+    reg.deregister("a", T0 + 1)
+    assert reg.session_of("a") == 0
+    assert reg.heartbeat("a", Usage(), T0 + 2, sa) is False
+    reg.tick(T0 + TIMEOUT + 1)
+    reg.tick(T0 + TIMEOUT + 1 + CLEANUP)
+    assert reg.sessions == {}
+
+
+def test_after_a_restart_nodes_must_register_again(store):
+    """Sessions are not persisted: a heartbeat that carries one (from before the
+    restart) is refused, so the node registers again and is ready."""
+    reg = make(store)
+    reg.register(node(), T0)
+    s = reg.session_of("n1")
+    reg.flush()
+    again = make(store, now=T0 + 10)
+    assert again.get("n1").state == "unhealthy"
+    assert again.heartbeat("n1", Usage(), T0 + 11, s) is False
+    assert again.get("n1").state == "unhealthy"
+    again.register(node(), T0 + 12)
+    assert again.heartbeat("n1", Usage(), T0 + 13, again.session_of("n1")) is True
+    assert again.get("n1").state == "ready"
+
+
+def test_session_factory_is_injectable(store):
+    tokens = iter([11, 22])
+    reg = NodeRegistry(store, heartbeat_timeout=TIMEOUT, cleanup_interval=CLEANUP, now=T0,
+                       session_factory=lambda: next(tokens))
+    reg.register(node(), T0)
+    assert reg.session_of("n1") == 11
+    reg.register(node(), T0)
+    assert reg.session_of("n1") == 22
+
+
+# ---------------------------------------------------------------- batched writes
+
+
+class CountingStore:
+    """A store wrapper that records every write call (and can be made to fail)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.calls: list[tuple] = []
+        self.fail = False
+
+    def get(self, key):
+        return self.inner.get(key)
+
+    def scan(self, prefix=b""):
+        return self.inner.scan(prefix)
+
+    def put(self, key, value, *, sync=False):
+        self.calls.append(("put", key, sync))
+        self.inner.put(key, value, sync=sync)
+
+    def delete(self, key, *, sync=False):
+        self.calls.append(("delete", key, sync))
+        self.inner.delete(key, sync=sync)
+
+    def write_batch(self, puts=(), deletes=(), *, sync=False):
+        puts, deletes = list(puts), list(deletes)
+        if self.fail:
+            raise OSError("disk full")
+        self.calls.append(("batch", sorted(k for k, _ in puts), sorted(deletes), sync))
+        self.inner.write_batch(puts, deletes, sync=sync)
+
+
+@pytest.fixture
+def counted(store):
+    return CountingStore(store)
+
+
+def test_registration_storm_is_one_unsynced_batch(counted):
+    reg = make(counted)
+    for i in range(1000):
+        reg.register(node(f"n{i:04d}", f"n{i}"), T0 + i * 0.001)
+    assert counted.calls == []  # nothing written on the way
+    assert reg.flush() == 1000
+    assert len(counted.calls) == 1
+    kind, keys, deletes, sync = counted.calls[0]
+    assert (kind, len(keys), deletes, sync) == ("batch", 1000, [], False)
+    assert len(list(counted.scan(PREFIX))) == 1000
+    # nothing dirty: no write at all
+    assert reg.flush() == 0
+    assert len(counted.calls) == 1
+
+
+def test_state_flips_are_batched_and_carry_the_latest_record(counted):
+    reg = make(counted)
+    for i in range(50):
+        reg.register(node(f"n{i:02d}", f"n{i}"), T0)
+    reg.flush()
+    counted.calls.clear()
+    reg.heartbeat("n00", Usage(running=5), T0 + 1, reg.session_of("n00"))
+    assert reg.flush() == 0  # a heartbeat alone is soft state: not written
+    reg.tick(T0 + TIMEOUT + 0.5)  # n01..n49 turn unhealthy
+    reg.tick(T0 + TIMEOUT + 0.6)
+    assert counted.calls == []
+    assert reg.flush() == 49
+    assert [c[0] for c in counted.calls] == ["batch"]
+    assert all(stored(counted, f"n{i:02d}").state == "unhealthy" for i in range(1, 50))
+    assert stored(counted, "n00").state == "ready"
+
+
+def test_deregister_is_deleted_at_the_next_flush_synced(counted):
+    reg = make(counted)
+    reg.register(node("a", "a"), T0)
+    reg.register(node("b", "b"), T0)
+    reg.flush()
+    counted.calls.clear()
+    reg.deregister("a", T0 + 1)
+    assert stored(counted, "a") is not None  # still there until the flush
+    assert reg.flush() == 1
+    assert counted.calls == [("batch", [], [PREFIX + b"a"], True)]
+    assert stored(counted, "a") is None
+    assert stored(counted, "b") is not None
+
+
+def test_cleanup_removal_is_deleted_at_the_next_flush(counted):
+    reg = make(counted)
+    reg.register(node(), T0)
+    reg.flush()
+    reg.tick(T0 + TIMEOUT + 1)
+    reg.tick(T0 + TIMEOUT + 1 + CLEANUP)
+    counted.calls.clear()
+    reg.flush()
+    assert counted.calls == [("batch", [], [PREFIX + b"n1"], True)]
+    assert list(counted.scan(PREFIX)) == []
+
+
+def test_register_then_deregister_before_a_flush_leaves_no_record(counted):
+    reg = make(counted)
+    reg.register(node(), T0)
+    reg.deregister("n1", T0 + 0.001)
+    reg.flush()
+    assert counted.calls == [("batch", [], [PREFIX + b"n1"], True)]
+    assert stored(counted, "n1") is None
+
+
+def test_deregister_then_register_before_a_flush_keeps_the_record(counted):
+    reg = make(counted)
+    reg.register(node(), T0)
+    reg.flush()
+    counted.calls.clear()
+    reg.deregister("n1", T0 + 1)
+    reg.register(node(address="tcp://back:1"), T0 + 1.001)
+    reg.flush()
+    assert counted.calls == [("batch", [PREFIX + b"n1"], [], False)]
+    assert stored(counted, "n1").address == "tcp://back:1"
+
+
+def test_failed_flush_keeps_everything_for_the_next(counted):
+    reg = make(counted)
+    reg.register(node("a", "a"), T0)
+    reg.register(node("b", "b"), T0)
+    reg.flush()
+    reg.register(node("c", "c"), T0 + 1)
+    reg.deregister("a", T0 + 1)
+    counted.fail = True
+    with pytest.raises(OSError):
+        reg.flush()
+    assert stored(counted, "c") is None and stored(counted, "a") is not None
+    counted.fail = False
+    assert reg.flush() == 2
+    assert stored(counted, "c") is not None and stored(counted, "a") is None
+
+
+def test_unflushed_changes_are_lost_in_a_crash_and_nodes_reregister(ldb_path):
+    """What batching gives up: a crash loses the changes since the last flush
+    (here a registration); the node is unknown, gets known=False and registers."""
+    s = open_store("leveldb", ldb_path)
+    try:
+        reg = make(s)
+        reg.register(node("kept", "kept"), T0)
+        reg.flush()
+        reg.register(node("late", "late"), T0 + 0.01)  # never flushed: the SMS "crashes"
+    finally:
+        s.close()
+    s = open_store("leveldb", ldb_path)
+    try:
+        reg = make(s, now=T0 + 5)
+        assert [n.node_id for n in reg.list()] == ["kept"]
+        assert reg.heartbeat("late", Usage(), T0 + 6, 12345) is False
+    finally:
+        s.close()
