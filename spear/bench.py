@@ -58,6 +58,7 @@ import platform
 import shutil
 import signal
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -605,7 +606,63 @@ def floor_latency_pass(fl: Floor, res: Results, plan: Plan, prog: Progress, tag:
         m = _ms(fl.latency(addr, plan.mib_n, blob, warm=5))
         one[f"{hop}_1mib"] = m
         res.floor_sample(f"{hop}.1mib.p50", m["p50"])
+    m = _ms(pipe_echo_floor(blob, plan.mib_n))
+    one["pipe_1mib"] = m
+    res.floor_sample("pipe.1mib.p50", m["p50"])
     raw.append(one)
+
+
+#: A bare child that echoes length-prefixed frames from stdin to stdout: the
+#: cost of moving data through a worker's pipes, without Spear.
+PIPE_ECHO_SRC = r'''
+import os, struct
+r, w = 0, 1
+def read_exactly(n):
+    buf = bytearray(n); mv = memoryview(buf); got = 0
+    while got < n:
+        k = os.readv(r, [mv[got:]])
+        if not k:
+            raise SystemExit(0)
+        got += k
+    return buf
+while True:
+    (n,) = struct.unpack(">I", read_exactly(4))
+    data = bytes(read_exactly(n))
+    out = memoryview(struct.pack(">I", n) + data)
+    while out:
+        out = out[os.write(w, out):]
+'''
+
+
+def pipe_echo_floor(blob: bytes, n: int) -> list[float]:
+    """Round trips of ``blob`` through a bare child's stdin/stdout (pipes sized as Spear's)."""
+    from .runtimes.process import _grow_pipe
+
+    p = subprocess.Popen([sys.executable, "-c", PIPE_ECHO_SRC], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, bufsize=0)
+    try:
+        for f in (p.stdin, p.stdout):
+            _grow_pipe(f.fileno())
+        frame = struct.pack(">I", len(blob)) + blob
+        ts = []
+        for i in range(n + 3):
+            t0 = time.perf_counter()
+            out = memoryview(frame)
+            while out:
+                out = out[os.write(p.stdin.fileno(), out):]
+            got = bytearray()
+            while len(got) < len(frame):
+                chunk = os.read(p.stdout.fileno(), 1 << 18)
+                if not chunk:
+                    raise RuntimeError("pipe echo child exited")
+                got += chunk
+            if i >= 3:
+                ts.append(time.perf_counter() - t0)
+        return ts
+    finally:
+        p.stdin.close()
+        p.wait(5)
+        p.stdout.close()
 
 
 def floor_rate_trial(fl: Floor, res: Results, plan: Plan, hop: str) -> float:
@@ -639,6 +696,7 @@ def floor_figures(res: Results) -> None:
         ("3hop.rate", "floor: 3-hop pipelined round trips (broker)", "/s"),
         ("2hop.1mib.p50", "floor: 1 MiB echo p50, 2-hop", "ms"),
         ("3hop.1mib.p50", "floor: 1 MiB echo p50, 3-hop broker", "ms"),
+        ("pipe.1mib.p50", "floor: 1 MiB echo p50 through a bare child's pipes (a worker's hop)", "ms"),
         ("parallel.efficiency", "floor: bare processes on all cores: parallel efficiency", "%"),
         ("wasmtime.call", "floor: bare wasmtime-py call of the add export", "us"),
     ]
