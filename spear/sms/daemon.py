@@ -151,8 +151,7 @@ class SMS:
         # (or no longer know) are acked; the open ones it sends again, and until
         # then they count as running there (not lost)
         acked, resend = self._sort_finished(msg.finished)
-        self.tasks.on_running(msg.node_id, [*msg.running_ids, *resend] if resend
-                              else msg.running_ids, now)
+        self.tasks.on_running(msg.node_id, msg.running_ids, now, finished=resend)
         return P.HeartbeatAck(id=msg.id, acked=acked, resend=resend)
 
     def _sort_finished(self, finished: list[str]) -> tuple[list[str], list[str]]:

@@ -429,15 +429,21 @@ class TaskService:
                     self._end(ex, "failed", now, msg.code, msg.message)
                 return
 
-    def on_running(self, node: str, running: list[str], now: float) -> None:
-        """Reconcile with a heartbeat's list of executions the node is running."""
+    def on_running(self, node: str, running: list[str], now: float,
+                   finished: list[str] | tuple = ()) -> None:
+        """Reconcile with a heartbeat's list of executions the node is running.
+
+        ``finished``: executions the node has finished and is sending the
+        result of again (after a link reset): present, and never overdue.
+        """
         mine = self.by_node.get(node)
         if not mine:
             return
         present = set(running)
+        done = set(finished) if finished else ()
         for eid in list(mine):
             ex = self.execs.get(eid)
-            if ex is None:
+            if ex is None or eid in done:
                 continue
             if eid in present:
                 if now > ex.deadline:

@@ -1317,3 +1317,15 @@ def test_a_retry_gets_a_fresh_deadline(make):
     assert cl.status("e1") == "scheduled"
     cl.svc.on_running(other, ["e1"], T0 + 5.6)
     assert cl.status("e1") == "timed_out"
+
+
+def test_a_result_being_resent_is_neither_lost_nor_overdue(make):
+    """After a link reset the node lists finished executions whose result it sends again."""
+    cl = make(deadline_grace=1.0, report_grace=0.5)
+    cl.add_node("n1")
+    cl.deploy("f", timeout=1.0)
+    cl.submit("e1")
+    cl.svc.on_running("n1", [], T0 + 30.0, finished=["e1"])  # past grace and deadline
+    assert cl.status("e1") == "scheduled"
+    cl.result("n1", "e1")
+    assert cl.status("e1") == "succeeded" and cl.svc.counts["late_results"] == 0
