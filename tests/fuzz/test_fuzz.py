@@ -651,7 +651,13 @@ def fuzz_cluster(tmp_path_factory):
     cfg = d / "spear.toml"
     # The fuzzer deploys random specs: keep it to the wasm sandbox (no commands run,
     # no image pulls). Everything else about the daemons is default.
-    cfg.write_text("[runtimes.process]\nenabled = false\n[runtimes.docker]\nenabled = false\n")
+    # Executions a fake node held and gave back (node lost, retries left) wait in
+    # their function's queue for an eligible node; the fake nodes never return,
+    # so they end when [sms] queue_timeout expires: short here, so that the
+    # after-fuzz check (every reservation returned within 3 heartbeat timeouts
+    # + 10 s) covers it.
+    cfg.write_text("[sms]\nqueue_timeout = 5.0\n"
+                   "[runtimes.process]\nenabled = false\n[runtimes.docker]\nenabled = false\n")
     c = Cluster(d / "cluster", spearlets=1, store="leveldb", config=str(cfg),
                 heartbeat_interval=HB_INTERVAL, heartbeat_timeout=HB_TIMEOUT,
                 cleanup_interval=CLEANUP, labels=["=".join(PROBE_LABEL)], env=DAEMON_ENV)
