@@ -10,11 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import msgspec

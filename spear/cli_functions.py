@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import sys
@@ -332,8 +331,6 @@ def cmd_logs(args) -> int:
 @command("events")
 def cmd_events(args) -> int:
     import time as _time
-
-    from .client import Client
 
     deadline = _time.monotonic() + args.duration if args.duration else None
     with _client(args) as c:

@@ -375,7 +375,7 @@ def test_reserve_until_full(pool_mod):
 
 def test_full_pool_stays_full_when_idle(pool_mod):
     p = pool_mod.SlotPool(2)
-    a, b = p.reserve(), p.reserve()
+    a, _ = p.reserve(), p.reserve()
     p.release(a, 1.0)
     assert p.reserve() == -1
     assert p.size == 2

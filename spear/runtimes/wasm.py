@@ -918,10 +918,8 @@ class WasmRuntime(Runtime):
         for i, ty in enumerate(h.setters):
             setattr(buf[i], ty, values[i])
         t_cpu = time.thread_time()
-        t_wall = time.perf_counter()
         trap = ctypes.POINTER(_B.wasm_trap_t)()
         err = _B._wasmtime_func_call_unchecked(ctx, h.fref, buf, h.nbuf, ctypes.byref(trap))
-        wall = time.perf_counter() - t_wall
         cpu = time.thread_time() - t_cpu
         # CPU time, not wall time: on a busy machine a preempted call would look
         # slow and push every later call through the thread pool
@@ -1060,7 +1058,6 @@ class WasmRuntime(Runtime):
         usage); a trap or a limit raises a classified SpearError. Records in
         ``compiled.slow`` whether the run took longer than ``inline_budget``."""
         t_cpu = time.thread_time()
-        t_wall = time.perf_counter()
         byref = ctypes.byref
         store = _B._wasmtime_store_new(self._engine_ptr, None, _NO_FINALIZER)
         try:
@@ -1083,7 +1080,6 @@ class WasmRuntime(Runtime):
                     raise errors.Internal("`_start` export not found after instantiation")
                 buf = (_B.wasmtime_val_raw_t * 1)()
                 err = _B._wasmtime_func_call_unchecked(ctx, byref(item.of.func), buf, 1, byref(trap))
-            wall = time.perf_counter() - t_wall
             compiled.slow = time.thread_time() - t_cpu > self.inline_budget
             exit_code = 0
             failure: BaseException | None = None

@@ -11,9 +11,9 @@ import asyncio
 import logging
 
 import msgspec
-import signal
 import time
 
+from ..service import Service
 from .. import __version__, errors, protocol as P
 from ..config import Config
 from ..metrics import SMSMetrics
@@ -41,7 +41,7 @@ class _Outbox:
         return self.server.reply(ident, msg, payload)
 
 
-class SMS:
+class SMS(Service):
     """Spear Management Service: nodes, functions, executions, scheduling."""
 
     def __init__(self, config: Config) -> None:
@@ -331,21 +331,6 @@ class SMS:
         log.info("SMS listening on %s (store %s at %s)", self.address,
                  self.config.storage.backend, self.config.storage.path)
         return self.address
-
-    def stop(self) -> None:
-        if self._stopping is not None:
-            self._stopping.set()
-
-    async def serve_forever(self) -> None:
-        await self.start()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                loop.add_signal_handler(sig, self.stop)
-            except (NotImplementedError, RuntimeError):
-                pass
-        await self._stopping.wait()
-        await self.close()
 
     async def close(self) -> None:
         for t in self._tickers:

@@ -30,7 +30,6 @@ import logging
 
 import msgspec
 import os
-import signal
 import socket
 import time
 import uuid
@@ -38,6 +37,7 @@ from pathlib import Path
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from ..service import Service
 from .. import __version__, errors, protocol as P
 from ..config import Config
 from ..metrics import SpearletMetrics
@@ -191,7 +191,7 @@ class _ResultCollector:
         return [kept, dropped]
 
 
-class Spearlet:
+class Spearlet(Service):
     """Registers with the SMS, heartbeats, serves direct invocations."""
 
     def __init__(self, config: Config) -> None:
@@ -403,21 +403,6 @@ class Spearlet:
         log.info("spearlet %s serving on %s, SMS %s", self.node_id, self.address,
                  self.config.spearlet.sms)
         return self.address
-
-    def stop(self) -> None:
-        if self._stopping is not None:
-            self._stopping.set()
-
-    async def serve_forever(self) -> None:
-        await self.start()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                loop.add_signal_handler(sig, self.stop)
-            except (NotImplementedError, RuntimeError):
-                pass
-        await self._stopping.wait()
-        await self.close()
 
     async def close(self, *, deregister: bool = True) -> None:
         """Graceful stop: stop taking work, deregister, close sockets."""

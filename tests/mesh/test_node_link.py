@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import msgspec
-import pytest
 import zmq
 
 from spear import protocol as P
@@ -28,7 +27,7 @@ from spear.sms.nodes import PREFIX
 from spear.spearlet.daemon import ResultBuffer, Spearlet
 from spear.store import open_store
 
-from .test_router import recv, recv_or_none, running_sms
+from .test_router import recv, running_sms
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 WAIT = 5.0  # generous: only a broken daemon ever waits this long
