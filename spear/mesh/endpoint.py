@@ -98,6 +98,20 @@ def _raw_getsockopt():
 
 _get = _raw_getsockopt()
 
+
+def _raw_send():
+    """The backend's send: pyzmq's Python wrapper doubles the cost of a small send."""
+    for cls in zmq.Socket.__mro__:
+        if cls.__module__.startswith("zmq.backend") and "send" in cls.__dict__:
+            return cls.send
+    return zmq.Socket.send
+
+
+_send = _raw_send()
+#: immutable frames at least this big are sent without a copy (libzmq keeps a
+#: reference until they are on the wire); smaller ones are cheaper to copy
+ZERO_COPY_MIN = 64 * 1024
+
 _ctx: zmq.Context | None = None
 
 
@@ -334,9 +348,12 @@ class Endpoint:
         try:
             # multipart sends are atomic in libzmq: only the first part can hit HWM
             last = len(frames) - 1
+            send = _send
             for i in range(last):
-                sock.send(frames[i], _SNDMORE_NOBLOCK, copy=copy)
-            sock.send(frames[last], _NOBLOCK, copy=copy)
+                f = frames[i]
+                send(sock, f, _SNDMORE_NOBLOCK, len(f) < ZERO_COPY_MIN or type(f) is not bytes)
+            f = frames[last]
+            send(sock, f, _NOBLOCK, len(f) < ZERO_COPY_MIN or type(f) is not bytes)
             pending = _get(sock, _EVENTS) & _POLLIN
         except zmq.Again:
             self.dropped += 1
