@@ -17,7 +17,9 @@ import zmq
 from spear import AsyncClient
 from spear import protocol as P
 from spear.config import load_config
-from spear.mesh.endpoint import BATCH_PROTOCOL, MAX_BATCH, unbatch
+import struct
+
+from spear.mesh.endpoint import BATCH_PROTOCOL, MAX_BATCH, pack_batch, unbatch
 from spear.sms.daemon import SMS
 
 TIMEOUT = 5.0
@@ -30,26 +32,37 @@ def body(msg) -> bytes:
 # ------------------------------------------------------------------ the envelope
 
 
-def test_unbatch_splits_bodies_and_payloads():
-    frames = [BATCH_PROTOCOL, bytes([1, 2, 1]), b"b1", b"b2", b"p2", b"b3"]
+def test_a_batch_is_three_frames_and_splits_back():
+    msgs = [[b"b1"], [b"b2", b"p2"], [b"b3"], [b"", b""]]
+    frames = pack_batch(msgs)
+    assert len(frames) == 3 and frames[0] == BATCH_PROTOCOL
+    assert struct.unpack("<8I", frames[1]) == (2, 0, 2, 3, 2, 0, 0, 1)
+    assert frames[2] == b"b1b2p2b3"
     assert unbatch(frames, 0) == [[P.PROTOCOL, b"b1"], [P.PROTOCOL, b"b2", b"p2"],
-                                  [P.PROTOCOL, b"b3"]]
+                                  [P.PROTOCOL, b"b3"], [P.PROTOCOL, b"", b""]]
 
 
 def test_unbatch_keeps_the_routing_identity():
-    frames = [b"peer", BATCH_PROTOCOL, bytes([1, 1]), b"x", b"y"]
+    frames = [b"peer", *pack_batch([[b"x"], [b"y"]])]
     assert unbatch(frames, 1) == [[b"peer", P.PROTOCOL, b"x"], [b"peer", P.PROTOCOL, b"y"]]
 
 
+def _index(*lens) -> bytes:
+    return struct.pack(f"<{len(lens)}I", *lens)
+
+
 @pytest.mark.parametrize("frames", [
-    [BATCH_PROTOCOL, bytes([1])],                       # no message frames at all
-    [BATCH_PROTOCOL, b"", b"x"],                        # empty layout
-    [BATCH_PROTOCOL, bytes([1, 1]), b"x"],              # layout longer than the frames
-    [BATCH_PROTOCOL, bytes([1]), b"x", b"y"],           # frames left over
-    [BATCH_PROTOCOL, bytes([3]), b"x", b"y", b"z"],     # 3 frames per message: not allowed
-    [BATCH_PROTOCOL, bytes([0]), b"x"],                 # 0 frames per message
-    [BATCH_PROTOCOL, bytes([1] * (MAX_BATCH + 1)), *([b"x"] * (MAX_BATCH + 1))],
-], ids=["no-frames", "empty-layout", "short", "left-over", "three", "zero", "too-many"])
+    [BATCH_PROTOCOL, _index(1, 0)],                           # no blob frame
+    [BATCH_PROTOCOL, _index(1, 0), b"x", b"extra"],           # a frame too many
+    [BATCH_PROTOCOL, b"", b"x"],                              # empty index
+    [BATCH_PROTOCOL, b"\x01\x00\x00", b"x"],                   # index not whole u32 pairs
+    [BATCH_PROTOCOL, _index(2, 0), b"x"],                     # body past the blob
+    [BATCH_PROTOCOL, _index(1, 3), b"xy"],                    # payload past the blob
+    [BATCH_PROTOCOL, _index(1, 0), b"xy"],                    # bytes left over
+    [BATCH_PROTOCOL, _index(0xFFFFFFFF, 0), b"x"],            # huge length
+    [BATCH_PROTOCOL, _index(*([1, 0] * (MAX_BATCH + 1))), b"x" * (MAX_BATCH + 1)],
+], ids=["no-blob", "extra-frame", "empty-index", "ragged-index", "short-body",
+        "short-payload", "left-over", "huge-length", "too-many"])
 def test_unbatch_refuses_malformed_envelopes(frames):
     assert unbatch(frames, 0) is None
 
@@ -91,9 +104,8 @@ def test_a_peer_that_sends_a_batch_gets_every_answer(arun, free_port, zsocket):
             sock = zsocket(zmq.DEALER, aio=True)
             sock.connect(sms.address)
             n = 200
-            layout = bytes([1] * n)
-            await sock.send_multipart([BATCH_PROTOCOL, layout,
-                                       *[body(P.Ping(id=i)) for i in range(1, n + 1)]])
+            await sock.send_multipart(pack_batch([[body(P.Ping(id=i))]
+                                                  for i in range(1, n + 1)]))
             msgs, carriers = await recv_all(sock, n)
             assert sorted(m.id for m in msgs) == list(range(1, n + 1))
             assert all(isinstance(m, P.Pong) for m in msgs)
@@ -129,8 +141,8 @@ def test_a_plain_peer_never_gets_a_batch(arun, free_port, zsocket):
 
 
 @pytest.mark.parametrize("frames,rid", [
-    ([BATCH_PROTOCOL, bytes([1, 1]), body(P.Ping(id=5))], 0),          # short
-    ([BATCH_PROTOCOL, bytes([7]), body(P.Ping(id=5))], 0),              # bad layout byte
+    ([BATCH_PROTOCOL, _index(5, 0), body(P.Ping(id=5))], 0),           # lengths disagree
+    ([BATCH_PROTOCOL, b"\x07", body(P.Ping(id=5))], 0),                # ragged index
 ])
 def test_a_malformed_batch_is_a_protocol_error(frames, rid, arun, free_port, zsocket):
     port = free_port()
@@ -161,7 +173,7 @@ def test_bad_messages_inside_a_batch_are_answered_one_by_one(arun, free_port, zs
             sock.connect(sms.address)
             parts = [body(P.Ping(id=1)), b"\xc1garbage", body(P.GetNode(id=3, node_id="nope")),
                      body(P.Ping(id=4))]
-            await sock.send_multipart([BATCH_PROTOCOL, bytes([1] * 4), *parts])
+            await sock.send_multipart(pack_batch([[p] for p in parts]))
             msgs, _ = await recv_all(sock, 4)
             by_kind = sorted((type(m).__name__, m.id) for m in msgs)
             assert by_kind == [("ErrorReply", 0), ("ErrorReply", 3), ("Pong", 1), ("Pong", 4)]
@@ -196,10 +208,12 @@ _VALID = [body(P.Ping(id=1)), body(P.ListNodes(id=2)), body(P.GetNode(id=3, node
           body(P.Stats(id=4)), body(P.ListFunctions(id=5))]
 _part = st.one_of(st.sampled_from(_VALID), st.binary(max_size=64))
 _envelope = st.one_of(
-    # a well-formed layout over random or valid bodies (and payloads)
+    # a well-formed envelope over random or valid bodies (and payloads)
     st.lists(st.tuples(_part, st.none() | st.binary(max_size=32)), min_size=1, max_size=40).map(
-        lambda ms: [BATCH_PROTOCOL, bytes(1 if p is None else 2 for _, p in ms),
-                    *[f for b, p in ms for f in ((b,) if p is None else (b, p))]]),
+        lambda ms: pack_batch([[b] if p is None else [b, p] for b, p in ms])),
+    # a random index over a random blob
+    st.tuples(st.lists(st.integers(0, 70), min_size=2, max_size=12).filter(lambda x: len(x) % 2 == 0),
+              st.binary(max_size=200)).map(lambda t: [BATCH_PROTOCOL, _index(*t[0]), t[1]]),
     # anything after the marker
     st.lists(st.binary(max_size=48), min_size=0, max_size=8).map(lambda fs: [BATCH_PROTOCOL, *fs]),
 )
