@@ -159,6 +159,7 @@ class TaskService:
         self.queues: dict[str, collections.deque[str]] = {}
         self.queued = 0  # executions in all queues (entries of ended ones included)
         self.dirty: set[str] = set()
+        self.pruned: list[bytes] = []  # keys of records dropped by retention, to delete
         self.watch: set[str] = set()  # executions with timed waiters or pending cancels
         self.counts: collections.Counter = collections.Counter()
         self.started_at = now
@@ -585,8 +586,8 @@ class TaskService:
         for eid in dead:
             del self.execs[eid]
             self.dirty.discard(eid)
-        if dead:
-            self.store.write_batch(deletes=[EX_PREFIX + e.encode() for e in dead])
+            # deleted with the next flush's batch, not one write per submission
+            self.pruned.append(EX_PREFIX + eid.encode())
 
     # ------------------------------------------------------------------ upkeep
 
@@ -707,8 +708,8 @@ class TaskService:
             failures=ex.failures, stream=ex.stream))
 
     def flush(self) -> None:
-        """Write dirty execution records in one batch."""
-        if not self.dirty:
+        """Write dirty execution records (and delete pruned ones) in one batch."""
+        if not self.dirty and not self.pruned:
             return
         puts = []
         for eid in self.dirty:
@@ -724,4 +725,5 @@ class TaskService:
                 info=ex.info, output=out, retries=ex.retries, timeout=ex.timeout, input=inp,
                 failures=ex.failures, stream=ex.stream))))
         self.dirty.clear()
-        self.store.write_batch(puts)
+        deletes, self.pruned = self.pruned, []
+        self.store.write_batch(puts, deletes)

@@ -904,7 +904,9 @@ def test_retention_prunes_old_terminal_records(make):
     assert cl.stored_record("e0") is not None
     cl.submit("e3", mode="async")
     assert "e0" not in cl.svc.execs
-    assert cl.stored_record("e0") is None
+    assert cl.svc.pruned == [EX_PREFIX + b"e0"]  # deleted with the next batch, not at once
+    cl.svc.flush()
+    assert cl.stored_record("e0") is None and not cl.svc.pruned
     assert list(cl.svc.execs) == ["e1", "e2", "e3"]
     cl.submit("e4", mode="async")
     assert list(cl.svc.execs) == ["e2", "e3", "e4"]
