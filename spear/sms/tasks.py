@@ -474,6 +474,11 @@ class TaskService:
         node = ex.node
         self._unassign(ex)
         ex.failures += 1
+        if ex.cancel_at:
+            # the user cancelled it and its node went away before confirming:
+            # what the user asked for is what happened, as far as anyone can tell
+            self._end(ex, "cancelled", now, "CANCELLED", f"cancelled (then {reason})")
+            return
         if ex.failures <= ex.retries and ex.data is not None:
             log.info("retrying %s of %s after: %s", ex.info.execution_id, ex.info.function, reason,
                      extra={"trace_id": ex.info.trace_id, "execution_id": ex.info.execution_id})

@@ -814,8 +814,11 @@ def test_cancelled_execution_is_not_retried_when_its_node_dies(two):
     c.submit("e1")
     c.svc.cancel("e1", T0 + 1)
     c.svc.node_lost("n1", T0 + 2, "gone")
-    assert c.status("e1") in TERMINAL
+    ex = c.ex("e1")
+    assert ex.info.status == "cancelled" and ex.info.error.code == "CANCELLED"
+    assert "gone" in ex.info.error.message
     assert len(c.out.dispatches("e1")) == 1
+    assert c.table.total_reserved() == (0.0, 0.0)
 
 
 def test_cancel_the_node_never_confirms_ends_after_a_grace(c):
