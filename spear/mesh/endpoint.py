@@ -45,6 +45,8 @@ log = logging.getLogger("spear.mesh")
 
 #: messages handled per wake-up before yielding to other callbacks
 BATCH = 512
+#: how long a daemon's socket keeps sending replies already queued when it closes
+CLOSE_LINGER_MS = 500
 
 # plain ints: pyzmq's IntFlag arithmetic costs more than the syscalls it guards
 _NOBLOCK = int(zmq.NOBLOCK)
@@ -217,7 +219,9 @@ class Endpoint:
         self.loop.add_reader(self._fd, self._drain)
         self.loop.call_soon(self._drain)
 
-    def close(self) -> None:
+    def close(self, linger_ms: int = 0) -> None:
+        """Close now; ``linger_ms`` lets messages already queued leave for that long
+        (libzmq keeps sending them in the background; 0 drops them)."""
         if self._pending and not self.sock.closed:
             self._flush()
         if self.loop is not None and self._fd is not None:
@@ -227,7 +231,7 @@ class Endpoint:
                 pass
             self._fd = None
         if not self.sock.closed:
-            self.sock.close(linger=0)
+            self.sock.close(linger=linger_ms)
 
     # -------------------------------------------------------------- I/O
 

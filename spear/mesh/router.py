@@ -52,10 +52,16 @@ class RouterServer:
     def start(self) -> None:
         self.endpoint.start()
 
-    def close(self) -> None:
+    async def finish(self, timeout: float) -> None:
+        """Let handlers still running (a wait whose execution just ended) answer."""
+        pending = [t for t in self.tasks if not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+
+    def close(self, linger_ms: int = 0) -> None:
         for t in list(self.tasks):
             t.cancel()
-        self.endpoint.close()
+        self.endpoint.close(linger_ms)
 
     # ------------------------------------------------------------- sending
 

@@ -18,6 +18,7 @@ from .. import __version__, errors, protocol as P
 from ..config import Config
 from ..metrics import SMSMetrics
 from ..mesh import RouterServer, context
+from ..mesh.endpoint import CLOSE_LINGER_MS
 from ..mesh.security import Security, start_authenticator, warn_open
 from ..store import open_store
 from .events import EventLog
@@ -335,7 +336,8 @@ class SMS(Service):
     async def close(self) -> None:
         for t in self._tickers:
             t.cancel()
-        self.server.close()
+        await self.server.finish(timeout=0.5)
+        self.server.close(linger_ms=CLOSE_LINGER_MS)
         self.tasks.flush()
         self.registry.flush()
         self.events.save()

@@ -42,6 +42,7 @@ from .. import __version__, errors, protocol as P
 from ..config import Config
 from ..metrics import SpearletMetrics
 from ..mesh import DealerPeer, RouterServer, context
+from ..mesh.endpoint import CLOSE_LINGER_MS
 from ..mesh.security import Security, start_authenticator, warn_open
 from ..runtimes import RuntimeManager
 from .functions import FunctionService
@@ -415,7 +416,10 @@ class Spearlet(Service):
             t.cancel()
         await self.functions.close()
         await asyncio.sleep(0)  # let cancelled executions send their results
-        self.server.close()
+        # answer waits on executions that just ended, and give those replies time
+        # to leave (a close with linger 0 would drop them with the socket)
+        await self.server.finish(timeout=1.0)
+        self.server.close(linger_ms=CLOSE_LINGER_MS)
         await self.runtime_manager.close()
         if deregister and self.registered.is_set():
             try:
