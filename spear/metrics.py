@@ -286,6 +286,17 @@ class _Executions(_Collector):
         self.rejected: dict[str, int] = {}
         self._functions: set[str] = set()
 
+    def hit(self, function: str, runtime: str, status: str, error_code: str) -> _Series:
+        """Count one finished execution; its series' slots, for the caller's latencies."""
+        s = self.series.get((function, runtime, status))
+        if s is None:
+            s = self.add(function, runtime, status)
+        s.n += 1
+        if error_code:
+            k = (function, error_code)
+            self.errors[k] = self.errors.get(k, 0) + 1
+        return s
+
     def add(self, function: str, runtime: str, status: str) -> _Series:
         """Slots for a new raw (function, runtime, status); the only allocating path.
 
@@ -390,11 +401,7 @@ class SpearletMetrics(_DaemonMetrics):
     def execution_finished(self, function: str, runtime: str, status: str, queue_s: float,
                            cold_s: float, run_s: float, total_s: float, error_code: str = "") -> None:
         """Record one finished execution (the hot path: about a microsecond)."""
-        ex = self._exec
-        s = ex.series.get((function, runtime, status))
-        if s is None:
-            s = ex.add(function, runtime, status)
-        s.n += 1
+        s = self._exec.hit(function, runtime, status, error_code)
         b = s.bins
         m = s.sums
         b[_bisect(BUCKETS, queue_s)] += 1
@@ -406,9 +413,6 @@ class SpearletMetrics(_DaemonMetrics):
         m[2] += run_s
         b[3 * _NB + _bisect(BUCKETS, total_s)] += 1
         m[3] += total_s
-        if error_code:
-            k = (function, error_code)
-            ex.errors[k] = ex.errors.get(k, 0) + 1
 
     def watch(self, functions: Any, monitor: Any = None, *, usage: Callable[[], Any] | None = None,
               registered: Callable[[], bool] | None = None,
@@ -437,20 +441,13 @@ class SMSMetrics(_DaemonMetrics):
     def execution_finished(self, function: str, runtime: str, status: str, total_s: float,
                            queue_s: float, error_code: str = "") -> None:
         """Record one finished execution (the hot path)."""
-        ex = self._exec
-        s = ex.series.get((function, runtime, status))
-        if s is None:
-            s = ex.add(function, runtime, status)
-        s.n += 1
+        s = self._exec.hit(function, runtime, status, error_code)
         b = s.bins
         m = s.sums
         b[_bisect(BUCKETS, queue_s)] += 1
         m[0] += queue_s
         b[_NB + _bisect(BUCKETS, total_s)] += 1
         m[1] += total_s
-        if error_code:
-            k = (function, error_code)
-            ex.errors[k] = ex.errors.get(k, 0) + 1
 
     def record(self, info: Any, runtime: str, dispatched_at: float = 0.0) -> None:
         """:meth:`execution_finished` from a terminal ``ExecutionInfo`` (SMS clock times)."""

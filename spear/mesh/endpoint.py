@@ -260,35 +260,30 @@ class Endpoint:
                 log.debug("%s recv failed: %s", self.name, exc)
                 return
             n += 1
-            self.received += 1
-            off = 1 if self.routed else 0
-            if len(frames) > off + 2 and frames[off] == BATCH_PROTOCOL:
-                msgs = self._unbatch(frames, off)
-                if msgs is not None:
-                    for m in msgs:
-                        try:
-                            handle(m)
-                        except Exception:  # a handler bug must never stop the daemon
-                            self.handler_errors += 1
-                            log.exception("%s: handler failed", self.name)
-                    continue
-            try:
-                handle(frames)
-            except Exception:  # a handler bug must never stop the daemon
-                self.handler_errors += 1
-                log.exception("%s: handler failed", self.name)
+            self._deliver(frames, handle)
         # more may be waiting: yield to other callbacks, then continue
         self._schedule_drain()
 
-    def _unbatch(self, frames: list, off: int) -> list[list] | None:
-        msgs = unbatch(frames, off)
-        if msgs is not None:
-            self.batches_received += 1
-            if off and frames[0] not in self.batch_peers:
-                if len(self.batch_peers) >= 65536:  # bounded: active peers re-add themselves
-                    self.batch_peers.clear()
-                self.batch_peers.add(frames[0])
-        return msgs
+    def _deliver(self, frames: list, handle: Callable, *extra) -> None:
+        """Hand one received zmq message to ``handle`` (each member, if a batch)."""
+        self.received += 1
+        msgs = (frames,)
+        off = 1 if self.routed else 0
+        if len(frames) > off + 2 and frames[off] == BATCH_PROTOCOL:
+            split = unbatch(frames, off)
+            if split is not None:  # malformed: handed on whole, the handler says why
+                msgs = split
+                self.batches_received += 1
+                if off and frames[0] not in self.batch_peers:
+                    if len(self.batch_peers) >= 65536:  # bounded: active peers re-add themselves
+                        self.batch_peers.clear()
+                    self.batch_peers.add(frames[0])
+        for m in msgs:
+            try:
+                handle(m, *extra)
+            except Exception:  # a handler bug must never stop the daemon
+                self.handler_errors += 1
+                log.exception("%s: handler failed", self.name)
 
     def _drain_with_user(self) -> None:
         """The CURVE path: read frames as zmq.Frame to get their User-Id."""
@@ -301,22 +296,11 @@ class Endpoint:
             except zmq.ZMQError as exc:
                 log.debug("%s recv failed: %s", self.name, exc)
                 return
-            self.received += 1
             try:
                 user = frames[-1].get("User-Id")
             except (zmq.ZMQError, KeyError, AttributeError):
                 user = None
-            raw = [f.bytes for f in frames]
-            off = 1 if self.routed else 0
-            msgs = None
-            if len(raw) > off + 2 and raw[off] == BATCH_PROTOCOL:
-                msgs = self._unbatch(raw, off)
-            for m in (msgs if msgs is not None else (raw,)):
-                try:
-                    self.on_frames(m, user)
-                except Exception:
-                    self.handler_errors += 1
-                    log.exception("%s: handler failed", self.name)
+            self._deliver([f.bytes for f in frames], self.on_frames, user)
         self._schedule_drain()
 
     def _schedule_drain(self) -> None:

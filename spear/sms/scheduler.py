@@ -170,63 +170,44 @@ class NodeTable:
                 self.running.get(node_id, 0) >= info.capacity.slots:
             self.free_cpu[slot] = -1.0  # at its concurrency limit: fits nothing
 
-    def note_running(self, node_id: str, delta: int) -> None:
-        """Count executions dispatched to a node (its concurrency slots)."""
-        n = max(0, self.running.get(node_id, 0) + delta)
-        self.running[node_id] = n
-        slot = self.slot_of.get(node_id)
-        if slot is not None:
-            self._refresh_free(node_id)
-            self._set_load(slot, node_id)
-
-    def take(self, node_id: str, cpu: float, mem: float) -> None:
-        """Dispatch bookkeeping in one step: reserve cpu/mem and count one more running."""
+    def _adjust(self, node_id: str, cpu: float, mem: float, running: int) -> None:
+        """Change a node's reservations by (cpu, mem) and its running count by
+        ``running``, then refresh its free capacity and load (one refresh)."""
         r = self.reserved.get(node_id)
-        if r is None:
+        if r is None and (cpu > 0 or mem > 0):
             r = self.reserved[node_id] = [0.0, 0.0]
-        r[0] += cpu
-        r[1] += mem
-        self.running[node_id] = self.running.get(node_id, 0) + 1
-        slot = self.slot_of.get(node_id)
-        if slot is not None:
-            self._refresh_free(node_id)
-            self._set_load(slot, node_id)
-
-    def give(self, node_id: str, cpu: float, mem: float) -> None:
-        """The reverse of :meth:`take` (an execution left the node)."""
-        self.running[node_id] = max(0, self.running.get(node_id, 0) - 1)
-        r = self.reserved.get(node_id)
-        if r is not None:
-            r[0] = max(0.0, r[0] - cpu)
-            r[1] = max(0.0, r[1] - mem)
+        if r is not None and (cpu or mem):  # (releasing what was never reserved: no-op)
+            r[0] = max(0.0, r[0] + cpu)
+            r[1] = max(0.0, r[1] + mem)
             if abs(r[0]) < 1e-9:
                 r[0] = 0.0
             if abs(r[1]) < 1e-3:
                 r[1] = 0.0
+        if running:
+            self.running[node_id] = max(0, self.running.get(node_id, 0) + running)
         slot = self.slot_of.get(node_id)
         if slot is not None:
             self._refresh_free(node_id)
-            self._set_load(slot, node_id)
+            if running:
+                self._set_load(slot, node_id)
+
+    def note_running(self, node_id: str, delta: int) -> None:
+        """Count executions dispatched to a node (its concurrency slots)."""
+        self._adjust(node_id, 0.0, 0.0, delta)
+
+    def take(self, node_id: str, cpu: float, mem: float) -> None:
+        """A dispatch: reserve cpu/mem and count one more running, in one step."""
+        self._adjust(node_id, cpu, mem, +1)
+
+    def give(self, node_id: str, cpu: float, mem: float) -> None:
+        """The reverse of :meth:`take` (an execution left the node)."""
+        self._adjust(node_id, -cpu, -mem, -1)
 
     def reserve(self, node_id: str, cpu: float, mem: float) -> None:
-        r = self.reserved.setdefault(node_id, [0.0, 0.0])
-        r[0] += cpu
-        r[1] += mem
-        if node_id in self.slot_of:
-            self._refresh_free(node_id)
+        self._adjust(node_id, cpu, mem, 0)
 
     def release(self, node_id: str, cpu: float, mem: float) -> None:
-        r = self.reserved.get(node_id)
-        if r is None:
-            return
-        r[0] = max(0.0, r[0] - cpu)
-        r[1] = max(0.0, r[1] - mem)
-        if abs(r[0]) < 1e-9:
-            r[0] = 0.0
-        if abs(r[1]) < 1e-3:
-            r[1] = 0.0
-        if node_id in self.slot_of:
-            self._refresh_free(node_id)
+        self._adjust(node_id, -cpu, -mem, 0)
 
     def total_reserved(self) -> tuple[float, float]:
         cpu = sum(r[0] for r in self.reserved.values())

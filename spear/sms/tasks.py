@@ -200,10 +200,8 @@ class TaskService:
                 ex.dispatched_at = now
                 fn = self.functions.get(ex.info.function)
                 ex.reserved = self._need(fn.spec) if fn is not None else (0.0, 0.0)
-                run = ex.timeout or (fn.spec.limits.timeout if fn is not None else None)
-                ex.deadline = now + (run or self.s.default_run_timeout) + self.s.deadline_grace
-                self.table.reserve(ex.node, *ex.reserved)
-                self.table.note_running(ex.node, +1)
+                ex.deadline = self._deadline(ex, fn.spec if fn is not None else None, now)
+                self.table.take(ex.node, *ex.reserved)
                 self.by_node[ex.node].add(ex.info.execution_id)
             elif ex.data is not None:
                 ex.info = msgspec.structs.replace(ex.info, status="pending")
@@ -293,14 +291,9 @@ class TaskService:
         self._prune()
         if msg.mode != "async":
             ex.waiters.append(Waiter(ident, msg.id, float("inf"), stream=ex.stream))
-        q = self.queues.get(fn.spec.name)
-        if q and not self._retrying:
-            self._retrying = True
-            try:
-                self._retry_head(q, now)
-            finally:
-                self._retrying = False
-        if q:  # earlier executions of this function still wait: queue behind them
+        if self.queues.get(fn.spec.name):
+            self.retry_queue(now, function=fn.spec.name)
+        if self.queues.get(fn.spec.name):  # earlier ones still wait: queue behind them
             self._enqueue(ex, now)
         else:
             self._schedule(ex, now)
@@ -309,6 +302,11 @@ class TaskService:
             self._write(ex)
             return P.Accepted(id=msg.id, execution_id=eid)
         return None
+
+    def _deadline(self, ex: Exec, spec: P.FunctionSpec | None, now: float) -> float:
+        """When a node must have finished ``ex`` dispatched at ``now`` (SMS-side)."""
+        run = ex.timeout or (spec.limits.timeout if spec is not None else None)
+        return now + (run or self.s.default_run_timeout) + self.s.deadline_grace
 
     def _need(self, spec: P.FunctionSpec) -> tuple[float, float]:
         cpu = spec.limits.cpus if spec.limits.cpus is not None else self.s.default_cpu
@@ -347,8 +345,7 @@ class TaskService:
         self.table.take(node, cpu, mem)
         ex.dispatch_id = next(self._dispatch_ids)
         ex.dispatched_at = now
-        run = ex.timeout or spec.limits.timeout or self.s.default_run_timeout
-        ex.deadline = now + run + self.s.deadline_grace
+        ex.deadline = self._deadline(ex, spec, now)
         ex.queued_at = 0.0
         ex.info = msgspec.structs.replace(ex.info, status="scheduled", node_id=node,
                                           attempts=ex.info.attempts + 1)
@@ -604,7 +601,7 @@ class TaskService:
         q.append(ex.info.execution_id)
         self.queued += 1
 
-    def retry_queue(self, now: float, *, full: bool = False) -> None:
+    def retry_queue(self, now: float, *, full: bool = False, function: str | None = None) -> None:
         """Try queued executions again (capacity may have freed).
 
         The quick pass (after a completion or a new node) dispatches from the
@@ -612,13 +609,13 @@ class TaskService:
         does not fit: O(functions waiting + dispatched). The full pass (the
         periodic tick) also expires old entries and looks past a head that does
         not fit (executions of one function differ only in the nodes they have
-        already failed on).
+        already failed on). ``function``: only that function's queue.
         """
         if self._retrying or not self.queued:
             return
         self._retrying = True
         try:
-            for name in list(self.queues):
+            for name in ([function] if function is not None else list(self.queues)):
                 q = self.queues.get(name)
                 if q is not None:
                     if full:

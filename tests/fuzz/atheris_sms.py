@@ -31,8 +31,8 @@ then the SMS clock jumps ahead (``registry.tick``/``tasks.tick``, timeouts and
 retries fire) and its invariants are checked: reservations >= 0, executions
 indexed under the node they run on, bounded subscriptions and queue.
 
-Known bugs (see the strict xfails in test_fuzz.py) would stop the run at once;
-by default they are tolerated and counted, ``SPEAR_ATHERIS_STRICT=1`` makes them
+Known findings (each with its own regression test in test_fuzz.py) would stop the
+run at once; by default they are tolerated and counted, ``SPEAR_ATHERIS_STRICT=1`` makes them
 crashes too. Counts are printed every 100,000 inputs and at exit.
 """
 

@@ -42,13 +42,13 @@ Properties, during the run (a prober subprocess, every ~0.25 s) and after it:
   non-terminal once the fake nodes fall silent;
 * RSS of both daemons after the run is within ``RSS_BOUND`` of before;
 * the daemons never send an undecodable frame nor an INTERNAL error (except
-  the known bugs below, which are counted and have their own strict xfails).
+  the known findings below, which are counted and have their own tests).
 
 What is deliberately *not* sent in the main run (counted as "withheld" in the
 summary; each has its own test below): messages that are destructive by design
 without CURVE/roles (deploying over or removing the probe function, a socket
-taking the real node's routing id), and inputs that trigger the bugs the strict
-xfail tests reproduce: spoofed Heartbeat/Deregister for the real node, execution
+taking the real node's routing id), and inputs behind the findings the tests
+below reproduce: spoofed Heartbeat/Deregister for the real node, execution
 ids the Spearlet already has, valid state-creating messages over 64 KiB and
 Result payloads over 64 KiB (kept by the SMS). A fake node's Register capacity
 is normalized to "nothing" or "plenty" (a busy node triggers the queue's
@@ -127,7 +127,7 @@ HB_INTERVAL, HB_TIMEOUT, CLEANUP = 0.5, 3.0, 10.0
 #: label of the real node; the probe function needs it so fake nodes never get it
 PROBE_LABEL = ("spear-fuzz-probe", "real")
 PROTECTED_FUNCTIONS = frozenset({"add"})
-#: valid, state-creating messages above this size are withheld (see xfail below)
+#: valid, state-creating messages above this size are withheld (see test_huge_fields_are_refused)
 RETAIN_LIMIT = 64 * 1024
 #: caps on legitimate state the fuzzer may create (it measures leaks, not growth by design)
 MAX_SMS_DEPLOYS = 300
@@ -1430,8 +1430,8 @@ def check_after(c, cl: Client, h: Harness, before: dict, fn_before: dict,
 
 # ====================================================================== bugs found by the fuzz
 #
-# Each test below reproduces one finding with the smallest frames that show it.
-# Strict xfails: they start passing (and so fail) the day the bug is fixed.
+# Each test below reproduces one finding with the smallest frames that show it;
+# all are fixed and stay as regression tests.
 
 DEEP_PING = [P.PROTOCOL, b"\x83\xa1t\xa4Ping\xa2id\x05\xa1x" + b"\x91" * 5000 + b"\xc0"]
 #: GetNode whose node_id is a msgpack str holding bytes that are not UTF-8

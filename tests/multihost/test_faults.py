@@ -42,15 +42,22 @@ def submit_batch(c, fn: str, n: int, tag: str) -> dict[str, bytes]:
     return out
 
 
+def slow_work_on(c, node: str, n: int) -> tuple[dict, dict, set]:
+    """Deploy 2 s echoes (retryable and not), submit ``n`` of each and wait until at
+    least 4 are placed on ``node``: (retryable ids, others, the ids placed there)."""
+    c.deploy(slow_echo("retry-slow", 2.0, retries=2))
+    c.deploy(slow_echo("once-slow", 2.0))
+    retry = submit_batch(c, "retry-slow", n, "r")
+    once = submit_batch(c, "once-slow", n, "o")
+    wait_for(lambda: len(placed_on(c, node)) >= 4, 5, f"executions placed on {node}")
+    return retry, once, set(placed_on(c, node))
+
+
 def test_spearlet_sigkill_while_executions_run(multihost):
     mh = multihost(["sms", "h1", "h2", "h3"])
     with mh.client(timeout=20) as c:
-        c.deploy(slow_echo("retry-slow", 2.0, retries=2))
-        c.deploy(slow_echo("once-slow", 2.0))
-        retry = submit_batch(c, "retry-slow", 9, "r")
-        once = submit_batch(c, "once-slow", 9, "o")
         victim = mh.node_id("h1")
-        wait_for(lambda: len(placed_on(c, victim)) >= 4, 5, "executions placed on h1")
+        retry, once, _ = slow_work_on(c, victim, 9)
         time.sleep(0.3)  # they are running now (2 s each)
         on_victim = set(placed_on(c, victim))
         assert on_victim & set(retry) and on_victim & set(once), on_victim
@@ -81,13 +88,8 @@ def test_spearlet_cut_off_then_reconnected(multihost, where):
     ``host``: h1's own eth0 goes down (it sees the network go)."""
     mh = multihost(["sms", "h1", "h2"])
     with mh.client(timeout=20) as c:
-        c.deploy(slow_echo("retry-slow", 2.0, retries=2))
-        c.deploy(slow_echo("once-slow", 2.0))
-        retry = submit_batch(c, "retry-slow", 6, "r")
-        once = submit_batch(c, "once-slow", 6, "o")
         victim = mh.node_id("h1")
-        wait_for(lambda: len(placed_on(c, victim)) >= 4, 5, "executions placed on h1")
-        on_victim = set(placed_on(c, victim))
+        retry, once, on_victim = slow_work_on(c, victim, 6)
         assert on_victim & set(retry) and on_victim & set(once), on_victim
 
         t_cut = time.monotonic()
@@ -241,8 +243,7 @@ def test_sms_killed_and_restarted(multihost):
             try:
                 r = c.wait(eid, timeout=20)
             except errors.NotFound:
-                # accepted in the last flush window before the kill: see the xfail
-                # test_sms_crash_keeps_every_accepted_execution
+                # never confirmed: accepted in the last flush window before the kill
                 missing.append(eid)
                 continue
             assert r.ok and r.output == str(i + 1000).encode(), r.info
@@ -348,13 +349,8 @@ def test_result_finished_while_sms_down_is_delivered(multihost):
 def test_spearlet_restarted_with_same_node_id(multihost, delay):
     mh = multihost(["sms", "h1", "h2"])
     with mh.client(timeout=20) as c:
-        c.deploy(slow_echo("retry-slow", 2.0, retries=2))
-        c.deploy(slow_echo("once-slow", 2.0))
-        retry = submit_batch(c, "retry-slow", 6, "r")
-        once = submit_batch(c, "once-slow", 6, "o")
         node = mh.node_id("h1")
-        wait_for(lambda: len(placed_on(c, node)) >= 4, 5, "executions placed on h1")
-        on_victim = set(placed_on(c, node))
+        retry, once, on_victim = slow_work_on(c, node, 6)
         mh.kill("h1")
         if delay:
             wait_for(lambda: "h1" not in mh.ready_hosts(c), 5, "h1 turned unhealthy")
@@ -389,7 +385,7 @@ def test_graceful_stop_hands_work_back(multihost):
         quick = submit_batch(c, "quick", 4, "q")
         node = mh.node_id("h1")
         wait_for(lambda: len(placed_on(c, node)) >= 2, 5, "executions placed on h1")
-        time.sleep(0.5)  # running now (the just-dispatched case: see the xfail below)
+        time.sleep(0.5)  # running now, not just dispatched
         assert mh.kill("h1", signal.SIGTERM) == 0
         assert "h1" not in {n.name for n in c.nodes()}  # deregistered, not just unhealthy
         settle(c, {**retry, **quick}, retryable=set(retry) | set(quick))

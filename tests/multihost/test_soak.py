@@ -41,5 +41,5 @@ def test_soak_with_spearlets_killed_and_restarted(tmp_path):
     assert r["submitted"] >= 0.8 * 300 * SECONDS, r["submit_errors"]
     assert check(r, RSS_BOUND_MB) == []
     # at-most-once: a retries=0 execution may be lost with its node, never run twice
-    # (SIGTERM hand-back can re-run one: see the xfail in test_faults.py)
+    # (an execution a stopping node hands back after it started is a node failure)
     assert r["lost"] == r["by_function"].get("soak-once", {}).get("lost", 0)
