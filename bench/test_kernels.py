@@ -9,12 +9,10 @@ compiled path at least 20x its twin. The pool benches time a loop of
 
 from __future__ import annotations
 
-import random
-from array import array
-
 import pytest
 
 import spear.fast as fast
+from spear.bench import _cluster_arrays
 
 PAIRS = 1000
 SIZES = (100, 1_000, 10_000)
@@ -30,19 +28,7 @@ def _impl(kind: str, compiled, twin):
 
 def _cluster(n: int, seed: int = 42) -> tuple:
     """A plausible cluster: mixed node sizes, partly loaded, 5% warm, 90% eligible."""
-    rnd = random.Random(seed)
-    cap_cpu = [float(rnd.choice((2, 4, 8, 16, 32))) for _ in range(n)]
-    cap_mem = [c * 4096.0 for c in cap_cpu]
-    return (
-        array("d", [rnd.uniform(0.0, c) for c in cap_cpu]),
-        array("d", [rnd.uniform(0.0, m) for m in cap_mem]),
-        array("d", cap_cpu),
-        array("d", cap_mem),
-        array("d", [rnd.random() for _ in range(n)]),
-        array("B", [rnd.random() < 0.9 for _ in range(n)]),
-        array("B", [rnd.random() < 0.05 for _ in range(n)]),
-        array("d", [rnd.choice((0.0, 0.0, 0.0, 0.25)) for _ in range(n)]),
-    )
+    return _cluster_arrays(n, seed)
 
 
 @pytest.mark.parametrize("kind", ["compiled", "py"])

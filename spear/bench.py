@@ -763,7 +763,8 @@ def _best_time(fn: Callable[[], Any], repeat: int, min_time: float = 0.05) -> fl
 
 
 def _cluster_arrays(n: int, seed: int = 42) -> tuple:
-    """The same plausible cluster as bench/test_kernels.py."""
+    """A plausible cluster: mixed node sizes, partly loaded, 5% warm, 90% eligible
+    (shared with bench/test_kernels.py)."""
     import random
     from array import array
 

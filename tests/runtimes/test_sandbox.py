@@ -17,7 +17,6 @@ import secrets
 import shutil
 import socket
 import tempfile
-import time
 from pathlib import Path
 
 import psutil
@@ -27,6 +26,8 @@ from spear import errors
 from spear.protocol import FunctionSpec, Limits
 from spear.runtimes import process as process_mod
 from spear.runtimes.process import ProcessRuntime, _probe_isolation, _resolve_user
+
+from .test_process import descendants, gone
 
 HELPERS = Path(__file__).resolve().parent / "helpers"
 PY_CODE_CONNECT = (
@@ -67,25 +68,6 @@ def spec(name: str = "f", **kw) -> FunctionSpec:
 async def start(rt: ProcessRuntime, s: FunctionSpec):
     return await rt.create_instance(await rt.prepare(s))
 
-
-def descendants() -> list[psutil.Process]:
-    return psutil.Process().children(recursive=True)
-
-
-def gone(pids, wait: float = 2.0) -> bool:
-    end = time.monotonic() + wait
-    while True:
-        alive = []
-        for pid in pids:
-            try:
-                p = psutil.Process(pid)
-                if p.status() != psutil.STATUS_ZOMBIE or p.ppid() == os.getpid():
-                    alive.append(pid)
-            except psutil.NoSuchProcess:
-                pass
-        if not alive or time.monotonic() > end:
-            return not alive
-        time.sleep(0.02)
 
 
 def new_descendants(before: set[int]) -> list[psutil.Process]:
