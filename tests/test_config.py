@@ -204,9 +204,13 @@ def check_error(exc: ConfigError, *parts: str) -> None:
     ("[runtimes.docker]\nmemory_mb = 2\n", ["[runtimes.docker]", "memory_mb", "= 2"]),
     ("[global]\nsms = ''\n", ["[global]", "sms", "''"]),
     ("[spearlet]\nlabels = 'a=b'\n", ["[spearlet]", "labels", "'a=b'"]),
+    ("[sms]\nmax_queue = 0\n", ["[sms]", "max_queue", "= 0"]),
+    ("[sms]\ndeadline_grace = 0\n", ["[sms]", "deadline_grace", "= 0"]),
+    ("[sms]\ndefault_run_timeout = -5.0\n", ["[sms]", "default_run_timeout", "-5.0"]),
 ], ids=["section", "runtime-section", "top-level-key", "section-not-table", "key",
         "wrong-type", "out-of-range", "zero", "float-for-int", "int-range", "enum",
-        "runtime-range", "docker-min", "empty-address", "labels-not-table"])
+        "runtime-range", "docker-min", "empty-address", "labels-not-table",
+        "max-queue", "deadline-grace", "default-run-timeout"])
 def test_file_errors_name_path_key_value(tmp_path, text, parts):
     p = write(tmp_path, text)
     with pytest.raises(ConfigError) as ei:
