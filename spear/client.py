@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import re
 import time
 from typing import Any, Callable, Iterator
 
@@ -21,6 +22,7 @@ import zmq
 from . import errors, protocol as P
 from .config import DEFAULT_SMS
 from .mesh import DealerPeer, context
+from .mesh.endpoint import random_routing_id
 
 
 def _default_sms() -> str:
@@ -99,6 +101,10 @@ def _result(reply, payload):
     return ExecutionResult(reply.execution, bytes(payload) if payload is not None else b"")
 
 
+#: what ``protocol.TraceId`` accepts (its constraint, read from the type itself)
+_TRACE_ID = re.compile(P.TraceId.__metadata__[0].pattern)
+
+
 class _Api:
     """The public operations, written once for both transports.
 
@@ -118,6 +124,10 @@ class _Api:
         """The Invoke message and its payload frame (None when the input is empty)."""
         if isinstance(data, str):
             data = data.encode()
+        if trace_id and not _TRACE_ID.match(trace_id):
+            # a Struct built in Python is not validated: refuse here, not after a round trip
+            raise errors.InvalidArgument(
+                f"trace_id {trace_id[:60]!r} is not valid: up to 128 of A-Z a-z 0-9 . _ : / + = -")
         msg = P.Invoke(id=self._next_id(), function=function, args=list(args or ()),
                        mode=mode, timeout=timeout, trace_id=trace_id)
         return msg, data or None
@@ -337,6 +347,7 @@ class Client(_Api):
                 self._keys[target] = key
             s = context().socket(zmq.DEALER)
             s.setsockopt(zmq.LINGER, 0)
+            s.setsockopt(zmq.ROUTING_ID, random_routing_id())  # replies only ever reach us
             if self.security is not None:
                 self.security.connect_to(s, key)
             s.connect(target or self.sms)
@@ -421,6 +432,7 @@ class Client(_Api):
         """
         sock = context().socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTING_ID, random_routing_id())
         if self.security is not None:
             self.security.connect_to(sock)
         sock.connect(self.sms)

@@ -14,8 +14,13 @@ TOML sections map to the Structs below::
     [storage]           -> StorageConfig
 
 Environment variables are ``SPEAR_<SECTION>_<KEY>`` (e.g.
-``SPEAR_SMS_LISTEN``, ``SPEAR_RUNTIMES_WASM_FUEL``), plus the shorthand
-``SPEAR_SMS`` for the client's SMS address.
+``SPEAR_SMS_LISTEN``, ``SPEAR_RUNTIMES_WASM_FUEL``; lists are comma-separated,
+tables ``k=v,k2=v2``), plus the shorthand ``SPEAR_SMS`` for every SMS address
+(``[global]``, ``[spearlet]`` and ``[gateway]`` ``sms``).
+
+A higher layer replaces a key's whole value (a table such as ``labels`` too);
+sections merge key by key. Keys in :data:`INHERITED` left empty take their
+``[global]`` key's effective value: the specific key, set in any layer, wins.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping
 
 import msgspec
+import msgspec.inspect
 from msgspec import Meta, Struct
 
 from .errors import ConfigError
@@ -35,6 +41,11 @@ Address = Annotated[str, Meta(min_length=1, max_length=512)]
 DEFAULT_SMS = "tcp://127.0.0.1:7700"
 #: Prometheus /metrics port: -1 off, 0 any free port (logged), else that port
 MetricsPort = Annotated[int, Meta(ge=-1, le=65535)]
+#: keys that take a [global] key's value when left empty in every layer; set in
+#: any layer, the more specific key wins (resolved in Config.__post_init__)
+INHERITED: dict[str, str] = {"spearlet.sms": "global.sms", "gateway.sms": "global.sms"}
+#: an absolute host directory, optionally marked ":rw" (or ":ro", the default)
+HostRoot = Annotated[str, Meta(pattern=r"^/[^\x00]*\Z", max_length=4096)]
 
 
 class _Section(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -82,7 +93,8 @@ class SMSConfig(_Section, frozen=True):
 class SpearletConfig(_Section, frozen=True):
     """One execution node."""
 
-    sms: Address = DEFAULT_SMS
+    #: the SMS to register with; empty: ``[global] sms``
+    sms: Annotated[str, Meta(max_length=512)] = ""
     listen: Address = "tcp://127.0.0.1:7701"
     advertise: str = ""
     name: str = ""
@@ -98,6 +110,9 @@ class SpearletConfig(_Section, frozen=True):
     reconnect_max: Annotated[float, Meta(gt=0, le=600)] = 2.0
     metrics_port: MetricsPort = -1
     metrics_host: Address = "127.0.0.1"
+    #: host directories functions may reach (wasm ``dir:`` grants, process
+    #: ``workdir``): "/abs/path" read-only, "/abs/path:rw" writable; none by default
+    host_roots: list[HostRoot] = []
 
 
 class WasmConfig(_Section, frozen=True):
@@ -148,7 +163,17 @@ class SecurityConfig(_Section, frozen=True):
     invoker: list[str] = []
     viewer: list[str] = []
     node: list[str] = []
+    #: node id -> public key (file or z85) that alone may register as it; node
+    #: ids not listed are bound to the first key that registers them
+    node_keys: dict[str, str] = {}
     tokens: dict[str, str] = {}
+
+
+#: a Host name the gateway answers to: a name or IP, "[v6]", "*" or "*.domain"
+HostPattern = Annotated[str, Meta(pattern=r"^(\*|(\*\.)?[A-Za-z0-9_\-.]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])\Z")]
+#: a browser origin: scheme://host[:port], nothing after it
+OriginUrl = Annotated[str, Meta(pattern=r"^https?://[A-Za-z0-9_\-.]{1,253}(:[0-9]{1,5})?\Z"
+                                        r"|^https?://\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?\Z")]
 
 
 class GatewayConfig(_Section, frozen=True):
@@ -169,6 +194,25 @@ class GatewayConfig(_Section, frozen=True):
     log_executions: Annotated[int, Meta(ge=0, le=1_000_000)] = 1000
     #: write an access log line per request
     access_log: bool = False
+    #: Host header names served (any port); "*" any, "*.example.org" its subdomains.
+    #: Anything else gets 400, which keeps DNS-rebinding pages out.
+    allowed_hosts: Annotated[list[HostPattern], Meta(max_length=256)] = msgspec.field(
+        default_factory=lambda: ["127.0.0.1", "localhost", "[::1]"])
+    #: origins besides the gateway's own that may send writes (POST, DELETE, ...)
+    #: from a browser; other cross-site writes get 403
+    allowed_origins: Annotated[list[OriginUrl], Meta(max_length=256)] = []
+    #: seconds a connection has to send a request's headers, counted from when
+    #: it opened or its previous response ended
+    header_timeout: Annotated[float, Meta(gt=0, le=3600)] = 10.0
+    #: seconds a request has to send its whole body
+    body_timeout: Annotated[float, Meta(gt=0, le=86400)] = 120.0
+    #: open connections at most (beyond it new requests get 503)
+    max_connections: Annotated[int, Meta(ge=16, le=1_000_000)] = 4096
+    #: connections still sending headers (or idle) at most; a new one closes the oldest
+    max_pending: Annotated[int, Meta(ge=1, le=1_000_000)] = 256
+    #: open event and live-figure streams per bearer token (per client address
+    #: when there are no tokens); one more gets 429
+    max_subscriptions_per_key: Annotated[int, Meta(ge=1, le=100_000)] = 16
 
 
 class RuntimesConfig(_Section, frozen=True):
@@ -189,6 +233,23 @@ class Config(_Section, frozen=True):
     storage: StorageConfig = StorageConfig()
     security: SecurityConfig = SecurityConfig()
     gateway: GatewayConfig = GatewayConfig()
+
+    def __post_init__(self) -> None:
+        # the one place inherited keys are resolved, so every Config (loaded or
+        # built in code) holds the effective value and no reader repeats the rule
+        for dotted, source in INHERITED.items():
+            section, name = dotted.split(".")
+            values = getattr(self, section)
+            if not getattr(values, name):
+                src_section, src_name = source.split(".")
+                value = getattr(getattr(self, _attr(src_section)), src_name)
+                msgspec.structs.force_setattr(
+                    self, section, msgspec.structs.replace(values, **{name: value}))
+
+
+def _attr(section: str) -> str:
+    """The Config attribute of a TOML section name (``global`` is a keyword)."""
+    return "global_" if section == "global" else section
 
 
 _SECTIONS = {
@@ -211,11 +272,15 @@ def _set(tree: dict, dotted: str, value: Any) -> None:
     tree[parts[-1]] = value
 
 
-def _merge(base: dict, top: Mapping) -> dict:
+def _merge(base: dict, top: Mapping, path: str = "") -> dict:
+    """``top`` over ``base``: sections merge key by key, a value is replaced whole
+    (a table value such as ``labels`` too: a higher layer never mixes into it)."""
     out = dict(base)
     for k, v in top.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
+        name = path + k
+        section = any(s == name or s.startswith(name + ".") for s in _SECTIONS)
+        if section and isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v, name + ".")
         else:
             out[k] = v
     return out
@@ -226,7 +291,7 @@ def _env_layer(env: Mapping[str, str]) -> tuple[dict, dict[str, str]]:
     tree: dict = {}
     origin: dict[str, str] = {}
     if env.get("SPEAR_SMS"):
-        for key in ("global.sms", "spearlet.sms"):
+        for key in ("global.sms", *INHERITED):
             _set(tree, key, env["SPEAR_SMS"])
             origin[key] = "env SPEAR_SMS"
     for name, raw in env.items():
@@ -256,8 +321,12 @@ def _coerce_strings(section_cls: type, values: dict, source: str) -> dict:
             out[key] = raw
             continue
         try:
-            if "dict" in str(typ):
+            info = msgspec.inspect.type_info(typ)  # sees through Annotated[...]
+            if isinstance(info, msgspec.inspect.DictType):
                 out[key] = _parse_labels(raw)
+            elif isinstance(info, msgspec.inspect.ListType):  # "a,b" -> ["a", "b"]
+                out[key] = msgspec.convert([p.strip() for p in raw.split(",") if p.strip()],
+                                           typ, strict=False)
             else:
                 out[key] = msgspec.convert(raw, typ, strict=False)
         except (msgspec.ValidationError, ValueError) as exc:
@@ -322,7 +391,7 @@ def load_config(
     env = os.environ if env is None else env
     origin: dict[str, str] = {}
     tree: dict = {}
-    path = path or env.get("SPEAR_CONFIG")
+    path = config_file(path, env)
     if path:
         p = Path(path)
         try:
@@ -360,6 +429,13 @@ def load_config(
         cfg = msgspec.convert(tree, Config)
     except msgspec.ValidationError as exc:  # cross-field problems
         raise ConfigError(f"configuration: {exc}") from None
+    for dotted, source in INHERITED.items():
+        section, name = dotted.split(".")
+        if not tree.get(section, {}).get(name):  # left empty: the value is [global]'s
+            if source in origin:
+                origin[dotted] = origin[source]
+            else:
+                origin.pop(dotted, None)
     if cfg.sms.heartbeat_timeout <= cfg.sms.heartbeat_interval:
         src_t = origin.get("sms.heartbeat_timeout", "default")
         src_i = origin.get("sms.heartbeat_interval", "default")
@@ -368,6 +444,12 @@ def load_config(
             f"heartbeat_interval = {cfg.sms.heartbeat_interval} (from {src_i})"
         )
     return (cfg, origin) if with_origin else cfg
+
+
+def config_file(path: str | os.PathLike | None = None, env: Mapping[str, str] | None = None) -> str:
+    """The TOML file :func:`load_config` reads: ``path``, else ``SPEAR_CONFIG``, else ""."""
+    env = os.environ if env is None else env
+    return os.fspath(path) if path else env.get("SPEAR_CONFIG", "")
 
 
 def no_extensions(env: Mapping[str, str] | None = None) -> bool:

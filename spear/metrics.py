@@ -136,6 +136,8 @@ _SMS_STATE = _specs(
     ("spear_sms_submitted_total", "counter", "Executions accepted by the SMS."),
     ("spear_sms_retries_total", "counter", "Executions retried on another node after a node loss."),
     ("spear_sms_late_results_total", "counter", "Results that arrived for an already finished execution."),
+    ("spear_sms_forged_reports_total", "counter",
+     "Results and log chunks dropped because they came from a node the execution was never dispatched to."),
     ("spear_sms_dispatch_refusals_total", "counter",
      "Dispatches a node refused (spilled to another node), by error code.", ("code",)),
     ("spear_sms_node_transitions_total", "counter",
@@ -601,6 +603,7 @@ class SMSCollector(_Collector):
         g("spear_sms_submitted_total", counts.get("submitted", 0))
         g("spear_sms_retries_total", counts.get("retried", 0))
         g("spear_sms_late_results_total", counts.get("late_results", 0))
+        g("spear_sms_forged_reports_total", counts.get("forged_reports", 0))
         for code, n in _snapshot(lambda: list(self.owner.refusals.items()), []):
             g("spear_sms_dispatch_refusals_total", n, (code,))
         for state, n in _snapshot(lambda: list(self.owner.transitions.items()), []):

@@ -30,7 +30,10 @@ from msgspec import Meta, Struct
 
 from . import errors
 
-PROTOCOL = b"SPEAR/1"
+#: Frame 0 of every message. Version 2: routing ids are no longer node ids,
+#: execution ids are UUIDv7, trace ids are restricted to printable tokens and
+#: functions may mark environment values secret.
+PROTOCOL = b"SPEAR/2"
 #: Largest encoded message body (frame 1). Payload frames have their own cap.
 MAX_BODY = 4 * 1024 * 1024
 #: Largest payload frame (frame 2) accepted on any socket.
@@ -42,6 +45,9 @@ LabelKey = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}\Z")]
 LabelValue = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.\-/:]{0,128}\Z")]
 LabelMap = Annotated[dict[LabelKey, LabelValue], Meta(max_length=64)]
 EnvKey = Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")]
+#: A trace id: a printable token (W3C traceparent fits), never CR/LF or spaces,
+#: so it can go into headers and log lines as it is.
+TraceId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9._:/+=\-]{0,128}\Z")]
 Text = Annotated[str, Meta(max_length=4096)]
 Arg = Annotated[str, Meta(max_length=65536)]
 Runtime = Literal["wasm", "process", "docker"]
@@ -154,6 +160,9 @@ class FunctionSpec(Struct, frozen=True, kw_only=True):
     retries: Annotated[int, Meta(ge=0, le=100)] = 0
     idempotent: bool = False
     grants: Annotated[list[Text], Meta(max_length=64)] = []
+    #: names in ``env`` whose values are secret: passed to the function, never
+    #: returned by the SMS or the gateway (to any role) and never logged
+    secret_env: Annotated[list[EnvKey], Meta(max_length=256)] = []
 
 
 class Timings(Struct, frozen=True, kw_only=True):
@@ -191,7 +200,7 @@ class ExecutionInfo(Struct, frozen=True, kw_only=True):
     exit_code: int | None = None
     timings: Timings = Timings()
     usage: ExecUsage = ExecUsage()
-    trace_id: str = ""
+    trace_id: TraceId = ""
     submitted_at: float = 0.0
     finished_at: float = 0.0
     cold: bool = False
@@ -365,7 +374,7 @@ class Invoke(_Msg, frozen=True):
     args: list[int | float] = []
     mode: Literal["sync", "async", "stream"] = "sync"
     timeout: Annotated[float, Meta(gt=0, le=86400)] | None = None
-    trace_id: Annotated[str, Meta(max_length=128)] = ""
+    trace_id: TraceId = ""
     execution_id: Annotated[str, Meta(max_length=128)] = ""
 
 
@@ -454,7 +463,7 @@ class Dispatch(_Msg, frozen=True):
     digest: str
     args: list[int | float] = []
     timeout: float | None = None
-    trace_id: str = ""
+    trace_id: TraceId = ""
     stream: bool = False
 
 
@@ -646,3 +655,38 @@ def raise_for(msg: _Msg) -> None:
     """Raise the typed SpearError an ErrorReply stands for; no-op otherwise."""
     if isinstance(msg, ErrorReply):
         raise errors.from_code(msg.code, msg.message, dict(msg.details))
+
+
+#: What a redacted environment value reads as.
+REDACTED = "<redacted>"
+#: What a value marked secret reads as, for every role.
+SECRET = "<secret>"
+#: Roles that see non-secret environment values ("" = an open cluster, no CURVE).
+_ENV_READERS = frozenset({"admin", "deployer", ""})
+
+
+def check_secret_env(spec: FunctionSpec) -> None:
+    """Every name in ``secret_env`` must be a key of ``env`` (INVALID_ARGUMENT)."""
+    missing = [k for k in spec.secret_env if k not in spec.env]
+    if missing:
+        raise errors.InvalidArgument(
+            f"{spec.name}: secret_env names {', '.join(missing)}, which env does not set")
+
+
+def redact_spec(spec: FunctionSpec, role: str) -> FunctionSpec:
+    """``spec`` as a caller with ``role`` may see it: the one place that decides.
+
+    Values named in ``secret_env`` are never shown, to any role; every other
+    value is shown only to ``admin`` and ``deployer`` (and on an open cluster,
+    where there are no roles). Keys stay visible so callers can tell what is set.
+    """
+    if not spec.env:
+        return spec
+    secret = set(spec.secret_env)
+    if role in _ENV_READERS:
+        if not secret:
+            return spec
+        env = {k: (SECRET if k in secret else v) for k, v in spec.env.items()}
+    else:
+        env = {k: (SECRET if k in secret else REDACTED) for k in spec.env}
+    return msgspec.structs.replace(spec, env=env)

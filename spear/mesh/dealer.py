@@ -18,7 +18,7 @@ from typing import Any, Callable
 import zmq
 
 from .. import errors, protocol
-from .endpoint import Endpoint
+from .endpoint import Endpoint, random_routing_id
 
 log = logging.getLogger("spear.mesh")
 
@@ -64,8 +64,9 @@ class DealerPeer:
 
     def _new_endpoint(self) -> Endpoint:
         ep = Endpoint(zmq.DEALER, self._on_frames, name=self.name)
-        if self.identity:
-            ep.sock.setsockopt(zmq.ROUTING_ID, self.identity)
+        # a fresh unguessable routing id per socket unless one is given: routes
+        # are never named after anything a peer could know (node ids are public)
+        ep.sock.setsockopt(zmq.ROUTING_ID, self.identity or random_routing_id())
         if self.security is not None:
             self.security.connect_to(ep.sock, self.server_key)
         ep.sock.setsockopt(zmq.RECONNECT_IVL, 100)

@@ -57,6 +57,14 @@ _RCVMORE = int(zmq.RCVMORE)
 
 #: first frame of a batch of messages (see the module docstring)
 BATCH_PROTOCOL = protocol.PROTOCOL + b"+"
+#: ZMTP PING interval on ROUTER sockets; a connection silent for 3 of them is dropped
+ZMTP_HEARTBEAT_MS = 1000
+
+
+def random_routing_id() -> bytes:
+    """A routing id no other peer can guess (17 bytes; never starts with 0,
+    which libzmq keeps for the ids it makes itself)."""
+    return b"r" + os.urandom(16)
 #: most messages in one batch, and bytes of bodies and payloads in one batch
 MAX_BATCH = 256
 MAX_BATCH_BYTES = 1 << 20
@@ -179,8 +187,15 @@ class Endpoint:
         self.sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_PAYLOAD + 4096)
         self.routed = sock_type == zmq.ROUTER
         if self.routed:
-            # a peer reconnecting with the same identity takes over its route
-            self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+            # No ROUTER_HANDOVER: a connection that claims a routing id already
+            # in use is refused, so no peer can take over another's route (and
+            # its replies and dispatches). Dead connections are found by ZMTP
+            # heartbeats, which frees their routing ids within seconds for the
+            # owner's reconnect.
+            self.sock.setsockopt(zmq.ROUTER_HANDOVER, 0)
+            self.sock.setsockopt(zmq.HEARTBEAT_IVL, ZMTP_HEARTBEAT_MS)
+            self.sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * ZMTP_HEARTBEAT_MS)
+            self.sock.setsockopt(zmq.HEARTBEAT_TTL, 3 * ZMTP_HEARTBEAT_MS)
         self.on_frames = on_frames
         #: deliver each message's ZAP User-Id (the caller's role) as a 2nd argument
         self.with_user = False

@@ -42,8 +42,14 @@ class RouterServer:
             self.endpoint.with_user = True
         self.protocol_errors = 0
         self.denied = 0
-        #: role of the caller of the message being handled (CURVE only)
-        self.caller_role = "" 
+        #: role and public key (z85) of the caller of the message being handled
+        #: (CURVE only; empty on an open socket)
+        self.caller_role = ""
+        self.caller_key = ""
+        #: routing id -> the key that first spoke on it (CURVE only); a message on
+        #: a routing id from another key is refused (see _check_route)
+        self.route_keys: dict[bytes, str] = {}
+        self.route_conflicts = 0
         self.tasks: set[asyncio.Task] = set()
 
     def bind(self, addr: str) -> str:
@@ -91,9 +97,11 @@ class RouterServer:
                 id=protocol.request_id_of(body), code=exc.code, message=exc.message))
             return
         if self.security is not None:
-            from .security import allowed
+            from .security import allowed, parse_user
 
-            role = user or ""
+            role, key = parse_user(user)
+            if not self._check_route(ident, key):
+                return
             if not allowed(role, type(msg)):
                 self.denied += 1
                 if not isinstance(msg, protocol.ErrorReply):
@@ -102,6 +110,7 @@ class RouterServer:
                         message=f"role {role or 'none'!r} may not send {type(msg).__name__}"))
                 return
             self.caller_role = role
+            self.caller_key = key
         handler = self.handlers.get(type(msg))
         if handler is None:
             self.protocol_errors += 1
@@ -125,6 +134,31 @@ class RouterServer:
             task.add_done_callback(self.tasks.discard)
             return
         self._send_out(ident, out)
+
+    def _check_route(self, ident: bytes, key: str) -> bool:
+        """A routing id belongs to the key that first used it, for the socket's life.
+
+        With ROUTER_HANDOVER off libzmq already refuses a second connection
+        with a routing id in use; this catches the rest (a routing id reused
+        by another key after its owner left) so one peer never speaks, or is
+        answered, in another's name.
+        """
+        owner = self.route_keys.get(ident)
+        if owner is None:
+            if len(self.route_keys) >= 262_144:  # bounded: live peers re-bind on their next message
+                self.route_keys.clear()
+            self.route_keys[ident] = key
+            return True
+        if owner == key:
+            return True
+        self.route_conflicts += 1
+        log.warning("%s: refused a message on routing id %r from key %s: that routing id "
+                    "belongs to key %s", self.name, ident, key[:12] + "...", owner[:12] + "...")
+        return False
+
+    def forget_route(self, ident: bytes) -> None:
+        """Free a routing id (its peer is gone for good)."""
+        self.route_keys.pop(ident, None)
 
     def _send_out(self, ident: bytes, out: Any) -> None:
         try:

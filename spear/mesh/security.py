@@ -4,8 +4,10 @@ When ``[security] key`` names a key file, every socket of the process uses
 CURVE: servers (the SMS's and each Spearlet's ROUTER) with their own key
 pair, clients with theirs plus the server's public key. A ZAP handler in a
 thread of this process admits only public keys listed under a role; the
-role travels with every message as the ZMQ ``User-Id`` property, and the
-ROUTER checks it against the operation before any handler runs.
+role and the public key travel with every message as the ZMQ ``User-Id``
+property (``"ROLE KEY"``), and the ROUTER checks the role against the
+operation before any handler runs; handlers that need to know *who* spoke
+(the SMS binding a node id to a key) read the key.
 
 Roles: ``admin`` (everything), ``deployer`` (functions, read-only views),
 ``invoker`` (invoke and cancel, read-only views), ``viewer`` (read-only),
@@ -82,6 +84,8 @@ class Security:
     sms_public: bytes = b""
     roles: dict[bytes, str] = field(default_factory=dict)
     tokens: dict[str, str] = field(default_factory=dict)
+    #: node id -> z85 public key bound to it by configuration
+    node_keys: dict[str, str] = field(default_factory=dict)
 
     @property
     def enabled(self) -> bool:
@@ -98,8 +102,9 @@ class Security:
         for role in ROLES:
             for entry in getattr(sec, role):
                 roles[_read_public(entry)] = role
+        node_keys = {node: _read_public(entry).decode() for node, entry in sec.node_keys.items()}
         return cls(public=public, secret=secret, sms_public=sms_public, roles=roles,
-                   tokens=dict(sec.tokens))
+                   tokens=dict(sec.tokens), node_keys=node_keys)
 
     # ---------------------------------------------------------------- sockets
 
@@ -127,8 +132,25 @@ class Security:
         return self.public.decode() if self.public else ""
 
 
+def user_id(role: str, public_z85: str) -> str:
+    """The ZAP User-Id of an admitted key: ``"ROLE KEY"`` (see :func:`parse_user`)."""
+    return f"{role} {public_z85}"
+
+
+def parse_user(user: str | None) -> tuple[str, str]:
+    """``(role, public key z85)`` from a message's User-Id; ``("", "")`` when absent."""
+    if not user:
+        return "", ""
+    role, _, key = user.partition(" ")
+    return role, key
+
+
 class _RoleAuthenticator(ThreadAuthenticator):
-    """ZAP in a thread: admit listed keys; the role becomes the User-Id."""
+    """ZAP in a thread: admit listed keys; role and key become the User-Id.
+
+    The key travels with every message as part of its User-Id, so a daemon
+    knows *which* peer spoke, not only with what rights: identity is the key.
+    """
 
     def __init__(self, ctx: zmq.Context, roles: dict[bytes, str]) -> None:
         super().__init__(ctx, log=logging.getLogger("spear.zap"))
@@ -137,7 +159,9 @@ class _RoleAuthenticator(ThreadAuthenticator):
     def curve_user_id(self, client_public_key: bytes) -> str:
         from zmq.utils import z85
 
-        return self.role_of.get(z85.encode(client_public_key), "")
+        key = z85.encode(client_public_key)
+        role = self.role_of.get(key, "")
+        return user_id(role, key.decode()) if role else ""
 
 
 class _Provider:

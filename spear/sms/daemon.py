@@ -29,14 +29,112 @@ from .tasks import TaskService, TaskSettings
 log = logging.getLogger("spear.sms")
 
 
+#: store keys: node id -> the public key (z85) it is bound to (CURVE)
+NODEKEY_PREFIX = b"nodekey/"
+
+
+class NodeIdentity:
+    """Who a node is: the one place the SMS decides which node a peer speaks for.
+
+    * With CURVE, a node id is bound to the public key that first registered
+      it (persisted, so it holds across SMS restarts) or to the key given for
+      it in ``[security] node_keys``; one key may hold one node id. A peer
+      whose key is not bound to the node id it names is refused and logged.
+    * The SMS reaches a node through the routing id of its last accepted
+      message (routing ids are random per connection, never the node id), so
+      knowing a node's id gives no way to receive its messages.
+    * On an open cluster (no CURVE) there are no keys: a node is the
+      connection it registered on.
+    """
+
+    def __init__(self, store, server: RouterServer, configured: dict[str, str]) -> None:
+        self.store = store
+        self.server = server
+        self.key_of: dict[str, str] = {}
+        for k, raw in store.scan(NODEKEY_PREFIX):
+            self.key_of[k[len(NODEKEY_PREFIX):].decode()] = raw.decode()
+        self.key_of.update(configured)  # the operator's word beats what was learned
+        self.configured = dict(configured)
+        self.node_of_key: dict[str, str] = {v: k for k, v in self.key_of.items()}
+        self.route: dict[str, bytes] = {}  # node id -> routing id
+        self.node_at: dict[bytes, str] = {}  # routing id -> node id
+        self.refused = 0
+
+    @property
+    def keyed(self) -> bool:
+        return self.server.security is not None
+
+    def _refuse(self, why: str) -> errors.PermissionDenied:
+        self.refused += 1
+        log.warning("SECURITY: refused node message: %s", why)
+        return errors.PermissionDenied(why)
+
+    def register(self, ident: bytes, node_id: str) -> None:
+        """Admit ``ident`` as ``node_id`` (binding the key on first sight) or raise."""
+        if self.keyed:
+            key = self.server.caller_key
+            bound = self.key_of.get(node_id)
+            if bound is not None and bound != key:
+                raise self._refuse(f"node id {node_id!r} is bound to another key; key "
+                                   f"{key[:12]}... may not register as it")
+            other = self.node_of_key.get(key)
+            if other is not None and other != node_id:
+                raise self._refuse(f"key {key[:12]}... is bound to node id {other!r}; "
+                                   f"it may not register as {node_id!r}")
+            if bound is None:
+                # persisted before the Welcome: the binding survives a crash
+                self.store.put(NODEKEY_PREFIX + node_id.encode(), key.encode(), sync=True)
+                self.key_of[node_id] = key
+                self.node_of_key[key] = node_id
+                log.info("node id %s bound to key %s...", node_id, key[:12])
+        self._route(ident, node_id)
+
+    def _route(self, ident: bytes, node_id: str) -> None:
+        old = self.route.get(node_id)
+        if old is not None and old != ident:
+            self.node_at.pop(old, None)
+        self.route[node_id] = ident
+        self.node_at[ident] = node_id
+
+    def speaker(self, ident: bytes, claimed: str | None = None) -> str | None:
+        """The node behind the message being handled, or None if it is none.
+
+        ``claimed``: the node id the message names; it must be the speaker's
+        (PERMISSION_DENIED otherwise). None means the peer speaks for no node
+        yet (an open cluster's node after an SMS restart: it re-registers).
+        """
+        if self.keyed:
+            node = self.node_of_key.get(self.server.caller_key)
+        else:
+            node = self.node_at.get(ident)
+        if claimed is not None and node is not None and node != claimed:
+            raise self._refuse(f"peer {'key ' + self.server.caller_key[:12] + '...' if self.keyed else repr(ident)} "
+                               f"may not act for node {claimed!r}")
+        if node is not None and self.keyed and self.route.get(node) != ident:
+            self._route(ident, node)  # the node reconnected: reach it where it speaks from
+        return node
+
+    def ident_of(self, node_id: str) -> bytes | None:
+        return self.route.get(node_id)
+
+    def forget(self, node_id: str) -> None:
+        ident = self.route.pop(node_id, None)
+        if ident is not None:
+            self.node_at.pop(ident, None)
+
+
 class _Outbox:
     """Delivers the TaskService's messages through the ROUTER."""
 
-    def __init__(self, server: RouterServer) -> None:
+    def __init__(self, server: RouterServer, nodes: NodeIdentity) -> None:
         self.server = server
+        self.nodes = nodes
 
     def to_node(self, node_id: str, msg, payload=None) -> bool:
-        return self.server.reply(node_id.encode(), msg, payload)
+        ident = self.nodes.route.get(node_id)
+        if ident is None:
+            return False  # never connected since this SMS started: it re-registers
+        return self.server.reply(ident, msg, payload)
 
     def to_client(self, ident: bytes, msg, payload=None) -> bool:
         return self.server.reply(ident, msg, payload)
@@ -53,6 +151,9 @@ class SMS(Service):
         self.loop: asyncio.AbstractEventLoop | None = None
         self.security = Security.from_config(config.security)
         self.server = RouterServer("sms", {}, security=self.security)
+        self.nodes = NodeIdentity(self.store, self.server,
+                                  self.security.node_keys if self.security.enabled else {})
+        self.outbox = _Outbox(self.server, self.nodes)
         self.events = EventLog(self.store, lambda ident, ev: self.server.reply(ident, ev))
         self.table = NodeTable()
         now = time.time()
@@ -66,7 +167,7 @@ class SMS(Service):
         for info in self.registry.nodes.values():
             self.table.upsert(info)
         self.tasks = TaskService(
-            self.store, self.table, _Outbox(self.server), now=now,
+            self.store, self.table, self.outbox, now=now,
             settings=TaskSettings(max_executions=c.max_executions, queue_timeout=c.queue_timeout,
                                   startup_grace=2 * c.heartbeat_timeout,
                                   deadline_grace=c.deadline_grace, max_queue=c.max_queue,
@@ -109,10 +210,7 @@ class SMS(Service):
 
     def on_register(self, ident, msg: P.Register, payload):
         node = msg.node
-        if ident != node.node_id.encode():
-            # the routing id is how the SMS reaches the node: they must agree
-            raise errors.InvalidArgument(
-                f"routing id {ident!r} does not match node id {node.node_id!r}")
+        self.nodes.register(ident, node.node_id)
         now = time.time()
         was_known = node.node_id in self.registry.nodes
         info = self.registry.register(node, now)
@@ -133,12 +231,16 @@ class SMS(Service):
         return None
 
     def _check_node(self, ident: bytes, node_id: str) -> None:
-        # a node speaks only for itself: its routing id is its node id
-        if ident != node_id.encode():
-            raise errors.PermissionDenied(f"peer {ident!r} may not act for node {node_id!r}")
+        # a node speaks only for itself (see NodeIdentity)
+        if self.nodes.speaker(ident, node_id) is None:
+            if node_id not in self.registry.nodes:
+                raise errors.NotFound(f"node {node_id!r} is not registered")
+            raise errors.PermissionDenied(f"node {node_id!r} is not registered from this peer")
 
     def on_heartbeat(self, ident, msg: P.Heartbeat, payload):
-        self._check_node(ident, msg.node_id)
+        if self.nodes.speaker(ident, msg.node_id) is None:
+            # not (or no longer) known on this connection: register first
+            return P.HeartbeatAck(id=msg.id, known=False)
         now = time.time()
         # a heartbeat of a stale or ended session changes nothing (see nodes.py)
         known = self.registry.heartbeat(msg.node_id, msg.usage, now, msg.session)
@@ -186,6 +288,7 @@ class SMS(Service):
         if ev.new == "gone":
             self.tasks.node_lost(ev.node_id, now, ev.reason)
             self.table.remove(ev.node_id)
+            self.nodes.forget(ev.node_id)
         else:
             self.table.set_state(ev.node_id, ev.new)
             if ev.new == "unhealthy":
@@ -203,7 +306,7 @@ class SMS(Service):
     def on_remove(self, ident, msg: P.RemoveFunction, payload):
         self.tasks.remove_function(msg.name, time.time())
         for node_id in self.registry.nodes:
-            self.server.reply(node_id.encode(), P.RemoveFunction(id=0, name=msg.name))
+            self.outbox.to_node(node_id, P.RemoveFunction(id=0, name=msg.name))
         return P.Ok(id=msg.id)
 
     def on_list_functions(self, ident, msg: P.ListFunctions, payload):
@@ -211,7 +314,9 @@ class SMS(Service):
 
     def on_get_function(self, ident, msg: P.GetFunction, payload):
         fn = self.tasks.get_function(msg.name)
-        return P.FunctionReply(id=msg.id, spec=fn.spec, digest=fn.digest)
+        # env values only for deployer and up; secret ones for nobody (protocol.redact_spec)
+        role = self.server.caller_role if self.server.security is not None else ""
+        return P.FunctionReply(id=msg.id, spec=P.redact_spec(fn.spec, role), digest=fn.digest)
 
     def on_fetch_function(self, ident, msg: P.FetchFunction, payload):
         spec, digest = self.tasks.full_spec(msg.name)
@@ -246,9 +351,9 @@ class SMS(Service):
         return P.ExecutionList(id=msg.id, executions=items, total=total)
 
     def _node_of(self, ident: bytes) -> str | None:
-        """The registered node behind a routing id, or None (then the message is dropped)."""
-        node = ident.decode("utf-8", "replace")
-        if node not in self.registry.nodes:
+        """The registered node behind this message, or None (then it is dropped)."""
+        node = self.nodes.speaker(ident)
+        if node is None or node not in self.registry.nodes:
             self.server.protocol_errors += 1
             return None
         return node
@@ -264,15 +369,17 @@ class SMS(Service):
             self.tasks.on_log(node, msg)
 
     def on_node_error(self, ident, msg: P.ErrorReply, payload):
-        node = ident.decode("utf-8", "replace")
-        if node in self.registry.nodes and msg.id:
+        node = self.nodes.speaker(ident)
+        if node is not None and node in self.registry.nodes and msg.id:
             self.metrics.dispatch_refused(msg.code)
             self.tasks.on_dispatch_error(node, msg, time.time())
         else:
             self.server.protocol_errors += 1
 
     def on_subscribe(self, ident, msg: P.Subscribe, payload):
-        self.events.subscribe(ident, msg.id, msg.since)
+        # subscriptions are counted per key (per connection on an open SMS)
+        owner = self.server.caller_key if self.server.security is not None else ident
+        self.events.subscribe(ident, msg.id, msg.since, owner=owner)
 
     def on_unsubscribe(self, ident, msg: P.Unsubscribe, payload):
         self.events.unsubscribe(ident, msg.id)

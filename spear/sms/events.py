@@ -29,8 +29,12 @@ class EventLog:
         # plain tuples (seq, kind, key, state, ts, detail): Structs are built only
         # for subscribers, which keeps publishing cheap on the execution hot path
         self.buffer: collections.deque[tuple] = collections.deque(maxlen=keep)
-        self.subscribers: dict[tuple[bytes, int], None] = {}
+        #: (routing id, request id) -> owner (the caller's key; its routing id if open)
+        self.subscribers: dict[tuple[bytes, int], object] = {}
         self.max_subscribers = 1024
+        #: subscriptions one owner may hold; its oldest goes when it opens another
+        self.max_per_owner = 16
+        self._owned: collections.Counter = collections.Counter()
 
     def publish(self, kind: str, key: str, state: str, ts: float, detail: str = "") -> None:
         self.seq += 1
@@ -52,15 +56,43 @@ class EventLog:
             self.store.put(SEQ_KEY, str(self.seq).encode())
             self._saved = self.seq
 
-    def subscribe(self, ident: bytes, rid: int, since: int) -> None:
-        """Replay buffered events after ``since``, then stream new ones."""
+    def subscribe(self, ident: bytes, rid: int, since: int, owner: object = None) -> None:
+        """Replay buffered events after ``since``, then stream new ones.
+
+        Slots are bounded per owner and in all. A peer that vanished never
+        unsubscribes, so a full table drops an old subscription rather than
+        refuse new ones, but never another owner's while this one is over
+        its share: the oldest of this owner's goes first, and when the whole
+        table is full, the oldest of whichever owner holds the most. One key
+        can therefore never evict everyone else's subscriptions.
+        """
+        owner = ident if owner is None else owner
         for ev in self.buffer:
             if ev[0] > since:
                 self.send(ident, self._event(rid, ev))
-        if len(self.subscribers) >= self.max_subscribers:
-            # a peer that vanished never unsubscribes: drop the oldest subscription
-            del self.subscribers[next(iter(self.subscribers))]
-        self.subscribers[(ident, rid)] = None
+        if (ident, rid) in self.subscribers:
+            return
+        if self._owned[owner] >= self.max_per_owner:
+            self._drop_oldest_of(owner)
+        elif len(self.subscribers) >= self.max_subscribers:
+            self._drop_oldest_of(self._owned.most_common(1)[0][0])
+        self.subscribers[(ident, rid)] = owner
+        self._owned[owner] += 1
+
+    def _drop_oldest_of(self, owner: object) -> None:
+        for sub, who in self.subscribers.items():
+            if who == owner:
+                self._remove(sub)
+                return
+
+    def _remove(self, sub: tuple[bytes, int]) -> None:
+        if sub not in self.subscribers:
+            return
+        owner = self.subscribers.pop(sub)
+        self._owned[owner] -= 1
+        if self._owned[owner] <= 0:
+            del self._owned[owner]
 
     def unsubscribe(self, ident: bytes, rid: int) -> None:
-        self.subscribers.pop((ident, rid), None)
+        if (ident, rid) in self.subscribers:
+            self._remove((ident, rid))

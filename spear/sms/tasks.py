@@ -115,6 +115,8 @@ class Exec:
     deadline: float = float("inf")  # dispatched: the node must have finished by then
     reserved: tuple[float, float] = (0.0, 0.0)
     excluded: set[str] = field(default_factory=set)
+    #: every node this execution was dispatched to: only they may report on it
+    sent_to: set[str] = field(default_factory=set)
     spills: int = 0
     failures: int = 0  # node losses (refusals are spills, not failures)
     queued_at: float = 0.0
@@ -197,6 +199,7 @@ class TaskService:
                 # it may still be running there: the node's next heartbeats tell;
                 # it keeps its slot and reservation until then
                 ex.node = ex.info.node_id
+                ex.sent_to.add(ex.node)
                 ex.dispatched_at = now
                 fn = self.functions.get(ex.info.function)
                 ex.reserved = self._need(fn.spec) if fn is not None else (0.0, 0.0)
@@ -223,6 +226,7 @@ class TaskService:
             raise errors.InvalidArgument("a process function needs a command or a handler")
         if spec.runtime == "docker" and not spec.image:
             raise errors.InvalidArgument("a docker function needs an image")
+        P.check_secret_env(spec)
         art_digest = ""
         if spec.artifact is not None:
             art_digest = hashlib.sha256(spec.artifact).hexdigest()
@@ -341,6 +345,7 @@ class TaskService:
             return False
         node = picks[0]
         ex.node = node
+        ex.sent_to.add(node)
         ex.reserved = (cpu, mem)
         self.table.take(node, cpu, mem)
         ex.dispatch_id = next(self._dispatch_ids)
@@ -390,6 +395,8 @@ class TaskService:
         """A node finished an execution (any terminal status)."""
         info = msg.execution
         ex = self.execs.get(info.execution_id)
+        if ex is not None and not self._from_its_node(ex, node, "result"):
+            return
         if ex is None or ex.info.status in TERMINAL:
             self.counts["late_results"] += 1
             return
@@ -403,9 +410,18 @@ class TaskService:
             timings=info.timings, usage=info.usage, cold=info.cold)
         self._end(ex, status, now, output=bytes(payload) if payload is not None else b"")
 
+    def _from_its_node(self, ex: Exec, node: str, what: str) -> bool:
+        """Only a node an execution was dispatched to may report on it."""
+        if node in ex.sent_to:
+            return True
+        self.counts["forged_reports"] += 1
+        log.warning("SECURITY: dropped a %s for execution %s from node %s, which it was "
+                    "never dispatched to", what, ex.info.execution_id, node)
+        return False
+
     def on_log(self, node: str, msg: P.LogChunk) -> None:
         ex = self.execs.get(msg.execution_id)
-        if ex is None:
+        if ex is None or not self._from_its_node(ex, node, "log chunk"):
             return
         for w in ex.waiters:
             if w.stream:

@@ -193,9 +193,13 @@ class _ResultCollector:
 
 
 class Spearlet(Service):
-    """Registers with the SMS, heartbeats, serves direct invocations."""
+    """Registers with the SMS, heartbeats, serves direct invocations.
 
-    def __init__(self, config: Config) -> None:
+    ``config_file``: the TOML file ``config`` was read from, if any; like the
+    data and key directories, its directory is never granted to functions.
+    """
+
+    def __init__(self, config: Config, *, config_file: str = "") -> None:
         self.config = config
         c = config.spearlet
         Path(c.data).mkdir(parents=True, exist_ok=True)
@@ -203,11 +207,14 @@ class Spearlet(Service):
         self.name = c.name or self.node_id
         self.monitor = ResourceMonitor(c.data, slots=c.max_concurrency)
         self.security = Security.from_config(config.security)
-        self.link = DealerPeer("spearlet->sms", identity=self.node_id.encode(),
+        # the link's routing id is random (see DealerPeer): the SMS knows this
+        # node by its key (CURVE) or by the route it registered on, never by a
+        # routing id named after the public node id
+        self.link = DealerPeer("spearlet->sms",
                                on_message=self._on_sms_push, security=self.security)
         self.handlers: dict[type, object] = {P.Ping: self.on_ping}
         self.server = RouterServer("spearlet", self.handlers, security=self.security)
-        self.runtime_manager = RuntimeManager(config, c.data, self.node_id)
+        self.runtime_manager = RuntimeManager(config, c.data, self.node_id, config_file=config_file)
         self.functions = FunctionService(self.runtime_manager, self.node_id,
                                          max_concurrency=c.max_concurrency)
         self.functions.maxima = c

@@ -101,6 +101,7 @@ class FunctionService:
     async def deploy(self, spec: P.FunctionSpec, sms_digest: str = "") -> P.FunctionInfo:
         """Install (or replace) a function and pre-warm ``min_warm`` instances."""
         self.check_limits(spec.limits)
+        P.check_secret_env(spec)
         if spec.pool.min_warm > spec.pool.max:
             raise errors.InvalidArgument(
                 f"pool.min_warm ({spec.pool.min_warm}) exceeds pool.max ({spec.pool.max})")

@@ -51,7 +51,8 @@ def secure(tmp_path_factory, keys):
     node_cfg = _config(d / "node.toml", keys, "node1")
     admin = load_config(_config(d / "admin.toml", keys, "alice"), env={}).security
     c = Cluster(d / "c", spearlets=1, config=sms_cfg, spearlet_config=node_cfg,
-                heartbeat_interval=0.2, heartbeat_timeout=1.0, client_security=admin)
+                heartbeat_interval=0.2, heartbeat_timeout=1.0, client_security=admin,
+                host_roots=[str(EXAMPLES)])
     try:
         c.start(wait=30)
         yield c, d
@@ -200,7 +201,7 @@ def _capture_invoke(sms_port: int, client_factory) -> bytes:
     try:
         with client_factory(f"tcp://127.0.0.1:{tap.port}") as c:
             r = c.invoke("echo", SECRET)
-            assert r.ok and r.output == SECRET
+            assert r.ok and r.output == SECRET, r.info.error
     finally:
         tap.close()
     return bytes(tap.seen)

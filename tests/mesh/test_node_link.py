@@ -485,6 +485,8 @@ def test_sms_flushes_node_records_at_shutdown(arun, tmp_path, free_port):
         assert set(stored()) == {"n1", "n2"}
 
         sms = SMS(config())
+        # an open SMS knows a node by the connection it registered on
+        sms.on_register(b"n1", P.Register(id=1, node=P.NodeInfo(node_id="n1")), None)
         sms.on_deregister(b"n1", P.Deregister(id=2, node_id="n1"), None)
         await sms.close()
         assert set(stored()) == {"n2"}

@@ -270,23 +270,36 @@ def test_register_then_query_through_the_client(arun, free_port, zsocket):
     arun(main())
 
 
-def test_register_with_mismatched_routing_id_is_refused(arun, free_port, zsocket):
+def test_open_sms_knows_a_node_by_the_connection_it_registered_on(arun, free_port, zsocket):
+    """Without keys a node is the connection it registered on: another connection
+    may not heartbeat or deregister for it (it is told to register), and a routing
+    id equal to the node id gives no route to the node's messages."""
     port = free_port()
 
     async def main():
         async with running_sms(port) as sms:
-            sock = zsocket(zmq.DEALER, aio=True)
+            node = zsocket(zmq.DEALER, aio=True)
+            other = zsocket(zmq.DEALER, aio=True)
             try:
-                sock.setsockopt(zmq.ROUTING_ID, b"someone-else")
-                sock.connect(sms.address)
-                await sock.send_multipart(P.encode(P.Register(
-                    id=9, node=P.NodeInfo(node_id="node-a"))))
-                err, _ = await recv(sock)
-                assert isinstance(err, P.ErrorReply)
-                assert (err.id, err.code) == (9, "INVALID_ARGUMENT")
-                assert sms.registry.list() == []
+                node.connect(sms.address)
+                await node.send_multipart(P.encode(P.Register(id=9, node=P.NodeInfo(node_id="node-a"))))
+                assert isinstance((await recv(node))[0], P.Welcome)
+                other.setsockopt(zmq.ROUTING_ID, b"node-a")
+                other.connect(sms.address)
+                await other.send_multipart(P.encode(P.Heartbeat(id=10, node_id="node-a", usage=P.Usage())))
+                ack, _ = await recv(other)
+                assert ack == P.HeartbeatAck(id=10, known=False)
+                await other.send_multipart(P.encode(P.Deregister(id=11, node_id="node-a")))
+                err, _ = await recv(other)
+                assert isinstance(err, P.ErrorReply) and (err.id, err.code) == (11, "PERMISSION_DENIED")
+                assert [n.node_id for n in sms.registry.list("ready")] == ["node-a"]
+                # the SMS reaches the node where it registered, not at b"node-a"
+                assert sms.outbox.to_node("node-a", P.Ping(id=12))
+                msg, _ = await recv(node)
+                assert msg == P.Ping(id=12)
             finally:
-                sock.close(linger=0)
+                node.close(linger=0)
+                other.close(linger=0)
 
     arun(main())
 
@@ -348,5 +361,36 @@ def test_async_client_rebuilds_not_found(arun, free_port):
                 with pytest.raises(errors.NotFound) as ei:
                     await client.node("missing")
                 assert type(ei.value) is errors.NotFound
+
+    arun(main())
+
+
+def test_a_routing_id_in_use_cannot_be_taken_over(arun, free_port, zsocket):
+    """No ROUTER_HANDOVER: a second connection that claims a live peer's exact
+    routing id is refused by the ROUTER, and the first keeps its messages."""
+    port = free_port()
+
+    async def main():
+        async with running_sms(port) as sms:
+            node = zsocket(zmq.DEALER, aio=True)
+            thief = zsocket(zmq.DEALER, aio=True)
+            try:
+                rid = b"r" + bytes(range(16))
+                node.setsockopt(zmq.ROUTING_ID, rid)
+                node.connect(sms.address)
+                await node.send_multipart(P.encode(P.Register(id=1, node=P.NodeInfo(node_id="node-a"))))
+                assert isinstance((await recv(node))[0], P.Welcome)
+                thief.setsockopt(zmq.ROUTING_ID, rid)
+                thief.connect(sms.address)
+                await thief.send_multipart(P.encode(P.Ping(id=2)))
+                assert not await thief.poll(500)  # refused: never heard, never answered
+                for i in range(3):
+                    assert sms.outbox.to_node("node-a", P.Ping(id=10 + i))
+                    msg, _ = await recv(node)
+                    assert msg == P.Ping(id=10 + i)
+                assert not await thief.poll(100)
+            finally:
+                node.close(linger=0)
+                thief.close(linger=0)
 
     arun(main())

@@ -1,0 +1,208 @@
+"""Identity is the key (issue 13): attacks by peers that hold a valid key.
+
+A real CURVE cluster (SMS + one Spearlet as subprocesses) and raw DEALER
+sockets that use the keys of every role, trying to: register as another
+node, report results and log chunks for executions dispatched elsewhere,
+heartbeat in another node's name, take over a node's route with a chosen
+routing id, and read function environment values above their role.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import zmq
+import zmq.auth
+
+from spear import protocol as P
+from spear.cluster import Cluster
+from spear.config import load_config
+from spear.ids import is_uuid7
+
+from .test_security import ROLES, _config, client_for, keys  # noqa: F401 - fixture
+
+ATTACKERS = ["alice", "dave", "ivan", "vera", "node2"]  # admin..viewer, and a node key
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, keys):  # noqa: F811
+    d = tmp_path_factory.mktemp("identity")
+    sms_cfg = _config(d / "sms.toml", keys, "sms")
+    node_cfg = _config(d / "node.toml", keys, "node1")
+    admin = load_config(_config(d / "admin.toml", keys, "alice"), env={}).security
+    c = Cluster(d / "c", spearlets=1, config=sms_cfg, spearlet_config=node_cfg,
+                heartbeat_interval=0.2, heartbeat_timeout=2.0, client_security=admin)
+    try:
+        c.start(wait=30)
+        yield c, d
+    finally:
+        c.stop()
+
+
+class Raw:
+    """A bare CURVE DEALER with someone's key: says exactly what a test makes it say."""
+
+    def __init__(self, keys, who: str, addr: str, routing_id: bytes | None = None):  # noqa: F811
+        self.sock = zmq.Context.instance().socket(zmq.DEALER)
+        self.sock.linger = 0
+        pub, sec = zmq.auth.load_certificate(str(keys[who][1]))
+        self.sock.curve_publickey, self.sock.curve_secretkey = pub, sec
+        self.sock.curve_serverkey = zmq.auth.load_certificate(str(keys["sms"][0]))[0]
+        if routing_id is not None:
+            self.sock.setsockopt(zmq.ROUTING_ID, routing_id)
+        self.sock.connect(addr)
+
+    def send(self, msg, payload: bytes | None = None) -> None:
+        self.sock.send_multipart(P.encode(msg, payload))
+
+    def recv(self, timeout: float = 5.0):
+        if not self.sock.poll(int(timeout * 1000)):
+            return None
+        return P.decode(self.sock.recv_multipart())[0]
+
+    def rpc(self, msg, payload: bytes | None = None, timeout: float = 5.0):
+        self.send(msg, payload)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            reply = self.recv(max(0.01, deadline - time.monotonic()))
+            if reply is not None and getattr(reply, "id", None) == msg.id:
+                return reply
+        raise AssertionError(f"no reply to {type(msg).__name__}")
+
+    def drain(self, seconds: float) -> list:
+        got, deadline = [], time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            m = self.recv(max(0.01, deadline - time.monotonic()))
+            if m is not None:
+                got.append(m)
+        return got
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+
+
+def _node_id(cluster, keys) -> str:  # noqa: F811
+    with client_for(cluster, keys, "alice") as admin:
+        [node] = [n for n in admin.nodes() if n.state == "ready" and n.runtimes]
+        return node.node_id
+
+
+def _add(name="add"):
+    from .test_security import add_spec
+
+    return add_spec(name)
+
+
+def test_a_node_key_cannot_register_as_another_node(cluster, keys):  # noqa: F811
+    c, d = cluster
+    victim = _node_id(cluster, keys)
+    # the attacker also names its routing id after the victim (all a peer can do)
+    mal = Raw(keys, "node2", c.sms_addr, routing_id=victim.encode())
+    try:
+        r = mal.rpc(P.Register(id=1, node=P.NodeInfo(node_id=victim, runtimes=["wasm", "process"])))
+        assert isinstance(r, P.ErrorReply) and r.code == "PERMISSION_DENIED", r
+        assert victim in r.message
+        # its own id is fine, once; then the key is bound to it
+        r = mal.rpc(P.Register(id=2, node=P.NodeInfo(node_id="mallory-node")))
+        assert isinstance(r, P.Welcome), r
+        r = mal.rpc(P.Register(id=3, node=P.NodeInfo(node_id="another-id")))
+        assert isinstance(r, P.ErrorReply) and r.code == "PERMISSION_DENIED", r
+        # nor may it heartbeat or deregister in the victim's name
+        r = mal.rpc(P.Heartbeat(id=4, node_id=victim, usage=P.Usage()))
+        assert isinstance(r, P.ErrorReply) and r.code == "PERMISSION_DENIED", r
+        r = mal.rpc(P.Deregister(id=5, node_id=victim))
+        assert isinstance(r, P.ErrorReply) and r.code == "PERMISSION_DENIED", r
+    finally:
+        mal.close()
+    with client_for(cluster, keys, "alice") as admin:
+        admin.deploy(_add("add-id"))
+        for i in range(5):
+            r = admin.invoke("add-id", args=[i, 1])
+            assert r.ok and r.output == str(i + 1).encode() and r.info.node_id == victim
+        assert admin.node(victim).state == "ready"
+    log = (c.data / "sms.log").read_text()
+    assert "SECURITY: refused node message" in log and "mallory-node" in log
+
+
+def test_results_and_logs_count_only_from_the_node_dispatched_to(cluster, keys):  # noqa: F811
+    c, d = cluster
+    victim = _node_id(cluster, keys)
+    slow = P.FunctionSpec(name="slow-real", runtime="process",
+                          command=["/bin/sh", "-c", "sleep 1; printf real"])
+    mal = Raw(keys, "node2", c.sms_addr, routing_id=b"mallory-node")
+    try:
+        assert isinstance(mal.rpc(P.Register(id=1, node=P.NodeInfo(node_id="mallory-node"))),
+                          P.Welcome)
+        with client_for(cluster, keys, "alice") as admin:
+            admin.deploy(slow)
+            before = admin.stats().counts.get("forged_reports", 0)
+            eid = admin.submit("slow-real")
+            assert is_uuid7(eid)  # 128-bit, time-ordered: not guessable from another
+            for seq in range(3):
+                mal.send(P.LogChunk(id=0, execution_id=eid, data=b"FORGED LOG", seq=seq))
+            mal.send(P.Result(id=0, execution=P.ExecutionInfo(
+                execution_id=eid, function="slow-real", status="succeeded")), b"FORGED")
+            mal.send(P.Result(id=0, execution=P.ExecutionInfo(
+                execution_id=eid, function="slow-real", status="failed",
+                error=P.ErrorInfo(code="FUNCTION_ERROR", message="forged"))))
+            r = admin.wait(eid, timeout=20)
+            assert r.ok and r.output == b"real", (r.info, r.output)
+            assert r.info.node_id == victim
+            assert admin.stats().counts.get("forged_reports", 0) >= before + 1
+    finally:
+        mal.close()
+
+
+@pytest.mark.parametrize("who", ATTACKERS)
+def test_no_role_can_take_over_a_nodes_route(cluster, keys, who):  # noqa: F811
+    """A peer that names its routing id after a node (node ids are public) gets
+    none of the node's Dispatches: routes are random and bound to keys."""
+    c, d = cluster
+    victim = _node_id(cluster, keys)
+    thief = Raw(keys, who, c.sms_addr, routing_id=victim.encode())
+    try:
+        # connected (and, for the first thief, answered: the route is live; later
+        # thieves reuse a routing id that belongs to the first one's key and are
+        # not even answered)
+        thief.send(P.Ping(id=7))
+        with client_for(cluster, keys, "alice") as admin:
+            admin.deploy(_add("add-route"))
+            for i in range(5):
+                r = admin.invoke("add-route", args=[i, i], data=b"other users' input")
+                assert r.ok and r.output == str(2 * i).encode()
+                assert r.info.node_id == victim
+        stolen = [m for m in thief.drain(0.5) if not isinstance(m, (P.Pong, P.ErrorReply))]
+        assert not any(isinstance(m, P.Dispatch) for m in stolen)
+        assert stolen == []
+    finally:
+        thief.close()
+
+
+def test_env_values_follow_the_role_and_secrets_never_leave(cluster, keys):  # noqa: F811
+    c, d = cluster
+    spec = P.FunctionSpec(name="envfn", runtime="process",
+                          command=["/bin/sh", "-c", 'printf "%s/%s" "$PLAIN" "$TOKEN"'],
+                          env={"PLAIN": "plain-value", "TOKEN": "tok-9f8e7d"}, secret_env=["TOKEN"])
+    with client_for(cluster, keys, "alice") as admin:
+        admin.deploy(spec)
+        bad = P.FunctionSpec(name="envbad", runtime="process", command=["/bin/true"],
+                             env={"A": "1"}, secret_env=["MISSING"])
+        from spear import errors
+
+        with pytest.raises(errors.InvalidArgument):
+            admin.deploy(bad)
+    seen = {}
+    for who, role in ROLES.items():
+        with client_for(cluster, keys, who) as cl:
+            seen[role] = dict(cl.function("envfn").env)
+    for role in ("admin", "deployer"):
+        assert seen[role] == {"PLAIN": "plain-value", "TOKEN": P.SECRET}, role
+    for role in ("invoker", "viewer"):
+        assert seen[role] == {"PLAIN": P.REDACTED, "TOKEN": P.SECRET}, role
+    with client_for(cluster, keys, "ivan") as invoker:  # the function still gets both
+        assert invoker.invoke("envfn").output == b"plain-value/tok-9f8e7d"
+    for log in ("sms.log", "spearlet-1.log"):
+        p = c.data / log
+        if p.exists():
+            assert "tok-9f8e7d" not in p.read_text(), log
