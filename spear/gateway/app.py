@@ -17,10 +17,12 @@ from pathlib import Path
 import msgspec
 
 from .. import errors
+from .. import protocol as P
 from ..client import AsyncClient
 from ..mesh.security import allowed
 from . import openapi
-from .events import EventSource
+from .events import EventSource, SubscriberLimit
+from .guard import Guard
 from .http import (ClientGone, HTTPError, Request, Response, StreamResponse, error_response,
                    parse_query)
 from .live import LogStore, Monitor
@@ -61,6 +63,8 @@ class Gateway:
         self.events: EventSource | None = None
         self.monitor: Monitor | None = None
         self.logs = LogStore(max(1, g.log_executions), 64 * 1024)
+        self.guard = Guard(settings.allowed_hosts, g.allowed_origins)
+        self.subscribers = SubscriberLimit(g.max_subscriptions_per_key)
         self._static = {**{f"/admin/{n}": p for n, p in _files(STATIC).items()},
                         **{f"/docs/{n}": p for n, p in _files(_swagger_dir()).items()}}
         self._cache: dict[str, bytes] = {}
@@ -170,6 +174,9 @@ class Gateway:
         raise HTTPError(404, "NOT_FOUND", f"no route {path}")
 
     async def handle(self, req: Request):
+        refusal = self.guard.check(req.method, req.scope.get("headers", ()))
+        if refusal is not None:  # before any page, route, body or SMS call
+            raise refusal
         if req.method == "GET" and not req.path.startswith(("/v1/", "/healthz")):
             page = self.page(req.path)
             if page is not None:
@@ -183,7 +190,7 @@ class Gateway:
             params[name] = _path_param(name, value, route.params.get(name, str))
         query = parse_query(req.query, route.query) if route.query is not None else None
         if route.body is not None:
-            await req.read_body(self.settings.gateway.max_body)
+            await req.read_body(self.settings.gateway.max_body, self.settings.gateway.body_timeout)
         return await route.handler(self, req, query, **params)
 
     # ---------------------------------------------------------------- auth
@@ -209,6 +216,24 @@ class Gateway:
             raise HTTPError(403, "PERMISSION_DENIED",
                             f"role {role!r} may not {route.summary.lower()} ({route.op.__name__})")
         return role
+
+    def visible_spec(self, req: Request, spec: P.FunctionSpec) -> P.FunctionSpec:
+        """``spec`` as this caller may see it (environment values by role).
+
+        Every route that answers with a FunctionSpec passes it through here.
+        With tokens, a request that has no role (it should not happen: such
+        routes are authorized) sees what a viewer sees.
+        """
+        role = (req.role or "viewer") if self.tokens else ""
+        return P.redact_spec(spec, role)
+
+    def subscription(self, req: Request):
+        """Take one stream slot of this caller's key (bearer token, else client
+        address); the release callable, or 429 when the key has them all."""
+        scheme, _, token = req.headers.get("authorization", "").partition(" ")
+        token = token.strip() if self.tokens and scheme.lower() == "bearer" else ""
+        client = req.scope.get("client") or ("", 0)
+        return self.subscribers.take(SubscriberLimit.key_of(token, str(client[0])))
 
     # ---------------------------------------------------------------- nodes
 

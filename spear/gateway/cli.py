@@ -25,6 +25,11 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--sample-interval", type=float, metavar="S",
                    help="seconds between live-figure samples (default 2)")
     p.add_argument("--access-log", action="store_true", default=None, help="log every request")
+    p.add_argument("--allowed-host", action="append", metavar="NAME",
+                   help="a Host name to answer to (repeat; replaces [gateway] allowed_hosts, "
+                        "default 127.0.0.1, localhost, [::1])")
+    p.add_argument("--allowed-origin", action="append", metavar="URL",
+                   help="a browser origin that may send writes (repeat; [gateway] allowed_origins)")
     return p
 
 
@@ -39,6 +44,8 @@ def settings_from_args(args):
         "invoke_timeout": args.invoke_timeout,
         "sample_interval": args.sample_interval,
         "access_log": args.access_log,
+        "allowed_hosts": args.allowed_host,
+        "allowed_origins": args.allowed_origin,
     })
 
 

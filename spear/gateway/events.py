@@ -6,11 +6,16 @@ subscription re-subscribes from the last seq it delivered every
 ``resubscribe`` seconds, so a silent SMS restart (the DEALER reconnects,
 the new SMS knows no subscribers) costs at most that long a gap; events seen
 twice because of it are dropped by seq.
+
+:class:`SubscriberLimit` bounds the open streams (events and live figures)
+per key: a bearer token, or the client's address on an open gateway, so one
+viewer cannot hold every slot.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from typing import AsyncIterator
 
@@ -98,3 +103,43 @@ def _offer(q: asyncio.Queue, item) -> None:
     except asyncio.QueueFull:
         q.get_nowait()
         q.put_nowait(item)
+
+
+class SubscriberLimit:
+    """Open streams per key, at most ``per_key`` each; :meth:`take` is the only way in."""
+
+    def __init__(self, per_key: int) -> None:
+        self.per_key = per_key
+        self._open: dict[str, int] = {}
+
+    @staticmethod
+    def key_of(token: str, client: str) -> str:
+        """A bearer token's key (hashed: keys are logged and kept), else the client address."""
+        if token:
+            return "token:" + hashlib.sha256(token.encode()).hexdigest()[:16]
+        return "client:" + client
+
+    def count(self, key: str) -> int:
+        return self._open.get(key, 0)
+
+    def take(self, key: str):
+        """A release callable for one more stream of ``key``; ResourceExhausted when full."""
+        n = self._open.get(key, 0)
+        if n >= self.per_key:
+            raise errors.ResourceExhausted(
+                f"this client already has {n} open event streams (the limit per bearer token or "
+                "client, [gateway] max_subscriptions_per_key); close one first")
+        self._open[key] = n + 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
+            left = self._open.get(key, 1) - 1
+            if left > 0:
+                self._open[key] = left
+            else:
+                self._open.pop(key, None)
+        return release

@@ -118,8 +118,9 @@ class Request:
     def sent_msgpack(self) -> bool:
         return self.content_type in _MSGPACK_ALIASES
 
-    async def read_body(self, limit: int) -> bytes:
-        """Read the whole body; 413 once it is known to exceed ``limit`` bytes."""
+    async def read_body(self, limit: int, timeout: float = 120.0) -> bytes:
+        """Read the whole body; 413 once it is known to exceed ``limit`` bytes, 408
+        when it has not all arrived ``timeout`` seconds after the headers."""
         declared = self.headers.get("content-length")
         if declared is not None:
             try:
@@ -130,8 +131,14 @@ class Request:
                 raise too_large(n, limit)
         chunks: list[bytes] = []
         size = 0
+        deadline = asyncio.get_running_loop().time() + timeout
         while True:
-            msg = await self.receive()
+            try:
+                msg = await _receive_by(self.receive, deadline)
+            except asyncio.TimeoutError:
+                raise HTTPError(408, "DEADLINE_EXCEEDED",
+                                f"the request body did not arrive within {timeout:g} s "
+                                "([gateway] body_timeout)", headers=[("connection", "close")]) from None
             if msg["type"] == "http.disconnect":
                 raise ClientGone
             chunk = msg.get("body", b"")
@@ -162,9 +169,21 @@ class Request:
                         f"unsupported Content-Type {ctype!r}: send {JSON} or {MSGPACK}")
 
 
+async def _receive_by(receive, deadline: float):
+    """``await receive()``, or TimeoutError at the loop time ``deadline``."""
+    timeout_at = getattr(asyncio, "timeout_at", None)  # 3.11+: no extra task per message
+    if timeout_at is not None:
+        async with timeout_at(deadline):
+            return await receive()
+    left = max(0.0, deadline - asyncio.get_running_loop().time())
+    return await asyncio.wait_for(receive(), left)  # pragma: no cover - Python 3.10
+
+
 def too_large(size: int, limit: int) -> HTTPError:
+    # close the connection: the rest of the body is not worth reading
     return HTTPError(413, "RESOURCE_EXHAUSTED",
-                     f"request body of {size} bytes exceeds the gateway's limit of {limit} bytes")
+                     f"request body of {size} bytes exceeds the gateway's limit of {limit} bytes",
+                     headers=[("connection", "close")])
 
 
 def _field_message(exc: msgspec.ValidationError, where: str) -> str:
@@ -313,13 +332,23 @@ class StreamResponse:
     """A streamed body (Server-Sent Events); stops when the client goes away."""
 
     def __init__(self, chunks: AsyncIterator[bytes], status: int = 200, *,
-                 content_type: str = SSE, headers: Iterable[tuple[str, str]] = ()) -> None:
+                 content_type: str = SSE, headers: Iterable[tuple[str, str]] = (),
+                 release=None) -> None:
         self.chunks = chunks
         self.status = status
         self.headers = [("content-type", content_type), ("cache-control", "no-cache"),
                         ("x-accel-buffering", "no"), *headers]
+        #: called once when the stream ends, however it ends (a subscriber slot)
+        self.release = release
 
     async def __call__(self, send, receive) -> None:
+        try:
+            await self._run(send, receive)
+        finally:
+            if self.release is not None:
+                self.release()
+
+    async def _run(self, send, receive) -> None:
         await send({"type": "http.response.start", "status": self.status,
                     "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self.headers]})
         pump = asyncio.ensure_future(self._pump(send))

@@ -170,7 +170,8 @@ class InvokeQuery(Struct, frozen=True, kw_only=True):
                                               description="numeric arguments (wasm exports): "
                                                           "repeat the parameter or separate with commas")] = []
     timeout: Seconds | None = None
-    trace_id: Annotated[str, Meta(max_length=128)] = ""
+    trace_id: Annotated[P.TraceId, Meta(description="the execution's trace id (also the "
+                                                     "X-Spear-Trace-Id header)")] = ""
     node: NodeRef = ""
     envelope: Annotated[bool, Meta(description="answer 200 with an InvokeResult whatever the "
                                                "outcome, instead of the raw output")] = False

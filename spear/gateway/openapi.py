@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from .. import __version__
+from .. import __version__, protocol as P
 from . import models as M
 from .http import JSON, MSGPACK, SSE
 from .routes import ROUTES, Route
@@ -121,6 +121,10 @@ def build(*, bearer: bool = False, routes: list[Route] | None = None) -> dict:
             params.append({"name": "Last-Event-ID", "in": "header", "required": False,
                            "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"},
                            "description": "resume after this seq (set by EventSource on reconnect)"})
+        if r.path == "/v1/functions/{name}/invoke":
+            params.append({"name": "X-Spear-Trace-Id", "in": "header", "required": False,
+                           "schema": msgspec.json.schema(P.TraceId),
+                           "description": "the execution's trace id, if `trace_id` is not given"})
         if params:
             op["parameters"] = params
         if r.body is not None:

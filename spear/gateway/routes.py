@@ -89,6 +89,9 @@ def route(method: str, path: str, *, op, summary: str, tag: str, query=None, par
     return deco
 
 
+STREAMS_FULL = ("this bearer token (or client, without tokens) has `max_subscriptions_per_key` "
+                "streams open already")
+
 RESULT_HEADERS = ("X-Spear-Execution-Id", "X-Spear-Status", "X-Spear-Node", "X-Spear-Cold",
                   "X-Spear-Attempts", "Server-Timing")
 
@@ -134,6 +137,20 @@ def envelope(res, logs: bytes = b"") -> M.InvokeResult:
 
 def output_type(req: Request, explicit: str = "") -> str:
     return explicit or req.headers.get("content-type") or "application/octet-stream"
+
+
+def trace_id_of(req: Request, q: M.InvokeQuery) -> str:
+    """The invocation's trace id (``trace_id=``, else the ``X-Spear-Trace-Id`` header).
+
+    A trace id goes into response headers and log lines as it is, so one with
+    CR/LF or spaces is refused here, with 400, before the function runs.
+    """
+    raw = q.trace_id or req.headers.get("x-spear-trace-id", "")
+    try:
+        return msgspec.convert(raw, P.TraceId)
+    except msgspec.ValidationError:
+        raise invalid(f"trace id {raw[:60]!r} is not valid: up to 128 of A-Z a-z 0-9 . _ : / + = -"
+                      ) from None
 
 
 _MEDIA = re.compile(r"^[\w.+-]+/[\w.+-]+(; ?[\w.+-]+=[\w.+\"-]+)*$")
@@ -244,7 +261,7 @@ def _decode_spec(raw: bytes, *, msgpack: bool) -> P.FunctionSpec:
        replies={200: Reply("the spec as registered (artifact omitted)", P.FunctionSpec),
                 404: Reply("no such function", M.ErrorBody)})
 async def get_function(gw, req, q, name: str):
-    return data(await gw.client.function(name), req)
+    return data(gw.visible_spec(req, await gw.client.function(name)), req)
 
 
 @route("DELETE", "/v1/functions/{name}", op=P.RemoveFunction, summary="Remove a function",
@@ -291,8 +308,9 @@ INVOKE_DOC = """The body is the function's input, as raw bytes of any type.
 async def invoke(gw, req: Request, q: M.InvokeQuery, name: str):
     if q.output_type and not _MEDIA.match(q.output_type):
         raise invalid(f"output_type {q.output_type[:60]!r} is not a media type")
+    trace_id = trace_id_of(req, q)  # before anything is submitted
     node = await gw.node_address(q.node)
-    kw = dict(args=q.args, node=node, timeout=q.timeout, trace_id=q.trace_id)
+    kw = dict(args=q.args, node=node, timeout=q.timeout, trace_id=trace_id)
     if q.mode == "async":
         eid = await gw.client.submit(name, req.body, **kw)
         return data(M.AcceptedExecution(execution_id=eid), req, 202,
@@ -412,7 +430,8 @@ async def stats(gw, req, q):
        tag="cluster", query=M.EventsQuery,
        replies={200: Reply("a never-ending stream of `node` and `execution` events; each "
                            "event's id is its seq", (M.EventView, M.ErrorBody), kind="sse",
-                           events=("node", "execution", "error"))})
+                           events=("node", "execution", "error")),
+                429: Reply(STREAMS_FULL, M.ErrorBody)})
 async def events(gw, req: Request, q: M.EventsQuery):
     """Resumable: reconnect with `Last-Event-ID` (or `since`) to get what was missed while
     the SMS still holds it (its last 10,000 events)."""
@@ -422,7 +441,7 @@ async def events(gw, req: Request, q: M.EventsQuery):
         if not last.isdigit():
             raise invalid(f"Last-Event-ID {last[:40]!r} is not a sequence number")
         since = int(last)
-    return StreamResponse(_event_stream(gw, since, q.kind))
+    return StreamResponse(_event_stream(gw, since, q.kind), release=gw.subscription(req))
 
 
 async def _event_stream(gw, since: int, kind: str | None):
@@ -461,9 +480,10 @@ async def live(gw, req, q):
        tag="cluster",
        replies={200: Reply("a `history` event (LiveHistory), then one `sample` event per "
                            "interval", (M.Sample, M.LiveHistory), kind="sse",
-                           events=("history", "sample"))})
+                           events=("history", "sample")),
+                429: Reply(STREAMS_FULL, M.ErrorBody)})
 async def live_stream(gw, req, q):
-    return StreamResponse(_live_stream(gw))
+    return StreamResponse(_live_stream(gw), release=gw.subscription(req))
 
 
 async def _live_stream(gw):

@@ -29,10 +29,13 @@ def _uvicorn_config(app, settings: Settings):
         raise errors.Unavailable("the gateway needs uvicorn: pip install uvicorn httptools") from None
     try:
         import httptools  # noqa: F401
-
-        http = "httptools"
     except ImportError:  # pragma: no cover
-        http = "h11"
+        raise errors.Unavailable("the gateway needs httptools: pip install httptools") from None
+    from .connections import protocol_class
+
+    g = settings.gateway
+    # header deadline and a cap on connections that have not sent a request
+    http = protocol_class(header_timeout=g.header_timeout, max_pending=g.max_pending)
     try:
         import uvloop  # noqa: F401
 
@@ -44,7 +47,7 @@ def _uvicorn_config(app, settings: Settings):
         log_config=None,  # logging is the CLI's (spear.logs)
         access_log=False, server_header=False, proxy_headers=False,
         timeout_graceful_shutdown=2,  # SSE streams never end by themselves
-        limit_concurrency=4096, backlog=1024, ws="none",
+        limit_concurrency=g.max_connections, backlog=1024, ws="none",
     )
 
 

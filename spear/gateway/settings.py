@@ -1,46 +1,21 @@
-"""The gateway's settings: a ``[gateway]`` config section plus command-line flags.
+"""The gateway's settings: the ``[gateway]`` config section plus command-line flags.
 
-Until :mod:`spear.config` has a ``[gateway]`` section, :func:`from_config`
-reads it when present and otherwise uses these defaults; flags override
-both. The SMS address and security come from ``[global]`` and
-``[security]`` like every other client.
+The section is :class:`spear.config.GatewayConfig` (listen address, limits,
+timeouts, allowed hosts and origins); flags override it. The SMS address and
+security come from ``[global]`` and ``[security]`` like every other client.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+import ipaddress
 
 import msgspec
-from msgspec import Meta, Struct
+from msgspec import Struct
 
-from .. import config as _config_module, protocol as P
+from ..config import GatewayConfig
 from ..errors import ConfigError
 
 DEFAULT_HTTP = "127.0.0.1:7780"
-
-
-class _GatewayConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """The ``[gateway]`` section (proposed for :class:`spear.config.Config`)."""
-
-    #: HOST:PORT to serve HTTP on
-    listen: Annotated[str, Meta(min_length=1, max_length=512)] = DEFAULT_HTTP
-    #: SMS address; empty: ``[global] sms``
-    sms: str = ""
-    #: largest request body (deploy uploads, invocation input), bytes
-    max_body: Annotated[int, Meta(ge=1024, le=P.MAX_PAYLOAD)] = P.MAX_PAYLOAD
-    #: how long a synchronous invocation may wait for its result, seconds
-    invoke_timeout: Annotated[float, Meta(gt=0, le=86400)] = 300.0
-    #: live figures: seconds between samples, and how many seconds are kept
-    sample_interval: Annotated[float, Meta(ge=0.1, le=3600)] = 2.0
-    history: Annotated[float, Meta(ge=10, le=86400)] = 900.0
-    #: executions whose streamed logs are kept in memory
-    log_executions: Annotated[int, Meta(ge=0, le=1_000_000)] = 1000
-    #: write an access log line per request
-    access_log: bool = False
-
-
-#: once spear.config defines the section, that one definition is used
-GatewayConfig = getattr(_config_module, "GatewayConfig", None) or _GatewayConfig
 
 
 class Settings(Struct, frozen=True, kw_only=True):
@@ -57,6 +32,22 @@ class Settings(Struct, frozen=True, kw_only=True):
     @property
     def tokens(self) -> dict[str, str]:
         return dict(getattr(self.security, "tokens", None) or {})
+
+    @property
+    def allowed_hosts(self) -> list[str]:
+        """``[gateway] allowed_hosts`` plus the listen address when it is one IP.
+
+        An IP literal cannot be re-pointed by DNS, so answering to the address
+        the gateway was told to listen on never opens it to DNS rebinding.
+        """
+        hosts = list(self.gateway.allowed_hosts)
+        try:
+            ip = ipaddress.ip_address(self.host)
+        except ValueError:
+            return hosts
+        if not ip.is_unspecified:
+            hosts.append(f"[{ip}]" if ip.version == 6 else str(ip))
+        return hosts
 
 
 def parse_listen(text: str) -> tuple[str, int]:
