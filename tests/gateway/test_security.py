@@ -97,7 +97,9 @@ def test_host_and_origin_rules_without_a_cluster():
 
     assert check("GET", "api.spear.test:80") is None and check("GET", "spear.test") == 400
     assert check("GET", "x.evil.example") == 400
+    assert Guard(["*"]).check("GET", [(b"host", b"x.evil.example")]) is None
     assert g.check("GET", [(b"host", b"localhost"), (b"host", b"evil.example")]).status == 400
+    assert g.check("GET", []).status == 400  # no Host at all
     assert check("POST", "localhost:7780", origin="http://localhost:3000") is None  # allowed_origins
     assert check("POST", "localhost:7780", origin="http://localhost:3001") == 403
     assert check("POST", "localhost:7780", origin="http://localhost:7780") is None
@@ -267,6 +269,25 @@ def test_one_token_cannot_hold_every_stream(guarded):
     finally:
         for r in held:
             r.close()
+
+
+def test_without_tokens_the_limit_is_per_client_address():
+    """An open gateway (no SMS needed: the stream opens before any event comes)."""
+    from spear.gateway import GatewayThread
+
+    s = from_config(Config(), sms=f"tcp://127.0.0.1:{free_port()}", http="127.0.0.1:0",
+                    overrides={"max_subscriptions_per_key": 1})
+    with GatewayThread(s) as g:
+        first = requests.get(g.url + "/v1/events", stream=True, timeout=30)
+        try:
+            assert first.status_code == 200 and _first_line(first) == b"retry: 1000"
+            r = requests.get(g.url + "/v1/live/stream", stream=True, timeout=30)
+            assert r.status_code == 429 and r.json()["code"] == "RESOURCE_EXHAUSTED"
+            # a bearer header means nothing without tokens: same client, same key
+            r = requests.get(g.url + "/v1/events", headers=bearer("anything"), stream=True, timeout=30)
+            assert r.status_code == 429
+        finally:
+            first.close()
 
 
 # ---------------------------------------------------------------- environment values
