@@ -966,7 +966,8 @@ class Bench:
         self.prog.step(f"cluster: SMS + {self.plan.spearlets} spearlet(s)")
         t0 = time.perf_counter()
         self.cluster = Cluster(base / "cluster", spearlets=self.plan.spearlets, store=os.environ.get("SPEAR_BENCH_STORE", "leveldb"),
-                               config=str(cfg), log_level="warning")
+                               config=str(cfg), log_level="warning",
+                               host_roots=[str(self.ex)])  # the handlers' workdir
         self.cluster.start(wait=60)
         t_ready = time.perf_counter() - t0
         self.sms = self.cluster.sms_addr

@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 
 from . import __version__, errors, logs
-from .config import Config, load_config, parse_labels
+from .config import Config, config_file, load_config, parse_labels
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
 
@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", help="k=v,k2=v2 placement labels")
     p.add_argument("--data", help="node data directory (default ./.spear/spearlet)")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics here (0: any free port)")
+    p.add_argument("--host-root", action="append", metavar="PATH[:rw]",
+                   help="a host directory functions may reach, read-only unless :rw "
+                        "(repeatable; replaces [spearlet] host_roots)")
     p.add_argument("--config", help="TOML configuration file")
 
     p = sub.add_parser("up", help="run an embedded cluster: SMS + N spearlets on loopback")
@@ -81,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--http", default="127.0.0.1:7780", help="HTTP gateway HOST:PORT (default 127.0.0.1:7780)")
     p.add_argument("--no-gateway", action="store_true", help="do not start the HTTP gateway")
     p.add_argument("--config", help="TOML configuration file passed to every daemon")
+    p.add_argument("--host-root", action="append", metavar="PATH[:rw]",
+                   help="a host directory functions may reach, read-only unless :rw (repeatable)")
 
     p = sub.add_parser("nodes", help="list nodes (or show one)")
     p.add_argument("node", nargs="?", help="node id or name")
@@ -198,9 +203,10 @@ def cmd_spearlet(args) -> int:
         "spearlet.labels": labels,
         "spearlet.data": args.data,
         "spearlet.metrics_port": args.metrics_port,
+        "spearlet.host_roots": args.host_root,
     }
     cfg = _config(args, overrides)
-    run_async(Spearlet(cfg).serve_forever())
+    run_async(Spearlet(cfg, config_file=config_file(getattr(args, "config", None))).serve_forever())
     return EXIT_OK
 
 

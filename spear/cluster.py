@@ -55,6 +55,7 @@ class Cluster:
         spearlet_config: str | None = None,
         client_security=None,
         gateway: str | None = None,
+        host_roots: list[str] | None = None,
     ) -> None:
         self.data = Path(data)
         self.n = spearlets
@@ -73,6 +74,9 @@ class Cluster:
         #: HOST:PORT of an HTTP gateway to start with the cluster (None: none)
         self.gateway = gateway
         self.gateway_proc: subprocess.Popen | None = None
+        #: host directories the spearlets let functions reach ("PATH" or "PATH:rw");
+        #: None: as their configuration says (none by default)
+        self.host_roots = host_roots
         self.sms: subprocess.Popen | None = None
         self.spearlets: list[subprocess.Popen] = []
         self.spearlet_addrs: list[str] = []
@@ -121,6 +125,8 @@ class Cluster:
                 "--data", str(self.data / f"spearlet-{i + 1}")]
         if i < len(self.labels) and self.labels[i]:
             args += ["--labels", self.labels[i]]
+        for root in self.host_roots or ():
+            args += ["--host-root", root]
         p = self._spawn(args, f"spearlet-{i + 1}", self.spearlet_config)
         if i < len(self.spearlets):
             self.spearlets[i] = p
@@ -208,7 +214,8 @@ def run_up(args) -> int:
     t0 = time.perf_counter()
     cluster = Cluster(args.data, spearlets=args.spearlets, sms_port=args.port, store=args.store,
                       config=args.config, quiet=False,
-                      gateway=None if args.no_gateway else args.http)
+                      gateway=None if args.no_gateway else args.http,
+                      host_roots=getattr(args, "host_root", None))
     stopping = []
 
     def on_signal(signum, frame):

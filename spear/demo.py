@@ -53,7 +53,8 @@ def run_demo(args) -> int:
     t0 = time.perf_counter()
     rows = []
     failures = 0
-    with Cluster(args.data, spearlets=2, store="leveldb") as cluster:
+    # the Python example's workdir is the examples directory: let it in, read-only
+    with Cluster(args.data, spearlets=2, store="leveldb", host_roots=[str(ex)]) as cluster:
         cluster.start(wait=30)
         print(f"cluster up in {time.perf_counter() - t0:.2f}s: SMS {cluster.sms_addr}, "
               f"spearlets {', '.join(cluster.spearlet_addrs)}", flush=True)

@@ -18,10 +18,11 @@ from pathlib import Path
 from .. import errors
 from ..config import Config
 from .base import Instance, Outcome, Prepared, Runtime
+from .hostpaths import HostPaths
 
 log = logging.getLogger("spear.runtimes")
 
-__all__ = ["Instance", "Outcome", "Prepared", "Runtime", "RuntimeManager", "scrubbed_env"]
+__all__ = ["HostPaths", "Instance", "Outcome", "Prepared", "Runtime", "RuntimeManager", "scrubbed_env"]
 
 #: variables a function may inherit; everything else (keys, tokens) stays out
 _SAFE_ENV = ("PATH", "LANG", "LC_ALL", "TZ")
@@ -36,12 +37,20 @@ def scrubbed_env() -> dict[str, str]:
 
 
 class RuntimeManager:
-    """The runtimes of one node, probed at start."""
+    """The runtimes of one node, probed at start.
 
-    def __init__(self, config: Config, data_dir: str | Path, node_id: str = "") -> None:
+    Every runtime that can reach a host directory gets the same
+    :class:`HostPaths`: ``[spearlet] host_roots``, with ``data_dir``, the key
+    directories, the SMS store and the directory of ``config_file`` (the TOML
+    file ``config`` came from, if any) never granted.
+    """
+
+    def __init__(self, config: Config, data_dir: str | Path, node_id: str = "", *,
+                 config_file: str = "") -> None:
         self.config = config
         self.node_id = node_id
         self.data_dir = Path(data_dir)
+        self.host_paths = HostPaths.from_config(config, data_dir=data_dir, config_file=config_file)
         self.runtimes: dict[str, Runtime] = {}
         self.unavailable: dict[str, str] = {}
 
@@ -88,7 +97,8 @@ class RuntimeManager:
 
         c = self.config.runtimes.wasm
         return WasmRuntime(self.data_dir / "wasm-cache", default_memory_mb=c.memory_mb,
-                           default_fuel=c.fuel, default_timeout=c.timeout)
+                           default_fuel=c.fuel, default_timeout=c.timeout,
+                           host_paths=self.host_paths)
 
     def _process(self) -> Runtime:
         from .process import ProcessRuntime
@@ -96,7 +106,8 @@ class RuntimeManager:
         c = self.config.runtimes.process
         return ProcessRuntime(default_timeout=c.timeout, default_memory_mb=c.memory_mb,
                               python=sys.executable, base_env=scrubbed_env(),
-                              user=c.user or None, strict_network=c.strict_network)
+                              user=c.user or None, strict_network=c.strict_network,
+                              host_paths=self.host_paths)
 
     def _docker(self) -> Runtime:
         from .docker import DockerRuntime

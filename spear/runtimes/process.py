@@ -16,8 +16,9 @@ Three kinds of function, all chosen by the :class:`~spear.protocol.FunctionSpec`
 
 Every process starts in a new session (its own process group) with an
 environment built from ``base_env`` plus ``spec.env`` only, never the
-Spearlet's own, and in ``spec.workdir`` or a fresh temporary directory per
-instance (removed on destroy). Limits:
+Spearlet's own, and in ``spec.workdir`` (under a host root the node allows,
+see :mod:`.hostpaths`) or a fresh temporary directory per instance (removed
+on destroy). Limits:
 
 * ``timeout``: the whole process group is killed with SIGKILL, the call
   raises ``DeadlineExceeded`` and a pooled worker is not reused;
@@ -86,6 +87,7 @@ from dataclasses import dataclass, field
 from .. import errors
 from ..protocol import ExecUsage, FunctionSpec, Limits
 from .base import Instance, LogSink, Outcome, Prepared, Runtime
+from .hostpaths import HostPaths
 
 log = logging.getLogger(__name__)
 
@@ -1068,6 +1070,9 @@ class ProcessRuntime(Runtime):
     ``strict_network``: when a function with ``limits.network = false`` cannot
     get a network namespace here, refuse it (``Unavailable``, the default) or,
     if False, run it with network after logging one warning.
+    ``host_paths``: where a ``workdir`` may be (see :mod:`.hostpaths`); none
+    by default, so only functions without one (a fresh temporary directory)
+    deploy.
     """
 
     name = "process"
@@ -1081,7 +1086,9 @@ class ProcessRuntime(Runtime):
         base_env: dict[str, str] | None = None,
         user: str | None = "auto",
         strict_network: bool = True,
+        host_paths: HostPaths | None = None,
     ) -> None:
+        self.host_paths = host_paths if host_paths is not None else HostPaths()
         self.default_timeout = default_timeout
         self.default_memory_mb = default_memory_mb
         self.python = python
@@ -1227,9 +1234,12 @@ class ProcessRuntime(Runtime):
             env["SPEAR_WORKER_PROTOCOL"] = str(WORKER_PROTOCOL)
         workdir = ""
         if spec.workdir:
-            workdir = os.path.abspath(spec.workdir)
-            if not os.path.isdir(workdir):
-                raise errors.InvalidArgument(f"{spec.name}: workdir {spec.workdir!r} is not a directory")
+            # a host path: allowed roots only (read access: the process runtime
+            # cannot make a directory read-only; file modes and the user do)
+            granted = self.host_paths.grant(spec.workdir, write=False,
+                                            what=f"{spec.name}: workdir {spec.workdir!r}")
+            workdir = granted.path
+            granted.close()
             why = _denied(workdir, user, read=True, execute=True)
             if why is not None:
                 raise errors.InvalidArgument(

@@ -70,6 +70,7 @@ from typing import Any, Callable
 from .. import errors
 from ..protocol import ExecUsage, FunctionSpec, Limits
 from .base import Instance, LogSink, Outcome, Prepared, Runtime
+from .hostpaths import HostDir, HostPaths
 from .wasm_io import (
     Capture, FdBox, Output, Pump, WasiArgs, capture_supported, close_all, deliver, fd_path, open_pipes,
     safe_sink, wasi_config,
@@ -122,11 +123,13 @@ _INT_RANGE = {"i32": (-(1 << 31), 1 << 32), "i64": (-(1 << 63), 1 << 64)}
 class _Sandbox:
     """What a function may touch, parsed from ``FunctionSpec.grants``."""
 
-    __slots__ = ("env", "preopens", "args", "network")
+    __slots__ = ("env", "preopens", "dirs", "args", "network")
 
     def __init__(self) -> None:
         self.env: list[tuple[str, str]] = []
         self.preopens: list[tuple[str, str, bool]] = []
+        #: the granted directories' open handles, kept as long as the preopens use them
+        self.dirs: list[HostDir] = []
         self.args = False
         self.network = False
 
@@ -371,6 +374,9 @@ class WasmRuntime(Runtime):
     by cranelift), ``disk_hits`` (deserialized from ``cache_dir``),
     ``memory_hits`` (found among already loaded modules); ``cache_hits`` is
     the sum of the last two.
+
+    ``host_paths``: the host directories ``dir:`` grants may preopen (see
+    :mod:`.hostpaths`); none by default.
     """
 
     name = "wasm"
@@ -389,7 +395,9 @@ class WasmRuntime(Runtime):
         max_workers: int | None = None,
         max_output_bytes: int = 64 * _MIB,
         loaded_modules: int = 256,
+        host_paths: HostPaths | None = None,
     ) -> None:
+        self.host_paths = host_paths if host_paths is not None else HostPaths()
         if default_memory_mb < 1:
             raise errors.InvalidArgument("default_memory_mb must be >= 1")
         if default_fuel is not None and default_fuel < 1:
@@ -649,12 +657,13 @@ class WasmRuntime(Runtime):
                 parts = grant[4:].split(":")
                 host = parts[0]
                 guest = parts[1] if len(parts) > 1 and parts[1] else host
-                mode = parts[2] if len(parts) > 2 else "rw"
+                mode = parts[2] if len(parts) > 2 else "ro"
                 if len(parts) > 3 or mode not in ("ro", "rw"):
                     raise errors.InvalidArgument(f"bad grant {grant!r}: use dir:HOST[:GUEST[:ro|rw]]")
-                if not os.path.isabs(host) or not os.path.isdir(host):
-                    raise errors.InvalidArgument(f"bad grant {grant!r}: {host!r} is not an existing absolute directory")
-                sb.preopens.append((host, guest, mode == "rw" and not spec.limits.read_only))
+                writable = mode == "rw" and not spec.limits.read_only
+                granted = self.host_paths.grant(host, write=writable, what=f"{spec.name}: grant {grant!r}")
+                sb.dirs.append(granted)
+                sb.preopens.append((granted.handle_path, guest, writable))
             else:
                 raise errors.InvalidArgument(
                     f"unknown grant {grant!r} for the wasm runtime; known: env, args, network, dir:HOST[:GUEST[:ro|rw]]"

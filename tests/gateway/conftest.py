@@ -86,7 +86,8 @@ def stop_gateway(proc: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory):
-    c = Cluster(tmp_path_factory.mktemp("gw") / "cluster", spearlets=2, store="memory", **HB)
+    c = Cluster(tmp_path_factory.mktemp("gw") / "cluster", spearlets=2, store="memory",
+                host_roots=[str(EXAMPLES)], **HB)
     try:
         c.start(wait=30)
         yield c

@@ -24,7 +24,7 @@ def node(tmp_path_factory):
         "[spearlet]\nmax_concurrency = 4\ndrain_timeout = 10\n"
         "[runtimes.docker]\nbase_url = \"unix:///nonexistent/docker.sock\"\n")
     c = Cluster(d / "cluster", spearlets=1, config=str(cfg), heartbeat_interval=0.2,
-                heartbeat_timeout=1.0)
+                heartbeat_timeout=1.0, host_roots=[str(EXAMPLES)])
     try:
         c.start(wait=30)
         with Client(c.sms_addr, timeout=20) as cl:

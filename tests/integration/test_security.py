@@ -218,7 +218,7 @@ def test_curve_traffic_is_not_readable_on_the_wire(secure, keys, tmp_path):
                            lambda a: Client(a, timeout=5, security=cfg.security))
     assert len(seen) > 100 and SECRET not in seen and b"SPEAR/1" not in seen
     # control: the same exchange with an open cluster shows the payload in clear
-    with Cluster(tmp_path / "open", spearlets=1) as oc:
+    with Cluster(tmp_path / "open", spearlets=1, host_roots=[str(EXAMPLES)]) as oc:
         oc.start(wait=30)
         with Client(oc.sms_addr) as o:
             o.deploy(echo)

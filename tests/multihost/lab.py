@@ -231,6 +231,8 @@ SPEARLET_TOML = """\
 max_concurrency = {max_concurrency}
 drain_timeout = 2.0
 reconnect_max = 0.5
+# the Python handlers' workdir
+host_roots = ["{examples}"]
 
 [runtimes.docker]
 enabled = false
@@ -256,7 +258,8 @@ class MultiHost:
         self.log_level = log_level
         self.sms_addr = f"tcp://{lab.ip['sms']}:{SMS_PORT}"
         self.config = self.data / "spearlet.toml"
-        self.config.write_text(SPEARLET_TOML.format(max_concurrency=max_concurrency))
+        self.config.write_text(SPEARLET_TOML.format(max_concurrency=max_concurrency,
+                                                     examples=REPO / "examples"))
         self.procs: dict[str, subprocess.Popen] = {}
         self._logs: list = []
 

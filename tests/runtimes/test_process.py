@@ -13,6 +13,7 @@ import pytest
 
 from spear import errors
 from spear.protocol import FunctionSpec, Limits
+from spear.runtimes.hostpaths import HostPaths
 from spear.runtimes.process import ProcessRuntime
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,6 +24,8 @@ PY = sys.executable
 #: them as the test's own user: both usually live where the sandbox user
 #: (nobody, when tests run as root) cannot go. test_sandbox.py covers the sandbox.
 AS_SELF = None
+#: a workdir is a host path: these tests let functions into the examples, read-only
+EXAMPLES_ROOT = HostPaths([str(EXAMPLES)])
 
 
 def run(coro):
@@ -162,7 +165,7 @@ def test_oneshot_usage_counts_cpu_and_memory():
 
 def test_handler_results_and_reuse():
     async def main():
-        rt = ProcessRuntime()
+        rt = ProcessRuntime(host_paths=EXAMPLES_ROOT)
         upper = await start(rt, spec("up", handler="handlers:upper", workdir=str(EXAMPLES)))
         assert (await rt.invoke(upper, b"abc", [], Limits())).output == b"ABC"
         fib = await start(rt, handler_spec("handlers:fib"))
@@ -405,7 +408,7 @@ def test_environment_is_scrubbed_and_spec_env_visible(monkeypatch):
 
 def test_workdir_given_or_temporary(tmp_path):
     async def main():
-        rt = ProcessRuntime(user=AS_SELF)
+        rt = ProcessRuntime(user=AS_SELF, host_paths=HostPaths([str(tmp_path)]))
         inst = await start(rt, handler_spec("testhandlers:cwd", workdir=str(tmp_path)))
         assert (await rt.invoke(inst, b"", [], Limits())).output.decode() == str(tmp_path)
         pwd = await start(rt, spec(command=["pwd"], workdir=str(tmp_path)))
@@ -424,7 +427,7 @@ def test_workdir_given_or_temporary(tmp_path):
 
 def test_prepare_rejects_bad_specs(tmp_path):
     async def main():
-        rt = ProcessRuntime()
+        rt = ProcessRuntime(host_paths=HostPaths([str(tmp_path)]))
         bad = [
             spec(),
             spec(handler="no-colon"),

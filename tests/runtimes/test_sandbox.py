@@ -25,11 +25,14 @@ import pytest
 from spear import errors
 from spear.protocol import FunctionSpec, Limits
 from spear.runtimes import process as process_mod
+from spear.runtimes.hostpaths import HostPaths
 from spear.runtimes.process import ProcessRuntime, _probe_isolation, _resolve_user
 
 from .test_process import descendants, gone
 
 HELPERS = Path(__file__).resolve().parent / "helpers"
+#: a workdir is a host path: the handlers' shared directory and tmp_path are under this root
+TMP = HostPaths([tempfile.gettempdir()])
 PY_CODE_CONNECT = (
     "import socket, sys\n"
     "socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=5).close()\n"
@@ -149,7 +152,7 @@ def test_functions_cannot_read_the_spearlets_key_file(secret_file, shared):
     path, value = secret_file
 
     async def main():
-        rt = ProcessRuntime()
+        rt = ProcessRuntime(host_paths=TMP)
         cat = await start(rt, spec(command=["cat", path]))
         with pytest.raises(errors.FunctionError) as info:
             await rt.invoke(cat, b"", [], Limits())
@@ -224,7 +227,7 @@ def test_functions_run_as_nobody_without_groups(shared):
     uid, gid = nobody()
 
     async def main():
-        rt = ProcessRuntime()
+        rt = ProcessRuntime(host_paths=TMP)
         assert rt.sandbox_user is not None and rt.sandbox_user.uid == uid
         ident = await start(rt, spec(command=["id", "-u"]))
         assert (await rt.invoke(ident, b"", [], Limits())).output.strip() == str(uid).encode()
@@ -291,7 +294,7 @@ def test_no_network_unless_the_function_says_so(listener, shared):
     port, accepted = listener
 
     async def main():
-        rt = ProcessRuntime()
+        rt = ProcessRuntime(host_paths=TMP)
         denied = await start(rt, spec(command=[*python3(), "-c", PY_CODE_CONNECT, str(port)]))
         with pytest.raises(errors.FunctionError) as info:
             await rt.invoke(denied, b"", [], Limits())
@@ -389,14 +392,14 @@ def test_workdir_and_command_must_be_reachable_by_the_sandbox_user(tmp_path):
         os.chmod(unreadable, 0o711)  # executable but not readable: a script cannot run
 
         async def main():
-            rt = ProcessRuntime()
+            rt = ProcessRuntime(host_paths=TMP)
             with pytest.raises(errors.InvalidArgument, match="not accessible to nobody"):
                 await rt.prepare(spec(command=["pwd"], workdir=str(private)))
             for cmd in (str(script), unreadable):
                 with pytest.raises(errors.InvalidArgument, match="cannot be run by nobody"):
                     await rt.prepare(spec(command=[cmd]))
             # the same specs are fine when functions run as root
-            root = ProcessRuntime(user=None)
+            root = ProcessRuntime(user=None, host_paths=TMP)
             inst = await start(root, spec(command=["pwd"], workdir=str(private)))
             assert (await root.invoke(inst, b"", [], Limits())).output.strip() == str(private).encode()
             await root.close()
@@ -415,7 +418,7 @@ def test_pyworker_is_copied_where_the_sandbox_user_can_read_it(monkeypatch, shar
         monkeypatch.setattr(process_mod, "PYWORKER", copy)
 
         async def main():
-            rt = ProcessRuntime()
+            rt = ProcessRuntime(host_paths=TMP)
             inst = await start(rt, handler("sandboxhandlers:whoami", shared))
             assert json.loads((await rt.invoke(inst, b"", [], Limits())).output)["uid"] == nobody()[0]
             used = inst.handle.plan.argv[inst.handle.plan.argv.index("--") + 2]
@@ -436,7 +439,7 @@ def test_pooled_workers_are_reused_under_the_sandbox(shared, listener):
     uid = nobody()[0]
 
     async def main():
-        rt = ProcessRuntime()
+        rt = ProcessRuntime(host_paths=TMP)
         inst = await start(rt, handler("sandboxhandlers:whoami", shared))
         pid = inst.handle.pid
         for _ in range(5):
@@ -471,7 +474,7 @@ def test_nothing_is_left_behind(shared, no_leftovers):
     before = no_leftovers
 
     async def main():
-        rt = ProcessRuntime()
+        rt = ProcessRuntime(host_paths=TMP)
         insts = [await start(rt, handler("sandboxhandlers:whoami", shared)) for _ in range(3)]
         sleepy = await start(rt, spec(command=["sh", "-c", "sleep 30 & sleep 30"]))
         task = asyncio.create_task(rt.invoke(sleepy, b"", [], Limits()))

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from spear import errors
 from spear.protocol import FunctionSpec, Limits
 from spear.runtimes.base import Instance, Outcome
+from spear.runtimes.hostpaths import HostPaths
 from spear.runtimes.wasm import WasmRuntime
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -322,7 +323,7 @@ def test_commands_that_may_block_never_run_inline(go, tmp_path):
                 await call(rt, inst)
         assert pool == ["_run_command"] * 6
 
-    go(body)
+    go(body, host_paths=HostPaths([str(tmp_path)]))
 
     async def off(rt):
         inst = await deploy(rt, spec("hello.wat"))
@@ -634,7 +635,7 @@ def test_bad_artifacts_are_invalid_argument(go):
             await rt.prepare(FunctionSpec(name="x", runtime="wasm"))
         await assert_healthy(rt)
 
-    go(body)
+    go(body, host_paths=HostPaths(["/definitely"]))  # an allowed root, but no such directory
 
 
 def test_binary_artifact(go):
@@ -715,7 +716,7 @@ def test_no_file_access_without_grant(go, tmp_path):
         inst = await deploy(rt, spec("readfile.wat", grants=[f"dir:{data}:/data:ro"]))
         assert (await call(rt, inst)).output == b"top secret"
 
-    go(body)
+    go(body, host_paths=HostPaths([str(data)]))
 
 
 def test_env_only_with_grant(go):
