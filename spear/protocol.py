@@ -245,10 +245,16 @@ class Pong(_Msg, frozen=True):
 
 
 class Register(_Msg, frozen=True):
-    """Spearlet -> SMS: (re)register this node; sent on start and after reconnect."""
+    """Spearlet -> SMS: (re)register this node; sent on start and after reconnect.
+
+    ``proof``: a secret the node keeps in its data directory. Without CURVE
+    the SMS binds the node id to it on first registration, so no other peer
+    can re-register under that id (with CURVE the key is the identity).
+    """
 
     id: int
     node: NodeInfo
+    proof: Annotated[str, Meta(max_length=128)] = ""
 
 
 class Heartbeat(_Msg, frozen=True):

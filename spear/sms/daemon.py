@@ -8,6 +8,7 @@ what they answer. The cores never touch a socket.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 
 import msgspec
@@ -43,8 +44,9 @@ class NodeIdentity:
     * The SMS reaches a node through the routing id of its last accepted
       message (routing ids are random per connection, never the node id), so
       knowing a node's id gives no way to receive its messages.
-    * On an open cluster (no CURVE) there are no keys: a node is the
-      connection it registered on.
+    * On an open cluster (no CURVE) there are no keys: a node id is bound
+      instead to a hash of the ``proof`` secret its Spearlet keeps in its data
+      directory, and a node is the connection it registered on.
     """
 
     def __init__(self, store, server: RouterServer, configured: dict[str, str]) -> None:
@@ -69,24 +71,40 @@ class NodeIdentity:
         log.warning("SECURITY: refused node message: %s", why)
         return errors.PermissionDenied(why)
 
-    def register(self, ident: bytes, node_id: str) -> None:
-        """Admit ``ident`` as ``node_id`` (binding the key on first sight) or raise."""
+    def _credential(self, proof: str) -> str:
+        """What a node id is bound to: the caller's key, or a hash of its proof."""
         if self.keyed:
-            key = self.server.caller_key
-            bound = self.key_of.get(node_id)
-            if bound is not None and bound != key:
-                raise self._refuse(f"node id {node_id!r} is bound to another key; key "
-                                   f"{key[:12]}... may not register as it")
-            other = self.node_of_key.get(key)
-            if other is not None and other != node_id:
-                raise self._refuse(f"key {key[:12]}... is bound to node id {other!r}; "
+            return self.server.caller_key
+        return "proof:" + hashlib.sha256(proof.encode()).hexdigest()[:32] if proof else ""
+
+    def _bound(self, node_id: str) -> str | None:
+        """The credential ``node_id`` is bound to in this mode (keys and proofs
+        are kept apart, so switching CURVE on or off needs no reset)."""
+        bound = self.key_of.get(node_id)
+        if bound is None or bound.startswith("proof:") == self.keyed:
+            return None
+        return bound
+
+    def register(self, ident: bytes, node_id: str, proof: str = "") -> None:
+        """Admit ``ident`` as ``node_id`` (binding the credential on first sight) or raise."""
+        cred = self._credential(proof)
+        bound = self._bound(node_id)
+        if bound is not None and bound != cred:
+            who = f"key {cred[:12]}..." if self.keyed else "a peer without the node's proof"
+            raise self._refuse(f"node id {node_id!r} is bound to another "
+                               f"{'key' if self.keyed else 'node'}; {who} may not register as it")
+        if self.keyed:
+            other = self.node_of_key.get(cred)
+            if other is not None and other != node_id and self._bound(other) == cred:
+                raise self._refuse(f"key {cred[:12]}... is bound to node id {other!r}; "
                                    f"it may not register as {node_id!r}")
-            if bound is None:
-                # persisted before the Welcome: the binding survives a crash
-                self.store.put(NODEKEY_PREFIX + node_id.encode(), key.encode(), sync=True)
-                self.key_of[node_id] = key
-                self.node_of_key[key] = node_id
-                log.info("node id %s bound to key %s...", node_id, key[:12])
+        if bound is None and cred:
+            # persisted before the Welcome: the binding survives a crash
+            self.store.put(NODEKEY_PREFIX + node_id.encode(), cred.encode(), sync=True)
+            self.key_of[node_id] = cred
+            self.node_of_key[cred] = node_id
+            log.info("node id %s bound to %s", node_id,
+                     f"key {cred[:12]}..." if self.keyed else "its proof")
         self._route(ident, node_id)
 
     def _route(self, ident: bytes, node_id: str) -> None:
@@ -105,6 +123,8 @@ class NodeIdentity:
         """
         if self.keyed:
             node = self.node_of_key.get(self.server.caller_key)
+            if node is not None and self._bound(node) != self.server.caller_key:
+                node = None  # a stale binding (the node id was re-keyed by configuration)
         else:
             node = self.node_at.get(ident)
         if claimed is not None and node is not None and node != claimed:
@@ -210,7 +230,7 @@ class SMS(Service):
 
     def on_register(self, ident, msg: P.Register, payload):
         node = msg.node
-        self.nodes.register(ident, node.node_id)
+        self.nodes.register(ident, node.node_id, msg.proof)
         now = time.time()
         was_known = node.node_id in self.registry.nodes
         info = self.registry.register(node, now)

@@ -40,6 +40,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from ..service import Service
 from .. import __version__, errors, protocol as P
 from ..config import Config
+from ..fsmodes import private_dir, write_private
 from ..metrics import SpearletMetrics
 from ..mesh import DealerPeer, RouterServer, context
 from ..mesh.endpoint import CLOSE_LINGER_MS
@@ -66,8 +67,28 @@ def _node_id(config: Config) -> str:
         pass
     base = (c.name or socket.gethostname()).replace(" ", "-")[:48]
     value = f"{base}-{uuid.uuid4().hex[:8]}"
-    data.mkdir(parents=True, exist_ok=True)
-    f.write_text(value + "\n")
+    data.mkdir(mode=0o700, parents=True, exist_ok=True)
+    write_private(f, (value + "\n").encode())
+    return value
+
+
+def _node_proof(config: Config) -> str:
+    """This node's registration secret, kept (0600) in its data directory.
+
+    Without CURVE the SMS binds the node id to it, so no other peer can
+    register under this node's id; with CURVE the key does that job.
+    """
+    f = Path(config.spearlet.data) / "node_proof"
+    try:
+        value = f.read_text().strip()
+        if value:
+            return value
+    except OSError:
+        pass
+    value = os.urandom(24).hex()
+    fd = os.open(f, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(value + "\n")
     return value
 
 
@@ -202,8 +223,11 @@ class Spearlet(Service):
     def __init__(self, config: Config, *, config_file: str = "") -> None:
         self.config = config
         c = config.spearlet
-        Path(c.data).mkdir(parents=True, exist_ok=True)
+        # 0700; what an older run (or another tool) left readable is fixed, loudly:
+        # artifacts, caches and the node id are this node's alone
+        private_dir(c.data, what="[spearlet] data")
         self.node_id = _node_id(config)
+        self.proof = _node_proof(config)
         self.name = c.name or self.node_id
         self.monitor = ResourceMonitor(c.data, slots=c.max_concurrency)
         self.security = Security.from_config(config.security)
@@ -309,7 +333,7 @@ class Spearlet(Service):
         while True:
             try:
                 welcome, _ = await self.link.request(
-                    P.Register(id=self.link.next_id(), node=self.node_info()),
+                    P.Register(id=self.link.next_id(), node=self.node_info(), proof=self.proof),
                     timeout=max(delay, 0.5))
             except errors.SpearError as exc:
                 log.debug("register failed: %s", exc)

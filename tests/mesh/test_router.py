@@ -394,3 +394,34 @@ def test_a_routing_id_in_use_cannot_be_taken_over(arun, free_port, zsocket):
                 thief.close(linger=0)
 
     arun(main())
+
+
+def test_open_sms_binds_a_node_id_to_the_nodes_proof(arun, free_port, zsocket):
+    """Without CURVE a node id is bound to the secret proof its Spearlet keeps:
+    another peer cannot re-register under it; the node itself (restarted, on a
+    new connection) can, and its work follows it there."""
+    port = free_port()
+
+    async def main():
+        async with running_sms(port) as sms:
+            first, thief, again = (zsocket(zmq.DEALER, aio=True) for _ in range(3))
+            try:
+                for s in (first, thief, again):
+                    s.connect(sms.address)
+                node = P.NodeInfo(node_id="node-p")
+                await first.send_multipart(P.encode(P.Register(id=1, node=node, proof="s3")))
+                assert isinstance((await recv(first))[0], P.Welcome)
+                for proof in ("", "guess"):
+                    await thief.send_multipart(P.encode(P.Register(id=2, node=node, proof=proof)))
+                    err, _ = await recv(thief)
+                    assert isinstance(err, P.ErrorReply) and err.code == "PERMISSION_DENIED", err
+                await again.send_multipart(P.encode(P.Register(id=3, node=node, proof="s3")))
+                assert isinstance((await recv(again))[0], P.Welcome)
+                assert sms.outbox.to_node("node-p", P.Ping(id=4))
+                assert (await recv(again))[0] == P.Ping(id=4)
+                assert not await thief.poll(100) and not await first.poll(100)
+            finally:
+                for s in (first, thief, again):
+                    s.close(linger=0)
+
+    arun(main())
