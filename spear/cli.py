@@ -301,6 +301,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     daemon = args.command in ("sms", "spearlet", "up", "gateway")
+    if daemon:
+        # before any file is made: state, caches and logs are born 0600/0700 (SPEC §8)
+        from . import fsmodes
+
+        fsmodes.daemon_umask()
     try:
         cfg = _config(args, {"global.log_level": args.log_level,
                              "global.log_format": args.log_format})

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from . import errors
+from .fsmodes import private_dir, private_opener
 
 
 def free_port() -> int:
@@ -85,8 +86,9 @@ class Cluster:
     # ---------------------------------------------------------------- processes
 
     def _spawn(self, args: list[str], log_name: str, config: str | None = None) -> subprocess.Popen:
-        self.data.mkdir(parents=True, exist_ok=True)
-        out = open(self.data / f"{log_name}.log", "ab")
+        # logs carry function names and output: 0700/0600 like every data directory
+        private_dir(self.data, what="cluster data")
+        out = open(self.data / f"{log_name}.log", "ab", opener=private_opener)
         self._logs.append(out)
         # -P: the daemons import the installed spear, never a same-named
         # directory in the current working directory (Python >= 3.11)

@@ -62,8 +62,10 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m spear.gateway``: the same as ``spear gateway``."""
-    from .. import logs
+    from .. import fsmodes, logs
     from ..config import load_config
+
+    fsmodes.daemon_umask()  # as `spear gateway` (spear.cli.main) does
 
     ap = argparse.ArgumentParser(prog="spear gateway", description="Spear HTTP gateway")
     ap.add_argument("--log-level", choices=["debug", "info", "warning", "error"])

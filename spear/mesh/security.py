@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +28,7 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
 from .. import errors, protocol as P
+from ..fsmodes import private_dir, private_key_file
 
 log = logging.getLogger("spear.security")
 
@@ -65,6 +68,7 @@ def _read_public(entry: str, base: Path | None = None) -> bytes:
 
 
 def _read_secret(path: str) -> tuple[bytes, bytes]:
+    private_key_file(path)  # readable by others: fixed to 0600 (warned) or refused
     try:
         public, secret = zmq.auth.load_certificate(path)
     except (OSError, ValueError) as exc:
@@ -196,13 +200,26 @@ def stop_authenticator() -> None:
 
 
 def keygen(directory: str | Path, name: str) -> tuple[Path, Path, str]:
-    """Write ``NAME.key`` (public) and ``NAME.key_secret`` (0600); returns paths and z85."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    public_file, secret_file = zmq.auth.create_certificates(str(directory), name)
-    os.chmod(secret_file, 0o600)
-    public, _ = zmq.auth.load_certificate(public_file)
-    return Path(public_file), Path(secret_file), public.decode()
+    """Write ``NAME.key`` (public) and ``NAME.key_secret``; returns paths and z85.
+
+    Both files are 0600 in a 0700 directory. They are written in a fresh 0700
+    directory inside it and then moved into place, so the secret is never
+    readable by others, not even for a moment, whatever the umask.
+    """
+    directory = private_dir(directory, what="keys directory", recursive=False)
+    staging = tempfile.mkdtemp(prefix=f".{name}.", dir=directory)
+    try:
+        placed = []
+        for made in zmq.auth.create_certificates(staging, name):
+            os.chmod(made, 0o600)
+            target = directory / os.path.basename(made)
+            os.replace(made, target)
+            placed.append(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    public_file, secret_file = placed
+    public, _ = zmq.auth.load_certificate(str(public_file))
+    return public_file, secret_file, public.decode()
 
 
 def warn_open(component: str) -> None:

@@ -85,6 +85,7 @@ from time import clock_gettime_ns
 from dataclasses import dataclass, field
 
 from .. import errors
+from ..fsmodes import FUNCTION_UMASK
 from ..protocol import ExecUsage, FunctionSpec, Limits
 from .base import Instance, LogSink, Outcome, Prepared, Runtime
 from .hostpaths import HostPaths
@@ -448,6 +449,9 @@ class _Child:
                 cwd=cwd,
                 start_new_session=True,
                 close_fds=True,
+                # the Spearlet's umask (077) keeps its own files private; a function
+                # writes for its own users, so its process starts with the usual one
+                umask=FUNCTION_UMASK,
                 **(popen_kw or {}),
             )
         except BaseException as exc:

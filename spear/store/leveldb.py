@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from ..errors import Unavailable
+from ..fsmodes import private_dir
 from .base import Store
 
 
@@ -17,7 +18,7 @@ class LevelDBStore(Store):
             import plyvel
         except ImportError as exc:  # pragma: no cover - plyvel is a dependency
             raise Unavailable(f"leveldb store needs plyvel: {exc}") from None
-        Path(path).mkdir(parents=True, exist_ok=True)
+        private_dir(path, what="store")  # 0700, and what an older run left readable is fixed
         try:
             # a 16 MiB memtable (default 4 MiB): a quarter of the level-0 flushes and
             # compactions under a steady stream of execution records

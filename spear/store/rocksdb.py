@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from ..errors import Unavailable
+from ..fsmodes import private_dir
 from .base import Store
 
 
@@ -17,7 +18,7 @@ class RocksDBStore(Store):
             import rocksdict
         except ImportError:
             raise Unavailable("the rocksdb store needs the optional extra: pip install 'spear[rocksdb]'") from None
-        Path(path).mkdir(parents=True, exist_ok=True)
+        private_dir(path, what="store")  # 0700, and what an older run left readable is fixed
         self._rd = rocksdict
         self._db = rocksdict.Rdict(str(path), options=rocksdict.Options(raw_mode=True))
         self._sync = rocksdict.WriteOptions()
