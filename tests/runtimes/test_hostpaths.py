@@ -75,7 +75,7 @@ def test_the_resolved_path_outside_a_root_is_not_revealed(tree):
     assert str(tree / "outside") not in e.message
 
 
-def test_spearlets_own_directories_are_refused_even_inside_a_root(tree):
+def test_spearlets_own_directories_are_refused_even_inside_a_root(tree, caplog):
     data = tree / "allowed" / "spearlet-data"
     keys = tree / "allowed" / "keys"
     conf = tree / "allowed" / "etc"
@@ -87,6 +87,10 @@ def test_spearlets_own_directories_are_refused_even_inside_a_root(tree):
     for path in (data, data / "sub", keys, keys / "sub", conf, conf / "sub"):
         e = denied(hp, path)
         assert "never granted" in e.message and str(tree / "allowed") in e.message
+        if not str(path).startswith(str(data)):  # the Spearlet's own paths are not revealed
+            assert str(data) not in e.message and str(keys) not in e.message.replace(str(path), "")
+    # the node's log names the directory (warning); the deployer's error does not
+    assert any(r.levelname == "WARNING" and str(data) in r.getMessage() for r in caplog.records)
     # ...and so is anything that holds one of them (the root itself, here)
     e = denied(hp, tree / "allowed")
     assert "contains" in e.message
