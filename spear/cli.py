@@ -114,9 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_functions.add_parsers(sub, _client_opts)
 
-    from . import cli_config
+    from . import cli_config, cli_store
 
     cli_config.add_parsers(sub)
+    cli_store.add_parsers(sub)
     return ap
 
 
@@ -293,7 +294,7 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``spear`` command."""
-    from . import cli_config, cli_functions
+    from . import cli_config, cli_functions, cli_store
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -315,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup(args.log_level or cfg.global_.log_level if daemon else (args.log_level or "warning"),
                args.log_format or cfg.global_.log_format, component=args.command)
     handler = (COMMANDS.get(args.command) or cli_functions.COMMANDS.get(args.command)
-               or cli_config.COMMANDS[args.command])
+               or cli_store.COMMANDS.get(args.command) or cli_config.COMMANDS[args.command])
     try:
         return handler(args)
     except errors.ConfigError as exc:

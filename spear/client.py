@@ -15,8 +15,10 @@ import itertools
 import os
 import re
 import time
+import uuid
 from typing import Any, Callable, Iterator
 
+import msgspec
 import zmq
 
 from . import errors, protocol as P
@@ -103,6 +105,9 @@ def _result(reply, payload):
 
 #: what ``protocol.TraceId`` accepts (its constraint, read from the type itself)
 _TRACE_ID = re.compile(P.TraceId.__metadata__[0].pattern)
+_IDEM = re.compile(r"^[\x21-\x7e]{1,128}\Z")
+#: what a submit retries on: the SMS may or may not have the execution
+_RETRYABLE = (errors.DeadlineExceeded, errors.Unavailable)
 
 
 class _Api:
@@ -120,7 +125,7 @@ class _Api:
     def _call(self, target, msg, payload, extract, timeout):
         raise NotImplementedError
 
-    def _invoke_msg(self, function, data, args, mode, timeout, trace_id):
+    def _invoke_msg(self, function, data, args, mode, timeout, trace_id, idempotency_key=""):
         """The Invoke message and its payload frame (None when the input is empty)."""
         if isinstance(data, str):
             data = data.encode()
@@ -128,8 +133,12 @@ class _Api:
             # a Struct built in Python is not validated: refuse here, not after a round trip
             raise errors.InvalidArgument(
                 f"trace_id {trace_id[:60]!r} is not valid: up to 128 of A-Z a-z 0-9 . _ : / + = -")
+        if idempotency_key and not _IDEM.match(idempotency_key):
+            raise errors.InvalidArgument(
+                f"idempotency_key {idempotency_key[:60]!r} is not valid: 1-128 printable ASCII, no spaces")
         msg = P.Invoke(id=self._next_id(), function=function, args=list(args or ()),
-                       mode=mode, timeout=timeout, trace_id=trace_id)
+                       mode=mode, timeout=timeout, trace_id=trace_id,
+                       idempotency_key=idempotency_key)
         return msg, data or None
 
     # ------------------------------------------------------------ any daemon
@@ -182,13 +191,18 @@ class _Api:
         node: str | None = None,
         timeout: float | None = None,
         trace_id: str = "",
+        idempotency_key: str = "",
     ):
         """Run ``function`` and return its :class:`ExecutionResult` (sync mode).
+
+        ``idempotency_key``: calling again with the same key (after a timeout,
+        say) waits for the first execution's result instead of starting another.
 
         A failed execution is a result with ``status != "succeeded"``, not an
         exception; call ``raise_for_status()`` to turn it into one.
         """
-        msg, data = self._invoke_msg(function, data, args, "sync", timeout, trace_id)
+        msg, data = self._invoke_msg(function, data, args, "sync", timeout, trace_id,
+                                     idempotency_key)
         wait = (timeout or self.timeout) + 5.0
         return self._call(node, msg, data, _result, wait)
 
@@ -201,10 +215,21 @@ class _Api:
         node: str | None = None,
         timeout: float | None = None,
         trace_id: str = "",
+        idempotency_key: str = "",
+        retries: int = 2,
     ):
-        """Start ``function`` asynchronously; returns the execution id."""
-        msg, data = self._invoke_msg(function, data, args, "async", timeout, trace_id)
-        return self._call(node, msg, data, _accepted, None)
+        """Start ``function`` asynchronously; returns the execution id.
+
+        Safe to retry: the submission carries an idempotency key (yours, or a
+        random one), and when no answer comes (DEADLINE_EXCEEDED) or the SMS
+        is unavailable it is sent again with the same key up to ``retries``
+        times, so the work runs once however many answers were lost. Reusing
+        your own key later (even after an SMS restart) returns the same
+        execution id.
+        """
+        key = idempotency_key or (uuid.uuid4().hex if retries and node is None else "")
+        msg, data = self._invoke_msg(function, data, args, "async", timeout, trace_id, key)
+        return self._submit(node, msg, data, retries if key else 0)
 
     def execution(self, execution_id: str, *, wait: float = 0.0, node: str | None = None,
                   timeout: float | None = None):
@@ -284,6 +309,16 @@ class AsyncClient(_Api):
 
     def _next_id(self) -> int:
         return next(self._ids)
+
+    async def _submit(self, target, msg, payload, retries):
+        for attempt in range(retries + 1):
+            try:
+                return await self._call(target, msg, payload, _accepted, None)
+            except _RETRYABLE:
+                if attempt == retries:
+                    raise
+                await asyncio.sleep(min(0.1 * 2 ** attempt, 2.0))
+                msg = msgspec.structs.replace(msg, id=self._next_id())
 
     async def _call(self, target, msg, payload, extract, timeout):
         if target and self.security is not None and target not in self._peers \
@@ -391,6 +426,16 @@ class Client(_Api):
                 continue
             P.raise_for(reply)
             return reply, rpayload
+
+    def _submit(self, target, msg, payload, retries):
+        for attempt in range(retries + 1):
+            try:
+                return self._call(target, msg, payload, _accepted, None)
+            except _RETRYABLE:
+                if attempt == retries:
+                    raise
+                time.sleep(min(0.1 * 2 ** attempt, 2.0))
+                msg = msgspec.structs.replace(msg, id=self._next_id())
 
     def _call(self, target, msg, payload, extract, timeout):
         return extract(*self._exchange(target, msg, payload, timeout))

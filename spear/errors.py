@@ -90,6 +90,11 @@ class ConfigError(InvalidArgument):
     """The configuration is invalid; the message names the source, key and value."""
 
 
+class StoreError(Unavailable):
+    """A store cannot be opened safely (missing files, corruption); the message
+    names the file, the problem and the command that repairs it."""
+
+
 _BY_CODE: dict[str, type[SpearError]] = {
     cls.code: cls
     for cls in (

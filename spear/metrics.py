@@ -133,6 +133,12 @@ _SMS_STATE = _specs(
     ("spear_sms_queue_depth", "gauge", "Executions waiting in the SMS queue for capacity."),
     ("spear_sms_executions_active", "gauge", "Executions queued or placed on a node."),
     ("spear_sms_functions", "gauge", "Functions registered with the SMS."),
+    ("spear_sms_loop_stalls_total", "counter",
+     "Times the SMS's own event loop stalled (paused, GC, swap) for more than 0.5 s."),
+    ("spear_sms_loop_stalled_seconds_total", "counter", "Seconds the SMS's loop spent stalled."),
+    ("spear_sms_store_healthy", "gauge",
+     "1 while store writes succeed; 0 while the SMS is read-only after a failed write."),
+    ("spear_sms_store_write_errors_total", "counter", "Store writes that failed (disk full, I/O errors)."),
     ("spear_sms_submitted_total", "counter", "Executions accepted by the SMS."),
     ("spear_sms_retries_total", "counter", "Executions retried on another node after a node loss."),
     ("spear_sms_late_results_total", "counter", "Results that arrived for an already finished execution."),
@@ -439,6 +445,13 @@ class SMSMetrics(_DaemonMetrics):
         super().__init__(registry, **kw)
         self.refusals: dict[str, int] = {}
         self.transitions: dict[str, int] = {}
+        self.loop_stalls = 0
+        self.loop_stalled_seconds = 0.0
+
+    def stalled(self, seconds: float) -> None:
+        """The SMS's own loop did not run for ``seconds`` (paused, GC, swap)."""
+        self.loop_stalls += 1
+        self.loop_stalled_seconds += seconds
 
     def execution_finished(self, function: str, runtime: str, status: str, total_s: float,
                            queue_s: float, error_code: str = "") -> None:
@@ -599,6 +612,11 @@ class SMSCollector(_Collector):
         g("spear_sms_queue_depth", t.queued)
         g("spear_sms_executions_active", _snapshot(t.active, 0))
         g("spear_sms_functions", len(t.functions))
+        g("spear_sms_loop_stalls_total", getattr(self.owner, "loop_stalls", 0))
+        g("spear_sms_loop_stalled_seconds_total", getattr(self.owner, "loop_stalled_seconds", 0.0))
+        store = getattr(t, "store", None)
+        g("spear_sms_store_healthy", 0 if getattr(store, "error", "") else 1)
+        g("spear_sms_store_write_errors_total", getattr(store, "write_errors", 0))
         counts = t.counts
         g("spear_sms_submitted_total", counts.get("submitted", 0))
         g("spear_sms_retries_total", counts.get("retried", 0))

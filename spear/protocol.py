@@ -381,7 +381,12 @@ class Invoke(_Msg, frozen=True):
     mode: Literal["sync", "async", "stream"] = "sync"
     timeout: Annotated[float, Meta(gt=0, le=86400)] | None = None
     trace_id: TraceId = ""
+    #: SMS: refused (execution ids are the SMS's, unguessable); a Spearlet's
+    #: direct path still accepts one for its own records
     execution_id: Annotated[str, Meta(max_length=128)] = ""
+    #: a repeated submission with the same key (from the same caller) returns
+    #: the first execution instead of starting another, across SMS restarts
+    idempotency_key: Annotated[str, Meta(pattern=r"^[\x21-\x7e]{0,128}\Z")] = ""
 
 
 class GetExecution(_Msg, frozen=True):

@@ -397,8 +397,8 @@ def test_sms_queue_executions_and_nodes():
     reg = m.registry
     tasks.register_function(P.FunctionSpec(name="f", runtime="process", command=["cat"]), T0)
     for i in range(3):  # no node: the scheduler queues (startup grace) rather than fails
-        tasks.submit(b"c", P.Invoke(id=i + 1, function="f", mode="async", execution_id=f"e{i}"),
-                     b"", T0)
+        tasks.submit(b"c", P.Invoke(id=i + 1, function="f", mode="async"), b"", T0, eid=f"e{i}")
+    tasks.commit(T0)  # persist, acknowledge, then place
     assert value(reg, "spear_sms_queue_depth") == 3
     assert value(reg, "spear_sms_executions_active") == 3
     assert value(reg, "spear_sms_submitted_total") == 3

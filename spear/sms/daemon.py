@@ -22,6 +22,7 @@ from ..mesh import RouterServer, context
 from ..mesh.endpoint import CLOSE_LINGER_MS
 from ..mesh.security import Security, start_authenticator, warn_open
 from ..store import open_store
+from ..store.guarded import GuardedStore
 from .events import EventLog
 from .nodes import NodeEvent, NodeRegistry
 from .scheduler import NodeTable
@@ -167,7 +168,9 @@ class SMS(Service):
         self.config = config
         c = config.sms
         self.metrics = SMSMetrics()
-        self.store = open_store(config.storage.backend, config.storage.path)
+        # every write goes through the guard: a failed one turns the SMS read-only
+        # (new work refused with UNAVAILABLE) until a probe write succeeds again
+        self.store = GuardedStore(open_store(config.storage.backend, config.storage.path))
         self.loop: asyncio.AbstractEventLoop | None = None
         self.security = Security.from_config(config.security)
         self.server = RouterServer("sms", {}, security=self.security)
@@ -220,6 +223,7 @@ class SMS(Service):
         self.metrics.watch(self.tasks, self.registry, self.table)
         self.metrics.watch_mesh({"router": self.server})
         self.address = ""
+        self._commit_soon = False
         self._stopping: asyncio.Event | None = None
         self._tickers: list[asyncio.Task] = []
 
@@ -347,11 +351,28 @@ class SMS(Service):
     # ---------------------------------------------------------------- executions
 
     def on_invoke(self, ident, msg: P.Invoke, payload):
+        # idempotency keys are scoped to the caller's key (its route when open)
+        owner = self.server.caller_key if self.server.security is not None else ""
         try:
-            return self.tasks.submit(ident, msg, payload, time.time())
+            if msg.execution_id:
+                raise errors.InvalidArgument("clients do not choose execution ids (they must be "
+                                             "unguessable); pass idempotency_key to make retries safe")
+            out = self.tasks.submit(ident, msg, payload, time.time(), owner)
         except errors.SpearError as exc:
             self.metrics.rejected(exc.code)
             raise
+        if self.tasks.unacked and not self._commit_soon:
+            # one synced write for every async submission of this loop pass
+            self._commit_soon = True
+            asyncio.get_running_loop().call_soon(self._commit)
+        return out
+
+    def _commit(self) -> None:
+        self._commit_soon = False
+        try:
+            self.tasks.commit(time.time())
+        except Exception:  # never let the commit kill the daemon
+            log.exception("commit of async submissions failed")
 
     def _on_task_event(self, kind: str, key: str, state: str, now: float, detail: str = "") -> None:
         self.events.publish(kind, key, state, now, detail)
@@ -417,14 +438,31 @@ class SMS(Service):
 
     # ---------------------------------------------------------------- lifecycle
 
+    #: a loop pass this much later than asked is a stall of the SMS itself
+    STALL = 0.5
+
     async def _tick_loop(self) -> None:
         period = min(self.config.sms.heartbeat_interval, self.config.sms.heartbeat_timeout / 4)
+        last = time.monotonic()
         while True:
             await asyncio.sleep(period)
             try:
                 now = time.time()
+                mono = time.monotonic()
+                lag = mono - last - period
+                last = mono
+                if lag > self.STALL:
+                    # we were not listening: heartbeats queued meanwhile are not late,
+                    # and nobody is expired for silence we could not hear
+                    self.registry.stalled(now - lag, now)
+                    self.metrics.stalled(lag)
+                    log.warning("the SMS loop stalled for %.1fs (paused, GC or swap): node "
+                                "timeouts do not count that time", lag)
                 self.registry.tick(now)
                 self.table.decay_penalties(now)
+                if not self.store.healthy and self.store.probe():
+                    self.tasks.flush(sync=True)  # what was kept in memory meanwhile
+                    self.registry.flush()
             except Exception:  # never let housekeeping kill the daemon
                 log.exception("node tick failed")
 
@@ -437,6 +475,8 @@ class SMS(Service):
                 log.exception("task tick failed")
             try:
                 self.registry.flush()  # node records, batched like execution records
+            except errors.SpearError:
+                pass  # the store is read-only for now: kept dirty, written on recovery
             except Exception:
                 log.exception("node flush failed")
 

@@ -43,6 +43,8 @@ comes back.
 
 from __future__ import annotations
 
+import collections
+
 import logging
 import os
 from dataclasses import dataclass
@@ -95,6 +97,9 @@ class NodeRegistry:
         self.on_event = on_event
         self.nodes: dict[str, NodeInfo] = {}
         self._unhealthy_since: dict[str, float] = {}
+        #: recent spans (start, end) when the SMS itself was not listening (its
+        #: loop stalled): silence from nodes then is not theirs (see tick)
+        self.stalls: collections.deque[tuple[float, float]] = collections.deque(maxlen=64)
         self.version = 0  # bumped on every change the scheduler cares about
         #: node id -> token of its current session (none while unhealthy, or after a restart)
         self.sessions: dict[str, int] = {}
@@ -223,19 +228,36 @@ class NodeRegistry:
             self.on_event(NodeEvent(node_id, info.state, "gone", "deregistered"))
         return info
 
+    def stalled(self, start: float, end: float) -> None:
+        """The SMS was not listening from ``start`` to ``end`` (a pause of its loop:
+        SIGSTOP, a long GC, a swapped host): heartbeats sent then wait unread."""
+        if end > start:
+            self.stalls.append((start, end))
+
+    def _deaf(self, since: float, now: float) -> float:
+        """Seconds between ``since`` and ``now`` during which the SMS was not listening."""
+        return sum(max(0.0, min(e, now) - max(s, since)) for s, e in self.stalls)
+
     def tick(self, now: float) -> list[NodeEvent]:
-        """Apply timeouts: ready -> unhealthy -> gone. Returns what changed."""
+        """Apply timeouts: ready -> unhealthy -> gone. Returns what changed.
+
+        A node is dead when it missed heartbeats while the SMS was listening:
+        time the SMS itself was stalled does not count against anyone.
+        """
         events: list[NodeEvent] = []
         sink, self.on_event = self.on_event, events.append
         try:
             deadline = now - self.heartbeat_timeout
             for info in list(self.nodes.values()):
                 if info.state in ("ready", "draining") and info.last_seen < deadline:
-                    self._set_state(info, "unhealthy", now,
-                                    f"no heartbeat for {now - info.last_seen:.1f}s")
+                    silent = now - info.last_seen - (self._deaf(info.last_seen, now)
+                                                     if self.stalls else 0.0)
+                    if silent > self.heartbeat_timeout:
+                        self._set_state(info, "unhealthy", now, f"no heartbeat for {silent:.1f}s")
             cutoff = now - self.cleanup_interval
             for node_id, since in list(self._unhealthy_since.items()):
-                if since <= cutoff:
+                if since <= cutoff and (not self.stalls
+                                        or now - since - self._deaf(since, now) > self.cleanup_interval):
                     info = self.nodes.pop(node_id)
                     del self._unhealthy_since[node_id]
                     self._remove(node_id)

@@ -75,6 +75,18 @@ class StoredExecution(msgspec.Struct, frozen=True, kw_only=True):
     input: bytes | None = None  # kept while not terminal, so a retry can run it
     failures: int = 0
     stream: bool = False
+    #: the caller-scoped idempotency key it was submitted with ("" if none)
+    idem: str = ""
+
+
+class StoredCounts(msgspec.Struct, kw_only=True):
+    """Lifetime counters, written in the same batch as the records they count."""
+
+    counts: dict[str, int] = {}
+
+
+COUNTS_KEY = b"meta/counts"
+_dec_counts = msgspec.msgpack.Decoder(StoredCounts)
 
 
 _dec_fn = msgspec.msgpack.Decoder(StoredFunction)
@@ -122,6 +134,7 @@ class Exec:
     queued_at: float = 0.0
     cancel_at: float = 0.0
     stream: bool = False
+    idem: str = ""
 
 
 @dataclass
@@ -167,11 +180,21 @@ class TaskService:
         self.started_at = now
         self._retrying = False
         self._dispatch_ids = iter(range(int.from_bytes(os.urandom(5), 'big') << 16, 1 << 63))
+        #: caller-scoped idempotency key -> execution id
+        self.by_idem: dict[str, str] = {}
+        #: async submissions waiting for their group commit: (exec, client, request id)
+        self.unacked: list[tuple[Exec, bytes, int]] = []
         self._load(now)
 
     # ------------------------------------------------------------------ load
 
     def _load(self, now: float) -> None:
+        raw = self.store.get(COUNTS_KEY)
+        if raw:
+            try:
+                self.counts.update(_dec_counts.decode(raw).counts)
+            except msgspec.DecodeError:
+                log.error("corrupt counters record: counting from zero")
         for key, raw in self.store.scan(FN_PREFIX):
             try:
                 fn = _dec_fn.decode(raw)
@@ -187,8 +210,10 @@ class TaskService:
                 log.error("skipping corrupt execution record %r", key)
                 continue
             ex = Exec(info=st.info, output=st.output, retries=st.retries, timeout=st.timeout,
-                      data=st.input, failures=st.failures, stream=st.stream)
+                      data=st.input, failures=st.failures, stream=st.stream, idem=st.idem)
             self.execs[st.info.execution_id] = ex
+            if st.idem:
+                self.by_idem[st.idem] = st.info.execution_id
             if st.info.status not in TERMINAL:
                 recovered.append(ex)
         # oldest first, so retention prunes the right ones
@@ -246,9 +271,10 @@ class TaskService:
         return self._fn_info(fn)
 
     def remove_function(self, name: str, now: float) -> None:
-        if self.functions.pop(name, None) is None:
+        if name not in self.functions:
             raise errors.NotFound(f"function {name!r} is not registered")
-        self.store.delete(FN_PREFIX + name.encode(), sync=True)
+        self.store.delete(FN_PREFIX + name.encode(), sync=True)  # first: it may fail
+        del self.functions[name]
         self.table.forget_function(name)
         self._event("function", name, "removed", now)
 
@@ -277,35 +303,125 @@ class TaskService:
 
     # ------------------------------------------------------------------ submit
 
-    def submit(self, ident: bytes, msg: P.Invoke, payload, now: float):
-        """Accept an invocation; returns the immediate reply (async) or None."""
+    def submit(self, ident: bytes, msg: P.Invoke, payload, now: float, owner: str = "",
+               eid: str | None = None):
+        """Accept an invocation; returns the immediate reply, or None.
+
+        Write-ahead order for ``async``: the execution is persisted (synced,
+        one batch for all submissions of a loop pass: :meth:`commit`), then
+        acknowledged, then dispatched; nothing is acknowledged or run if the
+        write fails. ``sync``/``stream`` invocations are acknowledged by their
+        result. ``idempotency_key`` (scoped to ``owner``, the caller's key):
+        a repeated submission returns the first execution instead of a new one.
+        ``eid``: the id to use (tests); by default a new UUIDv7. Clients never
+        choose it: the daemon refuses ``Invoke.execution_id``.
+        """
         fn = self.get_function(msg.function)
+        idem = f"{owner}\x00{msg.idempotency_key}" if msg.idempotency_key else ""
+        if idem:
+            first = self.by_idem.get(idem)
+            ex = self.execs.get(first) if first is not None else None
+            if ex is not None:
+                return self._resubmitted(ex, ident, msg, now)
+        store_error = getattr(self.store, "error", "")
+        if store_error:
+            raise errors.Unavailable(f"SMS storage is failing ({store_error}); "
+                                     "new work is refused until writes succeed again")
         if self.queued >= self.s.max_queue:
             raise errors.ResourceExhausted(f"SMS queue is full ({self.s.max_queue} executions waiting)")
-        eid = msg.execution_id or new_id()
+        eid = eid or new_id()
         if eid in self.execs:
             raise errors.InvalidArgument(f"execution id {eid!r} already exists")
         info = P.ExecutionInfo(execution_id=eid, function=fn.spec.name, status="pending",
                                trace_id=msg.trace_id or eid, submitted_at=now,
                                args=list(msg.args))
         ex = Exec(info=info, data=bytes(payload) if payload is not None else b"",
-                  timeout=msg.timeout, retries=fn.spec.retries, stream=msg.mode == "stream")
+                  timeout=msg.timeout, retries=fn.spec.retries, stream=msg.mode == "stream",
+                  idem=idem)
         self.execs[eid] = ex
+        if idem:
+            self.by_idem[idem] = eid
         self.counts["submitted"] += 1
         self._prune()
-        if msg.mode != "async":
-            ex.waiters.append(Waiter(ident, msg.id, float("inf"), stream=ex.stream))
-        if self.queues.get(fn.spec.name):
-            self.retry_queue(now, function=fn.spec.name)
-        if self.queues.get(fn.spec.name):  # earlier ones still wait: queue behind them
+        if msg.mode == "async":
+            self.unacked.append((ex, ident, msg.id))  # see commit()
+            return None
+        ex.waiters.append(Waiter(ident, msg.id, float("inf"), stream=ex.stream))
+        self._place(ex, now)
+        return None
+
+    def _place(self, ex: Exec, now: float, defer: list | None = None) -> None:
+        """Dispatch a new execution, or queue it behind its function's queue."""
+        name = ex.info.function
+        if self.queues.get(name):
+            self.retry_queue(now, function=name)
+        if self.queues.get(name):  # earlier ones still wait: queue behind them
             self._enqueue(ex, now)
         else:
-            self._schedule(ex, now)
+            self._schedule(ex, now, defer=defer)
+
+    def _resubmitted(self, ex: Exec, ident: bytes, msg: P.Invoke, now: float):
+        """A submission whose idempotency key was seen: the first execution answers."""
+        if ex.info.function != msg.function:
+            raise errors.InvalidArgument(
+                f"idempotency key already used for an execution of {ex.info.function!r}")
+        self.counts["deduplicated"] += 1
         if msg.mode == "async":
-            # written before Accepted confirms it (to the OS: survives an SMS crash)
-            self._write(ex)
-            return P.Accepted(id=msg.id, execution_id=eid)
+            if any(u[0] is ex for u in self.unacked):  # not yet durable: acked with it
+                self.unacked.append((ex, ident, msg.id))
+                return None
+            return P.Accepted(id=msg.id, execution_id=ex.info.execution_id)
+        if ex.info.status in TERMINAL:
+            return self.result_msg(ex, msg.id)
+        ex.waiters.append(Waiter(ident, msg.id, float("inf"), stream=msg.mode == "stream"))
         return None
+
+    def commit(self, now: float) -> None:
+        """Group commit of async submissions: persist (synced), acknowledge, dispatch.
+
+        Placement is decided first so the records say where each execution
+        goes; the Dispatches leave only after the write succeeded. If it fails
+        every submission in the batch is answered UNAVAILABLE and forgotten:
+        nothing unacknowledged runs.
+        """
+        batch, self.unacked = self.unacked, []
+        if not batch:
+            return
+        dispatches: list = []
+        fresh = []
+        seen: set[str] = set()
+        for ex, _, _ in batch:
+            if ex.info.execution_id in seen:
+                continue
+            seen.add(ex.info.execution_id)
+            fresh.append(ex)
+            if ex.info.status not in TERMINAL:  # (a cancel may have come first)
+                self._place(ex, now, defer=dispatches)
+        try:
+            self.store.write_batch([self._record(ex) for ex in fresh], (), sync=True)
+        except errors.SpearError as exc:
+            for ex in fresh:
+                self._forget(ex)
+            for _, ident, rid in batch:
+                self.outbox.to_client(ident, P.error_reply(rid, exc))
+            return
+        for ex in fresh:
+            self.dirty.discard(ex.info.execution_id)
+        for ex, ident, rid in batch:
+            self.outbox.to_client(ident, P.Accepted(id=rid, execution_id=ex.info.execution_id))
+        for node, msg, payload in dispatches:
+            self._send_dispatch(node, msg, payload, now)
+
+    def _forget(self, ex: Exec) -> None:
+        """Undo a submission that was never acknowledged (its write failed)."""
+        self._unassign(ex)
+        eid = ex.info.execution_id
+        self.execs.pop(eid, None)
+        self.dirty.discard(eid)
+        if ex.idem and self.by_idem.get(ex.idem) == eid:
+            del self.by_idem[ex.idem]
+        self.counts["submitted"] -= 1
+        self.counts["refused_unpersisted"] += 1
 
     def _deadline(self, ex: Exec, spec: P.FunctionSpec | None, now: float) -> float:
         """When a node must have finished ``ex`` dispatched at ``now`` (SMS-side)."""
@@ -317,8 +433,13 @@ class TaskService:
         mem = (spec.limits.memory_mb or self.s.default_memory_mb) * MiB
         return cpu, float(mem)
 
-    def _schedule(self, ex: Exec, now: float, *, from_queue: bool = False) -> bool:
-        """Pick a node and dispatch; queue if nothing fits; fail if nothing ever can."""
+    def _schedule(self, ex: Exec, now: float, *, from_queue: bool = False,
+                  defer: list | None = None) -> bool:
+        """Pick a node and dispatch; queue if nothing fits; fail if nothing ever can.
+
+        ``defer``: collect the Dispatch there instead of sending it (commit()
+        sends it once the record that names the node is on disk).
+        """
         fn = self.functions.get(ex.info.function)
         if fn is None:
             self._end(ex, "failed", now, "NOT_FOUND", f"function {ex.info.function!r} was removed")
@@ -360,13 +481,22 @@ class TaskService:
                       extra={"trace_id": ex.info.trace_id, "execution_id": ex.info.execution_id})
         self.by_node[node].add(ex.info.execution_id)
         self.dirty.add(ex.info.execution_id)
-        sent = self.outbox.to_node(node, P.Dispatch(
+        msg = P.Dispatch(
             id=ex.dispatch_id, execution_id=ex.info.execution_id, function=spec.name,
             digest=fn.digest, args=ex.info.args, timeout=ex.timeout, trace_id=ex.info.trace_id,
-            stream=ex.stream), ex.data or None)  # no empty payload frame
-        if not sent:
-            self._spill(ex, now, "could not send to node")
+            stream=ex.stream)
+        if defer is not None:
+            defer.append((node, msg, ex.data or None))
+            return True
+        self._send_dispatch(node, msg, ex.data or None, now)
         return True
+
+    def _send_dispatch(self, node: str, msg: P.Dispatch, payload, now: float) -> None:
+        ex = self.execs.get(msg.execution_id)
+        if ex is None or ex.node != node or ex.dispatch_id != msg.id:
+            return  # it moved on meanwhile (cancelled, node lost)
+        if not self.outbox.to_node(node, msg, payload):  # no empty payload frame above
+            self._spill(ex, now, "could not send to node")
 
     def _unassign(self, ex: Exec) -> None:
         if ex.node:
@@ -602,7 +732,9 @@ class TaskService:
             if ex.info.status in TERMINAL:
                 dead.append(eid)
         for eid in dead:
-            del self.execs[eid]
+            ex = self.execs.pop(eid)
+            if ex.idem and self.by_idem.get(ex.idem) == eid:
+                del self.by_idem[ex.idem]
             self.dirty.discard(eid)
             # deleted with the next flush's batch, not one write per submission
             self.pruned.append(EX_PREFIX + eid.encode())
@@ -711,10 +843,6 @@ class TaskService:
             self.retry_queue(now, full=True)
         self.flush()
 
-    def _write(self, ex: Exec) -> None:
-        self.dirty.discard(ex.info.execution_id)
-        self.store.put(*self._record(ex))
-
     def _record(self, ex: Exec) -> tuple[bytes, bytes]:
         out = ex.output if len(ex.output) <= self.s.keep_output else b""
         inp = None
@@ -723,25 +851,30 @@ class TaskService:
             inp = ex.data
         return EX_PREFIX + ex.info.execution_id.encode(), _enc.encode(StoredExecution(
             info=ex.info, output=out, retries=ex.retries, timeout=ex.timeout, input=inp,
-            failures=ex.failures, stream=ex.stream))
+            failures=ex.failures, stream=ex.stream, idem=ex.idem))
 
-    def flush(self) -> None:
-        """Write dirty execution records (and delete pruned ones) in one batch."""
+    def flush(self, *, sync: bool = False) -> bool:
+        """Write dirty execution records, deleted ones and the counters in one batch.
+
+        Records stay dirty until the batch is written: after a failed write
+        (the store turns read-only, see spear.store.guarded) they are written
+        by the first flush that succeeds. Returns whether everything is written.
+        """
         if not self.dirty and not self.pruned:
-            return
+            return True
+        written = list(self.dirty)
         puts = []
-        for eid in self.dirty:
+        for eid in written:
             ex = self.execs.get(eid)
-            if ex is None:
-                continue
-            out = ex.output if len(ex.output) <= self.s.keep_output else b""
-            inp = None
-            if ex.info.status not in TERMINAL and ex.data is not None \
-                    and len(ex.data) <= self.s.keep_output:
-                inp = ex.data
-            puts.append((EX_PREFIX + eid.encode(), _enc.encode(StoredExecution(
-                info=ex.info, output=out, retries=ex.retries, timeout=ex.timeout, input=inp,
-                failures=ex.failures, stream=ex.stream))))
-        self.dirty.clear()
-        deletes, self.pruned = self.pruned, []
-        self.store.write_batch(puts, deletes)
+            if ex is not None:
+                puts.append(self._record(ex))
+        puts.append((COUNTS_KEY, _enc.encode(StoredCounts(counts=dict(self.counts)))))
+        deletes = list(self.pruned)
+        try:
+            self.store.write_batch(puts, deletes, sync=sync)
+        except errors.SpearError as exc:
+            log.debug("execution records not written yet: %s", exc)
+            return False
+        self.dirty.difference_update(written)
+        del self.pruned[:len(deletes)]
+        return True

@@ -29,6 +29,7 @@ import collections
 import logging
 
 import msgspec
+import fcntl
 import os
 import socket
 import time
@@ -70,6 +71,33 @@ def _node_id(config: Config) -> str:
     data.mkdir(mode=0o700, parents=True, exist_ok=True)
     write_private(f, (value + "\n").encode())
     return value
+
+
+def lock_data_dir(data: str) -> int:
+    """Hold ``DATA/spearlet.lock`` for this process's life, or raise Unavailable.
+
+    Two Spearlets in one data directory would share a node id and fight as
+    one node; the second one refuses to start instead, naming the lock and
+    the pid that holds it. The lock is an ``flock``: it goes with the process,
+    even a killed one, so a stale lock file never blocks a restart.
+    """
+    path = Path(data) / "spearlet.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        try:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        except OSError:
+            holder = "?"
+        os.close(fd)
+        raise errors.Unavailable(
+            f"the Spearlet data directory {data} is in use by another Spearlet (pid {holder} "
+            f"holds {path}); give each Spearlet its own directory: spear spearlet --data DIR"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def _node_proof(config: Config) -> str:
@@ -226,6 +254,7 @@ class Spearlet(Service):
         # 0700; what an older run (or another tool) left readable is fixed, loudly:
         # artifacts, caches and the node id are this node's alone
         private_dir(c.data, what="[spearlet] data")
+        self._lock_fd = lock_data_dir(c.data)  # before anything in it is read or written
         self.node_id = _node_id(config)
         self.proof = _node_proof(config)
         self.name = c.name or self.node_id
@@ -461,4 +490,7 @@ class Spearlet(Service):
                 log.warning("could not deregister: %s", exc)
         self.link.close()
         await asyncio.to_thread(self.metrics.close)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the data directory's lock
+            self._lock_fd = None
         log.info("spearlet %s stopped (pid %d)", self.node_id, os.getpid())

@@ -44,6 +44,10 @@ class Store(abc.ABC):
     def close(self) -> None:
         """Release the store; further calls are errors."""
 
+    def reopen(self) -> None:
+        """Close and open again (after a write error some backends stay failed
+        until reopened). Never creates a store that is not there."""
+
 
 def open_store(backend: str, path: str | None = None) -> Store:
     """Open a store by backend name; optional backends are imported lazily."""

@@ -95,9 +95,15 @@ class Cluster:
 
     def submit(self, eid: str, fn: str = "f", *, payload: bytes | None = b"input",
                mode: str = "sync", client: bytes = CLIENT, rid: int | None = None, **kw):
-        msg = P.Invoke(id=rid if rid is not None else self.rid(), function=fn, mode=mode,
-                       execution_id=eid, **kw)
-        return self.svc.submit(client, msg, payload, self.now)
+        msg = P.Invoke(id=rid if rid is not None else self.rid(), function=fn, mode=mode, **kw)
+        reply = self.svc.submit(client, msg, payload, self.now, eid=eid)
+        if mode == "async" and reply is None and self.svc.unacked:
+            # the daemon commits after each loop pass: persist, acknowledge, dispatch
+            self.svc.commit(self.now)
+            acks = [m for m, _ in self.out.client_msgs(client)
+                    if getattr(m, "id", None) == msg.id]
+            return acks[-1] if acks else None
+        return reply
 
     def ex(self, eid: str):
         return self.svc.get(eid)
@@ -335,15 +341,20 @@ def test_non_terminal_status_in_a_result_counts_as_failed(c):
 
 
 def test_submit_async_replies_accepted_and_marks_dirty(c):
-    reply = c.submit("e1", mode="async", rid=7)
-    assert reply == P.Accepted(id=7, execution_id="e1")
-    # written before the Accepted that confirms it, not left to the batch
+    reply = c.svc.submit(CLIENT, P.Invoke(id=7, function="f", mode="async"), b"in", c.now, eid="e1")
+    assert reply is None and c.svc.store.get(b"ex/e1") is None  # nothing said, nothing sent yet
+    assert not c.out.dispatches("e1")
+    c.svc.commit(c.now)
+    # written (synced) before the Accepted that confirms it, and dispatched after
     assert c.svc.store.get(b"ex/e1") is not None
+    assert c.out.client_msgs(CLIENT)[-1][0] == P.Accepted(id=7, execution_id="e1")
+    assert c.out.dispatches("e1")
     c.svc.flush()
     assert not c.svc.dirty
     assert c.stored_record("e1") is not None
+    n = len(c.out.client_msgs())
     c.result("n1", "e1")
-    assert c.out.client_msgs() == []  # nobody waits on an async execution
+    assert len(c.out.client_msgs()) == n  # nobody waits on an async execution
     assert c.status("e1") == "succeeded"
 
 

@@ -178,7 +178,7 @@ def test_leveldb_second_open_of_same_path_is_unavailable(tmp_path):
     path = str(tmp_path / "db")
     s = open_store("leveldb", path)
     try:
-        with pytest.raises(errors.Unavailable, match="LevelDB"):
+        with pytest.raises(errors.Unavailable, match="in use by another process"):
             open_store("leveldb", path)
     finally:
         s.close()

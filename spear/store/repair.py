@@ -1,0 +1,111 @@
+"""Checking and repairing a LevelDB store (``spear store check|repair``).
+
+``check`` opens the store read-only in spirit (nothing is written but what
+LevelDB itself needs to open), walks every record with checksums verified,
+and counts records by kind. ``repair`` first copies the whole directory to
+``PATH.backup-YYYYmmdd-HHMMSS`` (unless told not to), then runs LevelDB's
+own repair (``plyvel.repair_db``: it rebuilds the manifest and ``CURRENT``
+from the table and log files, dropping what cannot be read), then checks
+again. Run both with the SMS stopped: LevelDB allows one process per store.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import errors
+
+
+@dataclass
+class Report:
+    """What a check found."""
+
+    path: str
+    ok: bool = True
+    problems: list[str] = field(default_factory=list)
+    records: dict[str, int] = field(default_factory=dict)
+    files: int = 0
+    bytes: int = 0
+    backup: str = ""
+
+    def lines(self) -> list[str]:
+        out = [f"store {self.path}: {'OK' if self.ok else 'DAMAGED'} "
+               f"({self.files} files, {self.bytes} bytes)"]
+        for kind, n in sorted(self.records.items()):
+            out.append(f"  {n:>9} {kind} records")
+        out.extend(f"  problem: {p}" for p in self.problems)
+        if self.backup:
+            out.append(f"  backup of the damaged store: {self.backup}")
+        return out
+
+
+def _kind(key: bytes) -> str:
+    head, sep, _ = key.partition(b"/")
+    return head.decode("utf-8", "replace") if sep else "other"
+
+
+def check(path: str | os.PathLike) -> Report:
+    """Open the store without creating anything and read every record."""
+    import plyvel
+
+    from .leveldb import _has_store_files, _msg, open_db
+
+    p = Path(path)
+    rep = Report(path=str(p))
+    if not p.is_dir():
+        rep.ok = False
+        rep.problems.append("no such directory")
+        return rep
+    for f in p.iterdir():
+        if f.is_file():
+            rep.files += 1
+            rep.bytes += f.stat().st_size
+    if not _has_store_files(p):
+        rep.ok = False
+        rep.problems.append("no LevelDB files here")
+        return rep
+    try:
+        db = open_db(p, create=False)
+    except errors.StoreError as exc:
+        rep.ok = False
+        rep.problems.append(exc.message.split(" To recover:")[0].split(". If files")[0])
+        return rep
+    counts: collections.Counter = collections.Counter()
+    try:
+        with db.iterator(verify_checksums=True, fill_cache=False) as it:
+            for key, _ in it:
+                counts[_kind(key)] += 1
+    except (plyvel.CorruptionError, plyvel.IOError) as exc:
+        rep.ok = False
+        rep.problems.append(f"unreadable records after {sum(counts.values())}: {_msg(exc)}")
+    finally:
+        db.close()
+    rep.records = dict(counts)
+    return rep
+
+
+def repair(path: str | os.PathLike, *, backup: bool = True) -> Report:
+    """Back up, repair with LevelDB's repairer, and check the result."""
+    import plyvel
+
+    p = Path(path)
+    if not p.is_dir():
+        raise errors.NotFound(f"store {p}: no such directory")
+    copy = ""
+    if backup:
+        copy = f"{p}.backup-{time.strftime('%Y%m%d-%H%M%S')}"
+        shutil.copytree(p, copy, symlinks=True)
+        os.chmod(copy, 0o700)
+    try:
+        plyvel.repair_db(str(p), paranoid_checks=False)
+    except (plyvel.Error, OSError) as exc:
+        raise errors.StoreError(f"store {p}: repair failed: {exc}"
+                                + (f"; the original is kept in {copy}" if copy else "")) from None
+    rep = check(p)
+    rep.backup = copy
+    return rep
