@@ -78,7 +78,12 @@ class SMSConfig(_Section, frozen=True):
     heartbeat_interval: Annotated[float, Meta(gt=0, le=3600)] = 1.0
     heartbeat_timeout: Annotated[float, Meta(gt=0, le=86400)] = 5.0
     cleanup_interval: Annotated[float, Meta(gt=0, le=30 * 86400)] = 60.0
+    #: retention: execution records kept (the oldest finished are deleted first)
     max_executions: Annotated[int, Meta(ge=100, le=10_000_000)] = 100_000
+    #: retention: finished execution records older than this (seconds) are deleted
+    retention_age: Annotated[float, Meta(ge=60, le=3650 * 86400)] = 7 * 86400.0
+    #: finished executions kept whole in memory; older ones are read back from the store
+    cache_executions: Annotated[int, Meta(ge=0, le=10_000_000)] = 1_000
     queue_timeout: Annotated[float, Meta(gt=0, le=86400)] = 30.0
     #: executions waiting for capacity, all functions together; more are refused
     max_queue: Annotated[int, Meta(ge=1, le=10_000_000)] = 10_000

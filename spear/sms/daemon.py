@@ -192,6 +192,8 @@ class SMS(Service):
         self.tasks = TaskService(
             self.store, self.table, self.outbox, now=now,
             settings=TaskSettings(max_executions=c.max_executions, queue_timeout=c.queue_timeout,
+                                  retention_age=c.retention_age,
+                                  cache_executions=c.cache_executions,
                                   startup_grace=2 * c.heartbeat_timeout,
                                   deadline_grace=c.deadline_grace, max_queue=c.max_queue,
                                   default_run_timeout=c.default_run_timeout),

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import heapq
 import logging
 import os
 from dataclasses import dataclass, field
@@ -142,6 +143,10 @@ class TaskSettings:
     """Knobs of the TaskService (from [sms] config)."""
 
     max_executions: int = 100_000
+    #: finished executions older than this (seconds) are deleted
+    retention_age: float = 7 * 86400.0
+    #: finished executions kept whole in memory (the rest: an index entry, record on disk)
+    cache_executions: int = 1_000
     max_queue: int = 10_000
     queue_timeout: float = 30.0
     max_spills: int = 5
@@ -168,7 +173,11 @@ class TaskService:
         self.s = settings or TaskSettings()
         self.on_event = on_event
         self.functions: dict[str, StoredFunction] = {}
+        #: executions in flight, and the most recent finished ones, whole
         self.execs: collections.OrderedDict[str, Exec] = collections.OrderedDict()
+        #: every other retained (finished) execution: a small index entry
+        #: (submitted_at, function, status, node_id, idem); its record is on disk
+        self.archive: collections.OrderedDict[str, tuple] = collections.OrderedDict()
         self.by_node: dict[str, set[str]] = collections.defaultdict(set)
         #: executions waiting for capacity: one FIFO per function
         self.queues: dict[str, collections.deque[str]] = {}
@@ -184,6 +193,7 @@ class TaskService:
         self.by_idem: dict[str, str] = {}
         #: async submissions waiting for their group commit: (exec, client, request id)
         self.unacked: list[tuple[Exec, bytes, int]] = []
+        self._aged_at = now
         self._load(now)
 
     # ------------------------------------------------------------------ load
@@ -209,16 +219,21 @@ class TaskService:
             except msgspec.DecodeError:
                 log.error("skipping corrupt execution record %r", key)
                 continue
+            i = st.info
+            if st.idem:
+                self.by_idem[st.idem] = i.execution_id
+            if i.status in TERMINAL:  # only its index entry stays in memory
+                self.archive[i.execution_id] = (i.submitted_at, i.function, i.status,
+                                                i.node_id, st.idem)
+                continue
             ex = Exec(info=st.info, output=st.output, retries=st.retries, timeout=st.timeout,
                       data=st.input, failures=st.failures, stream=st.stream, idem=st.idem)
-            self.execs[st.info.execution_id] = ex
-            if st.idem:
-                self.by_idem[st.idem] = st.info.execution_id
-            if st.info.status not in TERMINAL:
-                recovered.append(ex)
+            self.execs[i.execution_id] = ex
+            recovered.append(ex)
         # oldest first, so retention prunes the right ones
         self.execs = collections.OrderedDict(
             sorted(self.execs.items(), key=lambda kv: kv[1].info.submitted_at))
+        self.archive = collections.OrderedDict(sorted(self.archive.items(), key=lambda kv: kv[1][0]))
         for ex in recovered:
             if ex.info.status in ("scheduled", "running") and ex.info.node_id:
                 # it may still be running there: the node's next heartbeats tell;
@@ -237,9 +252,9 @@ class TaskService:
             else:
                 self._end(ex, "lost", now, "UNAVAILABLE", "SMS restarted before it was "
                           "dispatched and its input was too large to keep")
-        if self.functions or self.execs:
+        if self.functions or self.execs or self.archive:
             log.info("recovered %d function(s), %d execution record(s), %d in flight",
-                     len(self.functions), len(self.execs), len(recovered))
+                     len(self.functions), len(self.execs) + len(self.archive), len(recovered))
 
     # ------------------------------------------------------------------ functions
 
@@ -320,7 +335,7 @@ class TaskService:
         idem = f"{owner}\x00{msg.idempotency_key}" if msg.idempotency_key else ""
         if idem:
             first = self.by_idem.get(idem)
-            ex = self.execs.get(first) if first is not None else None
+            ex = self.find(first) if first is not None else None
             if ex is not None:
                 return self._resubmitted(ex, ident, msg, now)
         store_error = getattr(self.store, "error", "")
@@ -330,7 +345,7 @@ class TaskService:
         if self.queued >= self.s.max_queue:
             raise errors.ResourceExhausted(f"SMS queue is full ({self.s.max_queue} executions waiting)")
         eid = eid or new_id()
-        if eid in self.execs:
+        if eid in self.execs or eid in self.archive:
             raise errors.InvalidArgument(f"execution id {eid!r} already exists")
         info = P.ExecutionInfo(execution_id=eid, function=fn.spec.name, status="pending",
                                trace_id=msg.trace_id or eid, submitted_at=now,
@@ -634,8 +649,19 @@ class TaskService:
 
     # ------------------------------------------------------------------ client queries
 
-    def get(self, eid: str) -> Exec:
+    def find(self, eid: str) -> Exec | None:
+        """An execution, whole: from memory, or read back from its record."""
         ex = self.execs.get(eid)
+        if ex is None and eid in self.archive:
+            raw = self.store.get(EX_PREFIX + eid.encode())
+            if raw is not None:
+                st = _dec_ex.decode(raw)
+                ex = Exec(info=st.info, output=st.output, retries=st.retries,
+                          timeout=st.timeout, failures=st.failures, stream=st.stream, idem=st.idem)
+        return ex
+
+    def get(self, eid: str) -> Exec:
+        ex = self.find(eid)
         if ex is None:
             raise errors.NotFound(f"execution {eid!r} not found")
         return ex
@@ -667,17 +693,30 @@ class TaskService:
             self._end(ex, "cancelled", now, "CANCELLED", "cancelled before it was dispatched")
 
     def list_executions(self, msg: P.ListExecutions) -> tuple[list[P.ExecutionInfo], int]:
-        out = []
-        for ex in reversed(self.execs.values()):
-            i = ex.info
-            if msg.function and i.function != msg.function:
+        """A page, newest first, over executions in memory and archived ones."""
+        fn, status, node = msg.function, msg.status, msg.node_id
+        live = ((ex.info.submitted_at, eid, ex) for eid, ex in reversed(self.execs.items()))
+        old = ((e[0], eid, e) for eid, e in reversed(self.archive.items()))
+        page: list[P.ExecutionInfo] = []
+        total = 0
+        for _, eid, item in heapq.merge(live, old, key=lambda t: t[0], reverse=True):
+            if isinstance(item, Exec):
+                i = item.info
+                f, st, nd = i.function, i.status, i.node_id
+            else:
+                i = None
+                _, f, st, nd, _ = item
+            if (fn and f != fn) or (status and st != status) or (node and nd != node):
                 continue
-            if msg.status and i.status != msg.status:
-                continue
-            if msg.node_id and i.node_id != msg.node_id:
-                continue
-            out.append(i)
-        return out[msg.offset:msg.offset + msg.limit], len(out)
+            if msg.offset <= total < msg.offset + msg.limit:
+                if i is None:
+                    ex = self.find(eid)
+                    if ex is None:
+                        continue
+                    i = ex.info
+                page.append(i)
+            total += 1
+        return page, total
 
     @property
     def queue(self) -> list[str]:
@@ -721,23 +760,57 @@ class TaskService:
         if self.on_event is not None:
             self.on_event(kind, key, state, now, detail)
 
-    def _prune(self) -> None:
-        excess = len(self.execs) - self.s.max_executions
-        if excess <= 0:
+    def _prune(self, now: float | None = None) -> None:
+        """Retention: at most ``max_executions`` records, none finished longer ago
+        than ``retention_age`` (with ``now``); the oldest finished go first."""
+        excess = len(self.execs) + len(self.archive) - self.s.max_executions
+        cutoff = now - self.s.retention_age if now is not None else None
+        arch = self.archive
+        while arch:
+            eid, entry = next(iter(arch.items()))
+            if excess <= 0 and (cutoff is None or entry[0] >= cutoff):
+                break
+            del arch[eid]
+            self._drop(eid, entry[4])
+            excess -= 1
+        if excess <= 0 and cutoff is None:
             return
         dead = []
         for eid, ex in self.execs.items():
-            if len(dead) >= excess:
+            old = cutoff is not None and ex.info.submitted_at < cutoff
+            if len(dead) >= excess and not old:
                 break
-            if ex.info.status in TERMINAL:
+            if ex.info.status in TERMINAL and (len(dead) < excess or old):
                 dead.append(eid)
         for eid in dead:
             ex = self.execs.pop(eid)
-            if ex.idem and self.by_idem.get(ex.idem) == eid:
-                del self.by_idem[ex.idem]
             self.dirty.discard(eid)
-            # deleted with the next flush's batch, not one write per submission
-            self.pruned.append(EX_PREFIX + eid.encode())
+            self._drop(eid, ex.idem)
+
+    def _drop(self, eid: str, idem: str) -> None:
+        if idem and self.by_idem.get(idem) == eid:
+            del self.by_idem[idem]
+        # deleted with the next flush's batch, not one write per submission
+        self.pruned.append(EX_PREFIX + eid.encode())
+
+    def _evict(self) -> None:
+        """Keep at most ``cache_executions`` finished executions whole in memory: the
+        oldest finished (written, nobody waiting) become index entries."""
+        excess = len(self.execs) - self.s.cache_executions
+        if excess <= 0:
+            return
+        moved = []
+        looked = 0
+        for eid, ex in self.execs.items():
+            if len(moved) >= excess or looked >= excess + 1024:
+                break
+            looked += 1
+            i = ex.info
+            if i.status in TERMINAL and eid not in self.dirty and not ex.waiters:
+                moved.append((eid, (i.submitted_at, i.function, i.status, i.node_id, ex.idem)))
+        for eid, entry in moved:
+            del self.execs[eid]
+            self.archive[eid] = entry
 
     # ------------------------------------------------------------------ upkeep
 
@@ -841,6 +914,9 @@ class TaskService:
                 self._end(ex, "cancelled", now, "CANCELLED", "cancelled (node did not confirm)")
         if self.queued:
             self.retry_queue(now, full=True)
+        if now - self._aged_at >= 1.0:  # retention by age, once a second
+            self._aged_at = now
+            self._prune(now)
         self.flush()
 
     def _record(self, ex: Exec) -> tuple[bytes, bytes]:
@@ -877,4 +953,5 @@ class TaskService:
             return False
         self.dirty.difference_update(written)
         del self.pruned[:len(deletes)]
+        self._evict()
         return True

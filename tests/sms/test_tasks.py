@@ -993,7 +993,8 @@ def test_recovery_restores_functions_and_records(make, tmp_path):
     # a pending one kept its input: it waits in the queue for the nodes to come back
     assert b.status("waiting") == "pending"
     assert b.ex("waiting").data == b"input"
-    assert list(b.svc.execs) == ["done", "running", "waiting"]  # oldest first
+    # in flight in memory, oldest first; finished ones as index entries (records on disk)
+    assert list(b.svc.execs) == ["running", "waiting"] and list(b.svc.archive) == ["done"]
     # the node comes back and reports the result late
     b.add_node("n1", cores=1.0)
     b.now = T0 + 101
@@ -1014,7 +1015,7 @@ def test_recovery_restores_functions_and_records(make, tmp_path):
 
     store = reopen(tmp_path / "db")
     c = make(store, now=T0 + 200)
-    assert {e: c.status(e) for e in c.svc.execs} == {
+    assert {e: c.status(e) for e in [*c.svc.execs, *c.svc.archive]} == {
         "done": "succeeded", "running": "succeeded", "waiting": "succeeded"}
     assert c.ex("running").output == b"late but welcome"
     store.close()
@@ -1345,3 +1346,50 @@ def test_a_result_being_resent_is_neither_lost_nor_overdue(make):
     assert cl.status("e1") == "scheduled"
     cl.result("n1", "e1")
     assert cl.status("e1") == "succeeded" and cl.svc.counts["late_results"] == 0
+
+
+def test_finished_executions_leave_memory_but_stay_readable(make, tmp_path):
+    """Only ``cache_executions`` finished executions are held whole; older ones are an
+    index entry whose record is read back from the store (get, wait, list, idempotency)."""
+    store = reopen(tmp_path / "db")
+    c = make(store, cache_executions=5, max_executions=100)
+    c.add_node("n1", cores=64.0)
+    c.deploy("f")
+    for i in range(30):
+        c.svc.submit(CLIENT, P.Invoke(id=i + 1, function="f", idempotency_key=f"k{i}"),
+                     b"in", c.now, eid=f"e{i:02d}")
+        c.result("n1", f"e{i:02d}", payload=b"out%d" % i)
+        c.now += 1
+    c.svc.flush()
+    assert len(c.svc.execs) <= 5 and len(c.svc.archive) >= 25
+    old = c.svc.get("e00")
+    assert old.info.status == "succeeded" and old.output == b"out0"
+    res, payload = c.svc.wait(OTHER, P.GetExecution(id=900, execution_id="e03", wait=5), c.now)
+    assert res.execution.execution_id == "e03" and payload == b"out3"
+    page, total = c.svc.list_executions(P.ListExecutions(id=901, limit=4, offset=26))
+    assert total == 30 and [i.execution_id for i in page] == ["e03", "e02", "e01", "e00"]
+    # the same idempotency key still answers with the archived execution
+    res, payload = c.svc.submit(CLIENT, P.Invoke(id=902, function="f", idempotency_key="k1"),
+                                b"in", c.now)
+    assert res.execution.execution_id == "e01" and payload == b"out1"
+    assert c.svc.counts["submitted"] == 30
+
+
+def test_retention_by_count_and_age(make, tmp_path):
+    store = reopen(tmp_path / "db")
+    c = make(store, cache_executions=2, max_executions=100, retention_age=3600.0)
+    c.add_node("n1", cores=64.0)
+    c.deploy("f")
+    for i in range(120):
+        c.submit(f"e{i:03d}")
+        c.result("n1", f"e{i:03d}")
+        c.now += 1
+    c.svc.flush()
+    assert len(c.svc.execs) + len(c.svc.archive) == 100
+    assert "e000" not in c.svc.archive and "e119" in {*c.svc.execs, *c.svc.archive}
+    assert store.get(b"ex/e000") is None and store.get(b"ex/e119") is not None
+    c.now += 3600 - 60  # e000..e059 are older than an hour now
+    c.svc.tick(c.now)
+    kept = {*c.svc.execs, *c.svc.archive}
+    assert min(kept) >= "e060" and "e119" in kept
+    assert store.get(b"ex/e030") is None
