@@ -593,7 +593,10 @@ class TaskService:
         """Reconcile with a heartbeat's list of executions the node is running.
 
         ``finished``: executions the node has finished and is sending the
-        result of again (after a link reset): present, and never overdue.
+        result of again (after a link reset): present, and not lost. No state
+        is exempt from the deadline: a result still missing ``deadline_grace``
+        after the deadline (it never gets through: too large, or the node
+        keeps failing to send it) ends the execution failed, UNAVAILABLE.
         """
         mine = self.by_node.get(node)
         if not mine:
@@ -602,7 +605,14 @@ class TaskService:
         done = set(finished) if finished else ()
         for eid in list(mine):
             ex = self.execs.get(eid)
-            if ex is None or eid in done:
+            if ex is None:
+                continue
+            if eid in done:
+                if now > ex.deadline + self.s.deadline_grace:
+                    self.counts["undelivered"] += 1
+                    self._end(ex, "failed", now, "UNAVAILABLE",
+                              f"node {node} finished it but its result never reached the SMS "
+                              f"(still missing {now - ex.dispatched_at:.1f}s after dispatch)")
                 continue
             if eid in present:
                 if now > ex.deadline:

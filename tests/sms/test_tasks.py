@@ -1342,10 +1342,26 @@ def test_a_result_being_resent_is_neither_lost_nor_overdue(make):
     cl.add_node("n1")
     cl.deploy("f", timeout=1.0)
     cl.submit("e1")
-    cl.svc.on_running("n1", [], T0 + 30.0, finished=["e1"])  # past grace and deadline
+    cl.svc.on_running("n1", [], T0 + 2.5, finished=["e1"])  # past report grace and deadline
     assert cl.status("e1") == "scheduled"
     cl.result("n1", "e1")
     assert cl.status("e1") == "succeeded" and cl.svc.counts["late_results"] == 0
+
+
+def test_a_result_that_never_arrives_is_not_exempt_from_the_deadline(make):
+    """Issue 15: a node resending a result that never gets through (too large, say)
+    must not keep the execution scheduled for good: it ends failed, UNAVAILABLE,
+    once the deadline plus one more grace has passed."""
+    cl = make(deadline_grace=1.0, report_grace=0.5)
+    cl.add_node("n1")
+    cl.deploy("f", timeout=1.0)
+    cl.submit("e1")
+    for t in (1.0, 2.0, 2.9):  # deadline T0+2; still inside the grace for resending
+        cl.svc.on_running("n1", [], T0 + t, finished=["e1"])
+        assert cl.status("e1") == "scheduled"
+    cl.svc.on_running("n1", [], T0 + 3.1, finished=["e1"])
+    assert cl.status("e1") == "failed"
+    assert cl.ex("e1").info.error.code == "UNAVAILABLE" and "never reached" in cl.ex("e1").info.error.message
 
 
 def test_finished_executions_leave_memory_but_stay_readable(make, tmp_path):
