@@ -439,7 +439,7 @@ def mutate_frames(frames: list, rnd: random.Random) -> list:
                      "extra", "empty", "only"])
     v, body = frames[0], frames[1]
     if op == "version":
-        return [rnd.choice([b"", b"SPEAR/0", b"SPEAR/2", b"spear/1", b"SPEAR/1\x00", b"SPEAR/10",
+        return [rnd.choice([b"", b"SPEAR/0", b"SPEAR/1", b"spear/1", b"SPEAR/1\x00", b"SPEAR/10",
                             rnd.randbytes(7), b"SPEAR/1" * 1000]), *frames[1:]]
     if op == "noversion":
         return frames[1:]

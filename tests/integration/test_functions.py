@@ -12,6 +12,7 @@ import pytest
 
 from spear import Client, errors, protocol as P
 from spear.cluster import Cluster
+from spear.ids import is_uuid7
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -166,7 +167,7 @@ def test_cli_invoke_modes(node, tmp_path):
     assert r.returncode == 0 and r.stdout.strip() == b"hello, s" and r.stderr
     r = cli("invoke", "add", "--args", "5,6", "--async", "--node", addr(node))
     eid = r.stdout.decode().strip()
-    assert r.returncode == 0 and len(eid) == 32
+    assert r.returncode == 0 and is_uuid7(eid)
     r = cli("executions", eid, "--wait", "5", "--node", addr(node), "--json")
     assert r.returncode == 0 and b'"succeeded"' in r.stdout and b'"11"' in r.stdout
     r = cli("invoke", "fail", "--node", addr(node))
