@@ -127,6 +127,13 @@ class WasmConfig(_Section, frozen=True):
     memory_mb: Annotated[int, Meta(ge=1)] = 128
     fuel: Annotated[int, Meta(ge=1)] | None = None
     timeout: Seconds = 30.0
+    #: worker threads for calls that do not run inline (0: the CPU count)
+    threads: Annotated[int, Meta(ge=0, le=4096)] = 0
+    #: calls that may wait for a worker thread at once; the next is refused
+    #: with RESOURCE_EXHAUSTED
+    max_queue: Annotated[int, Meta(ge=0, le=1_000_000)] = 64
+    #: how long a call may wait for a worker thread before RESOURCE_EXHAUSTED
+    queue_timeout: Seconds = 2.0
 
 
 class ProcessConfig(_Section, frozen=True):

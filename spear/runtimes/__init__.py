@@ -98,7 +98,8 @@ class RuntimeManager:
         c = self.config.runtimes.wasm
         return WasmRuntime(self.data_dir / "wasm-cache", default_memory_mb=c.memory_mb,
                            default_fuel=c.fuel, default_timeout=c.timeout,
-                           host_paths=self.host_paths)
+                           max_workers=c.threads or None, max_queue=c.max_queue,
+                           queue_timeout=c.queue_timeout, host_paths=self.host_paths)
 
     def _process(self) -> Runtime:
         from .process import ProcessRuntime

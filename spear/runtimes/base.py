@@ -36,6 +36,10 @@ class Outcome:
     output: bytes
     exit_code: int | None = None
     usage: ExecUsage = field(default_factory=ExecUsage)
+    #: seconds the call waited inside the runtime (for a worker thread) before
+    #: it ran: the caller reports it as queue time, not run time. A failed
+    #: call carries the same figure as ``details["queued"]`` of its error
+    queued: float = 0.0
 
 
 @dataclass

@@ -58,12 +58,10 @@ import ctypes
 import hashlib
 import json
 import logging
-import math
 import os
 import platform
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
@@ -71,6 +69,7 @@ from .. import errors
 from ..protocol import ExecUsage, FunctionSpec, Limits
 from .base import Instance, LogSink, Outcome, Prepared, Runtime
 from .hostpaths import HostDir, HostPaths
+from .wasm_pool import EpochClock, Job, WorkerPool
 from .wasm_io import (
     Capture, FdBox, Output, Pump, WasiArgs, capture_supported, close_all, deliver, fd_path, open_pipes,
     safe_sink, wasi_config,
@@ -203,11 +202,10 @@ class _Compiled:
 class _Effective:
     """Limits resolved to engine units, cached per Limits object."""
 
-    __slots__ = ("timeout", "ticks", "memory", "memory_mb", "fuel")
+    __slots__ = ("timeout", "memory", "memory_mb", "fuel")
 
-    def __init__(self, timeout: float, tick: float, memory_mb: int, fuel: int | None) -> None:
+    def __init__(self, timeout: float, memory_mb: int, fuel: int | None) -> None:
         self.timeout = timeout
-        self.ticks = max(1, math.ceil(timeout / tick))
         self.memory_mb = memory_mb
         self.memory = memory_mb * _MIB
         self.fuel = fuel if fuel is not None else UNLIMITED_FUEL
@@ -356,12 +354,6 @@ def _encode_results(values: list) -> bytes:
 _NO_FINALIZER = ctypes.cast(0, ctypes.CFUNCTYPE(None, ctypes.c_void_p))
 
 
-def _retrieve(fut: asyncio.Future) -> None:
-    """Mark a pool future's exception as seen (its caller may have gone)."""
-    if not fut.cancelled():
-        fut.exception()
-
-
 # --------------------------------------------------------------------------
 # the runtime
 # --------------------------------------------------------------------------
@@ -377,6 +369,13 @@ class WasmRuntime(Runtime):
 
     ``host_paths``: the host directories ``dir:`` grants may preopen (see
     :mod:`.hostpaths`); none by default.
+
+    Pool calls (see :mod:`.wasm_pool`): ``max_workers`` threads (default: the
+    CPU count), at most ``max_queue`` calls waiting for one, each for at most
+    ``queue_timeout`` seconds; beyond either bound a call fails at once with
+    ``ResourceExhausted`` naming the limit. A call's timeout counts from when
+    it starts running; ``Outcome.queued`` (or ``details["queued"]`` of an
+    error) is the time it waited.
     """
 
     name = "wasm"
@@ -393,6 +392,8 @@ class WasmRuntime(Runtime):
         inline_commands: bool = True,
         inline_budget: float = 0.002,
         max_workers: int | None = None,
+        max_queue: int = 64,
+        queue_timeout: float = 2.0,
         max_output_bytes: int = 64 * _MIB,
         loaded_modules: int = 256,
         host_paths: HostPaths | None = None,
@@ -421,8 +422,6 @@ class WasmRuntime(Runtime):
         self._loaded_max = loaded_modules
         self._inflight: dict[str, asyncio.Future] = {}
         self._closed = False
-        self._running = 0  # pool calls executing right now
-        self._running_lock = threading.Lock()
         self._engine: Any = None
         self._engine_ptr: Any = None
         self._linker: Any = None
@@ -433,9 +432,11 @@ class WasmRuntime(Runtime):
         self._capture_lock = threading.Lock()
         self._ticker: threading.Thread | None = None
         self._stop = threading.Event()
-        self._pool = ThreadPoolExecutor(
-            max_workers=max_workers or os.cpu_count() or 4, thread_name_prefix="spear-wasm"
-        )
+        self._clock: EpochClock | None = None
+        self._pool = WorkerPool(max_workers or os.cpu_count() or 4, max_queue, queue_timeout)
+        #: how long a pool call past its deadline may take to come back before
+        #: it counts as blocked in a host call (the epoch ends it within ~2 ticks)
+        self.deadline_grace = max(0.05, 5 * self.epoch_tick)
         #: everything that makes a serialized module (in)compatible
         self.engine_fingerprint = (
             f"{CACHE_FORMAT};wasmtime={WASMTIME_VERSION};machine={platform.machine()};"
@@ -450,6 +451,7 @@ class WasmRuntime(Runtime):
         self._engine_ptr = self._engine.ptr()
         self._linker = wasmtime.Linker(self._engine)
         self._linker.define_wasi()
+        self._clock = EpochClock(self._engine.increment_epoch, self.epoch_tick)
         self._ticker = threading.Thread(target=self._tick, name="spear-wasm-epoch", daemon=True)
         self._ticker.start()
 
@@ -470,36 +472,42 @@ class WasmRuntime(Runtime):
             return False, "wasm runtime is closed"
         return True, ""
 
+    @property
+    def pool(self) -> WorkerPool:
+        """The threads pool calls run on (counters: running, waiting, refused, expired)."""
+        return self._pool
+
     def _tick(self) -> None:
-        """Advance the epoch every ``epoch_tick`` s; after close(), keep going
-        until the last pool call has ended so its deadline still fires."""
-        inc = self._engine.increment_epoch
+        """Keep the epoch on the clock (:class:`EpochClock`); after close(),
+        keep going until the last pool call has ended so its deadline still fires."""
+        clock = self._clock
+        monotonic = time.monotonic
         wait = self._stop.wait
-        tick = self.epoch_tick
+        pool = self._pool
         capturing = self._capturing
         while True:
-            if wait(tick):
-                if not self._running:
+            delay = clock.next_at() - monotonic()
+            if delay > 0 and wait(delay):
+                if not pool.running:
                     return
-                time.sleep(tick)
-            inc()
+                time.sleep(delay)
+            clock.advance(monotonic())
             if capturing:  # an inline command is running: bound its output
                 with self._capture_lock:
                     for cap in capturing:
                         cap.enforce(self.max_output_bytes)
 
-    def _tracked(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run ``fn`` in a pool thread, counted in ``_running``."""
-        with self._running_lock:
-            self._running += 1
-        try:
-            return fn(*args)
-        finally:
-            with self._running_lock:
-                self._running -= 1
+    def _submit(self, fn: Callable[..., Any], *args: Any) -> Job:
+        """Queue ``fn(*args)`` for a pool thread (``ResourceExhausted`` when full)."""
+        if self._closed:
+            raise errors.Unavailable("wasm runtime is closed")
+        return self._pool.submit(fn, *args)
 
-    def _submit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future:
-        return asyncio.get_running_loop().run_in_executor(self._pool, self._tracked, fn, *args)
+    async def _await_call(self, job: Job, eff: _Effective) -> Any:
+        """Wait for a pool call: at most ``queue_timeout`` for a thread, then
+        its timeout from when it started (the epoch ends runaway wasm; the
+        pool's backstop only covers a guest blocked inside a host call)."""
+        return await self._pool.result(job, eff.timeout, self.deadline_grace)
 
     async def close(self, grace: float = 5.0) -> None:
         """Refuse new work, drop queued calls, give running calls up to
@@ -508,12 +516,12 @@ class WasmRuntime(Runtime):
         if self._closed:
             return
         self._closed = True
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown()
         end = time.monotonic() + grace
-        while self._running and time.monotonic() < end:
+        while self._pool.running and time.monotonic() < end:
             await asyncio.sleep(self.epoch_tick)
         self._stop.set()
-        if self._ticker is not None and not self._running:
+        if self._ticker is not None and not self._pool.running:
             await asyncio.to_thread(self._ticker.join, 5.0)
         self._loaded.clear()
         while self._captures:
@@ -681,12 +689,14 @@ class WasmRuntime(Runtime):
         fuel = lim.fuel if lim.fuel is not None else spec_limits.fuel
         return _Effective(
             timeout if timeout is not None else self.default_timeout,
-            self.epoch_tick,
             memory_mb if memory_mb is not None else self.default_memory_mb,
             fuel if fuel is not None else self.default_fuel,
         )
 
-    def _classify(self, exc: BaseException, eff: _Effective, used_memory: int, usage: dict) -> errors.SpearError:
+    def _classify(self, exc: BaseException, eff: _Effective, used_memory: int, usage: dict,
+                  ran: float = 0.0) -> errors.SpearError:
+        """The typed error of a trap; ``ran``: wall seconds since the call's
+        deadline was set (reported for timeouts)."""
         reason = _short_trap(exc)
         details: dict = {"usage": usage}
         code = exc.trap_code if isinstance(exc, wasmtime.Trap) else None
@@ -694,8 +704,9 @@ class WasmRuntime(Runtime):
             details.update(limit="fuel", fuel=eff.fuel)
             return errors.ResourceExhausted("fuel exhausted", details=details)
         if code == wasmtime.TrapCode.INTERRUPT or reason.endswith("wasm trap: interrupt"):
-            details.update(limit="timeout", timeout=eff.timeout)
-            return errors.DeadlineExceeded(f"timed out after {eff.timeout:g}s", details=details)
+            details.update(limit="timeout", timeout=eff.timeout, run=ran)
+            return errors.DeadlineExceeded(
+                f"exceeded its timeout of {eff.timeout:g}s (ran {ran:.3f}s)", details=details)
         if "exceeds memory limits" in reason or "memory minimum size" in reason:
             details.update(limit="memory", memory_mb=eff.memory_mb)
             return errors.ResourceExhausted(f"memory limit of {eff.memory_mb} MiB: {reason}", details=details)
@@ -728,7 +739,7 @@ class WasmRuntime(Runtime):
             h.pipes = (out_r, err_r)
             pump = Pump(loop, [(out_r, None), (err_r, None)])  # output of _initialize is dropped
             try:
-                await self._submit(self._instantiate_export, h, eff, box)
+                await self._await_call(self._submit(self._instantiate_export, h, eff, box), eff)
             except BaseException:
                 close_all(h.pipes)
                 h.pipes = None
@@ -737,7 +748,7 @@ class WasmRuntime(Runtime):
                 close_all(box.take())  # only if the worker never started
                 pump.finish()
         else:
-            await self._submit(self._instantiate_export, h, eff, None)
+            await self._await_call(self._submit(self._instantiate_export, h, eff, None), eff)
         return Instance(function=compiled.name, handle=h)
 
     def _instantiate_export(self, h: _ExportInstance, eff: _Effective, box: FdBox | None) -> None:
@@ -747,7 +758,8 @@ class WasmRuntime(Runtime):
         store.set_limits(memory_size=eff.memory)
         h.mem_limit = eff.memory
         store.set_fuel(eff.fuel)
-        store.set_epoch_deadline(eff.ticks)
+        start = time.monotonic()
+        store.set_epoch_deadline(self._clock.ticks(start, eff.timeout))
         if box is not None:
             fds = box.take()
             if fds is None:
@@ -774,7 +786,7 @@ class WasmRuntime(Runtime):
                     f"module exited with status {exc.code} while initializing",
                     details={"exit_code": exc.code},
                 ) from None
-            raise self._classify(exc, eff, used, {}) from None
+            raise self._classify(exc, eff, used, {}, time.monotonic() - start) from None
         h.store = store
         h.ctx = store._context()
         h.func = exports[compiled.export]
@@ -922,7 +934,8 @@ class WasmRuntime(Runtime):
             h.store.set_limits(memory_size=eff.memory)
             h.mem_limit = eff.memory
         _B._wasmtime_context_set_fuel(ctx, eff.fuel)
-        _B._wasmtime_context_set_epoch_deadline(ctx, eff.ticks)
+        start = time.monotonic()
+        _B._wasmtime_context_set_epoch_deadline(ctx, self._clock.ticks(start, eff.timeout))
         buf = h.buf
         for i, ty in enumerate(h.setters):
             setattr(buf[i], ty, values[i])
@@ -939,7 +952,8 @@ class WasmRuntime(Runtime):
         peak = _memory_bytes(ctx, h.memories) if h.memories else 0
         if err or trap:
             exc = wasmtime.WasmtimeError._from_ptr(err) if err else wasmtime.Trap._from_ptr(trap)
-            raise self._export_failure(h, exc, eff, peak, {"fuel": fuel, "peak_memory": peak, "cpu_time": cpu})
+            usage = {"fuel": fuel, "peak_memory": peak, "cpu_time": cpu}
+            raise self._export_failure(h, exc, eff, peak, usage, time.monotonic() - start)
         results = [getattr(buf[i], ty) for i, ty in enumerate(h.getters)]
         return Outcome(
             output=_encode_results(results),
@@ -947,14 +961,15 @@ class WasmRuntime(Runtime):
             usage=ExecUsage(cpu_time=cpu, peak_memory=peak, fuel=fuel),
         )
 
-    def _export_failure(self, h: _ExportInstance, exc: BaseException, eff: _Effective, peak: int, usage: dict) -> errors.SpearError:
+    def _export_failure(self, h: _ExportInstance, exc: BaseException, eff: _Effective, peak: int, usage: dict,
+                        ran: float) -> errors.SpearError:
         h.broken = True
         if isinstance(exc, wasmtime.ExitTrap):
             return errors.FunctionError(
                 f"export {h.compiled.export!r} called proc_exit({exc.code})",
                 details={"exit_code": exc.code, "usage": usage},
             )
-        return self._classify(exc, eff, peak, usage)
+        return self._classify(exc, eff, peak, usage, ran)
 
     async def _call_export_threaded(self, h: _ExportInstance, values: list, eff: _Effective, on_log: LogSink | None) -> Outcome:
         loop = asyncio.get_running_loop()
@@ -963,26 +978,16 @@ class WasmRuntime(Runtime):
             sink = safe_sink(on_log)
             pump = Pump(loop, [(h.pipes[0], sink), (h.pipes[1], sink)])
         try:
-            fut = self._submit(self._call_export_pooled, h, values, eff)
-            return await self._await_call(fut, eff)
+            job = self._submit(self._call_export_pooled, h, values, eff)
+            outcome = await self._await_call(job, eff)
+            outcome.queued = job.waited
+            return outcome
         except (asyncio.CancelledError, errors.DeadlineExceeded):
             h.broken = True  # the call may still be running
             raise
         finally:
             if pump is not None:
                 pump.finish()
-
-    async def _await_call(self, fut: asyncio.Future, eff: _Effective) -> Any:
-        """Wait for a pool call; the epoch deadline ends runaway wasm, this
-        backstop only covers a guest blocked inside a host call (a WASI sleep)."""
-        fut.add_done_callback(_retrieve)
-        try:
-            return await asyncio.wait_for(asyncio.shield(fut), eff.timeout + max(1.0, 20 * self.epoch_tick))
-        except asyncio.TimeoutError:
-            raise errors.DeadlineExceeded(
-                f"timed out after {eff.timeout:g}s (guest blocked in a host call)",
-                details={"limit": "timeout", "timeout": eff.timeout},
-            ) from None
 
     # -- WASI commands ------------------------------------------------------------
 
@@ -1025,13 +1030,19 @@ class WasmRuntime(Runtime):
         output = Output(self.max_output_bytes)
         pump = Pump(loop, [(out_r, output), (err_r, safe_sink(on_log))])
         try:
-            fut = self._submit(self._run_command, compiled, data, args, eff, box)
-            exit_code, usage = await self._await_call(fut, eff)
+            job = self._submit(self._run_command, compiled, data, args, eff, box)
+            exit_code, usage = await self._await_call(job, eff)
         finally:
             close_all(box.take())  # only if the worker never started
             pump.finish()
             close_all(tuple(fd for fd, _ in pump.fds))  # the read ends still open
-        return self._command_outcome(exit_code, usage, b"".join(output.chunks), output.overflow)
+        try:
+            outcome = self._command_outcome(exit_code, usage, b"".join(output.chunks), output.overflow)
+        except errors.SpearError as exc:
+            exc.details.setdefault("queued", job.waited)
+            raise
+        outcome.queued = job.waited
+        return outcome
 
     def _command_outcome(self, exit_code: int, usage: dict, out: bytes, overflow: bool) -> Outcome:
         if overflow:
@@ -1077,7 +1088,8 @@ class WasmRuntime(Runtime):
                 err = _B._wasmtime_context_set_fuel(ctx, eff.fuel)
             if err:
                 raise errors.Internal(f"cannot set up a WASI store: {_short_trap(wasmtime.WasmtimeError._from_ptr(err))}")
-            _B._wasmtime_context_set_epoch_deadline(ctx, eff.ticks)
+            start = time.monotonic()
+            _B._wasmtime_context_set_epoch_deadline(ctx, self._clock.ticks(start, eff.timeout))
             mod = compiled.mod
             inst = _B.wasmtime_instance_t()
             item = _B.wasmtime_extern_t()
@@ -1109,7 +1121,7 @@ class WasmRuntime(Runtime):
                         peak = max(peak, _B._wasmtime_memory_data_size(ctx, byref(item.of.memory)))
             usage = {"fuel": eff.fuel - remaining.value, "peak_memory": peak, "cpu_time": time.thread_time() - t_cpu}
             if failure is not None:
-                raise self._classify(failure, eff, peak, usage) from None
+                raise self._classify(failure, eff, peak, usage, time.monotonic() - start) from None
             return exit_code, usage
         finally:
             _B._wasmtime_store_delete(store)  # drops the WASI context: closes its files

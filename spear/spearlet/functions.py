@@ -243,6 +243,7 @@ class FunctionService:
         name = ex.info.function
         status, err, exit_code, usage, cold, output = "failed", None, None, P.ExecUsage(), 0.0, b""
         t_run = t_submit
+        waited = 0.0  # time the runtime kept the call waiting (for a thread): queue, not run
         d = None
         # ``running`` was counted when the execution was admitted (synchronously,
         # so a burst of requests in one drain cannot overshoot the limit)
@@ -266,11 +267,14 @@ class FunctionService:
             finally:
                 d.pool.release(slot, healthy=healthy)
             status, output, exit_code, usage = "succeeded", outcome.output, outcome.exit_code, outcome.usage
+            waited = outcome.queued
         except asyncio.CancelledError:
             status, err = "cancelled", P.ErrorInfo(code="CANCELLED", message="cancelled by request")
             raise
         except errors.SpearError as exc:
             status, err, exit_code = _failure(exc)
+            q = exc.details.get("queued")
+            waited = q if isinstance(q, float) else 0.0
         except Exception as exc:  # noqa: BLE001 - a runtime bug fails the execution, not the node
             log.exception("execution %s of %s failed inside Spear", ex.info.execution_id, name)
             err = P.ErrorInfo(code="INTERNAL", message=f"{type(exc).__name__}: {exc}")
@@ -280,16 +284,17 @@ class FunctionService:
             if d is not None:
                 d.invocations += 1
             self.counts[status] += 1
-            queue = max(0.0, t_run - t_submit - cold)
+            queue = max(0.0, t_run - t_submit - cold) + waited
+            ran = max(0.0, t_end - t_run - waited)
             m = self.metrics
             if m is not None:
                 m.execution_finished(name, d.spec.runtime if d is not None else "", status, queue,
-                                     cold, t_end - t_run, t_end - t_submit,
+                                     cold, ran, t_end - t_submit,
                                      err.code if err is not None else "")
             ex.info = msgspec.structs.replace(
                 ex.info, status=status, error=err, exit_code=exit_code, usage=usage,
                 cold=cold > 0, finished_at=time.time(),
-                timings=P.Timings(queue=queue, cold_start=cold, run=t_end - t_run,
+                timings=P.Timings(queue=queue, cold_start=cold, run=ran,
                                   total=t_end - t_submit))
             ex.output = output
             ex.done.set()
