@@ -267,7 +267,8 @@ class Soak:
         cfg = data / "soak.toml"
         cfg.write_text(SOAK_TOML.format(max_executions=a.max_executions))
         cluster = Cluster(data / "cluster", spearlets=a.spearlets, config=str(cfg),
-                          heartbeat_interval=0.2, heartbeat_timeout=1.0, cleanup_interval=5.0)
+                          heartbeat_interval=0.2, heartbeat_timeout=1.0, cleanup_interval=5.0,
+                          host_roots=[str(HERE)])  # soak-slow's workdir (read-only)
         try:
             cluster.start(wait=30)
             with Client(cluster.sms_addr, timeout=60) as c:

@@ -132,8 +132,10 @@ def wait_registered(c, node_id: str, since: int, timeout: float = 30.0) -> float
 
 
 class RawNode:
-    """A node speaking the wire protocol by hand over one DEALER (routing id =
-    node id): for faults a real Spearlet cannot be made to show on cue."""
+    """A node speaking the wire protocol by hand over one DEALER: for faults a
+    real Spearlet cannot be made to show on cue. Like a Spearlet, each
+    connection has a random routing id, and every connection of one node id
+    registers with the same proof (the secret a Spearlet keeps in its data dir)."""
 
     def __init__(self, sms: str, node_id: str, *, labels: dict | None = None,
                  runtimes: tuple = ("process",)) -> None:
@@ -146,7 +148,10 @@ class RawNode:
         self.runtimes = list(runtimes)
         self.sock = context().socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.ROUTING_ID, node_id.encode())
+        from spear.mesh.endpoint import random_routing_id
+
+        self.sock.setsockopt(zmq.ROUTING_ID, random_routing_id())
+        self.proof = "proof-of-" + node_id
         self.sock.connect(sms)
         self._ids = iter(range(1, 1 << 62))
         self.session = 0  # from the Welcome; every heartbeat carries it
@@ -172,7 +177,7 @@ class RawNode:
         self.send(P.Register(id=next(self._ids), node=P.NodeInfo(
             node_id=self.node_id, name=self.node_id, address="tcp://127.0.0.1:1",
             labels=self.labels, runtimes=self.runtimes,
-            capacity=P.Capacity(cores=2.0, memory=2 << 30, slots=8))))
+            capacity=P.Capacity(cores=2.0, memory=2 << 30, slots=8)), proof=self.proof))
         welcome, _ = self.recv_until(P.Welcome, timeout)
         assert welcome is not None, f"{self.node_id}: no Welcome"
         self.session = welcome.session
