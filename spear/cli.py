@@ -228,14 +228,18 @@ def cmd_nodes(args) -> int:
     return EXIT_OK
 
 
+def _runtime_states(n) -> str:
+    """One line per runtime: available or not (why is printed below the table)."""
+    return "\n".join([f"{r}: yes" for r in n.runtimes]
+                     + [f"{r}: no" for r in sorted(n.unavailable)]) or "-"
+
+
 def _print_nodes(nodes) -> None:
     now = time.time()
     rows = []
     for n in nodes:
         u = n.usage
-        runtimes = ",".join(n.runtimes) or "-"
-        if n.unavailable:
-            runtimes += "  (no " + "; ".join(f"{k}: {v[:60]}" for k, v in n.unavailable.items()) + ")"
+        runtimes = _runtime_states(n)
         rows.append([
             n.name, n.node_id, n.state, n.address,
             f"{u.cpu_percent:.0f}% of {n.capacity.cores:g}",
@@ -248,6 +252,11 @@ def _print_nodes(nodes) -> None:
     print_table(f"{len(nodes)} node(s)",
                 ["name", "id", "state", "address", "cpu", "memory", "load", "running", "warm",
                  "labels", "runtimes", "heartbeat"], rows)
+    off = [(n.name, r, why) for n in nodes for r, why in sorted(n.unavailable.items())]
+    if off:
+        print("runtimes not available:")
+        for name, r, why in off:
+            print(f"  {name} {r}: {why if len(nodes) == 1 else why[:200]}")
 
 
 def cmd_ping(args) -> int:

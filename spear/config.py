@@ -157,6 +157,10 @@ class DockerConfig(_Section, frozen=True):
     memory_mb: Annotated[int, Meta(ge=4)] = 256
     pids: Annotated[int, Meta(ge=1)] = 256
     timeout: Seconds = 30.0
+    #: how long an availability check of the engine is trusted: a node without
+    #: a reachable engine checks again this often (and on use), and one with
+    #: an engine notices it going away
+    check_interval: Seconds = 2.0
 
 
 class SecurityConfig(_Section, frozen=True):

@@ -4,7 +4,10 @@
 probes which ones actually work here (a node without a Docker engine says
 why) and hands each FunctionSpec to the runtime it names. Runtime modules
 are imported lazily so a missing optional dependency only disables that
-runtime.
+runtime. A runtime that depends on something outside the node (the Docker
+engine) is checked again while the node runs: every ``check_interval`` and
+on use when its last check is older than that, so an engine that comes up
+late, goes away or restarts is noticed without restarting the node.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ import asyncio
 import logging
 import os
 import sys
+import time
 from pathlib import Path
+from typing import Callable
 
 from .. import errors
 from ..config import Config
@@ -26,6 +31,9 @@ __all__ = ["HostPaths", "Instance", "Outcome", "Prepared", "Runtime", "RuntimeMa
 
 #: variables a function may inherit; everything else (keys, tokens) stays out
 _SAFE_ENV = ("PATH", "LANG", "LC_ALL", "TZ")
+#: runtimes whose availability can change while the node runs (an engine that
+#: starts, stops or restarts); the others are decided once, at start
+RECHECKED = ("docker",)
 
 
 def scrubbed_env() -> dict[str, str]:
@@ -37,7 +45,12 @@ def scrubbed_env() -> dict[str, str]:
 
 
 class RuntimeManager:
-    """The runtimes of one node, probed at start.
+    """The runtimes of one node, probed at start and, for :data:`RECHECKED`
+    ones, again while it runs (:meth:`refresh`, :meth:`ready`, :meth:`watch`).
+
+    ``runtimes`` holds the available ones, ``unavailable`` the others with
+    the reason. ``on_change`` (set by the Spearlet) is called after a check
+    turned a runtime on or off, so the node can tell the SMS.
 
     Every runtime that can reach a host directory gets the same
     :class:`HostPaths`: ``[spearlet] host_roots``, with ``data_dir``, the key
@@ -53,6 +66,13 @@ class RuntimeManager:
         self.host_paths = HostPaths.from_config(config, data_dir=data_dir, config_file=config_file)
         self.runtimes: dict[str, Runtime] = {}
         self.unavailable: dict[str, str] = {}
+        self.on_change: Callable[[], None] | None = None
+        #: how long a check of a RECHECKED runtime is trusted
+        self.check_interval = config.runtimes.docker.check_interval
+        self._built: dict[str, Runtime] = {}  # every runtime that could be made
+        self._checked: dict[str, float] = {}  # name -> monotonic time of its last check
+        self._checking: dict[str, asyncio.Future] = {}
+        self._cleaned = False
 
     async def probe(self) -> None:
         """Create every enabled runtime and keep those that work here."""
@@ -68,18 +88,96 @@ class RuntimeManager:
                 continue
             try:
                 rt = build()
-                ok, why = await asyncio.wait_for(asyncio.to_thread(rt.available), 5.0)
-            except asyncio.TimeoutError:
-                ok, why = False, "availability check timed out"
             except Exception as exc:  # noqa: BLE001 - a runtime that can't load is unavailable
-                ok, why = False, f"{type(exc).__name__}: {exc}"
-            if ok:
-                self.runtimes[name] = rt
-                if name == "docker" and self.node_id:
-                    await self._clean_docker_leftovers()
-            else:
-                self.unavailable[name] = why
+                self.unavailable[name] = f"{type(exc).__name__}: {exc}"
+                log.warning("runtime %s unavailable: %s", name, self.unavailable[name])
+                continue
+            self._built[name] = rt
+            await self.check(name)
+
+    async def check(self, name: str) -> bool:
+        """Check now whether the runtime ``name`` works here; move it between
+        ``runtimes`` and ``unavailable``. Returns True if it turned on or off.
+        Concurrent checks of one runtime share one probe."""
+        pending = self._checking.get(name)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        fut = asyncio.get_running_loop().create_future()
+        self._checking[name] = fut
+        try:
+            changed = await self._check(name)
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # retrieved: only the waiters re-raise it
+            raise
+        finally:
+            self._checking.pop(name, None)
+        fut.set_result(changed)
+        return changed
+
+    async def _check(self, name: str) -> bool:
+        rt = self._built[name]
+        try:
+            ok, why = await asyncio.wait_for(asyncio.to_thread(rt.available), 5.0)
+        except asyncio.TimeoutError:
+            ok, why = False, "availability check timed out"
+        except Exception as exc:  # noqa: BLE001 - a runtime that fails its check is unavailable
+            ok, why = False, f"{type(exc).__name__}: {exc}"
+        first = name not in self._checked
+        self._checked[name] = time.monotonic()
+        was = name in self.runtimes
+        if ok:
+            self.unavailable.pop(name, None)
+            self.runtimes[name] = rt
+            if name == "docker" and self.node_id and not self._cleaned:
+                # only before this process ever used the engine: later, the
+                # containers of this node's owner label are its live instances
+                self._cleaned = True
+                await self._clean_docker_leftovers()
+            if not was and not first:
+                log.warning("runtime %s is available again", name)
+        else:
+            self.runtimes.pop(name, None)
+            self.unavailable[name] = why
+            if was or first:
                 log.warning("runtime %s unavailable: %s", name, why)
+        # only a turn counts: a reason worded differently is not worth telling the SMS
+        return was != ok and not first
+
+    def _stale(self, name: str) -> bool:
+        return (name in RECHECKED and name in self._built
+                and time.monotonic() - self._checked.get(name, 0.0) >= self.check_interval)
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
+    async def refresh(self) -> bool:
+        """Check again every RECHECKED runtime whose last check is older than
+        ``check_interval``; True (and ``on_change``) if one turned on or off."""
+        changed = False
+        for name in RECHECKED:
+            if self._stale(name):
+                changed |= await self.check(name)
+        if changed:
+            self._changed()
+        return changed
+
+    async def watch(self) -> None:
+        """Refresh forever, every ``check_interval`` (a task of the Spearlet)."""
+        while True:
+            await asyncio.sleep(self.check_interval)
+            try:
+                await self.refresh()
+            except Exception:  # noqa: BLE001 - keep watching
+                log.exception("checking the runtimes failed")
+
+    async def ready(self, name: str) -> Runtime:
+        """:meth:`get`, after checking ``name`` again if it is a RECHECKED
+        runtime whose last check is older than ``check_interval`` (on use)."""
+        if self._stale(name) and await self.check(name):
+            self._changed()
+        return self.get(name)
 
     async def _clean_docker_leftovers(self) -> None:
         from .docker import remove_leftovers
@@ -128,7 +226,7 @@ class RuntimeManager:
         return rt
 
     async def close(self) -> None:
-        for rt in self.runtimes.values():
+        for rt in self._built.values():
             try:
                 await rt.close()
             except Exception:  # noqa: BLE001

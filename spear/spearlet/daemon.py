@@ -286,6 +286,7 @@ class Spearlet(Service):
         self._dispatches: set[asyncio.Task] = set()
         self.session = 0  # from the SMS's Welcome; every heartbeat carries it
         self._reregister = asyncio.Event()
+        self._reregister_why = ""  # empty: the SMS did not know the session
         self.results = ResultBuffer()
         self.metrics.watch(self.functions, self.monitor, registered=self.registered.is_set,
                            reconnects=lambda: self.reconnects)
@@ -398,7 +399,9 @@ class Spearlet(Service):
                     pass
                 if self._reregister.is_set():
                     # the SMS answered: the link works, register again over it
-                    log.info("SMS does not know this node's session: registering again")
+                    log.info("%s: registering again",
+                             self._reregister_why or "SMS does not know this node's session")
+                    self._reregister_why = ""
                     break
                 if loop.time() - self.link.last_heard > self.heartbeat_timeout:
                     log.warning("SMS silent for %.1fs: reconnecting",
@@ -440,12 +443,30 @@ class Spearlet(Service):
                                 "trace_id": kept.msg.execution.trace_id})
                 self.link.send(kept.msg, kept.payload)
 
+    def _on_runtimes_changed(self) -> None:
+        """A runtime turned on or off (the Docker engine came or went): the
+        SMS learns it from a new registration, which carries the whole
+        NodeInfo and makes the scheduler place queued work at once."""
+        self.runtimes = sorted(self.runtime_manager.runtimes)
+        self.unavailable = dict(self.runtime_manager.unavailable)
+        log.info("runtimes now %s", ", ".join(self.runtimes) or "none")
+        self._reregister_why = "runtimes changed"
+        if self.registered.is_set():
+            self._reregister.set()
+        else:  # a Register under way may carry the old list: follow it with one more
+            async def after_welcome() -> None:
+                await self.registered.wait()
+                self._reregister.set()
+
+            self._tasks.append(asyncio.ensure_future(after_welcome()))
+
     # ---------------------------------------------------------------- lifecycle
 
     async def start(self) -> str:
         await self.runtime_manager.probe()
         self.runtimes = sorted(self.runtime_manager.runtimes)
         self.unavailable = dict(self.runtime_manager.unavailable)
+        self.runtime_manager.on_change = self._on_runtimes_changed
         if self.security.enabled:
             start_authenticator(context(), self.security)
         else:
@@ -461,6 +482,7 @@ class Spearlet(Service):
             log.info("metrics on %s", srv.url)
         self._tasks.append(asyncio.ensure_future(self._link_loop()))
         self._tasks.append(asyncio.ensure_future(self.functions.evict_loop()))
+        self._tasks.append(asyncio.ensure_future(self.runtime_manager.watch()))
         log.info("spearlet %s serving on %s, SMS %s", self.node_id, self.address,
                  self.config.spearlet.sms)
         return self.address

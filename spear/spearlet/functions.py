@@ -105,7 +105,7 @@ class FunctionService:
         if spec.pool.min_warm > spec.pool.max:
             raise errors.InvalidArgument(
                 f"pool.min_warm ({spec.pool.min_warm}) exceeds pool.max ({spec.pool.max})")
-        runtime = self.runtimes.get(spec.runtime)
+        runtime = await self.runtimes.ready(spec.runtime)  # checks a stale docker again
         lock = self._deploying.setdefault(spec.name, asyncio.Lock())
         async with lock:
             prepared = await runtime.prepare(spec)
