@@ -8,7 +8,11 @@ one package belongs in that package's own conftest.py.
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import socket
+import subprocess
+from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
@@ -54,6 +58,76 @@ def store(store_backend, tmp_path) -> Iterator[Store]:
         yield s
     finally:
         s.close()
+
+
+# ---------------------------------------------------------------- file systems
+
+
+@pytest.fixture
+def small_tmpfs() -> Iterator[Callable[..., Path]]:
+    """``small_tmpfs(path, mib=16)`` mounts a tmpfs of that size (mode 0700) on
+    ``path`` (made if missing) and returns it: a disk that fills up for real.
+
+    Needs root: elsewhere the test is skipped with the reason, except under
+    ``CI=true``, where it fails. Every mount is unmounted at teardown (lazily if
+    a process still holds it: stop the daemons first) and checked gone.
+    """
+    mounted: list[Path] = []
+
+    def mount(path: Path, mib: int = 16) -> Path:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        why = None
+        if os.geteuid() != 0:
+            why = "mounting a tmpfs (a disk that fills up) needs root"
+        else:
+            r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mib}m,mode=0700",
+                                "spear-test", str(path)], capture_output=True, text=True)
+            if r.returncode != 0:
+                why = f"cannot mount a tmpfs here: {r.stderr.strip() or r.returncode}"
+        if why:
+            if os.environ.get("CI") == "true":
+                pytest.fail(f"CI=true but {why}", pytrace=False)
+            pytest.skip(why)
+        mounted.append(path)
+        return path
+
+    try:
+        yield mount
+    finally:
+        left = []
+        for path in reversed(mounted):
+            if subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
+                subprocess.run(["umount", "-l", str(path)], capture_output=True)
+            if os.path.ismount(path):
+                left.append(str(path))
+        if left:
+            pytest.fail(f"still mounted: {left}", pytrace=False)
+
+
+def _fill(path: Path) -> int:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    n = 0
+    try:
+        for size in (1 << 20, 1 << 16, 4096, 256, 1):
+            chunk = b"\0" * size
+            while True:
+                try:
+                    n += os.write(fd, chunk)
+                except OSError as exc:
+                    if exc.errno != errno.ENOSPC:
+                        raise
+                    break
+    finally:
+        os.close(fd)
+    return n
+
+
+@pytest.fixture
+def fill_disk() -> Callable[[Path], int]:
+    """``fill_disk(file)`` writes ``file`` until its file system is full (ENOSPC);
+    returns the bytes written. Delete the file to free the space."""
+    return _fill
 
 
 # ---------------------------------------------------------------- zmq

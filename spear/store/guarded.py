@@ -29,6 +29,13 @@ log = logging.getLogger("spear.store")
 PROBE_KEY = b"meta/store_probe"
 
 
+def _describe(exc: Exception) -> str:
+    """``Type: message`` (LevelDB's messages come as bytes), at most 300 characters."""
+    arg = exc.args[0] if len(exc.args) == 1 else str(exc)
+    text = arg.decode("utf-8", "replace") if isinstance(arg, bytes) else str(arg)
+    return f"{type(exc).__name__}: {text}"[:300]
+
+
 class GuardedStore(Store):
     """Wraps a backend; ``error`` is "" while writes succeed, else why they don't."""
 
@@ -56,7 +63,7 @@ class GuardedStore(Store):
             fn(*args, **kw)
         except Exception as exc:  # noqa: BLE001 - any backend failure makes it suspect
             self.write_errors += 1
-            self.error = f"{type(exc).__name__}: {exc}"[:300]
+            self.error = _describe(exc)
             self.failed_at = time.time()
             log.error("STORE WRITE FAILED: %s; the SMS is read-only until writes succeed "
                       "again (free space or fix the disk: it recovers by itself)", self.error)

@@ -74,12 +74,31 @@ class LevelDBStore(Store):
         private_dir(path, what="store")  # 0700, and what an older run left readable is fixed
         self._db = open_db(path, create=True)
         self.path = str(path)
+        self._closed_why = ""
 
     def reopen(self) -> None:
-        """After a write error LevelDB refuses every write until reopened."""
+        """After a write error LevelDB refuses every write until reopened.
+
+        If opening fails (the disk is still full: opening writes), the store
+        stays closed and every call raises :class:`StoreError` (UNAVAILABLE)
+        until a later reopen succeeds.
+        """
         if not self._db.closed:
             self._db.close()
-        self._db = open_db(self.path, create=False)
+        try:
+            self._db = open_db(self.path, create=False)
+            self._closed_why = ""
+        except StoreError as exc:
+            self._closed_why = exc.message
+            raise
+
+    @property
+    def db(self):
+        """The open database, or StoreError while a reopen has not succeeded."""
+        if self._db.closed:
+            raise StoreError(f"store {self.path} is closed until it can be reopened "
+                             f"({self._closed_why or 'closed'})")
+        return self._db
 
     def _unreadable(self, exc: Exception) -> StoreError:
         return StoreError(f"store {self.path}: a read failed: {_msg(exc)}. To recover: "
@@ -89,18 +108,18 @@ class LevelDBStore(Store):
         import plyvel
 
         try:
-            return self._db.get(key)
+            return self.db.get(key)
         except (plyvel.CorruptionError, plyvel.IOError) as exc:
             raise self._unreadable(exc) from None
 
     def put(self, key: bytes, value: bytes, *, sync: bool = False) -> None:
-        self._db.put(key, value, sync=sync)
+        self.db.put(key, value, sync=sync)
 
     def delete(self, key: bytes, *, sync: bool = False) -> None:
-        self._db.delete(key, sync=sync)
+        self.db.delete(key, sync=sync)
 
     def write_batch(self, puts: Iterable[tuple[bytes, bytes]] = (), deletes: Iterable[bytes] = (), *, sync: bool = False) -> None:
-        with self._db.write_batch(sync=sync, transaction=True) as wb:
+        with self.db.write_batch(sync=sync, transaction=True) as wb:
             for k, v in puts:
                 wb.put(k, v)
             for k in deletes:
@@ -109,8 +128,9 @@ class LevelDBStore(Store):
     def scan(self, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
         import plyvel
 
-        it = self._db.iterator(prefix=prefix) if prefix else self._db.iterator()
         try:
+            # creating the iterator already reads (its first seek): inside the try
+            it = self.db.iterator(prefix=prefix) if prefix else self.db.iterator()
             with it:
                 yield from it
         except (plyvel.CorruptionError, plyvel.IOError) as exc:

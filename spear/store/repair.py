@@ -32,6 +32,9 @@ class Report:
     files: int = 0
     bytes: int = 0
     backup: str = ""
+    #: table files the repair could not read and set aside in ``lost/``: their
+    #: records are gone from the store (they are still in the backup)
+    dropped: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         out = [f"store {self.path}: {'OK' if self.ok else 'DAMAGED'} "
@@ -39,6 +42,8 @@ class Report:
         for kind, n in sorted(self.records.items()):
             out.append(f"  {n:>9} {kind} records")
         out.extend(f"  problem: {p}" for p in self.problems)
+        out.extend(f"  dropped: {d} was unreadable; its records are not in the store any more "
+                   f"(LevelDB's repairer moved it to lost/)" for d in self.dropped)
         if self.backup:
             out.append(f"  backup of the damaged store: {self.backup}")
         return out
@@ -69,12 +74,15 @@ def check(path: str | os.PathLike) -> Report:
         rep.ok = False
         rep.problems.append("no LevelDB files here")
         return rep
+    umask = os.umask(0o077)  # what LevelDB writes to open it is the store's: private
     try:
         db = open_db(p, create=False)
     except errors.StoreError as exc:
         rep.ok = False
         rep.problems.append(exc.message.split(" To recover:")[0].split(". If files")[0])
         return rep
+    finally:
+        os.umask(umask)
     counts: collections.Counter = collections.Counter()
     try:
         with db.iterator(verify_checksums=True, fill_cache=False) as it:
@@ -99,13 +107,26 @@ def repair(path: str | os.PathLike, *, backup: bool = True) -> Report:
     copy = ""
     if backup:
         copy = f"{p}.backup-{time.strftime('%Y%m%d-%H%M%S')}"
+        n = 1
+        while os.path.lexists(copy):  # a second repair within the same second
+            n += 1
+            copy = f"{p}.backup-{time.strftime('%Y%m%d-%H%M%S')}-{n}"
         shutil.copytree(p, copy, symlinks=True)
         os.chmod(copy, 0o700)
+    lost = p / "lost"
+    before = set(os.listdir(lost)) if lost.is_dir() else set()
+    umask = os.umask(0o077)  # what the repairer writes is the store's: private
     try:
         plyvel.repair_db(str(p), paranoid_checks=False)
     except (plyvel.Error, OSError) as exc:
         raise errors.StoreError(f"store {p}: repair failed: {exc}"
                                 + (f"; the original is kept in {copy}" if copy else "")) from None
+    finally:
+        os.umask(umask)
     rep = check(p)
     rep.backup = copy
+    # the repairer also files old manifests and converted logs in lost/;
+    # a table file there is one it could not read
+    after = set(os.listdir(lost)) if lost.is_dir() else set()
+    rep.dropped = sorted(f"lost/{n}" for n in after - before if n.endswith((".ldb", ".sst")))
     return rep
