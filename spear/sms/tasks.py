@@ -412,16 +412,22 @@ class TaskService:
             fresh.append(ex)
             if ex.info.status not in TERMINAL:  # (a cancel may have come first)
                 self._place(ex, now, defer=dispatches)
+        # with the dirty records and the counters in one batch: the counters on
+        # disk always match the records on disk, so after a crash the stats
+        # still balance (retention's deletes wait for the next flush)
+        others = [eid for eid in self.dirty if eid not in seen and eid in self.execs]
+        puts = [self._record(ex) for ex in fresh] + [self._record(self.execs[e]) for e in others]
+        puts.append((COUNTS_KEY, _enc.encode(StoredCounts(counts=dict(self.counts)))))
         try:
-            self.store.write_batch([self._record(ex) for ex in fresh], (), sync=True)
+            self.store.write_batch(puts, (), sync=True)
         except errors.SpearError as exc:
             for ex in fresh:
                 self._forget(ex)
             for _, ident, rid in batch:
                 self.outbox.to_client(ident, P.error_reply(rid, exc))
             return
-        for ex in fresh:
-            self.dirty.discard(ex.info.execution_id)
+        self.dirty.difference_update(seen)
+        self.dirty.difference_update(others)
         for ex, ident, rid in batch:
             self.outbox.to_client(ident, P.Accepted(id=rid, execution_id=ex.info.execution_id))
         for node, msg, payload in dispatches:
