@@ -20,6 +20,7 @@ import threading
 import time
 from pathlib import Path
 
+import docker
 import msgspec
 import pytest
 
@@ -27,7 +28,7 @@ from spear import Client, errors, protocol as P
 from spear.cluster import Cluster
 from spear.config import load_config
 from spear.runtimes import RuntimeManager
-from spear.runtimes.docker import DEFAULT_URL, remove_leftovers
+from spear.runtimes.docker import DEFAULT_URL, MANAGED_LABEL, OWNER_LABEL, remove_leftovers
 from spear.spearlet.functions import FunctionService
 
 from .test_docker import BUSYBOX, _require_engine
@@ -157,8 +158,23 @@ def wait_for(cond, what: str, limit: float = 20.0, every: float = 0.05):
 # ---------------------------------------------------------------- RuntimeManager
 
 
+def _leftover(api, owner: str) -> str:
+    """A container as a crashed earlier run of node ``owner`` would leave it."""
+    return api.create_container(BUSYBOX, ["true"], labels={MANAGED_LABEL: "1", OWNER_LABEL: owner})["Id"]
+
+
+def _exists(api, cid: str) -> bool:
+    try:
+        api.inspect_container(cid)
+    except docker.errors.NotFound:
+        return False
+    return True
+
+
 def test_runtime_manager_follows_the_engine_on_use_and_by_watching(tmp_path, late_engine):
     url, proxy = late_engine
+    api = docker.APIClient(base_url=f"unix://{proxy.target}", version="auto", timeout=30)
+    old = _leftover(api, "late-node")
     cfg = tmp_path / "spear.toml"
     cfg.write_text(f'[spearlet]\ndata = "{tmp_path / "node"}"\n'
                    f'[runtimes.docker]\nbase_url = "{url}"\ncheck_interval = 0.1\n')
@@ -181,6 +197,7 @@ def test_runtime_manager_follows_the_engine_on_use_and_by_watching(tmp_path, lat
             await fs.deploy(UPPER)
             assert "docker" in rm.runtimes and "docker" not in rm.unavailable
             assert len(changes) == 1 and "docker" in changes[0]  # on_change: tell the SMS
+            assert not _exists(api, old)  # the first reach of an engine cleans up
             d = fs.get("upper")
             inst = await d.runtime.create_instance(d.prepared)
             try:
@@ -202,6 +219,21 @@ def test_runtime_manager_follows_the_engine_on_use_and_by_watching(tmp_path, lat
             assert url in rm.unavailable["docker"] and len(changes) == 2
             with pytest.raises(errors.Unavailable, match="docker"):
                 await fs.deploy(msgspec.structs.replace(UPPER, name="upper2"))
+            # a function deployed before stays; its calls fail UNAVAILABLE
+            inst = await d.runtime.create_instance(d.prepared)
+            try:
+                with pytest.raises(errors.Unavailable, match="cannot reach Docker Engine"):
+                    await d.runtime.invoke(inst, b"gone", [], P.Limits())
+            finally:
+                await d.runtime.destroy(inst)
+            # back again: offered again, and this node's live containers are not
+            # taken for leftovers (only the first reach of an engine cleans up)
+            live = _leftover(api, "late-node")
+            proxy.start()
+            await asyncio.sleep(rm.check_interval)
+            await fs.deploy(msgspec.structs.replace(UPPER, name="upper3"))
+            assert "docker" in rm.runtimes and len(changes) == 3
+            assert _exists(api, live)
         finally:
             await fs.close()
             await rm.close()
@@ -210,6 +242,7 @@ def test_runtime_manager_follows_the_engine_on_use_and_by_watching(tmp_path, lat
         asyncio.run(main())
     finally:
         remove_leftovers(owner="late-node")  # through the real engine
+        api.close()
 
 
 # ---------------------------------------------------------------- through the SMS
