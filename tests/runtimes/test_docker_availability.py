@@ -18,7 +18,6 @@ import sys
 import tempfile
 import threading
 import time
-from pathlib import Path
 
 import docker
 import msgspec
