@@ -6,12 +6,15 @@ and counts records by kind. ``repair`` first copies the whole directory to
 ``PATH.backup-YYYYmmdd-HHMMSS`` (unless told not to), then runs LevelDB's
 own repair (``plyvel.repair_db``: it rebuilds the manifest and ``CURRENT``
 from the table and log files, dropping what cannot be read), then checks
-again. Run both with the SMS stopped: LevelDB allows one process per store.
+again. Run both with the SMS stopped: LevelDB allows one process per store,
+so ``check`` reports a store in use, and ``repair`` refuses one (LevelDB's
+repairer itself would rewrite the files under their owner).
 """
 
 from __future__ import annotations
 
 import collections
+import fcntl
 import os
 import shutil
 import time
@@ -98,12 +101,40 @@ def check(path: str | os.PathLike) -> Report:
 
 
 def repair(path: str | os.PathLike, *, backup: bool = True) -> Report:
-    """Back up, repair with LevelDB's repairer, and check the result."""
-    import plyvel
+    """Back up, repair with LevelDB's repairer, and check the result.
 
+    Refused (StoreError, nothing copied or changed) while another process
+    holds the store.
+    """
     p = Path(path)
     if not p.is_dir():
         raise errors.NotFound(f"store {p}: no such directory")
+    held = _lock(p)  # LevelDB's repairer takes no lock of its own
+    try:
+        return _repair(p, backup)
+    finally:
+        if held is not None:
+            os.close(held)
+
+
+def _lock(p: Path) -> int | None:
+    """Take the store's LOCK the way LevelDB does (fcntl), or refuse: a store in
+    use must not be repaired under its owner's feet."""
+    if not (p / "LOCK").exists():
+        return None
+    fd = os.open(p / "LOCK", os.O_RDWR)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise errors.StoreError(f"store {p} is in use by another process (it holds {p / 'LOCK'}); "
+                                f"stop the SMS before repairing its store") from None
+    return fd
+
+
+def _repair(p: Path, backup: bool) -> Report:
+    import plyvel
+
     copy = ""
     if backup:
         copy = f"{p}.backup-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import glob
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -248,3 +250,24 @@ def test_repair_twice_in_one_second_keeps_both_backups_and_files_stay_private(
         for name in dirs + files:
             mode = os.stat(os.path.join(root, name)).st_mode & 0o777
             assert mode & 0o077 == 0, (name, oct(mode))
+
+
+def test_a_store_in_use_is_not_repaired_under_its_owner(tmp_path):
+    db = tmp_path / "db"
+    _store_with_tables(db, runs=1)
+    owner = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from spear.store.leveldb import LevelDBStore; "
+         f"s = LevelDBStore({str(db)!r}); print('open', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert owner.stdout.readline().strip() == "open"
+        with pytest.raises(errors.StoreError, match="in use by another process") as e:
+            R.repair(db)
+        assert "stop the SMS" in e.value.message
+        assert not list(tmp_path.glob("db.backup-*"))  # refused before anything was copied
+        rep = R.check(db)
+        assert not rep.ok and "in use by another process" in rep.problems[0]
+    finally:
+        owner.stdin.close()
+        owner.wait(10)
+    assert R.repair(db).ok  # stopped: now it may
