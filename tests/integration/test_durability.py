@@ -28,6 +28,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -394,7 +395,6 @@ def test_sigstop_of_the_sms_beyond_the_heartbeat_timeout_costs_no_node_and_no_ex
                                  for e in eids.values()),
                      10, "every execution dispatched")
             before = scrape(mport)
-
             os.kill(c.sms.pid, signal.SIGSTOP)
             try:
                 time.sleep(3.5)  # 3.5 heartbeat timeouts; the executions finish meanwhile
@@ -415,11 +415,88 @@ def test_sigstop_of_the_sms_beyond_the_heartbeat_timeout_costs_no_node_and_no_ex
     assert after.get('spear_sms_node_transitions_total{state="gone"}', 0) == 0
     assert after["spear_sms_retries_total"] == 0
     assert st.counts.get("lost", 0) == 0 and st.counts.get("retried", 0) == 0
+    assert st.counts["submitted"] == len(eids)
     log = sms_log(c)
     assert "the SMS loop stalled" in log
     assert "-> unhealthy" not in log, [l for l in log.splitlines() if "unhealthy" in l]
     runs = ran(marks)
     assert runs == collections.Counter({t: 1 for t in eids}), runs
+
+
+
+def test_a_submission_sent_again_into_a_stalled_sms_runs_once(tmp_path, marks):
+    """Client.submit gives its submission a key and sends it again when no answer
+    comes: the SMS, stopped meanwhile, reads every try and starts the work once."""
+    hb = dict(HB, heartbeat_timeout=4.0)  # a stall the nodes do not notice
+    with Cluster(tmp_path / "c", spearlets=1, host_roots=[str(marks)], **hb) as c:
+        c.start(wait=30)
+        with Client(c.sms_addr, timeout=20) as cl:
+            cl.deploy(mark_spec(marks, "once"))
+            late: dict = {}
+            connected, stopped = threading.Event(), threading.Event()
+
+            def submit_into_the_stall():
+                with Client(c.sms_addr, timeout=0.4) as impatient:
+                    try:
+                        impatient.ping()  # connected: what it sends reaches the SMS's socket
+                        connected.set()
+                        stopped.wait(10)
+                        late["eid"] = impatient.submit("once", b"retried", retries=8)
+                    except errors.SpearError as exc:  # pragma: no cover - reported below
+                        late["error"] = exc
+                    finally:
+                        connected.set()
+
+            caller = threading.Thread(target=submit_into_the_stall)
+            caller.start()
+            assert connected.wait(20)
+            os.kill(c.sms.pid, signal.SIGSTOP)
+            try:
+                stopped.set()
+                time.sleep(1.5)  # the caller's first tries time out meanwhile
+            finally:
+                os.kill(c.sms.pid, signal.SIGCONT)
+            caller.join(30)
+            assert "eid" in late, late
+            assert cl.wait(late["eid"], timeout=30).ok
+            st = cl.stats()
+            assert st.counts["deduplicated"] >= 1, st.counts  # a later try found the first
+            assert st.counts["submitted"] == 1, st.counts
+            assert cl.executions()[1] == 1
+    assert ran(marks) == collections.Counter(["retried"])
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "bug: after an SMS stall longer than the heartbeat timeout the Spearlets reset their "
+    "link; until a node has registered again the SMS still routes to its old, closed "
+    "connection, so work dispatched in that window never arrives and ends lost (retries=0) "
+    "after the report grace"))
+def test_work_dispatched_before_a_node_registers_again_after_an_sms_stall_is_not_lost(
+        tmp_path, marks):
+    with Cluster(tmp_path / "c", spearlets=1, host_roots=[str(marks)], **HB) as c:
+        c.start(wait=30)
+        node = c.spearlets[0]
+        node_log = c.data / "spearlet-1.log"
+        with Client(c.sms_addr, timeout=20) as cl:
+            cl.deploy(mark_spec(marks, "once"))
+            assert cl.invoke("once", b"warm").ok  # the node has the function
+            before = node_log.read_text().count("reconnecting")
+            os.kill(c.sms.pid, signal.SIGSTOP)
+            try:
+                wait_for(lambda: node_log.read_text().count("reconnecting") > before, 10,
+                         "the Spearlet to give up on the silent SMS")
+                time.sleep(0.2)  # (its new connection cannot finish its handshake yet)
+                # the node comes back a moment after the SMS (as a busy host may)
+                os.kill(node.pid, signal.SIGSTOP)
+            finally:
+                os.kill(c.sms.pid, signal.SIGCONT)
+            try:
+                eid = cl.submit("once", b"after-the-stall")
+            finally:
+                os.kill(node.pid, signal.SIGCONT)
+            result = cl.wait(eid, timeout=30)
+            assert result.status in TERMINAL and ran(marks)["after-the-stall"] <= 1
+            assert result.ok, (result.status, result.info.error)
 
 
 # ---------------------------------------------------------------- 5. idempotency keys
@@ -470,6 +547,9 @@ def test_idempotency_key_gives_one_execution_across_sms_restarts_per_caller(tmp_
             after = alice.invoke("mark", b"s1-after", idempotency_key="K-sync")
             assert after.execution_id == s1.execution_id and after.ok and after.output == b"s1\n"
             assert ivan.submit("mark", b"i1-after", idempotency_key="K-async") == i1
+            r = spear_cli("invoke", "mark", "a1-cli", "--async", "--idempotency-key", "K-async",
+                          "--sms", c.sms_addr, "--config", cfgs["alice"])
+            assert r.returncode == 0 and r.stdout.strip() == a1, r.stdout + r.stderr
             # the crash case: acknowledged means written, so the key holds
             # even when the SMS dies right after the Accepted
             k3 = alice.submit("mark", b"k3", idempotency_key="K-crash")
