@@ -841,16 +841,16 @@ def measure_pool(res: Results, plan: Plan, prog: Progress) -> None:
 #: A minimal pooled process worker (docs/worker-protocol.md) that does nothing.
 NOOP_WORKER_SRC = r'''
 import os, struct, sys
-r = os.fdopen(0, "rb", buffering=1 << 16)
+r = os.fdopen(3, "rb", buffering=1 << 16)
 U32 = struct.Struct(">I")
 REPLY = struct.Struct(">IB")
-os.write(1, REPLY.pack(1 + 5, 0) + b"noop1")
+os.write(4, REPLY.pack(1 + 5, 0) + b"noop2")
 while True:
     head = r.read(4)
     if len(head) < 4:
         break
     body = r.read(U32.unpack(head)[0])
-    os.write(1, REPLY.pack(1, 0))
+    os.write(4, REPLY.pack(1, 0))
 '''
 
 

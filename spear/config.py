@@ -147,6 +147,14 @@ class ProcessConfig(_Section, frozen=True):
     user: str = "auto"
     #: refuse network=false functions where no network namespace can be made
     strict_network: bool = True
+    #: largest output of one call, MiB (at most the 64 MiB payload cap); a
+    #: function's limits.max_output_mb may lower it, never raise it
+    max_output_mb: Annotated[int, Meta(ge=1, le=64)] = 64
+    #: pids limit of executions whose function sets none (where there is a pids cgroup)
+    pids: Annotated[int, Meta(ge=1, le=1 << 22)] = 1024
+    #: a cgroup per execution: "auto" (where they work, else rlimits with a
+    #: warning), "required" (no process runtime without them), "off"
+    cgroups: Literal["auto", "required", "off"] = "auto"
 
 
 class DockerConfig(_Section, frozen=True):

@@ -124,6 +124,8 @@ class Limits(Struct, frozen=True, kw_only=True):
     pids: Annotated[int, Meta(ge=1, le=1 << 22)] | None = None
     network: bool = False
     read_only: bool = False
+    #: largest output of a call, MiB; None: the node's maximum (at most the payload cap)
+    max_output_mb: Annotated[int, Meta(ge=1, le=MAX_PAYLOAD >> 20)] | None = None
 
 
 class PoolSettings(Struct, frozen=True, kw_only=True):

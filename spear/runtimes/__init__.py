@@ -93,6 +93,8 @@ class RuntimeManager:
                 log.warning("runtime %s unavailable: %s", name, self.unavailable[name])
                 continue
             self._built[name] = rt
+            if name == "process":
+                await self._clean_process_leftovers(rt)
             await self.check(name)
 
     async def check(self, name: str) -> bool:
@@ -190,6 +192,15 @@ class RuntimeManager:
         except Exception as exc:  # noqa: BLE001 - cleanup is best effort
             log.warning("could not remove leftover containers: %s", exc)
 
+    async def _clean_process_leftovers(self, rt: Runtime) -> None:
+        """End the processes that a killed earlier run of this node left running."""
+        try:
+            n = await asyncio.to_thread(rt.reap_leftovers)
+            if n:
+                log.warning("ended %d process(es) left running by an earlier run of this node", n)
+        except Exception as exc:  # noqa: BLE001 - cleanup is best effort, but said
+            log.warning("could not end the processes an earlier run left: %s", exc)
+
     def _wasm(self) -> Runtime:
         from .wasm import WasmRuntime
 
@@ -206,7 +217,10 @@ class RuntimeManager:
         return ProcessRuntime(default_timeout=c.timeout, default_memory_mb=c.memory_mb,
                               python=sys.executable, base_env=scrubbed_env(),
                               user=c.user or None, strict_network=c.strict_network,
-                              host_paths=self.host_paths)
+                              host_paths=self.host_paths, max_output_mb=c.max_output_mb,
+                              default_pids=c.pids, cgroups=c.cgroups,
+                              # what it starts is recorded here (see _clean_process_leftovers)
+                              state_dir=self.data_dir / "process")
 
     def _docker(self) -> Runtime:
         from .docker import DockerRuntime

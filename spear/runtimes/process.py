@@ -7,8 +7,9 @@ Three kinds of function, all chosen by the :class:`~spear.protocol.FunctionSpec`
   streamed to ``on_log`` as it arrives, a non-zero exit is a ``FunctionError``.
 * **pooled** (``command``, ``mode="pooled"``): one long-lived worker per
   instance answers many invocations over the framed pipe protocol described
-  in ``docs/worker-protocol.md`` (4-byte big-endian length + body on
-  stdin/stdout; stderr is the log stream).
+  in ``docs/worker-protocol.md`` (4-byte big-endian length + body; requests
+  on fd 3, replies on fd 4; stdout and stderr are the log stream, so stray
+  output can never desynchronise the protocol).
 * **Python handler** (``handler="module:function"``): always pooled, served by
   :mod:`spear.runtimes.pyworker`. The module is looked up in the working
   directory first, then ``PYTHONPATH`` from ``spec.env``. If ``command`` is
@@ -18,20 +19,35 @@ Every process starts in a new session (its own process group) with an
 environment built from ``base_env`` plus ``spec.env`` only, never the
 Spearlet's own, and in ``spec.workdir`` (under a host root the node allows,
 see :mod:`.hostpaths`) or a fresh temporary directory per instance (removed
-on destroy). Limits:
+on destroy).
 
-* ``timeout``: the whole process group is killed with SIGKILL, the call
-  raises ``DeadlineExceeded`` and a pooled worker is not reused;
-* ``memory_mb``: ``RLIMIT_AS`` (address space, applied with ``prlimit`` right
-  after spawn, so a native program that maps more than the limit in its very
-  first microseconds is not caught). A Python ``MemoryError`` becomes
-  ``ResourceExhausted``; so does a native process that dies with
-  out-of-memory signs in its stderr tail or is SIGKILLed by someone else
-  (the kernel OOM killer). Runtimes that reserve huge address ranges (Go,
-  the JVM) need a generous limit;
-* ``cpu_seconds``: ``RLIMIT_CPU`` in whole seconds (SIGXCPU, then SIGKILL
-  for one-shot); for a pooled worker the soft limit is moved before each call
-  to "CPU used so far + cpu_seconds". Hitting it raises ``ResourceExhausted``.
+Every process starts behind a gate: ``sh -c 'read -r _; exec "$@"'``. While
+it waits for that line, :meth:`_Child.start` — the one place where limits
+meet a process — sets its rlimits (it is still the root-run ``sh``, so no
+CAP_SYS_RESOURCE is needed) and moves it into the execution's cgroups (see
+:mod:`.cgroups`); only then does it exec the command, in the same pid. A limit
+that cannot be applied kills it and fails the execution with ``Unavailable``
+naming the limit, logged at warning. Limits:
+
+* ``timeout``: the whole process group (and cgroup) is killed with SIGKILL,
+  the call raises ``DeadlineExceeded`` and a pooled worker is not reused;
+* ``memory_mb``: ``RLIMIT_AS`` (address space) and, where there is a memory
+  cgroup, its limit (no swap beyond it) for the whole execution. A Python
+  ``MemoryError`` becomes ``ResourceExhausted``; so does an OOM kill of the
+  cgroup, a native process that dies with out-of-memory signs in its stderr
+  tail or one SIGKILLed by someone else. Runtimes that reserve huge address
+  ranges (Go, the JVM) need a generous limit;
+* ``cpu_seconds``: one-shot: ``RLIMIT_CPU`` in whole seconds (SIGXCPU, then
+  SIGKILL) plus, with a cgroup, its CPU clock (children count); pooled: per
+  call, a watch on the worker's CPU clock (its cgroup's, else its own) that
+  kills it once the call has used that much. Hitting it raises
+  ``ResourceExhausted``;
+* ``pids`` (default ``default_pids``) and ``cpus`` (a CFS quota): cgroup only;
+  a function that sets one where there is no such controller fails;
+* output: a call's output (one-shot stdout, a worker's reply) larger than
+  ``limits.max_output_mb`` or the node's ``max_output_mb`` (at most the
+  wire's 64 MiB payload cap) stops the function at once: ``ResourceExhausted``
+  with the limit in the message.
 
 Sandbox (see ``docs/sandbox.md``): when the Spearlet runs as root, functions
 run as an unprivileged user (``user="auto"``: ``nobody``, no supplementary
@@ -46,12 +62,17 @@ allows it; where no isolation is possible such functions are refused with
 ``Unavailable`` (``strict_network=True``, the default) or run with network
 after one warning (``strict_network=False``).
 
-Nothing is left behind: when the group leader exits the group is SIGKILLed
-before the leader is reaped (the zombie pins the group id, so the signal can
-never reach a stranger), and children are reaped by ``wait4`` on a pidfd,
-which also yields exact CPU time and peak RSS for one-shot calls. A
-descendant that leaves the group on purpose (``setsid``) escapes; use the
-docker runtime for hostile code (all sandboxed functions share one user).
+Nothing is left behind: when the group leader exits the group and the
+execution's cgroup are SIGKILLed before the leader is reaped (the zombie pins
+the group id, so the signal can never reach a stranger), and children are
+reaped by ``wait4`` on a pidfd, which also yields exact CPU time and peak RSS
+(the cgroup's figures where there is one). A descendant that leaves the
+session (``setsid``, a double fork) is still in the cgroup; without cgroups
+it is found by the ``SPEAR_SWEEP`` mark in its environment (see
+:mod:`.leftovers`). What a SIGKILLed Spearlet leaves running is recorded in
+``state_dir`` and ended by :meth:`ProcessRuntime.reap_leftovers` at the next
+start. Use the docker runtime for hostile code (all sandboxed functions share
+one user).
 
 Usage of a pooled call is the worker's CPU clock delta (``clock_gettime`` on
 its process CPU clock: all threads, nanoseconds). Its peak memory is the
@@ -65,6 +86,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -83,23 +105,39 @@ import tempfile
 import threading
 from time import clock_gettime_ns
 from dataclasses import dataclass, field
+from typing import Callable
 
 from .. import errors
 from ..fsmodes import FUNCTION_UMASK
-from ..protocol import ExecUsage, FunctionSpec, Limits
+from ..protocol import MAX_PAYLOAD, ExecUsage, FunctionSpec, Limits
+from . import cgroups as cg
 from .base import Instance, LogSink, Outcome, Prepared, Runtime
 from .hostpaths import HostPaths
+from .leftovers import TAG_VAR, Ledger, new_tag, sweep
 
 log = logging.getLogger(__name__)
 
 #: The Python handler worker, run by path so that it never imports Spear.
 PYWORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pyworker.py")
 #: Version of the framed worker protocol, given to workers in SPEAR_WORKER_PROTOCOL.
-WORKER_PROTOCOL = 1
+#: 2: requests on fd 3, replies on fd 4; stdin is /dev/null, stdout a log stream.
+WORKER_PROTOCOL = 2
 #: Environment a function starts from when the Spearlet passes none.
 DEFAULT_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/tmp"}
-#: Largest reply frame a worker may send, and largest one-shot output.
-MAX_FRAME = 1 << 30
+#: Largest output of a call (one-shot stdout, a worker's reply payload): the
+#: wire's payload cap. A node may set less ([runtimes.process] max_output_mb),
+#: a function less again (limits.max_output_mb).
+MAX_OUTPUT = MAX_PAYLOAD
+_MIB = 1 << 20
+#: The gate every process starts behind: ``sh`` blocks reading one line from fd 0
+#: while the runtime applies rlimits and joins the process to its cgroups, then
+#: exec's the command (same pid). A worker's gate also moves the protocol pipes
+#: to fds 3 (requests) and 4 (replies), and points stdin at /dev/null and stdout
+#: at the log stream. dash and bash read that line byte by byte: nothing more.
+_GATE = 'read -r _ || exit 125; exec "$@"'
+_GATE_WORKER = 'read -r _ || exit 125; exec 3<&0 4>&1 0</dev/null 1>&2; exec "$@"'
+#: variables a shell adds to what it exports: unset unless the function set them
+_SHELL_ADDS = ("PWD", "OLDPWD", "SHLVL")
 
 STATUS_OK, STATUS_ERROR, STATUS_EXHAUSTED = 0, 1, 2
 
@@ -175,12 +213,19 @@ def _failure(
     cpu_limited: bool,
     killed_by_us: bool,
     prefix: str = "process failed",
+    oom: bool = False,
 ) -> errors.SpearError:
-    """Type a process that died on its own (not by our timeout)."""
+    """Type a process that died on its own (not by our timeout).
+
+    ``oom``: the execution's memory cgroup reports an OOM kill.
+    """
     text = tail[-2048:].decode("utf-8", "replace")
     details = {"exit_code": code, "stderr": text}
     what = _describe_exit(code)
     sig = -code if code is not None and code < 0 else 0
+    if oom:
+        return errors.ResourceExhausted(f"memory limit ({what}: the memory cgroup's OOM killer)",
+                                        details=details)
     if cpu_limited and sig in (signal.SIGXCPU, signal.SIGKILL) and not killed_by_us:
         return errors.ResourceExhausted(f"cpu limit ({what})", details=details)
     if memory_limited and _OOM_SIGNS.search(tail):
@@ -231,12 +276,14 @@ _LOADER_VARS = frozenset(
     {
         "GCONV_PATH", "GETCONF_DIR", "HOSTALIASES", "LOCALDOMAIN", "LOCPATH", "NIS_PATH",
         "NLSPATH", "RESOLV_HOST_CONF", "RES_OPTIONS", "TMPDIR", "TZDIR",
+        # and what a shell acts on: the root-run gate is ``sh -c``
+        "ENV", "BASH_ENV", "SHELLOPTS", "BASHOPTS", "PS4", "IFS", "CDPATH", "POSIXLY_CORRECT",
     }
 )
 
 
 def _loader_sensitive(name: str) -> bool:
-    return name in _LOADER_VARS or name.startswith(("LD_", "GLIBC_", "MALLOC_"))
+    return name in _LOADER_VARS or name.startswith(("LD_", "GLIBC_", "MALLOC_", "BASH_FUNC_"))
 
 
 @dataclass(frozen=True)
@@ -415,24 +462,89 @@ def _probe_isolation(unshare: str | None, root: bool) -> tuple[list[str] | None,
 # ----------------------------------------------------------------- the child
 
 
+@dataclass(frozen=True)
+class _Bounds:
+    """The limits one process starts under, all applied by :meth:`_Child.start`."""
+
+    memory_mb: int | None = None  # RLIMIT_AS, and the memory cgroup where there is one
+    cpu_seconds: float | None = None  # RLIMIT_CPU (one-shot runs)
+    pids: int | None = None  # the pids cgroup
+    cpus: float | None = None  # the cpu cgroup's quota
+
+
+@dataclass(eq=False)
+class _Host:
+    """What this node gives every process it starts: the gate, cgroups, the record."""
+
+    sh: str
+    cgroups: cg.Cgroups | None
+    ledger: Ledger | None
+    #: without cgroups: uid whose processes are searched for an execution's tag
+    sweep_uid: int | None = None
+    #: groups whose directories are not removed yet (their processes are dying)
+    pending: set = field(default_factory=set)
+    serial: int = 0
+
+    def new_group(self, name: str, cpu: bool) -> cg.Group | None:
+        if self.cgroups is None:
+            return None
+        self.serial += 1
+        try:
+            return self.cgroups.group(f"{name}.{self.serial}", cpu=cpu)
+        except cg.CgroupError as exc:
+            log.warning("cannot create the cgroup of an execution of %s: %s", name, exc)
+            raise errors.Unavailable(f"cannot create the execution's cgroup: {exc}") from None
+
+
+def _set_rlimits(pairs: tuple) -> None:  # pragma: no cover - runs in the forked child
+    for res, value in pairs:
+        resource.setrlimit(res, value)
+
+
 class _Child:
     """One process in its own session with pipes on fds 0-2, reaped by us.
 
-    We reap with ``wait4`` (for exact rusage) when its pidfd becomes readable,
-    so asyncio's child watchers never see it. Before reaping we SIGKILL the
-    whole group, so nothing the function started outlives it.
+    It starts behind the gate (:data:`_GATE`): :meth:`start` applies its
+    limits — rlimits while it is still the root-run ``sh``, its cgroups — and
+    only then lets it exec the command; a limit that cannot be applied kills
+    it and fails the execution. We reap with ``wait4`` (for exact rusage) when
+    its pidfd becomes readable, so asyncio's child watchers never see it.
+    Before reaping we SIGKILL the whole group and everything in its cgroup (or,
+    without cgroups, every process carrying its tag), so nothing the function
+    started outlives it.
     """
 
     def __init__(
         self,
+        host: _Host,
+        name: str,
         argv: list[str],
         env: dict[str, str],
         cwd: str,
         executable: str | None,
-        memory_mb: int | None,
+        bounds: _Bounds,
         popen_kw: dict | None = None,
+        *,
+        worker: bool = False,
     ) -> None:
         self.loop = asyncio.get_running_loop()
+        self.host = host
+        self.bounds = bounds
+        self.group = host.new_group(name, cpu=bounds.cpus is not None)
+        self.tag = self.record = ""
+        if host.cgroups is None:  # descendants are found by this mark instead
+            self.tag = new_tag()
+            env = {**env, TAG_VAR: self.tag}
+        kw = dict(popen_kw or {})
+        rl = self._rlimits(bounds)
+        self._pre_applied = bool(rl) and "user" in kw
+        if self._pre_applied:  # already the fork path: the child sets them itself
+            kw["preexec_fn"] = functools.partial(_set_rlimits, tuple((r, v) for r, v, _ in rl))
+        target = list(argv) if executable is None else [executable, *argv[1:]]
+        script = _GATE_WORKER if worker else _GATE
+        added = [v for v in _SHELL_ADDS if v not in env]
+        if added:
+            script = f"unset {' '.join(added)}; {script}"
         in_r, in_w = os.pipe()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
@@ -440,8 +552,7 @@ class _Child:
         _grow_pipe(out_w)
         try:
             proc = subprocess.Popen(
-                argv,
-                executable=executable,
+                [host.sh, "-c", script, "spear", *target],
                 stdin=in_r,
                 stdout=out_w,
                 stderr=err_w,
@@ -452,15 +563,19 @@ class _Child:
                 # the Spearlet's umask (077) keeps its own files private; a function
                 # writes for its own users, so its process starts with the usual one
                 umask=FUNCTION_UMASK,
-                **(popen_kw or {}),
+                **kw,
             )
         except BaseException as exc:
             for fd in (in_w, out_r, err_r):
                 _close(fd)
+            self._drop_group()
             if isinstance(exc, (FileNotFoundError, PermissionError, NotADirectoryError)):
                 raise errors.InvalidArgument(f"cannot start {argv[0]!r}: {exc.strerror}") from exc
             if isinstance(exc, OSError):
                 raise errors.ResourceExhausted(f"cannot start {argv[0]!r}: {exc}") from exc
+            if isinstance(exc, subprocess.SubprocessError):  # preexec_fn: setrlimit failed
+                log.warning("cannot apply the rlimits of %s: %s", name, exc)
+                raise errors.Unavailable(f"cannot apply the limits of {name}: {exc}") from exc
             raise
         finally:
             for fd in (in_r, out_w, err_w):
@@ -477,8 +592,14 @@ class _Child:
         self.rusage = None
         self.killed = False
         self.memory_mb: int | None = None
-        if memory_mb:
-            self.set_memory(memory_mb)
+        self.cg_cpu: int | None = None
+        self.cg_peak: int | None = None
+        self.cg_oom = False
+        if self.tag and host.ledger is not None:
+            try:
+                self.record = host.ledger.started(self.pid, self.tag)
+            except OSError as exc:
+                log.warning("cannot record pid %d in %s: %s", self.pid, host.ledger.dir, exc)
         try:
             self._pidfd = os.pidfd_open(self.pid)
         except (AttributeError, OSError):  # no pidfd (old kernel, not Linux)
@@ -488,19 +609,104 @@ class _Child:
             self.loop.add_reader(self._pidfd, self._on_pidfd)
 
     # -- limits
-    def set_memory(self, memory_mb: int) -> None:
-        limit = memory_mb * 1024 * 1024
-        try:
-            resource.prlimit(self.pid, resource.RLIMIT_AS, (limit, limit))
-            self.memory_mb = memory_mb
-        except (ProcessLookupError, PermissionError, ValueError) as exc:
-            log.debug("prlimit(AS) on %d failed: %s", self.pid, exc)
+    @staticmethod
+    def _rlimits(b: _Bounds) -> list:
+        out = []
+        if b.memory_mb:
+            limit = b.memory_mb * _MIB
+            out.append((resource.RLIMIT_AS, (limit, limit),
+                        f"limits.memory_mb = {b.memory_mb} (RLIMIT_AS)"))
+        if b.cpu_seconds:
+            secs = max(1, math.ceil(b.cpu_seconds))
+            out.append((resource.RLIMIT_CPU, (secs, secs + 1),
+                        f"limits.cpu_seconds = {b.cpu_seconds:g} (RLIMIT_CPU)"))
+        return out
 
-    def set_cpu(self, soft: float, hard: float) -> None:
+    def start(self) -> None:
+        """Apply every limit while the gate holds the process, then let it run.
+
+        The one place where limits meet a process: a limit that cannot be
+        applied kills it and raises ``Unavailable`` naming the limit (logged
+        at warning).
+        """
+        b, group = self.bounds, self.group
+        steps: list[tuple[str, Callable[[], object]]] = []
+        if not self._pre_applied:
+            for res, value, label in self._rlimits(b):
+                steps.append((label, functools.partial(resource.prlimit, self.pid, res, value)))
+        cgroups = self.host.cgroups
+        if group is not None and b.memory_mb and cgroups.has("memory"):
+            steps.append((f"limits.memory_mb = {b.memory_mb} (memory cgroup)",
+                          functools.partial(group.limit, memory=b.memory_mb * _MIB)))
+        for name, value, kw in (("pids", b.pids, {"pids": b.pids}),
+                                ("cpus", b.cpus, {"cpus": b.cpus, "set_cpus": True})):
+            if value is None:
+                continue
+            label = f"limits.{name} = {value:g} ({name if name == 'pids' else 'cpu'} cgroup)"
+            if group is None or not cgroups.has("cpu" if name == "cpus" else name):
+                why = (self.host_why("cpu" if name == "cpus" else name))
+                steps.append((label, functools.partial(_refuse, why)))
+            else:
+                steps.append((label, functools.partial(group.limit, **kw)))
+        if group is not None:
+            steps.append(("the execution's cgroup (joining it)", functools.partial(group.attach, self.pid)))
+        for label, step in steps:
+            try:
+                step()
+            except (OSError, ValueError, cg.CgroupError) as exc:
+                why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                log.warning("cannot apply %s to pid %d: %s; the execution fails", label, self.pid, why)
+                self.kill()
+                raise errors.Unavailable(f"cannot apply {label}: {why}",
+                                         details={"limit": label.split(" ")[0]}) from None
+        self.memory_mb = b.memory_mb or None
+        os.write(self.stdin, b"\n")  # the gate's line: the pipe is empty, this cannot block
+
+    def host_why(self, controller: str) -> str:
+        cgroups = self.host.cgroups
+        if cgroups is None:
+            return "this node has no cgroups (see the warning at start)"
+        return f"this node has no {controller} cgroup controller: {cgroups.missing.get(controller, '?')}"
+
+    def set_memory(self, memory_mb: int) -> None:
+        """Change a running worker's memory limit (a call that asks for another one)."""
+        limit = memory_mb * _MIB
         try:
-            resource.prlimit(self.pid, resource.RLIMIT_CPU, (soft, hard))
-        except (ProcessLookupError, PermissionError, ValueError) as exc:
-            log.debug("prlimit(CPU) on %d failed: %s", self.pid, exc)
+            if self.group is not None and self.host.cgroups.has("memory"):
+                self.group.limit(memory=limit)
+            resource.prlimit(self.pid, resource.RLIMIT_AS, (limit, limit))
+        except (OSError, ValueError, cg.CgroupError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            log.warning("cannot change the memory limit of worker %d to %d MiB: %s",
+                        self.pid, memory_mb, why)
+            raise errors.Unavailable(
+                f"cannot apply limits.memory_mb = {memory_mb} to a running worker "
+                f"(started with {self.memory_mb}): {why}", details={"limit": "memory_mb"}) from None
+        self.memory_mb = memory_mb
+
+    def set_group_limits(self, pids: int | None, cpus: float | None) -> None:
+        """Change a running worker's pids / cpus limits (cgroup only)."""
+        for name, value, kw in (("pids", pids, {"pids": pids}),
+                                ("cpus", cpus, {"cpus": cpus, "set_cpus": True})):
+            if value is None:
+                continue
+            controller = "cpu" if name == "cpus" else name
+            try:
+                if self.group is None or not self.host.cgroups.has(controller):
+                    raise cg.CgroupError(self.host_why(controller))
+                self.group.limit(**kw)
+            except cg.CgroupError as exc:
+                log.warning("cannot apply %s = %g to worker %d: %s", name, value, self.pid, exc)
+                raise errors.Unavailable(f"cannot apply limits.{name} = {value:g}: {exc}",
+                                         details={"limit": name}) from None
+
+    def cpu_ns(self) -> int:
+        """CPU time of the execution so far: its cgroup's, else the process's own clock."""
+        if self.group is not None:
+            ns = self.group.cpu_ns()
+            if ns is not None:
+                return ns
+        return _clock_ns(_cpu_clock(self.pid))
 
     def close_stdin(self) -> None:
         """Close our end of the child's stdin once (fd numbers get reused)."""
@@ -528,11 +734,16 @@ class _Child:
             except asyncio.TimeoutError:
                 log.warning("pid %d not reaped %gs after SIGKILL", self.pid, timeout)
 
-    def _on_pidfd(self) -> None:
+    def _kill_all(self) -> None:
         try:
             os.killpg(self.pid, signal.SIGKILL)  # leftovers; the zombie pins the pgid
         except (ProcessLookupError, PermissionError):
             pass
+        if self.group is not None:  # those that left the session too
+            self.group.kill()
+
+    def _on_pidfd(self) -> None:
+        self._kill_all()
         try:
             pid, status, rusage = os.wait4(self.pid, os.WNOHANG)
         except ChildProcessError:  # somebody else reaped it
@@ -556,20 +767,102 @@ class _Child:
 
     def _finish(self, status, rusage, late_group_kill: bool = False) -> None:
         if late_group_kill:
-            try:
-                os.killpg(self.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+            self._kill_all()
         self.code = os.waitstatus_to_exitcode(status) if status is not None else None
         self.rusage = rusage
+        self._release()
         if not self.exited.done():
             self.exited.set_result(self.code)
 
+    def _release(self) -> None:
+        """After the reap: read the cgroup's figures and remove it; sweep by tag; unrecord."""
+        group = self.group
+        if group is not None:
+            self.cg_cpu = group.cpu_ns()
+            self.cg_peak = group.peak()
+            self.cg_oom = group.oom_killed()
+            self._drop_group()
+        if self.tag:
+            try:
+                sweep({self.tag}, self.host.sweep_uid, skip=self.pid)
+            except Exception:  # pragma: no cover - a sweep must not break the reap
+                log.exception("sweeping for the descendants of pid %d", self.pid)
+            if self.record and self.host.ledger is not None:
+                self.host.ledger.ended(self.record)
+
+    def _drop_group(self, attempt: int = 0) -> None:
+        group = self.group
+        if group is None:
+            return
+        if attempt:
+            group.kill()
+        if not group.remove_now():
+            self.host.pending.discard(group)
+            self.group = None
+            return
+        self.host.pending.add(group)
+        if attempt >= 200:
+            log.warning("cgroup %s still busy; left for the next start to remove", group.path)
+            self.host.pending.discard(group)
+            self.group = None
+            return
+        try:
+            self.loop.call_later(0.005 * min(attempt + 1, 10), self._drop_group, attempt + 1)
+        except RuntimeError:  # loop closed
+            pass
+
     def usage(self) -> ExecUsage:
         ru = self.rusage
-        if ru is None:
-            return ExecUsage()
-        return ExecUsage(cpu_time=ru.ru_utime + ru.ru_stime, peak_memory=ru.ru_maxrss * 1024)
+        cpu = ru.ru_utime + ru.ru_stime if ru is not None else 0.0
+        peak = ru.ru_maxrss * 1024 if ru is not None else 0
+        if self.cg_cpu is not None:  # the whole execution, not only its first process
+            cpu = self.cg_cpu / 1e9
+        if self.cg_peak:
+            peak = self.cg_peak
+        return ExecUsage(cpu_time=cpu, peak_memory=peak)
+
+
+def _refuse(why: str) -> None:
+    raise cg.CgroupError(why)
+
+
+class _CpuWatch:
+    """Ends an execution that used ``cpu_seconds`` of CPU: no rlimit, no privilege needed.
+
+    Checks the CPU clock (the cgroup's, else the process's) when the budget
+    could be spent at the earliest, given how many CPUs it may use, and again
+    until it is or the call ends.
+    """
+
+    def __init__(self, child: _Child, seconds: float, on_over: Callable[[float], None]) -> None:
+        self.child = child
+        self.budget = int(seconds * 1e9)
+        self.on_over = on_over
+        cpus = child.bounds.cpus
+        try:
+            n = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            n = os.cpu_count() or 1
+        self.rate = max(0.05, min(n, cpus) if cpus else n)
+        self.start = child.cpu_ns()
+        self.handle = child.loop.call_later(self._delay(0), self._check)
+
+    def _delay(self, used: int) -> float:
+        return max((self.budget - used) / 1e9 / self.rate, 0.005)
+
+    def _check(self) -> None:
+        used = self.child.cpu_ns() - self.start
+        if used >= self.budget:
+            self.handle = None
+            self.on_over(used / 1e9)
+            return
+        self.handle = self.child.loop.call_later(self._delay(used), self._check)
+
+    def cancel(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+
 
 
 # --------------------------------------------------------------------- plans
@@ -600,10 +893,19 @@ class _OneShot:
     plan: _Plan
     cwd: str
     tmpdir: str | None
+    host: _Host
+    name: str
     running: set = field(default_factory=set)
 
 
 # ------------------------------------------------------------------ one-shot
+
+
+def _too_big(limit: int) -> errors.ResourceExhausted:
+    mib = f"{limit / _MIB:g} MiB" if limit % (_MIB // 16) == 0 else f"{limit} bytes"
+    return errors.ResourceExhausted(
+        f"output larger than the limit of {mib}: the function was stopped",
+        details={"limit": "max_output_mb", "max_output_bytes": limit})
 
 
 async def _run_oneshot(
@@ -613,22 +915,38 @@ async def _run_oneshot(
     limits: Limits,
     on_log: LogSink | None,
     timeout: float,
-    memory_mb: int,
+    bounds: _Bounds,
+    max_output: int,
 ) -> Outcome:
     plan = h.plan
     argv = plan.argv + [a if isinstance(a, str) else json.dumps(a) for a in args]
-    child = _Child(argv, plan.env, h.cwd, plan.executable, memory_mb, plan.popen_kw)
+    child = _Child(h.host, h.name, argv, plan.env, h.cwd, plan.executable, bounds, plan.popen_kw)
     loop = child.loop
     h.running.add(child)
-    if limits.cpu_seconds:
-        secs = max(1, math.ceil(limits.cpu_seconds))
-        child.set_cpu(secs, secs + 1)
+    try:
+        child.start()
+    except BaseException:
+        h.running.discard(child)
+        for fd in (child.stdout, child.stderr):
+            _close(fd)
+        child.close_stdin()
+        await child.wait()
+        raise
     out: list[bytes] = []
     size = 0
     tail = _Tail()
     eof = loop.create_future()
     reading = {child.stdout, child.stderr}
     pending = memoryview(data)
+    cpu_over: list[float] = []
+    watch = None
+    if limits.cpu_seconds and child.group is not None and child.group.cpu_ns() is not None:
+        # RLIMIT_CPU counts one process; the cgroup counts what it started too
+        def over(used: float) -> None:
+            cpu_over.append(used)
+            child.kill()
+
+        watch = _CpuWatch(child, limits.cpu_seconds, over)
 
     def closed(fd: int) -> None:
         loop.remove_reader(fd)
@@ -649,10 +967,11 @@ async def _run_oneshot(
             closed(child.stdout)
             return
         size += len(chunk)
-        out.append(chunk)
-        if size > MAX_FRAME:
+        if size > max_output:  # stop it now: never buffer more than the limit
             closed(child.stdout)
             child.kill()
+            return
+        out.append(chunk)
 
     def on_stderr() -> None:
         try:
@@ -692,7 +1011,7 @@ async def _run_oneshot(
             timed_out = True
             child.kill()
             await child.wait()
-        # The group is dead now; EOF follows unless a setsid escapee holds a pipe.
+        # The group is dead now; EOF follows unless an escapee holds a pipe.
         try:
             await asyncio.wait_for(asyncio.shield(eof), 2.0)
         except asyncio.TimeoutError:
@@ -702,13 +1021,19 @@ async def _run_oneshot(
         await child.wait()
         raise
     finally:
+        if watch is not None:
+            watch.cancel()
         h.running.discard(child)
         child.close_stdin()
         for fd in list(reading):
             closed(fd)
     usage = child.usage()
-    if size > MAX_FRAME:
-        raise errors.ResourceExhausted(f"output larger than {MAX_FRAME} bytes")
+    if size > max_output:
+        raise _too_big(max_output)
+    if cpu_over:
+        raise errors.ResourceExhausted(
+            f"cpu limit: used {cpu_over[0]:.2f}s of CPU, limit {limits.cpu_seconds:g}s",
+            details={"limit": "cpu_seconds", "cpu_time": usage.cpu_time})
     if timed_out:
         stderr = tail.get()[-2048:].decode("utf-8", "replace")
         raise errors.DeadlineExceeded(
@@ -718,9 +1043,10 @@ async def _run_oneshot(
         exc = _failure(
             child.code,
             tail.get(),
-            memory_limited=bool(memory_mb),
+            memory_limited=bool(bounds.memory_mb),
             cpu_limited=bool(limits.cpu_seconds),
             killed_by_us=child.killed,
+            oom=child.cg_oom,
         )
         exc.details["cpu_time"] = usage.cpu_time
         exc.details["peak_memory"] = usage.peak_memory
@@ -728,16 +1054,20 @@ async def _run_oneshot(
     return Outcome(output=b"".join(out), exit_code=0, usage=usage)
 
 
+
 # ------------------------------------------------------------------- pooled
 
 
 class _Worker:
-    """A long-lived worker process speaking the framed pipe protocol."""
+    """A long-lived worker process speaking the framed protocol on fds 3 and 4."""
 
-    def __init__(self, plan: _Plan, cwd: str, tmpdir: str | None) -> None:
+    def __init__(self, plan: _Plan, cwd: str, tmpdir: str | None, host: _Host, name: str,
+                 max_output: int = MAX_OUTPUT) -> None:
         self.plan = plan
         self.cwd = cwd
         self.tmpdir = tmpdir
+        self.host = host
+        self.name = name
         self.child: _Child | None = None
         self.lock = asyncio.Lock()
         self.sink: LogSink | None = None
@@ -746,8 +1076,11 @@ class _Worker:
         self.waiter: asyncio.Future | None = None  # the ready frame or a reply
         self.timed_out = False
         self.reason: errors.SpearError | None = None  # why we killed it
-        self.cpu_limited = False
-        self.cpu_soft = resource.RLIM_INFINITY
+        self.max_output = max_output  # of the current call's reply
+        self.bounds = _Bounds()
+        self.start_timeout = 30.0
+        self.died_idle = False  # died with no call running: the next call starts a new one
+        self.stopping = False
         self._status_fd = self._clear_fd = self._statm_fd = -1
         self._clock = 0
 
@@ -759,17 +1092,30 @@ class _Worker:
     def pid(self) -> int:
         return self.child.pid if self.child else 0
 
-    async def start(self, memory_mb: int, timeout: float) -> None:
+    async def start(self, bounds: _Bounds, timeout: float) -> None:
         plan = self.plan
-        child = self.child = _Child(
-            plan.argv, plan.env, self.cwd, plan.executable, memory_mb, plan.popen_kw
-        )
+        self.bounds, self.start_timeout = bounds, timeout
+        self.buf = bytearray()
+        self.tail = _Tail()
+        self.timed_out = self.died_idle = False
+        self.reason = None
+        child = _Child(self.host, self.name, plan.argv, plan.env, self.cwd, plan.executable,
+                       bounds, plan.popen_kw, worker=True)
+        try:
+            child.start()
+        except BaseException:
+            for fd in (child.stdout, child.stderr):
+                _close(fd)
+            child.close_stdin()
+            await child.wait()
+            raise
+        self.child = child
         loop = child.loop
         self._clock = _cpu_clock(child.pid)
         self._statm_fd = _open_proc(child.pid, "statm", os.O_RDONLY)
         self._status_fd = _open_proc(child.pid, "status", os.O_RDONLY)
         self._clear_fd = _open_proc(child.pid, "clear_refs", os.O_WRONLY)
-        loop.add_reader(child.stdout, self._on_stdout)
+        loop.add_reader(child.stdout, self._on_reply)
         loop.add_reader(child.stderr, self._on_stderr)
         child.exited.add_done_callback(self._on_exit)
         self.waiter = loop.create_future()
@@ -793,8 +1139,14 @@ class _Worker:
         raise errors.FunctionError(f"worker failed to start: {message}", details={"stderr": stderr})
 
     # -- I/O callbacks
-    def _on_stdout(self) -> bool:
-        """Read once and dispatch whole frames; False once nothing more can come now."""
+    def _on_reply(self) -> bool:
+        """Read the reply pipe once and check what came; False once nothing more can come now.
+
+        The worker may write only while a request is pending, exactly one
+        frame, with a known status and a payload within the output limit. Any
+        other byte is a protocol violation: the worker is killed at once and
+        the call fails saying why (never a desynchronised stream).
+        """
         try:
             chunk = os.read(self.child.stdout, 1 << 18)
         except BlockingIOError:
@@ -804,32 +1156,44 @@ class _Worker:
         if not chunk:
             self._on_eof()
             return False
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            self._violation(f"{len(chunk)} byte(s) on the reply pipe with no request pending")
+            return False
         buf = self.buf
-        if not buf and len(chunk) >= 5 and _U32.unpack_from(chunk)[0] + 4 == len(chunk):
-            self._on_frame(chunk[4], chunk[5:])  # the usual case: one whole frame
-            return True
+        if not buf and len(chunk) >= 5:
+            size = _U32.unpack_from(chunk)[0]
+            if size + 4 == len(chunk) and chunk[4] <= STATUS_EXHAUSTED and size <= self.max_output:
+                self._on_frame(chunk[4], chunk[5:])  # the usual case: one whole frame
+                return True
         buf += chunk
-        while len(buf) >= 4:
-            (size,) = _U32.unpack_from(buf)
-            if size < 1 or size > MAX_FRAME:
-                self._violation(f"bad frame length {size}")
-                return False
-            if len(buf) < 4 + size:
-                break
-            status = buf[4]
-            with memoryview(buf) as view:
-                payload = bytes(view[5 : 4 + size])
-            del buf[: 4 + size]
-            self._on_frame(status, payload)
+        if len(buf) < 5:
+            return True
+        (size,) = _U32.unpack_from(buf)
+        if size < 1:
+            self._violation("a frame of length 0")
+            return False
+        if buf[4] > STATUS_EXHAUSTED:
+            self._violation(f"reply status {buf[4]} (0, 1 or 2 expected; header {bytes(buf[:5]).hex()})")
+            return False
+        if size - 1 > self.max_output:
+            self._stop_for(_too_big(self.max_output), f"a reply of {size - 1} bytes")
+            return False
+        if len(buf) < 4 + size:
+            return True
+        if len(buf) > 4 + size:
+            self._violation(f"{len(buf) - 4 - size} byte(s) after the reply")
+            return False
+        status = buf[4]
+        with memoryview(buf) as view:
+            payload = bytes(view[5:])
+        buf.clear()
+        self._on_frame(status, payload)
         return True
 
     def _on_frame(self, status: int, payload: bytes) -> None:
-        waiter = self.waiter
-        if waiter is None or waiter.done():
-            self._violation("reply frame without a request")
-            return
         self._drain_stderr()  # logs written before the reply belong to this call
-        waiter.set_result((status, payload))
+        self.waiter.set_result((status, payload))
 
     def _on_stderr(self) -> None:
         try:
@@ -870,9 +1234,16 @@ class _Worker:
             child.loop.call_later(_GRACE, child.kill)
 
     def _violation(self, what: str) -> None:
-        log.warning("worker %d broke the protocol: %s", self.pid, what)
+        self._stop_for(errors.FunctionError(
+            f"worker broke the protocol: {what}; it was stopped and is replaced",
+            details={"protocol": what}), what)
+
+    def _stop_for(self, reason: errors.SpearError, what: str) -> None:
+        log.warning("worker %d of %s stopped: %s: %s", self.pid, self.name, reason.code, what)
+        self.buf.clear()
         if self.reason is None:
-            self.reason = errors.FunctionError(f"worker broke the protocol: {what}")
+            self.reason = reason
+        self.child.loop.remove_reader(self.child.stdout)
         self.child.kill()
 
     def _on_timeout(self) -> None:
@@ -890,8 +1261,9 @@ class _Worker:
         child = self.child
         loop = child.loop
         try:  # take what the worker wrote before dying
-            while self._on_stdout():
-                pass
+            if self.reason is None:
+                while self._on_reply():
+                    pass
             self._drain_stderr()
         except Exception:  # pragma: no cover - defensive
             log.exception("draining worker %d", child.pid)
@@ -914,11 +1286,17 @@ class _Worker:
                     child.code,
                     self.tail.get(),
                     memory_limited=bool(child.memory_mb),
-                    cpu_limited=self.cpu_limited,
+                    cpu_limited=False,
                     killed_by_us=child.killed,
                     prefix="worker died",
+                    oom=child.cg_oom,
                 )
             waiter.set_exception(exc)
+        elif not self.stopping:
+            self.died_idle = True
+            log.warning("worker %d of %s ended between calls (%s%s); the next call starts a new one",
+                        child.pid, self.name, _describe_exit(child.code),
+                        f": {self.reason.message}" if self.reason is not None else "")
 
     # -- requests
     def _send(self, head: bytes, data: bytes) -> None:
@@ -963,20 +1341,23 @@ class _Worker:
             pass
         return 0
 
-    def _apply_limits(self, memory_mb: int, cpu_seconds: float | None) -> None:
+    def _apply(self, bounds: _Bounds) -> None:
+        """A call whose limits differ from those the worker runs under: change them."""
         child = self.child
-        if memory_mb != child.memory_mb:
-            child.set_memory(memory_mb)
-        if cpu_seconds:
-            soft = math.ceil(_clock_ns(self._clock) / 1e9 + cpu_seconds)
-            if soft != self.cpu_soft:
-                child.set_cpu(soft, resource.RLIM_INFINITY)
-                self.cpu_soft = soft
-            self.cpu_limited = True
-        elif self.cpu_limited:
-            child.set_cpu(resource.RLIM_INFINITY, resource.RLIM_INFINITY)
-            self.cpu_soft = resource.RLIM_INFINITY
-            self.cpu_limited = False
+        now = self.bounds
+        if bounds.memory_mb and bounds.memory_mb != child.memory_mb:
+            child.set_memory(bounds.memory_mb)
+        pids = bounds.pids if bounds.pids != now.pids else None
+        cpus = bounds.cpus if bounds.cpus != now.cpus else None
+        if pids is not None or cpus is not None:
+            child.set_group_limits(pids, cpus)
+        self.bounds = _Bounds(memory_mb=child.memory_mb, pids=bounds.pids or now.pids,
+                              cpus=bounds.cpus if bounds.cpus is not None else now.cpus)
+
+    def _cpu_over(self, seconds: float, used: float) -> None:
+        self._stop_for(errors.ResourceExhausted(
+            f"cpu limit: the call used {used:.2f}s of CPU, limit {seconds:g}s",
+            details={"limit": "cpu_seconds", "cpu_time": used}), "cpu_seconds")
 
     async def call(
         self,
@@ -985,11 +1366,14 @@ class _Worker:
         limits: Limits,
         on_log: LogSink | None,
         timeout: float,
-        memory_mb: int,
+        bounds: _Bounds,
+        max_output: int = MAX_OUTPUT,
     ) -> Outcome:
         async with self.lock:
             if not self.alive:
-                raise errors.Unavailable("the worker has stopped")
+                if not self.died_idle:
+                    raise errors.Unavailable("the worker has stopped")
+                await self.start(self.bounds, self.start_timeout)
             if args:
                 try:
                     header = json.dumps({"args": args}, separators=(",", ":")).encode()
@@ -998,8 +1382,9 @@ class _Worker:
                 head = _U32.pack(4 + len(header) + len(data)) + _U32.pack(len(header)) + header
             else:
                 head = _U32.pack(4 + len(data)) + _EMPTY_HEADER
-            if memory_mb != self.child.memory_mb or limits.cpu_seconds or self.cpu_limited:
-                self._apply_limits(memory_mb, limits.cpu_seconds)
+            if bounds != self.bounds:
+                self._apply(bounds)
+            self.max_output = max_output
             loop = self.child.loop
             clock = self._clock
             cpu0 = _clock_ns(clock)
@@ -1007,6 +1392,9 @@ class _Worker:
             self.sink = on_log
             self._send(head, data)
             timer = loop.call_later(timeout, self._on_timeout)
+            seconds = limits.cpu_seconds
+            watch = (_CpuWatch(self.child, seconds, functools.partial(self._cpu_over, seconds))
+                     if seconds else None)
             try:
                 status, payload = await waiter
             except errors.DeadlineExceeded:
@@ -1023,6 +1411,8 @@ class _Worker:
                 raise
             finally:
                 timer.cancel()
+                if watch is not None:
+                    watch.cancel()
                 self.waiter = None
                 self.sink = None
             cpu = _clock_ns(clock) - cpu0
@@ -1041,6 +1431,7 @@ class _Worker:
     async def stop(self, grace: float = _GRACE) -> None:
         """Close the worker's input, wait ``grace`` s for it to exit, then SIGKILL."""
         child = self.child
+        self.stopping = True
         if child is None:
             return
         if not child.exited.done():
@@ -1077,6 +1468,17 @@ class ProcessRuntime(Runtime):
     ``host_paths``: where a ``workdir`` may be (see :mod:`.hostpaths`); none
     by default, so only functions without one (a fresh temporary directory)
     deploy.
+    ``max_output_mb``: the node's largest output of a call (at most, and by
+    default, the wire's 64 MiB payload cap); ``limits.max_output_mb`` of a
+    function may lower it.
+    ``default_pids``: pids limit of executions whose function sets none
+    (applied where there is a pids cgroup controller).
+    ``cgroups``: ``"auto"`` (use them where they work, else rlimits with a
+    warning), ``"required"`` (the runtime is unavailable without them) or
+    ``"off"`` (rlimits only).
+    ``state_dir``: where the record of started processes is kept (the node's
+    data directory), so that :meth:`reap_leftovers` of a restarted Spearlet
+    ends what a killed one left running. None: no record.
     """
 
     name = "process"
@@ -1091,8 +1493,22 @@ class ProcessRuntime(Runtime):
         user: str | None = "auto",
         strict_network: bool = True,
         host_paths: HostPaths | None = None,
+        max_output_mb: int | None = None,
+        default_pids: int | None = None,
+        cgroups: str = "auto",
+        state_dir: str | os.PathLike | None = None,
     ) -> None:
+        if cgroups not in ("auto", "required", "off"):
+            raise ValueError(f"cgroups must be 'auto', 'required' or 'off', not {cgroups!r}")
+        if max_output_mb is not None and not 1 <= max_output_mb <= MAX_OUTPUT // _MIB:
+            raise ValueError(f"max_output_mb must be between 1 and {MAX_OUTPUT // _MIB}")
         self.host_paths = host_paths if host_paths is not None else HostPaths()
+        self.max_output = max_output_mb * _MIB if max_output_mb else MAX_OUTPUT
+        self.default_pids = default_pids
+        self.cgroups_mode = cgroups
+        self.state_dir = state_dir
+        self._host_: _Host | None = None
+        self._cgroups_why = ""
         self.default_timeout = default_timeout
         self.default_memory_mb = default_memory_mb
         self.python = python
@@ -1116,7 +1532,81 @@ class ProcessRuntime(Runtime):
     def available(self) -> tuple[bool, str]:
         if os.name != "posix":
             return False, "the process runtime needs a POSIX system"
+        if self.cgroups_mode == "required":
+            host = self._host()
+            if host.cgroups is None:
+                return False, f"cgroups are required ([runtimes.process] cgroups) but: {self._cgroups_why}"
         return True, ""
+
+    # -- what every process starts under
+    def _host(self) -> _Host:
+        """The gate, the cgroups and the record, found once (the first start)."""
+        host = self._host_
+        if host is not None:
+            return host
+        sh = shutil.which("sh", path=_SYSTEM_PATH)
+        if sh is None:
+            raise errors.Unavailable("the process runtime needs /bin/sh")
+        groups = None
+        if self.cgroups_mode == "off":
+            self._cgroups_why = "turned off ([runtimes.process] cgroups = \"off\")"
+        else:
+            groups, self._cgroups_why = cg.Cgroups.detect()
+        ledger = Ledger(self.state_dir) if self.state_dir is not None else None
+        user = self.sandbox_user
+        host = _Host(sh=sh, cgroups=groups, ledger=ledger,
+                     sweep_uid=user.uid if user is not None else os.geteuid())
+        if groups is not None:
+            log.info("process executions get their own cgroups: %s", groups.describe())
+            if ledger is not None:
+                try:
+                    ledger.record_cgroups(groups.bases)
+                except OSError as exc:
+                    log.warning("cannot record the cgroups in %s: %s", ledger.dir, exc)
+            for c, why in sorted(groups.missing.items()):
+                log.warning("no %s cgroup controller for process executions (%s): %s", c, why, {
+                    "memory": "memory_mb is enforced as RLIMIT_AS (address space) per process",
+                    "pids": "functions that set limits.pids fail; no default pids limit",
+                    "cpu": "functions that set limits.cpus fail",
+                    "cpuacct": "cpu_seconds counts each process alone (RLIMIT_CPU)",
+                }[c])
+        elif self.cgroups_mode != "required":
+            log.warning(
+                "process executions run WITHOUT cgroups (%s): limits fall back to rlimits "
+                "(memory_mb: RLIMIT_AS per process; cpu_seconds: RLIMIT_CPU per process, the "
+                "worker's own CPU for pooled calls); functions that set limits.pids or "
+                "limits.cpus fail; processes that leave their session are found by the %s "
+                "mark in their environment", self._cgroups_why, TAG_VAR)
+        self._host_ = host
+        return host
+
+    @property
+    def cgroups(self) -> cg.Cgroups | None:
+        """The node's execution cgroups (None: rlimits only; see the warning at start)."""
+        return self._host().cgroups
+
+    def reap_leftovers(self) -> int:
+        """End what an earlier run of this node left (recorded in ``state_dir``); returns how many."""
+        if self.state_dir is None:
+            return 0
+        from .leftovers import reap_leftovers
+
+        return reap_leftovers(self.state_dir)
+
+    def _bounds(self, limits: Limits, own: Limits, memory_mb: int, oneshot: bool) -> _Bounds:
+        pids = limits.pids or own.pids
+        if pids is None and self.default_pids:
+            groups = self._host().cgroups
+            if groups is not None and groups.has("pids"):
+                pids = self.default_pids
+        return _Bounds(memory_mb=memory_mb,
+                       cpu_seconds=(limits.cpu_seconds or own.cpu_seconds) if oneshot else None,
+                       pids=pids,
+                       cpus=limits.cpus if limits.cpus is not None else own.cpus)
+
+    def _max_output(self, limits: Limits, own: Limits) -> int:
+        mb = limits.max_output_mb or own.max_output_mb
+        return min(self.max_output, mb * _MIB) if mb else self.max_output
 
     # -- sandbox
     async def network_isolation(self) -> tuple[bool, str]:
@@ -1317,14 +1807,21 @@ class ProcessRuntime(Runtime):
                 except OSError:
                     _rmtree(tmpdir)
                     raise
+        try:
+            host = self._host()
+        except BaseException:
+            _rmtree(tmpdir)
+            raise
         if not plan.pooled:
-            handle = _OneShot(plan, cwd, tmpdir)
+            handle = _OneShot(plan, cwd, tmpdir, host, spec.name)
             self._oneshots.add(handle)
             return Instance(function=spec.name, handle=handle)
-        worker = _Worker(plan, cwd, tmpdir)
+        worker = _Worker(plan, cwd, tmpdir, host, spec.name, self.max_output)
         self._workers.add(worker)
+        memory_mb = spec.limits.memory_mb or self.default_memory_mb
         try:
-            await worker.start(spec.limits.memory_mb or self.default_memory_mb, self.default_timeout)
+            await worker.start(self._bounds(Limits(), spec.limits, memory_mb, False),
+                               self.default_timeout)
         except BaseException:
             self._workers.discard(worker)
             _rmtree(tmpdir)
@@ -1348,10 +1845,12 @@ class ProcessRuntime(Runtime):
         memory_mb = limits.memory_mb or own.memory_mb or self.default_memory_mb
         if limits.cpu_seconds is None and own.cpu_seconds is not None:
             limits = Limits(timeout=timeout, memory_mb=memory_mb, cpu_seconds=own.cpu_seconds)
+        bounds = self._bounds(limits, own, memory_mb, kind is _OneShot)
+        max_output = self._max_output(limits, own)
         instance.invocations += 1
         if kind is _Worker:
             try:
-                outcome = await handle.call(data, args, limits, on_log, timeout, memory_mb)
+                outcome = await handle.call(data, args, limits, on_log, timeout, bounds, max_output)
             except (errors.FunctionError, errors.InvalidArgument):
                 if not handle.alive:
                     instance.reusable = False
@@ -1362,7 +1861,7 @@ class ProcessRuntime(Runtime):
             if not handle.alive:  # replied, then died or was killed by a late timer
                 instance.reusable = False
             return outcome
-        return await _run_oneshot(handle, data, args, limits, on_log, timeout, memory_mb)
+        return await _run_oneshot(handle, data, args, limits, on_log, timeout, bounds, max_output)
 
     async def destroy(self, instance: Instance) -> None:
         instance.reusable = False
@@ -1395,6 +1894,18 @@ class ProcessRuntime(Runtime):
         if copy:
             self._pyworker = None
             _rmtree(copy)
+        host, self._host_ = self._host_, None
+        if host is not None:
+            for _ in range(200):  # cgroups of processes that are still dying
+                if not host.pending:
+                    break
+                await asyncio.sleep(0.01)
+            for group in list(host.pending):
+                log.warning("cgroup %s still busy at close", group.path)
+            if host.cgroups is not None:
+                host.cgroups.close()
+            if host.ledger is not None and not host.pending:
+                host.ledger.close()
 
 
 def _rmtree(path: str | None) -> None:

@@ -5,6 +5,8 @@ path, which is what the process runtime does so that starting a worker never
 imports the rest of Spear). It loads ``function`` from ``module`` once, then
 serves invocations over the Spear worker protocol (docs/worker-protocol.md):
 
+* requests arrive on fd 3, replies go to fd 4 (the runtime sets both up;
+  stdin is /dev/null, stdout and stderr are the log stream);
 * every frame is a 4-byte big-endian length followed by that many bytes;
 * first the worker sends a *ready* reply (status 0), or status 1 with the
   import error if the handler cannot be loaded, and exits;
@@ -18,7 +20,8 @@ may return ``bytes`` (sent as is), ``str`` (UTF-8), ``None`` (empty output)
 or anything JSON-serialisable (sent as compact JSON). An exception becomes an
 error reply and the worker keeps serving. ``print`` output and tracebacks go
 to stderr, which the runtime streams as the invocation's logs: the protocol
-pipes are moved off fds 0 and 1 first so user code cannot corrupt them.
+pipes are moved off fds 3 and 4 first to close-on-exec descriptors, so
+neither user code printing nor a subprocess it starts can reach them.
 
 Standard library only, on purpose: this file must start fast.
 """
@@ -33,7 +36,9 @@ import struct
 import sys
 import traceback
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+#: where the runtime hands a worker its protocol pipes
+REQUEST_FD, REPLY_FD = 3, 4
 
 OK = 0
 ERROR = 1
@@ -97,9 +102,11 @@ def load(target: str):
 
 
 def _isolate_protocol_fds() -> tuple[int, int]:
-    """Move the protocol pipes off fds 0/1; fd 0 becomes /dev/null, fd 1 stderr."""
-    proto_in = os.dup(0)  # dup'd fds are close-on-exec: children never see them
-    proto_out = os.dup(1)
+    """Move the protocol pipes off fds 3/4 (closed); fd 0 becomes /dev/null, fd 1 stderr."""
+    proto_in = os.dup(REQUEST_FD)  # dup'd fds are close-on-exec: children never see them
+    proto_out = os.dup(REPLY_FD)
+    os.close(REQUEST_FD)
+    os.close(REPLY_FD)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)

@@ -217,6 +217,11 @@ def test_handler_logs_go_to_on_log_and_never_corrupt_the_protocol():
             out = await rt.invoke(inst, b"", [], Limits(), logs.append)
             assert out.output == b"done"
             assert b"".join(logs) == b"to stdout, which is the log stream\nto stderr\n"
+        child = await start(rt, handler_spec("testhandlers:talk_child"))
+        for _ in range(2):  # a frame on a subprocess's stdout is a log line, nothing else
+            logs = []
+            assert (await rt.invoke(child, b"", [], Limits(), logs.append)).output == b"done"
+            assert b"".join(logs) == b"from a child\n\0\0\0\6\0FAKE!"
         await rt.close()
 
     run(main())
@@ -490,6 +495,28 @@ def test_works_without_pidfd(monkeypatch):
             await rt.invoke(sleeper, b"", [], Limits(timeout=0.2))
         inst = await start(rt, handler_spec("handlers:echo"))
         assert (await rt.invoke(inst, b"x", [], Limits())).output == b"x"
+        await rt.close()
+
+    run(main())
+
+
+def test_the_worker_in_the_protocol_docs_works(tmp_path):
+    """docs/worker-protocol.md's "complete worker in 20 lines", run as written."""
+    import re
+
+    text = (ROOT / "docs" / "worker-protocol.md").read_text()
+    code = re.search(r"```python\n(#!/usr/bin/env python3\n.*?)```", text, re.S).group(1)
+    path = tmp_path / "upper_worker.py"
+    path.write_text(code.replace("#!/usr/bin/env python3", f"#!{PY}", 1))
+    path.chmod(0o755)
+
+    async def main():
+        rt = ProcessRuntime(user=AS_SELF, host_paths=HostPaths([str(tmp_path)]))
+        inst = await start(rt, spec(command=[str(path)], mode="pooled", workdir=str(tmp_path)))
+        logs: list[bytes] = []
+        out = await rt.invoke(inst, b"hello docs", [], Limits(), logs.append)
+        assert out.output == b"HELLO DOCS" and logs == [b"upper: 10 bytes\n"]
+        assert (await rt.invoke(inst, b"again", ["arg"], Limits())).output == b"AGAIN"
         await rt.close()
 
     run(main())

@@ -30,6 +30,12 @@ def talk(data: bytes) -> str:
     return "done"
 
 
+def talk_child(data: bytes) -> str:
+    """A program the handler starts writes a reply-shaped frame to its stdout."""
+    subprocess.run(["sh", "-c", r"printf 'from a child\n\000\000\000\006\000FAKE!'"], check=True)
+    return "done"
+
+
 def args(data: bytes, *rest) -> list:
     return [data.decode(), *rest]
 
