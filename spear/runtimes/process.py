@@ -1371,6 +1371,8 @@ class _Worker:
     ) -> Outcome:
         async with self.lock:
             if not self.alive:
+                if self.child is not None and not self.stopping:
+                    await self.child.wait()  # killed between calls: reaped, died_idle set
                 if not self.died_idle:
                     raise errors.Unavailable("the worker has stopped")
                 await self.start(self.bounds, self.start_timeout)

@@ -257,8 +257,10 @@ def test_every_oneshot_start_is_limited(shared):
         spin = await start(rt, spec(command=["sh", "-c", "while :; do :; done"]))
         with pytest.raises(errors.ResourceExhausted, match="cpu limit"):
             await rt.invoke(spin, b"", [], Limits(cpu_seconds=1, timeout=30))
-        # a child's CPU counts too: the cgroup's clock, not one process's rlimit
-        kids = await start(rt, spec(command=["sh", "-c", "(while :; do :; done) & (while :; do :; done) & wait"]))
+        # a child's CPU counts too: the cgroup's clock, not one process's rlimit (the
+        # children ignore SIGXCPU, so their own RLIMIT_CPU would end them at 2 s only)
+        kids = await start(rt, spec(command=["sh", "-c", "trap '' XCPU; (while :; do :; done) & "
+                                             "(while :; do :; done) & wait; exit 3"]))
         with pytest.raises(errors.ResourceExhausted, match="cpu limit"):
             await rt.invoke(kids, b"", [], Limits(cpu_seconds=1, timeout=30))
         assert await until(lambda: not execution_dirs(rt)), execution_dirs(rt)
@@ -274,7 +276,7 @@ def test_memory_limit_holds_for_a_tree_of_processes(shared):
     """Each child stays under RLIMIT_AS; together they pass memory_mb: the cgroup ends it."""
     code = ("import subprocess, sys\n"
             "c = 'b = bytearray(64 << 20)\\nfor i in range(0, len(b), 4096): b[i] = 1\\n"
-            "import time; time.sleep(3)'\n"
+            "import time; time.sleep(2)'\n"
             "kids = [subprocess.Popen([sys.executable, '-c', c]) for _ in range(4)]\n"
             "sys.exit(1 if any(k.wait() for k in kids) else 0)\n")
 
@@ -437,7 +439,7 @@ def test_processes_that_leave_the_session_are_ended(shared, mode, caplog):
         # a one-shot that double-forks a setsid daemon, and a pooled handler that does
         script = ("python3 -c \"import os,sys,time\nif os.fork(): os._exit(0)\nos.setsid()\n"
                   "if os.fork(): os._exit(0)\nopen(sys.argv[1],'w').write(str(os.getpid()))\n"
-                  "time.sleep(120)\" $0; sleep 0.3")
+                  "time.sleep(120)\" $0; until [ -s $0 ]; do sleep 0.05; done")
         path = os.path.join(out, "oneshot.pid")
         one = await start(rt, spec(command=["sh", "-c", script, path]))
         await rt.invoke(one, b"", [], Limits(timeout=20))
