@@ -53,7 +53,10 @@ class DealerPeer:
         self.security = security
         self.server_key = server_key
         self.on_message = on_message
-        self.identity = identity
+        # one unguessable routing id for this peer's life, kept across reconnect():
+        # the SMS reaches a node at the route it last heard it on, so a node that
+        # reset its link is reachable again as soon as its new connection is up
+        self.identity = identity or random_routing_id()
         self.address: str | None = None
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
@@ -64,9 +67,8 @@ class DealerPeer:
 
     def _new_endpoint(self) -> Endpoint:
         ep = Endpoint(zmq.DEALER, self._on_frames, name=self.name)
-        # a fresh unguessable routing id per socket unless one is given: routes
-        # are never named after anything a peer could know (node ids are public)
-        ep.sock.setsockopt(zmq.ROUTING_ID, self.identity or random_routing_id())
+        # routes are never named after anything a peer could know (node ids are public)
+        ep.sock.setsockopt(zmq.ROUTING_ID, self.identity)
         if self.security is not None:
             self.security.connect_to(ep.sock, self.server_key)
         ep.sock.setsockopt(zmq.RECONNECT_IVL, 100)

@@ -226,6 +226,8 @@ class SMS(Service):
         self.metrics.watch_mesh({"router": self.server})
         self.address = ""
         self._commit_soon = False
+        #: node id -> when a heartbeat alone confirms its route again (see _unconfirm_routes)
+        self.unconfirmed: dict[str, float] = {}
         self._stopping: asyncio.Event | None = None
         self._tickers: list[asyncio.Task] = []
 
@@ -241,6 +243,7 @@ class SMS(Service):
         was_known = node.node_id in self.registry.nodes
         info = self.registry.register(node, now)
         self.table.upsert(info)
+        self.unconfirmed.pop(info.node_id, None)  # heard on its live connection
         if was_known:
             # a re-registering node restarted or reconnected: what it ran for us
             # before is reconciled by the running_ids of its heartbeats
@@ -273,6 +276,8 @@ class SMS(Service):
         if not known:
             return P.HeartbeatAck(id=msg.id, known=False)
         self.table.update_usage(self.registry.nodes[msg.node_id])
+        if self.unconfirmed:
+            self._confirm_route(msg.node_id, now, registered=False)
         if not msg.finished:
             self.tasks.on_running(msg.node_id, msg.running_ids, now)
             return P.HeartbeatAck(id=msg.id)
@@ -282,6 +287,29 @@ class SMS(Service):
         acked, resend = self._sort_finished(msg.finished)
         self.tasks.on_running(msg.node_id, msg.running_ids, now, finished=resend)
         return P.HeartbeatAck(id=msg.id, acked=acked, resend=resend)
+
+    def _unconfirm_routes(self, lag: float, now: float) -> None:
+        """After a stall long enough for nodes to have reset their links, no work
+        goes to a node until it is heard on its live connection again: a Register
+        (what a node that reset sends), or a heartbeat a full timeout after the
+        stall (a node that did not reset). Work meanwhile waits in the queue."""
+        timeout = self.config.sms.heartbeat_timeout
+        if lag < timeout / 2:
+            return
+        for info in self.registry.list("ready"):
+            self.unconfirmed[info.node_id] = now + timeout
+            self.table.set_state(info.node_id, "unconfirmed")
+        self.tasks.grace_until = max(self.tasks.grace_until, now + 2 * timeout)
+
+    def _confirm_route(self, node_id: str, now: float, registered: bool) -> None:
+        until = self.unconfirmed.get(node_id)
+        if until is None or not (registered or now >= until):
+            return
+        del self.unconfirmed[node_id]
+        info = self.registry.nodes.get(node_id)
+        if info is not None:
+            self.table.set_state(node_id, info.state)
+            self.tasks.retry_queue(now)
 
     def _sort_finished(self, finished: list[str]) -> tuple[list[str], list[str]]:
         execs = self.tasks.execs
@@ -457,6 +485,7 @@ class SMS(Service):
                     # we were not listening: heartbeats queued meanwhile are not late,
                     # and nobody is expired for silence we could not hear
                     self.registry.stalled(now - lag, now)
+                    self._unconfirm_routes(lag, now)
                     self.metrics.stalled(lag)
                     log.warning("the SMS loop stalled for %.1fs (paused, GC or swap): node "
                                 "timeouts do not count that time", lag)

@@ -187,6 +187,9 @@ class TaskService:
         self.watch: set[str] = set()  # executions with timed waiters or pending cancels
         self.counts: collections.Counter = collections.Counter()
         self.started_at = now
+        #: until then, work no ready node can take waits in the queue instead of
+        #: failing at once: nodes may be reattaching (after a start, or a stall)
+        self.grace_until = now + self.s.startup_grace
         self._retrying = False
         self._dispatch_ids = iter(range(int.from_bytes(os.urandom(5), 'big') << 16, 1 << 63))
         #: caller-scoped idempotency key -> execution id
@@ -362,6 +365,9 @@ class TaskService:
             self.unacked.append((ex, ident, msg.id))  # see commit()
             return None
         ex.waiters.append(Waiter(ident, msg.id, float("inf"), stream=ex.stream))
+        # counted above: its record goes in the same flush as the counters, even
+        # if it waits in a queue (a crash must leave them balanced)
+        self.dirty.add(eid)
         self._place(ex, now)
         return None
 
@@ -475,7 +481,7 @@ class TaskService:
                 return False  # still waiting; the reason is worked out only to fail it
             why, transient = self.table.why_not(runtime=spec.runtime, labels=spec.labels,
                                                 cpu=cpu, mem=mem)
-            if now - self.started_at < self.s.startup_grace and not self.table.all_ready():
+            if now < self.grace_until and not self.table.all_ready():
                 transient = True  # nodes may still be reattaching after an SMS restart
             if not transient and not ex.excluded:
                 # nothing could ever run it right now: fail clearly instead of waiting

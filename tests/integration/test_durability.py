@@ -475,11 +475,6 @@ def test_a_submission_sent_again_into_a_stalled_sms_runs_once(tmp_path, marks):
     assert ran(marks) == collections.Counter(["retried"])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: after an SMS stall longer than the heartbeat timeout the Spearlets reset their "
-    "link; until a node has registered again the SMS still routes to its old, closed "
-    "connection, so work dispatched in that window never arrives and ends lost (retries=0) "
-    "after the report grace"))
 def test_work_dispatched_before_a_node_registers_again_after_an_sms_stall_is_not_lost(
         tmp_path, marks):
     with Cluster(tmp_path / "c", spearlets=1, host_roots=[str(marks)], **HB) as c:
