@@ -35,6 +35,8 @@ def add_parsers(sub, client_opts) -> None:
     p.add_argument("--image", help="docker image")
     p.add_argument("--mode", choices=["oneshot", "pooled"])
     p.add_argument("--env", action="append", default=[], help="K=V (repeatable)")
+    p.add_argument("--secret-env", action="append", default=[], metavar="K=V",
+                   help="an environment value never shown back (to any role) nor logged (repeatable)")
     p.add_argument("--workdir")
     p.add_argument("--timeout-limit", type=float, dest="limit_timeout", help="execution timeout (s)")
     p.add_argument("--memory-mb", type=int)
@@ -71,6 +73,8 @@ def add_parsers(sub, client_opts) -> None:
     g.add_argument("--stream", action="store_true", help="print logs as they come, then the output")
     p.add_argument("--exec-timeout", type=float, help="execution timeout (s)")
     p.add_argument("--trace-id", default="")
+    p.add_argument("--idempotency-key", default="",
+                   help="run once per key: repeating the command returns the first execution")
     client_opts(p)
 
     p = sub.add_parser("executions", help="list executions (filters, paging) or show one")
@@ -155,6 +159,14 @@ def spec_from_args(args) -> P.FunctionSpec:
                 raise errors.InvalidArgument(f"--env {kv!r} is not K=V")
             k, v = kv.split("=", 1)
             env[k] = v
+    for kv in args.secret_env:
+        if "=" not in kv:
+            raise errors.InvalidArgument(f"--secret-env {kv!r} is not K=V")
+        k, v = kv.split("=", 1)
+        raw.setdefault("env", {})[k] = v
+        secret = raw.setdefault("secret_env", [])
+        if k not in secret:
+            secret.append(k)
     if args.grant:
         raw["grants"] = list(raw.get("grants", [])) + args.grant
     if args.labels:
@@ -268,7 +280,7 @@ def cmd_invoke(args) -> int:
     with _client(args) as c:
         if args.is_async:
             eid = c.submit(args.name, data, args=fargs, node=args.node, timeout=args.exec_timeout,
-                           trace_id=args.trace_id)
+                           trace_id=args.trace_id, idempotency_key=args.idempotency_key)
             _out(args, {"execution_id": eid}, eid)
             return 0
         if args.stream:
@@ -282,7 +294,7 @@ def cmd_invoke(args) -> int:
                     res = item
             return _print_result(args, res)
         res = c.invoke(args.name, data, args=fargs, node=args.node, timeout=args.exec_timeout,
-                       trace_id=args.trace_id)
+                       trace_id=args.trace_id, idempotency_key=args.idempotency_key)
     return _print_result(args, res)
 
 

@@ -214,3 +214,29 @@ def test_bad_input_gets_clear_codes(node, client):
                                  artifact=big_wat), node=a)
     assert client.invoke("bigart", args=[2, 2], node=a).output == b"4"
     assert client.invoke("add", args=[1, 1], node=a).output == b"2"
+
+
+def test_cli_secret_env_and_idempotency_key(node):
+    """``spear deploy --secret-env`` passes a value the SMS never shows back;
+    ``spear invoke --idempotency-key`` runs once per key (async and sync)."""
+    def cli(*a):
+        return subprocess.run([sys.executable, "-m", "spear", *a, "--sms", node.sms_addr],
+                              capture_output=True, timeout=30)
+
+    r = cli("deploy", "cli-secret", "--runtime", "process",
+            "--command", "/bin/sh -c 'printf %s \"$TOKEN\"'",
+            "--env", "PLAIN=p", "--secret-env", "TOKEN=s3cr3t-cli")
+    assert r.returncode == 0, r.stderr
+    with Client(node.sms_addr, timeout=20) as c:
+        spec = c.function("cli-secret")
+        assert spec.env == {"PLAIN": "p", "TOKEN": P.SECRET} and spec.secret_env == ["TOKEN"]
+        assert c.invoke("cli-secret").output == b"s3cr3t-cli"
+        before = c.executions(function="cli-secret")[1]
+    first = cli("invoke", "cli-secret", "--async", "--idempotency-key", "order-42")
+    again = cli("invoke", "cli-secret", "--async", "--idempotency-key", "order-42")
+    assert first.returncode == 0 and first.stdout == again.stdout and is_uuid7(first.stdout.decode().strip())
+    sync = cli("invoke", "cli-secret", "--idempotency-key", "order-42", "--json")
+    assert sync.returncode == 0 and first.stdout.decode().strip() in sync.stdout.decode()
+    with Client(node.sms_addr, timeout=20) as c:
+        assert c.executions(function="cli-secret")[1] == before + 1
+    assert "s3cr3t-cli" not in (node.data / "sms.log").read_text()
