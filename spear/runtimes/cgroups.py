@@ -109,16 +109,18 @@ class Hierarchy:
 
     def kill(self, path: str) -> None:
         """SIGKILL every process in ``path`` (and below it)."""
+        killed: set[int] = set()
         for _ in range(_KILL_ROUNDS):
-            pids = [p for d in _tree(path) for p in self.procs(d)]
-            if not pids:
+            new = {p for d in _tree(path) for p in self.procs(d)} - killed
+            if not new:  # those left are dying; only a fork since the last round matters
                 return
-            for pid in pids:
+            for pid in new:
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except (ProcessLookupError, PermissionError):
                     pass
-        log.warning("%s: processes still appear after %d rounds of SIGKILL", path, _KILL_ROUNDS)
+            killed |= new
+        log.warning("%s: new processes still appear after %d rounds of SIGKILL", path, _KILL_ROUNDS)
 
     # the limit files differ between versions
     def set_memory(self, path: str, limit: int) -> None:

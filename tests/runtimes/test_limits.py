@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import psutil
@@ -502,7 +503,7 @@ def test_a_restarted_runtime_ends_what_a_killed_one_left(tmp_path, shared, mode)
         assert psutil.Process(pid).is_running()
         again = ProcessRuntime(host_paths=TMP, state_dir=state)
         assert await asyncio.to_thread(again.reap_leftovers) >= 1
-        assert gone([pid], wait=5)
+        assert await until(lambda: gone([pid], wait=0))  # the old runtime (ours) reaps it
         assert not fake.exists() and not any(os.path.exists(b) for b in bases)
         if rt._host_.cgroups is not None:
             rt._host_.cgroups._made = []
@@ -637,6 +638,25 @@ def test_v1_and_v2_backends_on_this_machine():
             assert p.wait(5) == -9
         finally:
             p.kill()
+        for h, path in g.dirs:  # each backend's own kill (v1: list and SIGKILL; v2: cgroup.kill)
+            p = subprocess.Popen(["sh", "-c", "read x; sleep 30 & sleep 30"], stdin=subprocess.PIPE)
+            try:
+                g.attach(p.pid)  # before it forks: its children are born inside
+                p.stdin.write(b"\n")
+                p.stdin.close()
+                end = time.monotonic() + 5
+                while len(h.procs(path)) < 2 and time.monotonic() < end:
+                    time.sleep(0.01)
+                assert len(h.procs(path)) >= 2, (h, path)
+                h.kill(path)
+                assert p.wait(5) == -9
+                end = time.monotonic() + 5
+                while h.procs(path) and time.monotonic() < end:
+                    time.sleep(0.01)
+                assert h.procs(path) == [], (h, path)
+            finally:
+                p.kill()
+                p.wait()
         assert g.remove_now() == []
     finally:
         groups.close()
