@@ -199,6 +199,27 @@ class V2(Hierarchy):
         return _field(os.path.join(path, "memory.events"), "oom_kill") or 0
 
 
+def _tidy(own: str) -> None:
+    """Remove the empty directories of runtimes whose process is gone (a SIGKILLed
+    Spearlet that never came back). Only empty ones: processes are ended only by
+    :func:`reap`, for runs a node recorded itself."""
+    try:
+        names = os.listdir(own)
+    except OSError:
+        return
+    for name in names:
+        prefix, dot, pid = name.partition(".")
+        if not (prefix.startswith("spear-") and dot and pid.isdigit()):
+            continue
+        if os.path.exists(f"/proc/{pid}"):
+            continue
+        for d in _tree(os.path.join(own, name)):
+            try:
+                os.rmdir(d)
+            except OSError:
+                break  # not empty: leave it for that node's own restart
+
+
 def _tree(path: str) -> list[str]:
     """``path`` and every cgroup below it, deepest first."""
     out: list[str] = []
@@ -378,19 +399,24 @@ class Cgroups:
 
     def _make_bases(self) -> None:
         for h in self.hierarchies:
-            base = os.path.join(h.own, self.name)
-            try:
-                os.mkdir(base, 0o755)
-            except FileExistsError:
-                pass
-            except OSError as exc:
-                raise CgroupError(f"cannot create {base}: {exc.strerror}") from None
+            _tidy(h.own)
+            self._make_base(h)
+
+    def _make_base(self, h: Hierarchy) -> None:
+        base = os.path.join(h.own, self.name)
+        try:
+            os.mkdir(base, 0o755)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise CgroupError(f"cannot create {base}: {exc.strerror}") from None
+        if base not in self._made:
             self._made.append(base)
-            if isinstance(h, V2):
-                ctrls = sorted(c for c in h.controllers if c != "cpuacct")
-                if ctrls:
-                    _write(os.path.join(base, "cgroup.subtree_control"),
-                           " ".join(f"+{c}" for c in ctrls))
+        if isinstance(h, V2):
+            ctrls = sorted(c for c in h.controllers if c != "cpuacct")
+            if ctrls:
+                _write(os.path.join(base, "cgroup.subtree_control"),
+                       " ".join(f"+{c}" for c in ctrls))
 
     # -- what callers ask
     def has(self, controller: str) -> bool:
@@ -420,24 +446,38 @@ class Cgroups:
         g = Group(self, [])
         for h in use:
             path = os.path.join(h.own, self.name, name)
-            try:
-                os.mkdir(path, 0o755)
-            except FileExistsError:
-                pass
-            except OSError as exc:
-                g.remove_now()
-                raise CgroupError(f"cannot create {path}: {exc.strerror}") from None
+            for attempt in (0, 1):
+                try:
+                    os.mkdir(path, 0o755)
+                except FileExistsError:
+                    pass
+                except FileNotFoundError:
+                    if attempt == 0:  # our directory went away (removed by hand): again
+                        try:
+                            self._make_base(h)
+                            continue
+                        except CgroupError:
+                            pass
+                    g.remove_now()
+                    raise CgroupError(f"cannot create {path}: its parent is gone") from None
+                except OSError as exc:
+                    g.remove_now()
+                    raise CgroupError(f"cannot create {path}: {exc.strerror}") from None
+                break
             g.dirs.append((h, path))
         return g
 
     def close(self) -> None:
-        """Remove this runtime's (empty) directories."""
+        """Remove this runtime's (empty) directories; those still busy are reaped at exit."""
+        left = []
         for base in self._made:
             try:
                 os.rmdir(base)
-            except OSError:
+            except FileNotFoundError:
                 pass
-        self._made = []
+            except OSError:
+                left.append(base)
+        self._made = left
 
 
 @dataclass(eq=False)

@@ -321,12 +321,23 @@ def test_no_network_unless_the_function_says_so(listener, shared):
 def test_each_function_gets_an_empty_namespace():
     async def main():
         rt = ProcessRuntime()
-        show = ["sh", "-c", "readlink /proc/self/ns/net; tail -n +3 /proc/net/dev | cut -d: -f1"]
+        # the three live at once (a namespace's inode number is reused once it is
+        # freed): each says it is up on stderr, then waits for the go file
+        gate = tempfile.mkdtemp(prefix="spear-ns-")
+        os.chmod(gate, 0o755)
+        go = os.path.join(gate, "go")
+        show = ["sh", "-c", "readlink /proc/self/ns/net; tail -n +3 /proc/net/dev | cut -d: -f1; "
+                f"echo up >&2; until [ -e {go} ]; do sleep 0.02; done"]
         a = await start(rt, spec(command=show))
         b = await start(rt, spec(command=show))
-        first = (await rt.invoke(a, b"", [], Limits())).output.decode().split()
-        again = (await rt.invoke(a, b"", [], Limits())).output.decode().split()
-        other = (await rt.invoke(b, b"", [], Limits())).output.decode().split()
+        ups: list[bytes] = []
+        calls = asyncio.gather(*(rt.invoke(i, b"", [], Limits(timeout=20), ups.append)
+                                 for i in (a, a, b)))
+        while b"".join(ups).count(b"up") < 3:
+            await asyncio.sleep(0.02)
+        open(go, "w").close()
+        first, again, other = (o.output.decode().split() for o in await calls)
+        shutil.rmtree(gate, ignore_errors=True)
         mine = os.readlink("/proc/self/ns/net")
         assert first[1:] == ["lo"] and len({first[0], again[0], other[0], mine}) == 4
         ip = shutil.which("ip")
