@@ -53,10 +53,11 @@ class DealerPeer:
         self.security = security
         self.server_key = server_key
         self.on_message = on_message
-        # one unguessable routing id for this peer's life, kept across reconnect():
-        # the SMS reaches a node at the route it last heard it on, so a node that
-        # reset its link is reachable again as soon as its new connection is up
-        self.identity = identity or random_routing_id()
+        # None: a fresh unguessable routing id for each socket. Not one kept across
+        # reconnect(): without ROUTER handover the SMS would set a new connection
+        # with the id of one it still thinks alive aside, unread. The SMS reaches a
+        # node at the route it last heard it on (see sms.daemon.NodeIdentity).
+        self.identity = identity
         self.address: str | None = None
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
@@ -68,7 +69,7 @@ class DealerPeer:
     def _new_endpoint(self) -> Endpoint:
         ep = Endpoint(zmq.DEALER, self._on_frames, name=self.name)
         # routes are never named after anything a peer could know (node ids are public)
-        ep.sock.setsockopt(zmq.ROUTING_ID, self.identity)
+        ep.sock.setsockopt(zmq.ROUTING_ID, self.identity or random_routing_id())
         if self.security is not None:
             self.security.connect_to(ep.sock, self.server_key)
         ep.sock.setsockopt(zmq.RECONNECT_IVL, 100)
