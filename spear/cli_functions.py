@@ -43,6 +43,8 @@ def add_parsers(sub, client_opts) -> None:
     p.add_argument("--fuel", type=int)
     p.add_argument("--cpus", type=float)
     p.add_argument("--pids", type=int)
+    p.add_argument("--max-output-mb", type=int,
+                   help="stop the function once its output exceeds this (MiB; node maximum 64)")
     p.add_argument("--network", action="store_true", help="allow network access")
     p.add_argument("--min-warm", type=int)
     p.add_argument("--max-instances", type=int)
@@ -173,7 +175,8 @@ def spec_from_args(args) -> P.FunctionSpec:
         raw["labels"] = parse_labels(args.labels)
     limits = raw.setdefault("limits", {})
     for key, val in (("timeout", args.limit_timeout), ("memory_mb", args.memory_mb),
-                     ("fuel", args.fuel), ("cpus", args.cpus), ("pids", args.pids)):
+                     ("fuel", args.fuel), ("cpus", args.cpus), ("pids", args.pids),
+                     ("max_output_mb", args.max_output_mb)):
         if val is not None:
             limits[key] = val
     if args.network:

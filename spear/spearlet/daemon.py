@@ -271,6 +271,7 @@ class Spearlet(Service):
         self.functions = FunctionService(self.runtime_manager, self.node_id,
                                          max_concurrency=c.max_concurrency)
         self.functions.maxima = c
+        self.functions.max_output_mb = config.runtimes.process.max_output_mb
         self.metrics = SpearletMetrics()
         self.functions.metrics = self.metrics
         self.handlers.update(self.functions.handlers(self.server))

@@ -87,6 +87,8 @@ class FunctionService:
         self._deploying: dict[str, asyncio.Lock] = {}
         self.draining = False
         self.maxima = None  # SpearletConfig with max_* fields, set by the daemon
+        #: the node's output cap in MiB ([runtimes.process] max_output_mb), set by the daemon
+        self.max_output_mb: int | None = None
         self.dispatched: set[str] = set()  # SMS executions running here
         self.metrics = None  # SpearletMetrics, set by the daemon
 
@@ -141,6 +143,11 @@ class FunctionService:
         if limits.cpus is not None and limits.cpus > mx.max_cpus:
             raise errors.InvalidArgument(f"limits.cpus = {limits.cpus:g} exceeds this node's "
                                          f"maximum of {mx.max_cpus:g}")
+        cap = self.max_output_mb
+        if limits.max_output_mb is not None and cap is not None and limits.max_output_mb > cap:
+            raise errors.InvalidArgument(f"limits.max_output_mb = {limits.max_output_mb} exceeds "
+                                         f"this node's maximum of {cap} ([runtimes.process] "
+                                         f"max_output_mb)")
 
     async def remove(self, name: str) -> None:
         d = self.deployments.pop(name, None)

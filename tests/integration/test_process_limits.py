@@ -37,10 +37,10 @@ def shared():
     shutil.rmtree(d, ignore_errors=True)
 
 
-def _cluster(path: Path, shared: str) -> Cluster:
+def _cluster(path: Path, shared: str, extra: str = "") -> Cluster:
     cfg = path / "spear.toml"
     path.mkdir(parents=True, exist_ok=True)
-    cfg.write_text("[runtimes.docker]\nbase_url = \"unix:///nonexistent/docker.sock\"\n")
+    cfg.write_text("[runtimes.docker]\nbase_url = \"unix:///nonexistent/docker.sock\"\n" + extra)
     return Cluster(path / "cluster", spearlets=1, config=str(cfg), heartbeat_interval=0.2,
                    heartbeat_timeout=1.0, host_roots=[shared])
 
@@ -143,3 +143,23 @@ def test_a_restarted_spearlet_ends_what_its_killed_self_left(tmp_path, shared):
             assert int(cl.invoke("pid", node=addr).output) not in pids
         # only the new run's record is left
         assert len([p for p in records.iterdir() if p.name.startswith("run-")]) == 1
+
+
+def test_a_node_output_cap_lowers_the_limit_and_refuses_more(tmp_path, shared):
+    """[runtimes.process] max_output_mb = 2: 3 MiB of output is RESOURCE_EXHAUSTED
+    naming 2 MiB, and a function asking for more than the node allows is refused
+    at deploy (INVALID_ARGUMENT naming the key), not silently lowered."""
+    from spear import errors
+
+    with _cluster(tmp_path, shared, "[runtimes.process]\nmax_output_mb = 2\n") as c:
+        c.start(wait=30)
+        addr = c.spearlet_addrs[0]
+        with Client(c.sms_addr, timeout=30) as cl:
+            cl.deploy(P.FunctionSpec(name="three", runtime="process", handler="rogue:big",
+                                     workdir=shared), node=addr)
+            r = cl.invoke("three", b"3", node=addr, timeout=30)
+            assert r.status == "failed" and r.info.error.code == "RESOURCE_EXHAUSTED", r.info
+            assert "2 MiB" in r.info.error.message
+            with pytest.raises(errors.InvalidArgument, match="max_output_mb"):
+                cl.deploy(P.FunctionSpec(name="greedy", runtime="process", command=["true"],
+                                         limits=P.Limits(max_output_mb=8)), node=addr)
