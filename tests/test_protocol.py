@@ -184,8 +184,9 @@ invokes = st.builds(
                   max_size=8),
     mode=st.sampled_from(["sync", "async", "stream"]),
     timeout=st.none() | st.floats(min_value=0.0, max_value=86400.0, exclude_min=True),
-    trace_id=small_text,
+    trace_id=st.from_regex(r"\A[A-Za-z0-9._:/+=\-]{0,128}\Z"),
     execution_id=small_text,
+    idempotency_key=st.from_regex(r"\A[\x21-\x7e]{0,128}\Z"),
 )
 heartbeats = st.builds(P.Heartbeat, id=ids, node_id=node_ids, usage=usages)
 registers = st.builds(P.Register, id=ids, node=nodes)
@@ -211,7 +212,7 @@ def _body(obj) -> bytes:
 
 
 BAD_FRAMES = {
-    "wrong-version": [b"SPEAR/2", GOOD],
+    "wrong-version": [b"SPEAR/1", GOOD],  # the version before this one
     "empty-version": [b"", GOOD],
     "no-frames": [],
     "one-frame": [P.PROTOCOL],
@@ -265,7 +266,7 @@ def test_payload_at_the_limit_is_accepted():
 def test_error_messages_say_what_was_wrong():
     with pytest.raises(errors.ProtocolError, match="2 or 3 frames, got 4"):
         P.decode(BAD_FRAMES["four-frames"])
-    with pytest.raises(errors.ProtocolError, match="SPEAR/2"):
+    with pytest.raises(errors.ProtocolError, match="SPEAR/1"):
         P.decode(BAD_FRAMES["wrong-version"])
     with pytest.raises(errors.ProtocolError, match=str(P.MAX_BODY)):
         P.decode(BAD_FRAMES["oversized-body"]())
@@ -370,3 +371,10 @@ def test_unknown_code_is_rebuilt_as_internal():
                          ids=lambda c: c.__name__)
 def test_raise_for_ignores_normal_replies(cls):
     assert P.raise_for(SAMPLES[cls]) is None
+
+
+@pytest.mark.parametrize("bad", ["a\r\nX-Injected: 1", "a b", "x" * 129, "é"])
+def test_trace_ids_are_printable_tokens(bad):
+    """Issue 13: a trace id with CR/LF (or spaces, or too long) is refused on decode."""
+    with pytest.raises(errors.ProtocolError, match="trace_id"):
+        P.decode([P.PROTOCOL, _body({"t": "Invoke", "id": 1, "function": "f", "trace_id": bad})])

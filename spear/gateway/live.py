@@ -135,6 +135,22 @@ class Monitor:
             self._listeners.discard(q)
 
 
+class LogTail(list):
+    """Log chunks of one execution, keeping only the last ``max_bytes`` (a function
+    writing without end to stderr must not grow the gateway's memory)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__()
+        self.max_bytes = max_bytes
+        self.size = 0
+
+    def append(self, chunk: bytes) -> None:  # type: ignore[override]
+        super().append(chunk)
+        self.size += len(chunk)
+        while self.size > self.max_bytes and len(self) > 1:
+            self.size -= len(self.pop(0))
+
+
 class LogStore:
     """Captured stderr per execution id, newest ``max_executions`` kept."""
 

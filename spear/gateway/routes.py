@@ -19,6 +19,7 @@ import msgspec
 
 from .. import errors, protocol as P
 from . import models as M
+from .live import LogTail
 from .http import (SSE_KEEPALIVE, HTTPError, Request, Response, StreamResponse, data,
                    invalid, parse_multipart, sse, sse_json, STATUS_OF_CODE)
 
@@ -319,7 +320,7 @@ async def invoke(gw, req: Request, q: M.InvokeQuery, name: str):
         if node is None:
             await gw.client.function(name)  # 404 now, before the stream has begun
         return StreamResponse(_invoke_stream(gw, name, req.body, kw))
-    chunks: list[bytes] = []
+    chunks: list[bytes] = LogTail(gw.logs.max_bytes)
     if q.logs:
         res = None
         async for item in gw.invoker.stream(name, req.body, **kw):
@@ -339,7 +340,7 @@ async def invoke(gw, req: Request, q: M.InvokeQuery, name: str):
 
 
 async def _invoke_stream(gw, name: str, data_in: bytes, kw: dict):
-    chunks: list[bytes] = []
+    chunks: list[bytes] = LogTail(gw.logs.max_bytes)
     try:
         async for item in gw.invoker.stream(name, data_in, **kw):
             if isinstance(item, bytes):

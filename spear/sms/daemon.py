@@ -239,6 +239,10 @@ class SMS(Service):
     def on_register(self, ident, msg: P.Register, payload):
         node = msg.node
         self.nodes.register(ident, node.node_id, msg.proof)
+        if self.server.security is not None:
+            # clients learn a node's CURVE key from here: it is the key it spoke with
+            node = msgspec.structs.replace(node, public_key=self.server.caller_key)
+        self._check_unique(node)
         now = time.time()
         was_known = node.node_id in self.registry.nodes
         info = self.registry.register(node, now)
@@ -258,6 +262,18 @@ class SMS(Service):
                                            session=self.registry.session_of(info.node_id)))
         self.tasks.retry_queue(now)
         return None
+
+    def _check_unique(self, node: P.NodeInfo) -> None:
+        """A name or address held by another live node is not another node's to take:
+        clients and the gateway find nodes by them."""
+        for other in self.registry.nodes.values():
+            if other.node_id == node.node_id or other.state != "ready":
+                continue
+            for what in ("name", "address"):
+                value = getattr(node, what)
+                if value and value == getattr(other, what):
+                    raise self.nodes._refuse(f"node {node.node_id!r} may not register with "
+                                             f"{what} {value!r}: live node {other.node_id!r} has it")
 
     def _check_node(self, ident: bytes, node_id: str) -> None:
         # a node speaks only for itself (see NodeIdentity)
@@ -315,8 +331,11 @@ class SMS(Service):
         execs = self.tasks.execs
         acked: list[str] = []
         resend: list[str] = []
+        dirty = self.tasks.dirty
         for eid in finished:
             ex = execs.get(eid)
+            if eid in dirty:
+                continue  # not on disk yet (or the store is read-only): the node keeps it
             if ex is None or ex.info.status in P.TERMINAL:
                 acked.append(eid)
             else:
@@ -373,6 +392,10 @@ class SMS(Service):
         return P.FunctionReply(id=msg.id, spec=P.redact_spec(fn.spec, role), digest=fn.digest)
 
     def on_fetch_function(self, ident, msg: P.FetchFunction, payload):
+        # the whole spec (secret env values, artifact) goes to registered nodes only
+        node = self.nodes.speaker(ident)
+        if node is None or node not in self.registry.nodes:
+            raise errors.PermissionDenied("only a registered node may fetch a function's full spec")
         spec, digest = self.tasks.full_spec(msg.name)
         artifact = spec.artifact
         spec = msgspec.structs.replace(spec, artifact=None)
@@ -491,6 +514,12 @@ class SMS(Service):
                                 "timeouts do not count that time", lag)
                 self.registry.tick(now)
                 self.table.decay_penalties(now)
+                if now - self.tasks.started_at > self.tasks.s.startup_grace:
+                    # work recovered onto a node the registry no longer knows (its record
+                    # was lost or repaired away) would otherwise wait for it for good
+                    for node_id in [n for n in self.tasks.by_node if n not in self.registry.nodes]:
+                        if self.tasks.by_node[node_id]:
+                            self.tasks.node_lost(node_id, now, "is not registered")
                 if not self.store.healthy and self.store.probe():
                     self.tasks.flush(sync=True)  # what was kept in memory meanwhile
                     self.registry.flush()

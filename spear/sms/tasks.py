@@ -448,7 +448,13 @@ class TaskService:
         if ex.idem and self.by_idem.get(ex.idem) == eid:
             del self.by_idem[ex.idem]
         self.counts["submitted"] -= 1
+        if ex.info.status in TERMINAL:  # ended while being placed: not counted after all
+            self.counts[ex.info.status] -= 1
         self.counts["refused_unpersisted"] += 1
+        for w in ex.waiters:  # a sync repeat of its idempotency key waited on it
+            self.outbox.to_client(w.ident, P.error_reply(w.rid, errors.Unavailable(
+                "the submission this idempotency key names could not be persisted")))
+        ex.waiters.clear()
 
     def _deadline(self, ex: Exec, spec: P.FunctionSpec | None, now: float) -> float:
         """When a node must have finished ``ex`` dispatched at ``now`` (SMS-side)."""

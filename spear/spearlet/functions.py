@@ -68,7 +68,6 @@ class Execution:
     output: bytes = b""
     task: asyncio.Task | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
-    logs: list = field(default_factory=list)
 
 
 class FunctionService:
@@ -337,6 +336,10 @@ class FunctionService:
         return P.FunctionList(id=msg.id, functions=[self.info(d) for d in self.deployments.values()])
 
     def on_invoke(self, ident, msg: P.Invoke, payload):
+        if msg.execution_id:
+            # ids are the node's (and the SMS's): a client naming one could pose as an
+            # execution the SMS dispatches here later and have its own run reported
+            raise errors.InvalidArgument("clients do not choose execution ids")
         if self.draining:
             if self.metrics is not None:
                 self.metrics.rejected("UNAVAILABLE")
@@ -350,8 +353,6 @@ class FunctionService:
                 f"node {self.node_id} is running {self.running} executions (limit {self.max_concurrency})")
         if msg.timeout is not None and self.maxima is not None:
             self.check_limits(P.Limits(), msg.timeout)
-        if msg.execution_id and msg.execution_id in self.executions:
-            raise errors.InvalidArgument(f"execution id {msg.execution_id!r} already exists")
         data = payload if payload is not None else b""
         slot = -1
         if msg.mode == "sync":
@@ -370,7 +371,6 @@ class FunctionService:
         seq = [0]
 
         def on_log(chunk: bytes) -> None:
-            ex.logs.append(chunk)
             seq[0] += 1
             self.server.reply(ident, P.LogChunk(id=msg.id, execution_id=ex.info.execution_id,
                                                 data=bytes(chunk), seq=seq[0]))
@@ -439,6 +439,12 @@ class FunctionService:
                 f"node {self.node_id} is stopping" if self.draining
                 else f"node {self.node_id} is at its concurrency limit")))
             return None
+        if msg.timeout is not None and self.maxima is not None:
+            try:  # the node's maxima hold for timeouts sent through the SMS too
+                self.check_limits(P.Limits(), msg.timeout)
+            except errors.SpearError as exc:
+                send(P.ErrorReply(id=msg.id, code=exc.code, message=exc.message))
+                return None
         known = self.executions.get(msg.execution_id)
         if known is not None:
             # a repeated dispatch: report what we have, never run it twice
@@ -467,8 +473,11 @@ class FunctionService:
         try:
             try:
                 await self.ensure(msg.function, msg.digest, fetch)
-            except errors.SpearError as exc:
+            except Exception as exc:  # noqa: BLE001 - any failure: give the slot back, answer
                 self.running -= 1  # never reached run()
+                if not isinstance(exc, errors.SpearError):
+                    log.exception("preparing %s for execution %s failed", msg.function, eid)
+                    exc = errors.Internal(f"{type(exc).__name__}: {exc}")
                 send(P.ErrorReply(id=msg.id, code=exc.code, message=f"deploy failed: {exc.message}"))
                 return
             ex = self.new_execution(msg.function, eid, msg.trace_id)

@@ -442,7 +442,12 @@ def test_sms_acks_finished_results_and_counts_a_resend_once(arun, free_port, zso
                 res = P.Result(id=d.id, execution=P.ExecutionInfo(
                     execution_id=eid, function="add", status="succeeded"))
                 await sock.send_multipart(P.encode(res, b"4"))
+                # acked only once its record is on disk (the next 20 ms flush): until
+                # then it is in neither list and the node keeps it
                 ack = await heartbeat(sock, "node-r", 11, w.session, finished=[eid])
+                assert eid not in ack.resend
+                await asyncio.sleep(0.1)
+                ack = await heartbeat(sock, "node-r", 13, w.session, finished=[eid])
                 assert (ack.acked, ack.resend) == ([eid], [])
                 r = await c.execution(eid)
                 assert r.status == "succeeded" and r.output == b"4"
