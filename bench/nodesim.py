@@ -168,7 +168,8 @@ class Simulator:
         self.runtimes = [args.runtime] if args.runtime else []
 
     def node_info(self, node_id: str) -> P.NodeInfo:
-        return P.NodeInfo(node_id=node_id, name=node_id, address="tcp://127.0.0.1:9",
+        # no address: simulated nodes take no direct calls (and no two live nodes share one)
+        return P.NodeInfo(node_id=node_id, name=node_id, address="",
                           labels={"sim": "1"}, runtimes=self.runtimes,
                           unavailable={"wasm": "simulated", "process": "simulated"},
                           capacity=self.capacity, usage=self.usage)

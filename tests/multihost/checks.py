@@ -175,7 +175,7 @@ class RawNode:
 
     def register(self, timeout: float = 5.0) -> P.Welcome:
         self.send(P.Register(id=next(self._ids), node=P.NodeInfo(
-            node_id=self.node_id, name=self.node_id, address="tcp://127.0.0.1:1",
+            node_id=self.node_id, name=self.node_id, address="",
             labels=self.labels, runtimes=self.runtimes,
             capacity=P.Capacity(cores=2.0, memory=2 << 30, slots=8)), proof=self.proof))
         welcome, _ = self.recv_until(P.Welcome, timeout)
