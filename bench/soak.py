@@ -180,8 +180,6 @@ class Soak:
     async def load(self, c) -> None:
         import asyncio
 
-        from spear import errors
-
         period = 1.0 / self.a.rate
         inflight: set = set()
         i = 0

@@ -53,24 +53,27 @@ from .resources import ResourceMonitor
 log = logging.getLogger("spear.spearlet")
 
 
-def _node_id(config: Config) -> str:
-    """The configured node id, else one persisted in the data dir, else a new one."""
-    c = config.spearlet
-    if c.node_id:
-        return c.node_id
-    data = Path(c.data)
-    f = data / "node_id"
+def _persisted(f: Path, make) -> str:
+    """The value kept in file ``f`` of the data dir, else ``make()`` written there (0600)."""
     try:
         value = f.read_text().strip()
         if value:
             return value
     except OSError:
         pass
-    base = (c.name or socket.gethostname()).replace(" ", "-")[:48]
-    value = f"{base}-{uuid.uuid4().hex[:8]}"
-    data.mkdir(mode=0o700, parents=True, exist_ok=True)
+    value = make()
+    f.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     write_private(f, (value + "\n").encode())
     return value
+
+
+def _node_id(config: Config) -> str:
+    """The configured node id, else one persisted in the data dir, else a new one."""
+    c = config.spearlet
+    if c.node_id:
+        return c.node_id
+    base = (c.name or socket.gethostname()).replace(" ", "-")[:48]
+    return _persisted(Path(c.data) / "node_id", lambda: f"{base}-{uuid.uuid4().hex[:8]}")
 
 
 def lock_data_dir(data: str) -> int:
@@ -106,18 +109,7 @@ def _node_proof(config: Config) -> str:
     Without CURVE the SMS binds the node id to it, so no other peer can
     register under this node's id; with CURVE the key does that job.
     """
-    f = Path(config.spearlet.data) / "node_proof"
-    try:
-        value = f.read_text().strip()
-        if value:
-            return value
-    except OSError:
-        pass
-    value = os.urandom(24).hex()
-    fd = os.open(f, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(value + "\n")
-    return value
+    return _persisted(Path(config.spearlet.data) / "node_proof", lambda: os.urandom(24).hex())
 
 
 #: longest execution id a heartbeat may list (protocol.ExecIdList)

@@ -37,6 +37,7 @@ import pytest
 
 from spear import Client, errors, protocol as P
 from spear.cluster import Cluster, free_port
+from .test_cluster import spear_cli, wait_for
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 HB = dict(heartbeat_interval=0.2, heartbeat_timeout=1.0, cleanup_interval=60.0)
@@ -46,22 +47,6 @@ MARK = ["sh", "-c", 'x=$(cat); sleep "${DELAY:-0}"; echo "$x" >> marks; echo "$x
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def spear_cli(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "spear", *args], capture_output=True,
-                          text=True, timeout=timeout)
-
-
-def wait_for(pred, timeout: float, what: str, step: float = 0.05):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = pred()
-        if last:
-            return last
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last={last!r}")
 
 
 def scrape(port: int) -> dict[str, float]:

@@ -8,7 +8,6 @@ through real runtimes and a real Spearlet is in test_grants.py.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
