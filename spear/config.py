@@ -480,3 +480,40 @@ def no_extensions(env: Mapping[str, str] | None = None) -> bool:
     """True when SPEAR_NO_EXTENSIONS=1 asks for the pure-Python twins."""
     env = os.environ if env is None else env
     return env.get("SPEAR_NO_EXTENSIONS", "") == "1"
+
+
+# ---------------------------------------------------------------- the process environment
+# Everything else in Spear that needs a value from the environment asks here.
+
+#: variables a function may inherit from the node's environment; everything
+#: else (keys, tokens) stays out
+INHERITABLE_ENV = ("PATH", "LANG", "LC_ALL", "TZ")
+
+
+def default_sms_address(env: Mapping[str, str] | None = None) -> str:
+    """The SMS a client reaches by default: ``SPEAR_SMS``, else :data:`DEFAULT_SMS`."""
+    env = os.environ if env is None else env
+    return env.get("SPEAR_SMS") or DEFAULT_SMS
+
+
+def batching_disabled(env: Mapping[str, str] | None = None) -> bool:
+    """True when ``SPEAR_NO_BATCH`` asks the mesh to send one message per frame set."""
+    env = os.environ if env is None else env
+    return env.get("SPEAR_NO_BATCH", "") in ("1", "true", "yes")
+
+
+def docker_host(env: Mapping[str, str] | None = None) -> str:
+    """The Docker Engine named by ``DOCKER_HOST`` ("" when unset)."""
+    env = os.environ if env is None else env
+    return env.get("DOCKER_HOST", "")
+
+
+def inherited_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The part of the node's environment a function may see (:data:`INHERITABLE_ENV`)."""
+    env = os.environ if env is None else env
+    return {k: env[k] for k in INHERITABLE_ENV if k in env}
+
+
+def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for a Spear daemon this process starts: its own plus ``extra``."""
+    return {**os.environ, **(extra or {})}
