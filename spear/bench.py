@@ -855,7 +855,7 @@ while True:
 
 
 def _examples() -> Path:
-    from .demo import find_examples
+    from .cli.cluster import find_examples
 
     return find_examples(os.environ.get("SPEAR_EXAMPLES"))
 
