@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 import spear.fast as fast
-from spear.bench import _cluster_arrays
+from bench.harness.kernels import cluster_arrays as _cluster_arrays
 
 PAIRS = 1000
 SIZES = (100, 1_000, 10_000)
