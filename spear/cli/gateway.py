@@ -28,9 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace):
-    """Resolve :class:`~spear.gateway.settings.Settings` from parsed arguments."""
+    """Resolve :class:`~spear.gateway.Settings` from parsed arguments."""
     from ..config import load_config
-    from ..gateway.settings import from_config
+    from ..gateway import from_config
 
     cfg = load_config(args.config)
     return from_config(cfg, sms=args.sms, http=args.http, overrides={

@@ -8,7 +8,7 @@ Layout:
 * :mod:`.openapi` - the OpenAPI 3.1 document generated from those declarations
 * :mod:`.app` - :class:`Gateway`, the ASGI app: dispatch, bearer auth, errors, pages
 * :mod:`.events` / :mod:`.live` - SMS event subscriptions; live figures and captured logs
-* :mod:`.server` - uvicorn, threads, subprocesses (``spear gateway`` is :mod:`spear.cli.gateway`)
+* :mod:`.server` / :mod:`.cli` - uvicorn, threads, subprocesses; ``spear gateway``
 * ``static/`` - the admin page and the Swagger UI initializer (Swagger UI itself
   comes from the ``swagger-ui-bundle-v2`` package: nothing is loaded from a CDN)
 """
