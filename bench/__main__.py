@@ -1,11 +1,7 @@
-"""``python -m bench``: the performance harness (the same as ``spear bench``).
-
-The harness lives in :mod:`spear.bench` so that ``spear bench`` works from an
-installed checkout; see its docstring for what each section measures.
-"""
+"""``python -m bench``: the performance harness (:mod:`bench.harness`); from the repository root."""
 
 import sys
 
-from spear.bench import main
+from bench.harness.main import main
 
 sys.exit(main())

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Long fuzz runs of the SMS and a Spearlet (issue 6); not part of CI.
+"""Long fuzz runs of the SMS and a Spearlet; not part of CI.
 
     python3 bench/fuzz_long.py                     # 10 minutes, random seed
     python3 bench/fuzz_long.py --seconds 3600 --seed 1234

@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     raise_fd_limit(3 * args.nodes + 256)  # a TCP socket and a mailbox per DEALER, and slack
     ctx = context()
     ctx.set(zmq.MAX_SOCKETS, args.nodes + 256)
-    from spear.cli import run_async  # uvloop where available, like the daemons
+    from spear.cli.daemons import run_async  # uvloop where available, like the daemons
 
     run_async(Simulator(args).run())
     return 0

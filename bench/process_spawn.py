@@ -1,4 +1,4 @@
-"""What a process function's start costs with its limits applied (issue 15).
+"""What a process function's start costs with its limits applied.
 
 Every process the process runtime starts waits behind a ``sh`` gate while its
 rlimits are set and it joins its own cgroup (docs/sandbox.md, Limits). This

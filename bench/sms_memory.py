@@ -1,4 +1,4 @@
-"""Memory the SMS holds per retained execution record (issue 14).
+"""Memory the SMS holds per retained execution record.
 
 Runs a TaskService over a real LevelDB store in a temporary directory,
 finishes N no-op executions (each with a small input and output, like the

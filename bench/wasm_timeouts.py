@@ -1,4 +1,4 @@
-"""How precisely a wasm timeout ends a call that spins forever (issue 15).
+"""How precisely a wasm timeout ends a call that spins forever.
 
 For each place a call can run (inline on the event loop, a command on the
 thread pool, an export on the pool) and each limit T, a spinning function is
@@ -18,7 +18,7 @@ Also measured:
 
     python -m bench.wasm_timeouts                 # T = 0.1, 1, 5 s; about 2 minutes
     python -m bench.wasm_timeouts --quick         # T = 0.1, 1 s; about 30 s
-    python -m bench.wasm_timeouts --long          # adds T = 30 s (the issue's case)
+    python -m bench.wasm_timeouts --long          # adds T = 30 s (a long timeout)
 """
 
 from __future__ import annotations

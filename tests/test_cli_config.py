@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from spear import cli_config
-from spear.cli_config import effective, parse_override, render_text, walk
+from spear import cli
+from spear.cli.config import effective, parse_override, render_text, walk
 from spear.config import Config, load_config
 from spear.errors import ConfigError
 
@@ -36,7 +36,7 @@ def write(tmp_path, text: str, name: str = "spear.toml") -> Path:
 
 
 def run(argv: list[str], capsys) -> tuple[int, str, str]:
-    code = cli_config.main(argv)
+    code = cli.main(argv)
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -220,7 +220,7 @@ def test_check_ignores_the_environment_unless_asked(tmp_path, capsys, monkeypatc
 
 
 def spear_py(*argv: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    code = "import sys; from spear.cli_config import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from spear.cli import main; sys.exit(main(sys.argv[1:]))"
     clean = {k: v for k, v in os.environ.items() if not k.startswith("SPEAR_")}
     return subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
                           env={**clean, **(env or {})}, timeout=60, cwd=ROOT)
@@ -241,17 +241,6 @@ def test_subprocess_show_and_check(tmp_path):
     assert p.returncode == 2 and "queue_timeout" in p.stderr
 
 
-def _config_wired() -> bool:
-    from spear import cli
-
-    try:
-        cli.build_parser().parse_args(["config", "check", "x"])
-    except SystemExit:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _config_wired(), reason="`spear config` not yet added to spear/cli.py")
 def test_python_m_spear_config(tmp_path):
     clean = {k: v for k, v in os.environ.items() if not k.startswith("SPEAR_")}
     ok = subprocess.run([sys.executable, "-m", "spear", "config", "check", str(EXAMPLE)],

@@ -1,7 +1,7 @@
-"""``python -m spear.gateway``: the HTTP gateway daemon."""
+"""``python -m spear.gateway`` is ``spear gateway``."""
 
 import sys
 
-from .cli import main
+from ..cli import main
 
-sys.exit(main())
+sys.exit(main(["gateway", *sys.argv[1:]]))

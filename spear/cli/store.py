@@ -8,20 +8,17 @@ skip), runs LevelDB's repairer, then checks; stop the SMS before either.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from dataclasses import asdict
 
-from .config import load_config
-
-EXIT_OK, EXIT_FAILED = 0, 1
-
-COMMANDS: dict = {}
+from ..config import load_config
+from ._base import EXIT_FAILED, EXIT_OK, Command
 
 
-def add_parsers(sub) -> None:
-    """Add ``store check`` and ``store repair`` to the ``spear`` parser."""
-    p = sub.add_parser("store", help="check or repair the SMS's LevelDB store (SMS stopped)")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """``store check`` and ``store repair`` under the ``store`` parser."""
     ssub = p.add_subparsers(dest="store_command", metavar="ACTION", required=True)
     for name, text in (("check", "open the store and read every record; exit 1 if damaged"),
                        ("repair", "back the store up, repair it with LevelDB's repairer, check it")):
@@ -35,7 +32,8 @@ def add_parsers(sub) -> None:
 
 
 def cmd_store(args) -> int:
-    from .store import repair as r
+    """Check or repair the store and print the report."""
+    from ..store import repair as r
 
     path = args.path or load_config(args.config).storage.path
     if args.store_command == "check":
@@ -50,4 +48,4 @@ def cmd_store(args) -> int:
     return EXIT_OK if rep.ok else EXIT_FAILED
 
 
-COMMANDS["store"] = cmd_store
+COMMANDS = {"store": Command(add_arguments, cmd_store)}

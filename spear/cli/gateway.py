@@ -1,18 +1,13 @@
-"""``spear gateway`` (also ``python -m spear.gateway``): the HTTP gateway daemon.
-
-Wired into :mod:`spear.cli` like ``spear bench``: ``add_arguments(parser)``
-fills the subcommand's parser, ``run(args) -> int`` runs it.
-"""
+"""``spear gateway`` (also ``python -m spear.gateway``): the HTTP gateway daemon."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 
-from .. import errors
+from ._base import Command
 
 
-def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``spear gateway``."""
     p.add_argument("--sms", help="SMS address (default: [global] sms, $SPEAR_SMS or tcp://127.0.0.1:7700)")
     p.add_argument("--http", metavar="HOST:PORT",
@@ -30,13 +25,12 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "default 127.0.0.1, localhost, [::1])")
     p.add_argument("--allowed-origin", action="append", metavar="URL",
                    help="a browser origin that may send writes (repeat; [gateway] allowed_origins)")
-    return p
 
 
-def settings_from_args(args):
-    """Resolve :class:`~spear.gateway.settings.Settings` from parsed arguments."""
+def settings_from_args(args: argparse.Namespace):
+    """Resolve :class:`~spear.gateway.Settings` from parsed arguments."""
     from ..config import load_config
-    from .settings import from_config
+    from ..gateway import from_config
 
     cfg = load_config(args.config)
     return from_config(cfg, sms=args.sms, http=args.http, overrides={
@@ -49,10 +43,10 @@ def settings_from_args(args):
     })
 
 
-def run(args: argparse.Namespace) -> int:
+def cmd_gateway(args: argparse.Namespace) -> int:
     """Serve the gateway until SIGINT/SIGTERM."""
+    from ..gateway.server import serve
     from ..mesh.security import warn_open
-    from .server import serve
 
     settings = settings_from_args(args)
     if not getattr(settings.security, "key", ""):
@@ -60,25 +54,4 @@ def run(args: argparse.Namespace) -> int:
     return serve(settings)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m spear.gateway``: the same as ``spear gateway``."""
-    from .. import fsmodes, logs
-    from ..config import load_config
-
-    fsmodes.daemon_umask()  # as `spear gateway` (spear.cli.main) does
-
-    ap = argparse.ArgumentParser(prog="spear gateway", description="Spear HTTP gateway")
-    ap.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-    ap.add_argument("--log-format", choices=["auto", "json", "text"])
-    add_arguments(ap)
-    args = ap.parse_args(argv)
-    try:
-        cfg = load_config(args.config)
-        logs.setup(args.log_level or cfg.global_.log_level, args.log_format or cfg.global_.log_format,
-                   component="gateway")
-        return run(args)
-    except errors.ConfigError as exc:
-        print(f"spear gateway: configuration error: {exc.message}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+COMMANDS = {"gateway": Command(add_arguments, cmd_gateway)}

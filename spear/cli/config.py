@@ -13,6 +13,7 @@ and exits 0 when valid, 2 with the loader's message when not.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import tomllib
@@ -20,20 +21,16 @@ from typing import Any, Iterator
 
 import msgspec
 
-from . import errors
-from .config import load_config
-
-EXIT_OK, EXIT_USAGE = 0, 2
+from .. import errors
+from ..config import load_config
+from ._base import EXIT_OK, EXIT_USAGE, Command
 
 #: keys whose values are secrets: shown as a count, never printed
 SECRET_KEYS = frozenset({"security.tokens"})
 
-COMMANDS: dict = {}
 
-
-def add_parsers(sub) -> None:
-    """Add ``config show`` and ``config check`` to the ``spear`` parser."""
-    p = sub.add_parser("config", help="show or check the configuration")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """``config show`` and ``config check`` under the ``config`` parser."""
     csub = p.add_subparsers(dest="config_command", metavar="ACTION", required=True)
 
     s = csub.add_parser("show", help="the effective configuration and where each value came from")
@@ -175,24 +172,8 @@ def check(args, env=None) -> int:
 
 
 def cmd_config(args) -> int:
+    """``spear config show|check``."""
     return {"show": show, "check": check}[args.config_command](args)
 
 
-COMMANDS["config"] = cmd_config
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m spear.cli_config show|check ...``: the same commands, standalone."""
-    import argparse
-
-    ap = argparse.ArgumentParser(prog="spear")
-    ap.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-    ap.add_argument("--log-format", choices=["auto", "json", "text"])
-    sub = ap.add_subparsers(dest="command", required=True)
-    add_parsers(sub)
-    args = ap.parse_args(argv)
-    return COMMANDS[args.command](args)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+COMMANDS = {"config": Command(add_arguments, cmd_config)}
