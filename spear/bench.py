@@ -636,7 +636,7 @@ while True:
 
 def pipe_echo_floor(blob: bytes, n: int) -> list[float]:
     """Round trips of ``blob`` through a bare child's stdin/stdout (pipes sized as Spear's)."""
-    from .runtimes.process import _grow_pipe
+    from .runtimes.process import grow_pipe as _grow_pipe
 
     p = subprocess.Popen([sys.executable, "-c", PIPE_ECHO_SRC], stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, bufsize=0)

@@ -29,7 +29,7 @@ import shutil
 import signal
 from pathlib import Path
 
-from . import cgroups
+from . import cgroupfs
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ def reap_leftovers(state_dir: str | os.PathLike) -> int:
         except OSError:
             pass
         if paths:
-            n, left = cgroups.reap(paths)
+            n, left = cgroupfs.reap(paths)
             killed += n
             for path in left:
                 log.warning("could not remove the cgroup %s left by an earlier run", path)
