@@ -258,6 +258,7 @@ class RuntimeManager:
         return rt
 
     async def close(self) -> None:
+        """Close every runtime that was built (at Spearlet stop)."""
         for rt in self._built.values():
             try:
                 await rt.close()

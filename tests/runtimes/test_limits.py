@@ -1,4 +1,4 @@
-"""Limits of the process runtime that hold against functions that misbehave (issue 15).
+"""Limits of the process runtime that hold against functions that misbehave.
 
 Real processes throughout: output larger than the limit, a worker that writes
 frames where it should not, CPU and memory limits of sandboxed functions (the

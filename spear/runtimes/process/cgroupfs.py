@@ -29,6 +29,7 @@ class CgroupError(Exception):
 
 
 def write(path: str, value: str) -> None:
+    """Write ``value`` to a cgroup file; CgroupError naming the file if refused."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     except OSError as exc:
@@ -42,6 +43,7 @@ def write(path: str, value: str) -> None:
 
 
 def read(path: str) -> str | None:
+    """The text of a cgroup file; None if it cannot be read."""
     try:
         with open(path, "rb") as f:
             return f.read().decode("ascii", "replace")
@@ -50,6 +52,7 @@ def read(path: str) -> str | None:
 
 
 def read_int(path: str) -> int | None:
+    """A cgroup file holding one number; None if missing or not a number."""
     text = read(path)
     try:
         return int(text) if text is not None else None
@@ -86,10 +89,12 @@ class Hierarchy:
     controllers: frozenset[str]
 
     def procs(self, path: str) -> list[int]:
+        """The pids in the cgroup ``path`` (not below it)."""
         text = read(os.path.join(path, "cgroup.procs")) or ""
         return [int(x) for x in text.split() if x.isdigit()]
 
     def attach(self, path: str, pid: int) -> None:
+        """Move ``pid`` into the cgroup ``path``."""
         write(os.path.join(path, "cgroup.procs"), str(pid))
 
     def kill(self, path: str) -> None:
@@ -109,21 +114,27 @@ class Hierarchy:
 
     # the limit files differ between versions
     def set_memory(self, path: str, limit: int) -> None:
+        """Limit the memory of ``path`` to ``limit`` bytes, swap included."""
         raise NotImplementedError
 
     def set_pids(self, path: str, limit: int | None) -> None:
+        """Limit the processes and threads of ``path`` (None: no limit)."""
         write(os.path.join(path, "pids.max"), "max" if limit is None else str(limit))
 
     def set_cpus(self, path: str, cpus: float | None) -> None:
+        """Give ``path`` a CFS quota of ``cpus`` CPUs (None: no quota)."""
         raise NotImplementedError
 
     def cpu_ns(self, path: str) -> int | None:
+        """CPU time used in ``path`` so far, in ns (None: not readable)."""
         raise NotImplementedError
 
     def peak(self, path: str) -> int | None:
+        """Peak memory charge of ``path`` in bytes (None: not readable)."""
         raise NotImplementedError
 
     def oom_kills(self, path: str) -> int:
+        """How many processes the OOM killer ended in ``path``."""
         raise NotImplementedError
 
 

@@ -162,6 +162,7 @@ class Cgroups:
 
     # -- what callers ask
     def has(self, controller: str) -> bool:
+        """Whether executions here can use ``controller``."""
         return controller in self.by_controller
 
     @property
@@ -170,6 +171,7 @@ class Cgroups:
         return list(self._made)
 
     def describe(self) -> str:
+        """Where the execution cgroups go and what each hierarchy gives (for the log)."""
         parts = []
         for h in self.hierarchies:
             what = ", ".join(sorted(h.controllers)) or "membership only"
@@ -246,9 +248,6 @@ class Group:
                 return path
         return self.dirs[0][1]
 
-    def paths(self) -> list[str]:
-        return [p for _, p in self.dirs]
-
     def limit(self, *, memory: int | None = None, pids: int | None = None,
               cpus: float | None = None, set_cpus: bool = False) -> None:
         """Apply limits; raise CgroupError naming the file on failure (never partial silence)."""
@@ -269,22 +268,27 @@ class Group:
             at[0].set_cpus(at[1], cpus)
 
     def attach(self, pid: int) -> None:
+        """Move ``pid`` into the execution's cgroup in every hierarchy."""
         for h, path in self.dirs:
             h.attach(path, pid)
 
     def cpu_ns(self) -> int | None:
+        """CPU time of the execution so far, in ns (None: no CPU accounting)."""
         at = self._at("cpuacct")
         return at[0].cpu_ns(at[1]) if at else None
 
     def peak(self) -> int | None:
+        """Peak memory charge of the execution in bytes (None: no memory controller)."""
         at = self._at("memory")
         return at[0].peak(at[1]) if at else None
 
     def oom_killed(self) -> bool:
+        """Whether the OOM killer ended a process of the execution."""
         at = self._at("memory")
         return bool(at and at[0].oom_kills(at[1]))
 
     def pids(self) -> list[int]:
+        """Every pid of the execution (from the tracking hierarchy)."""
         h, path = next((d for d in self.dirs if d[0] is self.owner.track), self.dirs[0])
         return [p for d in tree(path) for p in h.procs(d)]
 

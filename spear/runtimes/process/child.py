@@ -294,6 +294,7 @@ class Child:
             pass
 
     def usage(self) -> ExecUsage:
+        """CPU time and peak memory of the reaped execution (the cgroup's figures where there are)."""
         ru = self.rusage
         cpu = ru.ru_utime + ru.ru_stime if ru is not None else 0.0
         peak = ru.ru_maxrss * 1024 if ru is not None else 0

@@ -162,6 +162,7 @@ def serve(fn, proto_in: int, proto_out: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Load the handler named in ``argv`` and serve it until the runtime closes fd 3."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1 or argv[0].startswith("-"):
         print("usage: python -m spear.runtimes.process.pyworker module:function", file=sys.stderr)
