@@ -9,13 +9,21 @@ fails the execution with ``Unavailable`` naming the limit, logged at warning.
 * ``timeout``: the whole process group (and cgroup) is killed with SIGKILL
   (by the one-shot run or the worker, not here);
 * ``memory_mb``: ``RLIMIT_AS`` (address space) and, where there is a memory
-  cgroup, its limit (no swap beyond it) for the whole execution;
+  cgroup, its limit (no swap beyond it) for the whole execution. A Python
+  ``MemoryError`` becomes ``ResourceExhausted``; so does an OOM kill of the
+  cgroup, a native process that dies with out-of-memory signs in its stderr
+  tail or one SIGKILLed by someone else (see :mod:`.exits`). Runtimes that
+  reserve huge address ranges (Go, the JVM) need a generous limit;
 * ``cpu_seconds``: one-shot: ``RLIMIT_CPU`` in whole seconds (SIGXCPU, then
   SIGKILL) plus, with a cgroup, its CPU clock (children count); pooled: per
   call, a :class:`CpuWatch` on the worker's CPU clock (its cgroup's, else its
   own) that kills it once the call has used that much;
-* ``pids`` and ``cpus`` (a CFS quota): cgroup only; a function that sets one
-  where there is no such controller fails.
+* ``pids`` (default: the runtime's ``default_pids``) and ``cpus`` (a CFS
+  quota): cgroup only; a function that sets one where there is no such
+  controller fails;
+* output: a call's output larger than ``limits.max_output_mb`` or the node's
+  ``max_output_mb`` (at most the wire's 64 MiB payload cap) stops the
+  function at once (see :mod:`.streams`).
 
 A running worker whose call asks for other limits gets them through
 :func:`change_memory` and :func:`change_group_limits`, under the same rule.
