@@ -89,11 +89,13 @@ class HostDir:
 
     @property
     def handle_path(self) -> str:
+        """A path that reaches the granted directory through its open handle while it is open."""
         if self.fd >= 0 and self._finalizer is not None and self._finalizer.alive:
             return f"{_PROC_FD}/{self.fd}"
         return self.path
 
     def close(self) -> None:
+        """Close the handle (the grant's path stays, the handle path does not)."""
         if self._finalizer is not None:
             self._finalizer()
 

@@ -1,4 +1,4 @@
-"""Host access through grants (issue 13): deny by default, attacked through
+"""Host access through grants: deny by default, attacked through
 the Spearlet's deploy path with real wasmtime and real processes.
 
 A node is laid out like a real one: a read-only host root ``srv/`` that also

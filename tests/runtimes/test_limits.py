@@ -1,4 +1,4 @@
-"""Limits of the process runtime that hold against functions that misbehave (issue 15).
+"""Limits of the process runtime that hold against functions that misbehave.
 
 Real processes throughout: output larger than the limit, a worker that writes
 frames where it should not, CPU and memory limits of sandboxed functions (the
@@ -25,9 +25,9 @@ import pytest
 
 from spear import errors
 from spear.protocol import FunctionSpec, Limits
-from spear.runtimes import cgroups as cg
+from spear.runtimes.process import cgroupfs, cgroups as cg
 from spear.runtimes.hostpaths import HostPaths
-from spear.runtimes.leftovers import TAG_VAR
+from spear.runtimes.process.leftovers import TAG_VAR
 from spear.runtimes.process import ProcessRuntime
 
 from .test_process import descendants, gone
@@ -395,7 +395,7 @@ def test_a_limit_that_cannot_be_applied_fails_the_execution(shared, monkeypatch,
             raise PermissionError(1, "Operation not permitted")
 
         with monkeypatch.context() as m:
-            m.setattr("spear.runtimes.process.resource.prlimit", no_prlimit)
+            m.setattr("spear.runtimes.process.limits.resource.prlimit", no_prlimit)
             with pytest.raises(errors.Unavailable, match="cpu_seconds|RLIMIT"):
                 await rt.invoke(cat, b"", [], Limits(cpu_seconds=1))
         assert (await rt.invoke(cat, b"fine", [], Limits(cpu_seconds=1))).output == b"fine"
@@ -556,7 +556,7 @@ def test_v2_delegation_moves_a_lone_spearlet_into_a_leaf(tmp_path, monkeypatch):
     (own / "cgroup.subtree_control").write_text("")
     (own / "cgroup.procs").write_text(f"{os.getpid()}\n")
     writes: list[tuple[str, str]] = []
-    real = cg._write
+    real = cgroupfs.write
 
     def write(path, value):
         writes.append((path, value))
@@ -567,15 +567,15 @@ def test_v2_delegation_moves_a_lone_spearlet_into_a_leaf(tmp_path, monkeypatch):
             (own / "cgroup.procs").write_text("")
         real(path, value)
 
-    monkeypatch.setattr(cg, "_write", write)
-    got, why = cg._enable_v2(str(own), {"memory", "pids"})
+    monkeypatch.setattr(cgroupfs, "write", write)
+    got, why = cgroupfs.enable_v2(str(own), {"memory", "pids"})
     assert got == {"memory", "pids"} and why == ""
     assert (own / "spearlet" / "cgroup.procs").read_text() == str(os.getpid())
     assert (own / "cgroup.subtree_control").read_text() == "+memory +pids"
     # not alone: nothing is moved, and the reason says why
     (own / "cgroup.procs").write_text(f"{os.getpid()}\n1\n")
     (own / "cgroup.subtree_control").write_text("")
-    got, why = cg._enable_v2(str(own), {"memory"})
+    got, why = cgroupfs.enable_v2(str(own), {"memory"})
     assert got == set() and "other processes" in why
 
 
@@ -599,20 +599,20 @@ V2_MOUNTS = "30 23 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelega
 
 
 def test_detection_reads_hybrid_and_unified_layouts():
-    v1, v2 = cg._own_cgroups(HYBRID_CGROUP)
+    v1, v2 = cgroupfs.own_cgroups(HYBRID_CGROUP)
     assert v1[frozenset({"memory"})] == "/process_api/abc" and v2 == "/"
-    mounts = {m[2]: m for m in cg._mounts(HYBRID_MOUNTS)}
+    mounts = {m[2]: m for m in cgroupfs.mounts(HYBRID_MOUNTS)}
     assert mounts["/sys/fs/cgroup/unified"][0] == "cgroup2"
     assert "memory" in mounts["/sys/fs/cgroup/memory"][3]
-    assert cg._inside("/", "/process_api/abc", "/sys/fs/cgroup/memory") == \
+    assert cgroupfs.inside("/", "/process_api/abc", "/sys/fs/cgroup/memory") == \
         "/sys/fs/cgroup/memory/process_api/abc"
-    v1, v2 = cg._own_cgroups(V2_CGROUP)
+    v1, v2 = cgroupfs.own_cgroups(V2_CGROUP)
     assert v1 == {} and v2 == "/system.slice/spear.service"
-    (m,) = cg._mounts(V2_MOUNTS)
-    assert cg._inside(m[1], v2, m[2]) == "/sys/fs/cgroup/system.slice/spear.service"
+    (m,) = cgroupfs.mounts(V2_MOUNTS)
+    assert cgroupfs.inside(m[1], v2, m[2]) == "/sys/fs/cgroup/system.slice/spear.service"
     # a container that sees only its own subtree
-    assert cg._inside("/docker/x", "/docker/x/sub", "/sys/fs/cgroup") == "/sys/fs/cgroup/sub"
-    assert cg._inside("/docker/x", "/elsewhere", "/sys/fs/cgroup") is None
+    assert cgroupfs.inside("/docker/x", "/docker/x/sub", "/sys/fs/cgroup") == "/sys/fs/cgroup/sub"
+    assert cgroupfs.inside("/docker/x", "/elsewhere", "/sys/fs/cgroup") is None
 
 
 def test_v1_and_v2_backends_on_this_machine():

@@ -24,9 +24,9 @@ import pytest
 
 from spear import errors
 from spear.protocol import FunctionSpec, Limits
-from spear.runtimes import process as process_mod
 from spear.runtimes.hostpaths import HostPaths
-from spear.runtimes.process import ProcessRuntime, _probe_isolation, _resolve_user
+from spear.runtimes.process import ProcessRuntime, spec as process_spec
+from spear.runtimes.process.sandbox import SYSTEM_PATH, probe_isolation, resolve_user
 
 from .test_process import descendants, gone
 
@@ -281,10 +281,10 @@ def test_explicit_user_and_no_user(shared):
 
     run(main())
     with pytest.raises(ValueError, match="not root"):
-        _resolve_user("nobody", 1000)
+        resolve_user("nobody", 1000)
     with pytest.raises(ValueError, match="no such user"):
-        _resolve_user("no-such-user-here", 0)
-    assert _resolve_user("auto", 1000) is None and _resolve_user("", 0) is None
+        resolve_user("no-such-user-here", 0)
+    assert resolve_user("auto", 1000) is None and resolve_user("", 0) is None
 
 
 # ----------------------------------------------------------------- network
@@ -352,7 +352,7 @@ def test_each_function_gets_an_empty_namespace():
 def test_without_isolation_functions_denied_network_are_refused(caplog):
     async def main():
         strict = ProcessRuntime()
-        strict._unshare = None  # as on a host where no namespace can be made
+        strict.sandbox.unshare = None  # as on a host where no namespace can be made
         with pytest.raises(errors.Unavailable, match="limits.network=true"):
             await strict.prepare(spec(command=["true"]))
         ok, why = await strict.network_isolation()
@@ -363,7 +363,7 @@ def test_without_isolation_functions_denied_network_are_refused(caplog):
         assert out == str(nobody()[0]).encode()
         await strict.close()
         lenient = ProcessRuntime(strict_network=False)
-        lenient._unshare = None
+        lenient.sandbox.unshare = None
         with caplog.at_level(logging.WARNING, logger="spear.runtimes.process"):
             for _ in range(2):
                 inst = await start(lenient, spec(command=["cat", "/proc/net/dev"]))
@@ -378,11 +378,11 @@ def test_without_isolation_functions_denied_network_are_refused(caplog):
 
 def test_isolation_probe_with_user_namespaces():
     """The unprivileged variant (user namespace) works on this kernel, as root too."""
-    unshare = shutil.which("unshare", path=process_mod._SYSTEM_PATH)
+    unshare = shutil.which("unshare", path=SYSTEM_PATH)
     assert unshare, "util-linux unshare is needed for the sandbox"
-    prefix, why = _probe_isolation(unshare, root=False)
+    prefix, why = probe_isolation(unshare, root=False)
     assert prefix is not None and "--user" in prefix, why
-    assert _probe_isolation(None, root=True)[0] is None
+    assert probe_isolation(None, root=True)[0] is None
 
 
 # ------------------------------------------------------- what it may reach
@@ -425,8 +425,8 @@ def test_pyworker_is_copied_where_the_sandbox_user_can_read_it(monkeypatch, shar
     hidden = tempfile.mkdtemp(prefix="spear-hidden-")  # mode 0700
     try:
         copy = os.path.join(hidden, "pyworker.py")
-        shutil.copy(process_mod.PYWORKER, copy)
-        monkeypatch.setattr(process_mod, "PYWORKER", copy)
+        shutil.copy(process_spec.PYWORKER, copy)
+        monkeypatch.setattr(process_spec, "PYWORKER", copy)
 
         async def main():
             rt = ProcessRuntime(host_paths=TMP)

@@ -29,7 +29,7 @@ import shutil
 import signal
 from pathlib import Path
 
-from . import cgroups
+from . import cgroupfs
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,7 @@ def start_time(pid: int) -> int | None:
 
 
 def new_tag() -> str:
+    """A fresh value for :data:`TAG_VAR`."""
     return secrets.token_hex(12)
 
 
@@ -117,6 +118,7 @@ class Ledger:
         return self._children
 
     def record_cgroups(self, paths: list[str]) -> None:
+        """Record the runtime's cgroup directories (replacing an earlier record)."""
         self._ready()
         tmp = self.dir / "cgroups.tmp"
         tmp.write_text("".join(p + "\n" for p in paths))
@@ -130,6 +132,7 @@ class Ledger:
         return name
 
     def ended(self, name: str) -> None:
+        """Forget a process recorded by :meth:`started` (it was reaped)."""
         if self._children is not None:
             try:
                 os.unlink(self._children / name)
@@ -137,6 +140,7 @@ class Ledger:
                 pass
 
     def close(self) -> None:
+        """Remove this run's record (nothing of it is left running)."""
         shutil.rmtree(self.dir, ignore_errors=True)
         self._children = None
 
@@ -167,7 +171,7 @@ def reap_leftovers(state_dir: str | os.PathLike) -> int:
         except OSError:
             pass
         if paths:
-            n, left = cgroups.reap(paths)
+            n, left = cgroupfs.reap(paths)
             killed += n
             for path in left:
                 log.warning("could not remove the cgroup %s left by an earlier run", path)

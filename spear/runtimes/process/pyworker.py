@@ -1,6 +1,6 @@
 """The pooled Python handler worker shipped with Spear.
 
-Run as ``python -m spear.runtimes.pyworker module:function`` (or by file
+Run as ``python -m spear.runtimes.process.pyworker module:function`` (or by file
 path, which is what the process runtime does so that starting a worker never
 imports the rest of Spear). It loads ``function`` from ``module`` once, then
 serves invocations over the Spear worker protocol (docs/worker-protocol.md):
@@ -162,9 +162,10 @@ def serve(fn, proto_in: int, proto_out: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Load the handler named in ``argv`` and serve it until the runtime closes fd 3."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1 or argv[0].startswith("-"):
-        print("usage: python -m spear.runtimes.pyworker module:function", file=sys.stderr)
+        print("usage: python -m spear.runtimes.process.pyworker module:function", file=sys.stderr)
         return 2
     # Run by file path, sys.path[0] is this directory: use the working
     # directory instead so the function's own modules are found first.

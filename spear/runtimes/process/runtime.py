@@ -1,0 +1,259 @@
+"""The ``process`` runtime itself: the Runtime that ties spec, sandbox, runs and workers.
+
+:class:`ProcessRuntime` prepares a spec into a :class:`~.spec.Plan`
+(:mod:`.spec`, :mod:`.sandbox`), creates one-shot handles (:mod:`.oneshot`)
+or pooled workers (:mod:`.workers`), works out the bounds of each call from
+the call's limits, the function's own and the node's defaults (applied by
+:mod:`.limits`), and at close ends every process it started. What a
+SIGKILLed Spearlet left running is recorded in ``state_dir`` and ended by
+:meth:`ProcessRuntime.reap_leftovers` at the next start (see :mod:`.leftovers`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import tempfile
+
+from ... import errors
+from ...protocol import FunctionSpec, Limits
+from ..base import Instance, LogSink, Outcome, Prepared, Runtime
+from ..hostpaths import HostPaths
+from . import cgroups as cg
+from .host import Host, close_host, open_host
+from .limits import Bounds
+from .oneshot import OneShot, run_oneshot
+from .sandbox import Sandbox, User, resolve_user
+from .spec import DEFAULT_ENV, Planner, Plan, rmtree
+from .streams import MAX_OUTPUT, MIB
+from .workers import Worker
+
+log = logging.getLogger(__name__)
+
+
+class ProcessRuntime(Runtime):
+    """Run functions as processes: one-shot commands, pooled workers, Python handlers.
+
+    ``user``: who functions run as. ``"auto"`` (default): ``nobody`` when the
+    Spearlet is root, else the Spearlet's own user; ``None`` or ``""``: the
+    Spearlet's own user; a name or uid: that user (needs root).
+    ``strict_network``: when a function with ``limits.network = false`` cannot
+    get a network namespace here, refuse it (``Unavailable``, the default) or,
+    if False, run it with network after logging one warning.
+    ``host_paths``: where a ``workdir`` may be (see :mod:`..hostpaths`); none
+    by default, so only functions without one (a fresh temporary directory)
+    deploy.
+    ``max_output_mb``: the node's largest output of a call (at most, and by
+    default, the wire's 64 MiB payload cap); ``limits.max_output_mb`` of a
+    function may lower it.
+    ``default_pids``: pids limit of executions whose function sets none
+    (applied where there is a pids cgroup controller).
+    ``cgroups``: ``"auto"`` (use them where they work, else rlimits with a
+    warning), ``"required"`` (the runtime is unavailable without them) or
+    ``"off"`` (rlimits only).
+    ``state_dir``: where the record of started processes is kept (the node's
+    data directory), so that :meth:`reap_leftovers` of a restarted Spearlet
+    ends what a killed one left running. None: no record.
+    """
+
+    name = "process"
+
+    def __init__(
+        self,
+        *,
+        default_timeout: float = 30.0,
+        default_memory_mb: int = 512,
+        python: str = sys.executable,
+        base_env: dict[str, str] | None = None,
+        user: str | None = "auto",
+        strict_network: bool = True,
+        host_paths: HostPaths | None = None,
+        max_output_mb: int | None = None,
+        default_pids: int | None = None,
+        cgroups: str = "auto",
+        state_dir: str | os.PathLike | None = None,
+    ) -> None:
+        if cgroups not in ("auto", "required", "off"):
+            raise ValueError(f"cgroups must be 'auto', 'required' or 'off', not {cgroups!r}")
+        if max_output_mb is not None and not 1 <= max_output_mb <= MAX_OUTPUT // MIB:
+            raise ValueError(f"max_output_mb must be between 1 and {MAX_OUTPUT // MIB}")
+        self.default_timeout = default_timeout
+        self.default_memory_mb = default_memory_mb
+        self.default_pids = default_pids
+        self.max_output = max_output_mb * MIB if max_output_mb else MAX_OUTPUT
+        self.cgroups_mode = cgroups
+        self.state_dir = state_dir
+        self.sandbox = Sandbox(resolve_user(user, os.geteuid()), strict_network=strict_network)
+        self.planner = Planner(self.sandbox, host_paths if host_paths is not None else HostPaths(),
+                               dict(DEFAULT_ENV if base_env is None else base_env), python)
+        self._host_: Host | None = None
+        self._cgroups_why = ""
+        self._workers: set[Worker] = set()
+        self._oneshots: set[OneShot] = set()
+        u = self.sandbox.user
+        if u is not None:
+            log.info("process functions run as %s (uid %d, gid %d)", u.name, u.uid, u.gid)
+
+    @property
+    def sandbox_user(self) -> User | None:
+        """The identity functions are switched to; None: they run as the Spearlet does."""
+        return self.sandbox.user
+
+    def available(self) -> tuple[bool, str]:
+        if os.name != "posix":
+            return False, "the process runtime needs a POSIX system"
+        if self.cgroups_mode == "required":
+            host = self._host()
+            if host.cgroups is None:
+                return False, f"cgroups are required ([runtimes.process] cgroups) but: {self._cgroups_why}"
+        return True, ""
+
+    def _host(self) -> Host:
+        """The gate, the cgroups and the record, found once (the first start)."""
+        if self._host_ is None:
+            self._host_, self._cgroups_why = open_host(self.cgroups_mode, self.state_dir,
+                                                       self.sandbox.user)
+        return self._host_
+
+    @property
+    def cgroups(self) -> cg.Cgroups | None:
+        """The node's execution cgroups (None: rlimits only; see the warning at start)."""
+        return self._host().cgroups
+
+    def reap_leftovers(self) -> int:
+        """End what an earlier run of this node left (recorded in ``state_dir``); returns how many."""
+        if self.state_dir is None:
+            return 0
+        from .leftovers import reap_leftovers
+
+        return reap_leftovers(self.state_dir)
+
+    def _bounds(self, limits: Limits, own: Limits, memory_mb: int, oneshot: bool) -> Bounds:
+        pids = limits.pids or own.pids
+        if pids is None and self.default_pids:
+            groups = self._host().cgroups
+            if groups is not None and groups.has("pids"):
+                pids = self.default_pids
+        return Bounds(memory_mb=memory_mb,
+                      cpu_seconds=(limits.cpu_seconds or own.cpu_seconds) if oneshot else None,
+                      pids=pids,
+                      cpus=limits.cpus if limits.cpus is not None else own.cpus)
+
+    def _max_output(self, limits: Limits, own: Limits) -> int:
+        mb = limits.max_output_mb or own.max_output_mb
+        return min(self.max_output, mb * MIB) if mb else self.max_output
+
+    async def network_isolation(self) -> tuple[bool, str]:
+        """``(True, "")`` if functions can be denied the network here, else ``(False, why)``."""
+        return await self.sandbox.network_isolation()
+
+    async def prepare(self, spec: FunctionSpec) -> Prepared:
+        if spec.runtime != self.name:
+            raise errors.InvalidArgument(f"{spec.name}: runtime is {spec.runtime!r}, not 'process'")
+        plan, digest = await self.planner.plan(spec)
+        return Prepared(spec=spec, handle=plan, digest=digest)
+
+    # -- instances
+    async def create_instance(self, prepared: Prepared) -> Instance:
+        plan: Plan = prepared.handle
+        spec = prepared.spec
+        tmpdir = None
+        cwd = plan.workdir
+        if not cwd:
+            tmpdir = cwd = tempfile.mkdtemp(prefix=f"spear-{spec.name}-")
+            user = self.sandbox.user
+            if user is not None:  # mode 0700: the function's own, nobody else's
+                try:
+                    os.chown(tmpdir, user.uid, user.gid)
+                except OSError:
+                    rmtree(tmpdir)
+                    raise
+        try:
+            host = self._host()
+        except BaseException:
+            rmtree(tmpdir)
+            raise
+        if not plan.pooled:
+            handle = OneShot(plan, cwd, tmpdir, host, spec.name)
+            self._oneshots.add(handle)
+            return Instance(function=spec.name, handle=handle)
+        worker = Worker(plan, cwd, tmpdir, host, spec.name, self.max_output)
+        self._workers.add(worker)
+        memory_mb = spec.limits.memory_mb or self.default_memory_mb
+        try:
+            await worker.start(self._bounds(Limits(), spec.limits, memory_mb, False),
+                               self.default_timeout)
+        except BaseException:
+            self._workers.discard(worker)
+            rmtree(tmpdir)
+            raise
+        return Instance(function=spec.name, handle=worker)
+
+    async def invoke(
+        self,
+        instance: Instance,
+        data: bytes,
+        args: list,
+        limits: Limits,
+        on_log: LogSink | None = None,
+    ) -> Outcome:
+        handle = instance.handle
+        kind = type(handle)
+        if kind is not Worker and kind is not OneShot:
+            raise errors.InvalidArgument("not an instance of the process runtime")
+        own = handle.plan.limits
+        timeout = limits.timeout or own.timeout or self.default_timeout
+        memory_mb = limits.memory_mb or own.memory_mb or self.default_memory_mb
+        if limits.cpu_seconds is None and own.cpu_seconds is not None:
+            limits = Limits(timeout=timeout, memory_mb=memory_mb, cpu_seconds=own.cpu_seconds)
+        bounds = self._bounds(limits, own, memory_mb, kind is OneShot)
+        max_output = self._max_output(limits, own)
+        instance.invocations += 1
+        if kind is Worker:
+            try:
+                outcome = await handle.call(data, args, limits, on_log, timeout, bounds, max_output)
+            except (errors.FunctionError, errors.InvalidArgument):
+                if not handle.alive:
+                    instance.reusable = False
+                raise
+            except BaseException:  # timeout, memory, crash, cancel: never reuse
+                instance.reusable = False
+                raise
+            if not handle.alive:  # replied, then died or was killed by a late timer
+                instance.reusable = False
+            return outcome
+        return await run_oneshot(handle, data, args, limits, on_log, timeout, bounds, max_output)
+
+    async def destroy(self, instance: Instance) -> None:
+        instance.reusable = False
+        handle = instance.handle
+        if type(handle) is Worker:
+            self._workers.discard(handle)
+            await handle.stop()
+            rmtree(handle.tmpdir)
+        elif type(handle) is OneShot:
+            self._oneshots.discard(handle)
+            for child in list(handle.running):
+                child.kill()
+            for child in list(handle.running):
+                await child.wait()
+            rmtree(handle.tmpdir)
+
+    async def close(self) -> None:
+        workers, self._workers = list(self._workers), set()
+        oneshots, self._oneshots = list(self._oneshots), set()
+        for h in oneshots:
+            for child in list(h.running):
+                child.kill()
+        await asyncio.gather(*(w.stop(grace=0) for w in workers), return_exceptions=True)
+        for h in oneshots:
+            for child in list(h.running):
+                await child.wait()
+        for tmpdir in [w.tmpdir for w in workers] + [h.tmpdir for h in oneshots]:
+            rmtree(tmpdir)
+        self.planner.close()
+        host, self._host_ = self._host_, None
+        if host is not None:
+            await close_host(host)
