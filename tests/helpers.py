@@ -9,12 +9,14 @@ It imports only spear and the standard library, never a test module.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
+import psutil
 import zmq
 
 from spear import protocol as P
@@ -22,7 +24,7 @@ from spear.cluster import free_port
 from spear.mesh import context
 
 __all__ = ["EXAMPLES", "ADD_WAT", "FAST_HB", "wait_for", "free_port", "spear_cli", "add_spec",
-           "dealer", "request"]
+           "dealer", "request", "gone"]
 
 #: the repository's examples/ (wasm and process functions the tests deploy)
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -55,10 +57,12 @@ def wait_for(pred: Callable[[], Any], timeout: float, what: str, step: float = 0
     raise AssertionError(f"timed out after {timeout:g}s waiting for {what}; last={last!r}")
 
 
-def spear_cli(*args: str, timeout: float = 20.0) -> subprocess.CompletedProcess:
-    """Run ``python -m spear ARGS`` to completion; text output captured."""
+def spear_cli(*args: str, timeout: float = 20.0, input: str | bytes | None = None,
+              text: bool = True) -> subprocess.CompletedProcess:
+    """Run ``python -m spear ARGS`` to completion, ``input`` on its stdin; output
+    captured (as text unless ``text=False``)."""
     return subprocess.run([sys.executable, "-m", "spear", *args], capture_output=True,
-                          text=True, timeout=timeout)
+                          input=input, text=text, timeout=timeout)
 
 
 def add_spec(name: str = "add", **kw) -> P.FunctionSpec:
@@ -87,3 +91,24 @@ def request(sock: zmq.Socket, msg_or_frames, timeout: float = 3.0):
     if not sock.poll(int(timeout * 1000)):
         return None
     return P.decode(sock.recv_multipart())[0]
+
+
+def gone(pids, wait: float = 2.0) -> bool:
+    """True once none of ``pids`` is alive, False if some still are after ``wait`` seconds.
+
+    A zombie counts as dead unless it is a child of this process (the test must
+    reap its own children).
+    """
+    end = time.monotonic() + wait
+    while True:
+        alive = []
+        for pid in pids:
+            try:
+                p = psutil.Process(pid)
+                if p.status() != psutil.STATUS_ZOMBIE or p.ppid() == os.getpid():
+                    alive.append(pid)
+            except psutil.NoSuchProcess:
+                pass
+        if not alive or time.monotonic() > end:
+            return not alive
+        time.sleep(0.02)
