@@ -45,7 +45,7 @@ and after it:
   non-terminal once the fake nodes fall silent;
 * RSS of both daemons after the run is within ``RSS_BOUND`` of before;
 * the daemons never send an undecodable frame nor an INTERNAL error (except
-  the known findings below, which are counted and have their own tests).
+  the known findings, which are counted and have their own tests here).
 
 What is deliberately *not* sent in the main run (counted as "withheld" in the
 summary; each has its own test in this folder): messages that are destructive by design
@@ -68,7 +68,6 @@ bugs seen) is printed (``-s``) and written to ``fuzz-summary.json`` in the
 cluster's data dir. tests/fuzz/atheris_sms.py is the coverage-guided
 counterpart (in-process decoder + SMS, not run by pytest).
 """
-
 
 from __future__ import annotations
 
