@@ -4,7 +4,7 @@ A plain module, imported as ``from tests.helpers import wait_for`` (the
 repository root is on ``sys.path``: ``pythonpath`` in pyproject.toml), so that
 non-test code under tests/ (the fuzz harness, the multi-host checks) can use
 it too; fixtures stay in the conftest.py of the folder that needs them.
-It imports only spear and the standard library, never a test module.
+It imports spear and its dependencies (zmq, psutil), never a test module.
 """
 
 from __future__ import annotations
