@@ -6,7 +6,7 @@
     python3 bench/fuzz_long.py --atheris 600       # then 10 minutes of atheris
     python3 bench/fuzz_long.py --glibc-default     # daemons with glibc's malloc defaults
 
-The wire fuzz is tests/fuzz/test_fuzz.py::test_fuzz_sms_and_spearlet with
+The wire fuzz is tests/fuzz/test_wire.py::test_fuzz_sms_and_spearlet with
 SPEAR_FUZZ_SECONDS set: hypothesis rounds of random seeds against a real SMS
 and Spearlet for that long, the same properties as in CI. Its summary (frames,
 rates, RSS timeline, withheld inputs, known bugs seen) is printed and written to
@@ -47,7 +47,7 @@ def main() -> int:
     if args.glibc_default:
         env["SPEAR_FUZZ_GLIBC_DEFAULT"] = "1"
     rc = subprocess.call(
-        [sys.executable, "-m", "pytest", "tests/fuzz/test_fuzz.py::test_fuzz_sms_and_spearlet",
+        [sys.executable, "-m", "pytest", "tests/fuzz/test_wire.py::test_fuzz_sms_and_spearlet",
          "-q", "-s", "-p", "no:cacheprovider"], cwd=ROOT, env=env)
     if args.atheris:
         Path(args.corpus).mkdir(parents=True, exist_ok=True)

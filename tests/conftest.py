@@ -2,7 +2,8 @@
 
 Sections: network helpers, stores, zmq sockets, event loops. Add new shared
 fixtures under the matching section (or a new one); anything used by only
-one package belongs in that package's own conftest.py.
+one package belongs in that package's own conftest.py. Plain helper
+functions (``wait_for``, ``spear_cli``, raw sockets...) live in tests/helpers.py.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-import socket
 import subprocess
 from pathlib import Path
 from typing import Callable, Iterator
@@ -21,21 +21,15 @@ import zmq.asyncio
 
 from spear.mesh import context
 from spear.store import Store, open_store
+from tests import helpers
 
 # ---------------------------------------------------------------- network
-
-
-def _free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
 def free_port() -> Callable[[], int]:
     """``free_port()`` returns a currently unused TCP port on 127.0.0.1."""
-    return _free_port
+    return helpers.free_port
 
 
 # ---------------------------------------------------------------- stores

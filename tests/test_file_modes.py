@@ -24,8 +24,8 @@ from spear.cluster import Cluster, free_port
 from spear.config import SecurityConfig, load_config
 from spear.errors import ConfigError
 from spear.store import open_store
+from tests.helpers import EXAMPLES
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 OPEN = 0o077
 
 

@@ -37,10 +37,8 @@ import pytest
 
 from spear import Client, errors, protocol as P
 from spear.cluster import Cluster, free_port
-from .test_cluster import spear_cli, wait_for
+from tests.helpers import ADD_WAT, FAST_HB, spear_cli, wait_for
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-HB = dict(heartbeat_interval=0.2, heartbeat_timeout=1.0, cleanup_interval=60.0)
 TERMINAL = P.TERMINAL
 #: appends its input (one line) to ./marks, then echoes it; DELAY seconds first
 MARK = ["sh", "-c", 'x=$(cat); sleep "${DELAY:-0}"; echo "$x" >> marks; echo "$x"']
@@ -161,7 +159,7 @@ def test_disk_full_refuses_new_work_keeps_what_it_acknowledged_and_recovers(
     acked: dict[str, str] = {}  # token -> execution id
     refused: list[str] = []
     with Cluster(tmp_path / "c", spearlets=1, config=sms_config(tmp_path / "cfg", mport),
-                 host_roots=[f"{marks}:rw"], **HB) as c:
+                 host_roots=[f"{marks}:rw"], **FAST_HB) as c:
         c.start(wait=30)
         with Client(c.sms_addr, timeout=20) as cl:
             cl.deploy(mark_spec(marks))
@@ -200,7 +198,7 @@ def test_disk_full_refuses_new_work_keeps_what_it_acknowledged_and_recovers(
             time.sleep(0.5)  # a few probes (every 0.2 s) fail meanwhile
             with pytest.raises(errors.Unavailable):
                 cl.deploy(P.FunctionSpec(name="add", runtime="wasm", handler="add",
-                                         artifact=(EXAMPLES / "add.wat").read_bytes()))
+                                         artifact=ADD_WAT))
             # reads keep working
             assert [n.state for n in cl.nodes()] == ["ready"]
             assert [f.name for f in cl.functions()] == ["mark", "slow"]
@@ -272,7 +270,7 @@ def _populate(c: Cluster, marks: Path, n: int, prefix: str) -> tuple[set[str], s
 
 
 def test_missing_current_refuses_to_start_then_check_and_repair(tmp_path, marks):
-    c = Cluster(tmp_path / "c", spearlets=1, host_roots=[str(marks)], **HB)
+    c = Cluster(tmp_path / "c", spearlets=1, host_roots=[str(marks)], **FAST_HB)
     try:
         c.start(wait=30)
         functions, eids = _populate(c, marks, 10, "p")
@@ -316,7 +314,7 @@ def test_missing_current_refuses_to_start_then_check_and_repair(tmp_path, marks)
 
 
 def test_truncated_table_file_is_named_then_repair_reports_what_is_left(tmp_path, marks):
-    c = Cluster(tmp_path / "c", spearlets=1, host_roots=[str(marks)], **HB)
+    c = Cluster(tmp_path / "c", spearlets=1, host_roots=[str(marks)], **FAST_HB)
     store = c.data / "sms"
     try:
         c.start(wait=30)
@@ -376,7 +374,7 @@ def test_sigstop_of_the_sms_beyond_the_heartbeat_timeout_costs_no_node_and_no_ex
         tmp_path, marks):
     mport = free_port()
     with Cluster(tmp_path / "c", spearlets=2, config=sms_config(tmp_path / "cfg", mport),
-                 host_roots=[str(marks)], **HB) as c:
+                 host_roots=[str(marks)], **FAST_HB) as c:
         c.start(wait=30)
         with Client(c.sms_addr, timeout=20) as cl:
             cl.deploy(mark_spec(marks, "once", delay=1.5))               # at-most-once
@@ -421,7 +419,7 @@ def test_sigstop_of_the_sms_beyond_the_heartbeat_timeout_costs_no_node_and_no_ex
 def test_a_submission_sent_again_into_a_stalled_sms_runs_once(tmp_path, marks):
     """Client.submit gives its submission a key and sends it again when no answer
     comes: the SMS, stopped meanwhile, reads every try and starts the work once."""
-    hb = dict(HB, heartbeat_timeout=4.0)  # a stall the nodes do not notice
+    hb = dict(FAST_HB, heartbeat_timeout=4.0)  # a stall the nodes do not notice
     with Cluster(tmp_path / "c", spearlets=1, host_roots=[str(marks)], **hb) as c:
         c.start(wait=30)
         with Client(c.sms_addr, timeout=20) as cl:
@@ -462,7 +460,7 @@ def test_a_submission_sent_again_into_a_stalled_sms_runs_once(tmp_path, marks):
 
 def test_work_dispatched_before_a_node_registers_again_after_an_sms_stall_is_not_lost(
         tmp_path, marks):
-    with Cluster(tmp_path / "c", spearlets=1, host_roots=[str(marks)], **HB) as c:
+    with Cluster(tmp_path / "c", spearlets=1, host_roots=[str(marks)], **FAST_HB) as c:
         c.start(wait=30)
         node = c.spearlets[0]
         node_log = c.data / "spearlet-1.log"
@@ -512,7 +510,7 @@ def test_idempotency_key_gives_one_execution_across_sms_restarts_per_caller(tmp_
     cfgs = _curve(tmp_path)
     sec = {who: load_config(cfgs[who], env={}).security for who in ("alice", "ivan")}
     c = Cluster(tmp_path / "c", spearlets=1, config=cfgs["sms"], spearlet_config=cfgs["node1"],
-                client_security=sec["alice"], host_roots=[str(marks)], **HB)
+                client_security=sec["alice"], host_roots=[str(marks)], **FAST_HB)
     try:
         c.start(wait=30)
         with Client(c.sms_addr, timeout=20, security=sec["alice"]) as alice, \
@@ -563,7 +561,7 @@ def test_idempotency_key_gives_one_execution_across_sms_restarts_per_caller(tmp_
 
 
 def test_second_spearlet_in_one_data_directory_refuses_and_a_stale_lock_does_not(tmp_path):
-    with Cluster(tmp_path / "c", spearlets=1, **HB) as c:
+    with Cluster(tmp_path / "c", spearlets=1, **FAST_HB) as c:
         c.start(wait=30)
         first = c.spearlets[0]
         data = c.data / "spearlet-1"
@@ -600,7 +598,7 @@ def test_second_spearlet_in_one_data_directory_refuses_and_a_stale_lock_does_not
 
 
 def test_counts_add_up_and_sync_ids_resolve_after_sms_restarts(tmp_path, marks):
-    with Cluster(tmp_path / "c", spearlets=1, host_roots=[str(marks)], **HB) as c:
+    with Cluster(tmp_path / "c", spearlets=1, host_roots=[str(marks)], **FAST_HB) as c:
         c.start(wait=30)
         with Client(c.sms_addr, timeout=20) as cl:
             cl.deploy(mark_spec(marks))

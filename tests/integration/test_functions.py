@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from spear import Client, errors, protocol as P
 from spear.cluster import Cluster
 from spear.ids import is_uuid7
-
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+from tests.helpers import ADD_WAT, EXAMPLES, spear_cli, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +29,7 @@ def node(tmp_path_factory):
             cl.deploy(P.FunctionSpec(name="hello", runtime="wasm",
                                      artifact=(EXAMPLES / "hello.wat").read_bytes()), node=addr)
             cl.deploy(P.FunctionSpec(name="add", runtime="wasm", handler="add",
-                                     artifact=(EXAMPLES / "add.wat").read_bytes()), node=addr)
+                                     artifact=ADD_WAT), node=addr)
             cl.deploy(P.FunctionSpec(name="upper", runtime="process", handler="handlers:upper",
                                      workdir=str(EXAMPLES), pool=P.PoolSettings(min_warm=1, max=4)),
                       node=addr)
@@ -122,9 +118,8 @@ def test_cancel_running_execution(node, client):
 
 def test_concurrency_limit_answers_resource_exhausted(node, client):
     # earlier tests' executions must have wound down (heartbeats report running)
-    deadline = time.monotonic() + 10
-    while client.nodes()[0].usage.running and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_for(lambda: not client.nodes()[0].usage.running, 10, "earlier executions wound down",
+             step=0.1)
     time.sleep(0.3)
     ids = []
     try:
@@ -152,8 +147,7 @@ def test_concurrency_limit_answers_resource_exhausted(node, client):
 
 def test_cli_invoke_modes(node, tmp_path):
     def cli(*a, input=None):
-        return subprocess.run([sys.executable, "-m", "spear", *a, "--sms", node.sms_addr],
-                              capture_output=True, input=input, timeout=30)
+        return spear_cli(*a, "--sms", node.sms_addr, input=input, text=False, timeout=30)
 
     r = cli("invoke", "hello", "cli", "--node", addr(node))
     assert r.returncode == 0 and r.stdout.strip() == b"hello, cli"
@@ -209,7 +203,7 @@ def test_bad_input_gets_clear_codes(node, client):
     with pytest.raises(errors.InvalidArgument):
         client.deploy(P.FunctionSpec(name="nocmd", runtime="process"), node=a)
     # an artifact bigger than a message body travels as a raw frame and is accepted
-    big_wat = (EXAMPLES / "add.wat").read_bytes() + b";;" + b"x" * (5 * 1024 * 1024) + b"\n"
+    big_wat = ADD_WAT + b";;" + b"x" * (5 * 1024 * 1024) + b"\n"
     client.deploy(P.FunctionSpec(name="bigart", runtime="wasm", handler="add",
                                  artifact=big_wat), node=a)
     assert client.invoke("bigart", args=[2, 2], node=a).output == b"4"
@@ -220,8 +214,7 @@ def test_cli_secret_env_and_idempotency_key(node):
     """``spear deploy --secret-env`` passes a value the SMS never shows back;
     ``spear invoke --idempotency-key`` runs once per key (async and sync)."""
     def cli(*a):
-        return subprocess.run([sys.executable, "-m", "spear", *a, "--sms", node.sms_addr],
-                              capture_output=True, timeout=30)
+        return spear_cli(*a, "--sms", node.sms_addr, text=False, timeout=30)
 
     r = cli("deploy", "cli-secret", "--runtime", "process",
             "--command", "/bin/sh -c 'printf %s \"$TOKEN\"'",

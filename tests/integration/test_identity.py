@@ -20,17 +20,19 @@ from spear.cluster import Cluster
 from spear.config import load_config
 from spear.ids import is_uuid7
 
-from .test_security import ROLES, _config, client_for, keys  # noqa: F401 - fixture
+from tests.helpers import add_spec
+
+from .curve import ROLES, client_for, curve_config
 
 ATTACKERS = ["alice", "dave", "ivan", "vera", "node2"]  # admin..viewer, and a node key
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory, keys):  # noqa: F811
+def cluster(tmp_path_factory, keys):
     d = tmp_path_factory.mktemp("identity")
-    sms_cfg = _config(d / "sms.toml", keys, "sms")
-    node_cfg = _config(d / "node.toml", keys, "node1")
-    admin = load_config(_config(d / "admin.toml", keys, "alice"), env={}).security
+    sms_cfg = curve_config(d / "sms.toml", keys, "sms")
+    node_cfg = curve_config(d / "node.toml", keys, "node1")
+    admin = load_config(curve_config(d / "admin.toml", keys, "alice"), env={}).security
     c = Cluster(d / "c", spearlets=1, config=sms_cfg, spearlet_config=node_cfg,
                 heartbeat_interval=0.2, heartbeat_timeout=2.0, client_security=admin)
     try:
@@ -43,7 +45,7 @@ def cluster(tmp_path_factory, keys):  # noqa: F811
 class Raw:
     """A bare CURVE DEALER with someone's key: says exactly what a test makes it say."""
 
-    def __init__(self, keys, who: str, addr: str, routing_id: bytes | None = None):  # noqa: F811
+    def __init__(self, keys, who: str, addr: str, routing_id: bytes | None = None):
         self.sock = zmq.Context.instance().socket(zmq.DEALER)
         self.sock.linger = 0
         pub, sec = zmq.auth.load_certificate(str(keys[who][1]))
@@ -82,19 +84,13 @@ class Raw:
         self.sock.close(linger=0)
 
 
-def _node_id(cluster, keys) -> str:  # noqa: F811
+def _node_id(cluster, keys) -> str:
     with client_for(cluster, keys, "alice") as admin:
         [node] = [n for n in admin.nodes() if n.state == "ready" and n.runtimes]
         return node.node_id
 
 
-def _add(name="add"):
-    from .test_security import add_spec
-
-    return add_spec(name)
-
-
-def test_a_node_key_cannot_register_as_another_node(cluster, keys):  # noqa: F811
+def test_a_node_key_cannot_register_as_another_node(cluster, keys):
     c, d = cluster
     victim = _node_id(cluster, keys)
     # the attacker also names its routing id after the victim (all a peer can do)
@@ -116,7 +112,7 @@ def test_a_node_key_cannot_register_as_another_node(cluster, keys):  # noqa: F81
     finally:
         mal.close()
     with client_for(cluster, keys, "alice") as admin:
-        admin.deploy(_add("add-id"))
+        admin.deploy(add_spec("add-id"))
         for i in range(5):
             r = admin.invoke("add-id", args=[i, 1])
             assert r.ok and r.output == str(i + 1).encode() and r.info.node_id == victim
@@ -125,7 +121,7 @@ def test_a_node_key_cannot_register_as_another_node(cluster, keys):  # noqa: F81
     assert "SECURITY: refused node message" in log and "mallory-node" in log
 
 
-def test_results_and_logs_count_only_from_the_node_dispatched_to(cluster, keys):  # noqa: F811
+def test_results_and_logs_count_only_from_the_node_dispatched_to(cluster, keys):
     c, d = cluster
     victim = _node_id(cluster, keys)
     slow = P.FunctionSpec(name="slow-real", runtime="process",
@@ -155,7 +151,7 @@ def test_results_and_logs_count_only_from_the_node_dispatched_to(cluster, keys):
 
 
 @pytest.mark.parametrize("who", ATTACKERS)
-def test_no_role_can_take_over_a_nodes_route(cluster, keys, who):  # noqa: F811
+def test_no_role_can_take_over_a_nodes_route(cluster, keys, who):
     """A peer that names its routing id after a node (node ids are public) gets
     none of the node's Dispatches: routes are random and bound to keys."""
     c, d = cluster
@@ -167,7 +163,7 @@ def test_no_role_can_take_over_a_nodes_route(cluster, keys, who):  # noqa: F811
         # not even answered)
         thief.send(P.Ping(id=7))
         with client_for(cluster, keys, "alice") as admin:
-            admin.deploy(_add("add-route"))
+            admin.deploy(add_spec("add-route"))
             for i in range(5):
                 r = admin.invoke("add-route", args=[i, i], data=b"other users' input")
                 assert r.ok and r.output == str(2 * i).encode()
@@ -179,7 +175,7 @@ def test_no_role_can_take_over_a_nodes_route(cluster, keys, who):  # noqa: F811
         thief.close()
 
 
-def test_env_values_follow_the_role_and_secrets_never_leave(cluster, keys):  # noqa: F811
+def test_env_values_follow_the_role_and_secrets_never_leave(cluster, keys):
     c, d = cluster
     spec = P.FunctionSpec(name="envfn", runtime="process",
                           command=["/bin/sh", "-c", 'printf "%s/%s" "$PLAIN" "$TOKEN"'],

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import re
 import urllib.request
-from pathlib import Path
 
 from spear import Client, protocol as P
-from spear.cluster import Cluster, free_port
-
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+from spear.cluster import Cluster
+from tests.helpers import add_spec, free_port, wait_for
 
 
 def scrape(port: int) -> str:
@@ -37,8 +35,7 @@ def test_metrics_move_during_a_run(tmp_path):
                  spearlet_config=str(node_cfg)) as c:
         c.start(wait=30)
         with Client(c.sms_addr, timeout=20) as cl:
-            cl.deploy(P.FunctionSpec(name="add", runtime="wasm", handler="add",
-                                     artifact=(EXAMPLES / "add.wat").read_bytes()))
+            cl.deploy(add_spec())
             cl.invoke("add", args=[1, 1])
             before_sms = total(scrape(sms_port), "spear_sms_executions_total")
             before_node = total(scrape(node_port), "spear_spearlet_executions_total",
@@ -48,16 +45,9 @@ def test_metrics_move_during_a_run(tmp_path):
             cl.deploy(P.FunctionSpec(name="bad", runtime="process", command=["false"]))
             assert cl.invoke("bad").status == "failed"
             # the reply can overtake the counter update by a hair: poll (bounded)
-            import time
-            deadline = time.monotonic() + 5
-            while True:
-                sms_text = scrape(sms_port)
-                node_text = scrape(node_port)
-                if (total(sms_text, "spear_sms_executions_total") >= before_sms + 21
-                        or time.monotonic() > deadline):
-                    break
-                time.sleep(0.05)
-    assert total(sms_text, "spear_sms_executions_total") >= before_sms + 21
+            wait_for(lambda: total(scrape(sms_port), "spear_sms_executions_total")
+                     >= before_sms + 21, 5, "21 more executions counted by the SMS")
+            node_text = scrape(node_port)
     assert total(node_text, "spear_spearlet_executions_total", function="add") >= before_node + 20
     assert total(node_text, "spear_spearlet_executions_total", function="bad",
                  status="failed") >= 1

@@ -19,6 +19,7 @@ import pytest
 
 from spear import Client, protocol as P
 from spear.cluster import Cluster
+from tests.helpers import gone
 
 HELPERS = Path(__file__).resolve().parents[1] / "runtimes" / "helpers"
 MIB = 1 << 20
@@ -52,21 +53,6 @@ def _big(name: str, shared: str) -> list[P.FunctionSpec]:
         P.FunctionSpec(name=f"{name}-handler", runtime="process", handler="rogue:big",
                        workdir=shared),
     ]
-
-
-def gone(pids, wait: float) -> bool:
-    end = time.monotonic() + wait
-    while True:
-        alive = []
-        for pid in pids:
-            try:
-                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                    alive.append(pid)
-            except psutil.NoSuchProcess:
-                pass
-        if not alive or time.monotonic() > end:
-            return not alive
-        time.sleep(0.05)
 
 
 def test_output_over_the_cap_is_resource_exhausted_direct_and_via_the_sms(tmp_path, shared):

@@ -3,53 +3,26 @@
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 import threading
-from pathlib import Path
 
 import pytest
 
 from spear import Client, errors, protocol as P
 from spear.cluster import Cluster, free_port
 from spear.config import load_config
-from spear.mesh.security import keygen
+from tests.helpers import EXAMPLES, add_spec, spear_cli
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+from .curve import client_for, curve_config
+
 SECRET = b"TOPSECRET-PAYLOAD-7f3a9c"
-ROLES = {"alice": "admin", "dave": "deployer", "ivan": "invoker", "vera": "viewer"}
-
-
-def _toml_list(paths):
-    return "[" + ", ".join(f'"{p}"' for p in paths) + "]"
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory):
-    d = tmp_path_factory.mktemp("keys")
-    out = {}
-    for name in ["sms", "node1", "node2", "mallory", *ROLES]:
-        pub, sec, _ = keygen(d, name)
-        out[name] = (pub, sec)
-    return out
-
-
-def _config(path: Path, keys, own: str) -> str:
-    role_lines = "\n".join(
-        f"{role} = {_toml_list([keys[n][0] for n, r in ROLES.items() if r == role])}"
-        for role in ("admin", "deployer", "invoker", "viewer"))
-    path.write_text(
-        f'[security]\nkey = "{keys[own][1]}"\nsms_key = "{keys["sms"][0]}"\n'
-        f'{role_lines}\nnode = {_toml_list([keys["node1"][0], keys["node2"][0]])}\n')
-    return str(path)
 
 
 @pytest.fixture(scope="module")
 def secure(tmp_path_factory, keys):
     d = tmp_path_factory.mktemp("secure")
-    sms_cfg = _config(d / "sms.toml", keys, "sms")
-    node_cfg = _config(d / "node.toml", keys, "node1")
-    admin = load_config(_config(d / "admin.toml", keys, "alice"), env={}).security
+    sms_cfg = curve_config(d / "sms.toml", keys, "sms")
+    node_cfg = curve_config(d / "node.toml", keys, "node1")
+    admin = load_config(curve_config(d / "admin.toml", keys, "alice"), env={}).security
     c = Cluster(d / "c", spearlets=1, config=sms_cfg, spearlet_config=node_cfg,
                 heartbeat_interval=0.2, heartbeat_timeout=1.0, client_security=admin,
                 host_roots=[str(EXAMPLES)])
@@ -58,17 +31,6 @@ def secure(tmp_path_factory, keys):
         yield c, d
     finally:
         c.stop()
-
-
-def client_for(secure, keys, who, timeout=3.0):
-    c, d = secure
-    cfg = load_config(_config(d / f"{who}.toml", keys, who), env={})
-    return Client(c.sms_addr, timeout=timeout, security=cfg.security)
-
-
-def add_spec(name="add"):
-    return P.FunctionSpec(name=name, runtime="wasm", handler="add",
-                          artifact=(EXAMPLES / "add.wat").read_bytes())
 
 
 def test_nodes_authenticate_and_are_ready(secure, keys):
@@ -213,7 +175,7 @@ def test_curve_traffic_is_not_readable_on_the_wire(secure, keys, tmp_path):
                           workdir=str(EXAMPLES))
     with client_for(secure, keys, "alice") as admin:
         admin.deploy(echo)
-    cfg = load_config(_config(d / "ivan2.toml", keys, "ivan"), env={})
+    cfg = load_config(curve_config(d / "ivan2.toml", keys, "ivan"), env={})
     seen = _capture_invoke(int(c.sms_addr.rsplit(":", 1)[1]),
                            lambda a: Client(a, timeout=5, security=cfg.security))
     assert len(seen) > 100 and SECRET not in seen and P.PROTOCOL not in seen
@@ -227,8 +189,7 @@ def test_curve_traffic_is_not_readable_on_the_wire(secure, keys, tmp_path):
 
 
 def test_keygen_cli_writes_a_private_secret(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "spear", "keygen", "bob", "--dir", str(tmp_path),
-                        "--json"], capture_output=True, text=True, timeout=30)
+    r = spear_cli("keygen", "bob", "--dir", str(tmp_path), "--json", timeout=30)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "bob.key").exists()
     assert (tmp_path / "bob.key_secret").stat().st_mode & 0o777 == 0o600

@@ -5,34 +5,14 @@ from __future__ import annotations
 import collections
 import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from spear import Client, errors, protocol as P
 from spear.cluster import Cluster
+from tests.helpers import EXAMPLES, FAST_HB, add_spec, spear_cli, wait_for
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-HB = dict(heartbeat_interval=0.2, heartbeat_timeout=1.0, cleanup_interval=60.0)
-
-
-def wait_for(pred, timeout, what, step=0.05):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = pred()
-        if last:
-            return last
-        time.sleep(step)
-    raise AssertionError(f"timed out waiting for {what}; last={last!r}")
-
-
-def add_spec(**kw):
-    return P.FunctionSpec(name=kw.pop("name", "add"), runtime="wasm", handler="add",
-                          artifact=(EXAMPLES / "add.wat").read_bytes(), **kw)
 
 
 def sleep_spec(name="nap", seconds=1.0, **kw):
@@ -48,7 +28,7 @@ def assert_no_reservations(c: Client, timeout=5.0):
 
 @pytest.fixture
 def cluster3(tmp_path):
-    c = Cluster(tmp_path / "c", spearlets=3, labels=["zone=a", "zone=b", "zone=c"], **HB)
+    c = Cluster(tmp_path / "c", spearlets=3, labels=["zone=a", "zone=b", "zone=c"], **FAST_HB)
     try:
         c.start(wait=30)
         yield c
@@ -74,8 +54,8 @@ def test_deploy_once_invoke_by_name_everywhere(cluster3):
         assert {c.invoke("add", args=[i, 0]).info.node_id for i in range(10)} == {ran}
         with pytest.raises(errors.NotFound):
             c.invoke("missing")
-        r = subprocess.run([sys.executable, "-m", "spear", "invoke", "add", "--args", "1,2",
-                            "--sms", cluster3.sms_addr], capture_output=True, timeout=30)
+        r = spear_cli("invoke", "add", "--args", "1,2", "--sms", cluster3.sms_addr, text=False,
+                      timeout=30)
         assert r.returncode == 0 and r.stdout.strip() == b"3"
 
 

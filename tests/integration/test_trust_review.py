@@ -6,8 +6,6 @@ above the node's maximum sent through the SMS, unbounded logs in the gateway."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import zmq
 
@@ -15,8 +13,6 @@ from spear import Client, errors, protocol as P
 from spear.cluster import Cluster
 from spear.gateway.live import LogTail
 from spear.mesh import context
-
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 @pytest.fixture(scope="module")

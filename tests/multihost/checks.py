@@ -2,30 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import time
-from pathlib import Path
 
 from spear import errors, protocol as P
-
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+from tests.helpers import wait_for
 
 TERMINAL_COUNTS = ("succeeded", "failed", "cancelled", "timed_out", "lost")
 
 
-def wait_for(pred, timeout: float, what: str, step: float = 0.05):
-    """Poll ``pred`` until it returns something truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = pred()
-        except (errors.DeadlineExceeded, errors.Unavailable) as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last={last!r}")
+#: what a client may see while a host is cut off or restarting: polls keep going
+TRANSIENT = (errors.DeadlineExceeded, errors.Unavailable)
+#: tests.helpers.wait_for that counts TRANSIENT errors as "not yet"
+wait_for = functools.partial(wait_for, tolerate=TRANSIENT)
 
 
 def slow_echo(name: str, seconds: float, *, retries: int = 0, **kw) -> P.FunctionSpec:
@@ -33,12 +22,6 @@ def slow_echo(name: str, seconds: float, *, retries: int = 0, **kw) -> P.Functio
     return P.FunctionSpec(name=name, runtime="process",
                           command=["sh", "-c", f"sleep {seconds}; cat"],
                           retries=retries, idempotent=retries > 0, **kw)
-
-
-def add_spec(name: str = "add", **kw) -> P.FunctionSpec:
-    """The wasm ``add`` export of examples/add.wat: args [a, b] -> b"a+b"."""
-    return P.FunctionSpec(name=name, runtime="wasm", handler="add",
-                          artifact=(EXAMPLES / "add.wat").read_bytes(), **kw)
 
 
 def placed_on(c, node_id: str, function: str = "") -> list[str]:

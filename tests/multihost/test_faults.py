@@ -27,7 +27,9 @@ import pytest
 
 from spear import errors, protocol as P
 
-from .checks import (TERMINAL_COUNTS, RawNode, add_spec, assert_counted_once,
+from tests.helpers import EXAMPLES, add_spec
+
+from .checks import (TERMINAL_COUNTS, RawNode, assert_counted_once,
                      assert_no_reservations, assert_node_works, last_event_seq, placed_on,
                      settle, slow_echo, wait_for, wait_registered)
 
@@ -424,7 +426,6 @@ def test_graceful_stop_finishes_just_dispatched_work(multihost):
     """SIGTERM while a dispatched execution is still being set up on the node
     (fetch, deploy, pre-warm): the node finishes it within drain_timeout, it is
     not lost. (It was: the drain only counted executions already running.)"""
-    from .checks import EXAMPLES
 
     mh = multihost(["sms", "h1", "h2"])
     with mh.client(timeout=20) as c:

@@ -26,12 +26,14 @@ def test_sms_holds_a_thousand_heartbeating_nodes(tmp_path):
                  baseline=2.0, settle=2.0, register_timeout=60.0, data=tmp_path,
                  progress=lambda m: None)
     print("\n" + ", ".join(f"{k}={v}" for k, v in r.items()))
-    assert r["register_all_s"] < 60
+    # run_step fails unless all 1,000 registered within register_timeout (its time is
+    # reported in register_all_s: bench/scale.py measures it, this test does not)
     # every node stayed ready: no heartbeat went unanswered for the 5 s timeout
     assert r["unhealthy_seen"] == 0, r
     assert r["unknown_acks"] == 0, r
-    # heartbeats were answered (loosely: this machine is shared and noisy)
-    assert r["heartbeats_answered_per_s"] >= 0.5 * 1000, r
+    # heartbeats were answered: at least half of those sent in the window (loosely:
+    # this machine is shared and noisy; both rates are counts over the same span)
+    assert r["heartbeats_answered_per_s"] >= 0.5 * r["heartbeats_sent_per_s"] > 0, r
     # simulated nodes offer no runtime: the scheduler never sent them work
     assert r["dispatches_to_sims"] == 0, r
     # real work went on meanwhile, on the real node

@@ -38,7 +38,9 @@ def test_soak_with_spearlets_killed_and_restarted(tmp_path):
                                  "sms_rss_growth_mb", "loadavg")}
     print(f"\nsoak {SECONDS:g}s: {summary}\n  kills: {r['chaos']}\n  rss: {r['rss']}")
     assert len(r["chaos"]) >= 3 and any(c["signal"] == "SIGKILL" for c in r["chaos"]), r["chaos"]
-    assert r["submitted"] >= 0.8 * 300 * SECONDS, r["submit_errors"]
+    # enough work to fill the SMS's retention, so that the RSS bound is about a full one
+    # (how many per second is bench/soak.py's figure, not a test's)
+    assert r["submitted"] > args.max_executions, (r["submitted"], r["submit_errors"])
     assert check(r, RSS_BOUND_MB) == []
     # at-most-once: a retries=0 execution may be lost with its node, never run twice
     # (an execution a stopping node hands back after it started is a node failure)
