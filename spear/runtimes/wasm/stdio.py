@@ -197,6 +197,7 @@ class FdBox:
         self.lock = threading.Lock()
 
     def take(self) -> tuple[int, ...] | None:
+        """The descriptors, to the first caller only (later callers: None)."""
         with self.lock:
             fds, self.fds = self.fds, None
             return fds
@@ -272,6 +273,7 @@ class Capture:
         return data, size
 
     def close(self) -> None:
+        """Close both files."""
         close_all((self.out, self.err))
 
 
