@@ -297,11 +297,14 @@ class WasmRuntime(Runtime):
         if h.__class__ is ExportInstance:
             if h.closed or self._closed or not h.inline or h.slow or h.busy:
                 return None
-            eff = self._limits(h, limits)
+            # the hot path: the limits cache and the busy flag without a call
+            eff = h.lim_eff if h.lim_obj is limits and limits is not None else self._limits(h, limits)
             values = exports.convert_args(h, args)
+            h.busy = True
             try:
-                return self._call_export_inline(h, values, eff)
+                return exports.call(self._engine, h, values, eff, self.inline_budget)
             finally:
+                h.busy = False
                 if h.broken:
                     instance.reusable = False
         if h.__class__ is CommandInstance:
