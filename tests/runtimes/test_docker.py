@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import statistics
 import time
 
 import docker
@@ -154,9 +153,10 @@ def test_invalid_specs(rt):
         asyncio.run(rt.prepare(FunctionSpec(name="w", runtime="wasm", image=BUSYBOX)))
 
 
-def test_concurrent_oneshots_do_not_block_the_loop(rt):
+def test_concurrent_oneshots_do_not_block_the_loop(rt, api):
     async def main():
         ticks = 0
+        most = 0
         stop = False
 
         async def ticker():
@@ -165,26 +165,30 @@ def test_concurrent_oneshots_do_not_block_the_loop(rt):
                 await asyncio.sleep(0.01)
                 ticks += 1
 
-        t = asyncio.create_task(ticker())
-        fs = spec(["sh", "-c", "sleep 1; tr a-z A-Z"])
-        started = time.perf_counter()
-        outs = await asyncio.gather(*(run_once(rt, fs, f"n{i}".encode()) for i in range(4)))
-        elapsed = time.perf_counter() - started
-        stop = True
-        await t
-        return outs, ticks, elapsed
+        async def watcher():
+            nonlocal most
+            while not stop:
+                found = await asyncio.to_thread(containers, api, **{"spear.function": "together"})
+                most = max(most, sum(c["State"] == "running" for c in found))
 
-    outs, ticks, elapsed = asyncio.run(main())
+        tasks = [asyncio.create_task(ticker()), asyncio.create_task(watcher())]
+        fs = spec(["sh", "-c", "sleep 2; tr a-z A-Z"], name="together")
+        outs = await asyncio.gather(*(run_once(rt, fs, f"n{i}".encode()) for i in range(4)))
+        stop = True
+        await asyncio.gather(*tasks)
+        return outs, ticks, most
+
+    outs, ticks, most = asyncio.run(main())
     assert [o.output for o in outs] == [b"N0", b"N1", b"N2", b"N3"]
     # the loop kept ticking while containers ran (a blocked loop would not)
-    assert ticks > elapsed / 0.01 / 4, (ticks, elapsed)
-    assert elapsed < 3.5  # the four ran concurrently (one after another: > 4 s)
+    assert ticks >= 10, ticks
+    assert most == 4  # the four ran at the same time, not one after another
 
 
 # ------------------------------------------------------------------ pooled
 
 
-def test_pooled_reuses_one_container_and_is_faster(rt, api):
+def test_pooled_reuses_one_container(rt, api):
     # each exec appends to a file in the container: a count of n proves reuse
     fs = spec(
         ["sh", "-c", "echo x >> /tmp/calls; hostname; wc -l < /tmp/calls; tr a-z A-Z"],
@@ -199,30 +203,22 @@ def test_pooled_reuses_one_container_and_is_faster(rt, api):
         try:
             running = containers(api, **{OWNER_LABEL: rt.owner, "spear.function": "pooled-fn"})
             assert len(running) == 1
-            hosts, warm = set(), []
+            hosts = set()
             for i in range(1, 7):
-                t = time.perf_counter()
                 out = await rt.invoke(inst, b"abc", [], Limits())
-                warm.append(time.perf_counter() - t)
                 host, count, text = out.output.split(b"\n")
                 hosts.add(host)
                 assert int(count) == i
                 assert text == b"ABC"
                 assert inst.reusable
             assert len(hosts) == 1 and running[0]["Id"].startswith(hosts.pop().decode())
-            cold = []
-            for _ in range(3):
-                t = time.perf_counter()
-                out = await run_once(rt, oneshot, b"abc")
-                cold.append(time.perf_counter() - t)
-                assert out.output == b"ABC"
-            return warm, cold
+            # a one-shot of the same image meanwhile gets a container of its own
+            assert (await run_once(rt, oneshot, b"abc")).output == b"ABC"
+            assert len(containers(api, **{"spear.function": "pooled-fn"})) == 1
         finally:
             await rt.destroy(inst)
 
-    warm, cold = asyncio.run(main())
-    # compared in the same run, so machine noise largely cancels out
-    assert statistics.median(warm[1:]) < min(cold), (warm, cold)
+    asyncio.run(main())
     assert containers(api, **{"spear.function": "pooled-fn"}) == []
 
 
@@ -375,10 +371,8 @@ def test_usage_is_measured(rt):
 
 def test_timeout_oneshot_kills_and_cleans_up(rt, api):
     fs = spec(["sleep", "60"], name="slow-oneshot", limits=Limits(timeout=1))
-    t = time.perf_counter()
     with pytest.raises(errors.DeadlineExceeded, match="timeout of 1 s"):
         asyncio.run(run_once(rt, fs))
-    assert time.perf_counter() - t < 15
     assert containers(api, **{"spear.function": "slow-oneshot"}) == []
     still_serves(rt)
 

@@ -1,4 +1,4 @@
-"""A Docker Engine that comes up after the node, or goes away (issue 15).
+"""A Docker Engine that comes up after the node, or goes away.
 
 The node is pointed at a UNIX socket where nothing listens at first; the test
 then opens that socket as a proxy to the machine's real engine (never
@@ -25,7 +25,7 @@ import pytest
 
 from spear import Client, errors, protocol as P
 from spear.cluster import Cluster
-from spear.config import load_config
+from spear.config import docker_host, load_config
 from spear.runtimes import RuntimeManager
 from spear.runtimes.docker import DEFAULT_URL, MANAGED_LABEL, OWNER_LABEL, remove_leftovers
 from spear.spearlet.functions import FunctionService
@@ -39,7 +39,7 @@ UPPER = P.FunctionSpec(name="upper", runtime="docker", image=BUSYBOX, command=["
 
 
 def _engine_socket() -> str:
-    url = os.environ.get("DOCKER_HOST") or DEFAULT_URL
+    url = docker_host() or DEFAULT_URL
     if not url.startswith("unix://"):
         pytest.skip(f"the proxy needs an engine on a UNIX socket, not {url}")
     return url[len("unix://"):]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -217,7 +216,7 @@ def test_warm_inline_command_delivers_stderr_to_on_log(go):
             assert b"".join(logs) == b"hello.wat: greeting written\n"
             assert out.usage.fuel > 0 and out.usage.peak_memory == 17 * 65536
         assert pool == ["_run_command"]
-        assert len(rt._captures) == 1 and not rt._capturing
+        assert len(rt._captures.spare) == 1 and not rt._captures.active
         # a fresh store per call still; big input and output; empty input
         big = bytes(range(256)) * 3600
         assert (await call(rt, inst, big)).output == b"hello, " + big
@@ -254,12 +253,11 @@ def test_long_running_command_moves_to_the_pool_and_times_out(go):
         await call(rt, inst)  # fast: inline
         assert pool == ["_run_command"] and compiled.slow is False
         # a runaway call that was started inline is still stopped by the epoch
-        # (0.5 s: "slow" is CPU time over 0.1 s, which a loaded machine may
-        # not give a 0.2 s call now that the deadline no longer runs late)
-        t = time.perf_counter()
-        with pytest.raises(errors.DeadlineExceeded):
-            await call(rt, inst, b"s", limits=Limits(timeout=0.5))
-        assert time.perf_counter() - t < 2.0
+        # (1 s: "slow" is CPU time over 0.1 s, which a machine whose cores
+        # other processes share may not give a shorter call)
+        with pytest.raises(errors.DeadlineExceeded) as ei:
+            await call(rt, inst, b"s", limits=Limits(timeout=1.0))
+        assert ei.value.details["limit"] == "timeout" and ei.value.details["run"] >= 1.0
         assert pool == ["_run_command"] and compiled.slow is True
         # ... and the next call goes to the pool: the loop keeps running
         beats = 0
@@ -271,8 +269,9 @@ def test_long_running_command_moves_to_the_pool_and_times_out(go):
                 await asyncio.sleep(0.01)
 
         hb = asyncio.create_task(heartbeat())
+        # (1 s again, so that it stays "slow")
         with pytest.raises(errors.DeadlineExceeded):
-            await call(rt, inst, b"s", limits=Limits(timeout=0.3))
+            await call(rt, inst, b"s", limits=Limits(timeout=1.0))
         hb.cancel()
         assert pool == ["_run_command"] * 2 and beats >= 10
         # a fast call (on the pool) brings it back inline
@@ -294,16 +293,16 @@ def test_inline_command_output_cap(go):
         with pytest.raises(errors.ResourceExhausted) as ei:
             await call(rt, inst, b"1", limits=Limits(timeout=5))
         assert ei.value.details["limit"] == "output"
-        assert pool == [] and not rt._captures  # the sealed pair was dropped
+        assert pool == [] and not rt._captures.spare  # the sealed pair was dropped
         # stderr: logs are cut at the cap, the guest sees a failed write
         logs: list[bytes] = []
         with pytest.raises(errors.FunctionError) as ei:
             await call(rt, inst, b"2", limits=Limits(timeout=5), logs=logs)
         assert ei.value.details["exit_code"] == 7
         assert sum(map(len, logs)) == 1 << 20 and max(map(len, logs)) <= 1 << 16
-        assert pool == [] and not rt._captures
+        assert pool == [] and not rt._captures.spare
         assert (await call(rt, inst)).output == b""
-        assert pool == [] and len(rt._captures) == 1
+        assert pool == [] and len(rt._captures.spare) == 1
         await assert_healthy(rt)
 
     go(body, max_output_bytes=1 << 20, inline_budget=1.0)
@@ -454,13 +453,11 @@ def test_slow_export_moves_off_the_loop(go):
         assert (await call(rt, inst, args=[10])).output == b"55"
         assert inst.handle.slow is False
         n = 1
-        while True:  # find a call that takes ~30 ms or more
-            t = time.perf_counter()
-            await call(rt, inst, args=[n])
-            if time.perf_counter() - t > 0.03:
-                break
+        while not inst.handle.slow:  # find a call over the runtime's CPU budget
+            assert n < 1 << 40, "no call was ever slow"
             n *= 4
-        assert inst.handle.slow is True
+            await call(rt, inst, args=[n])
+        n *= 16  # long enough for the loop to beat several times meanwhile
         beats = 0
 
         async def heartbeat():
@@ -511,10 +508,8 @@ def test_fuel_stops_infinite_loop(go):
     async def body(rt):
         for handler, limits in (("spin", Limits(fuel=100_000)), ("", Limits(fuel=100_000))):
             inst = await deploy(rt, spec("spin.wat", handler))
-            t = time.perf_counter()
             with pytest.raises(errors.ResourceExhausted) as ei:
                 await call(rt, inst, limits=limits)
-            assert time.perf_counter() - t < 2.0
             assert "fuel exhausted" in ei.value.message
             assert ei.value.details["usage"]["fuel"] == 100_000
         await assert_healthy(rt)
@@ -540,11 +535,10 @@ def test_timeout_stops_infinite_loop(go):
     async def body(rt):
         for handler in ("spin", ""):
             inst = await deploy(rt, spec("spin.wat", handler))
-            t = time.perf_counter()
-            with pytest.raises(errors.DeadlineExceeded):
+            with pytest.raises(errors.DeadlineExceeded) as ei:
                 await call(rt, inst, limits=Limits(timeout=0.2))
-            elapsed = time.perf_counter() - t
-            assert 0.15 < elapsed < 2.0, elapsed
+            # never stopped before its limit (how soon after: bench/wasm_timeouts.py)
+            assert ei.value.details["limit"] == "timeout" and ei.value.details["run"] >= 0.2
         # the interrupted export instance is not reused, the runtime still works
         await assert_healthy(rt)
         ok = await deploy(rt, spec("spin.wat", "ok"))
@@ -556,10 +550,9 @@ def test_timeout_stops_infinite_loop(go):
 def test_default_timeout_from_runtime(go):
     async def body(rt):
         inst = await deploy(rt, spec("spin.wat", "spin"))
-        t = time.perf_counter()
-        with pytest.raises(errors.DeadlineExceeded):
+        with pytest.raises(errors.DeadlineExceeded) as ei:
             await call(rt, inst)
-        assert time.perf_counter() - t < 2.0
+        assert ei.value.details["timeout"] == 0.1 and ei.value.details["run"] >= 0.1
 
     go(body, default_timeout=0.1)
 
@@ -762,7 +755,7 @@ def test_close_stops_ticker_and_refuses_work(tmp_path):
         rt = WasmRuntime(tmp_path / "c")
         assert rt.available() == (True, "")
         inst = await deploy(rt, spec("add.wat", "add"))
-        ticker = rt._ticker
+        ticker = rt._engine.ticker
         assert ticker.is_alive()
         await rt.close()
         assert not ticker.is_alive()

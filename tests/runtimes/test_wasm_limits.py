@@ -1,5 +1,5 @@
-"""Time limits of the wasm runtime that hold against functions that misbehave
-(issue 15): real wasmtime, real threads, no mocks.
+"""Time limits of the wasm runtime that hold against functions that misbehave:
+real wasmtime, real threads, no mocks.
 
 What is asserted is what the runtime reports (status, error code, limit,
 the run and queue times it measured), never how long the test took: the
@@ -21,7 +21,7 @@ from spear import errors, protocol as P
 from spear.config import load_config
 from spear.runtimes import RuntimeManager
 from spear.runtimes.wasm import UNLIMITED_FUEL, WasmRuntime
-from spear.runtimes.wasm_pool import EpochClock
+from spear.runtimes.wasm.engine import EpochClock
 from spear.spearlet.functions import FunctionService
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -343,8 +343,10 @@ def test_spinning_tenant_never_times_out_a_well_behaved_caller(tmp_path, max_que
         assert s.status == "timed_out" and s.error.code == "DEADLINE_EXCEEDED", s
         assert "timeout of 0.4s" in s.error.message
         assert s.timings.run >= 0.4, s.timings
-    # the last spinner waited for two whole timeouts: reported as queue, not run
-    assert max(s.timings.queue for s in spun) >= 0.8, [s.timings for s in spun]
+    # the last spinner waited for two whole timeouts, reported as queue, not
+    # run: counted from when the first one started, less the moment between
+    # that and its own submission (the three are submitted a few ms apart)
+    assert max(s.timings.queue for s in spun) >= 0.8 - 0.05, [s.timings for s in spun]
 
 
 def test_config_keys_reach_the_pool(tmp_path):

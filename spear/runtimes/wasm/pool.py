@@ -1,23 +1,12 @@
-"""When and where the ``wasm`` runtime's calls run: the epoch clock that
-ends them at their deadline, and the bounded pool of threads they wait for.
+"""Where the ``wasm`` runtime's calls run when they cannot run inline: a
+bounded pool of threads (:class:`WorkerPool`).
 
-**Deadlines** (:class:`EpochClock`). wasmtime interrupts a guest when the
-engine's epoch passes the store's epoch deadline. The clock ties epoch *n* to
-the instant ``origin + n * tick`` of ``time.monotonic()``: the ticker thread
-raises the epoch to what the clock says, several steps at once when it woke
-late, and never further. A call that starts at ``start`` with timeout ``T``
-gets the first epoch strictly after ``start + T`` as its deadline, so it is
-never interrupted before it has run ``T`` seconds, and it is interrupted
-within about two ticks after that (one for the rounding, one for the ticker's
-wake-up), whatever the load did to earlier ticks. Counting ticks instead of
-time made a 30 s timeout fire late by the ticker's accumulated lag.
-
-**Threads** (:class:`WorkerPool`). Calls that cannot run inline wait for one
-of ``threads`` worker threads, first come, first served. Their deadline is
-measured from when they start running, never from when they were queued,
-and the time they waited is reported apart (``Job.waited``). Waiting is
-bounded twice, and either bound answers ``RESOURCE_EXHAUSTED`` naming the
-limit, never a timeout for a call that did not run:
+Such calls wait for one of ``threads`` worker threads, first come, first
+served. Their deadline is measured from when they start running, never from
+when they were queued, and the time they waited is reported apart
+(``Job.waited``). Waiting is bounded twice, and either bound answers
+``RESOURCE_EXHAUSTED`` naming the limit, never a timeout for a call that
+did not run:
 
 * at most ``max_queue`` calls wait at once: the next one is refused at once;
 * a call waits at most ``queue_timeout`` seconds for a thread.
@@ -35,47 +24,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
-from .. import errors
+from ... import errors
 
-__all__ = ["EpochClock", "Job", "WorkerPool"]
+__all__ = ["Job", "WorkerPool"]
 
 _QUEUED, _RUNNING, _DONE, _DROPPED = range(4)
-
-
-class EpochClock:
-    """An engine epoch that follows the monotonic clock (see module doc).
-
-    ``increment`` raises the engine's epoch by one. Only the ticker thread
-    calls :meth:`advance`; any thread calls :meth:`ticks`.
-    """
-
-    __slots__ = ("tick", "origin", "epoch", "_increment")
-
-    def __init__(self, increment: Callable[[], None], tick: float) -> None:
-        self.tick = tick
-        self.origin = time.monotonic()
-        #: the engine's epoch as far as this clock knows: it is raised after
-        #: the engine's, so it is never ahead of it
-        self.epoch = 0
-        self._increment = increment
-
-    def ticks(self, start: float, timeout: float) -> int:
-        """The relative epoch deadline (``set_epoch_deadline``) of a call that
-        started at monotonic time ``start`` and may run ``timeout`` seconds."""
-        target = int((start + timeout - self.origin) / self.tick) + 1
-        return max(1, target - self.epoch)
-
-    def next_at(self) -> float:
-        """The monotonic time of the next epoch."""
-        return self.origin + (self.epoch + 1) * self.tick
-
-    def advance(self, now: float) -> None:
-        """Raise the epoch to what the clock says at ``now`` (ticker thread)."""
-        target = int((now - self.origin) / self.tick)
-        inc = self._increment
-        while self.epoch < target:
-            inc()
-            self.epoch += 1
 
 
 class Job:

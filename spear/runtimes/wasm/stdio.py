@@ -14,7 +14,7 @@ tokio threads, and at interpreter exit that made the process panic):
   from native code without any reader, and the loop reads them once the call
   has ended. Nothing is created per call but the two ``open`` calls wasmtime
   makes. The size cap is checked after the call and, during a long call, by
-  the epoch ticker thread (:meth:`Capture.enforce`): a file past the cap is
+  the epoch ticker thread (:meth:`Captures.enforce`): a file past the cap is
   sealed against growth (``F_SEAL_GROW``), so the guest's next write fails
   with ``EPERM``, much like the ``EPIPE`` of an overflowing pipe.
 """
@@ -22,24 +22,16 @@ tokio threads, and at interpreter exit that made the process panic):
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
 import os
 import threading
-from typing import Any, Callable
-
-from .. import errors
-
-try:  # pragma: no branch
-    from wasmtime import _bindings as _B
-except Exception:  # pragma: no cover - the runtime reports wasmtime missing
-    _B = None  # type: ignore[assignment]
+from typing import Callable
 
 log = logging.getLogger("spear.runtimes.wasm")
 
 __all__ = [
-    "CHUNK", "Capture", "FdBox", "Output", "Pump", "WasiArgs", "capture_supported",
-    "close_all", "deliver", "drain", "fd_path", "grow_pipe", "open_pipes", "safe_sink", "wasi_config",
+    "CHUNK", "Capture", "Captures", "FdBox", "Output", "Pump", "capture_supported",
+    "close_all", "deliver", "drain", "fd_path", "grow_pipe", "open_pipes", "safe_sink",
 ]
 
 _MIB = 1 << 20
@@ -55,74 +47,6 @@ LogFn = Callable[[bytes], None]
 def fd_path(fd: int) -> bytes:
     """A path that opens (a new description of) the file behind ``fd``."""
     return b"/proc/self/fd/%d" % fd
-
-
-# --------------------------------------------------------------------------
-# the WASI context of a call
-# --------------------------------------------------------------------------
-
-
-def _char_array(items: list[bytes]) -> Any:
-    """A ``char **`` over ``items`` (it keeps the array and the bytes alive)."""
-    arr = (ctypes.c_char_p * max(1, len(items)))(*items)
-    return ctypes.cast(arr, ctypes.POINTER(ctypes.POINTER(ctypes.c_char)))
-
-
-_U8P = ctypes.POINTER(ctypes.c_ubyte)
-
-
-class WasiArgs:
-    """What a function's WASI context holds on every call (argv[0], the
-    granted environment, preopens and network), ready as C arrays so that a
-    call's ``wasi_config_t`` is built with a handful of C calls."""
-
-    __slots__ = ("argv0", "argv", "pass_args", "env_n", "env_names", "env_values", "preopens", "network")
-
-    def __init__(self, name: str, env: list[tuple[str, str]], preopens: list[tuple[str, str, bool]],
-                 pass_args: bool, network: bool) -> None:
-        self.argv0 = name.encode()
-        self.argv = _char_array([self.argv0])
-        self.pass_args = pass_args
-        self.env_n = len(env)
-        self.env_names = _char_array([k.encode() for k, _ in env])
-        self.env_values = _char_array([v.encode() for _, v in env])
-        self.preopens = [(h.encode(), g.encode(), m) for h, g, m in preopens]
-        self.network = network
-
-
-def wasi_config(t: WasiArgs, args: list, stdin: bytes, out_path: bytes, err_path: bytes) -> Any:
-    """A new ``wasi_config_t`` for one call: the grants in ``t`` (``args``
-    follow argv[0] only if granted), ``stdin`` in memory (empty: EOF), stdout
-    and stderr opened (and truncated) from the given paths. Nothing else is
-    inherited from the host. The caller hands it to a store, which takes it."""
-    cfg = _B._wasi_config_new()
-    try:
-        if t.pass_args and args:
-            argv = [t.argv0] + [str(a).encode() for a in args]
-            ok = _B._wasi_config_set_argv(cfg, len(argv), _char_array(argv))
-        else:
-            ok = _B._wasi_config_set_argv(cfg, 1, t.argv)
-        if not ok:
-            raise errors.InvalidArgument("args must be valid UTF-8")
-        if t.env_n and not _B._wasi_config_set_env(cfg, t.env_n, t.env_names, t.env_values):
-            raise errors.InvalidArgument("the environment must be valid UTF-8")
-        for host, guest, mutable in t.preopens:
-            if not _B._wasi_config_preopen_dir(cfg, host, guest, mutable):
-                raise errors.Unavailable(f"cannot preopen granted directory {host.decode()!r}")
-        if t.network:
-            _B._wasi_config_inherit_network(cfg)
-        if stdin:
-            if stdin.__class__ is not bytes:
-                stdin = bytes(stdin)
-            vec = _B.wasm_byte_vec_t()
-            _B._wasm_byte_vec_new(ctypes.byref(vec), len(stdin), ctypes.cast(stdin, _U8P))  # copies
-            _B._wasi_config_set_stdin_bytes(cfg, ctypes.byref(vec))  # takes the vector
-        if not (_B._wasi_config_set_stdout_file(cfg, out_path) and _B._wasi_config_set_stderr_file(cfg, err_path)):
-            raise errors.Internal("cannot open the stdout/stderr files of a WASI call")
-    except BaseException:
-        _B._wasi_config_delete(cfg)
-        raise
-    return cfg
 
 
 # --------------------------------------------------------------------------
@@ -273,12 +197,14 @@ class FdBox:
         self.lock = threading.Lock()
 
     def take(self) -> tuple[int, ...] | None:
+        """The descriptors, to the first caller only (later callers: None)."""
         with self.lock:
             fds, self.fds = self.fds, None
             return fds
 
 
 def close_all(fds: tuple[int, ...] | None) -> None:
+    """Close every descriptor in ``fds`` (None: nothing), ignoring errors."""
     for fd in fds or ():
         try:
             os.close(fd)
@@ -320,7 +246,7 @@ class Capture:
 
     def enforce(self, cap: int) -> None:
         """Seal a file that has grown past ``cap`` against further growth.
-        (epoch ticker thread, under the runtime's capture lock)"""
+        (epoch ticker thread, under the lock of :class:`Captures`)"""
         for fd in (self.out, self.err):
             try:
                 if os.lseek(fd, 0, os.SEEK_END) > cap and _SEAL is not None:
@@ -347,7 +273,54 @@ class Capture:
         return data, size
 
     def close(self) -> None:
+        """Close both files."""
         close_all((self.out, self.err))
+
+
+class Captures:
+    """The capture files of inline commands: a short free list of idle pairs
+    (``spare``), and the pairs in use (``active``), whose size the epoch
+    ticker bounds to ``limit`` bytes (:meth:`enforce`)."""
+
+    def __init__(self, limit: int, keep: int = 4) -> None:
+        self.limit = limit
+        self.spare: list[Capture] = []
+        self.active: set[Capture] = set()
+        self._keep = keep
+        self._lock = threading.Lock()
+
+    def take(self) -> Capture:
+        """An idle pair, or a new one (``OSError`` if none can be made)."""
+        return self.spare.pop() if self.spare else Capture()
+
+    def watch(self, cap: Capture) -> None:
+        """Bound ``cap`` while a call writes it."""
+        with self._lock:
+            self.active.add(cap)
+
+    def unwatch(self, cap: Capture) -> None:
+        """The call that wrote ``cap`` has ended."""
+        with self._lock:
+            self.active.discard(cap)
+
+    def give_back(self, cap: Capture, keep: bool = True) -> None:
+        """Keep ``cap`` for a later call, or close it (sealed, not ``keep``, or enough kept)."""
+        if cap.sealed or not keep or len(self.spare) >= self._keep:
+            cap.close()
+        else:
+            self.spare.append(cap)
+
+    def enforce(self) -> None:
+        """Seal the files in use that have grown past the limit (ticker thread)."""
+        if self.active:
+            with self._lock:
+                for cap in self.active:
+                    cap.enforce(self.limit)
+
+    def close(self) -> None:
+        """Close the idle pairs."""
+        while self.spare:
+            self.spare.pop().close()
 
 
 _CAPTURE_OK: bool | None = None
