@@ -19,7 +19,7 @@ import msgspec
 from .. import errors
 from .. import protocol as P
 from ..client import AsyncClient
-from ..mesh.security import allowed
+from ..roles import allowed
 from . import openapi
 from .events import EventSource, SubscriberLimit
 from .guard import Guard

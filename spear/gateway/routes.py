@@ -1,7 +1,7 @@
 """The REST routes: one declaration per route, read by the dispatcher and by OpenAPI.
 
 Each :class:`Route` names the wire message it stands for (``op``): the
-bearer-token role check is ``spear.mesh.security.allowed(role, op)``, the
+bearer-token role check is ``spear.roles.allowed(role, op)``, the
 same table the SMS applies to CURVE keys. Its query Struct validates the
 query string and becomes the documented parameters; its body and response
 types become the documented schemas. Handlers are thin: parse, call the

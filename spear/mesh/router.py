@@ -17,6 +17,7 @@ from typing import Any, Callable
 import zmq
 
 from .. import errors, protocol
+from ..roles import allowed
 from .endpoint import Endpoint
 
 log = logging.getLogger("spear.mesh")
@@ -97,7 +98,7 @@ class RouterServer:
                 id=protocol.request_id_of(body), code=exc.code, message=exc.message))
             return
         if self.security is not None:
-            from .security import allowed, parse_user
+            from .security import parse_user
 
             role, key = parse_user(user)
             if not self._check_route(ident, key):

@@ -1,4 +1,4 @@
-"""Adversarial tests of the gateway's front door (SPEC section 8, issue 13).
+"""Adversarial tests of the gateway's front door.
 
 What a hostile web page, a DNS-rebinding name, a slow-client flood or a
 greedy viewer can do to a gateway on loopback: each test attacks the one
