@@ -1,8 +1,8 @@
 """The gateway as an ASGI application: dispatch, auth, errors, static pages.
 
-:class:`Gateway` owns the SMS clients (one for control calls with the
-configured timeout, one for invocations that may wait much longer), the
-event subscriptions, the live-figure sampler and the captured logs. It is
+:class:`Gateway` owns the SMS clients (one for control calls and event
+subscriptions with the configured timeout, one for invocations that may wait
+much longer), the live-figure sampler and the captured logs. It is
 started by the ASGI lifespan (or lazily by the first request).
 """
 
@@ -21,14 +21,13 @@ from .. import protocol as P
 from ..client import AsyncClient
 from ..roles import allowed
 from . import openapi
-from .events import EventSource, SubscriberLimit
-from .guard import Guard
+from .guard import Guard, SubscriberLimit
 from .http import (ClientGone, HTTPError, Request, Response, StreamResponse, error_response,
                    parse_query)
 from .live import LogStore, Monitor
 from .metrics import GatewayMetrics
 from .routes import ROUTES, Route
-from .settings import Settings
+from .server import Settings
 
 log = logging.getLogger("spear.gateway")
 
@@ -60,7 +59,6 @@ class Gateway:
         self.tokens = settings.tokens
         self.client: AsyncClient | None = None
         self.invoker: AsyncClient | None = None
-        self.events: EventSource | None = None
         self.monitor: Monitor | None = None
         self.logs = LogStore(max(1, g.log_executions), 64 * 1024)
         self.guard = Guard(settings.allowed_hosts, g.allowed_origins)
@@ -89,7 +87,6 @@ class Gateway:
         s = self.settings
         self.client = AsyncClient(s.sms, timeout=s.timeout, security=s.security)
         self.invoker = AsyncClient(s.sms, timeout=s.gateway.invoke_timeout, security=s.security)
-        self.events = EventSource(s.sms, security=self.client.security)
         self.monitor = Monitor(self.client, interval=s.gateway.sample_interval,
                                window=s.gateway.history)
         self.monitor.start()
@@ -102,7 +99,6 @@ class Gateway:
             return
         self._started = False
         await self.monitor.stop()
-        self.events.close()
         await self.client.close()
         await self.invoker.close()
 

@@ -34,9 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def settings_from_args(args):
-    """Resolve :class:`~spear.gateway.settings.Settings` from parsed arguments."""
+    """Resolve :class:`~spear.gateway.server.Settings` from parsed arguments."""
     from ..config import load_config
-    from .settings import from_config
+    from .server import from_config
 
     cfg = load_config(args.config)
     return from_config(cfg, sms=args.sms, http=args.http, overrides={

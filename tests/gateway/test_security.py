@@ -21,7 +21,7 @@ from spear.client import AsyncClient, Client
 from spear.cluster import free_port
 from spear.config import Config
 from spear.gateway.guard import Guard, split_host
-from spear.gateway.settings import from_config
+from spear.gateway.server import from_config
 
 from .conftest import add_spec, start_gateway, stop_gateway, wait_for
 
