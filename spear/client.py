@@ -28,24 +28,23 @@ from .mesh import DealerPeer, context
 from .mesh.endpoint import random_routing_id
 
 
-def _nodes(reply, payload):
-    return list(reply.nodes)
+def _field(name: str, *, as_list: bool = False) -> Callable[[Any, Any], Any]:
+    """A reply extractor: the reply's ``name`` field (copied to a list for ``as_list``)."""
+    if as_list:
+        return lambda reply, payload: list(getattr(reply, name))
+    return lambda reply, payload: getattr(reply, name)
 
 
-def _node(reply, payload):
-    return reply.node
+_nodes = _field("nodes", as_list=True)
+_node = _field("node")
+_function = _field("function")
+_functions = _field("functions", as_list=True)
+_spec = _field("spec")
+_accepted = _field("execution_id")
 
 
-def _pong(reply, payload):
+def _whole(reply, payload):
     return reply
-
-
-def _function(reply, payload):
-    return reply.function
-
-
-def _functions(reply, payload):
-    return list(reply.functions)
 
 
 def _none(reply, payload):
@@ -54,14 +53,6 @@ def _none(reply, payload):
 
 def _exec_page(reply, payload):
     return list(reply.executions), reply.total
-
-
-def _spec(reply, payload):
-    return reply.spec
-
-
-def _accepted(reply, payload):
-    return reply.execution_id
 
 
 class ExecutionResult:
@@ -141,7 +132,7 @@ class _Api:
 
     def ping(self, *, node: str | None = None, timeout: float | None = None):
         """Liveness probe of the SMS (or of the Spearlet at ``node``)."""
-        return self._call(node, P.Ping(id=self._next_id()), None, _pong, timeout)
+        return self._call(node, P.Ping(id=self._next_id()), None, _whole, timeout)
 
     # ------------------------------------------------------------ NodeService
 
@@ -250,7 +241,7 @@ class _Api:
 
     def stats(self, *, timeout: float | None = None):
         """Cluster totals, reservations and execution counts (ResourceService)."""
-        return self._call(None, P.Stats(id=self._next_id()), None, _pong, timeout)
+        return self._call(None, P.Stats(id=self._next_id()), None, _whole, timeout)
 
     def cancel(self, execution_id: str, *, node: str | None = None, timeout: float | None = None):
         """Cancel an execution that has not finished."""

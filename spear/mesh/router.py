@@ -157,10 +157,6 @@ class RouterServer:
                     "belongs to key %s", self.name, ident, key[:12] + "...", owner[:12] + "...")
         return False
 
-    def forget_route(self, ident: bytes) -> None:
-        """Free a routing id (its peer is gone for good)."""
-        self.route_keys.pop(ident, None)
-
     def _send_out(self, ident: bytes, out: Any) -> None:
         try:
             if isinstance(out, tuple):
