@@ -193,14 +193,12 @@ class Gateway:
 
     def authorize(self, req: Request, route: Route) -> str:
         """The caller's role from its bearer token; 401/403 as the HTTP spec says."""
-        header = req.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if not header:
+        if not req.headers.get("authorization", ""):
             raise HTTPError(401, "UNAUTHENTICATED", "a bearer token is required",
                             headers=[("www-authenticate", 'Bearer realm="spear"')])
-        token = token.strip()
+        token = _bearer(req)
         role = None
-        if scheme.lower() == "bearer" and token:
+        if token:
             for known, r in self.tokens.items():
                 # compare every token, in constant time, so timing reveals nothing
                 if hmac.compare_digest(known.encode(), token.encode()):
@@ -226,8 +224,7 @@ class Gateway:
     def subscription(self, req: Request):
         """Take one stream slot of this caller's key (bearer token, else client
         address); the release callable, or 429 when the key has them all."""
-        scheme, _, token = req.headers.get("authorization", "").partition(" ")
-        token = token.strip() if self.tokens and scheme.lower() == "bearer" else ""
+        token = _bearer(req) if self.tokens else ""
         client = req.scope.get("client") or ("", 0)
         return self.subscribers.take(SubscriberLimit.key_of(token, str(client[0])))
 
@@ -294,6 +291,12 @@ class Gateway:
         if ctype.startswith("text/") or ctype.endswith("javascript"):
             ctype = ctype.split(";")[0] + "; charset=utf-8"
         return Response(body, content_type=ctype, headers=[("cache-control", "no-cache")])
+
+
+def _bearer(req: Request) -> str:
+    """The request's bearer token; "" when it sends none or another scheme."""
+    scheme, _, token = req.headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
 
 
 def _path_param(name: str, value: str, typ) -> str:
