@@ -50,7 +50,6 @@ class RouterServer:
         #: routing id -> the key that first spoke on it (CURVE only); a message on
         #: a routing id from another key is refused (see _check_route)
         self.route_keys: dict[bytes, str] = {}
-        self.route_conflicts = 0
         self.tasks: set[asyncio.Task] = set()
 
     def bind(self, addr: str) -> str:
@@ -152,7 +151,6 @@ class RouterServer:
             return True
         if owner == key:
             return True
-        self.route_conflicts += 1
         log.warning("%s: refused a message on routing id %r from key %s: that routing id "
                     "belongs to key %s", self.name, ident, key[:12] + "...", owner[:12] + "...")
         return False
