@@ -290,11 +290,18 @@ class _EventFeed:
     """
 
     def __init__(self, sms: str, security, ids) -> None:
+        self.sms = sms
         self._peer = DealerPeer("client-events", on_message=self._on_message, security=security)
         self._peer._ids = ids
-        self._peer.connect(sms)
-        self._peer.start()
         self._queues: dict[int, asyncio.Queue] = {}
+        self._started = False
+
+    def _start(self) -> None:
+        """Connect on the first subscription's first step (inside the running loop)."""
+        if not self._started:
+            self._peer.connect(self.sms)
+            self._peer.start()
+            self._started = True
 
     def _on_message(self, msg, payload) -> None:
         q = self._queues.get(getattr(msg, "id", 0))
@@ -311,6 +318,7 @@ class _EventFeed:
 
     async def follow(self, since: int, queue_size: int, resubscribe: float) -> AsyncIterator[P.Event]:
         """The body of :meth:`AsyncClient.events`."""
+        self._start()
         rid = self._peer.next_id()
         q: asyncio.Queue = asyncio.Queue(queue_size + 1)
         self._queues[rid] = q
