@@ -2,7 +2,9 @@
 
 Both speak the same protocol through DEALER sockets and share every public
 method through :class:`_Api`; only the transport differs. Every call has a
-timeout and raises a typed :mod:`spear.errors` exception.
+timeout and raises a typed :mod:`spear.errors` exception. Streams (``stream``:
+an invocation's log chunks, then its result; ``events``: the SMS's node and
+execution events) are iterators on both.
 
 ``node=ADDR`` on a call talks to that Spearlet directly (FunctionService)
 instead of going through the SMS.
@@ -12,44 +14,37 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import re
 import time
 import uuid
-from typing import Any, Callable, Iterator
+from typing import Any, AsyncIterator, Callable, Iterator
 
 import msgspec
 import zmq
 
 from . import errors, protocol as P
-from .config import DEFAULT_SMS
+from .config import default_sms_address
 from .mesh import DealerPeer, context
 from .mesh.endpoint import random_routing_id
 
 
-def _default_sms() -> str:
-    # the client library takes its default like the CLI does
-    return os.environ.get("SPEAR_SMS") or DEFAULT_SMS
+def _field(name: str, *, as_list: bool = False) -> Callable[[Any, Any], Any]:
+    """A reply extractor: the reply's ``name`` field (copied to a list for ``as_list``)."""
+    if as_list:
+        return lambda reply, payload: list(getattr(reply, name))
+    return lambda reply, payload: getattr(reply, name)
 
 
-def _nodes(reply, payload):
-    return list(reply.nodes)
+_nodes = _field("nodes", as_list=True)
+_node = _field("node")
+_function = _field("function")
+_functions = _field("functions", as_list=True)
+_spec = _field("spec")
+_accepted = _field("execution_id")
 
 
-def _node(reply, payload):
-    return reply.node
-
-
-def _pong(reply, payload):
+def _whole(reply, payload):
     return reply
-
-
-def _function(reply, payload):
-    return reply.function
-
-
-def _functions(reply, payload):
-    return list(reply.functions)
 
 
 def _none(reply, payload):
@@ -58,14 +53,6 @@ def _none(reply, payload):
 
 def _exec_page(reply, payload):
     return list(reply.executions), reply.total
-
-
-def _spec(reply, payload):
-    return reply.spec
-
-
-def _accepted(reply, payload):
-    return reply.execution_id
 
 
 class ExecutionResult:
@@ -145,7 +132,7 @@ class _Api:
 
     def ping(self, *, node: str | None = None, timeout: float | None = None):
         """Liveness probe of the SMS (or of the Spearlet at ``node``)."""
-        return self._call(node, P.Ping(id=self._next_id()), None, _pong, timeout)
+        return self._call(node, P.Ping(id=self._next_id()), None, _whole, timeout)
 
     # ------------------------------------------------------------ NodeService
 
@@ -254,7 +241,7 @@ class _Api:
 
     def stats(self, *, timeout: float | None = None):
         """Cluster totals, reservations and execution counts (ResourceService)."""
-        return self._call(None, P.Stats(id=self._next_id()), None, _pong, timeout)
+        return self._call(None, P.Stats(id=self._next_id()), None, _whole, timeout)
 
     def cancel(self, execution_id: str, *, node: str | None = None, timeout: float | None = None):
         """Cancel an execution that has not finished."""
@@ -280,6 +267,90 @@ def _key_of(nodes, address: str) -> bytes | None:
     return None
 
 
+#: what an event queue holds after its subscriber fell too far behind
+_BEHIND = object()
+
+
+def _offer(q: asyncio.Queue, item) -> None:
+    """Put ``item`` last, dropping the oldest entry if the queue is full."""
+    try:
+        q.put_nowait(item)
+    except asyncio.QueueFull:
+        q.get_nowait()
+        q.put_nowait(item)
+
+
+class _EventFeed:
+    """Every event subscription of one :class:`AsyncClient`, on one DEALER of its own.
+
+    A connection apart from the calls' keeps a flood of events from ever
+    delaying (or, at the SMS's send limit, dropping) a reply. Each
+    subscription has its own request id and queue; ``Event`` messages are
+    routed to the queue by that id.
+    """
+
+    def __init__(self, sms: str, security, ids) -> None:
+        self.sms = sms
+        self._peer = DealerPeer("client-events", on_message=self._on_message, security=security)
+        self._peer._ids = ids
+        self._queues: dict[int, asyncio.Queue] = {}
+        self._started = False
+
+    def _start(self) -> None:
+        """Connect on the first subscription's first step (inside the running loop)."""
+        if not self._started:
+            self._peer.connect(self.sms)
+            self._peer.start()
+            self._started = True
+
+    def _on_message(self, msg, payload) -> None:
+        q = self._queues.get(getattr(msg, "id", 0))
+        if q is None:
+            return
+        if isinstance(msg, P.Event):
+            if q.full():  # stop routing to it; it learns so after what it already has
+                self._queues.pop(msg.id, None)
+                _offer(q, _BEHIND)
+            else:
+                q.put_nowait(msg)
+        elif isinstance(msg, P.ErrorReply):
+            _offer(q, errors.from_code(msg.code, msg.message))
+
+    async def follow(self, since: int, queue_size: int, resubscribe: float) -> AsyncIterator[P.Event]:
+        """The body of :meth:`AsyncClient.events`."""
+        self._start()
+        rid = self._peer.next_id()
+        q: asyncio.Queue = asyncio.Queue(queue_size + 1)
+        self._queues[rid] = q
+        last = since
+        self._peer.send(P.Subscribe(id=rid, since=since))
+        try:
+            while True:
+                try:
+                    item = await asyncio.wait_for(q.get(), resubscribe)
+                except asyncio.TimeoutError:
+                    self._peer.send(P.Subscribe(id=rid, since=last))
+                    continue
+                if item is _BEHIND:
+                    raise errors.ResourceExhausted(
+                        f"event subscriber fell more than {queue_size} events behind; "
+                        f"subscribe again from seq {last} to resume")
+                if isinstance(item, BaseException):
+                    raise item
+                if item.seq <= last and last:
+                    continue  # a replay after re-subscribing
+                last = item.seq
+                yield item
+        finally:
+            self._queues.pop(rid, None)
+            self._peer.send(P.Unsubscribe(id=rid))
+
+    def close(self) -> None:
+        for q in self._queues.values():
+            _offer(q, errors.Unavailable("the client is closing"))
+        self._peer.close()
+
+
 class AsyncClient(_Api):
     """asyncio client. Use ``async with AsyncClient(sms) as c:``.
 
@@ -289,12 +360,13 @@ class AsyncClient(_Api):
     """
 
     def __init__(self, sms: str | None = None, *, timeout: float = 10.0, security=None) -> None:
-        self.sms = sms or _default_sms()
+        self.sms = sms or default_sms_address()
         self.timeout = timeout
         self.security = _security(security)
         self._peers: dict[str | None, DealerPeer] = {}
         self._keys: dict[str, bytes] = {}
         self._ids = itertools.count(1)
+        self._feed: _EventFeed | None = None
 
     def _peer(self, target: str | None) -> DealerPeer:
         peer = self._peers.get(target)
@@ -340,15 +412,42 @@ class AsyncClient(_Api):
         fut = peer.request(msg, data, timeout=(timeout or self.timeout) + 5.0,
                            on_item=lambda m, p: queue.put_nowait(m.data))
         fut.add_done_callback(lambda f: queue.put_nowait(None))
-        while True:
-            item = await queue.get()
-            if item is None:
-                break
-            yield item
+        try:
+            while True:
+                item = await queue.get()
+                if item is None:
+                    break
+                yield item
+        finally:
+            if not fut.done():  # abandoned: later chunks and the result go nowhere
+                peer.forget(msg.id)
         reply, rpayload = fut.result()
         yield _result(reply, rpayload)
 
+    def events(self, since: int = 0, *, queue_size: int = 10_000,
+               resubscribe: float = 10.0) -> AsyncIterator[P.Event]:
+        """Every node and execution event with ``seq > since``, for ever (async iterator).
+
+        The SMS first replays what it still holds after ``since``. Every
+        ``resubscribe`` seconds without an event the subscription is renewed
+        from the last seq delivered, so a silent SMS restart (the socket
+        reconnects, the new SMS knows no subscribers) costs at most that long
+        a gap; events seen twice because of it are skipped by seq. A
+        subscriber more than ``queue_size`` events behind gets
+        ``ResourceExhausted`` after the events it has: resume by calling
+        again with the last seq it saw. Closing the client ends every
+        subscription with ``Unavailable``; closing the iterator (``aclose``,
+        or leaving an ``async for``) unsubscribes.
+        """
+        if self._feed is None:
+            self._feed = _EventFeed(self.sms, self.security, self._ids)
+        return self._feed.follow(since, queue_size, resubscribe)
+
     async def close(self) -> None:
+        """Close every socket; open event subscriptions end with ``Unavailable``."""
+        if self._feed is not None:
+            self._feed.close()
+            self._feed = None
         for peer in self._peers.values():
             peer.close()
         self._peers.clear()
@@ -364,7 +463,7 @@ class Client(_Api):
     """Blocking client over plain zmq sockets (no event loop needed)."""
 
     def __init__(self, sms: str | None = None, *, timeout: float = 10.0, security=None) -> None:
-        self.sms = sms or _default_sms()
+        self.sms = sms or default_sms_address()
         self.timeout = timeout
         self.security = _security(security)
         self._socks: dict[str | None, zmq.Socket] = {}

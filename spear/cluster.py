@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from . import errors
+from .config import child_env
 from .fsmodes import private_dir, private_opener
 
 
@@ -69,7 +70,7 @@ class Cluster:
         self.client_security = client_security
         self.hb = (heartbeat_interval, heartbeat_timeout, cleanup_interval)
         self.log_level = log_level
-        self.env = {**os.environ, **(env or {})}
+        self.env = child_env(env)
         self.quiet = quiet
         self.labels = labels or []
         #: HOST:PORT of an HTTP gateway to start with the cluster (None: none)

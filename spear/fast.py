@@ -2,7 +2,8 @@
 
 The compiled modules ``spear._fast.scheduler`` and ``spear._fast.pool`` are
 used when they import, unless ``SPEAR_NO_EXTENSIONS=1`` asks for pure Python
-(this module and the config module are the only readers of that variable).
+(read by :func:`spear.config.no_extensions`, which imports only the errors
+module: selecting a kernel stays cheap and circle-free).
 The ``*_py`` twins are always importable and give identical results.
 
 Public API: ``pick_node``, ``pick_nodes``, ``SlotPool``, ``EXTENSIONS`` (True
@@ -13,11 +14,11 @@ only when both compiled modules are live); for tests and benchmarks,
 
 from __future__ import annotations
 
-import os
 from types import ModuleType
 
 from spear._fast import pool_py as py_pool
 from spear._fast import scheduler_py as py_scheduler
+from spear.config import no_extensions
 
 __all__ = [
     "EXTENSIONS", "NO_EXTENSIONS_REQUESTED", "SlotPool", "pick_node", "pick_nodes",
@@ -26,7 +27,7 @@ __all__ = [
 ]
 
 #: True when SPEAR_NO_EXTENSIONS=1 asked for the pure-Python twins.
-NO_EXTENSIONS_REQUESTED: bool = os.environ.get("SPEAR_NO_EXTENSIONS") == "1"
+NO_EXTENSIONS_REQUESTED: bool = no_extensions()
 
 compiled_scheduler: ModuleType | None = None
 compiled_pool: ModuleType | None = None

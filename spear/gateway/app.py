@@ -1,8 +1,8 @@
 """The gateway as an ASGI application: dispatch, auth, errors, static pages.
 
-:class:`Gateway` owns the SMS clients (one for control calls with the
-configured timeout, one for invocations that may wait much longer), the
-event subscriptions, the live-figure sampler and the captured logs. It is
+:class:`Gateway` owns the SMS clients (one for control calls and event
+subscriptions with the configured timeout, one for invocations that may wait
+much longer), the live-figure sampler and the captured logs. It is
 started by the ASGI lifespan (or lazily by the first request).
 """
 
@@ -19,16 +19,15 @@ import msgspec
 from .. import errors
 from .. import protocol as P
 from ..client import AsyncClient
-from ..mesh.security import allowed
+from ..roles import allowed
 from . import openapi
-from .events import EventSource, SubscriberLimit
-from .guard import Guard
+from .guard import Guard, SubscriberLimit
 from .http import (ClientGone, HTTPError, Request, Response, StreamResponse, error_response,
                    parse_query)
 from .live import LogStore, Monitor
 from .metrics import GatewayMetrics
 from .routes import ROUTES, Route
-from .settings import Settings
+from .server import Settings
 
 log = logging.getLogger("spear.gateway")
 
@@ -60,7 +59,6 @@ class Gateway:
         self.tokens = settings.tokens
         self.client: AsyncClient | None = None
         self.invoker: AsyncClient | None = None
-        self.events: EventSource | None = None
         self.monitor: Monitor | None = None
         self.logs = LogStore(max(1, g.log_executions), 64 * 1024)
         self.guard = Guard(settings.allowed_hosts, g.allowed_origins)
@@ -89,7 +87,6 @@ class Gateway:
         s = self.settings
         self.client = AsyncClient(s.sms, timeout=s.timeout, security=s.security)
         self.invoker = AsyncClient(s.sms, timeout=s.gateway.invoke_timeout, security=s.security)
-        self.events = EventSource(s.sms, security=self.client.security)
         self.monitor = Monitor(self.client, interval=s.gateway.sample_interval,
                                window=s.gateway.history)
         self.monitor.start()
@@ -102,7 +99,6 @@ class Gateway:
             return
         self._started = False
         await self.monitor.stop()
-        self.events.close()
         await self.client.close()
         await self.invoker.close()
 
@@ -197,14 +193,12 @@ class Gateway:
 
     def authorize(self, req: Request, route: Route) -> str:
         """The caller's role from its bearer token; 401/403 as the HTTP spec says."""
-        header = req.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if not header:
+        if not req.headers.get("authorization", ""):
             raise HTTPError(401, "UNAUTHENTICATED", "a bearer token is required",
                             headers=[("www-authenticate", 'Bearer realm="spear"')])
-        token = token.strip()
+        token = _bearer(req)
         role = None
-        if scheme.lower() == "bearer" and token:
+        if token:
             for known, r in self.tokens.items():
                 # compare every token, in constant time, so timing reveals nothing
                 if hmac.compare_digest(known.encode(), token.encode()):
@@ -230,8 +224,7 @@ class Gateway:
     def subscription(self, req: Request):
         """Take one stream slot of this caller's key (bearer token, else client
         address); the release callable, or 429 when the key has them all."""
-        scheme, _, token = req.headers.get("authorization", "").partition(" ")
-        token = token.strip() if self.tokens and scheme.lower() == "bearer" else ""
+        token = _bearer(req) if self.tokens else ""
         client = req.scope.get("client") or ("", 0)
         return self.subscribers.take(SubscriberLimit.key_of(token, str(client[0])))
 
@@ -298,6 +291,12 @@ class Gateway:
         if ctype.startswith("text/") or ctype.endswith("javascript"):
             ctype = ctype.split(";")[0] + "; charset=utf-8"
         return Response(body, content_type=ctype, headers=[("cache-control", "no-cache")])
+
+
+def _bearer(req: Request) -> str:
+    """The request's bearer token; "" when it sends none or another scheme."""
+    scheme, _, token = req.headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
 
 
 def _path_param(name: str, value: str, typ) -> str:

@@ -15,12 +15,18 @@ happens (no route, no body, no SMS call) and refuses:
 Requests without ``Origin`` and ``Sec-Fetch-Site`` are not from a browser
 page (curl, the CLI, scripts): browsers send one or both on every write and
 pages cannot forge them.
+
+:class:`SubscriberLimit` bounds the open streams (events and live figures)
+per key: a bearer token, or the client's address on an open gateway, so one
+viewer cannot hold every slot.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Iterable
 
+from .. import errors
 from .http import HTTPError
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -102,3 +108,43 @@ def _same_origin(origin: str, host: str) -> bool:
     """Is ``origin`` (scheme://authority) the gateway as the request addressed it?"""
     scheme, sep, authority = origin.partition("://")
     return bool(sep) and scheme in ("http", "https") and authority == host.strip().lower()
+
+
+class SubscriberLimit:
+    """Open streams per key, at most ``per_key`` each; :meth:`take` is the only way in."""
+
+    def __init__(self, per_key: int) -> None:
+        self.per_key = per_key
+        self._open: dict[str, int] = {}
+
+    @staticmethod
+    def key_of(token: str, client: str) -> str:
+        """A bearer token's key (hashed: keys are logged and kept), else the client address."""
+        if token:
+            return "token:" + hashlib.sha256(token.encode()).hexdigest()[:16]
+        return "client:" + client
+
+    def count(self, key: str) -> int:
+        return self._open.get(key, 0)
+
+    def take(self, key: str):
+        """A release callable for one more stream of ``key``; ResourceExhausted when full."""
+        n = self._open.get(key, 0)
+        if n >= self.per_key:
+            raise errors.ResourceExhausted(
+                f"this client already has {n} open event streams (the limit per bearer token or "
+                "client, [gateway] max_subscriptions_per_key); close one first")
+        self._open[key] = n + 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
+            left = self._open.get(key, 1) - 1
+            if left > 0:
+                self._open[key] = left
+            else:
+                self._open.pop(key, None)
+        return release

@@ -74,8 +74,7 @@ class ClientGone(Exception):
 class Request:
     """One HTTP request: parsed query and headers; the body is read on demand."""
 
-    __slots__ = ("scope", "receive", "method", "path", "query", "headers", "path_params",
-                 "body", "role")
+    __slots__ = ("scope", "receive", "method", "path", "query", "headers", "body", "role")
 
     def __init__(self, scope: dict, receive) -> None:
         self.scope = scope
@@ -88,7 +87,6 @@ class Request:
             self.query.setdefault(k, []).append(v)
         self.headers: dict[str, str] = {k.decode("latin-1").lower(): v.decode("latin-1")
                                         for k, v in scope.get("headers", ())}
-        self.path_params: dict[str, str] = {}
         self.body: bytes = b""
         self.role: str = ""
 

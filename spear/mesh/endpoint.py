@@ -40,6 +40,7 @@ from typing import Callable
 import zmq
 
 from .. import protocol
+from ..config import batching_disabled
 
 log = logging.getLogger("spear.mesh")
 
@@ -65,12 +66,14 @@ def random_routing_id() -> bytes:
     """A routing id no other peer can guess (17 bytes; never starts with 0,
     which libzmq keeps for the ids it makes itself)."""
     return b"r" + os.urandom(16)
+
+
 #: most messages in one batch, and bytes of bodies and payloads in one batch
 MAX_BATCH = 256
 MAX_BATCH_BYTES = 1 << 20
 #: messages with a bigger payload are never batched (sent on their own, in order)
 BATCH_PAYLOAD_LIMIT = 64 * 1024
-BATCHING = os.environ.get("SPEAR_NO_BATCH", "") not in ("1", "true", "yes")
+BATCHING = not batching_disabled()
 _PROTO = protocol.PROTOCOL
 
 

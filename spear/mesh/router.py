@@ -17,6 +17,7 @@ from typing import Any, Callable
 import zmq
 
 from .. import errors, protocol
+from ..roles import allowed
 from .endpoint import Endpoint
 
 log = logging.getLogger("spear.mesh")
@@ -49,7 +50,6 @@ class RouterServer:
         #: routing id -> the key that first spoke on it (CURVE only); a message on
         #: a routing id from another key is refused (see _check_route)
         self.route_keys: dict[bytes, str] = {}
-        self.route_conflicts = 0
         self.tasks: set[asyncio.Task] = set()
 
     def bind(self, addr: str) -> str:
@@ -97,7 +97,7 @@ class RouterServer:
                 id=protocol.request_id_of(body), code=exc.code, message=exc.message))
             return
         if self.security is not None:
-            from .security import allowed, parse_user
+            from .security import parse_user
 
             role, key = parse_user(user)
             if not self._check_route(ident, key):
@@ -151,14 +151,9 @@ class RouterServer:
             return True
         if owner == key:
             return True
-        self.route_conflicts += 1
         log.warning("%s: refused a message on routing id %r from key %s: that routing id "
                     "belongs to key %s", self.name, ident, key[:12] + "...", owner[:12] + "...")
         return False
-
-    def forget_route(self, ident: bytes) -> None:
-        """Free a routing id (its peer is gone for good)."""
-        self.route_keys.pop(ident, None)
 
     def _send_out(self, ident: bytes, out: Any) -> None:
         try:

@@ -1,4 +1,4 @@
-"""CURVE encryption, ZAP authentication and roles.
+"""CURVE encryption and ZAP authentication.
 
 When ``[security] key`` names a key file, every socket of the process uses
 CURVE: servers (the SMS's and each Spearlet's ROUTER) with their own key
@@ -6,12 +6,8 @@ pair, clients with theirs plus the server's public key. A ZAP handler in a
 thread of this process admits only public keys listed under a role; the
 role and the public key travel with every message as the ZMQ ``User-Id``
 property (``"ROLE KEY"``), and the ROUTER checks the role against the
-operation before any handler runs; handlers that need to know *who* spoke
-(the SMS binding a node id to a key) read the key.
-
-Roles: ``admin`` (everything), ``deployer`` (functions, read-only views),
-``invoker`` (invoke and cancel, read-only views), ``viewer`` (read-only),
-``node`` (the Spearlet side of the SMS protocol, nothing else).
+operation (:func:`spear.roles.allowed`) before any handler runs; handlers
+that need to know *who* spoke (the SMS binding a node id to a key) read the key.
 """
 
 from __future__ import annotations
@@ -27,30 +23,13 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
-from .. import errors, protocol as P
+from .. import errors
 from ..fsmodes import private_dir, private_key_file
+from ..roles import ROLES
 
 log = logging.getLogger("spear.security")
 
-ROLES = ("admin", "deployer", "invoker", "viewer", "node")
 DOMAIN = "spear"
-
-_VIEW = frozenset({P.Ping, P.ListNodes, P.GetNode, P.ListFunctions, P.GetFunction,
-                   P.GetExecution, P.ListExecutions, P.Subscribe, P.Unsubscribe, P.Stats})
-_NODE = frozenset({P.Ping, P.Register, P.Heartbeat, P.Deregister, P.FetchFunction, P.Result,
-                   P.LogChunk, P.ErrorReply, P.Ok})
-ALLOWED: dict[str, frozenset] = {
-    "viewer": _VIEW,
-    "invoker": _VIEW | {P.Invoke, P.CancelExecution},
-    "deployer": _VIEW | {P.DeployFunction, P.RemoveFunction},
-    "node": _NODE,
-}
-ALLOWED["admin"] = frozenset().union(*ALLOWED.values())
-
-
-def allowed(role: str, msg_type: type) -> bool:
-    """May a caller with ``role`` send a message of ``msg_type``?"""
-    return msg_type in ALLOWED.get(role, ())
 
 
 def _read_public(entry: str, base: Path | None = None) -> bytes:

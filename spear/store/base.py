@@ -48,21 +48,3 @@ class Store(abc.ABC):
         """Close and open again (after a write error some backends stay failed
         until reopened). Never creates a store that is not there."""
 
-
-def open_store(backend: str, path: str | None = None) -> Store:
-    """Open a store by backend name; optional backends are imported lazily."""
-    if backend == "memory":
-        from .memory import MemoryStore
-
-        return MemoryStore()
-    if backend == "leveldb":
-        from .leveldb import LevelDBStore
-
-        return LevelDBStore(path or "./.spear/sms")
-    if backend == "rocksdb":
-        from .rocksdb import RocksDBStore
-
-        return RocksDBStore(path or "./.spear/sms")
-    from ..errors import InvalidArgument
-
-    raise InvalidArgument(f"unknown store backend {backend!r} (memory, leveldb, rocksdb)")

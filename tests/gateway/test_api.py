@@ -1,4 +1,4 @@
-"""Every REST route against a real cluster, with good and bad input (issue 8)."""
+"""Every REST route against a real cluster, with good and bad input."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Bearer-token authentication and roles on the gateway (SPEC section 8)."""
+"""Bearer-token authentication and roles on the gateway."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import msgspec
 import pytest
 
 from spear.gateway.routes import ROUTES
-from spear.mesh.security import allowed
+from spear.roles import allowed
 
 from .conftest import add_spec, start_gateway, stop_gateway
 

@@ -1,4 +1,4 @@
-"""Adversarial tests of the gateway's front door (SPEC section 8, issue 13).
+"""Adversarial tests of the gateway's front door.
 
 What a hostile web page, a DNS-rebinding name, a slow-client flood or a
 greedy viewer can do to a gateway on loopback: each test attacks the one
@@ -21,7 +21,7 @@ from spear.client import AsyncClient, Client
 from spear.cluster import free_port
 from spear.config import Config
 from spear.gateway.guard import Guard, split_host
-from spear.gateway.settings import from_config
+from spear.gateway.server import from_config
 
 from .conftest import add_spec, start_gateway, stop_gateway, wait_for
 

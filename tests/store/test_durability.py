@@ -1,4 +1,4 @@
-"""Storage faults at the store level: GuardedStore, open_db, check and repair (issue 14).
+"""Storage faults at the store level: GuardedStore, open_db, check and repair.
 
 The SMS-level behaviour (read-only mode, recovery, restarts) is tested with
 real daemons in tests/integration/test_durability.py; these pin each piece

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 
 import pytest
 
@@ -196,7 +198,14 @@ def test_unknown_backend_is_invalid_argument():
         open_store("nope")
 
 
-@pytest.mark.skipif(HAVE_ROCKSDB, reason="rocksdict is installed")
-def test_rocksdb_without_extra_says_how_to_install(tmp_path):
-    with pytest.raises(errors.Unavailable, match=r"spear\[rocksdb\]"):
-        open_store("rocksdb", str(tmp_path / "r"))
+def test_rocksdb_without_extra_says_how_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "rocksdict", None)  # as if the extra were not installed
+    with pytest.raises(errors.Unavailable, match=r"pip install 'spear\[rocksdb\]'"):
+        open_store("rocksdb", str(tmp_path / "db"))
+
+
+def test_the_interface_does_not_import_its_backends():
+    code = ("import sys, spear.store; "
+            "print(sorted(m for m in sys.modules if m.startswith('spear.store.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "['spear.store.base']"

@@ -1,0 +1,176 @@
+"""One registry per daemon: build info, execution figures, mesh counters, ``/metrics``.
+
+Execution counts and latency histograms are recorded by one call per finished
+execution into plain ints in per-series slots (``bisect`` picks the bucket);
+no lock, no labelled child lookup. The collector turns the slots into
+counter and histogram families at scrape time.
+"""
+
+from __future__ import annotations
+
+import bisect
+from typing import Any, Iterable, Mapping
+
+from prometheus_client import CollectorRegistry, Info, PlatformCollector, ProcessCollector
+from prometheus_client.exposition import start_http_server
+from prometheus_client.metrics_core import Metric
+
+from .. import __version__, errors
+from .exposition import _COMMON, _EXEC, _LE, _NB, OTHER, _Collector, _snapshot
+from .mesh import MeshCollector
+
+
+class _Series:
+    """One (function, runtime, status): its count and its (function, runtime) latency slots."""
+
+    __slots__ = ("n", "bins", "sums")
+
+    def __init__(self, bins: list[int], sums: list[float]) -> None:
+        self.n = 0
+        self.bins = bins  # non-cumulative, _NB slots per stage, shared by statuses
+        self.sums = sums
+
+
+class _Executions(_Collector):
+    """Execution counts and latency histograms, recorded without locks."""
+
+    def __init__(self, role: str, stages: tuple[str, ...], max_functions: int) -> None:
+        self.specs = _EXEC[role]
+        self.role = role
+        self.stages = stages
+        self.max_functions = max_functions
+        self.series: dict[tuple[str, str, str], _Series] = {}  # raw key -> slots (hot path)
+        self.labelled: dict[tuple[str, str, str], _Series] = {}  # label values -> slots
+        self.latency: dict[tuple[str, str], tuple[list[int], list[float]]] = {}
+        self.errors: dict[tuple[str, str], int] = {}
+        self.rejected: dict[str, int] = {}
+        self._functions: set[str] = set()
+
+    def hit(self, function: str, runtime: str, status: str, error_code: str) -> _Series:
+        """Count one finished execution; its series' slots, for the caller's latencies."""
+        s = self.series.get((function, runtime, status))
+        if s is None:
+            s = self.add(function, runtime, status)
+        s.n += 1
+        if error_code:
+            k = (function, error_code)
+            self.errors[k] = self.errors.get(k, 0) + 1
+        return s
+
+    def add(self, function: str, runtime: str, status: str) -> _Series:
+        """Slots for a new raw (function, runtime, status); the only allocating path.
+
+        Raw keys are what the hot path looks up; several may share one labelled
+        series (functions past ``max_functions`` become ``_other``, runtime "" is
+        ``unknown``).
+        """
+        flabel = function
+        if function not in self._functions:
+            if len(self._functions) >= self.max_functions:
+                flabel = OTHER
+            else:
+                self._functions.add(function)
+        rlabel = runtime or "unknown"
+        s = self.labelled.get((flabel, rlabel, status))
+        if s is None:
+            lat = self.latency.get((flabel, rlabel))
+            if lat is None:
+                lat = ([0] * (_NB * len(self.stages)), [0.0] * len(self.stages))
+                self.latency[(flabel, rlabel)] = lat
+            s = _Series(*lat)
+            self.labelled[(flabel, rlabel, status)] = s
+        self.series[(function, runtime, status)] = s
+        return s
+
+    def collect(self) -> Iterable[Metric]:
+        p = f"spear_{self.role}_"
+        fams = {name: spec.family() for name, spec in self.specs.items()}
+        for labels, s in _snapshot(lambda: list(self.labelled.items()), []):
+            fams[p + "executions_total"].add_metric(labels, s.n)
+        errs: dict[tuple[str, str], int] = {}
+        for (function, code), n in _snapshot(lambda: list(self.errors.items()), []):
+            key = (function if function in self._functions else OTHER, code)
+            errs[key] = errs.get(key, 0) + n
+        for labels, n in errs.items():
+            fams[p + "execution_errors_total"].add_metric(labels, n)
+        for code, n in _snapshot(lambda: list(self.rejected.items()), []):
+            fams[p + "rejected_total"].add_metric((code,), n)
+        for labels, (bins, sums) in _snapshot(lambda: list(self.latency.items()), []):
+            bins = list(bins)
+            for i, stage in enumerate(self.stages):
+                acc, buckets = 0, []
+                for le, c in zip(_LE, bins[i * _NB:(i + 1) * _NB]):
+                    acc += c
+                    buckets.append((le, acc))
+                fams[f"{p}execution_{stage}_seconds"].add_metric(labels, buckets, sums[i])
+        return fams.values()
+
+
+_bisect = bisect.bisect_left
+
+
+class _DaemonMetrics:
+    """What the SMS and the Spearlet share: registry, build info, mesh counters, HTTP."""
+
+    role = ""
+    STAGES: tuple[str, ...] = ()
+
+    def __init__(self, registry: CollectorRegistry | None = None, *, max_functions: int = 500,
+                 process: bool = True) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        Info("spear_build", _COMMON["spear_build_info"].help, registry=self.registry).info(
+            {"version": __version__, "role": self.role})
+        if process:
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+        self._exec = _Executions(self.role, self.STAGES, max_functions)
+        self.registry.register(self._exec)
+        self._server: MetricsServer | None = None
+
+    def rejected(self, code: str) -> None:
+        """An invocation was refused before it became an execution (``code``: wire error code)."""
+        r = self._exec.rejected
+        r[code] = r.get(code, 0) + 1
+
+    def watch_mesh(self, sockets: Mapping[str, Any]) -> None:
+        """Expose message counters of ``{"name": RouterServer | DealerPeer | Endpoint}``."""
+        self.registry.register(MeshCollector(sockets))
+
+    def serve(self, host: str = "127.0.0.1", port: int = 0) -> "MetricsServer":
+        """Serve ``/metrics`` from a daemon thread; ``port=0`` picks a free port."""
+        self._server = MetricsServer(self.registry, host, port)
+        return self._server
+
+    @property
+    def server(self) -> "MetricsServer | None":
+        return self._server
+
+    def close(self) -> None:
+        """Stop the HTTP server (blocks up to ~0.5 s: from a coroutine use ``asyncio.to_thread``)."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
+
+class MetricsServer:
+    """``/metrics`` over HTTP from a daemon thread (prometheus-client's WSGI server)."""
+
+    def __init__(self, registry: CollectorRegistry, host: str = "127.0.0.1", port: int = 0) -> None:
+        try:
+            self._httpd, self._thread = start_http_server(port, addr=host, registry=registry)
+        except OSError as exc:
+            raise errors.ConfigError(
+                f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from None
+        self.host = host
+        self.port: int = self._httpd.server_port
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/metrics"
+
+    def close(self) -> None:
+        """Stop serving and free the port (blocks until the thread notices, <= 0.5 s)."""
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=2.0)
