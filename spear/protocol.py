@@ -3,7 +3,7 @@
 Frames on every socket (a ROUTER adds its peer identity in front)::
 
     +-----------+----------------------+---------------------------+
-    | "SPEAR/1" | msgpack(Message)     | [payload]  (optional)     |
+    | "SPEAR/2" | msgpack(Message)     | [payload]  (optional)     |
     | version   | tagged msgspec Struct| raw bytes, never decoded  |
     +-----------+----------------------+---------------------------+
 
@@ -571,41 +571,13 @@ class StatsReply(_Msg, frozen=True):
 
 
 Message = Union[
-    ErrorReply,
-    Ok,
-    Ping,
-    Pong,
-    Register,
-    Heartbeat,
-    Deregister,
-    Welcome,
-    HeartbeatAck,
-    ListNodes,
-    GetNode,
-    NodeList,
-    NodeReply,
-    DeployFunction,
-    RemoveFunction,
-    ListFunctions,
-    Invoke,
-    GetExecution,
-    CancelExecution,
-    Deployed,
-    FunctionList,
-    Accepted,
-    LogChunk,
-    Result,
-    Dispatch,
-    FetchFunction,
-    FunctionReply,
-    GetFunction,
-    ListExecutions,
-    ExecutionList,
-    Subscribe,
-    Unsubscribe,
-    Event,
-    Stats,
-    StatsReply,
+    ErrorReply, Ok, Ping, Pong,                                     # any direction
+    Register, Heartbeat, Deregister, Welcome, HeartbeatAck,         # node <-> SMS
+    ListNodes, GetNode, NodeList, NodeReply,                        # client <-> SMS
+    DeployFunction, RemoveFunction, ListFunctions, Invoke, GetExecution, CancelExecution,
+    Deployed, FunctionList, Accepted, LogChunk, Result,             # client <-> Spearlet/SMS
+    Dispatch, FetchFunction, FunctionReply, GetFunction,            # SMS <-> node (tasks)
+    ListExecutions, ExecutionList, Subscribe, Unsubscribe, Event, Stats, StatsReply,
 ]
 
 _encoder = msgspec.msgpack.Encoder()
@@ -670,36 +642,9 @@ def raise_for(msg: _Msg) -> None:
         raise errors.from_code(msg.code, msg.message, dict(msg.details))
 
 
-#: What a redacted environment value reads as.
-REDACTED = "<redacted>"
-#: What a value marked secret reads as, for every role.
-SECRET = "<secret>"
-#: Roles that see non-secret environment values ("" = an open cluster, no CURVE).
-_ENV_READERS = frozenset({"admin", "deployer", ""})
-
-
 def check_secret_env(spec: FunctionSpec) -> None:
     """Every name in ``secret_env`` must be a key of ``env`` (INVALID_ARGUMENT)."""
     missing = [k for k in spec.secret_env if k not in spec.env]
     if missing:
         raise errors.InvalidArgument(
             f"{spec.name}: secret_env names {', '.join(missing)}, which env does not set")
-
-
-def redact_spec(spec: FunctionSpec, role: str) -> FunctionSpec:
-    """``spec`` as a caller with ``role`` may see it: the one place that decides.
-
-    Values named in ``secret_env`` are never shown, to any role; every other
-    value is shown only to ``admin`` and ``deployer`` (and on an open cluster,
-    where there are no roles). Keys stay visible so callers can tell what is set.
-    """
-    if not spec.env:
-        return spec
-    secret = set(spec.secret_env)
-    if role in _ENV_READERS:
-        if not secret:
-            return spec
-        env = {k: (SECRET if k in secret else v) for k, v in spec.env.items()}
-    else:
-        env = {k: (SECRET if k in secret else REDACTED) for k in spec.env}
-    return msgspec.structs.replace(spec, env=env)

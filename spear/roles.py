@@ -15,6 +15,8 @@ and :mod:`spear.errors`.
 
 from __future__ import annotations
 
+import msgspec
+
 from . import protocol as P
 
 #: every role a key or token may hold, in the order of ``[security]``'s lists
@@ -38,3 +40,32 @@ ALLOWED["admin"] = frozenset().union(*ALLOWED.values())
 def allowed(role: str, msg_type: type) -> bool:
     """May a caller with ``role`` send a message of ``msg_type``? Unknown roles may not."""
     return msg_type in ALLOWED.get(role, ())
+
+
+# ---------------------------------------------------------------- what a role may see
+
+#: What a redacted environment value reads as.
+REDACTED = "<redacted>"
+#: What a value marked secret reads as, for every role.
+SECRET = "<secret>"
+#: Roles that see non-secret environment values ("" = an open cluster, no CURVE).
+ENV_READERS = frozenset({"admin", "deployer", ""})
+
+
+def redact_spec(spec: P.FunctionSpec, role: str) -> P.FunctionSpec:
+    """``spec`` as a caller with ``role`` may see it: the one place that decides.
+
+    Values named in ``secret_env`` are never shown, to any role; every other
+    value is shown only to ``admin`` and ``deployer`` (and on an open cluster,
+    where there are no roles). Keys stay visible so callers can tell what is set.
+    """
+    if not spec.env:
+        return spec
+    secret = set(spec.secret_env)
+    if role in ENV_READERS:
+        if not secret:
+            return spec
+        env = {k: (SECRET if k in secret else v) for k, v in spec.env.items()}
+    else:
+        env = {k: (SECRET if k in secret else REDACTED) for k in spec.env}
+    return msgspec.structs.replace(spec, env=env)

@@ -17,14 +17,16 @@ SMS link), never the SMS, the Spearlet or the runtimes. Layout:
 * :mod:`.guard` - the front door (Host and cross-site checks) and the per-key
   stream limit; :mod:`.connections` - header deadlines and pending-connection caps
 * :mod:`.live` - live figures and captured logs
-* :mod:`.server` - the settings, uvicorn, threads, subprocesses (``spear gateway``
+* :mod:`.settings` - the resolved settings; :mod:`.server` - uvicorn, threads,
+  subprocesses (``spear gateway``
   is :mod:`spear.cli.gateway`)
 * ``static/`` - the admin page and the Swagger UI initializer (Swagger UI itself
   comes from the ``swagger-ui-bundle-v2`` package: nothing is loaded from a CDN)
 """
 
 from .app import Gateway
-from .server import GatewayThread, Settings, command, from_config, serve, spawn, wait_healthy
+from .server import GatewayThread, command, serve, spawn, wait_healthy
+from .settings import Settings, from_config
 
 __all__ = ["Gateway", "GatewayThread", "Settings", "command", "from_config", "serve", "spawn",
            "wait_healthy"]

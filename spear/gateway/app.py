@@ -19,7 +19,7 @@ import msgspec
 from .. import errors
 from .. import protocol as P
 from ..client import AsyncClient
-from ..roles import allowed
+from ..roles import allowed, redact_spec
 from . import openapi
 from .guard import Guard, SubscriberLimit
 from .http import (ClientGone, HTTPError, Request, Response, StreamResponse, error_response,
@@ -27,7 +27,7 @@ from .http import (ClientGone, HTTPError, Request, Response, StreamResponse, err
 from .live import LogStore, Monitor
 from .metrics import GatewayMetrics
 from .routes import ROUTES, Route
-from .server import Settings
+from .settings import Settings
 
 log = logging.getLogger("spear.gateway")
 
@@ -219,7 +219,7 @@ class Gateway:
         routes are authorized) sees what a viewer sees.
         """
         role = (req.role or "viewer") if self.tokens else ""
-        return P.redact_spec(spec, role)
+        return redact_spec(spec, role)
 
     def subscription(self, req: Request):
         """Take one stream slot of this caller's key (bearer token, else client

@@ -1,5 +1,10 @@
 """Prometheus metrics of the SMS and the Spearlet.
 
+This package holds the metric catalog, the collectors that read the daemons'
+live objects at scrape time and the ``/metrics`` server; it may import only
+prometheus-client, :mod:`spear.errors` and the version (the daemons hand it
+their live objects to read), never a service.
+
 One :class:`~prometheus_client.CollectorRegistry` per daemon (never the
 library's global one), served on ``/metrics`` by a daemon thread so a scrape
 never runs on the event loop.

@@ -21,6 +21,7 @@ from ..metrics import SMSMetrics
 from ..mesh import RouterServer, context
 from ..mesh.endpoint import CLOSE_LINGER_MS
 from ..mesh.security import Security, start_authenticator, warn_open
+from ..roles import redact_spec
 from ..store import open_store
 from ..store.guarded import GuardedStore
 from .events import EventLog
@@ -387,9 +388,9 @@ class SMS(Service):
 
     def on_get_function(self, ident, msg: P.GetFunction, payload):
         fn = self.tasks.get_function(msg.name)
-        # env values only for deployer and up; secret ones for nobody (protocol.redact_spec)
+        # env values only for deployer and up; secret ones for nobody (roles.redact_spec)
         role = self.server.caller_role if self.server.security is not None else ""
-        return P.FunctionReply(id=msg.id, spec=P.redact_spec(fn.spec, role), digest=fn.digest)
+        return P.FunctionReply(id=msg.id, spec=redact_spec(fn.spec, role), digest=fn.digest)
 
     def on_fetch_function(self, ident, msg: P.FetchFunction, payload):
         # the whole spec (secret env values, artifact) goes to registered nodes only

@@ -16,12 +16,12 @@ import msgspec
 import pytest
 import requests
 
-from spear import errors, protocol as P
+from spear import errors, protocol as P, roles
 from spear.client import AsyncClient, Client
 from spear.cluster import free_port
 from spear.config import Config
 from spear.gateway.guard import Guard, split_host
-from spear.gateway.server import from_config
+from spear.gateway.settings import from_config
 
 from .conftest import add_spec, start_gateway, stop_gateway, wait_for
 
@@ -308,11 +308,11 @@ def test_env_values_are_shown_by_role_and_secrets_never(guarded, api):
             assert b"s3cret-value" not in r.content, token
             env = (r.json() if accept == "application/json" else msgspec.msgpack.decode(r.content))["env"]
             seen[token] = env
-    assert seen["sec-viewer"] == seen["sec-invoker"] == {"GREETING": P.REDACTED, "API_KEY": P.SECRET}
-    assert seen["sec-deployer"] == seen["sec-admin"] == {"GREETING": "hi", "API_KEY": P.SECRET}
+    assert seen["sec-viewer"] == seen["sec-invoker"] == {"GREETING": roles.REDACTED, "API_KEY": roles.SECRET}
+    assert seen["sec-deployer"] == seen["sec-admin"] == {"GREETING": "hi", "API_KEY": roles.SECRET}
     # an open gateway (no tokens): values, but never the secret one
     r = api.get(f"/v1/functions/{name}")
-    assert r.status_code == 200 and r.json()["env"] == {"GREETING": "hi", "API_KEY": P.SECRET}
+    assert r.status_code == 200 and r.json()["env"] == {"GREETING": "hi", "API_KEY": roles.SECRET}
     assert b"s3cret-value" not in r.content
     assert guarded.delete(f"/v1/functions/{name}", headers=bearer("sec-admin")).status_code == 204
 

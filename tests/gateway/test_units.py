@@ -15,7 +15,7 @@ from spear.config import Config, load_config
 from spear.gateway import models as M, openapi
 from spear.gateway.http import (STATUS_OF_CODE, HTTPError, parse_multipart, parse_query, sse)
 from spear.gateway.live import LogStore, Reading, make_sample
-from spear.gateway.server import from_config, parse_listen
+from spear.gateway.settings import from_config, parse_listen
 
 
 def _info(eid, status="succeeded", sub=100.0, fin=100.01, cold=False):

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from spear import Client, errors, protocol as P
+from spear import Client, errors, protocol as P, roles
 from spear.cluster import Cluster
 from spear.ids import is_uuid7
 from tests.helpers import ADD_WAT, EXAMPLES, spear_cli, wait_for
@@ -222,7 +222,7 @@ def test_cli_secret_env_and_idempotency_key(node):
     assert r.returncode == 0, r.stderr
     with Client(node.sms_addr, timeout=20) as c:
         spec = c.function("cli-secret")
-        assert spec.env == {"PLAIN": "p", "TOKEN": P.SECRET} and spec.secret_env == ["TOKEN"]
+        assert spec.env == {"PLAIN": "p", "TOKEN": roles.SECRET} and spec.secret_env == ["TOKEN"]
         assert c.invoke("cli-secret").output == b"s3cr3t-cli"
         before = c.executions(function="cli-secret")[1]
     first = cli("invoke", "cli-secret", "--async", "--idempotency-key", "order-42")

@@ -15,7 +15,7 @@ import pytest
 import zmq
 import zmq.auth
 
-from spear import protocol as P
+from spear import protocol as P, roles
 from spear.cluster import Cluster
 from spear.config import load_config
 from spear.ids import is_uuid7
@@ -193,9 +193,9 @@ def test_env_values_follow_the_role_and_secrets_never_leave(cluster, keys):
         with client_for(cluster, keys, who) as cl:
             seen[role] = dict(cl.function("envfn").env)
     for role in ("admin", "deployer"):
-        assert seen[role] == {"PLAIN": "plain-value", "TOKEN": P.SECRET}, role
+        assert seen[role] == {"PLAIN": "plain-value", "TOKEN": roles.SECRET}, role
     for role in ("invoker", "viewer"):
-        assert seen[role] == {"PLAIN": P.REDACTED, "TOKEN": P.SECRET}, role
+        assert seen[role] == {"PLAIN": roles.REDACTED, "TOKEN": roles.SECRET}, role
     with client_for(cluster, keys, "ivan") as invoker:  # the function still gets both
         assert invoker.invoke("envfn").output == b"plain-value/tok-9f8e7d"
     for log in ("sms.log", "spearlet-1.log"):

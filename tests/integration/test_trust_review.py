@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import zmq
 
-from spear import Client, errors, protocol as P
+from spear import Client, errors, protocol as P, roles
 from spear.cluster import Cluster
 from spear.gateway.live import LogTail
 from spear.mesh import context
@@ -73,7 +73,7 @@ def test_only_registered_nodes_fetch_a_functions_full_spec(c):
     r = _raw(c.sms_addr, P.FetchFunction(id=3, name="sec"))
     assert isinstance(r, P.ErrorReply) and r.code == "PERMISSION_DENIED", r
     with Client(c.sms_addr, timeout=20) as cl:
-        assert cl.function("sec").env == {"TOKEN": P.SECRET}
+        assert cl.function("sec").env == {"TOKEN": roles.SECRET}
         assert cl.invoke("sec").ok  # the node itself still fetches it whole
 
 
