@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -20,8 +19,8 @@ import requests
 from spear import protocol as P
 from spear.cluster import Cluster, free_port
 from spear.gateway import server
+from tests.helpers import EXAMPLES
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 #: the open gateway's body limit, small so the 413 tests need no big uploads
 MAX_BODY = 1 << 20
 HB = dict(heartbeat_interval=0.2, heartbeat_timeout=2.0, cleanup_interval=60.0)
@@ -105,22 +104,6 @@ def api(cluster, tmp_path_factory):
         yield g
     finally:
         stop_gateway(g.proc)
-
-
-def wait_for(pred, timeout: float, what: str, step: float = 0.05):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = pred()
-        if last:
-            return last
-        time.sleep(step)
-    raise AssertionError(f"timed out waiting for {what}; last={last!r}")
-
-
-def add_spec(name: str = "gw-add") -> P.FunctionSpec:
-    return P.FunctionSpec(name=name, runtime="wasm", handler="add",
-                          artifact=(EXAMPLES / "add.wat").read_bytes())
 
 
 def hello_spec(name: str = "gw-hello") -> P.FunctionSpec:

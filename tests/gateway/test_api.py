@@ -14,7 +14,8 @@ from spear import protocol as P
 from spear.gateway import openapi
 from spear.gateway.routes import ROUTES
 
-from .conftest import MAX_BODY, add_spec, hello_spec, python_spec, wait_for
+from .conftest import MAX_BODY, hello_spec, python_spec
+from tests.helpers import add_spec, wait_for
 
 JSON = {"Content-Type": "application/json"}
 MSGPACK = "application/msgpack"
@@ -38,7 +39,7 @@ def assert_error(r: requests.Response, status: int, code: str, *words: str) -> d
 @pytest.fixture(scope="module")
 def fns(api):
     """The functions most tests use, deployed once."""
-    api.deploy(add_spec())
+    api.deploy(add_spec("gw-add"))
     api.deploy(hello_spec())
     api.deploy(python_spec("gw-fib", "fib"))
     api.deploy(P.FunctionSpec(name="gw-nap", runtime="process", command=["sleep", "5"]))
@@ -137,7 +138,7 @@ def test_stats_and_live_figures(fns):
 
 
 def test_deploy_in_four_encodings_then_remove(api):
-    wat = add_spec().artifact
+    wat = add_spec("gw-add").artifact
     # JSON, artifact base64
     r = api.post("/v1/functions", json={"name": "gw-d1", "runtime": "wasm", "handler": "add",
                                         "artifact": base64.b64encode(wat).decode()})

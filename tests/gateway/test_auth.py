@@ -10,7 +10,8 @@ import pytest
 from spear.gateway.routes import ROUTES
 from spear.roles import allowed
 
-from .conftest import add_spec, start_gateway, stop_gateway
+from .conftest import start_gateway, stop_gateway
+from tests.helpers import add_spec
 
 TOKENS = {"tok-admin": "admin", "tok-deployer": "deployer", "tok-invoker": "invoker",
           "tok-viewer": "viewer", "tok-node": "node"}

@@ -11,7 +11,8 @@ from spear.cluster import Cluster
 from spear.config import load_config
 from spear.mesh.security import keygen
 
-from .conftest import HB, add_spec, start_gateway, stop_gateway
+from .conftest import HB, start_gateway, stop_gateway
+from tests.helpers import add_spec
 from .test_api import _sse
 
 BEARER = {"Authorization": "Bearer tok"}

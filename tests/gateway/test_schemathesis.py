@@ -20,7 +20,8 @@ import pytest
 
 from spear.cluster import Cluster
 
-from .conftest import HB, add_spec, start_gateway, stop_gateway
+from .conftest import HB, start_gateway, stop_gateway
+from tests.helpers import add_spec
 
 pytest.importorskip("schemathesis", reason="pip install schemathesis")
 

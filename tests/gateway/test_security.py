@@ -23,7 +23,8 @@ from spear.config import Config
 from spear.gateway.guard import Guard, split_host
 from spear.gateway.settings import from_config
 
-from .conftest import add_spec, start_gateway, stop_gateway, wait_for
+from .conftest import start_gateway, stop_gateway
+from tests.helpers import add_spec, wait_for
 
 TOKENS = {"sec-admin": "admin", "sec-deployer": "deployer", "sec-invoker": "invoker",
           "sec-viewer": "viewer", "sec-viewer-2": "viewer"}

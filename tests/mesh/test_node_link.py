@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from pathlib import Path
 
 import msgspec
 import zmq
@@ -26,10 +25,10 @@ from spear.sms.daemon import SMS
 from spear.sms.nodes import PREFIX
 from spear.spearlet.daemon import ResultBuffer, Spearlet
 from spear.store import open_store
+from tests.helpers import EXAMPLES
 
 from .test_router import recv, running_sms
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 WAIT = 5.0  # generous: only a broken daemon ever waits this long
 
 

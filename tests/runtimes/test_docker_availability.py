@@ -29,6 +29,7 @@ from spear.config import docker_host, load_config
 from spear.runtimes import RuntimeManager
 from spear.runtimes.docker import DEFAULT_URL, MANAGED_LABEL, OWNER_LABEL, remove_leftovers
 from spear.spearlet.functions import FunctionService
+from tests.helpers import wait_for
 
 from .test_docker import BUSYBOX, _require_engine
 
@@ -140,18 +141,6 @@ def late_engine():
     finally:
         proxy.stop()
         shutil.rmtree(d, ignore_errors=True)
-
-
-def wait_for(cond, what: str, limit: float = 20.0, every: float = 0.05):
-    """Poll ``cond()`` until it returns something true (bounded)."""
-    end = time.monotonic() + limit
-    while True:
-        got = cond()
-        if got:
-            return got
-        if time.monotonic() > end:
-            raise AssertionError(f"never happened within {limit:g}s: {what}")
-        time.sleep(every)
 
 
 # ---------------------------------------------------------------- RuntimeManager
@@ -277,7 +266,7 @@ def test_engine_that_comes_up_late_is_offered_without_a_restart(tmp_path, late_e
 
             proxy.start()  # the engine comes up; the node is not restarted
             info = wait_for(lambda: next((n for n in cl.nodes() if "docker" in n.runtimes), None),
-                            "the node offers docker")
+                            20.0, "the node offers docker")
             assert info.node_id == node_id and "docker" not in info.unavailable
             shown = _spear_nodes(c.sms_addr)
             assert "docker: yes" in shown and "docker: no" not in shown
@@ -287,7 +276,7 @@ def test_engine_that_comes_up_late_is_offered_without_a_restart(tmp_path, late_e
 
             proxy.stop()  # ... and goes away again: the node stops offering it
             info = wait_for(lambda: next((n for n in cl.nodes() if "docker" not in n.runtimes), None),
-                            "the node withdraws docker")
+                            20.0, "the node withdraws docker")
             assert url in info.unavailable["docker"]
     finally:
         c.stop()

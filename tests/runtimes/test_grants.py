@@ -22,8 +22,8 @@ from spear.cluster import Cluster
 from spear.config import load_config
 from spear.runtimes import RuntimeManager
 from spear.spearlet.functions import FunctionService
+from tests.helpers import EXAMPLES
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 READFILE = (EXAMPLES / "tests" / "readfile.wat").read_bytes()
 
 #: a WASI command that creates "out.txt" in its first preopened directory and

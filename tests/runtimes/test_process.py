@@ -16,9 +16,9 @@ from spear import errors
 from spear.protocol import FunctionSpec, Limits
 from spear.runtimes.hostpaths import HostPaths
 from spear.runtimes.process import ProcessRuntime
+from tests.helpers import EXAMPLES, gone
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = ROOT / "examples"
 HELPERS = Path(__file__).resolve().parent / "helpers"
 PY = sys.executable
 #: Tests that run sys.executable as a command or hand tmp_path to functions run
@@ -44,23 +44,6 @@ def handler_spec(handler: str, **kw) -> FunctionSpec:
 
 def descendants() -> list[psutil.Process]:
     return psutil.Process().children(recursive=True)
-
-
-def gone(pids, wait: float = 2.0) -> bool:
-    """True once none of ``pids`` is alive (an init-owned zombie counts as dead)."""
-    end = time.monotonic() + wait
-    while True:
-        alive = []
-        for pid in pids:
-            try:
-                p = psutil.Process(pid)
-                if p.status() != psutil.STATUS_ZOMBIE or p.ppid() == os.getpid():
-                    alive.append(pid)
-            except psutil.NoSuchProcess:
-                pass
-        if not alive or time.monotonic() > end:
-            return not alive
-        time.sleep(0.02)
 
 
 async def start(rt: ProcessRuntime, s: FunctionSpec):

@@ -15,9 +15,9 @@ from spear.protocol import FunctionSpec, Limits
 from spear.runtimes.base import Instance, Outcome
 from spear.runtimes.hostpaths import HostPaths
 from spear.runtimes.wasm import WasmRuntime
+from tests.helpers import EXAMPLES
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = ROOT / "examples"
 
 
 def wat(name: str) -> bytes:

@@ -23,8 +23,8 @@ from spear.runtimes import RuntimeManager
 from spear.runtimes.wasm import UNLIMITED_FUEL, WasmRuntime
 from spear.runtimes.wasm.engine import EpochClock
 from spear.spearlet.functions import FunctionService
+from tests.helpers import EXAMPLES
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SPIN = (EXAMPLES / "tests" / "spin.wat").read_bytes()
 HELLO = (EXAMPLES / "hello.wat").read_bytes()
 #: an export of a module that imports WASI: it always runs on the pool
