@@ -427,7 +427,7 @@ class SpearletMetrics(_DaemonMetrics):
               reconnects: Callable[[], int] | None = None) -> None:
         """Read pools, running executions and node figures at scrape time.
 
-        ``functions``: the FunctionService (``deployments``, ``running``,
+        ``functions``: the Spearlet's Runner (``deployments``, ``running``,
         ``max_concurrency``, ``draining``). ``monitor``: the ResourceMonitor
         (``capacity()``; ``usage()`` unless ``usage`` is given).
         """

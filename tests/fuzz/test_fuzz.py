@@ -1765,7 +1765,7 @@ def test_fake_node_that_never_finishes_is_timed_out(tsms):
 
 
 def test_spearlet_refuses_a_reused_execution_id(fuzz_cluster):
-    """spear/spearlet/functions.py on_invoke -> new_execution: ``self.executions[eid] = ex``.
+    """spear/spearlet/core.py admit: the direct path refuses a client-chosen execution id.
 
     The SMS refuses a duplicate execution id (tasks.py submit); the Spearlet's
     direct path does not: Invoke(execution_id=<finished execution>) replaces
