@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import collections
 import logging
-from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -36,9 +35,11 @@ _NO_USAGE = P.ExecUsage()
 
 # ---------------------------------------------------------------- events
 
+# Events, instructions and records are msgspec Structs: made on every call
+# of the hot path, and several times cheaper to make than dataclasses.
 
-@dataclass(slots=True)
-class Invoked:
+
+class Invoked(msgspec.Struct):
     """A client's Invoke arrived on the ROUTER (the direct path)."""
 
     ident: bytes
@@ -46,16 +47,14 @@ class Invoked:
     payload: Any = None
 
 
-@dataclass(slots=True)
-class Dispatched:
+class Dispatched(msgspec.Struct):
     """The SMS placed an execution on this node."""
 
     msg: P.Dispatch
     payload: Any = None
 
 
-@dataclass(slots=True)
-class Ensured:
+class Ensured(msgspec.Struct):
     """The function of a dispatched execution is deployed at the SMS's
     version, or could not be (``error``)."""
 
@@ -63,8 +62,7 @@ class Ensured:
     error: errors.SpearError | None = None
 
 
-@dataclass(slots=True)
-class Finished:
+class Finished(msgspec.Struct):
     """A runtime outcome: the execution ended (any status); durations in seconds."""
 
     execution_id: str
@@ -81,32 +79,28 @@ class Finished:
     inline: bool = False
 
 
-@dataclass(slots=True)
-class Logged:
+class Logged(msgspec.Struct):
     """A running execution wrote ``data`` to its log (stream mode)."""
 
     execution_id: str
     data: bytes
 
 
-@dataclass(slots=True)
-class CancelAsked:
+class CancelAsked(msgspec.Struct):
     """CancelExecution from a client (``ident``) or from the SMS (``ident`` None)."""
 
     msg: P.CancelExecution
     ident: bytes | None = None
 
 
-@dataclass(slots=True)
-class Asked:
+class Asked(msgspec.Struct):
     """GetExecution from a client."""
 
     ident: bytes
     msg: P.GetExecution
 
 
-@dataclass(slots=True)
-class Deployed:
+class Deployed(msgspec.Struct):
     """The driver installed ``spec``; ``digest`` is the runtime's, ``sms_digest``
     the SMS's name of the version (empty for a direct deploy)."""
 
@@ -115,8 +109,7 @@ class Deployed:
     sms_digest: str = ""
 
 
-@dataclass(slots=True)
-class RemoveAsked:
+class RemoveAsked(msgspec.Struct):
     """RemoveFunction from a client (``ident``) or from the SMS (``ident`` None)."""
 
     name: str
@@ -124,23 +117,20 @@ class RemoveAsked:
     msg_id: int = 0
 
 
-@dataclass(slots=True)
-class Welcomed:
+class Welcomed(msgspec.Struct):
     """The SMS registered this node; every heartbeat carries ``session``."""
 
     session: int
 
 
-@dataclass(slots=True)
-class HeartbeatDue:
+class HeartbeatDue(msgspec.Struct):
     """Time for a heartbeat: ``msg_id`` from the link, ``usage`` of the node."""
 
     msg_id: int
     usage: P.Usage
 
 
-@dataclass(slots=True)
-class HeartbeatAcked:
+class HeartbeatAcked(msgspec.Struct):
     """The answer to the heartbeat sent in ``session`` with sequence ``seq``."""
 
     ack: Any
@@ -148,16 +138,14 @@ class HeartbeatAcked:
     seq: int
 
 
-@dataclass(slots=True)
-class Drain:
+class Drain(msgspec.Struct):
     """The node is stopping: refuse new work."""
 
 
 # ---------------------------------------------------------------- instructions
 
 
-@dataclass(slots=True)
-class Reply:
+class Reply(msgspec.Struct):
     """Send ``msg`` (and ``payload``) to the direct client ``ident``."""
 
     ident: bytes
@@ -165,16 +153,14 @@ class Reply:
     payload: Any = None
 
 
-@dataclass(slots=True)
-class ToSMS:
+class ToSMS(msgspec.Struct):
     """Send ``msg`` (and ``payload``) to the SMS over the link."""
 
     msg: Any
     payload: Any = None
 
 
-@dataclass(slots=True)
-class Start:
+class Start(msgspec.Struct):
     """Run an execution on its function's runtime with ``limits``.
 
     ``inline``: the driver may answer at once on a warm instance (then it
@@ -191,15 +177,13 @@ class Start:
     stream: bool = False
 
 
-@dataclass(slots=True)
-class Cancel:
+class Cancel(msgspec.Struct):
     """Cancel the execution if it still runs (its :class:`Finished` follows)."""
 
     execution_id: str
 
 
-@dataclass(slots=True)
-class Ensure:
+class Ensure(msgspec.Struct):
     """Deploy version ``digest`` of ``function`` (fetched from the SMS) unless
     it is the one deployed, then feed :class:`Ensured`."""
 
@@ -208,8 +192,7 @@ class Ensure:
     digest: str
 
 
-@dataclass(slots=True)
-class Remove:
+class Remove(msgspec.Struct):
     """Uninstall ``name`` (its pool); answer ``Ok`` to ``ident`` if a client asked."""
 
     name: str
@@ -217,8 +200,7 @@ class Remove:
     msg_id: int = 0
 
 
-@dataclass(slots=True)
-class Wait:
+class Wait(msgspec.Struct):
     """Feed ``Asked(ident, msg)`` again, with no wait, once the execution
     ends or ``msg.wait`` seconds passed."""
 
@@ -226,8 +208,7 @@ class Wait:
     msg: P.GetExecution
 
 
-@dataclass(slots=True)
-class SendHeartbeat:
+class SendHeartbeat(msgspec.Struct):
     """Send ``msg`` as a request; feed its answer as ``HeartbeatAcked(ack, session, seq)``."""
 
     msg: P.Heartbeat
@@ -235,16 +216,14 @@ class SendHeartbeat:
     seq: int
 
 
-@dataclass(slots=True)
-class Reregister:
+class Reregister(msgspec.Struct):
     """The SMS does not know this node's session: register again."""
 
 
 # ---------------------------------------------------------------- state
 
 
-@dataclass(frozen=True, slots=True)
-class Maxima:
+class Maxima(msgspec.Struct, frozen=True):
     """The largest limits this node grants (``None``: no bound)."""
 
     memory_mb: int | None = None
@@ -260,8 +239,7 @@ class Maxima:
                    config.runtimes.process.max_output_mb)
 
 
-@dataclass(slots=True)
-class Function:
+class Function(msgspec.Struct):
     """A function deployed on this node, as the core knows it."""
 
     spec: P.FunctionSpec
@@ -270,8 +248,7 @@ class Function:
     invocations: int = 0
 
 
-@dataclass(slots=True, eq=False)
-class Execution:
+class Execution(msgspec.Struct, gc=False):
     """One execution on this node.
 
     ``ident`` is the direct client to answer (None: the SMS); ``rid`` the id
@@ -289,7 +266,7 @@ class Execution:
     done: bool = False
     inline: bool = False
     seq: int = 0
-    pending: tuple | None = field(default=None, repr=False)
+    pending: tuple | None = None
 
 
 class SpearletCore:

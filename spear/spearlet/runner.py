@@ -68,7 +68,8 @@ class Deployment:
     pool: InstancePool
 
 
-def _drop(msg, payload=None) -> bool:
+def _drop(*args) -> bool:
+    """Where messages go until the daemon connects ``reply``/``to_sms`` (in-process use)."""
     return False
 
 
