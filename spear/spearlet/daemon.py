@@ -47,8 +47,9 @@ from ..mesh import DealerPeer, RouterServer, context
 from ..mesh.endpoint import CLOSE_LINGER_MS
 from ..mesh.security import Security, start_authenticator, warn_open
 from ..runtimes import RuntimeManager
-from .core import (CancelAsked, Dispatched, Drain, HeartbeatAcked, HeartbeatDue, Maxima,
-                   RemoveAsked, Reregister, SendHeartbeat, SpearletCore, Welcomed)
+from .core import Maxima, SpearletCore
+from .events import (CancelAsked, Dispatched, Drain, HeartbeatAcked, HeartbeatDue, RemoveAsked,
+                     Reregister, SendHeartbeat, Welcomed)
 from .results import ResultBuffer
 from .runner import Runner
 from .resources import ResourceMonitor

@@ -31,9 +31,10 @@ import msgspec
 
 from .. import errors, protocol as P
 from ..runtimes import Prepared, Runtime, RuntimeManager
-from .core import (Asked, Cancel, CancelAsked, Deployed, Ensure, Ensured, Finished, Invoked,
-                   Logged, Remove, RemoveAsked, Reply, Reregister, SendHeartbeat, SpearletCore,
-                   Start, ToSMS, Wait)
+from .core import SpearletCore
+from .events import (Asked, Cancel, CancelAsked, Deployed, Ensure, Ensured, Finished, Invoked,
+                     Logged, Remove, RemoveAsked, Reply, Reregister, SendHeartbeat, Start, ToSMS,
+                     Wait)
 from .pool import InstancePool
 
 log = logging.getLogger("spear.functions")

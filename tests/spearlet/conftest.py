@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from spear import protocol as P
-from spear.spearlet import core as C
+from spear.spearlet import core as C, events as E
 
 #: the wall clock the tests hand the core; each test moves it by hand
 T0 = 1_000_000.0
@@ -38,7 +38,7 @@ def core(metrics) -> C.SpearletCore:
     deployed at the SMS's version ``d1``."""
     c = C.SpearletCore("n1", max_concurrency=2, metrics=metrics,
                        maxima=C.Maxima(memory_mb=512, timeout=60.0, cpus=2.0, output_mb=8))
-    assert c.handle(C.Deployed(ADD, "sha-add", "d1"), T0) == []
+    assert c.handle(E.Deployed(ADD, "sha-add", "d1"), T0) == []
     return c
 
 
@@ -46,7 +46,7 @@ def invoke(core: C.SpearletCore, mode: str = "sync", now: float = T0, ident: byt
            **kw) -> list:
     """A client's Invoke of ``add`` (fields in ``kw``)."""
     kw.setdefault("function", "add")
-    return core.handle(C.Invoked(ident, P.Invoke(id=kw.pop("id", 7), mode=mode, **kw), b"in"),
+    return core.handle(E.Invoked(ident, P.Invoke(id=kw.pop("id", 7), mode=mode, **kw), b"in"),
                        now)
 
 
@@ -54,7 +54,7 @@ def dispatch(core: C.SpearletCore, eid: str = "e1", now: float = T0, **kw) -> li
     """The SMS's Dispatch of ``add`` at version ``d1`` (fields in ``kw``)."""
     kw.setdefault("function", "add")
     kw.setdefault("digest", "d1")
-    return core.handle(C.Dispatched(P.Dispatch(id=kw.pop("id", 9), execution_id=eid, **kw),
+    return core.handle(E.Dispatched(P.Dispatch(id=kw.pop("id", 9), execution_id=eid, **kw),
                                     b"in"), now)
 
 
@@ -62,7 +62,7 @@ def finish(core: C.SpearletCore, eid: str, status: str = "succeeded", now: float
            **kw) -> list:
     """The runtime outcome of ``eid``."""
     kw.setdefault("output", b"out")
-    return core.handle(C.Finished(eid, status, **kw), now)
+    return core.handle(E.Finished(eid, status, **kw), now)
 
 
 def only(instructions: list, kind: type):
