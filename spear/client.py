@@ -4,7 +4,7 @@ Both speak the same protocol through DEALER sockets and share every public
 method through :class:`_Api`; only the transport differs. Every call has a
 timeout and raises a typed :mod:`spear.errors` exception.
 
-``node=ADDR`` on a call talks to that Spearlet directly (FunctionService)
+``node=ADDR`` on a call talks to that Spearlet directly (its Runner)
 instead of going through the SMS.
 """
 
