@@ -565,10 +565,7 @@ class SpearletCollector(_Collector):
                 g("spear_spearlet_pool_instances", slots.idle, (name, "idle"))
                 g("spear_spearlet_pool_instances", slots.busy, (name, "busy"))
                 g("spear_spearlet_pool_max_instances", slots.capacity, lab)
-                waiting = getattr(pool, "waiting", None)
-                if waiting is None:  # until InstancePool grows a public ``waiting``
-                    waiting = len(getattr(pool, "_waiters", ()))
-                g("spear_spearlet_pool_waiting", waiting, lab)
+                g("spear_spearlet_pool_waiting", pool.waiting, lab)
             self._mono.keep_only((n, m) for n, _ in deployments
                                  for m in ("hits", "misses", "evictions", "cold_starts"))
         if self.monitor is not None:
