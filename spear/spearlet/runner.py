@@ -164,15 +164,18 @@ class Runner:
         if waiters is not None:
             waiters.set()
 
-    def _track(self, eid: str, coro) -> None:
-        """Run ``coro`` as the task of execution ``eid`` (what Cancel cancels)."""
+    def _track(self, eid: str, coro, d: Deployment | None = None, slot: int = -1) -> None:
+        """Run ``coro`` as the task of execution ``eid`` (what Cancel cancels);
+        ``slot`` of ``d``'s pool is already taken for it."""
         task = self.tasks[eid] = asyncio.ensure_future(coro)
-        task.add_done_callback(lambda t: self._reap(eid, t))
+        task.add_done_callback(lambda t: self._reap(eid, t, d, slot))
 
-    def _reap(self, eid: str, task: asyncio.Task) -> None:
+    def _reap(self, eid: str, task: asyncio.Task, d: Deployment | None, slot: int) -> None:
         if self.tasks.get(eid) is task:
             del self.tasks[eid]
-        if task.cancelled():  # cancelled before its first step: its end was never fed
+        if task.cancelled():  # cancelled before its first step: nothing of it ran
+            if slot >= 0 and d is not None:
+                d.pool.release(slot)
             self._ended_now(Finished(eid, "cancelled", error=_CANCELLED))
 
     # ------------------------------------------------------------ deployments
@@ -238,7 +241,7 @@ class Runner:
                 if done is not None:
                     self.feed(done)
                     return
-        self._track(ins.execution_id, self._run(ins, d, slot))
+        self._track(ins.execution_id, self._run(ins, d, slot), d, slot)
 
     def _run_inline(self, d: Deployment, slot: int, ins: Start) -> Finished | None:
         """Run on the warm instance in ``slot`` if its runtime answers inline;

@@ -124,6 +124,22 @@ def test_a_task_cancelled_before_its_first_step_still_ends(arun):
     arun(main())
 
 
+def test_a_fallback_cancelled_before_its_first_step_gives_its_instance_back(arun):
+    async def main():
+        r, rt, _, sent = await runner()
+        r.feed(E.Deployed(SPEC, "x", "d1"))
+        rt.hold = True  # the warm instance is taken inline, then the call falls back
+        r.feed(E.Dispatched(P.Dispatch(id=5, execution_id="e1", function="echo", digest="d1")))
+        assert r.deployments["echo"].pool.busy == 1
+        r.feed(E.CancelAsked(P.CancelExecution(id=0, execution_id="e1")))
+        await settle()
+        assert r.deployments["echo"].pool.busy == 0
+        assert sent[-1][0].execution.status == "cancelled"
+        await r.close()
+
+    arun(main())
+
+
 def test_a_dispatch_falls_back_to_a_task_streams_its_log_and_reports_to_the_sms(arun):
     async def main():
         r, rt, _, sent = await runner()
