@@ -87,7 +87,7 @@ class SpearletCore:
 
     def __init__(self, node_id: str, *, max_concurrency: int = 64,
                  maxima: Maxima | None = None, keep_executions: int = 10_000,
-                 metrics: Any = None, results: ResultBuffer | None = None) -> None:
+                 metrics: Any = None) -> None:
         self.node_id = node_id
         self.max_concurrency = max_concurrency
         self.maxima = maxima or Maxima()
@@ -100,7 +100,7 @@ class SpearletCore:
         self.draining = False
         self.counts: collections.Counter = collections.Counter()
         self.dispatched: set[str] = set()  # SMS executions on this node, not yet ended
-        self.results = results if results is not None else ResultBuffer()
+        self.results = ResultBuffer()  # SMS results sent, not yet confirmed
         self.session = 0
         self._handlers = {
             Invoked: self._on_invoked, Dispatched: self._on_dispatched,
