@@ -67,14 +67,21 @@ class Execution(msgspec.Struct, gc=False):
     ``ident`` is the direct client to answer (None: the SMS); ``rid`` the id
     its answers carry; ``mode`` the Invoke mode, or ``sms``. ``inline``: it
     may be answered at once (see :class:`Start`). ``pending`` holds the
-    input of a dispatch while its function is fetched.
+    input of a dispatch while its function is fetched. ``info`` is the
+    terminal ExecutionInfo, made once when it ends (until then
+    :meth:`SpearletCore.info` describes it from the fields here).
     """
 
-    info: P.ExecutionInfo
+    execution_id: str
+    function: str
+    trace_id: str
+    submitted_at: float
     ident: bytes | None
     rid: int
     mode: str
+    status: str = "pending"
     runtime: str = ""
+    info: P.ExecutionInfo | None = None
     output: bytes = b""
     done: bool = False
     inline: bool = False
@@ -98,7 +105,7 @@ class SpearletCore:
         self.executions: collections.OrderedDict[str, Execution] = collections.OrderedDict()
         self.running = 0
         self.draining = False
-        self.counts: collections.Counter = collections.Counter()
+        self.counts: dict[str, int] = {}  # ended executions by status
         self.dispatched: set[str] = set()  # SMS executions on this node, not yet ended
         self.results = ResultBuffer()  # SMS results sent, not yet confirmed
         self.session = 0
@@ -114,6 +121,20 @@ class SpearletCore:
     def handle(self, event: Any, now: float) -> list:
         """Apply one event; return the instructions for the driver, in order."""
         return self._handlers[type(event)](event, now)
+
+    def info(self, execution_id: str) -> P.ExecutionInfo:
+        """What this node knows of an execution (NOT_FOUND if nothing)."""
+        ex = self.executions.get(execution_id)
+        if ex is None:
+            raise self._not_found(execution_id)
+        return self._info(ex)
+
+    def _info(self, ex: Execution) -> P.ExecutionInfo:
+        if ex.info is not None:
+            return ex.info
+        return P.ExecutionInfo(execution_id=ex.execution_id, function=ex.function,
+                               status=ex.status, node_id=self.node_id, trace_id=ex.trace_id,
+                               submitted_at=ex.submitted_at)
 
     # ------------------------------------------------------------ rules
 
@@ -184,9 +205,7 @@ class SpearletCore:
              rid: int, mode: str, inline: bool) -> Execution:
         """Record an admitted execution (counted in ``running`` until it ends)."""
         self.running += 1
-        ex = Execution(P.ExecutionInfo(execution_id=eid, function=function, status="pending",
-                                       node_id=self.node_id, trace_id=trace_id or eid,
-                                       submitted_at=now), ident, rid, mode, inline=inline)
+        ex = Execution(eid, function, trace_id or eid, now, ident, rid, mode, inline=inline)
         self.executions[eid] = ex
         if not inline:  # an inline one leaves no record: nothing to make room for
             while len(self.executions) > self.keep_executions:
@@ -197,14 +216,14 @@ class SpearletCore:
         return ex
 
     def _start(self, ex: Execution, data, args: list, timeout: float | None) -> Start:
-        fn = self.functions[ex.info.function]
+        fn = self.functions[ex.function]
         limits = fn.spec.limits
         if timeout is not None:
             limits = msgspec.structs.replace(limits, timeout=timeout)
         ex.runtime = fn.spec.runtime
         if not ex.inline:
-            ex.info = msgspec.structs.replace(ex.info, status="running")
-        return Start(ex.info.execution_id, ex.info.function, data, args, limits,
+            ex.status = "running"
+        return Start(ex.execution_id, ex.function, data, args, limits,
                      inline=ex.inline, stream=ex.mode == "stream")
 
     def _on_invoked(self, ev: Invoked, now: float) -> list:
@@ -249,9 +268,9 @@ class SpearletCore:
             return []
         data, args, timeout = ex.pending
         ex.pending = None
-        if ev.error is None and ex.info.function in self.functions:
+        if ev.error is None and ex.function in self.functions:
             return [self._start(ex, data, args, timeout)]
-        exc = ev.error or errors.NotFound(f"function {ex.info.function!r} was removed")
+        exc = ev.error or errors.NotFound(f"function {ex.function!r} was removed")
         # never started: the slot goes back, nothing is counted, no record stays
         self.running -= 1
         self.dispatched.discard(ev.execution_id)
@@ -266,20 +285,20 @@ class SpearletCore:
         if ex is None or ex.done:
             return []  # ended once already
         self.running -= 1
-        f = self.functions.get(ex.info.function)
+        f = self.functions.get(ex.function)
         if f is not None:
             f.invocations += 1
-        self.counts[ev.status] += 1
+        self.counts[ev.status] = self.counts.get(ev.status, 0) + 1
         err = ev.error
         if self.metrics is not None:
-            self.metrics.execution_finished(ex.info.function, ex.runtime, ev.status, ev.queue,
+            self.metrics.execution_finished(ex.function, ex.runtime, ev.status, ev.queue,
                                             ev.cold, ev.run, ev.total,
                                             err.code if err is not None else "")
-        old = ex.info
+        ex.status = ev.status
         ex.info = info = P.ExecutionInfo(
-            execution_id=eid, function=old.function, status=ev.status, node_id=self.node_id,
-            error=err, exit_code=ev.exit_code, usage=ev.usage, trace_id=old.trace_id,
-            submitted_at=now - ev.total if ev.inline else old.submitted_at, finished_at=now,
+            execution_id=eid, function=ex.function, status=ev.status, node_id=self.node_id,
+            error=err, exit_code=ev.exit_code, usage=ev.usage, trace_id=ex.trace_id,
+            submitted_at=now - ev.total if ev.inline else ex.submitted_at, finished_at=now,
             cold=ev.cold > 0, timings=P.Timings(queue=ev.queue, cold_start=ev.cold, run=ev.run,
                                                 total=ev.total))
         ex.output = ev.output
@@ -328,7 +347,7 @@ class SpearletCore:
             return [Reply(ev.ident, P.error_reply(msg.id, self._not_found(msg.execution_id)))]
         if ex.done:
             return [Reply(ev.ident, P.error_reply(msg.id, errors.InvalidArgument(
-                f"execution {msg.execution_id} already finished ({ex.info.status})")))]
+                f"execution {msg.execution_id} already finished ({ex.status})")))]
         return [Cancel(msg.execution_id), Reply(ev.ident, P.Ok(id=msg.id))]
 
     def _on_asked(self, ev: Asked, now: float) -> list:
@@ -338,7 +357,7 @@ class SpearletCore:
             return [Reply(ev.ident, P.error_reply(msg.id, self._not_found(msg.execution_id)))]
         if msg.wait > 0 and not ex.done:
             return [Wait(ev.ident, msg)]
-        return [Reply(ev.ident, P.Result(id=msg.id, execution=ex.info), ex.output)]
+        return [Reply(ev.ident, P.Result(id=msg.id, execution=self._info(ex)), ex.output)]
 
     # ------------------------------------------------------------ functions
 

@@ -363,7 +363,7 @@ class Runner:
         task = self.tasks.get(eid)
         if task is not None:
             await asyncio.shield(task)
-        return self.core.executions[eid].info
+        return self.core.info(eid)
 
     # ------------------------------------------------------------ wire handlers
 

@@ -36,7 +36,7 @@ def test_async_invocation_is_accepted_then_started(core):
     assert isinstance(accepted, E.Reply) and accepted.ident == b"cli"
     assert accepted.msg == P.Accepted(id=7, execution_id=start.execution_id)
     assert not start.inline
-    assert core.executions[start.execution_id].info.status == "running"
+    assert core.info(start.execution_id).status == "running"
 
 
 def test_stream_invocation_never_runs_inline(core):
@@ -104,10 +104,10 @@ def test_a_client_never_chooses_the_execution_id(core):
     """An id the SMS dispatched here: a client naming it would pose as that execution."""
     dispatch(core, "e1")
     finish(core, "e1", inline=False)
-    before = core.executions["e1"].info
+    before = core.info("e1")
     reply = only(invoke(core, "async", execution_id="e1"), E.Reply)
     assert reply.msg.code == "INVALID_ARGUMENT" and "execution ids" in reply.msg.message
-    assert core.executions["e1"].info == before and core.running == 0
+    assert core.info("e1") == before and core.running == 0
     # a fresh id is refused too: the rule is about choosing, not about clashing
     assert only(invoke(core, execution_id="fresh"), E.Reply).msg.code == "INVALID_ARGUMENT"
 
@@ -283,7 +283,7 @@ def test_every_end_is_accounted_once_whichever_path_it_took(core, metrics):
     assert core.running == 0
     assert [m[2] for m in metrics.finished] == ["succeeded", "failed", "timed_out"]
     assert metrics.finished[1] == ("add", "wasm", "failed", 0.1, 0.2, 0.3, 0.6, "FUNCTION_ERROR")
-    info = core.executions[start2.execution_id].info
+    info = core.info(start2.execution_id)
     assert info.cold and info.timings == P.Timings(queue=0.1, cold_start=0.2, run=0.3, total=0.6)
 
 

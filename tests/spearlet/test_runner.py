@@ -96,11 +96,11 @@ def test_an_async_call_runs_as_a_task_and_can_be_cancelled(arun):
         (_, accepted, _), = replies
         eid = accepted.execution_id
         await settle()
-        assert rt.calls == 1 and r.core.executions[eid].info.status == "running"
+        assert rt.calls == 1 and r.core.info(eid).status == "running"
         r.handlers()[P.CancelExecution](b"c", P.CancelExecution(id=2, execution_id=eid), None)
         await settle()
         assert isinstance(replies[-1][1], P.Ok)
-        assert r.core.executions[eid].info.status == "cancelled" and r.core.running == 0
+        assert r.core.info(eid).status == "cancelled" and r.core.running == 0
         assert not r.tasks
         await r.close()
 
@@ -117,7 +117,7 @@ def test_a_task_cancelled_before_its_first_step_still_ends(arun):
         r.feed(E.CancelAsked(P.CancelExecution(id=2, execution_id=eid), b"c"))
         await settle()
         assert rt.calls == 0 and r.core.running == 0
-        assert r.core.executions[eid].info.status == "cancelled"
+        assert r.core.info(eid).status == "cancelled"
         assert r.core.counts == {"cancelled": 1}
         await r.close()
 
