@@ -6,7 +6,7 @@ timeout and raises a typed :mod:`spear.errors` exception. Streams (``stream``:
 an invocation's log chunks, then its result; ``events``: the SMS's node and
 execution events) are iterators on both.
 
-``node=ADDR`` on a call talks to that Spearlet directly (FunctionService)
+``node=ADDR`` on a call talks to that Spearlet directly (its Runner)
 instead of going through the SMS.
 """
 

@@ -383,8 +383,8 @@ class Invoke(_Msg, frozen=True):
     mode: Literal["sync", "async", "stream"] = "sync"
     timeout: Annotated[float, Meta(gt=0, le=86400)] | None = None
     trace_id: TraceId = ""
-    #: SMS: refused (execution ids are the SMS's, unguessable); a Spearlet's
-    #: direct path still accepts one for its own records
+    #: refused by the SMS and by a Spearlet's direct path alike: execution ids
+    #: are the receiver's to choose (unguessable); kept for the wire's shape
     execution_id: Annotated[str, Meta(max_length=128)] = ""
     #: a repeated submission with the same key (from the same caller) returns
     #: the first execution instead of starting another, across SMS restarts

@@ -46,7 +46,7 @@ class FakePool:
     def __init__(self, size: int = 2) -> None:
         self.slots = SlotPool(size)
         self.cold_starts = 0
-        self._waiters: list = []
+        self.waiting = 0
 
     def hit(self) -> None:
         slot = self.slots.acquire()
@@ -297,7 +297,7 @@ def test_pool_counters_are_read_at_scrape_time():
     assert value(reg, "spear_spearlet_pool_instances", function="f", state="busy") == 0
     assert value(reg, "spear_spearlet_pool_max_instances", function="f") == 2
     assert pool.slots.evict(100.0, 1.0, 0) == [slot]
-    pool._waiters.append(object())
+    pool.waiting = 1
     assert value(reg, "spear_spearlet_pool_evictions_total", function="f") == 1
     assert value(reg, "spear_spearlet_pool_waiting", function="f") == 1
     assert value(reg, "spear_spearlet_deployed_functions") == 1

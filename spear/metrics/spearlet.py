@@ -38,7 +38,7 @@ class SpearletMetrics(_DaemonMetrics):
               reconnects: Callable[[], int] | None = None) -> None:
         """Read pools, running executions and node figures at scrape time.
 
-        ``functions``: the FunctionService (``deployments``, ``running``,
+        ``functions``: the Spearlet's Runner (``deployments``, ``running``,
         ``max_concurrency``, ``draining``). ``monitor``: the ResourceMonitor
         (``capacity()``; ``usage()`` unless ``usage`` is given).
         """
@@ -89,10 +89,7 @@ class SpearletCollector(_Collector):
                 g("spear_spearlet_pool_instances", slots.idle, (name, "idle"))
                 g("spear_spearlet_pool_instances", slots.busy, (name, "busy"))
                 g("spear_spearlet_pool_max_instances", slots.capacity, lab)
-                waiting = getattr(pool, "waiting", None)
-                if waiting is None:  # until InstancePool grows a public ``waiting``
-                    waiting = len(getattr(pool, "_waiters", ()))
-                g("spear_spearlet_pool_waiting", waiting, lab)
+                g("spear_spearlet_pool_waiting", pool.waiting, lab)
             self._mono.keep_only((n, m) for n, _ in deployments
                                  for m in ("hits", "misses", "evictions", "cold_starts"))
         if self.monitor is not None:

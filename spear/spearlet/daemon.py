@@ -13,28 +13,28 @@ The link to the SMS is a small state machine::
 The SMS sets the heartbeat rate in its Welcome, so both sides agree on it,
 and a session token that every heartbeat carries until the next Welcome.
 
-Results of executions the SMS dispatched are kept (:class:`ResultBuffer`,
-bounded) until the SMS confirms it has them: every heartbeat lists them in
-``finished``, its ack says which the SMS has (forgotten here) and which it
-lacks (sent again). So a result sent into a link that then breaks - the SMS
-down, a partition, a socket reset - still reaches the SMS once the node is
-registered again, and the SMS does not count the execution as vanished
-meanwhile.
+The node's state and rules are its :class:`SpearletCore`; the
+:class:`Runner` drives it (runtimes, pools, execution tasks). This module
+wires both to the sockets: client messages go to the Runner's handlers, SMS
+pushes and heartbeat acks become core events, and the core's link
+instructions (send a heartbeat, register again) are carried out here.
+Results of executions the SMS dispatched are kept by the core until a
+heartbeat's ack confirms them, so a result sent into a link that then
+breaks still reaches the SMS once the node is registered again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import logging
-
-import msgspec
 import fcntl
+import logging
 import os
 import socket
 import time
 import uuid
 from pathlib import Path
+
+import msgspec
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -47,7 +47,11 @@ from ..mesh import DealerPeer, RouterServer, context
 from ..mesh.endpoint import CLOSE_LINGER_MS
 from ..mesh.security import Security, start_authenticator, warn_open
 from ..runtimes import RuntimeManager
-from .functions import FunctionService
+from .core import Maxima, SpearletCore
+from .events import (CancelAsked, Dispatched, Drain, HeartbeatAcked, HeartbeatDue, RemoveAsked,
+                     Reregister, SendHeartbeat, Welcomed)
+from .results import ResultBuffer
+from .runner import Runner
 from .resources import ResourceMonitor
 
 log = logging.getLogger("spear.spearlet")
@@ -112,110 +116,6 @@ def _node_proof(config: Config) -> str:
     return _persisted(Path(config.spearlet.data) / "node_proof", lambda: os.urandom(24).hex())
 
 
-#: longest execution id a heartbeat may list (protocol.ExecIdList)
-MAX_LISTED_ID = 128
-
-
-class _Kept:
-    __slots__ = ("msg", "payload", "size", "sent_seq")
-
-    def __init__(self, msg, payload, size: int, sent_seq: int) -> None:
-        self.msg = msg
-        self.payload = payload
-        self.size = size
-        self.sent_seq = sent_seq
-
-
-class ResultBuffer:
-    """Results sent to the SMS and not yet confirmed by it, oldest first.
-
-    Bounded by count and by bytes (output payloads included): beyond either
-    bound the oldest is dropped, counted in ``dropped`` and logged (at most
-    one warning a second). ``sent_seq`` orders sends against heartbeats: a
-    result (re)sent after heartbeat H is not sent again because H's ack
-    lists it as missing (the SMS answered H before that send reached it).
-    """
-
-    def __init__(self, max_results: int = 50_000, max_bytes: int = 256 << 20) -> None:
-        self.max_results = max_results
-        self.max_bytes = max_bytes
-        self.items: collections.OrderedDict[str, _Kept] = collections.OrderedDict()
-        self.bytes = 0
-        self.dropped = 0
-        self.seq = 0  # bumped by every (re)send and every heartbeat
-        self._warned_at = float("-inf")
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __contains__(self, eid: str) -> bool:
-        return eid in self.items
-
-    def add(self, msg: P.Result, payload) -> None:
-        """Keep ``msg`` (about to be sent) until the SMS confirms it."""
-        eid = msg.execution.execution_id
-        if len(eid) > MAX_LISTED_ID:
-            return  # could not be listed in a heartbeat (the SMS never makes such ids)
-        old = self.items.pop(eid, None)
-        if old is not None:
-            self.bytes -= old.size
-        size = 256 + (len(payload) if payload is not None else 0)
-        self.seq += 1
-        self.items[eid] = _Kept(msg, payload, size, self.seq)
-        self.bytes += size
-        while self.items and (len(self.items) > self.max_results or self.bytes > self.max_bytes):
-            old_id, old = self.items.popitem(last=False)
-            self.bytes -= old.size
-            self.dropped += 1
-            now = time.monotonic()
-            if now - self._warned_at >= 1.0:
-                self._warned_at = now
-                log.warning("dropped the result of execution %s: %d results (%d bytes) wait for "
-                            "the SMS to confirm them, bounds %d / %d bytes (%d dropped so far)",
-                            old_id, len(self.items), self.bytes, self.max_results,
-                            self.max_bytes, self.dropped,
-                            extra={"execution_id": old_id,
-                                   "trace_id": old.msg.execution.trace_id})
-
-    def mark(self) -> int:
-        """A heartbeat is sent now: the sequence number its ack is judged by."""
-        self.seq += 1
-        return self.seq
-
-    def pending(self, limit: int = 20_000, max_chars: int = 1 << 20) -> list[str]:
-        """Ids to list in the next heartbeat: the oldest, bounded in count and size."""
-        out: list[str] = []
-        chars = 0
-        for eid in self.items:
-            if len(out) >= limit or chars > max_chars:
-                break
-            out.append(eid)
-            chars += len(eid) + 2
-        return out
-
-    def ack(self, eids) -> None:
-        for eid in eids:
-            kept = self.items.pop(eid, None)
-            if kept is not None:
-                self.bytes -= kept.size
-
-    def to_resend(self, eids, heartbeat_seq: int) -> list[_Kept]:
-        """Of ``eids`` (the SMS lacks them as of the heartbeat ``heartbeat_seq``),
-        the ones last sent before that heartbeat; marked as sent now."""
-        out = []
-        for eid in eids:
-            kept = self.items.get(eid)
-            if kept is not None and kept.sent_seq < heartbeat_seq:
-                self.seq += 1
-                kept.sent_seq = self.seq
-                out.append(kept)
-        return out
-
-    def clear(self) -> None:
-        self.items.clear()
-        self.bytes = 0
-
-
 class _ResultCollector:
     """Prometheus figures of the result buffer (read at scrape time)."""
 
@@ -260,13 +160,15 @@ class Spearlet(Service):
         self.handlers: dict[type, object] = {P.Ping: self.on_ping}
         self.server = RouterServer("spearlet", self.handlers, security=self.security)
         self.runtime_manager = RuntimeManager(config, c.data, self.node_id, config_file=config_file)
-        self.functions = FunctionService(self.runtime_manager, self.node_id,
-                                         max_concurrency=c.max_concurrency)
-        self.functions.maxima = c
-        self.functions.max_output_mb = config.runtimes.process.max_output_mb
         self.metrics = SpearletMetrics()
-        self.functions.metrics = self.metrics
-        self.handlers.update(self.functions.handlers(self.server))
+        self.core = SpearletCore(self.node_id, max_concurrency=c.max_concurrency,
+                                 maxima=Maxima.from_config(config), metrics=self.metrics)
+        self.runner = Runner(self.runtime_manager, self.core)
+        self.runner.reply = self.server.reply
+        self.runner.to_sms = self.link.send
+        self.runner.fetch = self._fetch_function
+        self.runner.on_link = self._on_link_instruction
+        self.handlers.update(self.runner.handlers())
         self.address = ""
         self.registered = asyncio.Event()
         self.heartbeat_interval = 1.0
@@ -276,23 +178,25 @@ class Spearlet(Service):
         self._tasks: list[asyncio.Task] = []
         self._stopping: asyncio.Event | None = None
         self.reconnects = 0
-        self._dispatches: set[asyncio.Task] = set()
-        self.session = 0  # from the SMS's Welcome; every heartbeat carries it
         self._reregister = asyncio.Event()
         self._reregister_why = ""  # empty: the SMS did not know the session
-        self.results = ResultBuffer()
-        self.metrics.watch(self.functions, self.monitor, registered=self.registered.is_set,
+        self.metrics.watch(self.runner, self.monitor, registered=self.registered.is_set,
                            reconnects=lambda: self.reconnects)
         self.metrics.watch_mesh({"router": self.server, "sms-link": self.link})
         self.metrics.registry.register(_ResultCollector(self.results))
 
     @property
+    def results(self) -> ResultBuffer:
+        """Results sent to the SMS and not yet confirmed by it."""
+        return self.core.results
+
+    @property
     def running(self) -> int:
-        return self.functions.running
+        return self.core.running
 
     @property
     def warm(self) -> int:
-        return self.functions.warm
+        return self.runner.warm
 
     # ---------------------------------------------------------------- direct
 
@@ -302,29 +206,13 @@ class Spearlet(Service):
     def _on_sms_push(self, msg, payload) -> None:
         """Work and commands the SMS sends on its own initiative."""
         if isinstance(msg, P.Dispatch):
-            slot = self.functions.dispatch_now(msg, payload, self._send_to_sms)
-            if slot is None:
-                return  # answered inline
-            task = asyncio.ensure_future(self.functions.run_dispatch(
-                msg, payload, self._send_to_sms, self._fetch_function, slot))
-            self._dispatches.add(task)
-            task.add_done_callback(self._dispatches.discard)
+            self.runner.feed(Dispatched(msg, payload))
         elif isinstance(msg, P.CancelExecution):
-            ex = self.functions.executions.get(msg.execution_id)
-            if ex is not None and ex.task is not None and not ex.done.is_set():
-                ex.task.cancel()
+            self.runner.feed(CancelAsked(msg))
         elif isinstance(msg, P.RemoveFunction):
-            if msg.name in self.functions.deployments:
-                asyncio.ensure_future(self.functions.remove(msg.name))
+            self.runner.feed(RemoveAsked(msg.name))
         else:
             log.debug("unexpected message from SMS: %s", type(msg).__name__)
-
-    def _send_to_sms(self, msg, payload=None) -> bool:
-        if type(msg) is P.Result:
-            # kept until the SMS confirms it (heartbeat acks): the link may break
-            # before it gets there, and then it is sent again
-            self.results.add(msg, payload)
-        return self.link.send(msg, payload)
 
     async def _fetch_function(self, name: str):
         reply, artifact = await self.link.request(
@@ -367,7 +255,7 @@ class Spearlet(Service):
                 continue
             self.heartbeat_interval = welcome.heartbeat_interval
             self.heartbeat_timeout = welcome.heartbeat_timeout
-            self.session = welcome.session
+            self.runner.feed(Welcomed(welcome.session))
             self.registered.set()
             log.info("registered with SMS %s as %s (heartbeat %.2gs, timeout %.2gs)",
                      self.link.address, self.node_id, self.heartbeat_interval,
@@ -408,33 +296,22 @@ class Spearlet(Service):
                 self.link.reconnect()
 
     def _heartbeat(self) -> None:
-        hb = P.Heartbeat(id=self.link.next_id(), node_id=self.node_id,
-                         usage=self.monitor.usage(running=self.running, warm=self.warm),
-                         running_ids=list(self.functions.dispatched)[:50_000],
-                         session=self.session, finished=self.results.pending())
-        fut = self.link.request(hb, timeout=self.heartbeat_timeout)
-        seq = self.results.mark()
-        session = self.session
-        fut.add_done_callback(lambda f: self._on_heartbeat_ack(f, session, seq))
+        self.runner.feed(HeartbeatDue(self.link.next_id(),
+                                      self.monitor.usage(running=self.running, warm=self.warm)))
 
-    def _on_heartbeat_ack(self, fut: asyncio.Future, session: int = 0, seq: int = 0) -> None:
+    def _on_link_instruction(self, ins) -> None:
+        """Carry out the core's link instructions (heartbeats, registering again)."""
+        if isinstance(ins, SendHeartbeat):
+            fut = self.link.request(ins.msg, timeout=self.heartbeat_timeout)
+            fut.add_done_callback(lambda f: self._on_heartbeat_ack(f, ins.session, ins.seq))
+        elif isinstance(ins, Reregister):
+            self._reregister.set()
+
+    def _on_heartbeat_ack(self, fut: asyncio.Future, session: int, seq: int) -> None:
         if fut.cancelled() or fut.exception() is not None:
             return
         ack, _ = fut.result()
-        if not isinstance(ack, P.HeartbeatAck) or session != self.session:
-            return  # the answer to a heartbeat of an earlier registration
-        if not ack.known:
-            self._reregister.set()
-            return
-        if ack.acked:
-            self.results.ack(ack.acked)
-        if ack.resend:
-            for kept in self.results.to_resend(ack.resend, seq):
-                log.info("sending the result of execution %s again",
-                         kept.msg.execution.execution_id,
-                         extra={"execution_id": kept.msg.execution.execution_id,
-                                "trace_id": kept.msg.execution.trace_id})
-                self.link.send(kept.msg, kept.payload)
+        self.runner.feed(HeartbeatAcked(ack, session, seq))
 
     def _on_runtimes_changed(self) -> None:
         """A runtime turned on or off (the Docker engine came or went): the
@@ -474,7 +351,7 @@ class Spearlet(Service):
             srv = self.metrics.serve(c.metrics_host, c.metrics_port)
             log.info("metrics on %s", srv.url)
         self._tasks.append(asyncio.ensure_future(self._link_loop()))
-        self._tasks.append(asyncio.ensure_future(self.functions.evict_loop()))
+        self._tasks.append(asyncio.ensure_future(self.runner.evict_loop()))
         self._tasks.append(asyncio.ensure_future(self.runtime_manager.watch()))
         log.info("spearlet %s serving on %s, SMS %s", self.node_id, self.address,
                  self.config.spearlet.sms)
@@ -483,14 +360,13 @@ class Spearlet(Service):
     async def close(self, *, deregister: bool = True) -> None:
         """Graceful stop: stop taking work, deregister, close sockets."""
         # stop taking work, let running executions finish (bounded), then stop
-        self.functions.draining = True
+        self.runner.feed(Drain())
         deadline = time.monotonic() + self.config.spearlet.drain_timeout
-        while self.functions.running and time.monotonic() < deadline:
+        while self.core.running and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         for t in self._tasks:
             t.cancel()
-        await self.functions.close()
-        await asyncio.sleep(0)  # let cancelled executions send their results
+        await self.runner.close()  # cancelled executions still send their results
         # answer waits on executions that just ended, and give those replies time
         # to leave (a close with linger 0 would drop them with the socket)
         await self.server.finish(timeout=1.0)

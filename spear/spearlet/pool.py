@@ -21,7 +21,7 @@ import time
 from .. import errors
 from ..fast import SlotPool
 from ..protocol import PoolSettings
-from ..runtimes.base import Instance, Prepared, Runtime
+from ..runtimes import Instance, Prepared, Runtime
 
 log = logging.getLogger("spear.pool")
 

@@ -1,4 +1,4 @@
-"""The Spearlet's direct path (spear/spearlet/functions.py) against a raw peer, found by the wire fuzz.
+"""The Spearlet's direct path (spear/spearlet/core.py admit) against a raw peer, found by the wire fuzz.
 
 Runs on a real cluster (the ``fuzz_cluster`` fixture: SMS and Spearlet as
 subprocesses, ``add`` deployed on the node).
@@ -11,13 +11,12 @@ from tests.helpers import dealer, request
 
 
 def test_spearlet_refuses_a_reused_execution_id(fuzz_cluster):
-    """spear/spearlet/functions.py on_invoke -> new_execution: ``self.executions[eid] = ex``.
+    """spear/spearlet/core.py admit: the direct path refuses a client-chosen execution id.
 
-    The SMS refuses a duplicate execution id (tasks.py submit); the Spearlet's
-    direct path does not: Invoke(execution_id=<finished execution>) replaces
-    its record and output. An id the SMS dispatched to this node can be
-    overwritten the same way (and CancelExecution from the SMS then cancels the
-    impostor).
+    The wire fuzz found the direct path taking a client's execution id:
+    Invoke(execution_id=<finished execution>) replaced that record and its
+    output (and an id the SMS had dispatched could be overwritten the same
+    way). Clients never choose ids now; the record must stay as it was.
     """
     addr = fuzz_cluster.spearlet_addrs[0]
     with Client(fuzz_cluster.sms_addr, timeout=10) as cl:

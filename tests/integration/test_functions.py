@@ -1,4 +1,4 @@
-"""Direct invocation on a real Spearlet subprocess (FunctionService)."""
+"""Direct invocation on a real Spearlet subprocess (its Runner and core)."""
 
 from __future__ import annotations
 

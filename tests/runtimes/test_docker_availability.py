@@ -28,7 +28,7 @@ from spear.cluster import Cluster
 from spear.config import docker_host, load_config
 from spear.runtimes import RuntimeManager
 from spear.runtimes.docker import DEFAULT_URL, MANAGED_LABEL, OWNER_LABEL, remove_leftovers
-from spear.spearlet.functions import FunctionService
+from spear.spearlet.runner import Runner
 from tests.helpers import wait_for
 
 from .test_docker import BUSYBOX, _require_engine
@@ -172,7 +172,7 @@ def test_runtime_manager_follows_the_engine_on_use_and_by_watching(tmp_path, lat
         rm = RuntimeManager(config, config.spearlet.data, "late-node")
         changes: list[set] = []
         rm.on_change = lambda: changes.append(set(rm.runtimes))
-        fs = FunctionService(rm, "late-node")
+        fs = Runner(rm, "late-node")
         try:
             await rm.probe()
             assert "docker" not in rm.runtimes

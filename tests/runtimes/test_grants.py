@@ -4,7 +4,7 @@ the Spearlet's deploy path with real wasmtime and real processes.
 A node is laid out like a real one: a read-only host root ``srv/`` that also
 holds the Spearlet's data directory, its key directory and its configuration
 file, a writable root ``out/``, and a directory ``outside/`` that is no root.
-The in-process tests deploy through :class:`FunctionService` built on a
+The in-process tests deploy through :class:`Runner` built on a
 :class:`RuntimeManager` the way the Spearlet builds them; the last ones go
 through a real Spearlet subprocess, by direct deploy and by SMS dispatch.
 The chokepoint itself is attacked in test_hostpaths.py.
@@ -21,7 +21,7 @@ from spear import Client, errors, protocol as P
 from spear.cluster import Cluster
 from spear.config import load_config
 from spear.runtimes import RuntimeManager
-from spear.spearlet.functions import FunctionService
+from spear.spearlet.runner import Runner
 from tests.helpers import EXAMPLES
 
 READFILE = (EXAMPLES / "tests" / "readfile.wat").read_bytes()
@@ -87,16 +87,16 @@ def host(tmp_path) -> Host:
     return Host(tmp_path)
 
 
-async def node(host: Host) -> FunctionService:
+async def node(host: Host) -> Runner:
     """The Spearlet's deploy path, wired as the daemon wires it (no sockets)."""
     config = load_config(host.config_file, env={})
     rm = RuntimeManager(config, config.spearlet.data, "node-1", config_file=str(host.config_file))
     await rm.probe()
     assert {"wasm", "process"} <= set(rm.runtimes), rm.unavailable
-    return FunctionService(rm, "node-1")
+    return Runner(rm, "node-1")
 
 
-async def invoke(fs: FunctionService, name: str) -> bytes:
+async def invoke(fs: Runner, name: str) -> bytes:
     d = fs.get(name)
     inst = await d.runtime.create_instance(d.prepared)
     try:
@@ -109,7 +109,7 @@ def wasm(grant: str, artifact: bytes = READFILE, name: str = "fn") -> P.Function
     return P.FunctionSpec(name=name, runtime="wasm", artifact=artifact, grants=[grant])
 
 
-async def refused(fs: FunctionService, spec: P.FunctionSpec) -> errors.PermissionDenied:
+async def refused(fs: Runner, spec: P.FunctionSpec) -> errors.PermissionDenied:
     with pytest.raises(errors.PermissionDenied) as ei:
         await fs.deploy(spec)
     assert spec.name not in fs.deployments

@@ -22,7 +22,7 @@ from spear.config import load_config
 from spear.runtimes import RuntimeManager
 from spear.runtimes.wasm import UNLIMITED_FUEL, WasmRuntime
 from spear.runtimes.wasm.engine import EpochClock
-from spear.spearlet.functions import FunctionService
+from spear.spearlet.runner import Runner
 from tests.helpers import EXAMPLES
 
 SPIN = (EXAMPLES / "tests" / "spin.wat").read_bytes()
@@ -280,7 +280,7 @@ def test_a_cancelled_waiting_call_never_runs(go):
 # ---------------------------------------------------------------- through the Spearlet
 
 
-async def _service(tmp_path: Path, toml: str) -> FunctionService:
+async def _service(tmp_path: Path, toml: str) -> Runner:
     cfg = tmp_path / "spear.toml"
     cfg.write_text(f'[spearlet]\ndata = "{tmp_path / "node"}"\n'
                    '[runtimes.process]\nenabled = false\n'
@@ -289,15 +289,12 @@ async def _service(tmp_path: Path, toml: str) -> FunctionService:
     rm = RuntimeManager(config, config.spearlet.data, "node-1")
     await rm.probe()
     assert "wasm" in rm.runtimes, rm.unavailable
-    return FunctionService(rm, "node-1")
+    return Runner(rm, "node-1")
 
 
-async def _execute(fs: FunctionService, name: str, data: bytes = b"", timeout=None) -> P.ExecutionInfo:
+async def _execute(fs: Runner, name: str, data: bytes = b"", timeout=None) -> P.ExecutionInfo:
     """One execution the way the Spearlet runs async and SMS work."""
-    fs.running += 1
-    ex = fs.new_execution(name)
-    await fs.run(ex, data, [], timeout)
-    return ex.info
+    return await fs.execute(name, data, timeout=timeout)
 
 
 @pytest.mark.parametrize("max_queue", [3, 2])
