@@ -56,6 +56,7 @@ with atheris.instrument_imports(include=["spear"]):
     from spear import errors, protocol as P
     from spear.config import load_config
     from spear.sms.daemon import SMS
+    from spear.sms.events import Tick, Upkeep
 
 import logging
 
@@ -163,8 +164,8 @@ def TestOneInput(data: bytes) -> None:
         # 4. let time pass: heartbeat timeouts, cleanup, queue timeouts, retries
         now = time.time()
         for later in (now + 6.0, now + 40.0):
-            sms.registry.tick(later)
-            sms.tasks.tick(later)
+            sms.feed(Tick(), later)
+            sms.feed(Upkeep(), later)
             check_sent(sent)
             check_invariants(sms)
     finally:

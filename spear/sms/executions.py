@@ -1,7 +1,10 @@
-"""TaskService core: functions, executions, scheduling, dispatch, recovery.
+"""Executions of the SMS: submission, scheduling, dispatch, node replies, endings.
 
-No sockets, no clock: the driver passes ``now`` and an :class:`Outbox` that
-delivers messages to nodes and clients. Tests drive it with a fake outbox.
+Part of the SMS core: no sockets, no store, no clock. ``now`` is passed in;
+messages go to an :class:`Outbox` (the core turns them into ``Send``
+instructions; tests use a list); writes and cold reads are yielded as
+``Persist`` / ``Load`` (see :mod:`spear.sms.events`) by the generator methods.
+Records, recovery and retention: :mod:`spear.sms.records`.
 
 Life of an execution submitted through the SMS::
 
@@ -31,192 +34,41 @@ treated as lost on that node.
 from __future__ import annotations
 
 import collections
-import hashlib
-import heapq
 import logging
-import os
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Generator, Iterable
 
 import msgspec
 
 from .. import errors, protocol as P
 from ..protocol import TERMINAL
 from ..ids import new_id
-from ..store import Store
-from .scheduler import NodeTable
+from .events import Load, Persist, unavailable_text
+from .records import (COUNTS_KEY, MiB, Exec, ExecutionRecords, StoredCounts, Waiter, _dec_counts,
+                      _dec_ex, _enc)
 
-log = logging.getLogger("spear.sms.tasks")
-
-FN_PREFIX = b"fn/"
-ART_PREFIX = b"artifact/"
-EX_PREFIX = b"ex/"
-MiB = 1024 * 1024
-
-_enc = msgspec.msgpack.Encoder()
+log = logging.getLogger("spear.sms.executions")
 
 
-class StoredFunction(msgspec.Struct, frozen=True, kw_only=True):
-    """A registered function as persisted (artifact stored apart, by digest)."""
+class Executions(ExecutionRecords):
+    """Execution manager of the SMS: submissions, placement, node replies, endings."""
 
-    spec: P.FunctionSpec
-    digest: str
-    artifact_digest: str = ""
-    created_at: float = 0.0
-    updated_at: float = 0.0
-
-
-class StoredExecution(msgspec.Struct, frozen=True, kw_only=True):
-    """An execution record as persisted."""
-
-    info: P.ExecutionInfo
-    output: bytes = b""
-    retries: int = 0
-    timeout: float | None = None
-    input: bytes | None = None  # kept while not terminal, so a retry can run it
-    failures: int = 0
-    stream: bool = False
-    #: the caller-scoped idempotency key it was submitted with ("" if none)
-    idem: str = ""
-
-
-class StoredCounts(msgspec.Struct, kw_only=True):
-    """Lifetime counters, written in the same batch as the records they count."""
-
-    counts: dict[str, int] = {}
-
-
-COUNTS_KEY = b"meta/counts"
-_dec_counts = msgspec.msgpack.Decoder(StoredCounts)
-
-
-_dec_fn = msgspec.msgpack.Decoder(StoredFunction)
-_dec_ex = msgspec.msgpack.Decoder(StoredExecution)
-
-
-class Outbox(Protocol):
-    """Where the core's messages go (the driver's sockets, or a test list)."""
-
-    def to_node(self, node_id: str, msg: Any, payload: bytes | None = None) -> bool: ...
-
-    def to_client(self, ident: bytes, msg: Any, payload: bytes | None = None) -> bool: ...
-
-
-@dataclass
-class Waiter:
-    """A client waiting for an execution's terminal state."""
-
-    ident: bytes
-    rid: int
-    deadline: float
-    stream: bool = False
-
-
-@dataclass
-class Exec:
-    """In-memory state of one execution."""
-
-    info: P.ExecutionInfo
-    data: bytes | None = b""  # None: the input was not kept (too large) - no retry possible
-    output: bytes = b""
-    timeout: float | None = None
-    retries: int = 0
-    waiters: list[Waiter] = field(default_factory=list)
-    node: str = ""
-    dispatch_id: int = 0
-    dispatched_at: float = 0.0
-    deadline: float = float("inf")  # dispatched: the node must have finished by then
-    reserved: tuple[float, float] = (0.0, 0.0)
-    excluded: set[str] = field(default_factory=set)
-    #: every node this execution was dispatched to: only they may report on it
-    sent_to: set[str] = field(default_factory=set)
-    spills: int = 0
-    failures: int = 0  # node losses (refusals are spills, not failures)
-    queued_at: float = 0.0
-    cancel_at: float = 0.0
-    stream: bool = False
-    idem: str = ""
-
-
-@dataclass
-class TaskSettings:
-    """Knobs of the TaskService (from [sms] config)."""
-
-    max_executions: int = 100_000
-    #: finished executions older than this (seconds) are deleted
-    retention_age: float = 7 * 86400.0
-    #: finished executions kept whole in memory (the rest: an index entry, record on disk)
-    cache_executions: int = 1_000
-    max_queue: int = 10_000
-    queue_timeout: float = 30.0
-    max_spills: int = 5
-    report_grace: float = 3.0
-    keep_output: int = 64 * 1024  # outputs (and inputs) retained/persisted per record
-    default_cpu: float = 0.0  # no CPU reservation unless limits.cpus asks; slots bound concurrency
-    default_memory_mb: int = 16
-    startup_grace: float = 5.0  # after a (re)start, wait this long for nodes to reattach
-    #: run time assumed for executions without a timeout of their own (the nodes'
-    #: maximum by default): the SMS-side deadline of a dispatched execution is its
-    #: timeout plus ``deadline_grace`` (cold start, transfer, heartbeat delay)
-    default_run_timeout: float = 3600.0
-    deadline_grace: float = 5.0
-
-
-class TaskService:
-    """Function registry and execution manager of the SMS."""
-
-    def __init__(self, store: Store, table: NodeTable, outbox: Outbox, *, now: float,
-                 settings: TaskSettings | None = None, on_event=None) -> None:
-        self.store = store
-        self.table = table
-        self.outbox = outbox
-        self.s = settings or TaskSettings()
-        self.on_event = on_event
-        self.functions: dict[str, StoredFunction] = {}
-        #: executions in flight, and the most recent finished ones, whole
-        self.execs: collections.OrderedDict[str, Exec] = collections.OrderedDict()
-        #: every other retained (finished) execution: a small index entry
-        #: (submitted_at, function, status, node_id, idem); its record is on disk
-        self.archive: collections.OrderedDict[str, tuple] = collections.OrderedDict()
-        self.by_node: dict[str, set[str]] = collections.defaultdict(set)
-        #: executions waiting for capacity: one FIFO per function
-        self.queues: dict[str, collections.deque[str]] = {}
-        self.queued = 0  # executions in all queues (entries of ended ones included)
-        self.dirty: set[str] = set()
-        self.pruned: list[bytes] = []  # keys of records dropped by retention, to delete
-        self.watch: set[str] = set()  # executions with timed waiters or pending cancels
-        self.counts: collections.Counter = collections.Counter()
-        self.started_at = now
-        #: until then, work no ready node can take waits in the queue instead of
-        #: failing at once: nodes may be reattaching (after a start, or a stall)
-        self.grace_until = now + self.s.startup_grace
-        self._retrying = False
-        self._dispatch_ids = iter(range(int.from_bytes(os.urandom(5), 'big') << 16, 1 << 63))
-        #: caller-scoped idempotency key -> execution id
-        self.by_idem: dict[str, str] = {}
-        #: async submissions waiting for their group commit: (exec, client, request id)
-        self.unacked: list[tuple[Exec, bytes, int]] = []
-        self._aged_at = now
-        self._load(now)
+    def __init__(self, table, fns, outbox, *, now: float, settings=None, on_event=None,
+                 records: Iterable[tuple[bytes, bytes]] = (), counts: bytes | None = None) -> None:
+        super().__init__(table, fns, outbox, now=now, settings=settings, on_event=on_event)
+        self._load(records, counts, now)
 
     # ------------------------------------------------------------------ load
 
-    def _load(self, now: float) -> None:
-        raw = self.store.get(COUNTS_KEY)
-        if raw:
+    def _load(self, records: Iterable[tuple[bytes, bytes]], counts: bytes | None,
+              now: float) -> None:
+        """Rebuild from recovered records: work in flight is kept or queued again."""
+        if counts:
             try:
-                self.counts.update(_dec_counts.decode(raw).counts)
+                self.counts.update(_dec_counts.decode(counts).counts)
             except msgspec.DecodeError:
                 log.error("corrupt counters record: counting from zero")
-        for key, raw in self.store.scan(FN_PREFIX):
-            try:
-                fn = _dec_fn.decode(raw)
-            except msgspec.DecodeError:
-                log.error("skipping corrupt function record %r", key)
-                continue
-            self.functions[fn.spec.name] = fn
         recovered = []
-        for key, raw in self.store.scan(EX_PREFIX):
+        for key, raw in records:
             try:
                 st = _dec_ex.decode(raw)
             except msgspec.DecodeError:
@@ -259,70 +111,10 @@ class TaskService:
             log.info("recovered %d function(s), %d execution record(s), %d in flight",
                      len(self.functions), len(self.execs) + len(self.archive), len(recovered))
 
-    # ------------------------------------------------------------------ functions
-
-    def register_function(self, spec: P.FunctionSpec, now: float) -> P.FunctionInfo:
-        """Register or update a function; the artifact is stored once by content hash."""
-        if spec.runtime == "wasm" and not spec.artifact:
-            raise errors.InvalidArgument("a wasm function needs an artifact (.wasm or .wat bytes)")
-        if spec.runtime == "process" and not (spec.command or spec.handler):
-            raise errors.InvalidArgument("a process function needs a command or a handler")
-        if spec.runtime == "docker" and not spec.image:
-            raise errors.InvalidArgument("a docker function needs an image")
-        P.check_secret_env(spec)
-        art_digest = ""
-        if spec.artifact is not None:
-            art_digest = hashlib.sha256(spec.artifact).hexdigest()
-            key = ART_PREFIX + art_digest.encode()
-            if self.store.get(key) is None:
-                self.store.put(key, spec.artifact, sync=True)
-        bare = msgspec.structs.replace(spec, artifact=None)
-        digest = hashlib.sha256(_enc.encode(bare) + art_digest.encode()).hexdigest()
-        prev = self.functions.get(spec.name)
-        fn = StoredFunction(spec=bare, digest=digest, artifact_digest=art_digest,
-                            created_at=prev.created_at if prev else now, updated_at=now)
-        self.store.put(FN_PREFIX + spec.name.encode(), _enc.encode(fn), sync=True)
-        self.functions[spec.name] = fn
-        if prev is not None and prev.digest != digest:
-            self.table.forget_function(spec.name)  # nodes hold the old version
-        self._event("function", spec.name, "registered", now, digest[:12])
-        return self._fn_info(fn)
-
-    def remove_function(self, name: str, now: float) -> None:
-        if name not in self.functions:
-            raise errors.NotFound(f"function {name!r} is not registered")
-        self.store.delete(FN_PREFIX + name.encode(), sync=True)  # first: it may fail
-        del self.functions[name]
-        self.table.forget_function(name)
-        self._event("function", name, "removed", now)
-
-    def get_function(self, name: str) -> StoredFunction:
-        fn = self.functions.get(name)
-        if fn is None:
-            raise errors.NotFound(f"function {name!r} is not registered")
-        return fn
-
-    def full_spec(self, name: str) -> tuple[P.FunctionSpec, str]:
-        """The spec with its artifact bytes (for a node that lacks it)."""
-        fn = self.get_function(name)
-        spec = fn.spec
-        if fn.artifact_digest:
-            art = self.store.get(ART_PREFIX + fn.artifact_digest.encode())
-            if art is None:
-                raise errors.Internal(f"artifact {fn.artifact_digest} of {name} is missing")
-            spec = msgspec.structs.replace(spec, artifact=art)
-        return spec, fn.digest
-
-    def _fn_info(self, fn: StoredFunction) -> P.FunctionInfo:
-        return P.FunctionInfo(name=fn.spec.name, runtime=fn.spec.runtime, digest=fn.digest)
-
-    def list_functions(self) -> list[P.FunctionInfo]:
-        return [self._fn_info(f) for _, f in sorted(self.functions.items())]
-
     # ------------------------------------------------------------------ submit
 
     def submit(self, ident: bytes, msg: P.Invoke, payload, now: float, owner: str = "",
-               eid: str | None = None):
+               eid: str | None = None) -> Generator[Load, list, object]:
         """Accept an invocation; returns the immediate reply, or None.
 
         Write-ahead order for ``async``: the execution is persisted (synced,
@@ -334,14 +126,14 @@ class TaskService:
         ``eid``: the id to use (tests); by default a new UUIDv7. Clients never
         choose it: the daemon refuses ``Invoke.execution_id``.
         """
-        fn = self.get_function(msg.function)
+        fn = self.fns.get(msg.function)
         idem = f"{owner}\x00{msg.idempotency_key}" if msg.idempotency_key else ""
         if idem:
             first = self.by_idem.get(idem)
-            ex = self.find(first) if first is not None else None
+            ex = (yield from self.find(first)) if first is not None else None
             if ex is not None:
                 return self._resubmitted(ex, ident, msg, now)
-        store_error = getattr(self.store, "error", "")
+        store_error = self.store_error
         if store_error:
             raise errors.Unavailable(f"SMS storage is failing ({store_error}); "
                                      "new work is refused until writes succeed again")
@@ -397,7 +189,7 @@ class TaskService:
         ex.waiters.append(Waiter(ident, msg.id, float("inf"), stream=msg.mode == "stream"))
         return None
 
-    def commit(self, now: float) -> None:
+    def commit(self, now: float) -> Generator[Persist, str, None]:
         """Group commit of async submissions: persist (synced), acknowledge, dispatch.
 
         Placement is decided first so the records say where each execution
@@ -424,9 +216,9 @@ class TaskService:
         others = [eid for eid in self.dirty if eid not in seen and eid in self.execs]
         puts = [self._record(ex) for ex in fresh] + [self._record(self.execs[e]) for e in others]
         puts.append((COUNTS_KEY, _enc.encode(StoredCounts(counts=dict(self.counts)))))
-        try:
-            self.store.write_batch(puts, (), sync=True)
-        except errors.SpearError as exc:
+        error = yield Persist(puts, (), True)
+        if error:
+            exc = errors.Unavailable(unavailable_text(error))
             for ex in fresh:
                 self._forget(ex)
             for _, ident, rid in batch:
@@ -529,6 +321,12 @@ class TaskService:
         if ex is None or ex.node != node or ex.dispatch_id != msg.id:
             return  # it moved on meanwhile (cancelled, node lost)
         if not self.outbox.to_node(node, msg, payload):  # no empty payload frame above
+            self._spill(ex, now, "could not send to node")
+
+    def dispatch_failed(self, msg: P.Dispatch, now: float) -> None:
+        """The Dispatch ``msg`` could not be sent: spill it, unless it moved on meanwhile."""
+        ex = self.execs.get(msg.execution_id)
+        if ex is not None and ex.node and ex.dispatch_id == msg.id:
             self._spill(ex, now, "could not send to node")
 
     def _unassign(self, ex: Exec) -> None:
@@ -677,37 +475,21 @@ class TaskService:
 
     # ------------------------------------------------------------------ client queries
 
-    def find(self, eid: str) -> Exec | None:
-        """An execution, whole: from memory, or read back from its record."""
-        ex = self.execs.get(eid)
-        if ex is None and eid in self.archive:
-            raw = self.store.get(EX_PREFIX + eid.encode())
-            if raw is not None:
-                st = _dec_ex.decode(raw)
-                ex = Exec(info=st.info, output=st.output, retries=st.retries,
-                          timeout=st.timeout, failures=st.failures, stream=st.stream, idem=st.idem)
-        return ex
-
-    def get(self, eid: str) -> Exec:
-        ex = self.find(eid)
-        if ex is None:
-            raise errors.NotFound(f"execution {eid!r} not found")
-        return ex
-
     def result_msg(self, ex: Exec, rid: int):
         return P.Result(id=rid, execution=ex.info), ex.output
 
-    def wait(self, ident: bytes, msg: P.GetExecution, now: float):
+    def wait(self, ident: bytes, msg: P.GetExecution, now: float) -> Generator[Load, list, object]:
         """Reply now if finished (or no wait asked), else register a waiter."""
-        ex = self.get(msg.execution_id)
+        ex = yield from self.get(msg.execution_id)
         if ex.info.status in TERMINAL or msg.wait <= 0:
             return self.result_msg(ex, msg.id)
         ex.waiters.append(Waiter(ident, msg.id, now + msg.wait))
         self.watch.add(ex.info.execution_id)
         return None
 
-    def cancel(self, eid: str, now: float) -> None:
-        ex = self.get(eid)
+    def cancel(self, eid: str, now: float) -> Generator[Load, list, None]:
+        """Cancel an execution: at once if not dispatched, else through its node."""
+        ex = yield from self.get(eid)
         if ex.info.status in TERMINAL:
             raise errors.InvalidArgument(f"execution {eid} already finished ({ex.info.status})")
         if ex.node:
@@ -719,40 +501,6 @@ class TaskService:
             self.watch.add(eid)
         else:
             self._end(ex, "cancelled", now, "CANCELLED", "cancelled before it was dispatched")
-
-    def list_executions(self, msg: P.ListExecutions) -> tuple[list[P.ExecutionInfo], int]:
-        """A page, newest first, over executions in memory and archived ones."""
-        fn, status, node = msg.function, msg.status, msg.node_id
-        live = ((ex.info.submitted_at, eid, ex) for eid, ex in reversed(self.execs.items()))
-        old = ((e[0], eid, e) for eid, e in reversed(self.archive.items()))
-        page: list[P.ExecutionInfo] = []
-        total = 0
-        for _, eid, item in heapq.merge(live, old, key=lambda t: t[0], reverse=True):
-            if isinstance(item, Exec):
-                i = item.info
-                f, st, nd = i.function, i.status, i.node_id
-            else:
-                i = None
-                _, f, st, nd, _ = item
-            if (fn and f != fn) or (status and st != status) or (node and nd != node):
-                continue
-            if msg.offset <= total < msg.offset + msg.limit:
-                if i is None:
-                    ex = self.find(eid)
-                    if ex is None:
-                        continue
-                    i = ex.info
-                page.append(i)
-            total += 1
-        return page, total
-
-    @property
-    def queue(self) -> list[str]:
-        """Every queued execution id, function by function (for inspection)."""
-        return [eid for q in self.queues.values() for eid in q]
-
-    def active(self) -> int:
-        return sum(len(s) for s in self.by_node.values()) + self.queued
 
     # ------------------------------------------------------------------ endings
 
@@ -788,67 +536,7 @@ class TaskService:
         if self.on_event is not None:
             self.on_event(kind, key, state, now, detail)
 
-    def _prune(self, now: float | None = None) -> None:
-        """Retention: at most ``max_executions`` records, none finished longer ago
-        than ``retention_age`` (with ``now``); the oldest finished go first."""
-        excess = len(self.execs) + len(self.archive) - self.s.max_executions
-        cutoff = now - self.s.retention_age if now is not None else None
-        arch = self.archive
-        while arch:
-            eid, entry = next(iter(arch.items()))
-            if excess <= 0 and (cutoff is None or entry[0] >= cutoff):
-                break
-            del arch[eid]
-            self._drop(eid, entry[4])
-            excess -= 1
-        if excess <= 0 and cutoff is None:
-            return
-        dead = []
-        for eid, ex in self.execs.items():
-            old = cutoff is not None and ex.info.submitted_at < cutoff
-            if len(dead) >= excess and not old:
-                break
-            if ex.info.status in TERMINAL and (len(dead) < excess or old):
-                dead.append(eid)
-        for eid in dead:
-            ex = self.execs.pop(eid)
-            self.dirty.discard(eid)
-            self._drop(eid, ex.idem)
-
-    def _drop(self, eid: str, idem: str) -> None:
-        if idem and self.by_idem.get(idem) == eid:
-            del self.by_idem[idem]
-        # deleted with the next flush's batch, not one write per submission
-        self.pruned.append(EX_PREFIX + eid.encode())
-
-    def _evict(self) -> None:
-        """Keep at most ``cache_executions`` finished executions whole in memory: the
-        oldest finished (written, nobody waiting) become index entries."""
-        excess = len(self.execs) - self.s.cache_executions
-        if excess <= 0:
-            return
-        moved = []
-        looked = 0
-        for eid, ex in self.execs.items():
-            if len(moved) >= excess or looked >= excess + 1024:
-                break
-            looked += 1
-            i = ex.info
-            if i.status in TERMINAL and eid not in self.dirty and not ex.waiters:
-                moved.append((eid, (i.submitted_at, i.function, i.status, i.node_id, ex.idem)))
-        for eid, entry in moved:
-            del self.execs[eid]
-            self.archive[eid] = entry
-
     # ------------------------------------------------------------------ upkeep
-
-    def _enqueue(self, ex: Exec, now: float) -> None:
-        ex.queued_at = now
-        q = self.queues.get(ex.info.function)
-        if q is None:
-            q = self.queues[ex.info.function] = collections.deque()
-        q.append(ex.info.execution_id)
-        self.queued += 1
 
     def retry_queue(self, now: float, *, full: bool = False, function: str | None = None) -> None:
         """Try queued executions again (capacity may have freed).
@@ -923,7 +611,7 @@ class TaskService:
         q.extendleft(reversed(keep))
         self.queued += len(keep)
 
-    def tick(self, now: float) -> None:
+    def tick(self, now: float) -> Generator[Persist, str, None]:
         """Expire waiters, end cancels whose node never answered, retry the queue, flush."""
         for eid in list(self.watch):
             ex = self.execs.get(eid)
@@ -945,41 +633,4 @@ class TaskService:
         if now - self._aged_at >= 1.0:  # retention by age, once a second
             self._aged_at = now
             self._prune(now)
-        self.flush()
-
-    def _record(self, ex: Exec) -> tuple[bytes, bytes]:
-        out = ex.output if len(ex.output) <= self.s.keep_output else b""
-        inp = None
-        if ex.info.status not in TERMINAL and ex.data is not None \
-                and len(ex.data) <= self.s.keep_output:
-            inp = ex.data
-        return EX_PREFIX + ex.info.execution_id.encode(), _enc.encode(StoredExecution(
-            info=ex.info, output=out, retries=ex.retries, timeout=ex.timeout, input=inp,
-            failures=ex.failures, stream=ex.stream, idem=ex.idem))
-
-    def flush(self, *, sync: bool = False) -> bool:
-        """Write dirty execution records, deleted ones and the counters in one batch.
-
-        Records stay dirty until the batch is written: after a failed write
-        (the store turns read-only, see spear.store.guarded) they are written
-        by the first flush that succeeds. Returns whether everything is written.
-        """
-        if not self.dirty and not self.pruned:
-            return True
-        written = list(self.dirty)
-        puts = []
-        for eid in written:
-            ex = self.execs.get(eid)
-            if ex is not None:
-                puts.append(self._record(ex))
-        puts.append((COUNTS_KEY, _enc.encode(StoredCounts(counts=dict(self.counts)))))
-        deletes = list(self.pruned)
-        try:
-            self.store.write_batch(puts, deletes, sync=sync)
-        except errors.SpearError as exc:
-            log.debug("execution records not written yet: %s", exc)
-            return False
-        self.dirty.difference_update(written)
-        del self.pruned[:len(deletes)]
-        self._evict()
-        return True
+        yield from self.flush()
