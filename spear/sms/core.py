@@ -88,22 +88,22 @@ class SMSCore:
                                 on_event=self._on_task_event, records=rec.executions,
                                 counts=rec.counts)
         self._handlers: dict[type, Callable] = {
-            P.Ping: self.on_ping, P.Register: self.on_register, P.Heartbeat: self.on_heartbeat,
-            P.Deregister: self.on_deregister, P.ListNodes: self.on_list_nodes,
-            P.GetNode: self.on_get_node, P.DeployFunction: self.on_deploy,
-            P.RemoveFunction: self.on_remove, P.ListFunctions: self.on_list_functions,
-            P.GetFunction: self.on_get_function, P.FetchFunction: self.on_fetch_function,
-            P.Invoke: self.on_invoke, P.GetExecution: self.on_get_execution,
-            P.CancelExecution: self.on_cancel, P.ListExecutions: self.on_list_executions,
-            P.Result: self.on_result, P.LogChunk: self.on_log_chunk,
-            P.ErrorReply: self.on_node_error, P.Ok: lambda r: None,
-            P.Subscribe: self.on_subscribe, P.Unsubscribe: self.on_unsubscribe,
-            P.Stats: self.on_stats,
+            P.Ping: self._on_ping, P.Register: self._on_register, P.Heartbeat: self._on_heartbeat,
+            P.Deregister: self._on_deregister, P.ListNodes: self._on_list_nodes,
+            P.GetNode: self._on_get_node, P.DeployFunction: self._on_deploy,
+            P.RemoveFunction: self._on_remove, P.ListFunctions: self._on_list_functions,
+            P.GetFunction: self._on_get_function, P.FetchFunction: self._on_fetch_function,
+            P.Invoke: self._on_invoke, P.GetExecution: self._on_get_execution,
+            P.CancelExecution: self._on_cancel, P.ListExecutions: self._on_list_executions,
+            P.Result: self._on_result, P.LogChunk: self._on_log_chunk,
+            P.ErrorReply: self._on_node_error, P.Ok: lambda r: None,
+            P.Subscribe: self._on_subscribe, P.Unsubscribe: self._on_unsubscribe,
+            P.Stats: self._on_stats,
         }
 
-    #: the message types the core answers (the daemon routes exactly these to it)
     @property
     def accepts(self) -> tuple[type, ...]:
+        """The message types the core answers (the daemon routes exactly these to it)."""
         return tuple(self._handlers)
 
     @property
@@ -285,10 +285,10 @@ class SMSCore:
 
     # ---------------------------------------------------------------- nodes
 
-    def on_ping(self, r: Received):
+    def _on_ping(self, r: Received):
         return P.Pong(id=r.msg.id, role="sms", version=__version__)
 
-    def on_register(self, r: Received) -> Generator[Persist, str, None]:
+    def _on_register(self, r: Received) -> Generator[Persist, str, None]:
         """Admit a node (identity first), answer Welcome, then place the work that waited."""
         msg = r.msg
         node = msg.node
@@ -329,7 +329,8 @@ class SMSCore:
                     raise self.identity.refuse(f"node {node.node_id!r} may not register with "
                                                f"{what} {value!r}: live node {other.node_id!r} has it")
 
-    def on_heartbeat(self, r: Received):
+    def _on_heartbeat(self, r: Received):
+        """Liveness, usage and the node's view of its executions; acks results it resends."""
         msg = r.msg
         if self.identity.speaker(r.ident, r.key, msg.node_id) is None:
             # not (or no longer) known on this connection: register first
@@ -366,7 +367,8 @@ class SMSCore:
                 resend.append(eid)
         return acked, resend
 
-    def on_deregister(self, r: Received):
+    def _on_deregister(self, r: Received):
+        """A node leaving on purpose (only for itself)."""
         node_id = r.msg.node_id
         # a node speaks only for itself (see NodeIdentity)
         if self.identity.speaker(r.ident, r.key, node_id) is None:
@@ -377,10 +379,10 @@ class SMSCore:
         log.info("node %s deregistered", node_id)
         return P.Ok(id=r.msg.id)
 
-    def on_list_nodes(self, r: Received):
+    def _on_list_nodes(self, r: Received):
         return P.NodeList(id=r.msg.id, nodes=self.registry.list(r.msg.state))
 
-    def on_get_node(self, r: Received):
+    def _on_get_node(self, r: Received):
         return P.NodeReply(id=r.msg.id, node=self.registry.get(r.msg.node_id))
 
     def _node_of(self, r: Received) -> str | None:
@@ -393,28 +395,29 @@ class SMSCore:
 
     # ---------------------------------------------------------------- functions
 
-    def on_deploy(self, r: Received):
+    def _on_deploy(self, r: Received):
         spec = r.msg.spec
         if r.payload is not None:
             spec = msgspec.structs.replace(spec, artifact=bytes(r.payload))
         info = yield from self.fns.register(spec, self.now)
         return P.Deployed(id=r.msg.id, function=info)
 
-    def on_remove(self, r: Received):
+    def _on_remove(self, r: Received):
         yield from self.fns.remove(r.msg.name, self.now)
         for node_id in self.registry.nodes:
             self.to_node(node_id, P.RemoveFunction(id=0, name=r.msg.name))
         return P.Ok(id=r.msg.id)
 
-    def on_list_functions(self, r: Received):
+    def _on_list_functions(self, r: Received):
         return P.FunctionList(id=r.msg.id, functions=self.fns.list())
 
-    def on_get_function(self, r: Received):
+    def _on_get_function(self, r: Received):
         fn = self.fns.get(r.msg.name)
         # env values only for deployer and up; secret ones for nobody (protocol.redact_spec)
         return P.FunctionReply(id=r.msg.id, spec=P.redact_spec(fn.spec, r.role), digest=fn.digest)
 
-    def on_fetch_function(self, r: Received):
+    def _on_fetch_function(self, r: Received):
+        """The whole spec and its artifact, for a node that lacks the version it must run."""
         # the whole spec (secret env values, artifact) goes to registered nodes only
         node = self.identity.speaker(r.ident, r.key)
         if node is None or node not in self.registry.nodes:
@@ -426,7 +429,8 @@ class SMSCore:
 
     # ---------------------------------------------------------------- executions
 
-    def on_invoke(self, r: Received):
+    def _on_invoke(self, r: Received):
+        """A new execution (or the first one of its idempotency key)."""
         msg = r.msg
         # idempotency keys are scoped to the caller's key ("" on an open SMS)
         try:
@@ -444,28 +448,28 @@ class SMSCore:
             self.out.append(CommitSoon())
         return out
 
-    def on_get_execution(self, r: Received):
+    def _on_get_execution(self, r: Received):
         return (yield from self.tasks.wait(r.ident, r.msg, self.now))
 
-    def on_cancel(self, r: Received):
+    def _on_cancel(self, r: Received):
         yield from self.tasks.cancel(r.msg.execution_id, self.now)
         return P.Ok(id=r.msg.id)
 
-    def on_list_executions(self, r: Received):
+    def _on_list_executions(self, r: Received):
         items, total = yield from self.tasks.list_executions(r.msg)
         return P.ExecutionList(id=r.msg.id, executions=items, total=total)
 
-    def on_result(self, r: Received):
+    def _on_result(self, r: Received):
         node = self._node_of(r)
         if node is not None:
             self.tasks.on_result(node, r.msg, r.payload, self.now)
 
-    def on_log_chunk(self, r: Received):
+    def _on_log_chunk(self, r: Received):
         node = self._node_of(r)
         if node is not None:
             self.tasks.on_log(node, r.msg)
 
-    def on_node_error(self, r: Received):
+    def _on_node_error(self, r: Received):
         node = self.identity.speaker(r.ident, r.key)
         if node is not None and node in self.registry.nodes and r.msg.id:
             if self.metrics is not None:
@@ -476,16 +480,16 @@ class SMSCore:
 
     # ---------------------------------------------------------------- subscriptions, stats
 
-    def on_subscribe(self, r: Received):
+    def _on_subscribe(self, r: Received):
         # subscriptions are counted per key (per connection on an open SMS)
         owner = r.key if self.identity.keyed else r.ident
         self.events.subscribe(r.ident, r.msg.id, r.msg.since, owner=owner)
 
-    def on_unsubscribe(self, r: Received):
+    def _on_unsubscribe(self, r: Received):
         self.events.unsubscribe(r.ident, r.msg.id)
         return P.Ok(id=r.msg.id)
 
-    def on_stats(self, r: Received):
+    def _on_stats(self, r: Received):
         ready = self.registry.list("ready")
         cpu, mem = self.table.total_reserved()
         return P.StatsReply(

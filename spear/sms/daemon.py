@@ -54,21 +54,24 @@ class SMS(Service):
         self._stopping: asyncio.Event | None = None
         self._tickers: list[asyncio.Task] = []
 
-    # the core's parts, for inspection (tests, fuzzers)
     @property
     def registry(self):
+        """The core's node registry (for inspection: tests, fuzzers)."""
         return self.core.registry
 
     @property
     def tasks(self):
+        """The core's executions (for inspection)."""
         return self.core.tasks
 
     @property
     def table(self):
+        """The core's node table (for inspection)."""
         return self.core.table
 
     @property
     def events(self):
+        """The core's event subscriptions (for inspection)."""
         return self.core.events
 
     # ---------------------------------------------------------------- driving the core
@@ -163,6 +166,7 @@ class SMS(Service):
         return self.address
 
     async def close(self) -> None:
+        """Stop serving, write what is still in memory, close the store."""
         for t in self._tickers:
             t.cancel()
         await self.server.finish(timeout=0.5)

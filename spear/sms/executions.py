@@ -46,7 +46,8 @@ from .events import Load, Persist, unavailable_text
 from .records import (COUNTS_KEY, MiB, Exec, ExecutionRecords, StoredCounts, Waiter, _dec_counts,
                       _dec_ex, _enc)
 
-log = logging.getLogger("spear.sms.executions")
+# the logger name operators filter on (docs/operations.md), kept from before the split
+log = logging.getLogger("spear.sms.tasks")
 
 
 class Executions(ExecutionRecords):
@@ -381,6 +382,7 @@ class Executions(ExecutionRecords):
         return False
 
     def on_log(self, node: str, msg: P.LogChunk) -> None:
+        """Relay a log chunk of a streamed execution to its streaming waiters."""
         ex = self.execs.get(msg.execution_id)
         if ex is None or not self._from_its_node(ex, node, "log chunk"):
             return
@@ -474,18 +476,6 @@ class Executions(ExecutionRecords):
             self._end(ex, "lost", now, "UNAVAILABLE", reason)
 
     # ------------------------------------------------------------------ client queries
-
-    def result_msg(self, ex: Exec, rid: int):
-        return P.Result(id=rid, execution=ex.info), ex.output
-
-    def wait(self, ident: bytes, msg: P.GetExecution, now: float) -> Generator[Load, list, object]:
-        """Reply now if finished (or no wait asked), else register a waiter."""
-        ex = yield from self.get(msg.execution_id)
-        if ex.info.status in TERMINAL or msg.wait <= 0:
-            return self.result_msg(ex, msg.id)
-        ex.waiters.append(Waiter(ident, msg.id, now + msg.wait))
-        self.watch.add(ex.info.execution_id)
-        return None
 
     def cancel(self, eid: str, now: float) -> Generator[Load, list, None]:
         """Cancel an execution: at once if not dispatched, else through its node."""

@@ -18,7 +18,7 @@ from .events import Load, Persist, unavailable_text
 from .recovery import ART_PREFIX, FN_PREFIX
 from .scheduler import NodeTable
 
-log = logging.getLogger("spear.sms.functions")
+log = logging.getLogger("spear.sms.tasks")  # as spear.sms.executions
 
 _enc = msgspec.msgpack.Encoder()
 

@@ -286,6 +286,7 @@ class NodeRegistry:
         raise errors.NotFound(f"node {key!r} not found")
 
     def list(self, state: str | None = None) -> list[NodeInfo]:
+        """Nodes by name (then id), only those in ``state`` if given."""
         nodes = sorted(self.nodes.values(), key=lambda n: (n.name, n.node_id))
         if state is not None:
             nodes = [n for n in nodes if n.state == state]

@@ -27,7 +27,7 @@ from .functions import FunctionRegistry
 from .recovery import COUNTS_KEY, EX_PREFIX
 from .scheduler import NodeTable
 
-log = logging.getLogger("spear.sms.records")
+log = logging.getLogger("spear.sms.tasks")  # as spear.sms.executions
 
 MiB = 1024 * 1024
 
@@ -64,9 +64,11 @@ class Outbox(Protocol):
     ``to_node`` is False when the node cannot be reached (no route to it).
     """
 
-    def to_node(self, node_id: str, msg: Any, payload: bytes | None = None) -> bool: ...
+    def to_node(self, node_id: str, msg: Any, payload: bytes | None = None) -> bool:
+        """Send ``msg`` to a node; False if it cannot be reached."""
 
-    def to_client(self, ident: bytes, msg: Any, payload: bytes | None = None) -> bool: ...
+    def to_client(self, ident: bytes, msg: Any, payload: bytes | None = None) -> bool:
+        """Send ``msg`` to the client at routing id ``ident``."""
 
 
 @dataclass
@@ -187,6 +189,19 @@ class ExecutionRecords:
             raise errors.NotFound(f"execution {eid!r} not found")
         return ex
 
+    def result_msg(self, ex: Exec, rid: int):
+        """The ``Result`` (and output frame) answering request ``rid`` about ``ex``."""
+        return P.Result(id=rid, execution=ex.info), ex.output
+
+    def wait(self, ident: bytes, msg: P.GetExecution, now: float) -> Generator[Load, list, object]:
+        """Reply now if finished (or no wait asked), else register a waiter."""
+        ex = yield from self.get(msg.execution_id)
+        if ex.info.status in TERMINAL or msg.wait <= 0:
+            return self.result_msg(ex, msg.id)
+        ex.waiters.append(Waiter(ident, msg.id, now + msg.wait))
+        self.watch.add(ex.info.execution_id)
+        return None
+
     def list_executions(self, msg: P.ListExecutions) -> Generator[Load, list, tuple[list, int]]:
         """A page, newest first, over executions in memory and archived ones."""
         fn, status, node = msg.function, msg.status, msg.node_id
@@ -219,6 +234,7 @@ class ExecutionRecords:
         return [eid for q in self.queues.values() for eid in q]
 
     def active(self) -> int:
+        """Executions dispatched or waiting in a queue."""
         return sum(len(s) for s in self.by_node.values()) + self.queued
 
     def _prune(self, now: float | None = None) -> None:

@@ -36,6 +36,7 @@ class EventLog:
         self._owned: collections.Counter = collections.Counter()
 
     def publish(self, kind: str, key: str, state: str, ts: float, detail: str = "") -> None:
+        """Number an event, keep it for replays and send it to every subscriber."""
         self.seq += 1
         ev = (self.seq, kind if kind in ("node", "function") else "execution", key, state, ts, detail)
         self.buffer.append(ev)
@@ -98,5 +99,6 @@ class EventLog:
             del self._owned[owner]
 
     def unsubscribe(self, ident: bytes, rid: int) -> None:
+        """End the subscription ``rid`` of ``ident`` (if it still exists)."""
         if (ident, rid) in self.subscribers:
             self._remove((ident, rid))
