@@ -18,9 +18,8 @@ recovered; what was kept in memory meanwhile is written then.
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
 import logging
+from types import GeneratorType
 from typing import Any, Callable, Generator
 
 import msgspec
@@ -155,7 +154,7 @@ class SMSCore:
         except Exception as exc:  # noqa: BLE001 - becomes a typed reply
             self._fail(to, exc, type(r.msg).__name__)
             return
-        if inspect.isgenerator(out):
+        if type(out) is GeneratorType:
             self._run(out, to, type(r.msg).__name__)
         elif out is not None:
             self._reply(to, out)
@@ -176,7 +175,7 @@ class SMSCore:
             return
         self._tokens += 1
         self._parked[self._tokens] = (gen, to, what)
-        self.out.append(dataclasses.replace(req, token=self._tokens))
+        self.out.append(msgspec.structs.replace(req, token=self._tokens))
 
     def _resume(self, token: int, value: Any) -> None:
         parked = self._parked.pop(token, None)
@@ -437,16 +436,33 @@ class SMSCore:
             if msg.execution_id:
                 raise errors.InvalidArgument("clients do not choose execution ids (they must be "
                                              "unguessable); pass idempotency_key to make retries safe")
-            out = yield from self.tasks.submit(r.ident, msg, r.payload, self.now, r.key)
+            out = self.tasks.submit(r.ident, msg, r.payload, self.now, r.key)
         except errors.SpearError as exc:
-            if self.metrics is not None:
-                self.metrics.rejected(exc.code)
+            self._rejected(exc)
             raise
+        if type(out) is GeneratorType:  # its key's first execution is read back first
+            return self._invoked_later(out)
+        self._invoked()
+        return out
+
+    def _invoked_later(self, submitted: Generator) -> Generator:
+        try:
+            out = yield from submitted
+        except errors.SpearError as exc:
+            self._rejected(exc)
+            raise
+        self._invoked()
+        return out
+
+    def _rejected(self, exc: errors.SpearError) -> None:
+        if self.metrics is not None:
+            self.metrics.rejected(exc.code)
+
+    def _invoked(self) -> None:
         if self.tasks.unacked and not self._commit_soon:
             # one synced write for every async submission of this loop pass
             self._commit_soon = True
             self.out.append(CommitSoon())
-        return out
 
     def _on_get_execution(self, r: Received):
         return (yield from self.tasks.wait(r.ident, r.msg, self.now))

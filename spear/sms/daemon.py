@@ -77,9 +77,12 @@ class SMS(Service):
     # ---------------------------------------------------------------- driving the core
 
     def _on_message(self, ident: bytes, msg, payload) -> None:
-        secure = self.server.security is not None
-        self.feed(Received(ident, self.server.caller_key if secure else "",
-                           self.server.caller_role if secure else "", msg, payload))
+        server = self.server
+        if server.security is not None:
+            event = Received(ident, server.caller_key, server.caller_role, msg, payload)
+        else:
+            event = Received(ident, "", "", msg, payload)
+        self._carry_out(self.core.handle(event, time.time()))
 
     def feed(self, event, now: float | None = None) -> None:
         """Hand ``event`` to the core (at ``now``, by default the time) and carry
@@ -88,9 +91,10 @@ class SMS(Service):
 
     def _carry_out(self, instructions: list) -> None:
         for ins in instructions:
+            if type(ins) is Send:  # the hot path: one per message in, about
+                self._send(ins.ident, ins.msg, ins.payload)
+                continue
             match ins:
-                case Send(ident=ident, msg=msg, payload=payload):
-                    self._send(ident, msg, payload)
                 case Persist(puts=puts, deletes=deletes, sync=sync, token=token):
                     try:
                         self.store.write_batch(puts, deletes, sync=sync)

@@ -16,14 +16,14 @@ yields a :class:`Persist` or :class:`Load` (token 0) and receives the outcome
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Sequence
+
+import msgspec
 
 # ---------------------------------------------------------------- events
 
 
-@dataclass(frozen=True, slots=True)
-class Received:
+class Received(msgspec.Struct, frozen=True):
     """A decoded message from a peer: its routing id, its CURVE key and role
     (both "" on an open SMS), the message and its raw payload frame."""
 
@@ -34,8 +34,7 @@ class Received:
     payload: bytes | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Tick:
+class Tick(msgspec.Struct, frozen=True):
     """Housekeeping (a few times per heartbeat interval): node timeouts.
 
     ``lag``: how much later than asked the loop ran (a stall of the SMS
@@ -47,49 +46,42 @@ class Tick:
     store_error: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class Upkeep:
+class Upkeep(msgspec.Struct, frozen=True):
     """The fast pass (every few tens of milliseconds): waiters, queues, batched writes."""
 
 
-@dataclass(frozen=True, slots=True)
-class Commit:
+class Commit(msgspec.Struct, frozen=True):
     """The group commit a :class:`CommitSoon` asked for (once per loop pass)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Undelivered:
+class Undelivered(msgspec.Struct, frozen=True):
     """A :class:`Send` of ``msg`` could not be handed to the socket."""
 
     msg: Any
 
 
-@dataclass(frozen=True, slots=True)
-class Persisted:
+class Persisted(msgspec.Struct, frozen=True):
     """Outcome of the :class:`Persist` with ``token``: ``error`` is "" if it was written."""
 
     token: int
     error: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class Loaded:
+class Loaded(msgspec.Struct, frozen=True):
     """Outcome of the :class:`Load` with ``token``: one value (or None) per key."""
 
     token: int
     values: Sequence[bytes | None] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Stopping:
+class Stopping(msgspec.Struct, frozen=True):
     """The SMS shuts down: write what is still in memory."""
 
 
 # ---------------------------------------------------------------- instructions
 
 
-@dataclass(frozen=True, slots=True)
-class Send:
+class Send(msgspec.Struct, frozen=True):
     """Send ``msg`` (and ``payload`` as a raw frame) to the peer at routing id ``ident``."""
 
     ident: bytes
@@ -97,8 +89,7 @@ class Send:
     payload: bytes | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Persist:
+class Persist(msgspec.Struct, frozen=True):
     """Write ``puts`` and delete ``deletes`` in one batch (``sync``: flushed to disk
     before it returns); answer with :class:`Persisted`."""
 
@@ -108,22 +99,19 @@ class Persist:
     token: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class Load:
+class Load(msgspec.Struct, frozen=True):
     """Read ``keys`` (cold records: archived executions, artifacts); answer with :class:`Loaded`."""
 
     keys: Sequence[bytes] = ()
     token: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class CommitSoon:
+class CommitSoon(msgspec.Struct, frozen=True):
     """Feed a :class:`Commit` once the messages already received are handled
     (one synced write for every async submission of the loop pass)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Dropped:
+class Dropped(msgspec.Struct, frozen=True):
     """A message was dropped as a protocol error (a node message from no registered node)."""
 
 

@@ -115,8 +115,10 @@ class Executions(ExecutionRecords):
     # ------------------------------------------------------------------ submit
 
     def submit(self, ident: bytes, msg: P.Invoke, payload, now: float, owner: str = "",
-               eid: str | None = None) -> Generator[Load, list, object]:
-        """Accept an invocation; returns the immediate reply, or None.
+               eid: str | None = None):
+        """Accept an invocation; returns the immediate reply, or None - or, when
+        the execution its idempotency key names must be read back from its
+        record first, a generator that yields that ``Load`` and returns the reply.
 
         Write-ahead order for ``async``: the execution is persisted (synced,
         one batch for all submissions of a loop pass: :meth:`commit`), then
@@ -131,9 +133,24 @@ class Executions(ExecutionRecords):
         idem = f"{owner}\x00{msg.idempotency_key}" if msg.idempotency_key else ""
         if idem:
             first = self.by_idem.get(idem)
-            ex = (yield from self.find(first)) if first is not None else None
+            ex = self.execs.get(first) if first is not None else None
             if ex is not None:
                 return self._resubmitted(ex, ident, msg, now)
+            if first is not None and first in self.archive:
+                return self._resubmit_archived(first, fn, idem, ident, msg, payload, now, eid)
+        return self._submit_new(fn, idem, ident, msg, payload, now, eid)
+
+    def _resubmit_archived(self, first: str, fn, idem: str, ident: bytes, msg: P.Invoke,
+                           payload, now: float, eid: str | None) -> Generator[Load, list, object]:
+        """:meth:`submit` of a key whose first execution is on disk only."""
+        ex = yield from self.find(first)
+        if ex is not None:
+            return self._resubmitted(ex, ident, msg, now)
+        return self._submit_new(fn, idem, ident, msg, payload, now, eid)
+
+    def _submit_new(self, fn, idem: str, ident: bytes, msg: P.Invoke, payload, now: float,
+                    eid: str | None):
+        """A new execution of ``fn`` (see :meth:`submit`)."""
         store_error = self.store_error
         if store_error:
             raise errors.Unavailable(f"SMS storage is failing ({store_error}); "

@@ -381,3 +381,23 @@ def test_recovery_at_start_keeps_work_in_flight(h):
     again = Harness(store=h.store, now=T0 + 10)
     assert again.core.tasks.execs[d.execution_id].info.status == "scheduled"
     assert "n1" in again.core.registry.nodes and "f" in again.core.fns.functions
+
+
+def test_an_idempotency_key_whose_execution_is_archived_is_read_back():
+    h = Harness(cache_executions=0)
+    h.register("n1")
+    h.deploy("f")
+    (acc,) = only(h.invoke(idempotency_key="K"), P.Accepted)
+    eid = acc.msg.execution_id
+    ex = h.core.tasks.execs[eid]
+    h.send(P.Result(id=ex.dispatch_id, execution=P.ExecutionInfo(
+        execution_id=eid, function="f", status="succeeded")), ident=b"n1")
+    h.run(Upkeep())
+    assert eid in h.core.tasks.archive
+    out = h.step(Received(CLIENT, "", "", P.Invoke(id=99, function="f", mode="async",
+                                                   idempotency_key="K"), b"in"))
+    (load,) = out  # the first execution's record, read back
+    assert isinstance(load, Load) and load.keys == (EX_PREFIX + eid.encode(),)
+    (again,) = h.step(Loaded(load.token, [h.store.get(load.keys[0])]))
+    assert again.msg == P.Accepted(id=99, execution_id=eid)
+    assert h.core.tasks.counts["deduplicated"] == 1

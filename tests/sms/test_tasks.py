@@ -98,7 +98,11 @@ class Driven:
             attr = getattr(self._execs, name)
         if not callable(attr):
             return attr
-        return lambda *a, **kw: self._c.run(attr(*a, **kw))
+
+        def call(*args, **kw):
+            self._c.probed()
+            return self._c.run(attr(*args, **kw))
+        return call
 
 
 class Cluster:
@@ -120,12 +124,14 @@ class Cluster:
         self.svc = Driven(self, self.execs, self.fns)
         self._rid = 100
 
-    def run(self, gen):
-        """Carry out a core call's store requests; a failed write makes the
-        executions read-only, and a store that is healthy again (probed) makes
-        them writable, as the daemon's ticks report it."""
+    def probed(self) -> None:
+        """A store that is healthy again (probed) makes the executions writable,
+        as the daemon's ticks report it."""
         self.execs.store_error = getattr(self.store, "error", "")
 
+    def run(self, gen):
+        """Carry out a core call's store requests; a failed write makes the
+        executions read-only."""
         def failed(error: str) -> None:
             self.execs.store_error = error
         return drive(gen, self.store, failed)
