@@ -3,7 +3,7 @@
 One state machine for the whole management service: node identities
 (:mod:`.identity`), the node registry (:mod:`.nodes`), the scheduler's node
 table (:mod:`.scheduler`), functions (:mod:`.functions`), executions
-(:mod:`.executions`, :mod:`.records`) and event subscriptions
+(:mod:`.executions`, :mod:`.placement`, :mod:`.records`) and event subscriptions
 (:mod:`.subscriptions`). It owns no socket, no store, no clock and no task:
 the daemon feeds it events (:mod:`.events`) with the time, and carries out
 the instructions it returns, in order.
