@@ -170,7 +170,9 @@ class SMSCore:
         except Exception as exc:  # noqa: BLE001 - a request's error becomes its reply
             if to is not None:
                 self._fail(to, exc, what)
-            elif not isinstance(exc, errors.SpearError):
+            elif isinstance(exc, errors.SpearError):
+                log.warning("%s failed: %s", what, exc)
+            else:
                 log.exception("%s failed", what)  # never let housekeeping stop the SMS
             return
         self._tokens += 1
