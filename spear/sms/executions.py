@@ -44,8 +44,11 @@ from .. import errors, protocol as P
 from ..protocol import TERMINAL
 from ..ids import new_id
 from .events import Load, Persist, unavailable_text
+from .functions import FunctionRegistry
 from .placement import Placement
-from .records import COUNTS_KEY, Exec, StoredCounts, Waiter, _dec_counts, _dec_ex, _enc
+from .records import (COUNTS_KEY, Exec, Outbox, StoredCounts, TaskSettings, Waiter, _dec_counts,
+                      _dec_ex, _enc)
+from .scheduler import NodeTable
 
 # the logger name operators filter on (docs/operations.md), kept from before the split
 log = logging.getLogger("spear.sms.tasks")
@@ -54,8 +57,11 @@ log = logging.getLogger("spear.sms.tasks")
 class Executions(Placement):
     """Execution manager of the SMS: submissions, placement, node replies, endings."""
 
-    def __init__(self, table, fns, outbox, *, now: float, settings=None, on_event=None,
+    def __init__(self, table: NodeTable, fns: FunctionRegistry, outbox: Outbox, *, now: float,
+                 settings: TaskSettings | None = None, on_event=None,
                  records: Iterable[tuple[bytes, bytes]] = (), counts: bytes | None = None) -> None:
+        """Executions over ``table`` and ``fns``, rebuilt from recovered ``records``
+        and ``counts``; messages go to ``outbox``, changes to ``on_event``."""
         super().__init__(table, fns, outbox, now=now, settings=settings, on_event=on_event)
         self._load(records, counts, now)
 
