@@ -24,9 +24,10 @@ from spear.metrics import (
     metric_names,
 )
 from spear.protocol import Capacity, NodeInfo, Usage
-from spear.sms.nodes import NodeRegistry
-from spear.sms.scheduler import NodeTable
-from spear.sms.tasks import TaskService
+from spear.config import SMSConfig
+from spear.sms.core import SMSCore
+from spear.sms.events import (Commit, CommitSoon, Load, Loaded, Persist, Persisted, Received,
+                              Send)
 from spear.spearlet.resources import ResourceMonitor
 from spear.store.memory import MemoryStore
 
@@ -110,23 +111,31 @@ def spearlet_metrics(**kw) -> tuple[SpearletMetrics, FakeFunctions]:
     return m, fns
 
 
-def sms_metrics() -> tuple[SMSMetrics, TaskService, NodeRegistry, NodeTable]:
-    store = MemoryStore()
-    table = NodeTable()
-    outbox = SimpleNamespace(to_node=lambda *a: True, to_client=lambda *a: True)
-    nodes = NodeRegistry(store, heartbeat_timeout=5.0, cleanup_interval=60.0, now=T0)
+def sms_metrics() -> tuple[SMSMetrics, SMSCore, MemoryStore]:
+    """An SMS core that tells its metrics what happens, over an in-memory store."""
     m = SMSMetrics()
-    holder: dict = {}
-
-    def on_event(kind, key, state, now, detail=""):  # the glue the SMS daemon uses
-        if kind == "execution" and "tasks" in holder:
-            m.execution_ended(holder["tasks"], key)
-
-    tasks = TaskService(store, table, outbox, now=T0, on_event=on_event)
-    holder["tasks"] = tasks
-    m.watch(tasks, nodes, table)
+    store = MemoryStore()
+    core = SMSCore(SMSConfig(), now=T0, metrics=m)
+    m.watch(core.tasks, core.registry, core.table, store=store)
     m.watch_mesh({"router": FakeRouter()})
-    return m, tasks, nodes, table
+    return m, core, store
+
+
+def feed(core: SMSCore, store: MemoryStore, msg, now: float, payload=None) -> list:
+    """Hand ``msg`` to the core as the daemon would; the messages it sends."""
+    sent, pending = [], [Received(b"client", "", "", msg, payload)]
+    while pending:
+        for ins in core.handle(pending.pop(0), now):
+            if isinstance(ins, Persist):
+                store.write_batch(ins.puts, ins.deletes, sync=ins.sync)
+                pending.append(Persisted(ins.token))
+            elif isinstance(ins, Load):
+                pending.append(Loaded(ins.token, [store.get(k) for k in ins.keys]))
+            elif isinstance(ins, CommitSoon):
+                pending.append(Commit())
+            elif isinstance(ins, Send):
+                sent.append(ins.msg)
+    return sent
 
 
 # ---------------------------------------------------------------- registries
@@ -393,17 +402,21 @@ def test_mesh_collector_reads_a_real_router():
 
 
 def test_sms_queue_executions_and_nodes():
-    m, tasks, nodes, table = sms_metrics()
+    m, core, store = sms_metrics()
+    nodes, table = core.registry, core.table
     reg = m.registry
-    tasks.register_function(P.FunctionSpec(name="f", runtime="process", command=["cat"]), T0)
+    feed(core, store, P.DeployFunction(id=1, spec=P.FunctionSpec(name="f", runtime="process",
+                                                                 command=["cat"])), T0)
+    eids = []
     for i in range(3):  # no node: the scheduler queues (startup grace) rather than fails
-        tasks.submit(b"c", P.Invoke(id=i + 1, function="f", mode="async"), b"", T0, eid=f"e{i}")
-    tasks.commit(T0)  # persist, acknowledge, then place
+        # persisted, acknowledged, then placed (the group commit)
+        (acc,) = feed(core, store, P.Invoke(id=i + 1, function="f", mode="async"), T0, b"")
+        eids.append(acc.execution_id)
     assert value(reg, "spear_sms_queue_depth") == 3
     assert value(reg, "spear_sms_executions_active") == 3
     assert value(reg, "spear_sms_submitted_total") == 3
     assert value(reg, "spear_sms_functions") == 1
-    tasks.cancel("e0", T0 + 1)  # ends it: the on_event glue records it
+    feed(core, store, P.CancelExecution(id=9, execution_id=eids[0]), T0 + 1)  # ends it: recorded
     assert value(reg, "spear_sms_executions_total", function="f", runtime="process",
                  status="cancelled") == 1
     assert value(reg, "spear_sms_execution_end_to_end_seconds_sum", function="f",

@@ -56,7 +56,7 @@ class DealerPeer:
         # None: a fresh unguessable routing id for each socket. Not one kept across
         # reconnect(): without ROUTER handover the SMS would set a new connection
         # with the id of one it still thinks alive aside, unread. The SMS reaches a
-        # node at the route it last heard it on (see sms.daemon.NodeIdentity).
+        # node at the route it last heard it on (see sms.identity.NodeIdentity).
         self.identity = identity
         self.address: str | None = None
         self._ids = itertools.count(1)

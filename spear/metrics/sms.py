@@ -48,7 +48,7 @@ class SMSMetrics(_DaemonMetrics):
                                 info.error.code if info.error is not None else "")
 
     def execution_ended(self, tasks: Any, execution_id: str) -> None:
-        """Record an execution a TaskService just ended (glue for its ``on_event``)."""
+        """Record an execution the SMS core just ended (``tasks``: its executions)."""
         ex = tasks.execs.get(execution_id)
         if ex is None:
             return
@@ -63,9 +63,10 @@ class SMSMetrics(_DaemonMetrics):
         """A node entered ``state`` (ready, unhealthy, draining, gone)."""
         self.transitions[state] = self.transitions.get(state, 0) + 1
 
-    def watch(self, tasks: Any, nodes: Any, table: Any = None) -> None:
-        """Read queue, executions and nodes at scrape time (TaskService, NodeRegistry, NodeTable)."""
-        self.registry.register(SMSCollector(self, tasks, nodes, table))
+    def watch(self, tasks: Any, nodes: Any, table: Any = None, store: Any = None) -> None:
+        """Read queue, executions, nodes and the store's health at scrape time
+        (the SMS core's executions, node registry and node table; a GuardedStore)."""
+        self.registry.register(SMSCollector(self, tasks, nodes, table, store))
 
 
 _NODE_STATES = ("ready", "unhealthy", "draining")
@@ -76,11 +77,13 @@ class SMSCollector(_Collector):
 
     specs = _SMS_STATE
 
-    def __init__(self, owner: SMSMetrics, tasks: Any, nodes: Any, table: Any = None) -> None:
+    def __init__(self, owner: SMSMetrics, tasks: Any, nodes: Any, table: Any = None,
+                 store: Any = None) -> None:
         self.owner = owner
         self.tasks = tasks
         self.nodes = nodes
         self.table = table
+        self.store = store
 
     def collect(self) -> Iterable[Metric]:
         f = {name: spec.family() for name, spec in self.specs.items()}
@@ -94,7 +97,7 @@ class SMSCollector(_Collector):
         g("spear_sms_functions", len(t.functions))
         g("spear_sms_loop_stalls_total", getattr(self.owner, "loop_stalls", 0))
         g("spear_sms_loop_stalled_seconds_total", getattr(self.owner, "loop_stalled_seconds", 0.0))
-        store = getattr(t, "store", None)
+        store = self.store
         g("spear_sms_store_healthy", 0 if getattr(store, "error", "") else 1)
         g("spear_sms_store_write_errors_total", getattr(store, "write_errors", 0))
         counts = t.counts

@@ -1,101 +1,125 @@
-"""Event log of the SMS: node and execution events with sequence numbers.
+"""What goes into the SMS core (events) and what comes out of it (instructions).
 
-Subscribers get every event with ``seq > since``; the last ``keep`` events
-are held in memory so a client that reconnects can resume where it left
-off. The high-water mark is persisted so sequence numbers keep growing
-across SMS restarts.
+The daemon turns the world into events - a decoded message with the
+caller's authenticated identity, a timer, the result of a store call - and
+hands each to :meth:`spear.sms.core.SMSCore.handle` with the time. The core
+answers with instructions, which the daemon carries out in order. A
+:class:`Persist` or :class:`Load` carries a token: the daemon performs it at
+once and feeds the outcome back as :class:`Persisted` / :class:`Loaded` with
+that token before it carries out anything else, so the core's view of the
+store is always current.
+
+Inside the core, code that needs the store is written as a generator that
+yields a :class:`Persist` or :class:`Load` (token 0) and receives the outcome
+(an error text, "" on success; or the values read).
 """
 
 from __future__ import annotations
 
-import collections
-from typing import Callable
+from typing import Any, Sequence
 
-from .. import errors, protocol as P
-from ..store import Store
+import msgspec
 
-SEQ_KEY = b"meta/event_seq"
+# ---------------------------------------------------------------- events
 
 
-class EventLog:
-    """A bounded, resumable stream of :class:`spear.protocol.Event`."""
+class Received(msgspec.Struct, frozen=True):
+    """A decoded message from a peer: its routing id, its CURVE key and role
+    (both "" on an open SMS), the message and its raw payload frame."""
 
-    def __init__(self, store: Store, send: Callable[[bytes, object], bool], keep: int = 10_000) -> None:
-        self.store = store
-        self.send = send
-        raw = store.get(SEQ_KEY)
-        self.seq = int(raw) if raw else 0
-        self._saved = self.seq
-        # plain tuples (seq, kind, key, state, ts, detail): Structs are built only
-        # for subscribers, which keeps publishing cheap on the execution hot path
-        self.buffer: collections.deque[tuple] = collections.deque(maxlen=keep)
-        #: (routing id, request id) -> owner (the caller's key; its routing id if open)
-        self.subscribers: dict[tuple[bytes, int], object] = {}
-        self.max_subscribers = 1024
-        #: subscriptions one owner may hold; its oldest goes when it opens another
-        self.max_per_owner = 16
-        self._owned: collections.Counter = collections.Counter()
+    ident: bytes
+    key: str
+    role: str
+    msg: Any
+    payload: bytes | None = None
 
-    def publish(self, kind: str, key: str, state: str, ts: float, detail: str = "") -> None:
-        self.seq += 1
-        ev = (self.seq, kind if kind in ("node", "function") else "execution", key, state, ts, detail)
-        self.buffer.append(ev)
-        if self.subscribers:
-            for ident, rid in list(self.subscribers):
-                self.send(ident, self._event(rid, ev))
-        if self.seq - self._saved >= 1000:
-            self.save()
 
-    @staticmethod
-    def _event(rid: int, ev: tuple) -> P.Event:
-        seq, kind, key, state, ts, detail = ev
-        return P.Event(id=rid, seq=seq, kind=kind, key=key, state=state, ts=ts, detail=detail)
+class Tick(msgspec.Struct, frozen=True):
+    """Housekeeping (a few times per heartbeat interval): node timeouts.
 
-    def save(self) -> None:
-        if self.seq != self._saved:
-            try:
-                self.store.put(SEQ_KEY, str(self.seq).encode())
-            except errors.SpearError:
-                return  # the store is read-only for now (spear.store.guarded): next time
-            self._saved = self.seq
+    ``lag``: how much later than asked the loop ran (a stall of the SMS
+    itself when over :data:`spear.sms.core.STALL`). ``store_error``: the
+    store's state after the daemon probed it ("" when writes succeed).
+    """
 
-    def subscribe(self, ident: bytes, rid: int, since: int, owner: object = None) -> None:
-        """Replay buffered events after ``since``, then stream new ones.
+    lag: float = 0.0
+    store_error: str = ""
 
-        Slots are bounded per owner and in all. A peer that vanished never
-        unsubscribes, so a full table drops an old subscription rather than
-        refuse new ones, but never another owner's while this one is over
-        its share: the oldest of this owner's goes first, and when the whole
-        table is full, the oldest of whichever owner holds the most. One key
-        can therefore never evict everyone else's subscriptions.
-        """
-        owner = ident if owner is None else owner
-        for ev in self.buffer:
-            if ev[0] > since:
-                self.send(ident, self._event(rid, ev))
-        if (ident, rid) in self.subscribers:
-            return
-        if self._owned[owner] >= self.max_per_owner:
-            self._drop_oldest_of(owner)
-        elif len(self.subscribers) >= self.max_subscribers:
-            self._drop_oldest_of(self._owned.most_common(1)[0][0])
-        self.subscribers[(ident, rid)] = owner
-        self._owned[owner] += 1
 
-    def _drop_oldest_of(self, owner: object) -> None:
-        for sub, who in self.subscribers.items():
-            if who == owner:
-                self._remove(sub)
-                return
+class Upkeep(msgspec.Struct, frozen=True):
+    """The fast pass (every few tens of milliseconds): waiters, queues, batched writes."""
 
-    def _remove(self, sub: tuple[bytes, int]) -> None:
-        if sub not in self.subscribers:
-            return
-        owner = self.subscribers.pop(sub)
-        self._owned[owner] -= 1
-        if self._owned[owner] <= 0:
-            del self._owned[owner]
 
-    def unsubscribe(self, ident: bytes, rid: int) -> None:
-        if (ident, rid) in self.subscribers:
-            self._remove((ident, rid))
+class Commit(msgspec.Struct, frozen=True):
+    """The group commit a :class:`CommitSoon` asked for (once per loop pass)."""
+
+
+class Undelivered(msgspec.Struct, frozen=True):
+    """A :class:`Send` of ``msg`` could not be handed to the socket."""
+
+    msg: Any
+
+
+class Persisted(msgspec.Struct, frozen=True):
+    """Outcome of the :class:`Persist` with ``token``: ``error`` is "" if it was written."""
+
+    token: int
+    error: str = ""
+
+
+class Loaded(msgspec.Struct, frozen=True):
+    """Outcome of the :class:`Load` with ``token``: one value (or None) per key."""
+
+    token: int
+    values: Sequence[bytes | None] = ()
+
+
+class Stopping(msgspec.Struct, frozen=True):
+    """The SMS shuts down: write what is still in memory."""
+
+
+# ---------------------------------------------------------------- instructions
+
+
+class Send(msgspec.Struct, frozen=True):
+    """Send ``msg`` (and ``payload`` as a raw frame) to the peer at routing id ``ident``."""
+
+    ident: bytes
+    msg: Any
+    payload: bytes | None = None
+
+
+class Persist(msgspec.Struct, frozen=True):
+    """Write ``puts`` and delete ``deletes`` in one batch (``sync``: flushed to disk
+    before it returns); answer with :class:`Persisted`."""
+
+    puts: Sequence[tuple[bytes, bytes]] = ()
+    deletes: Sequence[bytes] = ()
+    sync: bool = False
+    token: int = 0
+
+
+class Load(msgspec.Struct, frozen=True):
+    """Read ``keys`` (cold records: archived executions, artifacts); answer with :class:`Loaded`."""
+
+    keys: Sequence[bytes] = ()
+    token: int = 0
+
+
+class CommitSoon(msgspec.Struct, frozen=True):
+    """Feed a :class:`Commit` once the messages already received are handled
+    (one synced write for every async submission of the loop pass)."""
+
+
+class Dropped(msgspec.Struct, frozen=True):
+    """A message was dropped as a protocol error (a node message from no registered node)."""
+
+
+Event = Received | Tick | Upkeep | Commit | Undelivered | Persisted | Loaded | Stopping
+Instruction = Send | Persist | Load | CommitSoon | Dropped
+
+
+def unavailable_text(store_error: str) -> str:
+    """The message of the UNAVAILABLE refusal while writes fail."""
+    return (f"SMS storage is failing ({store_error}); nothing new is accepted "
+            "until writes succeed again")

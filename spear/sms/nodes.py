@@ -1,8 +1,9 @@
-"""NodeService core: the node registry as a state machine.
+"""The node registry of the SMS core, as a state machine.
 
-No sockets and no clock of its own: every call takes ``now``. State lives in
+No sockets, no store and no clock of its own: every call takes ``now``, and
+the records are written through a yielded ``Persist``. State lives in
 memory for speed. Registrations, state changes and removals mark the node
-*dirty*; :meth:`NodeRegistry.flush` (the driver calls it every few tens of
+*dirty*; :meth:`NodeRegistry.flush` (the core runs it every few tens of
 milliseconds, and at shutdown) writes every dirty record in one batch, so a
 registration storm of thousands of nodes costs a handful of writes, not one
 synced write each. A crash loses at most the changes since the last flush:
@@ -48,17 +49,17 @@ import collections
 import logging
 import os
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Generator, Iterable
 
 import msgspec
 
 from .. import errors
 from ..protocol import NodeInfo, Usage
-from ..store import Store
+from .events import Persist
+from .recovery import NODE_PREFIX as PREFIX
 
 log = logging.getLogger("spear.sms.nodes")
 
-PREFIX = b"node/"
 _enc = msgspec.msgpack.Encoder()
 _dec = msgspec.msgpack.Decoder(NodeInfo)
 
@@ -83,7 +84,7 @@ class NodeRegistry:
 
     def __init__(
         self,
-        store: Store,
+        records: Iterable[tuple[bytes, bytes]] = (),
         *,
         heartbeat_timeout: float,
         cleanup_interval: float,
@@ -91,7 +92,6 @@ class NodeRegistry:
         on_event: Callable[[NodeEvent], None] | None = None,
         session_factory: Callable[[], int] = new_session,
     ) -> None:
-        self.store = store
         self.heartbeat_timeout = heartbeat_timeout
         self.cleanup_interval = cleanup_interval
         self.on_event = on_event
@@ -110,7 +110,7 @@ class NodeRegistry:
         self.writes = 0  # batches written (for tests and figures)
         #: heartbeats refused because their session was stale or had ended
         self.stale_heartbeats = 0
-        for key, raw in store.scan(PREFIX):
+        for key, raw in records:
             try:
                 info = _dec.decode(raw)
             except msgspec.DecodeError:
@@ -133,14 +133,14 @@ class NodeRegistry:
         self.dirty.discard(node_id)
         self.sessions.pop(node_id, None)
 
-    def flush(self) -> int:
+    def flush(self) -> Generator[Persist, str, int]:
         """Write every dirty node record (and delete removed ones) in one batch.
 
         Returns the number of records written or deleted. A batch that deletes
         a record (a node that left or was removed) is synced; state flips and
         registrations are not (a crash loses at most the last flush interval,
         and those nodes register again). On a store error nothing is
-        forgotten: the next flush tries again.
+        forgotten: the next flush tries again (and it returns 0).
         """
         if not self.dirty and not self.removed:
             return 0
@@ -148,9 +148,11 @@ class NodeRegistry:
         puts = [(PREFIX + nid.encode(), _enc.encode(nodes[nid]))
                 for nid in self.dirty if nid in nodes]
         deletes = [PREFIX + nid.encode() for nid in self.removed if nid not in nodes]
-        self.store.write_batch(puts, deletes, sync=bool(deletes))
-        self.dirty.clear()
-        self.removed.clear()
+        dirty, removed = set(self.dirty), set(self.removed)
+        if (yield Persist(puts, deletes, bool(deletes))):
+            return 0
+        self.dirty -= dirty
+        self.removed -= removed
         self.writes += 1
         return len(puts) + len(deletes)
 
@@ -284,6 +286,7 @@ class NodeRegistry:
         raise errors.NotFound(f"node {key!r} not found")
 
     def list(self, state: str | None = None) -> list[NodeInfo]:
+        """Nodes by name (then id), only those in ``state`` if given."""
         nodes = sorted(self.nodes.values(), key=lambda n: (n.name, n.node_id))
         if state is not None:
             nodes = [n for n in nodes if n.state == state]

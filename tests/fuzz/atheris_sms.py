@@ -27,7 +27,7 @@ alone. Each message goes
 3. into ``RouterServer._on_frames`` of the SMS, which may not raise; every
    message the SMS sends must encode and decode again;
 
-then the SMS clock jumps ahead (``registry.tick``/``tasks.tick``, timeouts and
+then the SMS clock jumps ahead (``Tick``/``Upkeep`` events, timeouts and
 retries fire) and its invariants are checked: reservations >= 0, executions
 indexed under the node they run on, bounded subscriptions and queue.
 
@@ -57,6 +57,7 @@ with atheris.instrument_imports(include=["spear"]):
     from spear import errors, protocol as P
     from spear.config import load_config
     from spear.sms.daemon import SMS
+    from spear.sms.events import Tick, Upkeep
 
 import logging
 
@@ -178,8 +179,8 @@ async def one_input(data: bytes) -> None:
         # 4. let time pass: heartbeat timeouts, cleanup, queue timeouts, retries
         now = time.time()
         for later in (now + 6.0, now + 40.0):
-            sms.registry.tick(later)
-            sms.tasks.tick(later)
+            sms.feed(Tick(), later)
+            sms.feed(Upkeep(), later)
             await settle()
             check_sent(sent)
             check_invariants(sms)

@@ -42,7 +42,7 @@ def test_spoofed_heartbeat_is_refused(tsms):
     on_register checks that the routing id equals the node id; on_heartbeat
     does not. A stranger's Heartbeat(node_id=<registered node>) is acked
     known=True, replaces the node's usage (load1=1e300 here) and its
-    running_ids feed TaskService.on_running, which marks the node's in-flight
+    running_ids feed Executions.on_running, which marks the node's in-flight
     executions lost after report_grace.
     """
     node = register_node(tsms.address, "victim-1", runtimes=["wasm"], capacity=P.Capacity(cores=2))

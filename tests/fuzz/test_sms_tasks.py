@@ -21,7 +21,7 @@ from .sms_thread import register_node
 
 
 def test_sms_keeps_bounded_outputs(tsms):
-    """spear/sms/tasks.py TaskService._end: ``ex.output = output`` (the whole payload).
+    """spear/sms/placement.py _end: ``ex.output = output`` (the whole payload).
 
     flush() persists ``ex.output`` only if it is <= keep_output (64 KiB), but the
     in-memory record keeps all of it, for up to max_executions (100,000) records:

@@ -20,6 +20,7 @@ import zmq
 from spear import protocol as P
 from spear.config import load_config
 from spear.sms.daemon import SMS
+from spear.sms.events import Received
 from spear.sms.nodes import PREFIX
 from spear.spearlet.daemon import Spearlet
 from spear.store import open_store
@@ -397,15 +398,15 @@ def test_sms_flushes_node_records_at_shutdown(arun, tmp_path, free_port):
     async def main():
         sms = SMS(config())  # never started: no periodic flush runs
         for nid in ("n1", "n2"):
-            sms.on_register(nid.encode(), P.Register(id=1, node=P.NodeInfo(node_id=nid)), None)
+            sms.feed(Received(nid.encode(), "", "", P.Register(id=1, node=P.NodeInfo(node_id=nid))))
         assert sms.registry.dirty == {"n1", "n2"}
         await sms.close()
         assert set(stored()) == {"n1", "n2"}
 
         sms = SMS(config())
         # an open SMS knows a node by the connection it registered on
-        sms.on_register(b"n1", P.Register(id=1, node=P.NodeInfo(node_id="n1")), None)
-        sms.on_deregister(b"n1", P.Deregister(id=2, node_id="n1"), None)
+        sms.feed(Received(b"n1", "", "", P.Register(id=1, node=P.NodeInfo(node_id="n1"))))
+        sms.feed(Received(b"n1", "", "", P.Deregister(id=2, node_id="n1")))
         await sms.close()
         assert set(stored()) == {"n2"}
 

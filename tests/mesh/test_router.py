@@ -294,7 +294,7 @@ def test_open_sms_knows_a_node_by_the_connection_it_registered_on(arun, free_por
                 assert isinstance(err, P.ErrorReply) and (err.id, err.code) == (11, "PERMISSION_DENIED")
                 assert [n.node_id for n in sms.registry.list("ready")] == ["node-a"]
                 # the SMS reaches the node where it registered, not at b"node-a"
-                assert sms.outbox.to_node("node-a", P.Ping(id=12))
+                assert sms.to_node("node-a", P.Ping(id=12))
                 msg, _ = await recv(node)
                 assert msg == P.Ping(id=12)
             finally:
@@ -385,7 +385,7 @@ def test_a_routing_id_in_use_cannot_be_taken_over(arun, free_port, zsocket):
                 await thief.send_multipart(P.encode(P.Ping(id=2)))
                 assert not await thief.poll(500)  # refused: never heard, never answered
                 for i in range(3):
-                    assert sms.outbox.to_node("node-a", P.Ping(id=10 + i))
+                    assert sms.to_node("node-a", P.Ping(id=10 + i))
                     msg, _ = await recv(node)
                     assert msg == P.Ping(id=10 + i)
                 assert not await thief.poll(100)
@@ -417,7 +417,7 @@ def test_open_sms_binds_a_node_id_to_the_nodes_proof(arun, free_port, zsocket):
                     assert isinstance(err, P.ErrorReply) and err.code == "PERMISSION_DENIED", err
                 await again.send_multipart(P.encode(P.Register(id=3, node=node, proof="s3")))
                 assert isinstance((await recv(again))[0], P.Welcome)
-                assert sms.outbox.to_node("node-p", P.Ping(id=4))
+                assert sms.to_node("node-p", P.Ping(id=4))
                 assert (await recv(again))[0] == P.Ping(id=4)
                 assert not await thief.poll(100) and not await first.poll(100)
             finally:

@@ -1,5 +1,5 @@
-"""TaskService durability with a fake clock (issue 14): what is on disk after a
-"crash" (a new TaskService on the same store, without flush or close).
+"""Durability of the executions with a fake clock: what is on disk after a
+"crash" (new executions recovered from the same store, without flush or close).
 
 Real daemons, disks and signals: tests/integration/test_durability.py.
 """

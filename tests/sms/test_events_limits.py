@@ -1,14 +1,13 @@
-"""Event subscriptions: one key can never take everyone else's slots (issue 13)."""
+"""Event subscriptions: one key can never take everyone else's slots."""
 
 from __future__ import annotations
 
-from spear.sms.events import EventLog
-from spear.store import open_store
+from spear.sms.subscriptions import EventLog
 
 
 def _log():
     sent = []
-    return EventLog(open_store("memory"), lambda ident, ev: sent.append((ident, ev)) or True), sent
+    return EventLog(lambda ident, ev: sent.append((ident, ev)) or True), sent
 
 
 def test_one_key_cannot_evict_other_keys_subscriptions():

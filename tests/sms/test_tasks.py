@@ -1,4 +1,8 @@
-"""TaskService, the SMS execution core: a fake outbox and a fake clock, no I/O, no sleeps."""
+"""Executions and functions of the SMS core: a fake outbox and a fake clock, no sleeps.
+
+The store requests the core yields (``Persist``, ``Load``) are carried out on a
+real in-memory or LevelDB store, as the daemon does (see conftest.drive).
+"""
 
 from __future__ import annotations
 
@@ -11,10 +15,16 @@ import pytest
 from spear import errors
 from spear import protocol as P
 from spear.protocol import TERMINAL, Capacity, NodeInfo
+from spear.sms import recovery
+from spear.sms.executions import Executions
+from spear.sms.functions import FunctionRegistry
+from spear.sms.records import MiB, TaskSettings
+from spear.sms.recovery import ART_PREFIX, EX_PREFIX, FN_PREFIX
 from spear.sms.scheduler import NodeTable
-from spear.sms.tasks import ART_PREFIX, EX_PREFIX, FN_PREFIX, MiB, TaskService, TaskSettings
 from spear.store import open_store
 from spear.store.memory import MemoryStore
+
+from .conftest import drive
 
 GiB = 1 << 30
 T0 = 1_000_000.0
@@ -68,8 +78,35 @@ def fspec(name: str = "f", *, runtime: str = "process", cpus: float | None = 1.0
                           limits=P.Limits(cpus=cpus, memory_mb=memory_mb, timeout=timeout), **kw)
 
 
+class Driven:
+    """The executions and the function registry as one object whose store requests
+    are carried out at once (what the core and its daemon do together)."""
+
+    #: old names of the function registry's calls
+    FUNCTIONS = {"register_function": "register", "remove_function": "remove",
+                 "get_function": "get", "list_functions": "list", "full_spec": "full_spec"}
+
+    def __init__(self, cluster: "Cluster", execs: Executions, fns: FunctionRegistry) -> None:
+        object.__setattr__(self, "_c", cluster)
+        object.__setattr__(self, "_execs", execs)
+        object.__setattr__(self, "_fns", fns)
+
+    def __getattr__(self, name: str):
+        if name in self.FUNCTIONS:
+            attr = getattr(self._fns, self.FUNCTIONS[name])
+        else:
+            attr = getattr(self._execs, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kw):
+            self._c.probed()
+            return self._c.run(attr(*args, **kw))
+        return call
+
+
 class Cluster:
-    """A TaskService over a NodeTable, a fake outbox and a fake clock."""
+    """Executions over a NodeTable, a fake outbox, a fake clock and a real store."""
 
     def __init__(self, store, *, settings: TaskSettings | None = None, now: float = T0):
         self.store = store
@@ -79,9 +116,25 @@ class Cluster:
         self.events: list[tuple] = []
         self.settings = settings
         self.check_invariants = True
-        self.svc = TaskService(store, self.table, self.out, now=now, settings=settings,
-                               on_event=lambda *a: self.events.append(a))
+        rec = recovery.read(store)
+        on_event = lambda *a: self.events.append(a)  # noqa: E731
+        self.fns = FunctionRegistry(self.table, rec.functions, on_event=on_event)
+        self.execs = Executions(self.table, self.fns, self.out, now=now, settings=settings,
+                                on_event=on_event, records=rec.executions, counts=rec.counts)
+        self.svc = Driven(self, self.execs, self.fns)
         self._rid = 100
+
+    def probed(self) -> None:
+        """A store that is healthy again (probed) makes the executions writable,
+        as the daemon's ticks report it."""
+        self.execs.store_error = getattr(self.store, "error", "")
+
+    def run(self, gen):
+        """Carry out a core call's store requests; a failed write makes the
+        executions read-only."""
+        def failed(error: str) -> None:
+            self.execs.store_error = error
+        return drive(gen, self.store, failed)
 
     def rid(self) -> int:
         self._rid += 1
@@ -342,11 +395,11 @@ def test_non_terminal_status_in_a_result_counts_as_failed(c):
 
 def test_submit_async_replies_accepted_and_marks_dirty(c):
     reply = c.svc.submit(CLIENT, P.Invoke(id=7, function="f", mode="async"), b"in", c.now, eid="e1")
-    assert reply is None and c.svc.store.get(b"ex/e1") is None  # nothing said, nothing sent yet
+    assert reply is None and c.store.get(b"ex/e1") is None  # nothing said, nothing sent yet
     assert not c.out.dispatches("e1")
     c.svc.commit(c.now)
     # written (synced) before the Accepted that confirms it, and dispatched after
-    assert c.svc.store.get(b"ex/e1") is not None
+    assert c.store.get(b"ex/e1") is not None
     assert c.out.client_msgs(CLIENT)[-1][0] == P.Accepted(id=7, execution_id="e1")
     assert c.out.dispatches("e1")
     c.svc.flush()
@@ -1349,7 +1402,7 @@ def test_a_result_being_resent_is_neither_lost_nor_overdue(make):
 
 
 def test_a_result_that_never_arrives_is_not_exempt_from_the_deadline(make):
-    """Issue 15: a node resending a result that never gets through (too large, say)
+    """A node resending a result that never gets through (too large, say)
     must not keep the execution scheduled for good: it ends failed, UNAVAILABLE,
     once the deadline plus one more grace has passed."""
     cl = make(deadline_grace=1.0, report_grace=0.5)

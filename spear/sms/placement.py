@@ -1,0 +1,248 @@
+"""Placement of executions: scheduling, dispatch, spillback, the waiting queues, endings.
+
+Part of the SMS core (no I/O): :class:`Placement` picks a node for an
+execution and reserves its share there (:mod:`spear.sms.scheduler`), queues
+it per function when nothing fits, moves it on when a node refuses it, and
+gives the share back when it ends. Submissions and node replies that drive
+it: :mod:`spear.sms.executions`.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+
+import msgspec
+
+from .. import protocol as P
+from ..protocol import TERMINAL
+from .records import MiB, Exec, ExecutionRecords
+
+# the logger name operators filter on (docs/operations.md)
+log = logging.getLogger("spear.sms.tasks")
+
+
+class Placement(ExecutionRecords):
+    """Where executions run, and giving their place back when they end."""
+
+    def _place(self, ex: Exec, now: float, defer: list | None = None) -> None:
+        """Dispatch a new execution, or queue it behind its function's queue."""
+        name = ex.info.function
+        if self.queues.get(name):
+            self.retry_queue(now, function=name)
+        if self.queues.get(name):  # earlier ones still wait: queue behind them
+            self._enqueue(ex, now)
+        else:
+            self._schedule(ex, now, defer=defer)
+
+    def _deadline(self, ex: Exec, spec: P.FunctionSpec | None, now: float) -> float:
+        """When a node must have finished ``ex`` dispatched at ``now`` (SMS-side)."""
+        run = ex.timeout or (spec.limits.timeout if spec is not None else None)
+        return now + (run or self.s.default_run_timeout) + self.s.deadline_grace
+
+    def _need(self, spec: P.FunctionSpec) -> tuple[float, float]:
+        cpu = spec.limits.cpus if spec.limits.cpus is not None else self.s.default_cpu
+        mem = (spec.limits.memory_mb or self.s.default_memory_mb) * MiB
+        return cpu, float(mem)
+
+    def _schedule(self, ex: Exec, now: float, *, from_queue: bool = False,
+                  defer: list | None = None) -> bool:
+        """Pick a node and dispatch; queue if nothing fits; fail if nothing ever can.
+
+        ``defer``: collect the Dispatch there instead of sending it (commit()
+        sends it once the record that names the node is on disk).
+        """
+        fn = self.functions.get(ex.info.function)
+        if fn is None:
+            self._end(ex, "failed", now, "NOT_FOUND", f"function {ex.info.function!r} was removed")
+            return False
+        spec = fn.spec
+        cpu, mem = self._need(spec)
+        picks = self.table.candidates(runtime=spec.runtime, labels=spec.labels,
+                                      function=spec.name, cpu=cpu, mem=mem, k=1,
+                                      exclude=ex.excluded or None)
+        if not picks:
+            if from_queue and not ex.excluded:
+                return False  # still waiting; the reason is worked out only to fail it
+            why, transient = self.table.why_not(runtime=spec.runtime, labels=spec.labels,
+                                                cpu=cpu, mem=mem)
+            if now < self.grace_until and not self.table.all_ready():
+                transient = True  # nodes may still be reattaching after an SMS restart
+            if not transient and not ex.excluded:
+                # nothing could ever run it right now: fail clearly instead of waiting
+                self._end(ex, "failed", now, "UNAVAILABLE", why)
+                return False
+            if not ex.queued_at:
+                self._enqueue(ex, now)
+            ex.excluded.clear()
+            return False
+        node = picks[0]
+        ex.node = node
+        ex.sent_to.add(node)
+        ex.reserved = (cpu, mem)
+        self.table.take(node, cpu, mem)
+        ex.dispatch_id = next(self._dispatch_ids)
+        ex.dispatched_at = now
+        ex.deadline = self._deadline(ex, spec, now)
+        ex.queued_at = 0.0
+        ex.info = msgspec.structs.replace(ex.info, status="scheduled", node_id=node,
+                                          attempts=ex.info.attempts + 1)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("execution %s of %s dispatched to %s (attempt %d)", ex.info.execution_id,
+                      spec.name, node, ex.info.attempts,
+                      extra={"trace_id": ex.info.trace_id, "execution_id": ex.info.execution_id})
+        self.by_node[node].add(ex.info.execution_id)
+        self.dirty.add(ex.info.execution_id)
+        msg = P.Dispatch(
+            id=ex.dispatch_id, execution_id=ex.info.execution_id, function=spec.name,
+            digest=fn.digest, args=ex.info.args, timeout=ex.timeout, trace_id=ex.info.trace_id,
+            stream=ex.stream)
+        if defer is not None:
+            defer.append((node, msg, ex.data or None))
+            return True
+        self._send_dispatch(node, msg, ex.data or None, now)
+        return True
+
+    def _send_dispatch(self, node: str, msg: P.Dispatch, payload, now: float) -> None:
+        ex = self.execs.get(msg.execution_id)
+        if ex is None or ex.node != node or ex.dispatch_id != msg.id:
+            return  # it moved on meanwhile (cancelled, node lost)
+        if not self.outbox.to_node(node, msg, payload):  # no empty payload frame above
+            self._spill(ex, now, "could not send to node")
+
+    def dispatch_failed(self, msg: P.Dispatch, now: float) -> None:
+        """The Dispatch ``msg`` could not be sent: spill it, unless it moved on meanwhile."""
+        ex = self.execs.get(msg.execution_id)
+        if ex is not None and ex.node and ex.dispatch_id == msg.id:
+            self._spill(ex, now, "could not send to node")
+
+    def _unassign(self, ex: Exec) -> None:
+        if ex.node:
+            self.table.give(ex.node, *ex.reserved)
+            self.by_node[ex.node].discard(ex.info.execution_id)
+            ex.node = ""
+            ex.reserved = (0.0, 0.0)
+
+    def _spill(self, ex: Exec, now: float, reason: str) -> None:
+        """The chosen node refused or failed: penalise it and try the next one."""
+        node = ex.node
+        self._unassign(ex)
+        self.table.penalise(node, now)
+        ex.excluded.add(node)
+        ex.spills += 1
+        if ex.spills > self.s.max_spills:
+            self._end(ex, "failed", now, "RESOURCE_EXHAUSTED",
+                      f"refused by {ex.spills} nodes; last: {reason}")
+            return
+        ex.info = msgspec.structs.replace(ex.info, status="pending")
+        self._schedule(ex, now)
+
+    # ------------------------------------------------------------------ endings
+
+    def _end(self, ex: Exec, status: str, now: float, code: str = "", message: str = "",
+             output: bytes = b"") -> None:
+        self._unassign(ex)
+        err = ex.info.error
+        if code:
+            err = P.ErrorInfo(code=code, message=message)
+        ex.info = msgspec.structs.replace(ex.info, status=status, error=err, finished_at=now)
+        ex.output = output
+        ex.data = b""
+        ex.queued_at = 0.0
+        self.counts[status] += 1
+        self.dirty.add(ex.info.execution_id)
+        if status != "succeeded" or log.isEnabledFor(logging.DEBUG):
+            log.log(logging.INFO if status != "succeeded" else logging.DEBUG,
+                    "execution %s of %s %s on %s after %d attempt(s)%s", ex.info.execution_id,
+                    ex.info.function, status, ex.info.node_id or "-", ex.info.attempts,
+                    f": {ex.info.error.code}: {ex.info.error.message}" if ex.info.error else "",
+                    extra={"trace_id": ex.info.trace_id, "execution_id": ex.info.execution_id,
+                           "function": ex.info.function, "status": status})
+        for w in ex.waiters:
+            self.outbox.to_client(w.ident, *self.result_msg(ex, w.rid))
+        ex.waiters.clear()
+        if len(ex.output) > self.s.keep_output:
+            ex.output = b""  # delivered to the waiters; not retained (memory bound)
+        if self.queued:
+            self.retry_queue(now)  # the capacity it freed goes to the queues first
+        self._event("execution", ex.info.execution_id, status, now, ex.info.function)
+
+    def _event(self, kind: str, key: str, state: str, now: float, detail: str = "") -> None:
+        if self.on_event is not None:
+            self.on_event(kind, key, state, now, detail)
+
+    # ------------------------------------------------------------------ upkeep
+
+    def retry_queue(self, now: float, *, full: bool = False, function: str | None = None) -> None:
+        """Try queued executions again (capacity may have freed).
+
+        The quick pass (after a completion or a new node) dispatches from the
+        head of each function's queue and stops there at the first that still
+        does not fit: O(functions waiting + dispatched). The full pass (the
+        periodic tick) also expires old entries and looks past a head that does
+        not fit (executions of one function differ only in the nodes they have
+        already failed on). ``function``: only that function's queue.
+        """
+        if self._retrying or not self.queued:
+            return
+        self._retrying = True
+        try:
+            for name in ([function] if function is not None else list(self.queues)):
+                q = self.queues.get(name)
+                if q is not None:
+                    if full:
+                        self._retry_all(q, now)
+                    else:
+                        self._retry_head(q, now)
+                    if not q and self.queues.get(name) is q:
+                        del self.queues[name]
+        finally:
+            self._retrying = False
+
+    def _retry_head(self, q: collections.deque[str], now: float) -> None:
+        while q:
+            eid = q[0]
+            ex = self.execs.get(eid)
+            if ex is None or ex.info.status in TERMINAL or ex.node:
+                q.popleft()
+                self.queued -= 1
+                continue
+            if not self._schedule(ex, now, from_queue=True):
+                if ex.info.status in TERMINAL and q and q[0] == eid:
+                    q.popleft()
+                    self.queued -= 1
+                    continue
+                return
+            if q and q[0] == eid:
+                q.popleft()
+                self.queued -= 1
+
+    #: consecutive queued executions that still don't fit before a pass stops trying
+    QUEUE_MISSES = 16
+
+    def _retry_all(self, q: collections.deque[str], now: float) -> None:
+        keep: list[str] = []
+        misses = 0
+        for _ in range(len(q)):
+            if not q:
+                break
+            eid = q.popleft()
+            self.queued -= 1
+            ex = self.execs.get(eid)
+            if ex is None or ex.info.status in TERMINAL or ex.node:
+                continue
+            if now - ex.queued_at > self.s.queue_timeout:
+                self._end(ex, "failed", now, "RESOURCE_EXHAUSTED",
+                          f"no node had capacity for {self.s.queue_timeout:g}s")
+                continue
+            if misses >= self.QUEUE_MISSES:
+                keep.append(eid)  # nothing frees up by looking further: keep order, stop
+                continue
+            if self._schedule(ex, now, from_queue=True):
+                misses = 0
+            elif ex.info.status not in TERMINAL:
+                keep.append(eid)
+                misses += 1
+        q.extendleft(reversed(keep))
+        self.queued += len(keep)
+
