@@ -171,13 +171,6 @@ def start_authenticator(ctx: zmq.Context, security: Security) -> None:
     _auth.configure_curve_callback(DOMAIN, credentials_provider=_Provider(security.roles))
 
 
-def stop_authenticator() -> None:
-    global _auth
-    if _auth is not None:
-        _auth.stop()
-        _auth = None
-
-
 def keygen(directory: str | Path, name: str) -> tuple[Path, Path, str]:
     """Write ``NAME.key`` (public) and ``NAME.key_secret``; returns paths and z85.
 
