@@ -15,6 +15,7 @@ from spear.config import Config, load_config
 from spear.gateway import models as M, openapi
 from spear.gateway.http import (STATUS_OF_CODE, HTTPError, parse_multipart, parse_query, sse)
 from spear.gateway.live import LogStore, Reading, make_sample
+from spear.gateway.live import LogTail
 from spear.gateway.settings import from_config, parse_listen
 
 
@@ -168,3 +169,10 @@ def test_gateway_thread_without_an_sms():
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(g.url + "/v1/nodes?state=bogus", timeout=5)
         assert e.value.code == 400
+
+
+def test_gateway_log_tails_are_bounded():
+    t = LogTail(1000)
+    for _ in range(10_000):
+        t.append(b"x" * 100)
+    assert t.size <= 1000 and b"".join(t) == b"x" * t.size and len(t) == 10

@@ -11,7 +11,6 @@ import zmq
 
 from spear import Client, errors, protocol as P, roles
 from spear.cluster import Cluster
-from spear.gateway.live import LogTail
 from spear.mesh import context
 
 
@@ -85,10 +84,3 @@ def test_a_per_call_timeout_above_the_nodes_maximum_is_refused_via_the_sms(c):
         assert cl.invoke("echo", b"y", timeout=4.0).output == b"y"
         with pytest.raises(errors.InvalidArgument):
             cl.invoke("echo", b"z", timeout=60.0, node=c.spearlet_addrs[0])
-
-
-def test_gateway_log_tails_are_bounded():
-    t = LogTail(1000)
-    for _ in range(10_000):
-        t.append(b"x" * 100)
-    assert t.size <= 1000 and b"".join(t) == b"x" * t.size and len(t) == 10

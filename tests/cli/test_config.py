@@ -17,7 +17,7 @@ from spear.cli.config import effective, parse_override, render_text, walk
 from spear.config import Config, load_config
 from spear.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "spear.toml"
 
 
