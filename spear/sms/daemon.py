@@ -40,7 +40,6 @@ class SMS(Service):
         # every write goes through the guard: a failed one turns the SMS read-only
         # (new work refused with UNAVAILABLE) until a probe write succeeds again
         self.store = GuardedStore(open_store(config.storage.backend, config.storage.path))
-        self.loop: asyncio.AbstractEventLoop | None = None
         self.security = Security.from_config(config.security)
         self.server = RouterServer("sms", {}, security=self.security)
         self.core = SMSCore(config.sms, recovery.read(self.store), now=time.time(),
@@ -151,7 +150,6 @@ class SMS(Service):
 
     async def start(self) -> str:
         """Bind and start serving; returns the bound address."""
-        self.loop = asyncio.get_running_loop()
         if self.security.enabled:
             start_authenticator(context(), self.security)
             log.info("CURVE on: %d authorized key(s)", len(self.security.roles))

@@ -107,7 +107,6 @@ class NodeRegistry:
         #: node records to write (dirty) or delete (removed) at the next flush()
         self.dirty: set[str] = set()
         self.removed: set[str] = set()
-        self.writes = 0  # batches written (for tests and figures)
         #: heartbeats refused because their session was stale or had ended
         self.stale_heartbeats = 0
         for key, raw in records:
@@ -153,7 +152,6 @@ class NodeRegistry:
             return 0
         self.dirty -= dirty
         self.removed -= removed
-        self.writes += 1
         return len(puts) + len(deletes)
 
     def _set_state(self, info: NodeInfo, state: str, now: float, reason: str) -> NodeInfo:

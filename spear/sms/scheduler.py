@@ -172,7 +172,7 @@ class NodeTable:
 
     def _adjust(self, node_id: str, cpu: float, mem: float, running: int) -> None:
         """Change a node's reservations by (cpu, mem) and its running count by
-        ``running``, then refresh its free capacity and load (one refresh)."""
+        ``running`` (+1 or -1), then refresh its free capacity and load (one refresh)."""
         r = self.reserved.get(node_id)
         if r is None and (cpu > 0 or mem > 0):
             r = self.reserved[node_id] = [0.0, 0.0]
@@ -183,17 +183,11 @@ class NodeTable:
                 r[0] = 0.0
             if abs(r[1]) < 1e-3:
                 r[1] = 0.0
-        if running:
-            self.running[node_id] = max(0, self.running.get(node_id, 0) + running)
+        self.running[node_id] = max(0, self.running.get(node_id, 0) + running)
         slot = self.slot_of.get(node_id)
         if slot is not None:
             self._refresh_free(node_id)
-            if running:
-                self._set_load(slot, node_id)
-
-    def note_running(self, node_id: str, delta: int) -> None:
-        """Count executions dispatched to a node (its concurrency slots)."""
-        self._adjust(node_id, 0.0, 0.0, delta)
+            self._set_load(slot, node_id)
 
     def take(self, node_id: str, cpu: float, mem: float) -> None:
         """A dispatch: reserve cpu/mem and count one more running, in one step."""
@@ -202,12 +196,6 @@ class NodeTable:
     def give(self, node_id: str, cpu: float, mem: float) -> None:
         """The reverse of :meth:`take` (an execution left the node)."""
         self._adjust(node_id, -cpu, -mem, -1)
-
-    def reserve(self, node_id: str, cpu: float, mem: float) -> None:
-        self._adjust(node_id, cpu, mem, 0)
-
-    def release(self, node_id: str, cpu: float, mem: float) -> None:
-        self._adjust(node_id, -cpu, -mem, 0)
 
     def total_reserved(self) -> tuple[float, float]:
         cpu = sum(r[0] for r in self.reserved.values())

@@ -108,15 +108,17 @@ def test_request_larger_than_free_capacity_is_not_placed(table):
 
 def test_reservations_reduce_free_capacity_and_release_restores_it(table):
     slot = table.upsert(node("a", cores=2.0, memory=1 * GiB))
-    table.reserve("a", 1.5, 512 * MiB)
+    table.take("a", 1.5, 512 * MiB)
+    assert table.running["a"] == 1
     assert table.free_cpu[slot] == pytest.approx(0.5)
     assert table.free_mem[slot] == pytest.approx(512 * MiB)
     assert table.total_reserved() == (1.5, 512 * MiB)
     assert pick(table, cpu=1.0) == []
     assert pick(table, cpu=0.5, mem=600 * MiB) == []
     assert pick(table, cpu=0.5, mem=512 * MiB) == ["a"]
-    table.release("a", 1.5, 512 * MiB)
+    table.give("a", 1.5, 512 * MiB)
     assert table.total_reserved() == (0, 0)
+    assert table.running["a"] == 0
     assert table.free_cpu[slot] == 2.0
     assert table.free_mem[slot] == float(1 * GiB)
     assert pick(table, cpu=2.0) == ["a"]
@@ -125,24 +127,28 @@ def test_reservations_reduce_free_capacity_and_release_restores_it(table):
 def test_many_small_reservations_release_back_to_exactly_zero(table):
     table.upsert(node("a", cores=8.0))
     for _ in range(1000):
-        table.reserve("a", 0.01, 16 * MiB)
+        table.take("a", 0.01, 16 * MiB)
     for _ in range(1000):
-        table.release("a", 0.01, 16 * MiB)
+        table.give("a", 0.01, 16 * MiB)
     assert table.total_reserved() == (0.0, 0.0)
+    assert table.running["a"] == 0
 
 
 def test_release_never_goes_negative(table):
     slot = table.upsert(node("a", cores=2.0))
-    table.release("a", 1.0, 1.0)
+    table.give("a", 1.0, 1.0)  # an end with no dispatch before it
     assert table.total_reserved() == (0.0, 0.0)
+    assert table.running["a"] == 0
     assert table.free_cpu[slot] == 2.0
-    table.release("unknown", 1.0, 1.0)  # no error
+    table.give("unknown", 1.0, 1.0)  # no error
 
 
 def test_more_headroom_is_preferred(table):
     table.upsert(node("a", cores=4.0))
-    table.upsert(node("b", cores=4.0))
-    table.reserve("a", 2.0, 0)
+    # b's heartbeat load matches the one execution a runs: only headroom differs
+    table.upsert(node("b", cores=4.0, load1=1.0))
+    table.take("a", 2.0, 0)
+    assert table.load[table.slot_of["a"]] == table.load[table.slot_of["b"]]
     assert pick(table) == ["b", "a"]
 
 
@@ -172,12 +178,14 @@ def test_warm_bonus_prefers_a_node_with_the_function(table):
 
 
 def test_warm_bonus_outweighs_modest_headroom(table):
-    table.upsert(node("a", cores=4.0))
+    # a's heartbeat load matches the one execution b runs: only headroom and warmth differ
+    table.upsert(node("a", cores=4.0, load1=1.0))
     table.upsert(node("b", cores=4.0))
-    table.reserve("b", 1.0, 0)
+    table.take("b", 1.0, 0)
+    assert table.load[table.slot_of["a"]] == table.load[table.slot_of["b"]]
     table.mark_warm("b", "f")
     assert pick(table, function="f")[0] == "b"
-    table.release("b", 1.0, 0)
+    table.give("b", 1.0, 0)
 
 
 def test_mark_warm_before_the_mask_exists_is_seen(table):
@@ -227,13 +235,14 @@ def test_remove_and_upsert_reuse_the_slot(table):
     sb = table.upsert(node("b"))
     table.mark_warm("a", "f")
     table.penalise("a", T0)
-    table.reserve("a", 1.0, 0)
+    table.take("a", 1.0, 0)
     assert pick(table, function="f")  # builds caches that must be cleaned
     table.remove("a")
     assert len(table) == 1
     assert "a" not in table.slot_of
     assert pick(table, function="f") == ["b"]
     assert table.total_reserved() == (0.0, 0.0)
+    assert "a" not in table.running
     sc = table.upsert(node("c"))
     assert sc == sa
     assert table.node_at[sc] == "c"
@@ -256,11 +265,11 @@ def test_removed_node_is_never_picked_even_with_cached_masks(table):
 def test_upsert_refreshes_capacity(table):
     slot = table.upsert(node("a", cores=1.0))
     assert pick(table, cpu=2.0) == []
-    table.reserve("a", 0.5, 0)
+    table.take("a", 0.5, 0)
     assert table.upsert(node("a", cores=4.0)) == slot
     assert table.free_cpu[slot] == 3.5  # reservations survive a refresh
     assert pick(table, cpu=2.0) == ["a"]
-    table.release("a", 0.5, 0)
+    table.give("a", 0.5, 0)
 
 
 def test_unhealthy_node_is_excluded(table):
@@ -284,23 +293,25 @@ def test_node_registered_not_ready_is_excluded(table):
 
 
 def test_slots_limit_concurrency(table):
+    # dispatches that reserve nothing: only the count of executions matters
     table.upsert(node("a", slots=2))
-    table.note_running("a", +1)
+    table.take("a", 0.0, 0)
     assert pick(table) == ["a"]
-    table.note_running("a", +1)
+    table.take("a", 0.0, 0)
     assert pick(table) == []
     assert pick(table, cpu=0.0, mem=0.0) == []  # at its limit it fits nothing
     assert why(table)[1] is True  # busy, not absent
-    table.note_running("a", -1)
+    table.give("a", 0.0, 0)
     assert pick(table) == ["a"]
-    table.note_running("a", -5)
+    for _ in range(5):  # more ends than dispatches: the count stops at zero
+        table.give("a", 0.0, 0)
     assert table.running["a"] == 0
 
 
 def test_slots_zero_means_no_limit(table):
     table.upsert(node("a", slots=0))
     for _ in range(50):
-        table.note_running("a", +1)
+        table.take("a", 0.0, 0)
     assert pick(table, cpu=0.01) == ["a"]
 
 
@@ -341,12 +352,12 @@ def test_why_not_too_large(table):
 
 def test_why_not_busy_is_transient(table):
     table.upsert(node("a", cores=2.0))
-    table.reserve("a", 2.0, 0)
+    table.take("a", 2.0, 0)
     assert pick(table, cpu=1.0) == []
     reason, transient = why(table, cpu=1.0)
     assert transient
     assert "busy" in reason
-    table.release("a", 2.0, 0)
+    table.give("a", 2.0, 0)
 
 
 # ---------------------------------------------------------------- both kernels agree
@@ -367,9 +378,10 @@ node_strategy = st.fixed_dictionaries({
     "runtimes": st.just({"process", "wasm"}) | st.sets(st.sampled_from(RUNTIMES)),
     "state": st.sampled_from(["ready"] * 6 + ["unhealthy", "draining"]),
     "load1": st.sampled_from([0.0, 0.5, 2.0]) | st.floats(0.0, 32.0),
-    "reserve_cpu": st.sampled_from([0.0, 0.0, 0.0, 0.5, 1.0]) | st.floats(0.0, 64.0),
-    "reserve_mem": st.sampled_from([0, 0, 0, 1 * GiB]) | st.integers(0, 16 * GiB),
-    "running": st.sampled_from([0, 0, 1]) | st.integers(0, 5),
+    # executions dispatched there, each with what it reserves (cpu, memory)
+    "dispatched": st.lists(st.tuples(
+        st.sampled_from([0.0, 0.0, 0.0, 0.5, 1.0]) | st.floats(0.0, 64.0),
+        st.sampled_from([0, 0, 0, 1 * GiB]) | st.integers(0, 16 * GiB)), max_size=5),
     "warm": st.booleans(),
     "penalty_at": st.none() | st.floats(0.0, 30.0),
     "removed": st.integers(0, 9),  # 0: the node is removed again (slot freed/reused)
@@ -393,8 +405,8 @@ def build(specs) -> NodeTable:
         table.upsert(node(nid, cores=s["cores"], memory=s["memory"], slots=s["slots"],
                           labels=s["labels"], runtimes=sorted(s["runtimes"]), state=s["state"],
                           load1=s["load1"]))
-        table.reserve(nid, s["reserve_cpu"], float(s["reserve_mem"]))
-        table.note_running(nid, s["running"])
+        for cpu, mem in s["dispatched"]:
+            table.take(nid, cpu, float(mem))
         if s["warm"]:
             table.mark_warm(nid, "f")
         if s["penalty_at"] is not None:
@@ -458,9 +470,9 @@ def test_kernels_agree_and_choices_fit(specs, req):
 def test_full_release_restores_capacity(specs, req):
     table = build(specs)
     for nid, slot in table.slot_of.items():
-        cpu, mem = table.reserved[nid]
-        table.release(nid, cpu, mem)
-        table.note_running(nid, -table.running.get(nid, 0))
+        for cpu, mem in specs[int(nid[1:])]["dispatched"]:  # every execution there ends
+            table.give(nid, cpu, float(mem))
+        assert table.running.get(nid, 0) == 0
         assert table.free_cpu[slot] == table.cap_cpu[slot]
         assert table.free_mem[slot] == table.cap_mem[slot]
     assert table.total_reserved() == (0.0, 0.0)
