@@ -100,7 +100,6 @@ class NodeRegistry:
         #: recent spans (start, end) when the SMS itself was not listening (its
         #: loop stalled): silence from nodes then is not theirs (see tick)
         self.stalls: collections.deque[tuple[float, float]] = collections.deque(maxlen=64)
-        self.version = 0  # bumped on every change the scheduler cares about
         #: node id -> token of its current session (none while unhealthy, or after a restart)
         self.sessions: dict[str, int] = {}
         self._new_session = session_factory
@@ -165,7 +164,6 @@ class NodeRegistry:
         else:
             self._unhealthy_since.pop(info.node_id, None)
         self._persist(info)
-        self.version += 1
         if self.on_event is not None and old != state:
             self.on_event(NodeEvent(info.node_id, old, state, reason))
         return info
@@ -186,7 +184,6 @@ class NodeRegistry:
         self._unhealthy_since.pop(info.node_id, None)
         self.sessions[info.node_id] = self._new_session()
         self._persist(info)
-        self.version += 1
         if self.on_event is not None:
             self.on_event(NodeEvent(info.node_id, prev.state if prev else "", "ready", "registered"))
         return info
@@ -223,7 +220,6 @@ class NodeRegistry:
             raise errors.NotFound(f"node {node_id!r} is not registered")
         self._unhealthy_since.pop(node_id, None)
         self._remove(node_id)
-        self.version += 1
         if self.on_event is not None:
             self.on_event(NodeEvent(node_id, info.state, "gone", "deregistered"))
         return info
@@ -261,7 +257,6 @@ class NodeRegistry:
                     info = self.nodes.pop(node_id)
                     del self._unhealthy_since[node_id]
                     self._remove(node_id)
-                    self.version += 1
                     events.append(NodeEvent(node_id, info.state, "gone",
                                             f"unhealthy for {now - since:.1f}s"))
         finally:
