@@ -220,7 +220,9 @@ class _Api:
 
     def execution(self, execution_id: str, *, wait: float = 0.0, node: str | None = None,
                   timeout: float | None = None):
-        """An execution's current record; ``wait`` seconds for it to finish."""
+        """An execution's current record; ``wait`` seconds for it to finish.
+        ``execution_id`` (here, in :meth:`wait` and :meth:`cancel`) may be any
+        unique prefix of 8+ hex digits; the record names the whole id."""
         msg = P.GetExecution(id=self._next_id(), execution_id=execution_id, wait=wait)
         return self._call(node, msg, None, _result, (timeout or self.timeout) + wait)
 

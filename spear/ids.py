@@ -5,6 +5,9 @@ in the same millisecond in order (seeded at random each millisecond), and 62
 random bits from ``os.urandom``: 74 bits a caller cannot predict, so an
 execution id is not a capability anyone can guess. Shown in full, in the
 canonical 36-character form.
+
+Wherever an id is taken, a unique prefix of it is accepted too
+(:func:`resolve`): each daemon resolves it against the executions it holds.
 """
 
 from __future__ import annotations
@@ -12,9 +15,15 @@ from __future__ import annotations
 import os
 import re
 import time
+from typing import Collection, Iterable
+
+from .errors import InvalidArgument
 
 #: what a canonical UUIDv7 looks like (lower-case hex)
 UUID7_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}\Z")
+_HEX_RE = re.compile(r"[0-9a-f]{1,32}\Z")
+#: hex digits (dashes not counted) a prefix needs: fewer would name many ids at once
+MIN_PREFIX = 8
 
 
 class IdMaker:
@@ -68,3 +77,27 @@ os.register_at_fork(after_in_child=new_id._after_fork)
 def is_uuid7(s: str) -> bool:
     """Whether ``s`` is a canonical UUIDv7 string."""
     return UUID7_RE.match(s) is not None
+
+
+def resolve(text: str, pools: Iterable[Collection[str]]) -> str:
+    """The id that ``text`` names among the ids in ``pools``: ``text`` itself
+    when it is a whole id or held as it is (no scan), the one id it is a
+    prefix of, or ``text`` when it names none (the caller answers NOT_FOUND).
+    Case and dashes do not matter. INVALID_ARGUMENT when it is a prefix
+    shorter than :data:`MIN_PREFIX` hex digits, or one of several ids."""
+    if UUID7_RE.match(text) or any(text in pool for pool in pools):
+        return text
+    digits = text.replace("-", "").lower()
+    if not _HEX_RE.match(digits):
+        return text  # not hex: the prefix of no id
+    if len(digits) < MIN_PREFIX:
+        raise InvalidArgument(f"execution id prefix {text!r} is too short: "
+                              f"give at least {MIN_PREFIX} hex digits")
+    # ids are canonical, so put the dashes where they are and compare strings
+    canon = "-".join(digits[a:b] for a, b in ((0, 8), (8, 12), (12, 16), (16, 20), (20, 32))
+                     if digits[a:b])
+    found = {eid for pool in pools for eid in pool if eid.startswith(canon)}
+    if len(found) > 1:
+        raise InvalidArgument(f"execution id prefix {text!r} matches {len(found)} executions: "
+                              "give more characters")
+    return found.pop() if found else text

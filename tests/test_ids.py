@@ -6,7 +6,10 @@ import os
 import time
 import uuid
 
-from spear.ids import IdMaker, is_uuid7, new_id
+import pytest
+
+from spear.errors import InvalidArgument
+from spear.ids import MIN_PREFIX, IdMaker, is_uuid7, new_id, resolve
 
 
 def test_ids_are_canonical_uuid7_and_ordered():
@@ -40,3 +43,25 @@ def test_a_forked_child_does_not_repeat_the_parents_ids():
     child = os.read(r, 64).decode()
     parent = new_id()
     assert child[15:] != parent[15:]  # the random tails differ
+
+
+class _NoScan(dict):
+    """A pool that fails the test if it is scanned."""
+
+    def __iter__(self):
+        raise AssertionError("a whole id must not scan the pools")
+
+
+def test_resolve_a_whole_id_without_a_scan_and_a_prefix_by_scanning():
+    a, b = "01900000-0000-7000-8000-00000000000a", "01900000-0000-7001-8000-00000000000b"
+    assert resolve(a, (_NoScan(),)) == a  # known or not: the caller looks it up
+    assert resolve("e1", (_NoScan(e1=1),)) == "e1"  # held as it is
+    pools = ({a: 1}, {b: 2})
+    assert resolve("0190000000007001", pools) == b  # dashes where they belong, or none
+    assert resolve("0190-0000-0000-7000", pools) == a
+    assert resolve("01900000-0000-7001-8000-00000000000B".upper(), pools) == b
+    assert resolve("nope", pools) == "nope" and resolve("0190ffff", pools) == "0190ffff"
+    with pytest.raises(InvalidArgument, match="matches 2 executions"):
+        resolve("01900000-0000", pools)
+    with pytest.raises(InvalidArgument, match=f"at least {MIN_PREFIX} hex digits"):
+        resolve("0190000", pools)

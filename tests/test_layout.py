@@ -28,7 +28,7 @@ MAX_FUNCTION_LINES = 80
 #: modules that may import nothing of Spear but the ones listed
 FLOOR = {
     "spear.errors": set(),
-    "spear.ids": set(),
+    "spear.ids": {"spear.errors"},
     "spear.protocol": {"spear.errors", "spear.ids"},
     "spear.config": {"spear.errors"},
     "spear.roles": {"spear.errors", "spear.protocol"},

@@ -38,8 +38,10 @@ def short(b: bytes, n: int = 34) -> str:
     return s if len(s) <= n else s[: n - 1] + "…"
 
 
-def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
-    """A table on a terminal (rich), plain aligned text otherwise."""
+def print_table(title: str, columns: list[str], rows: list[list[Any]],
+                no_wrap: tuple[str, ...] = ()) -> None:
+    """A table on a terminal (rich), plain aligned text otherwise; the columns
+    named in ``no_wrap`` are never folded (ids must stay whole to be copied)."""
     try:
         from rich.console import Console
         from rich.table import Table
@@ -48,7 +50,7 @@ def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     if Console is not None:
         t = Table(title=title, header_style="bold")
         for c in columns:
-            t.add_column(c)
+            t.add_column(c, no_wrap=c in no_wrap)
         for r in rows:
             t.add_row(*[str(x) for x in r])
         Console(width=max(100, os.get_terminal_size(1).columns if sys.stdout.isatty() else 160)).print(t)

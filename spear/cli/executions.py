@@ -33,7 +33,8 @@ def add_invoke_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_executions_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``spear executions``."""
-    p.add_argument("execution_id", nargs="?", help="show this execution")
+    p.add_argument("execution_id", nargs="?",
+                   help="show this execution (its id, or a unique prefix of 8+ hex digits)")
     p.add_argument("--wait", type=float, default=0.0, help="wait up to S seconds for it to finish")
     p.add_argument("--function", default="", help="only this function")
     p.add_argument("--status", choices=sorted(P.TERMINAL | {"pending", "scheduled", "running"}))
@@ -46,7 +47,7 @@ def add_executions_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_execution_id_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``spear logs`` and ``spear cancel``: one execution."""
-    p.add_argument("execution_id")
+    p.add_argument("execution_id", help="its id, or a unique prefix of 8+ hex digits")
     p.add_argument("--node")
     client_options(p)
 
@@ -93,7 +94,7 @@ def _print_result(args, res) -> int:
             sys.stdout.flush()
         i = res.info
         t = i.timings
-        print(f"[{i.status}] {i.function} on {i.node_id} exec {i.execution_id[:12]} "
+        print(f"[{i.status}] {i.function} on {i.node_id} exec {i.execution_id} "
               f"run {t.run * 1e3:.2f} ms, cold {t.cold_start * 1e3:.2f} ms, total {t.total * 1e3:.2f} ms"
               + (f" - {i.error.code}: {i.error.message}" if i.error else ""), file=sys.stderr)
     return EXIT_OK if res.ok else EXIT_FAILED
@@ -135,11 +136,14 @@ def cmd_executions(args) -> int:
     if args.json:
         print_either(args, {"total": total, "executions": items}, "")
         return EXIT_OK
+    # whole ids: a UUIDv7 starts with its millisecond, so rows made together share
+    # any short prefix, and one unique among these rows may not be among all
     print_table(f"{len(items)} of {total} execution(s)",
                 ["id", "function", "status", "node", "attempts", "run ms", "total ms", "error"],
-                [[i.execution_id[:12], i.function, i.status, i.node_id, i.attempts,
+                [[i.execution_id, i.function, i.status, i.node_id, i.attempts,
                   f"{i.timings.run * 1e3:.2f}", f"{i.timings.total * 1e3:.2f}",
-                  f"{i.error.code}: {i.error.message[:40]}" if i.error else ""] for i in items])
+                  f"{i.error.code}: {i.error.message[:40]}" if i.error else ""] for i in items],
+                no_wrap=("id",))
     return EXIT_OK
 
 

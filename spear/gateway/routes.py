@@ -18,6 +18,7 @@ from typing import Any, Callable
 import msgspec
 
 from .. import errors, protocol as P
+from ..ids import is_uuid7
 from . import models as M
 from .live import LogTail
 from .http import (SSE_KEEPALIVE, HTTPError, Request, Response, StreamResponse, data,
@@ -374,7 +375,7 @@ async def list_executions(gw, req, q: M.ExecutionsQuery):
 async def get_execution(gw, req, q: M.ExecutionQuery, execution_id: str):
     """`wait=S` holds the answer until the execution finishes or S seconds pass."""
     res = await gw.client.execution(execution_id, wait=q.wait, node=await gw.node_address(q.node))
-    logs = gw.logs.get(execution_id)
+    logs = gw.logs.get(res.info.execution_id)  # the whole id, if a prefix was given
     return data(envelope(res, logs[0] if logs else b""), req, headers=result_headers(res.info))
 
 
@@ -397,7 +398,11 @@ async def get_execution_output(gw, req, q: M.ExecutionQuery, execution_id: str):
                            M.AcceptedExecution),
                 404: Reply("no such execution", M.ErrorBody)})
 async def cancel_execution(gw, req, q: M.NodeQuery, execution_id: str):
-    await gw.client.cancel(execution_id, node=await gw.node_address(q.node))
+    """The id may be a unique prefix; the answer names the whole id."""
+    node = await gw.node_address(q.node)
+    if not is_uuid7(execution_id):  # the daemon resolves the prefix; learn the whole id
+        execution_id = (await gw.client.execution(execution_id, node=node)).info.execution_id
+    await gw.client.cancel(execution_id, node=node)
     return data(M.AcceptedExecution(execution_id=execution_id), req, 202)
 
 
@@ -409,6 +414,7 @@ async def cancel_execution(gw, req, q: M.NodeQuery, execution_id: str):
 async def get_execution_logs(gw, req: Request, q, execution_id: str):
     """Logs exist for executions streamed through this gateway (`mode=stream` or `logs=true`)."""
     res = await gw.client.execution(execution_id)
+    execution_id = res.info.execution_id  # the whole id, if a prefix was given
     got = gw.logs.get(execution_id)
     raw, truncated = got if got else (b"", False)
     if "text/plain" in req.headers.get("accept", ""):

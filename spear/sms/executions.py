@@ -392,6 +392,7 @@ class Executions(Placement):
     def cancel(self, eid: str, now: float) -> Generator[Load, list, None]:
         """Cancel an execution: at once if not dispatched, else through its node."""
         ex = yield from self.get(eid)
+        eid = ex.info.execution_id  # ``eid`` may have been a prefix
         if ex.info.status in TERMINAL:
             raise errors.InvalidArgument(f"execution {eid} already finished ({ex.info.status})")
         if ex.node:

@@ -20,7 +20,7 @@ from typing import Any, Generator, Protocol
 
 import msgspec
 
-from .. import errors, protocol as P
+from .. import errors, ids, protocol as P
 from ..protocol import TERMINAL
 from .events import Load, Persist
 from .functions import FunctionRegistry
@@ -183,7 +183,9 @@ class ExecutionRecords:
         return ex
 
     def get(self, eid: str) -> Generator[Load, list, Exec]:
-        """An execution, whole, or NOT_FOUND."""
+        """An execution named by its id or a unique prefix of it (in memory or
+        archived), whole; NOT_FOUND, or INVALID_ARGUMENT for a bad prefix."""
+        eid = ids.resolve(eid, (self.execs, self.archive))
         ex = yield from self.find(eid)
         if ex is None:
             raise errors.NotFound(f"execution {eid!r} not found")

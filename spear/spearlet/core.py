@@ -25,7 +25,7 @@ import msgspec
 
 from .. import errors, protocol as P
 from ..config import Config
-from ..ids import new_id
+from ..ids import new_id, resolve
 from .events import (Asked, Cancel, CancelAsked, Deployed, Dispatched, Drain, Ensure, Ensured,
                      Finished, HeartbeatAcked, HeartbeatDue, Invoked, Logged, Remove, RemoveAsked,
                      Reply, Reregister, SendHeartbeat, Start, ToSMS, Wait, Welcomed)
@@ -123,11 +123,18 @@ class SpearletCore:
         return self._handlers[type(event)](event, now)
 
     def info(self, execution_id: str) -> P.ExecutionInfo:
-        """What this node knows of an execution (NOT_FOUND if nothing)."""
-        ex = self.executions.get(execution_id)
+        """What this node knows of an execution, named by its id or a unique
+        prefix (NOT_FOUND if nothing)."""
+        return self._info(self._lookup(execution_id))
+
+    def _lookup(self, eid: str) -> Execution:
+        """The execution ``eid`` (a whole id or a unique prefix) names: the one
+        place a client's id is resolved. NOT_FOUND, or INVALID_ARGUMENT for a
+        bad prefix."""
+        ex = self.executions.get(resolve(eid, (self.executions,)))
         if ex is None:
-            raise self._not_found(execution_id)
-        return self._info(ex)
+            raise self._not_found(eid)
+        return ex
 
     def _info(self, ex: Execution) -> P.ExecutionInfo:
         if ex.info is not None:
@@ -340,23 +347,27 @@ class SpearletCore:
 
     def _on_cancel(self, ev: CancelAsked, now: float) -> list:
         msg = ev.msg
-        ex = self.executions.get(msg.execution_id)
-        if ev.ident is None:  # the SMS: quietly, if it still runs
+        if ev.ident is None:  # the SMS, which names whole ids: quietly, if it still runs
+            ex = self.executions.get(msg.execution_id)
             return [Cancel(msg.execution_id)] if ex is not None and not ex.done else []
-        if ex is None:
-            return [Reply(ev.ident, P.error_reply(msg.id, self._not_found(msg.execution_id)))]
+        try:
+            ex = self._lookup(msg.execution_id)
+        except errors.SpearError as exc:
+            return [Reply(ev.ident, P.error_reply(msg.id, exc))]
         if ex.done:
             return [Reply(ev.ident, P.error_reply(msg.id, errors.InvalidArgument(
-                f"execution {msg.execution_id} already finished ({ex.status})")))]
-        return [Cancel(msg.execution_id), Reply(ev.ident, P.Ok(id=msg.id))]
+                f"execution {ex.execution_id} already finished ({ex.status})")))]
+        return [Cancel(ex.execution_id), Reply(ev.ident, P.Ok(id=msg.id))]
 
     def _on_asked(self, ev: Asked, now: float) -> list:
         msg = ev.msg
-        ex = self.executions.get(msg.execution_id)
-        if ex is None:
-            return [Reply(ev.ident, P.error_reply(msg.id, self._not_found(msg.execution_id)))]
+        try:
+            ex = self._lookup(msg.execution_id)
+        except errors.SpearError as exc:
+            return [Reply(ev.ident, P.error_reply(msg.id, exc))]
         if msg.wait > 0 and not ex.done:
-            return [Wait(ev.ident, msg)]
+            # the waiter is keyed by the whole id, whatever prefix was asked for
+            return [Wait(ev.ident, msgspec.structs.replace(msg, execution_id=ex.execution_id))]
         return [Reply(ev.ident, P.Result(id=msg.id, execution=self._info(ex)), ex.output)]
 
     # ------------------------------------------------------------ functions

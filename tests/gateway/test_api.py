@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import time
 
 import msgspec
@@ -386,6 +387,30 @@ def test_cancel_and_unknown_executions(fns):
     assert_error(api.post("/v1/executions/no-such-id/cancel"), 404, "NOT_FOUND")
     assert_error(api.get(f"/v1/executions/{eid}?wait=-1"), 400, "INVALID_ARGUMENT", "wait")
     assert_error(api.get(f"/v1/executions/{'x' * 200}"), 400, "INVALID_ARGUMENT", "execution_id")
+
+
+def test_an_execution_is_named_by_any_unique_prefix(fns):
+    api = fns
+    a = api.post("/v1/functions/gw-hello/invoke?mode=async", data=b"one").json()["execution_id"]
+    b = api.post("/v1/functions/gw-hello/invoke?mode=async", data=b"two").json()["execution_id"]
+    res = api.get(f"/v1/executions/{a[:-1]}?wait=10").json()
+    assert res["execution"]["execution_id"] == a and res["output_text"] == "hello, one"
+    out = api.get(f"/v1/executions/{b[:-2].upper()}/output?wait=10")
+    assert out.content == b"hello, two" and out.headers["x-spear-execution-id"] == b
+    assert api.get(f"/v1/executions/{b[:-2]}/logs").json()["execution_id"] == b
+    shared = os.path.commonprefix([a, b])
+    if len(shared.replace("-", "")) >= 8:  # made within the same ~65 s, as they nearly always are
+        assert_error(api.get(f"/v1/executions/{shared}"), 400, "INVALID_ARGUMENT",
+                     "matches", "more characters")
+    assert_error(api.get(f"/v1/executions/{a[:6]}"), 400, "INVALID_ARGUMENT", "at least 8")
+    assert_error(api.get("/v1/executions/ffffffff"), 404, "NOT_FOUND")
+
+    nap = api.post("/v1/functions/gw-nap/invoke?mode=async").json()["execution_id"]
+    wait_for(lambda: api.get(f"/v1/executions/{nap}").json()["execution"]["status"]
+             in ("scheduled", "running"), 10, "the nap to start")
+    r = api.post(f"/v1/executions/{nap[:-4]}/cancel")
+    assert r.status_code == 202 and r.json() == {"execution_id": nap}  # the whole id
+    assert api.get(f"/v1/executions/{nap}?wait=10").json()["execution"]["status"] == "cancelled"
 
 
 # ---------------------------------------------------------------- events

@@ -401,3 +401,72 @@ def test_an_idempotency_key_whose_execution_is_archived_is_read_back():
     (again,) = h.step(Loaded(load.token, [h.store.get(load.keys[0])]))
     assert again.msg == P.Accepted(id=99, execution_id=eid)
     assert h.core.tasks.counts["deduplicated"] == 1
+
+
+# ---------------------------------------------------------------- ids by prefix
+
+#: two ids made in the same millisecond (a shared 12-digit prefix), one later
+SAME_MS = ("01900000-0000-7000-8000-00000000000a", "01900000-0000-7001-8000-00000000000b")
+LATER = "01900001-0000-7000-8000-00000000000c"
+
+
+@pytest.fixture
+def three(h, monkeypatch):
+    """``h`` with three executions of known ids: SAME_MS, then LATER."""
+    monkeypatch.setattr("spear.sms.executions.new_id", iter((*SAME_MS, LATER)).__next__)
+    for _ in range(3):
+        h.invoke()
+    assert set(h.core.tasks.execs) == {*SAME_MS, LATER}
+    return h
+
+
+def ask(h: Harness, eid: str) -> Send:
+    (reply,) = h.send(P.GetExecution(id=h.next_id(), execution_id=eid))
+    return reply
+
+
+@pytest.mark.parametrize("prefix", ["01900001", "01900001-0", "0190000100", "01900001-0000-7"])
+def test_a_unique_prefix_names_its_execution(three, prefix):
+    assert ask(three, prefix).msg.execution.execution_id == LATER
+    assert ask(three, prefix.upper()).msg.execution.execution_id == LATER
+
+
+def test_a_prefix_of_several_executions_asks_for_more_characters(three):
+    err = ask(three, "01900000-0000").msg
+    assert err.code == "INVALID_ARGUMENT"
+    assert "matches 2 executions" in err.message and "more characters" in err.message
+    assert ask(three, "01900000-0000-7001").msg.execution.execution_id == SAME_MS[1]
+
+
+def test_a_prefix_too_short_is_refused_and_an_unknown_one_is_not_found(three):
+    err = ask(three, "0190").msg
+    assert err.code == "INVALID_ARGUMENT" and "at least 8 hex digits" in err.message
+    assert ask(three, "0190ffff").msg.code == "NOT_FOUND"
+    assert ask(three, "01900002-0000-7000-8000-00000000000c").msg.code == "NOT_FOUND"
+
+
+def test_cancel_by_prefix_cancels_the_whole_id_on_its_node(three):
+    sent = three.send(P.CancelExecution(id=99, execution_id="01900001"))
+    assert only(sent, P.Ok)[0].msg.id == 99
+    (told,) = only(sent, P.CancelExecution)  # its node is told, under the whole id
+    assert told.ident == b"n1" and told.msg.execution_id == LATER
+    assert three.core.tasks.execs[LATER].cancel_at == T0
+    (refused,) = three.send(P.CancelExecution(id=98, execution_id="0190000"))  # too short
+    assert refused.msg.code == "INVALID_ARGUMENT"
+
+
+def test_a_prefix_names_an_archived_execution_too(monkeypatch):
+    h = Harness(cache_executions=0)
+    h.register("n1")
+    h.deploy("f")
+    monkeypatch.setattr("spear.sms.executions.new_id", iter(SAME_MS).__next__)
+    node, d = dispatch(h.invoke())
+    h.send(P.Result(id=d.id, execution=P.ExecutionInfo(
+        execution_id=d.execution_id, function="f", status="succeeded")), ident=node,
+        payload=b"kept")
+    h.run(Upkeep())
+    assert list(h.core.tasks.archive) == [SAME_MS[0]]
+    res = ask(h, "01900000-0000-7000")
+    assert res.msg.execution.execution_id == SAME_MS[0] and res.payload == b"kept"
+    h.invoke()  # the second, in memory: the prefix they share is now ambiguous
+    assert ask(h, "01900000").msg.code == "INVALID_ARGUMENT"

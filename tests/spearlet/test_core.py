@@ -314,3 +314,51 @@ def test_a_redeploy_of_another_version_makes_dispatches_fetch(core):
     assert only(dispatch(core, "e1", digest="d1"), E.Start).inline
     core.handle(E.Deployed(ADD, "sha-local", ""), T0)  # a client deployed its own version
     only(dispatch(core, "e2", digest="d1"), E.Ensure)
+
+
+# ---------------------------------------------------------------- ids by prefix
+
+#: two ids made in the same millisecond (a shared 12-digit prefix), one later
+SAME_MS = ("01900000-0000-7000-8000-00000000000a", "01900000-0000-7001-8000-00000000000b")
+LATER = "01900001-0000-7000-8000-00000000000c"
+
+
+@pytest.fixture
+def three(core):
+    """``core`` holding SAME_MS (the first finished) and LATER (running)."""
+    dispatch(core, SAME_MS[0])
+    dispatch(core, SAME_MS[1])
+    finish(core, SAME_MS[0])
+    finish(core, SAME_MS[1])
+    dispatch(core, LATER)
+    return core
+
+
+def asked(core, eid: str, wait: float = 0.0) -> list:
+    return core.handle(E.Asked(b"c", P.GetExecution(id=5, execution_id=eid, wait=wait)), T0 + 1)
+
+
+def test_a_unique_prefix_names_its_execution(three):
+    for prefix in ("01900001", "01900001-00", "0190000100", "01900000-0000-7001"):
+        want = LATER if prefix.startswith("01900001") else SAME_MS[1]
+        assert only(asked(three, prefix), E.Reply).msg.execution.execution_id == want
+    assert three.info("01900001-0000").execution_id == LATER
+    # a waiter is keyed by the whole id
+    assert only(asked(three, "01900001", wait=2.0), E.Wait).msg.execution_id == LATER
+
+
+def test_a_bad_prefix_is_refused_and_an_unknown_one_is_not_found(three):
+    err = only(asked(three, "01900000"), E.Reply).msg
+    assert err.code == "INVALID_ARGUMENT" and "matches 2 executions" in err.message
+    err = only(asked(three, "0190"), E.Reply).msg
+    assert err.code == "INVALID_ARGUMENT" and "at least 8 hex digits" in err.message
+    assert only(asked(three, "0190ffff"), E.Reply).msg.code == "NOT_FOUND"
+    with pytest.raises(errors.InvalidArgument):
+        three.info("01900000-0")
+
+
+def test_cancel_by_prefix(three):
+    out = three.handle(E.CancelAsked(P.CancelExecution(id=2, execution_id="01900001"), b"c"), T0)
+    assert out == [E.Cancel(LATER), E.Reply(b"c", P.Ok(id=2))]
+    out = three.handle(E.CancelAsked(P.CancelExecution(id=3, execution_id="01900000"), b"c"), T0)
+    assert only(out, E.Reply).msg.code == "INVALID_ARGUMENT"  # two match
