@@ -79,6 +79,12 @@ def is_uuid7(s: str) -> bool:
     return UUID7_RE.match(s) is not None
 
 
+def is_prefix(text: str) -> bool:
+    """True when ``text`` is hex (dashes aside) but shorter than a whole id."""
+    digits = text.replace("-", "").lower()
+    return bool(_HEX_RE.match(digits)) and len(digits) < 32 and not UUID7_RE.match(text)
+
+
 def resolve(text: str, pools: Iterable[Collection[str]]) -> str:
     """The id that ``text`` names among the ids in ``pools``: ``text`` itself
     when it is a whole id or held as it is (no scan), the one id it is a

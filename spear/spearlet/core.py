@@ -25,7 +25,7 @@ import msgspec
 
 from .. import errors, protocol as P
 from ..config import Config
-from ..ids import new_id, resolve
+from ..ids import is_prefix, new_id
 from .events import (Asked, Cancel, CancelAsked, Deployed, Dispatched, Drain, Ensure, Ensured,
                      Finished, HeartbeatAcked, HeartbeatDue, Invoked, Logged, Remove, RemoveAsked,
                      Reply, Reregister, SendHeartbeat, Start, ToSMS, Wait, Welcomed)
@@ -128,11 +128,21 @@ class SpearletCore:
         return self._info(self._lookup(execution_id))
 
     def _lookup(self, eid: str) -> Execution:
-        """The execution ``eid`` (a whole id or a unique prefix) names: the one
-        place a client's id is resolved. NOT_FOUND, or INVALID_ARGUMENT for a
-        bad prefix."""
-        ex = self.executions.get(resolve(eid, (self.executions,)))
+        """The execution ``eid`` names: the one place a client's id is resolved.
+
+        A node takes whole ids only. Nobody can list the executions clients ran
+        directly on a node, so an id there is the capability to read or cancel
+        its execution; accepting prefixes (whose first 8 digits are a ~65 s
+        time window) would let anyone who can reach the node find them. The
+        SMS, which lists every execution to the roles that may read one,
+        accepts unique prefixes. NOT_FOUND, or INVALID_ARGUMENT for a prefix.
+        """
+        ex = self.executions.get(eid)
         if ex is None:
+            if is_prefix(eid):
+                raise errors.InvalidArgument(
+                    f"execution id {eid!r}: a node takes whole execution ids (ask the SMS, "
+                    "without --node, to find one by its prefix)")
             raise self._not_found(eid)
         return ex
 
