@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import psutil
 import pytest
@@ -163,6 +164,9 @@ def test_ctrl_c_during_invoke_names_the_execution(cluster, process_runtime):
             running = wait_for(lambda: [i for i in c.executions(function="sleepy")[0]
                                         if i.status not in P.TERMINAL], 20,
                                "the sleepy execution to start")
+            # the SMS holds the execution a moment before the reply naming it reaches
+            # the command (a Ctrl-C in between has no id to print): give the reply time
+            time.sleep(1.0)
             p.send_signal(signal.SIGINT)
             out, err = p.communicate(timeout=20)
             eid = running[0].execution_id
@@ -237,11 +241,11 @@ def test_cluster_refuses_a_taken_sms_port(tmp_path):
 
 
 def _loaded_after(code: str) -> set[str]:
-    script = f"import sys\n{code}\nprint(' '.join(sorted(sys.modules)))"
+    script = f"import sys\n{code}\nprint('\\n' + ' '.join(sorted(sys.modules)))"
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
                        env={**os.environ})
     assert r.returncode == 0, r.stderr
-    return set(r.stdout.split())
+    return set(r.stdout.splitlines()[-1].split())
 
 
 #: what neither ``import spear`` nor ``spear --help`` needs: the mesh, the codec, the config
