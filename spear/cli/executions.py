@@ -134,8 +134,9 @@ def cmd_invoke(args) -> int:
             while res.info.status not in P.TERMINAL:
                 res = c.wait(eid, timeout=_WAIT_STEP, node=args.node)
         except KeyboardInterrupt:
-            print(f"interrupted; execution {eid} continues: spear executions {eid} / "
-                  f"spear logs {eid} / spear cancel {eid}", file=sys.stderr)
+            at = f" --node {args.node}" if args.node else ""  # a spearlet's own ids live there only
+            print(f"interrupted; execution {eid} continues: spear executions {eid}{at} / "
+                  f"spear logs {eid}{at} / spear cancel {eid}{at}", file=sys.stderr)
             return EXIT_INTERRUPTED
     return _print_result(args, res)
 
