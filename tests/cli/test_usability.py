@@ -35,6 +35,7 @@ def cluster(tmp_path_factory):
         c.start(wait=30)
         with Client(c.sms_addr, timeout=30) as cl:
             cl.deploy(add_spec())
+            cl.deploy(add_spec(), node=c.spearlet_addrs[0])  # for the --node tests, in any order
             if "process" in cl.nodes()[0].runtimes:
                 cl.deploy(P.FunctionSpec(name="echo", runtime="process", command=["cat"]))
                 cl.deploy(P.FunctionSpec(name="binary", runtime="process",
