@@ -26,11 +26,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def port_free(port: int) -> bool:
-    """Can 127.0.0.1:port be bound right now?"""
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Can host:port be bound right now?"""
     with socket.socket() as s:
         try:
-            s.bind(("127.0.0.1", port))
+            s.bind((host, port))
         except OSError:
             return False
     return True
@@ -50,7 +50,8 @@ class Cluster:
         heartbeat_interval: float | None = None,
         heartbeat_timeout: float | None = None,
         cleanup_interval: float | None = None,
-        log_level: str = "info",
+        log_level: str | None = "info",
+        log_format: str | None = None,
         env: dict | None = None,
         quiet: bool = True,
         labels: list[str] | None = None,
@@ -69,7 +70,9 @@ class Cluster:
         #: credentials the cluster's own readiness checks use when CURVE is on
         self.client_security = client_security
         self.hb = (heartbeat_interval, heartbeat_timeout, cleanup_interval)
+        #: the daemons' --log-level/--log-format (None: as their configuration says)
         self.log_level = log_level
+        self.log_format = log_format
         self.env = child_env(env)
         self.quiet = quiet
         self.labels = labels or []
@@ -94,7 +97,12 @@ class Cluster:
         # -P: the daemons import the installed spear, never a same-named
         # directory in the current working directory (Python >= 3.11)
         safe = ["-P"] if sys.version_info >= (3, 11) else []
-        cmd = [sys.executable, *safe, "-m", "spear", "--log-level", self.log_level, *args]
+        cmd = [sys.executable, *safe, "-m", "spear"]
+        if self.log_level:
+            cmd += ["--log-level", self.log_level]
+        if self.log_format:
+            cmd += ["--log-format", self.log_format]
+        cmd += args
         config = config or self.config
         if config:
             cmd += ["--config", config]
@@ -137,7 +145,35 @@ class Cluster:
             self.spearlets.append(p)
         return p
 
+    def check_ports(self) -> None:
+        """Raise Unavailable naming the port if the SMS's or the gateway's is taken.
+
+        Checked before anything starts: a daemon that cannot bind exits, but until
+        it does, whatever holds its port (another cluster) could answer for it.
+        """
+        wanted = [("SMS", "127.0.0.1", self.sms_port)]
+        if self.gateway:
+            host, _, port = self.gateway.rpartition(":")
+            wanted.append(("gateway", host or "127.0.0.1", int(port)))
+        for what, host, port in wanted:
+            if not port_free(port, host):
+                raise errors.Unavailable(f"port {port} on {host} ({what}) is taken: "
+                                         "stop what uses it or choose another port")
+
+    def check_started(self) -> None:
+        """Raise Unavailable if a daemon this cluster started has exited (its log named)."""
+        self._check_alive()
+        for i, p in enumerate(self.spearlets):
+            if p.poll() is not None:
+                raise errors.Unavailable(f"spearlet-{i + 1} ({self.spearlet_addrs[i]}) exited with "
+                                         f"{p.returncode} (log {self.data}/spearlet-{i + 1}.log)")
+        if self.gateway_proc is not None and self.gateway_proc.poll() is not None:
+            raise errors.Unavailable(f"gateway ({self.gateway}) exited with "
+                                     f"{self.gateway_proc.returncode} (log {self.data}/gateway.log)")
+
     def start(self, *, wait: float = 30.0, first_spearlet_port: int | None = None) -> "Cluster":
+        """Start every daemon; with ``wait``, return once all are up (Unavailable if one is not)."""
+        self.check_ports()
         self.start_sms()
         for i in range(self.n):
             port = first_spearlet_port + i if first_spearlet_port else None
@@ -153,6 +189,7 @@ class Cluster:
                 from .gateway import wait_healthy
 
                 wait_healthy(f"http://{self.gateway}", proc=self.gateway_proc)
+            self.check_started()
         return self
 
     def wait_ready(self, count: int, *, timeout: float = 30.0) -> list:
@@ -213,10 +250,16 @@ class Cluster:
 
 
 def run_up(args) -> int:
-    """``spear up``: run the embedded cluster until Ctrl-C or SIGTERM."""
+    """``spear up``: run the embedded cluster until Ctrl-C or SIGTERM.
+
+    "ready" is printed only once every daemon is up and bound; when one is not
+    (a taken port, say) the error names it, whatever started is stopped, and
+    the exit code is 1.
+    """
     t0 = time.perf_counter()
     cluster = Cluster(args.data, spearlets=args.spearlets, sms_port=args.port, store=args.store,
                       config=args.config, quiet=False,
+                      log_level=args.log_level, log_format=args.log_format,
                       gateway=None if args.no_gateway else args.http,
                       host_roots=getattr(args, "host_root", None))
     stopping = []
@@ -229,12 +272,14 @@ def run_up(args) -> int:
     try:
         cluster.start(wait=0, first_spearlet_port=args.port + 1)
         nodes = cluster.wait_ready(args.spearlets, timeout=30)
-        print(f"spear up: SMS {cluster.sms_addr}, {len(nodes)} spearlet(s) ready in "
-              f"{time.perf_counter() - t0:.2f}s; data in {args.data}. Ctrl-C stops.", flush=True)
         if cluster.gateway:
             from .gateway import wait_healthy
 
             wait_healthy(f"http://{cluster.gateway}", proc=cluster.gateway_proc)
+        cluster.check_started()
+        print(f"spear up: SMS {cluster.sms_addr}, {len(nodes)} spearlet(s) ready in "
+              f"{time.perf_counter() - t0:.2f}s; data in {args.data}. Ctrl-C stops.", flush=True)
+        if cluster.gateway:
             print(f"  admin http://{cluster.gateway}/admin, API docs http://{cluster.gateway}/docs",
                   flush=True)
         print(f"  try: spear nodes --sms {cluster.sms_addr}", flush=True)

@@ -10,7 +10,7 @@ so ``spear --help`` imports no command module and ``spear deploy ...`` only
 
 ``main(argv=None) -> int``; logging is configured here and nowhere else.
 Exit codes: 0 success, 1 a failed operation (the error's code is printed),
-2 bad usage or configuration, 3 could not reach the service.
+2 bad usage or configuration, 3 could not reach the service, 130 Ctrl-C.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import importlib
 import sys
 
 from .. import __version__, errors
-from ._base import EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, Command
+from ._base import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, Command
 
 #: command -> (module of this package that implements it, one-line help), in help order
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -72,13 +72,34 @@ def command_in(argv: list[str]) -> str | None:
     return None
 
 
+class _Parser(argparse.ArgumentParser):
+    """A parser that takes positionals and options in any order (``invoke add --json hi``).
+
+    Plain argparse gives an optional positional its (empty) value as soon as it
+    meets the first positional word, so a word after an option is "unrecognized";
+    intermixed parsing does not. A parser with subcommands parses as usual (argparse
+    cannot intermix those), and its subcommands' parsers intermix in turn.
+    """
+
+    _plain = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._plain or any(a.nargs in (argparse.PARSER, argparse.REMAINDER) for a in self._actions):
+            return super().parse_known_args(args, namespace)
+        self._plain = True  # parse_known_intermixed_args calls back here, twice
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._plain = False
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The ``spear`` parser; only ``command``'s subparser gets its options (and its module imported).
 
     Every other subcommand is listed with its help line, which is all
     ``spear --help`` shows.
     """
-    ap = argparse.ArgumentParser(prog="spear", description="Spear: a distributed serverless platform")
+    ap = _Parser(prog="spear", description="Spear: a distributed serverless platform")
     ap.add_argument("--version", action="version", version=f"spear {__version__}")
     _logging_options(ap, None)
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
@@ -143,6 +164,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"spear: {exc.code}: {exc.message}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # e.g. `spear nodes | head`
         return EXIT_OK

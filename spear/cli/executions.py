@@ -10,8 +10,12 @@ from pathlib import Path
 import msgspec
 
 from .. import errors, protocol as P
-from ._base import EXIT_FAILED, EXIT_OK, Command, client_options, make_client
+from ._base import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, Command, client_options, make_client
 from ._output import print_either, print_table
+
+
+#: seconds one wait of a sync ``spear invoke`` lasts before it asks again
+_WAIT_STEP = 30.0
 
 
 def add_invoke_arguments(p: argparse.ArgumentParser) -> None:
@@ -20,11 +24,12 @@ def add_invoke_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", nargs="?", default=None, help="input text; '-' reads stdin")
     p.add_argument("-i", "--input-file", help="read the input from this file")
     p.add_argument("--args", help="comma-separated numeric arguments (wasm exports)")
-    p.add_argument("--node", help="invoke the spearlet at this address directly")
+    p.add_argument("--node", help="invoke this spearlet (address, name or id) directly")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--async", dest="is_async", action="store_true", help="return an execution id")
     g.add_argument("--stream", action="store_true", help="print logs as they come, then the output")
-    p.add_argument("--exec-timeout", type=float, help="execution timeout (s)")
+    p.add_argument("--exec-timeout", type=float, metavar="S",
+                   help="seconds this execution may run (default: the function's limit)")
     p.add_argument("--trace-id", default="")
     p.add_argument("--idempotency-key", default="",
                    help="run once per key: repeating the command returns the first execution")
@@ -87,11 +92,13 @@ def _print_result(args, res) -> int:
         d["output"] = res.output.decode("utf-8", "replace")
         print(json.dumps(d, indent=2, sort_keys=True))
     else:
-        if res.output:
-            sys.stdout.buffer.write(res.output)
-            if not res.output.endswith(b"\n"):
-                sys.stdout.buffer.write(b"\n")
-            sys.stdout.flush()
+        # the bytes exactly as returned (a redirected binary must not change); a
+        # newline only to keep a terminal's prompt off the output's last line
+        sys.stdout.flush()
+        sys.stdout.buffer.write(res.output)
+        if res.output and not res.output.endswith(b"\n") and sys.stdout.isatty():
+            sys.stdout.buffer.write(b"\n")
+        sys.stdout.buffer.flush()
         i = res.info
         t = i.timings
         print(f"[{i.status}] {i.function} on {i.node_id} exec {i.execution_id} "
@@ -120,8 +127,18 @@ def cmd_invoke(args) -> int:
                 else:
                     res = item
             return _print_result(args, res)
-        res = c.invoke(args.name, data, args=fargs, node=args.node, timeout=args.exec_timeout,
+        # submitted, then waited for: so Ctrl-C can say which execution goes on running
+        eid = c.submit(args.name, data, args=fargs, node=args.node, timeout=args.exec_timeout,
                        trace_id=args.trace_id, idempotency_key=args.idempotency_key)
+        try:
+            res = c.wait(eid, timeout=_WAIT_STEP, node=args.node)
+            while res.info.status not in P.TERMINAL:
+                res = c.wait(eid, timeout=_WAIT_STEP, node=args.node)
+        except KeyboardInterrupt:
+            at = f" --node {args.node}" if args.node else ""  # a spearlet's own ids live there only
+            print(f"interrupted; execution {eid} continues: spear executions {eid}{at} / "
+                  f"spear logs {eid}{at} / spear cancel {eid}{at}", file=sys.stderr)
+            return EXIT_INTERRUPTED
     return _print_result(args, res)
 
 

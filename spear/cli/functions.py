@@ -33,7 +33,10 @@ def add_deploy_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--secret-env", action="append", default=[], metavar="K=V",
                    help="an environment value never shown back (to any role) nor logged (repeatable)")
     p.add_argument("--workdir")
-    p.add_argument("--timeout-limit", type=float, dest="limit_timeout", help="execution timeout (s)")
+    p.add_argument("--exec-timeout", type=float, dest="limit_timeout", metavar="S",
+                   help="seconds an execution of this function may run (default: the node's)")
+    # the flag's old name, in scripts written before the timeouts were named alike
+    p.add_argument("--timeout-limit", type=float, dest="limit_timeout", help=argparse.SUPPRESS)
     p.add_argument("--memory-mb", type=int)
     p.add_argument("--fuel", type=int)
     p.add_argument("--cpus", type=float)
@@ -47,7 +50,7 @@ def add_deploy_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retries", type=int)
     p.add_argument("--idempotent", action="store_true")
     p.add_argument("--grant", action="append", default=[], help="wasm grants, e.g. env, dir:/a:/b")
-    p.add_argument("--node", help="deploy directly on the spearlet at this address")
+    p.add_argument("--node", help="deploy directly on this spearlet (address, name or id)")
     client_options(p)
 
 

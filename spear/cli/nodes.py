@@ -9,19 +9,19 @@ import time
 import msgspec
 
 from ._base import EXIT_OK, Command, client_options, make_client
-from ._output import fmt_bytes, print_either, print_json, print_table
+from ._output import fmt_bytes, print_json, print_table
 
 
 def add_nodes_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``spear nodes``."""
-    p.add_argument("node", nargs="?", help="node id or name")
+    p.add_argument("node_id", metavar="node", nargs="?", help="node id or name")
     p.add_argument("--state", choices=["ready", "unhealthy", "draining", "gone"])
     client_options(p)
 
 
 def add_ping_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``spear ping``."""
-    p.add_argument("--node", help="a spearlet address instead of the SMS")
+    p.add_argument("--node", help="a spearlet (address, name or id) instead of the SMS")
     client_options(p)
 
 
@@ -66,9 +66,9 @@ def _print_nodes(nodes) -> None:
 def cmd_nodes(args) -> int:
     """List the nodes (or show one)."""
     with make_client(args) as c:
-        nodes = [c.node(args.node)] if args.node else c.nodes(args.state)
+        nodes = [c.node(args.node_id)] if args.node_id else c.nodes(args.state)
     if args.json:
-        print_json(nodes[0] if args.node else nodes)
+        print_json(nodes[0] if args.node_id else nodes)
     else:
         _print_nodes(nodes)
     return EXIT_OK
@@ -88,12 +88,22 @@ def cmd_ping(args) -> int:
 
 
 def cmd_stats(args) -> int:
-    """Cluster resources, reservations and execution counts."""
+    """Cluster resources, reservations and execution counts: aligned lines, or JSON."""
     with make_client(args) as c:
         st = c.stats()
-    print_either(args, st, f"{st.nodes_ready} ready node(s): {st.cores_total:g} cores, "
-                 f"{st.memory_total / 2**30:.1f} GiB; reserved {st.cores_reserved:g} cores, "
-                 f"{st.memory_reserved / 2**20:.0f} MiB; {st.executions_active} active; counts {st.counts}")
+    if args.json:
+        print_json(st)
+        return EXIT_OK
+    lines = [
+        ("nodes ready", str(st.nodes_ready)),
+        ("cores", f"{st.cores_reserved:g} reserved of {st.cores_total:g}"),
+        ("memory", f"{fmt_bytes(st.memory_reserved)} reserved of {fmt_bytes(st.memory_total)}"),
+        ("executions active", str(st.executions_active)),
+    ]
+    lines += [(f"executions {status}", str(n)) for status, n in sorted(st.counts.items())]
+    width = max(len(k) for k, _ in lines)
+    for key, value in lines:
+        print(f"{key:<{width}}  {value}")
     return EXIT_OK
 
 
