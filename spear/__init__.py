@@ -1,7 +1,7 @@
 """Spear: a distributed serverless platform on a ZeroMQ mesh.
 
 This package's face holds the public entry points, :class:`Client`
-(blocking, shared safely between threads) and :class:`AsyncClient`, what
+(blocking, safe to share between threads) and :class:`AsyncClient`, what
 they take and return (:class:`FunctionSpec`, :class:`Limits`,
 :class:`PoolSettings`, :class:`ExecutionResult`, :class:`ExecutionInfo`,
 :class:`FunctionInfo`, :class:`NodeInfo`) and the exception tree

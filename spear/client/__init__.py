@@ -2,8 +2,8 @@
 
 Both speak the same protocol and share every public method through
 :class:`~spear.client.api.Api` (``api``); ``aio`` holds the asyncio transport,
-``blocking`` the thread-safe blocking one, which drives an ``AsyncClient`` on
-a loop thread of its own. Every call has a timeout and raises a typed
+``blocking`` the blocking one, whose calls borrow sockets from a pool so
+that threads may share one client. Every call has a timeout and raises a typed
 :mod:`spear.errors` exception; ``node=ADDR`` on a call talks to that Spearlet
 directly instead of going through the SMS. It may import ``errors``,
 ``protocol``, ``config`` and ``mesh``, never a service.

@@ -1,200 +1,226 @@
 """The blocking client: :class:`Client`, safe to share between threads.
 
-zmq sockets must never be used by two threads, so no caller touches one: the
-first call starts a background thread running an event loop that owns an
-:class:`~spear.client.aio.AsyncClient` (and with it every socket), and each
-blocking call hands its coroutine to that loop and waits for the answer.
-Replies are matched to requests by id, so calls from many threads are in
-flight on one socket at once; a call costs one hand-off to the loop thread
-and back (tens of microseconds) on top of the round trip.
+zmq sockets must never be used by two threads at once, so a call borrows a
+DEALER socket from the client's idle pool (opening one when none is idle),
+does its whole exchange on it, and gives it back. One thread reuses one
+socket, so a lone caller pays no more than a plain socket would; ``n``
+threads calling at once get ``n`` sockets and ``n`` calls in flight. A
+socket whose exchange did not finish (a timeout, an abandoned stream) is
+closed, not given back, so a late reply never answers the next call.
+Waiting callers look at the client every :data:`WAKE` seconds, so ``close()``
+from any thread ends their calls with ``Unavailable`` within that time.
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import queue
+import itertools
 import threading
 import time
-import weakref
-from typing import Any, AsyncIterator, Iterator
+from typing import Any, Callable, Iterator
+
+import msgspec
+import zmq
 
 from .. import errors, protocol as P
 from ..config import default_sms_address
-from .aio import AsyncClient
-from .api import Api, security_of
+from ..mesh import context
+from ..mesh.endpoint import random_routing_id
+from .api import RETRYABLE, Api, accepted, key_of, result_of, security_of
 
-#: marks the end of a bridged stream in its queue
-_END = object()
+#: how often (seconds) a waiting call checks whether the client was closed
+WAKE = 0.1
 
 
 def _closed() -> errors.Unavailable:
     return errors.Unavailable("the client is closed")
 
 
-def _shut(loop: asyncio.AbstractEventLoop, client: AsyncClient) -> None:
-    """Inside the loop: close every socket (waiters get Unavailable), cancel
-    what is still running, then stop."""
-
-    async def down() -> None:
-        await client.close()
-        me = asyncio.current_task()
-        for task in asyncio.all_tasks():
-            if task is not me:
-                task.cancel()
-        loop.stop()
-
-    loop.create_task(down())
-
-
-def _stop(loop: asyncio.AbstractEventLoop, client: AsyncClient, thread: threading.Thread) -> None:
-    """Stop the loop thread from any other thread (also the finalizer of a
-    client dropped without ``close``)."""
-    if loop.is_closed() or not thread.is_alive():
-        return
-    try:
-        loop.call_soon_threadsafe(_shut, loop, client)
-    except RuntimeError:  # the loop closed meanwhile
-        return
-    if thread is not threading.current_thread():
-        thread.join(5.0)
-
-
-def _serve(loop: asyncio.AbstractEventLoop) -> None:
-    """The loop thread's body."""
-    asyncio.set_event_loop(loop)
-    try:
-        loop.run_forever()
-    finally:
-        loop.close()
-
-
 class Client(Api):
-    """Blocking client; one instance may be shared by any number of threads.
+    """Blocking client over plain zmq sockets (no event loop needed).
 
-    Every method of :class:`~spear.client.aio.AsyncClient` is here as a
-    blocking call with the same arguments and results. ``close()`` (from any
-    thread) ends every call in flight with ``Unavailable``; a closed client
-    refuses further calls with ``Unavailable`` too.
+    One instance may be shared by any number of threads: each call in flight
+    holds a socket of its own (see the module docstring for what that costs).
+    ``close()`` from any thread ends the calls in flight with ``Unavailable``;
+    a closed client refuses further calls with ``Unavailable`` too.
     """
 
     def __init__(self, sms: str | None = None, *, timeout: float = 10.0, security=None) -> None:
         self.sms = sms or default_sms_address()
         self.timeout = timeout
         self.security = security_of(security)
-        self._async = AsyncClient(self.sms, timeout=timeout, security=self.security)
+        self._idle: dict[str | None, list[zmq.Socket]] = {}
+        self._keys: dict[str, bytes] = {}
+        self._ids = itertools.count(1)
         self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
         self._closed = False
-        self._finalizer: weakref.finalize | None = None
 
-    def _start(self) -> asyncio.AbstractEventLoop:
-        """The loop thread, started by the first call."""
+    def _next_id(self) -> int:
+        return next(self._ids)
+
+    # ------------------------------------------------------------ the socket pool
+
+    def _borrow(self, target: str | None) -> zmq.Socket:
+        """An idle socket to ``target``, or a new one; this call's alone until given back."""
         with self._lock:
             if self._closed:
                 raise _closed()
-            if self._loop is None:
-                loop = asyncio.new_event_loop()
-                thread = threading.Thread(target=_serve, args=(loop,), daemon=True,
-                                          name=f"spear-client {self.sms}")
-                thread.start()
-                self._loop, self._thread = loop, thread
-                # the finalizer holds the loop and the AsyncClient, never self
-                self._finalizer = weakref.finalize(self, _stop, loop, self._async, thread)
-            return self._loop
+            idle = self._idle.get(target)
+            if idle:
+                return idle.pop()
+        return self._open(target)
 
-    def _schedule(self, coro) -> concurrent.futures.Future:
+    def _open(self, target: str | None) -> zmq.Socket:
+        key = None
+        if target and self.security is not None:
+            key = self._keys.get(target) or key_of(self.nodes(), target)
+            if key is None:
+                raise errors.NotFound(f"no node at {target} is known to the SMS (needed for its key)")
+            self._keys[target] = key
+        s = context().socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.ROUTING_ID, random_routing_id())  # replies only ever reach us
+        if self.security is not None:
+            self.security.connect_to(s, key)
+        s.connect(target or self.sms)
+        return s
+
+    def _give_back(self, target: str | None, sock: zmq.Socket, finished: bool) -> None:
+        """Return a socket whose exchange ``finished`` to the pool; close any other."""
+        if finished:
+            with self._lock:
+                if not self._closed:
+                    self._idle.setdefault(target, []).append(sock)
+                    return
+        sock.close(linger=0)
+
+    def _recv(self, sock: zmq.Socket, deadline: float) -> list | None:
+        """The next frames on ``sock`` before ``deadline`` (None: none came)."""
+        while True:
+            if self._closed:
+                raise _closed()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            # a blocking receive with a timeout: one wait, no separate poll
+            sock.setsockopt(zmq.RCVTIMEO, int(min(left, WAKE) * 1000) + 1)
+            try:
+                return sock.recv_multipart()
+            except zmq.Again:
+                continue
+
+    def _replies(self, sock: zmq.Socket, msg, timeout: float, what: str) -> Iterator[tuple]:
+        """Every message answering ``msg`` on ``sock`` until ``timeout`` passes."""
+        deadline = time.monotonic() + timeout
+        while True:
+            frames = self._recv(sock, deadline)
+            if frames is None:
+                raise errors.DeadlineExceeded(what)
+            try:
+                reply, rpayload = P.decode(frames)
+            except errors.ProtocolError:
+                continue
+            if getattr(reply, "id", None) == msg.id:
+                yield reply, rpayload
+
+    # ------------------------------------------------------------ the transport
+
+    def _exchange(self, target, msg, payload, timeout, on_item: Callable | None = None):
+        timeout = timeout or self.timeout
+        sock = self._borrow(target)
+        finished = False
         try:
-            return asyncio.run_coroutine_threadsafe(coro, self._start())
-        except RuntimeError:  # the loop closed between the check and the hand-off
-            coro.close()
-            raise _closed() from None
-        except BaseException:
-            coro.close()  # never started: no "never awaited" warning
-            raise
-
-    def _run(self, coro) -> Any:
-        fut = self._schedule(coro)
-        try:
-            return fut.result()
-        except concurrent.futures.CancelledError:
-            raise _closed() from None
-
-    def _next_id(self) -> int:
-        return self._async._next_id()
-
-    def _call(self, target, msg, payload, extract, timeout):
-        return self._run(self._async._call(target, msg, payload, extract, timeout))
+            sock.send_multipart(P.encode(msg, payload))
+            what = f"no reply from {target or self.sms} within {timeout:g}s"
+            for reply, rpayload in self._replies(sock, msg, timeout, what):
+                if isinstance(reply, P.LogChunk) and on_item is not None:
+                    on_item(reply, rpayload)
+                    continue
+                finished = True
+                P.raise_for(reply)
+                return reply, rpayload
+        finally:
+            self._give_back(target, sock, finished)
 
     def _submit(self, target, msg, payload, retries):
-        return self._run(self._async._submit(target, msg, payload, retries))
-
-    def _bridge(self, agen: AsyncIterator[Any], until: float | None = None) -> Iterator[Any]:
-        """Iterate an async generator of the loop thread from this thread.
-
-        ``until``: a ``time.monotonic()`` deadline after which iteration ends.
-        Leaving the loop early closes the async generator (its ``finally`` runs
-        in the loop thread).
-        """
-        items: queue.Queue = queue.Queue()
-
-        async def pump() -> None:
+        for attempt in range(retries + 1):
             try:
-                async for item in agen:
-                    items.put((item, None))
-                items.put((_END, None))
-            except asyncio.CancelledError:
-                items.put((_END, _closed()))
-                raise
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-                items.put((_END, exc))
-            finally:
-                await agen.aclose()
+                return self._call(target, msg, payload, accepted, None)
+            except RETRYABLE:
+                if attempt == retries or self._closed:
+                    raise
+                time.sleep(min(0.1 * 2 ** attempt, 2.0))
+                msg = msgspec.structs.replace(msg, id=self._next_id())
 
-        fut = self._schedule(pump())
-        try:
-            while True:
-                try:
-                    if until is None:
-                        item, exc = items.get()
-                    else:
-                        item, exc = items.get(timeout=max(0.0, until - time.monotonic()))
-                except queue.Empty:
-                    return
-                if item is _END:
-                    if exc is not None:
-                        raise exc
-                    return
-                yield item
-        finally:
-            fut.cancel()
+    def _call(self, target, msg, payload, extract, timeout):
+        return extract(*self._exchange(target, msg, payload, timeout))
 
     def stream(self, function: str, data: bytes | str = b"", *, args=None,
                node: str | None = None, timeout: float | None = None,
                trace_id: str = "") -> Iterator[Any]:
         """Invoke in stream mode: yields log chunks (bytes) as they arrive, then the result."""
-        # checked here so that a bad argument raises before the first step
-        self._invoke_msg(function, data, args, "stream", timeout, trace_id)
-        return self._bridge(self._async.stream(function, data, args=args, node=node,
-                                               timeout=timeout, trace_id=trace_id))
+        msg, data = self._invoke_msg(function, data, args, "stream", timeout, trace_id)
+        sock = self._borrow(node)
+        finished = False
+        try:
+            sock.send_multipart(P.encode(msg, data))
+            what = f"stream from {node or self.sms} timed out"
+            for reply, rpayload in self._replies(sock, msg, (timeout or self.timeout) + 5.0, what):
+                if isinstance(reply, P.LogChunk):
+                    yield reply.data
+                    continue
+                finished = True
+                P.raise_for(reply)
+                yield result_of(reply, rpayload)
+                return
+        finally:
+            self._give_back(node, sock, finished)
 
     def events(self, since: int = 0, *, until: float | None = None) -> Iterator[P.Event]:
         """Subscribe to node and execution events after ``since`` (blocking iterator).
 
         ``until``: a ``time.monotonic()`` deadline. Resume after a reconnect by
-        passing the last ``seq`` seen; see :meth:`AsyncClient.events`.
+        passing the last ``seq`` seen. A subscription has a socket of its own.
         """
-        return self._bridge(self._async.events(since), until)
+        sock = context().socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTING_ID, random_routing_id())
+        if self.security is not None:
+            self.security.connect_to(sock)
+        sock.connect(self.sms)
+        rid = self._next_id()
+        try:
+            sock.send_multipart(P.encode(P.Subscribe(id=rid, since=since)))
+            while True:
+                if self._closed:
+                    raise _closed()
+                wait = WAKE if until is None else min(WAKE, until - time.monotonic())
+                if until is not None and wait <= 0:
+                    return
+                if not sock.poll(int(wait * 1000) + 1):
+                    continue
+                try:
+                    msg, _ = P.decode(sock.recv_multipart())
+                except errors.ProtocolError:
+                    continue
+                P.raise_for(msg)
+                if isinstance(msg, P.Event) and msg.id == rid:
+                    yield msg
+        finally:
+            try:
+                sock.send_multipart(P.encode(P.Unsubscribe(id=rid)), zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+            sock.close(linger=100)
 
     def close(self) -> None:
-        """Close every socket and stop the loop thread; calls in flight (from
-        any thread) end with ``Unavailable``. Closing twice does nothing."""
+        """Close every idle socket; calls in flight (in any thread) end with
+        ``Unavailable`` within :data:`WAKE` seconds. Closing twice does nothing."""
         with self._lock:
             self._closed = True
-            finalizer, self._finalizer = self._finalizer, None
-        if finalizer is not None:
-            finalizer()  # runs _stop once, and never again at garbage collection
+            idle, self._idle = self._idle, {}
+        for socks in idle.values():
+            for s in socks:
+                s.close(linger=0)
 
     def __enter__(self) -> "Client":
         return self
