@@ -12,7 +12,7 @@ import pytest
 
 from spear import Client, errors
 from spear.cluster import Cluster
-from tests.helpers import FAST_HB, add_spec
+from tests.helpers import FAST_HB, add_spec, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -92,3 +92,36 @@ def test_close_from_another_thread_wakes_every_waiter(cluster):
     assert len(seen) == THREADS
     with pytest.raises(errors.Unavailable, match="closed"):
         c.ping()
+
+
+def test_close_ends_an_event_subscription_and_a_stream_iterated_in_other_threads(cluster):
+    c = Client(cluster.sms_addr, timeout=30)
+    assert c.invoke("th-add", args=[2, 3]).output == b"5"
+    got: dict = {}
+
+    def follow():
+        try:
+            for _ in c.events(0):
+                got["event"] = True
+        except errors.Unavailable as exc:
+            got["events"] = exc
+
+    t = threading.Thread(target=follow, daemon=True)
+    t.start()
+    # the replay holds the node's registration: the subscription is live once it came
+    wait_for(lambda: got.get("event"), 10.0, "the first replayed event")
+    c.close()
+    t.join(10)
+    assert not t.is_alive(), "events() was not woken by close()"
+    assert "closed" in str(got["events"])
+    with pytest.raises(errors.Unavailable, match="closed"):
+        list(c.stream("th-add", args=[1, 1]))
+
+
+def test_streams_from_many_threads_get_their_own_chunks_and_results(cluster):
+    with Client(cluster.sms_addr, timeout=20) as c:
+        def work(i):
+            for k in range(10):
+                items = list(c.stream("th-add", args=[i, k]))
+                assert items[-1].output == f"{i + k}".encode(), (i, k, items[-1])
+        assert run_threads(work) == []
