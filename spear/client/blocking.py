@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import msgspec
 import zmq
@@ -124,7 +124,7 @@ class Client(Api):
 
     # ------------------------------------------------------------ the transport
 
-    def _exchange(self, target, msg, payload, timeout, on_item: Callable | None = None):
+    def _call(self, target, msg, payload, extract, timeout):
         timeout = timeout or self.timeout
         sock = self._borrow(target)
         finished = False
@@ -132,12 +132,9 @@ class Client(Api):
             sock.send_multipart(P.encode(msg, payload))
             what = f"no reply from {target or self.sms} within {timeout:g}s"
             for reply, rpayload in self._replies(sock, msg, timeout, what):
-                if isinstance(reply, P.LogChunk) and on_item is not None:
-                    on_item(reply, rpayload)
-                    continue
-                finished = True
+                finished = True  # an error reply ends the exchange too
                 P.raise_for(reply)
-                return reply, rpayload
+                return extract(reply, rpayload)
         finally:
             self._give_back(target, sock, finished)
 
@@ -150,9 +147,6 @@ class Client(Api):
                     raise
                 time.sleep(min(0.1 * 2 ** attempt, 2.0))
                 msg = msgspec.structs.replace(msg, id=self._next_id())
-
-    def _call(self, target, msg, payload, extract, timeout):
-        return extract(*self._exchange(target, msg, payload, timeout))
 
     def stream(self, function: str, data: bytes | str = b"", *, args=None,
                node: str | None = None, timeout: float | None = None,
