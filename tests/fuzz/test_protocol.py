@@ -29,7 +29,7 @@ def test_undecodable_frame_is_answered(tsms, case):
     ProtocolError, so RouterServer._on_frames (spear/mesh/router.py) lets it
     through to Endpoint._drain, which logs a traceback: no ErrorReply is sent.
     The same escape exists in DealerPeer._on_frames (the Spearlet's link) and
-    Client._exchange/stream/events (the client raises instead of skipping).
+    the clients, which share DealerPeer (they raise instead of skipping).
     """
     s = dealer(tsms.address)
     try:

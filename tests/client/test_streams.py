@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
-
 import pytest
 
 from spear import AsyncClient, errors, protocol as P
 from spear.cluster import Cluster
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+from tests.helpers import EXAMPLES, add_spec
 HB = dict(heartbeat_interval=0.2, heartbeat_timeout=2.0, cleanup_interval=60.0)
 
 
@@ -24,11 +21,6 @@ def cluster(tmp_path_factory):
         yield c
     finally:
         c.stop()
-
-
-def add_spec(name: str) -> P.FunctionSpec:
-    return P.FunctionSpec(name=name, runtime="wasm", handler="add",
-                          artifact=(EXAMPLES / "add.wat").read_bytes())
 
 
 def run(coro, timeout: float = 30.0):
