@@ -314,3 +314,17 @@ def test_a_redeploy_of_another_version_makes_dispatches_fetch(core):
     assert only(dispatch(core, "e1", digest="d1"), E.Start).inline
     core.handle(E.Deployed(ADD, "sha-local", ""), T0)  # a client deployed its own version
     only(dispatch(core, "e2", digest="d1"), E.Ensure)
+
+
+def test_a_failed_execution_keeps_its_stderr_tail_and_traceback(core):
+    start = only(invoke(core, "async"), E.Start)
+    assert core.info(start.execution_id).status == "running"  # started: running, not pending
+    err = P.ErrorInfo(code="FUNCTION_ERROR", message="ValueError: bad", stderr_tail="oops\n",
+                      traceback='  File "h.py", line 2, in f\n    raise ValueError("bad")\n')
+    finish(core, start.execution_id, "failed", error=err, output=b"")
+    info = core.info(start.execution_id)
+    assert info.status == "failed" and info.error == err
+    dispatch(core, "e2", stream=True)  # the SMS path: the Result carries them too
+    sent = only(finish(core, "e2", "failed", error=err, output=b""), E.ToSMS)
+    assert sent.msg.execution.error == err
+
