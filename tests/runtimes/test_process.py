@@ -14,7 +14,7 @@ import pytest
 
 from spear import errors
 from spear.protocol import FunctionSpec, Limits
-from spear.runtimes.base import STDERR_TAIL
+from spear.runtimes.base import STDERR_TAIL, TRACEBACK_TAIL
 from spear.runtimes.hostpaths import HostPaths
 from spear.runtimes.process import ProcessRuntime
 from tests.helpers import EXAMPLES, gone
@@ -187,6 +187,29 @@ def test_oneshot_failure_keeps_only_the_tail_of_a_huge_stderr():
         await rt.close()
 
     run(main())
+
+
+def test_the_python_worker_sends_the_end_of_the_traceback_after_a_nul():
+    from spear.runtimes.process import pyworker
+
+    def ping(n, message):
+        if n == 0:
+            raise ValueError(message)
+        pong(n - 1, message)
+
+    def pong(n, message):
+        ping(n - 1, message)
+
+    for message in ("nul \0 inside", "nul \0 inside" + "x" * 20_000):
+        try:
+            ping(400, message)  # a traceback far longer than what is sent
+        except ValueError as exc:
+            payload = pyworker._failed(exc)
+        head, _, tb = payload.partition(b"\0")
+        assert head.startswith(b"ValueError: nul \\0 inside")  # a NUL in it cannot end it early
+        assert len(tb) <= pyworker.TRACEBACK_TAIL == TRACEBACK_TAIL
+        assert b"raise ValueError(message)" in tb  # the raising line: the end is kept
+        assert b"ValueError: nul \x00 inside" in tb
 
 
 def test_handler_exception_is_typed_and_worker_is_reused():

@@ -94,12 +94,24 @@ def _describe(exc: BaseException) -> bytes:
 
 
 def _failed(exc: BaseException) -> bytes:
-    """An error reply's payload: ``Type: message``, NUL, the traceback's last 8 KiB."""
+    """An error reply's payload: ``Type: message``, NUL, the traceback in 8 KiB."""
     try:
-        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        return _describe(exc) + b"\0" + _traceback(exc)
     except Exception:  # pragma: no cover - a broken __str__ must not kill us
-        tb = ""
-    return _describe(exc) + b"\0" + tb.encode("utf-8", "replace")[-TRACEBACK_TAIL:]
+        return _describe(exc)
+
+
+def _traceback(exc: BaseException) -> bytes:
+    """The traceback, at most 8 KiB: its end, so the raising line stays, with
+    the final ``Type: message`` cut to 1 KiB so a huge message cannot push it out."""
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    data = text.encode("utf-8", "replace")
+    if len(data) <= TRACEBACK_TAIL:
+        return data
+    only = "".join(traceback.format_exception_only(type(exc), exc))
+    frames = text[: len(text) - len(only)] if text.endswith(only) else text
+    last = only.encode("utf-8", "replace")[:1024]
+    return b"...\n" + frames.encode("utf-8", "replace")[-(TRACEBACK_TAIL - 4 - len(last)):] + last
 
 
 def load(target: str):
