@@ -52,9 +52,8 @@ Text = Annotated[str, Meta(max_length=4096)]
 Arg = Annotated[str, Meta(max_length=65536)]
 Runtime = Literal["wasm", "process", "docker"]
 NodeState = Literal["ready", "unhealthy", "draining", "gone"]
-ExecStatus = Literal[
-    "pending", "scheduled", "running", "succeeded", "failed", "cancelled", "timed_out", "lost"
-]
+ExecStatus = Literal["pending", "scheduled", "running",  # running: started on a node
+                     "succeeded", "failed", "cancelled", "timed_out", "lost"]
 TERMINAL = frozenset({"succeeded", "failed", "cancelled", "timed_out", "lost"})
 NonNeg = Annotated[float, Meta(ge=0)]
 NonNegInt = Annotated[int, Meta(ge=0)]
@@ -184,11 +183,13 @@ class ExecUsage(Struct, frozen=True, kw_only=True):
     fuel: int = 0
 
 
-class ErrorInfo(Struct, frozen=True, kw_only=True):
+class ErrorInfo(Struct, frozen=True, kw_only=True, omit_defaults=True):
     """A typed error inside a result (not a failed request)."""
 
     code: str
     message: str
+    stderr_tail: Text = ""  # the end of a failed process's, container's or command's stderr
+    traceback: Annotated[str, Meta(max_length=8192)] = ""  # a Python handler's, to the raise
 
 
 class ExecutionInfo(Struct, frozen=True, kw_only=True):
@@ -577,8 +578,7 @@ Message = Union[
     DeployFunction, RemoveFunction, ListFunctions, Invoke, GetExecution, CancelExecution,
     Deployed, FunctionList, Accepted, LogChunk, Result,             # client <-> Spearlet/SMS
     Dispatch, FetchFunction, FunctionReply, GetFunction,            # SMS <-> node (tasks)
-    ListExecutions, ExecutionList, Subscribe, Unsubscribe, Event, Stats, StatsReply,
-]
+    ListExecutions, ExecutionList, Subscribe, Unsubscribe, Event, Stats, StatsReply]
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Message)

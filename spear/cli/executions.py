@@ -85,6 +85,14 @@ def _read_input(args) -> bytes:
     return (args.input or "").encode()
 
 
+def _print_failure(error: P.ErrorInfo | None, out) -> None:
+    """What a failed execution kept: its stderr tail and its traceback, when known."""
+    for title, text in (("stderr (tail)", error and error.stderr_tail),
+                        ("traceback", error and error.traceback)):
+        if text:
+            print(f"--- {title} ---\n{text.rstrip()}", file=out)
+
+
 def _print_result(args, res) -> int:
     """The output on stdout, a one-line summary on stderr (or all of it as JSON)."""
     if args.json:
@@ -104,6 +112,7 @@ def _print_result(args, res) -> int:
         print(f"[{i.status}] {i.function} on {i.node_id} exec {i.execution_id} "
               f"run {t.run * 1e3:.2f} ms, cold {t.cold_start * 1e3:.2f} ms, total {t.total * 1e3:.2f} ms"
               + (f" - {i.error.code}: {i.error.message}" if i.error else ""), file=sys.stderr)
+        _print_failure(i.error, sys.stderr)
     return EXIT_OK if res.ok else EXIT_FAILED
 
 
@@ -180,6 +189,7 @@ def cmd_logs(args) -> int:
     print(f"  usage: cpu {u.cpu_time * 1e3:.3f} ms, peak memory {u.peak_memory} B, fuel {u.fuel}")
     if i.error:
         print(f"  error: {i.error.code}: {i.error.message}")
+        _print_failure(i.error, sys.stdout)
     print("--- output ---")
     sys.stdout.buffer.write(res.output + (b"" if res.output.endswith(b"\n") or not res.output else b"\n"))
     return EXIT_OK if res.ok or i.status not in P.TERMINAL else EXIT_FAILED

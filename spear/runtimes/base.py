@@ -28,6 +28,15 @@ from ..protocol import ExecUsage, FunctionSpec, Limits
 
 LogSink = Callable[[bytes], None]
 
+#: what a failed call keeps of its stderr, and a Python handler of its traceback
+#: (``details["stderr"]``, ``details["traceback"]``; ErrorInfo allows as much)
+STDERR_TAIL, TRACEBACK_TAIL = 4096, 8192
+
+
+def tail_text(data: bytes, limit: int = STDERR_TAIL) -> str:
+    """The last ``limit`` bytes of ``data`` as text (at most ``limit`` characters)."""
+    return data[-limit:].decode("utf-8", "replace")
+
 
 @dataclass
 class Outcome:

@@ -10,6 +10,7 @@ retention: :mod:`spear.sms.records`.
 Life of an execution submitted through the SMS::
 
     submit ─► pending ─(scheduler picks a node, reserves cpu/mem)─► scheduled
+                                 ─(the node's heartbeat lists it)─► running
        │         ▲ no node fits: queued per function (bounded), retried on every change
        │         └──── spillback: node refused (RESOURCE_EXHAUSTED...) ◄──┐
        │                                                                   │
@@ -347,9 +348,22 @@ class Executions(Placement):
             if eid in present:
                 if now > ex.deadline:
                     self._overdue(ex, now)
+                elif ex.info.status == "scheduled":
+                    self._started(ex, now)
                 continue
             if now - ex.dispatched_at > self.s.report_grace:
                 self._node_failed(ex, now, f"node {node} no longer reports execution {eid}")
+
+    def _started(self, ex: Exec, now: float) -> None:
+        """The node lists a scheduled execution as its own: it is ``running``.
+
+        The heartbeat already carries every execution a node holds, so this
+        costs no message per execution; the status shows a heartbeat
+        interval late at most (never for calls shorter than that).
+        """
+        ex.info = msgspec.structs.replace(ex.info, status="running")
+        self.dirty.add(ex.info.execution_id)
+        self._event("execution", ex.info.execution_id, "running", now, ex.info.function)
 
     def _overdue(self, ex: Exec, now: float) -> None:
         """A node still runs an execution past its SMS-side deadline: end it here."""

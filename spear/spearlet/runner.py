@@ -31,6 +31,7 @@ import msgspec
 
 from .. import errors, protocol as P
 from ..runtimes import Prepared, Runtime, RuntimeManager
+from ..runtimes.base import STDERR_TAIL, TRACEBACK_TAIL
 from .core import SpearletCore
 from .events import (Asked, Cancel, CancelAsked, Deployed, Ensure, Ensured, Finished, Invoked,
                      Logged, Remove, RemoveAsked, Reply, Reregister, SendHeartbeat, Start, ToSMS,
@@ -47,10 +48,13 @@ _CANCELLED = P.ErrorInfo(code="CANCELLED", message="cancelled by request")
 
 
 def _failure(eid: str, exc: errors.SpearError) -> Finished:
-    """The end of an execution that raised ``exc`` (status, typed error, exit code)."""
-    x = exc.details.get("exit_code")
+    """The end of an execution that raised ``exc`` (status, typed error, exit code,
+    the stderr tail and traceback the runtime kept, bounded again for the wire)."""
+    x, err, tb = (exc.details.get(k) for k in ("exit_code", "stderr", "traceback"))
     return Finished(eid, _STATUS_OF.get(type(exc), "failed"),
-                    error=P.ErrorInfo(code=exc.code, message=exc.message),
+                    error=P.ErrorInfo(code=exc.code, message=exc.message,
+                                      stderr_tail=err[-STDERR_TAIL:] if isinstance(err, str) else "",
+                                      traceback=tb[-TRACEBACK_TAIL:] if isinstance(tb, str) else ""),
                     exit_code=x if isinstance(x, int) else None)
 
 

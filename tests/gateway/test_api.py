@@ -283,6 +283,24 @@ def test_invoke_failures_map_to_http_statuses(fns):
     assert_error(api.post("/v1/functions/bad%20name/invoke"), 400, "INVALID_ARGUMENT", "name")
 
 
+def test_a_failed_execution_shows_its_traceback_and_stderr_tail(fns):
+    api = fns
+    eid = api.post("/v1/functions/gw-fib/invoke?mode=async", data=b"99").json()["execution_id"]
+    err = api.get(f"/v1/executions/{eid}?wait=10").json()["execution"]["error"]
+    assert err["code"] == "FUNCTION_ERROR"
+    assert 'raise ValueError(f"n must be between 0 and 40, got {n}")' in err["traceback"]
+    assert "Traceback (most recent call last)" in err["stderr_tail"]  # the worker printed it too
+    # a command writing 1 MiB to stderr: the record keeps its last 4 KiB
+    api.deploy(P.FunctionSpec(name="gw-noisy", runtime="process", command=[
+        "sh", "-c", "head -c 1048576 /dev/zero | tr '\\0' x >&2; echo END >&2; exit 1"]))
+    eid = api.post("/v1/functions/gw-noisy/invoke?mode=async").json()["execution_id"]
+    ex = api.get(f"/v1/executions/{eid}?wait=20").json()["execution"]
+    assert ex["status"] == "failed" and ex["exit_code"] == 1
+    tail = ex["error"]["stderr_tail"]
+    assert tail.endswith("xxxEND\n") and len(tail) == 4096
+    assert "stderr_tail" in api.get("/openapi.json").text
+
+
 @pytest.mark.parametrize("query, word", [
     ("args=abc", "args"), ("timeout=-1", "timeout"), ("timeout=soon", "timeout"),
     ("mode=later", "mode"), ("envelope=maybe", "envelope"), ("output_type=no%20way", "output_type"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import json
 import os
 import signal
 import time
@@ -176,6 +177,26 @@ def test_cancel_stops_a_running_execution(cluster3):
         with pytest.raises(errors.InvalidArgument):
             c.cancel(eid)
         assert_no_reservations(c)
+
+
+def test_an_execution_is_running_then_its_failure_shows_its_stderr_tail(cluster3):
+    with Client(cluster3.sms_addr, timeout=20) as c:
+        c.deploy(P.FunctionSpec(name="grumble", runtime="process", command=[
+            "sh", "-c", "echo started >&2; sleep 3; head -c 1048576 /dev/zero | tr '\\0' x >&2; "
+                        "echo 'it broke' >&2; exit 3"]))
+        eid = c.submit("grumble")
+        wait_for(lambda: c.execution(eid).status == "running", 10, "the node to report it running")
+        res = c.wait(eid, timeout=20)
+        assert res.status == "failed" and res.info.exit_code == 3
+        tail = res.info.error.stderr_tail
+        assert tail.endswith("xxxit broke\n") and len(tail) == 4096  # 1 MiB written, 4 KiB kept
+        shown = spear_cli("executions", eid, "--sms", cluster3.sms_addr, timeout=30)
+        assert shown.returncode != 0 and "--- stderr (tail) ---" in shown.stderr
+        assert shown.stderr.rstrip().endswith("it broke")
+        as_json = spear_cli("executions", eid, "--json", "--sms", cluster3.sms_addr, timeout=30)
+        assert json.loads(as_json.stdout)["error"]["stderr_tail"] == tail
+        logs = spear_cli("logs", eid, "--sms", cluster3.sms_addr, timeout=30)
+        assert "--- stderr (tail) ---" in logs.stdout and "it broke" in logs.stdout
 
 
 def test_stream_through_sms(cluster3):

@@ -129,6 +129,8 @@ def test_nonzero_exit_is_function_error(rt):
         asyncio.run(run_once(rt, fs))
     assert "code 3" in info.value.message
     assert "broken pipe dream" in info.value.message
+    assert info.value.details["stderr"] == "broken pipe dream\n"  # kept for the record
+    assert info.value.details["exit_code"] == 3
     still_serves(rt)
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from spear import errors
 from spear.protocol import FunctionSpec, Limits
+from spear.runtimes.base import STDERR_TAIL, TRACEBACK_TAIL
 from spear.runtimes.hostpaths import HostPaths
 from spear.runtimes.process import ProcessRuntime
 from tests.helpers import EXAMPLES, gone
@@ -171,6 +172,46 @@ def test_handler_results_and_reuse():
     run(main())
 
 
+RAISING_LINE = 'raise ValueError("bad input: " + data.decode())'
+
+
+def test_oneshot_failure_keeps_only_the_tail_of_a_huge_stderr():
+    async def main():
+        rt = ProcessRuntime()
+        inst = await start(rt, spec(command=[
+            "sh", "-c", "head -c 1048576 /dev/zero | tr '\\0' x >&2; echo END >&2; exit 1"]))
+        with pytest.raises(errors.FunctionError) as info:
+            await rt.invoke(inst, b"", [], Limits(timeout=20))
+        tail = info.value.details["stderr"]
+        assert tail.endswith("xxEND\n") and len(tail) == STDERR_TAIL
+        await rt.close()
+
+    run(main())
+
+
+def test_the_python_worker_sends_the_end_of_the_traceback_after_a_nul():
+    from spear.runtimes.process import pyworker
+
+    def ping(n, message):
+        if n == 0:
+            raise ValueError(message)
+        pong(n - 1, message)
+
+    def pong(n, message):
+        ping(n - 1, message)
+
+    for message in ("nul \0 inside", "nul \0 inside" + "x" * 20_000):
+        try:
+            ping(400, message)  # a traceback far longer than what is sent
+        except ValueError as exc:
+            payload = pyworker._failed(exc)
+        head, _, tb = payload.partition(b"\0")
+        assert head.startswith(b"ValueError: nul \\0 inside")  # a NUL in it cannot end it early
+        assert len(tb) <= pyworker.TRACEBACK_TAIL == TRACEBACK_TAIL
+        assert b"raise ValueError(message)" in tb  # the raising line: the end is kept
+        assert b"ValueError: nul \x00 inside" in tb
+
+
 def test_handler_exception_is_typed_and_worker_is_reused():
     async def main():
         rt = ProcessRuntime()
@@ -185,6 +226,10 @@ def test_handler_exception_is_typed_and_worker_is_reused():
             assert info.value.details["type"] == "ValueError"
             assert info.value.message == "ValueError: bad input: xyz"
             assert boom.reusable and boom.handle.pid == boom_pid
+            tb = info.value.details["traceback"]  # sent with the error reply, raising line included
+            assert tb.startswith("Traceback") and RAISING_LINE in tb
+            # the call's own stderr: this call's traceback once, not its predecessor's too
+            assert info.value.details["stderr"].count("Traceback") == 1
         assert b"Traceback" in b"".join(logs)  # the traceback is in the call's logs
         weird = await start(rt, handler_spec("testhandlers:weird"))
         with pytest.raises(errors.FunctionError, match="JSON"):

@@ -232,6 +232,7 @@ def test_warm_inline_command_delivers_stderr_to_on_log(go):
             await call(rt, ex, b"5", logs=logs)
         assert ei.value.details["exit_code"] == 5 and ei.value.details["output"] == "bye"
         assert b"".join(logs) == b"exit.wat: exiting\n"
+        assert ei.value.details["stderr"] == "exit.wat: exiting\n"  # kept for the record
         # limits apply inline too
         with pytest.raises(errors.ResourceExhausted):
             await call(rt, inst, limits=Limits(memory_mb=1))
@@ -704,7 +705,7 @@ def test_no_file_access_without_grant(go, tmp_path):
         with pytest.raises(errors.FunctionError) as ei:
             await call(rt, inst, logs=logs)
         assert ei.value.details["exit_code"] == 2
-        assert b"open failed" in b"".join(logs)
+        assert b"open failed" in b"".join(logs) and "open failed" in ei.value.details["stderr"]
         # granted: the directory is visible, and only it
         inst = await deploy(rt, spec("readfile.wat", grants=[f"dir:{data}:/data"]))
         assert (await call(rt, inst)).output == b"top secret"

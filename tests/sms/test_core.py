@@ -470,3 +470,52 @@ def test_a_prefix_names_an_archived_execution_too(monkeypatch):
     assert res.msg.execution.execution_id == SAME_MS[0] and res.payload == b"kept"
     h.invoke()  # the second, in memory: the prefix they share is now ambiguous
     assert ask(h, "01900000").msg.code == "INVALID_ARGUMENT"
+
+
+# ---------------------------------------------------------------- running, and what a failure keeps
+
+
+def test_a_scheduled_execution_runs_once_its_node_lists_it():
+    h = Harness(cache_executions=0)
+    (welcome,) = only(h.register("n1"), P.Welcome)
+    h.deploy("f")
+    events: list = []
+    h.core.tasks.on_event = lambda *ev: events.append(ev)
+    node, d = dispatch(h.invoke())
+    ex = h.core.tasks.execs[d.execution_id]
+    assert ex.info.status == "scheduled"
+    h.now = T0 + 1
+    beat = P.Heartbeat(id=1, node_id="n1", usage=Usage(), running_ids=[d.execution_id],
+                       session=welcome.msg.session)
+    h.send(beat, ident=node)
+    assert ex.info.status == "running"
+    assert ("execution", d.execution_id, "running") in [e[:3] for e in events]
+    h.run(Upkeep())
+    stored = h.store.get(EX_PREFIX + d.execution_id.encode())
+    assert b"running" in stored  # persisted: a restarted SMS knows it runs there
+    h.send(beat, ident=node)  # listed again: still running, no second event
+    assert [e[2] for e in events].count("running") == 1
+
+
+def test_a_failure_keeps_its_stderr_tail_and_traceback_across_the_store(h):
+    node, d = dispatch(h.invoke())
+    err = P.ErrorInfo(code="FUNCTION_ERROR", message="ValueError: bad input",
+                      stderr_tail="x" * 100 + "boom\n",
+                      traceback='  File "h.py", line 3, in f\n    raise ValueError\n')
+    h.send(P.Result(id=d.id, execution=P.ExecutionInfo(
+        execution_id=d.execution_id, function="f", status="failed", error=err)), ident=node)
+    h.run(Upkeep())
+    again = Harness(store=h.store)
+    (res,) = again.step(Received(CLIENT, "", "", P.GetExecution(id=3, execution_id=d.execution_id),
+                                 None))
+    if isinstance(res, Load):
+        (res,) = again.step(Loaded(res.token, [again.store.get(k) for k in res.keys]))
+    assert res.msg.execution.status == "failed" and res.msg.execution.error == err
+
+
+def test_a_node_cannot_bloat_a_record_with_a_huge_stderr_tail():
+    err = {"code": "FUNCTION_ERROR", "message": "m", "stderr_tail": "x" * 5000}
+    body = P.msgspec.msgpack.encode({"t": "Result", "id": 1, "execution": {
+        "execution_id": "e", "function": "f", "status": "failed", "error": err}})
+    with pytest.raises(P.errors.ProtocolError):
+        P.decode([P.PROTOCOL, body])

@@ -829,10 +829,10 @@ def test_running_ids_reconcile_only_after_the_grace(make):
     cl.svc.on_running("n1", [], T0 + 3.0)  # still within the grace
     assert cl.status("e1") == cl.status("e2") == "scheduled"
     cl.svc.on_running("n1", ["e1", "e2"], T0 + 10.0)  # reported: fine
-    assert cl.status("e1") == cl.status("e2") == "scheduled"
+    assert cl.status("e1") == cl.status("e2") == "running"
     cl.svc.on_running("n1", ["e2"], T0 + 10.5)  # e1 no longer reported
     assert cl.ex("e1").info.node_id == "n2" and cl.ex("e1").info.attempts == 2
-    assert cl.status("e1") == "scheduled" and cl.status("e2") == "scheduled"
+    assert cl.status("e1") == "scheduled" and cl.status("e2") == "running"
     assert cl.svc.counts["retried"] == 1
     cl.svc.on_running("n1", [], T0 + 11.0)
     assert cl.status("e2") == "lost"
@@ -849,8 +849,10 @@ def test_running_ids_of_another_node_do_not_matter(two):
     c.submit("e1")
     c.svc.on_running("n2", [], T0 + 100)
     assert c.status("e1") == "scheduled"
-    c.svc.on_running("n1", ["e1", "unknown"], T0 + 100)
+    c.svc.on_running("n2", ["e1"], T0 + 100)  # only its own node makes it running
     assert c.status("e1") == "scheduled"
+    c.svc.on_running("n1", ["e1", "unknown"], T0 + 100)
+    assert c.status("e1") == "running"
     c.result("n1", "e1")
 
 
@@ -1342,7 +1344,7 @@ def test_node_that_keeps_reporting_an_execution_past_its_deadline_loses_it(make)
     cl.deploy("f", retries=3)
     cl.submit("e1", timeout=1.0)
     cl.svc.on_running("n1", ["e1"], T0 + 2.9)  # timeout + grace not over yet
-    assert cl.status("e1") == "scheduled"
+    assert cl.status("e1") == "running"  # listed by its node
     cl.svc.on_running("n1", ["e1"], T0 + 3.1)
     ex = cl.ex("e1")
     assert ex.info.status == "timed_out" and ex.info.error.code == "DEADLINE_EXCEEDED"
@@ -1365,9 +1367,9 @@ def test_deadline_uses_the_function_timeout_then_the_default(make):
     cl.submit("e1", fn="f")
     cl.submit("e2", fn="slow")
     cl.svc.on_running("n1", ["e1", "e2"], T0 + 5.5)
-    assert cl.status("e1") == cl.status("e2") == "scheduled"
+    assert cl.status("e1") == cl.status("e2") == "running"
     cl.svc.on_running("n1", ["e1", "e2"], T0 + 6.5)
-    assert cl.status("e2") == "timed_out" and cl.status("e1") == "scheduled"
+    assert cl.status("e2") == "timed_out" and cl.status("e1") == "running"
     cl.svc.on_running("n1", ["e1"], T0 + 11.5)
     assert cl.status("e1") == "timed_out"
 
@@ -1384,7 +1386,7 @@ def test_a_retry_gets_a_fresh_deadline(make):
     cl.svc.node_lost(first, cl.now, "went unhealthy")
     assert cl.last_dispatch("e1")[0] == other
     cl.svc.on_running(other, ["e1"], T0 + 4.0)  # 3.5 s after the first dispatch, 1.5 s after this
-    assert cl.status("e1") == "scheduled"
+    assert cl.status("e1") == "running"
     cl.svc.on_running(other, ["e1"], T0 + 5.6)
     assert cl.status("e1") == "timed_out"
 

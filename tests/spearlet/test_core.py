@@ -356,3 +356,17 @@ def test_cancel_takes_whole_ids_only(three):
     assert out == [E.Cancel(LATER), E.Reply(b"c", P.Ok(id=2))]
     out = three.handle(E.CancelAsked(P.CancelExecution(id=3, execution_id="01900001"), b"c"), T0)
     assert only(out, E.Reply).msg.code == "INVALID_ARGUMENT"
+
+
+def test_a_failed_execution_keeps_its_stderr_tail_and_traceback(core):
+    start = only(invoke(core, "async"), E.Start)
+    assert core.info(start.execution_id).status == "running"  # started: running, not pending
+    err = P.ErrorInfo(code="FUNCTION_ERROR", message="ValueError: bad", stderr_tail="oops\n",
+                      traceback='  File "h.py", line 2, in f\n    raise ValueError("bad")\n')
+    finish(core, start.execution_id, "failed", error=err, output=b"")
+    info = core.info(start.execution_id)
+    assert info.status == "failed" and info.error == err
+    dispatch(core, "e2", stream=True)  # the SMS path: the Result carries them too
+    sent = only(finish(core, "e2", "failed", error=err, output=b""), E.ToSMS)
+    assert sent.msg.execution.error == err
+

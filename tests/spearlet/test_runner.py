@@ -14,7 +14,7 @@ from spear import errors, protocol as P
 from spear.runtimes import Instance, Outcome, Prepared, Runtime
 from spear.spearlet import events as E
 from spear.spearlet.core import Maxima, SpearletCore
-from spear.spearlet.runner import Runner
+from spear.spearlet.runner import Runner, _failure
 
 SPEC = P.FunctionSpec(name="echo", runtime="fake", pool=P.PoolSettings(min_warm=1, max=2))
 
@@ -237,3 +237,13 @@ def test_a_spec_above_the_maxima_is_never_deployed(arun):
         await r.close()
 
     arun(main())
+
+
+def test_a_runtime_error_becomes_a_bounded_error_info():
+    exc = errors.FunctionError("boom", details={
+        "exit_code": 1, "stderr": "a" * 10_000 + "END", "traceback": "t" * 20_000 + "RAISE"})
+    info = _failure("e1", exc).error
+    assert info.stderr_tail.endswith("END") and len(info.stderr_tail) == 4096
+    assert info.traceback.endswith("RAISE") and len(info.traceback) == 8192
+    P.decode(P.encode(P.Result(id=1, execution=P.ExecutionInfo(
+        execution_id="e1", function="f", status="failed", error=info))))  # valid on the wire

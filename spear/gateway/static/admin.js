@@ -342,6 +342,8 @@ $("invoke").addEventListener("submit", async (e) => {
       const x = b.execution;
       out.textContent = `${x.status} on ${x.node_id} in ${fmt(x.timings.total * 1e3)} ms` +
         (x.error ? `\n${x.error.code}: ${x.error.message}` : "") +
+        (x.error && x.error.traceback ? `\n--- traceback ---\n${x.error.traceback}` : "") +
+        (x.error && x.error.stderr_tail && !b.logs ? `\n--- stderr (tail) ---\n${x.error.stderr_tail}` : "") +
         `\n--- output ---\n${b.output_text != null ? b.output_text : b.output}` +
         (b.logs ? `\n--- logs ---\n${b.logs}` : "");
     } else {

@@ -19,7 +19,7 @@ from typing import Any
 from ... import errors
 from ...protocol import FunctionSpec, Limits
 from .engine import docker
-from .streams import STDERR_TAIL
+from ..base import tail_text
 
 __all__ = ["Effective", "RunResult", "effective", "failure", "host_config"]
 
@@ -100,8 +100,8 @@ def _signal_name(num: int) -> str:
         return f"signal {num}"
 
 
-def _tail(data: bytes) -> str:
-    text = data[-STDERR_TAIL:].decode("utf-8", "replace").strip()
+def _tail(text: str) -> str:
+    text = text[-2048:].strip()  # the message keeps a short tail; details the whole
     return f": {text}" if text else ""
 
 
@@ -109,9 +109,11 @@ def failure(res: RunResult, spec: FunctionSpec, eff: Effective, oom: bool) -> er
     """The error of a run that did not exit 0: an OOM kill or a CPU-time
     limit is ResourceExhausted, anything else the function's own failure."""
     code = res.exit_code
+    stderr = tail_text(res.stderr_tail)
+    details = {"exit_code": code, "stderr": stderr}
     if oom:
         return errors.ResourceExhausted(
-            f"OOM killed: memory limit {eff.memory_mb} MiB (function {spec.name!r})"
+            f"OOM killed: memory limit {eff.memory_mb} MiB (function {spec.name!r})", details=details
         )
     if code is not None and code > 128:
         sig = code - 128
@@ -122,12 +124,10 @@ def failure(res: RunResult, spec: FunctionSpec, eff: Effective, oom: bool) -> er
             sig == _SIGXCPU or (sig == _SIGKILL and (res.cpu_ns is None or res.cpu_ns >= 0.9e9 * limit))
         ):
             return errors.ResourceExhausted(
-                f"CPU time limit of {eff.cpu_seconds:g} s exceeded (function {spec.name!r})"
-            )
+                f"CPU time limit of {eff.cpu_seconds:g} s exceeded (function {spec.name!r})",
+                details=details)
         return errors.FunctionError(
             f"function {spec.name!r} was killed by {_signal_name(sig)} "
-            f"(exit code {code}){_tail(res.stderr_tail)}"
-        )
+            f"(exit code {code}){_tail(stderr)}", details=details)
     return errors.FunctionError(
-        f"function {spec.name!r} exited with code {code}{_tail(res.stderr_tail)}"
-    )
+        f"function {spec.name!r} exited with code {code}{_tail(stderr)}", details=details)

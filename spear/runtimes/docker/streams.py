@@ -13,12 +13,12 @@ import socket
 import threading
 from typing import Any, Callable
 
-__all__ = ["STDERR_TAIL", "pump"]
+from ..base import STDERR_TAIL
+
+__all__ = ["pump"]
 
 #: inputs up to this size are written inline; larger ones by a writer thread
 _INLINE_INPUT = 64 * 1024
-#: how much of stderr is kept for error messages
-STDERR_TAIL = 2048
 
 
 def _raw_socket(sock: Any) -> socket.socket:

@@ -11,6 +11,7 @@ import re
 import signal
 
 from ... import errors
+from ..base import tail_text
 
 _OOM_SIGNS = re.compile(
     rb"MemoryError|Cannot allocate memory|out of memory|bad_alloc|ENOMEM|"
@@ -45,7 +46,7 @@ def failure(
 
     ``oom``: the execution's memory cgroup reports an OOM kill.
     """
-    text = tail[-2048:].decode("utf-8", "replace")
+    text = tail_text(tail)
     details = {"exit_code": code, "stderr": text}
     what = describe_exit(code)
     sig = -code if code is not None and code < 0 else 0

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from ... import errors
 from ...protocol import Limits
-from ..base import LogSink, Outcome
+from ..base import LogSink, Outcome, tail_text
 from .child import Child
 from .exits import failure
 from .host import Host
@@ -204,7 +204,7 @@ def _outcome(child: Child, pipes: _Pipes, limits: Limits, bounds: Bounds, timeou
             f"cpu limit: used {cpu_over[0]:.2f}s of CPU, limit {limits.cpu_seconds:g}s",
             details={"limit": "cpu_seconds", "cpu_time": usage.cpu_time})
     if timed_out:
-        stderr = pipes.tail.get()[-2048:].decode("utf-8", "replace")
+        stderr = tail_text(pipes.tail.get())
         raise errors.DeadlineExceeded(
             f"timed out after {timeout:g}s", details={"timeout": timeout, "stderr": stderr}
         )

@@ -13,7 +13,8 @@ serves invocations over the Spear worker protocol (docs/worker-protocol.md):
 * each request body is ``u32 header length | JSON header | input bytes``;
   the header may be empty or ``{"args": [...]}``;
 * each reply body is ``u8 status | payload``: 0 = output, 1 = the handler
-  raised (``"Type: message"``), 2 = resources exhausted (``MemoryError``).
+  raised (``"Type: message"``, then a NUL byte and the end of its traceback),
+  2 = resources exhausted (``MemoryError``).
 
 The handler is called as ``function(data)`` or ``function(data, *args)`` and
 may return ``bytes`` (sent as is), ``str`` (UTF-8), ``None`` (empty output)
@@ -82,10 +83,35 @@ def _encode(result) -> bytes:
         ) from exc
 
 
+#: how much of a traceback an error reply carries (its end: the raising line)
+TRACEBACK_TAIL = 8192
+
+
 def _describe(exc: BaseException) -> bytes:
-    text = str(exc)
+    text = str(exc).replace("\0", "\\0")  # NUL ends the message (see _failed)
     name = type(exc).__name__
     return (f"{name}: {text}" if text else name).encode("utf-8", "replace")
+
+
+def _failed(exc: BaseException) -> bytes:
+    """An error reply's payload: ``Type: message``, NUL, the traceback in 8 KiB."""
+    try:
+        return _describe(exc) + b"\0" + _traceback(exc)
+    except Exception:  # pragma: no cover - a broken __str__ must not kill us
+        return _describe(exc)
+
+
+def _traceback(exc: BaseException) -> bytes:
+    """The traceback, at most 8 KiB: its end, so the raising line stays, with
+    the final ``Type: message`` cut to 1 KiB so a huge message cannot push it out."""
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    data = text.encode("utf-8", "replace")
+    if len(data) <= TRACEBACK_TAIL:
+        return data
+    only = "".join(traceback.format_exception_only(type(exc), exc))
+    frames = text[: len(text) - len(only)] if text.endswith(only) else text
+    last = only.encode("utf-8", "replace")[:1024]
+    return b"...\n" + frames.encode("utf-8", "replace")[-(TRACEBACK_TAIL - 4 - len(last)):] + last
 
 
 def load(target: str):
@@ -148,7 +174,7 @@ def serve(fn, proto_in: int, proto_out: int) -> int:
         except BaseException as exc:  # noqa: BLE001 - user code may raise anything
             if isinstance(exc, KeyboardInterrupt):
                 raise
-            status, out = ERROR, _describe(exc)
+            status, out = ERROR, _failed(exc)
             try:
                 traceback.print_exc()
             except Exception:  # pragma: no cover - printing must not kill us

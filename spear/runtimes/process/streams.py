@@ -14,7 +14,7 @@ import os
 
 from ... import errors
 from ...protocol import MAX_PAYLOAD
-from ..base import LogSink
+from ..base import STDERR_TAIL as _TAIL, LogSink
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,6 @@ MIB = 1 << 20
 #: wire's payload cap. A node may set less ([runtimes.process] max_output_mb),
 #: a function less again (limits.max_output_mb).
 MAX_OUTPUT = MAX_PAYLOAD
-_TAIL = 4096
 
 #: input/output pipes of functions are enlarged to this (Linux default: 64 KiB),
 #: so a 1 MiB input or output crosses in one write instead of sixteen wake-ups.

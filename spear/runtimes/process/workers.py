@@ -26,7 +26,7 @@ import struct
 
 from ... import errors
 from ...protocol import ExecUsage, Limits
-from ..base import LogSink, Outcome
+from ..base import TRACEBACK_TAIL, LogSink, Outcome, tail_text
 from .child import REAP_WAIT, Child, clock_ns, cpu_clock
 from .exits import describe_exit, failure
 from .host import Host
@@ -125,7 +125,7 @@ class Worker:
             return
         await self.stop(grace=0)
         message = payload.decode("utf-8", "replace") or f"status {status}"
-        stderr = self.tail.get()[-2048:].decode("utf-8", "replace")
+        stderr = tail_text(self.tail.get())
         raise errors.FunctionError(f"worker failed to start: {message}", details={"stderr": stderr})
 
     # -- I/O callbacks
@@ -383,6 +383,7 @@ class Worker:
             clock = self._clock
             cpu0 = clock_ns(clock)
             self.waiter = waiter = loop.create_future()
+            self.tail = Tail()  # a failed call keeps its own stderr, not its predecessors'
             self.sink = on_log
             self._send(head, data)
             timer = loop.call_later(timeout, self._on_timeout)
@@ -413,8 +414,12 @@ class Worker:
             usage = ExecUsage(cpu_time=cpu / 1e9, peak_memory=self._memory(cpu >= _PRECISE_NS))
         if status == STATUS_OK:
             return Outcome(output=payload, exit_code=None, usage=usage)
-        message = payload.decode("utf-8", "replace")
-        details: dict = {"error": message}
+        # "Type: message", then (from Spear's Python worker) NUL and the traceback's end
+        head, _, tb = payload.partition(b"\0")
+        message = head.decode("utf-8", "replace")
+        details: dict = {"error": message, "stderr": tail_text(self.tail.get())}
+        if tb:
+            details["traceback"] = tail_text(tb, TRACEBACK_TAIL)
         kind, sep, rest = message.partition(": ")
         if kind.replace(".", "").isidentifier() and (sep or kind == message):
             details["type"], details["message"] = kind, rest

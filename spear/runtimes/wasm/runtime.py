@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 from ... import errors
 from ...protocol import FunctionSpec, Limits
-from ..base import Instance, LogSink, Outcome, Prepared, Runtime
+from ..base import Instance, LogSink, Outcome, Prepared, Runtime, tail_text
 from ..hostpaths import HostPaths
 from . import commands, exports
 from .commands import CommandInstance
@@ -41,7 +41,8 @@ from .limits import Effective, effective
 from .modules import ModuleCache
 from .pool import Job, WorkerPool
 from .spec import Compiled, artifact_of, parse_grants
-from .stdio import Captures, FdBox, Output, Pump, capture_supported, close_all, deliver, fd_path, open_pipes, safe_sink
+from .stdio import (Captures, ErrTail, FdBox, Output, Pump, capture_supported, close_all, deliver,
+                    fd_path, open_pipes, safe_sink)
 from .wasi import wasi_config
 
 __all__ = ["WasmRuntime"]
@@ -359,6 +360,7 @@ class WasmRuntime(Runtime):
             cap = captures.take()
         except OSError as exc:
             raise errors.Unavailable(f"cannot create the stdio files of a WASI call: {exc}") from None
+        logs = b""
         try:
             cfg = wasi_config(compiled.wasi, args, data, cap.out_path, cap.err_path)
             captures.watch(cap)
@@ -370,9 +372,12 @@ class WasmRuntime(Runtime):
                 logs, _ = cap.read(cap.err, limit, partial=True)
                 out, out_size = cap.read(cap.out, limit, partial=False)
                 deliver(logs, on_log)
+            return commands.outcome(exit_code, usage, out, out_size > limit, limit)
+        except errors.SpearError as exc:  # a trap, a limit or a non-zero exit: keep its stderr
+            exc.details.setdefault("stderr", tail_text(logs))
+            raise
         finally:
             captures.give_back(cap, keep=not self._closed)
-        return commands.outcome(exit_code, usage, out, out_size > limit, limit)
 
     async def _run_command_async(self, compiled: Compiled, data: bytes, args: list, eff: Effective,
                                  on_log: LogSink | None) -> Outcome:
@@ -380,19 +385,23 @@ class WasmRuntime(Runtime):
         loop = asyncio.get_running_loop()
         out_r, err_r, box = open_pipes(big_stdout=True)
         output = Output(self.max_output_bytes)
-        pump = Pump(loop, [(out_r, output), (err_r, safe_sink(on_log))])
+        err = ErrTail(safe_sink(on_log))
+        pump = Pump(loop, [(out_r, output), (err_r, err)])
+        job: Job | None = None
         try:
-            job = self._submit(self._run_command, compiled, data, args, eff, box)
-            exit_code, usage = await self._await_call(job, eff)
-        finally:
-            close_all(box.take())  # only if the worker never started
-            pump.finish()
-            close_all(tuple(fd for fd, _ in pump.fds))  # the read ends still open
-        try:
+            try:
+                job = self._submit(self._run_command, compiled, data, args, eff, box)
+                exit_code, usage = await self._await_call(job, eff)
+            finally:
+                close_all(box.take())  # only if the worker never started
+                pump.finish()
+                close_all(tuple(fd for fd, _ in pump.fds))  # the read ends still open
             result = commands.outcome(exit_code, usage, b"".join(output.chunks), output.overflow,
                                       self.max_output_bytes)
-        except errors.SpearError as exc:
-            exc.details.setdefault("queued", job.waited)
+        except errors.SpearError as exc:  # a trap, a limit or a non-zero exit: keep its stderr
+            exc.details.setdefault("stderr", err.text())
+            if job is not None:
+                exc.details.setdefault("queued", job.waited)
             raise
         result.queued = job.waited
         return result

@@ -27,10 +27,12 @@ import os
 import threading
 from typing import Callable
 
+from ..base import STDERR_TAIL, tail_text
+
 log = logging.getLogger("spear.runtimes.wasm")
 
 __all__ = [
-    "CHUNK", "Capture", "Captures", "FdBox", "Output", "Pump", "capture_supported",
+    "CHUNK", "Capture", "Captures", "ErrTail", "FdBox", "Output", "Pump", "capture_supported",
     "close_all", "deliver", "drain", "fd_path", "grow_pipe", "open_pipes", "safe_sink",
 ]
 
@@ -140,6 +142,28 @@ class Output:
             self.chunks.clear()
             return
         self.chunks.append(chunk)
+
+
+class ErrTail:
+    """Passes a command's stderr on to ``sink`` and keeps its last few KiB
+    (what a failed call reports as ``details["stderr"]``)."""
+
+    __slots__ = ("buf", "sink")
+
+    def __init__(self, sink: LogFn | None) -> None:
+        self.buf = bytearray()
+        self.sink = sink
+
+    def __call__(self, chunk: bytes) -> None:
+        self.buf += chunk
+        if len(self.buf) > 2 * STDERR_TAIL:
+            del self.buf[:-STDERR_TAIL]
+        if self.sink is not None:
+            self.sink(chunk)
+
+    def text(self) -> str:
+        """The tail kept, as text."""
+        return tail_text(bytes(self.buf))
 
 
 class Pump:
