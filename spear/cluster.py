@@ -27,8 +27,14 @@ def free_port() -> int:
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
-    """Can host:port be bound right now?"""
+    """Can host:port be bound right now?
+
+    With SO_REUSEADDR, as libzmq binds: a connection of ours lingering in
+    TIME_WAIT on that port does not stop a daemon from listening there, so it
+    must not count as taken here either; a listening socket does.
+    """
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:

@@ -25,9 +25,13 @@ def slow_echo(name: str, seconds: float, *, retries: int = 0, **kw) -> P.Functio
 
 
 def placed_on(c, node_id: str, function: str = "") -> list[str]:
-    """Ids of executions the SMS has dispatched to ``node_id`` and not finished."""
-    items, _ = c.executions(node_id=node_id, status="scheduled", function=function, limit=1000)
-    return [i.execution_id for i in items]
+    """Ids of executions the SMS has dispatched to ``node_id`` and not finished
+    (``scheduled``, or ``running`` once the node's heartbeat listed them)."""
+    out = []
+    for status in ("scheduled", "running"):
+        items, _ = c.executions(node_id=node_id, status=status, function=function, limit=1000)
+        out += [i.execution_id for i in items]
+    return out
 
 
 def settle(c, expected: dict[str, bytes], *, retryable: set[str], timeout: float = 45.0) -> dict:
