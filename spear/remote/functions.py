@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import functools
 import hashlib
+import operator
 import os
 import re
 import sys
@@ -89,6 +90,12 @@ class RemoteFunction:
 
     def __call__(self, *args, **kwargs):
         return self._fn(*args, **kwargs)
+
+    def __reduce__(self):
+        # Pickled (as a global of a shipped function, say), it becomes the
+        # plain function: on the node a call to it just runs it there, and
+        # neither Spear nor this object's lock and connection travel.
+        return operator.itemgetter(0), ((self._fn,),)
 
     def __repr__(self) -> str:
         return f"<spear.function {self.__qualname__}>"

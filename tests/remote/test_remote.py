@@ -38,6 +38,11 @@ def square(n):
     return n * n
 
 
+@spear.function
+def fib(n):
+    return n if n < 2 else fib(n - 1) + fib(n - 2)  # the global is the RemoteFunction
+
+
 def fails(text):
     raise ValueError(text)  # the raising line
 
@@ -49,6 +54,10 @@ def test_remote_with_args_and_kwargs(connection):
     assert add.remote(1, 2).result(WAIT) == 3
     assert add.remote(1, b=41).result(WAIT) == 42
     assert add.remote(a="x", b="y").result(WAIT) == "xy"
+
+
+def test_a_function_that_calls_itself(connection):
+    assert fib.remote(15).result(WAIT) == fib(15) == 610
 
 
 def test_calling_it_directly_runs_it_here():
