@@ -12,6 +12,7 @@ import asyncio
 import atexit
 import threading
 
+from .. import errors
 from ..client import AsyncClient
 from .futures import RemoteFuture, read_reply
 
@@ -43,8 +44,6 @@ class Connection:
     def submit(self, fn, args: tuple, kwargs: dict) -> RemoteFuture:
         """Start one call of the :class:`~.functions.RemoteFunction` ``fn``."""
         if self._closed:
-            from .. import errors
-
             raise errors.Unavailable("this spear connection is closed")
         future = RemoteFuture()
         data = fn.encode_call(args, kwargs)  # pickling happens on the caller's thread
@@ -96,6 +95,8 @@ class Connection:
         self._run(self._shutdown()).result(timeout=10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
+        if not self._thread.is_alive():
+            self._loop.close()
 
 
 _lock = threading.Lock()
