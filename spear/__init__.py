@@ -4,9 +4,11 @@ This package's face holds the public entry points, :class:`Client`
 (blocking, safe to share between threads) and :class:`AsyncClient`, what
 they take and return (:class:`FunctionSpec`, :class:`Limits`,
 :class:`PoolSettings`, :class:`ExecutionResult`, :class:`ExecutionInfo`,
-:class:`FunctionInfo`, :class:`NodeInfo`) and the exception tree
-:mod:`spear.errors`; it imports them lazily, so importing any part of Spear
-(``spear.fast``, ``spear.protocol``) does not pay for the client's mesh.
+:class:`FunctionInfo`, :class:`NodeInfo`), the decorator API of
+:mod:`spear.remote` (:func:`function`, :func:`connect`, :func:`get`,
+:func:`wait`) and the exception tree :mod:`spear.errors`; it imports them
+lazily, so importing any part of Spear (``spear.fast``, ``spear.protocol``)
+does not pay for the client's mesh.
 Below it, lowest floor first: ``errors``; ``protocol``, ``config``, ``ids``;
 ``roles`` and the small shared modules; the parts ``mesh``, ``store``,
 ``runtimes``, ``_fast``/``fast``, ``metrics``; the services ``sms``,
@@ -29,6 +31,10 @@ _LAZY = {
     "Limits": "protocol",
     "NodeInfo": "protocol",
     "PoolSettings": "protocol",
+    "connect": "remote",
+    "function": "remote",
+    "get": "remote",
+    "wait": "remote",
 }
 
 __all__ = [*_LAZY, "errors", "__version__"]

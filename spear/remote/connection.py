@@ -1,0 +1,131 @@
+"""One connection to a cluster: an AsyncClient driven by a background loop.
+
+Every remote call is a coroutine on one private event loop in a daemon
+thread, so a thousand calls in flight cost a thousand small tasks, not a
+thousand threads, and callers on any thread (or in any event loop) get a
+:class:`~.futures.RemoteFuture` at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import threading
+
+from .. import errors
+from ..client import AsyncClient
+from .futures import RemoteFuture, read_reply
+
+
+class Connection:
+    """A background event loop and the :class:`AsyncClient` it drives.
+
+    Each function is deployed once per connection, on its first call; calls
+    made while the deploy is under way wait for it.
+    """
+
+    def __init__(self, address: str | None = None, **client_kwargs) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="spear-remote",
+                                        daemon=True)
+        self._thread.start()
+        client_kwargs.setdefault("timeout", 60.0)
+        self.client: AsyncClient = self._run(self._open(address, client_kwargs)).result()
+        self._deploys: dict[str, asyncio.Future] = {}  # touched only on the loop
+        self._closed = False
+
+    @staticmethod
+    async def _open(address, client_kwargs) -> AsyncClient:
+        return AsyncClient(address, **client_kwargs)
+
+    def _run(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    def submit(self, fn, args: tuple, kwargs: dict) -> RemoteFuture:
+        """Start one call of the :class:`~.functions.RemoteFunction` ``fn``."""
+        if self._closed:
+            raise errors.Unavailable("this spear connection is closed")
+        future = RemoteFuture()
+        data = fn.encode_call(args, kwargs)  # pickling happens on the caller's thread
+        self._loop.call_soon_threadsafe(self._start, future, fn, data)
+        return future
+
+    def _start(self, future: RemoteFuture, fn, data: bytes) -> None:
+        if future.set_running_or_notify_cancel():
+            self._loop.create_task(self._drive(future, fn, data))
+
+    async def _drive(self, future: RemoteFuture, fn, data: bytes) -> None:
+        try:
+            await self._deployed(fn)
+            reply = await self.client.invoke(fn.deployment_name, data, timeout=fn.timeout)
+            reply.raise_for_status()
+            future.set_result(read_reply(reply.output))
+        except BaseException as exc:  # noqa: BLE001 - the caller gets whatever happened
+            future.set_exception(exc)
+
+    async def _deployed(self, fn) -> None:
+        name = fn.deployment_name
+        pending = self._deploys.get(name)
+        if pending is None:
+            pending = self._deploys[name] = self._loop.create_task(self.client.deploy(fn.spec()))
+        try:
+            await asyncio.shield(pending)
+        except BaseException:
+            if self._deploys.get(name) is pending:
+                del self._deploys[name]  # the next call tries again
+            raise
+
+    async def _shutdown(self) -> None:
+        me = asyncio.current_task()
+        tasks = [t for t in asyncio.all_tasks() if t is not me]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.client.close()
+
+    def close(self) -> None:
+        """Close the client and stop the loop; calls still running fail (cancelled)."""
+        global _default
+        if self._closed:
+            return
+        self._closed = True
+        with _lock:
+            if _default is self:
+                _default = None  # the next .remote connects again
+        self._run(self._shutdown()).result(timeout=10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        if not self._thread.is_alive():
+            self._loop.close()
+
+
+_lock = threading.Lock()
+_default: Connection | None = None  # made by spear.connect() or the first .remote
+
+
+def set_default(conn: Connection) -> Connection:
+    """Make ``conn`` the process-wide default connection, closing the previous one."""
+    global _default
+    with _lock:
+        old, _default = _default, conn
+    if old is not None:
+        old.close()
+    return conn
+
+
+def default_connection() -> Connection:
+    """The default connection, made on first use (to the default SMS address)."""
+    global _default
+    with _lock:
+        if _default is None:
+            _default = Connection()
+        return _default
+
+
+@atexit.register
+def _close_default() -> None:
+    global _default
+    with _lock:
+        conn, _default = _default, None
+    if conn is not None:
+        conn.close()
