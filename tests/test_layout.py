@@ -43,6 +43,7 @@ FORBIDDEN = {
     "spearlet": {"sms", "gateway", "cli", "client", "cluster"},
     "client": {"sms", "spearlet", "gateway", "cli", "runtimes", "cluster"},
     "gateway": {"sms", "spearlet", "runtimes", "store"},
+    "remote": {"sms", "spearlet", "gateway", "cli", "runtimes", "store", "cluster"},
     "_fast": {"*"},
 }
 

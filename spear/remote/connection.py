@@ -59,7 +59,7 @@ class Connection:
             await self._deployed(fn)
             reply = await self.client.invoke(fn.deployment_name, data, timeout=fn.timeout)
             reply.raise_for_status()
-            future.set_result(read_reply(reply.output))
+            future.set_result(read_reply(reply.output, fn.__wrapped__))
         except BaseException as exc:  # noqa: BLE001 - the caller gets whatever happened
             future.set_exception(exc)
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import linecache
+import re
+import sys
+import types
 
 from .. import errors
 from .runner.spear_runner import RAISED, RESULT, cloudpickle, loads_value, msgspec
@@ -18,7 +22,7 @@ class RemoteFuture(concurrent.futures.Future):
         return asyncio.wrap_future(self).__await__()
 
 
-def read_reply(output: bytes):
+def read_reply(output: bytes, fn=None):
     """The value a reply carries; raises the remote exception it carries instead.
 
     The exception is the one the function raised (same type, unpickled), with
@@ -31,6 +35,7 @@ def read_reply(output: bytes):
         return loads_value(body)
     if tag == RAISED:
         name, text_repr, text, pickled = msgspec.msgpack.decode(body)
+        text = with_local_source(text, fn)
         why = "it cannot be pickled"
         if pickled is not None:
             try:
@@ -44,6 +49,49 @@ def read_reply(output: bytes):
             details={"type": name, "repr": text_repr, "traceback": text})
     raise errors.ProtocolError(f"not a spear.remote reply (tag {tag!r}): is the function deployed "
                                "by another client?")
+
+
+_DYNAMIC = re.compile(r'^(\s*)File "<dynamic-code>", line (\d+), in (\S+)$')
+
+
+def _codes(fn) -> dict[str, str]:
+    """co_name -> co_filename of ``fn``, the functions of its module and the code nested in them."""
+    out: dict[str, str] = {}
+    module = sys.modules.get(getattr(fn, "__module__", None) or "")
+    roots = [fn] + [v for v in vars(module).values() if callable(v)] if module else [fn]
+    todo = [getattr(getattr(r, "__wrapped__", r), "__code__", None) for r in roots]
+    while todo:
+        code = todo.pop()
+        if isinstance(code, types.CodeType):
+            out.setdefault(code.co_name, code.co_filename)
+            todo.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+    return out
+
+
+def with_local_source(text: str, fn) -> str:
+    """The remote traceback with this machine's file names and source lines.
+
+    cloudpickle ships a function's code with the file name ``<dynamic-code>``
+    (its payload must not depend on where it was defined), and the node has no
+    source anyway. The caller does: each such frame of a function it knows by
+    name gets its file back and, from it, the line that ran.
+    """
+    if fn is None or "<dynamic-code>" not in text:
+        return text
+    codes = _codes(fn)
+    out = []
+    for line in text.splitlines():
+        m = _DYNAMIC.match(line)
+        filename = codes.get(m.group(3)) if m else None
+        if m is None or filename is None:
+            out.append(line)
+            continue
+        indent, lineno, name = m.groups()
+        out.append(f'{indent}File "{filename}", line {lineno}, in {name}')
+        source = linecache.getline(filename, int(lineno)).strip()
+        if source:
+            out.append(f"{indent}    {source}")
+    return "\n".join(out) + ("\n" if text.endswith("\n") else "")
 
 
 def _with_traceback(exc: BaseException, text: str) -> BaseException:
