@@ -7,7 +7,7 @@ import signal
 import sys
 import time
 
-from . import floor, latency
+from . import floor, latency, remote
 from .kernels import measure_pool, measure_scheduler
 from .parallel import section_parallel
 from .plan import CLUSTER_SECTIONS, SECTIONS, Plan, select_sections
@@ -59,6 +59,7 @@ def count_steps(sections: list[str], plan: Plan, profile: bool) -> int:
         n += 1 if "rss" in want else 0
         n += latency.STEPS if "latency" in want else 0
         n += 1 + 2 * plan.rate_trials + 2 if "throughput" in want else 0
+        n += remote.STEPS if "remote" in want else 0
         n += 5 if "cold" in want else 0
         n += 1 + plan.rate_trials if "parallel" in want else 0
         n += 1 if "docker" in want else 0
@@ -87,6 +88,7 @@ def _cluster_sections(s: Session) -> None:
     s.prog.step("startup: deploy + first result via SMS")
     s.first_result()
     for name, section in (("latency", latency.section_latency), ("throughput", section_throughput),
+                          ("remote", remote.section_remote),
                           ("cold", section_cold), ("parallel", section_parallel),
                           ("docker", section_docker)):
         if name in want:

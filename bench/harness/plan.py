@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-SECTIONS = ("floor", "latency", "throughput", "cold", "scheduler", "pool", "rss", "parallel", "docker")
+SECTIONS = ("floor", "latency", "throughput", "remote", "cold", "scheduler", "pool", "rss",
+            "parallel", "docker")
 #: sections that need the embedded cluster
-CLUSTER_SECTIONS = {"latency", "throughput", "cold", "rss", "parallel", "docker"}
+CLUSTER_SECTIONS = {"latency", "throughput", "remote", "cold", "rss", "parallel", "docker"}
 #: sections whose figures are ratios to the floor
-FLOOR_SECTIONS = {"latency", "throughput"}
+FLOOR_SECTIONS = {"latency", "throughput", "remote"}
 
 MiB = 1024 * 1024
 
