@@ -141,7 +141,9 @@ class FunctionSpec(Struct, frozen=True, kw_only=True):
     * ``wasm``: ``artifact`` holds .wasm or .wat bytes; ``handler`` names an
       export to call with numeric ``args`` (empty: WASI command ``_start``).
     * ``process``: ``command`` is an argv run one-shot, or ``handler`` is a
-      Python ``module:function``; ``mode="pooled"`` keeps a worker up.
+      Python ``module:function``; ``mode="pooled"`` keeps a worker up. With
+      an ``artifact`` (a code bundle, see :mod:`spear.bundles`) the handler
+      runs in it, in an environment with ``requirements`` on ``python``.
     * ``docker``: ``image`` plus ``command``; ``mode="pooled"`` keeps a
       container up and execs into it.
     """
@@ -164,6 +166,11 @@ class FunctionSpec(Struct, frozen=True, kw_only=True):
     #: names in ``env`` whose values are secret: passed to the function, never
     #: returned by the SMS or the gateway (to any role) and never logged
     secret_env: Annotated[list[EnvKey], Meta(max_length=256)] = []
+    #: SHA-256 (hex) of ``artifact``, checked against the bytes; sent without
+    #: the bytes, it names an artifact the SMS already stores
+    artifact_sha256: Annotated[str, Meta(pattern=r"^([0-9a-f]{64})?\Z")] = ""
+    requirements: Annotated[list[Annotated[str, Meta(max_length=512)]], Meta(max_length=256)] = []
+    python: Annotated[str, Meta(pattern=r"^(3\.\d{1,2})?\Z")] = ""  # major.minor, "": the node's
 
 
 class Timings(Struct, frozen=True, kw_only=True):
@@ -641,10 +648,3 @@ def raise_for(msg: _Msg) -> None:
     if isinstance(msg, ErrorReply):
         raise errors.from_code(msg.code, msg.message, dict(msg.details))
 
-
-def check_secret_env(spec: FunctionSpec) -> None:
-    """Every name in ``secret_env`` must be a key of ``env`` (INVALID_ARGUMENT)."""
-    missing = [k for k in spec.secret_env if k not in spec.env]
-    if missing:
-        raise errors.InvalidArgument(
-            f"{spec.name}: secret_env names {', '.join(missing)}, which env does not set")

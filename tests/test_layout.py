@@ -32,6 +32,8 @@ FLOOR = {
     "spear.protocol": {"spear.errors", "spear.ids"},
     "spear.config": {"spear.errors"},
     "spear.roles": {"spear.errors", "spear.protocol"},
+    "spear.specs": {"spear.errors", "spear.protocol"},
+    "spear.bundles": {"spear.errors", "spear.protocol"},
 }
 
 #: room (first part below ``spear``) -> rooms it must never import

@@ -13,7 +13,7 @@ from typing import Callable, Generator, Iterable
 
 import msgspec
 
-from .. import errors, protocol as P
+from .. import errors, protocol as P, specs
 from .events import Load, Persist, unavailable_text
 from .recovery import ART_PREFIX, FN_PREFIX
 from .scheduler import NodeTable
@@ -34,17 +34,6 @@ class StoredFunction(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _dec_fn = msgspec.msgpack.Decoder(StoredFunction)
-
-
-def check_spec(spec: P.FunctionSpec) -> None:
-    """What every runtime needs before a function can be deployed."""
-    if spec.runtime == "wasm" and not spec.artifact:
-        raise errors.InvalidArgument("a wasm function needs an artifact (.wasm or .wat bytes)")
-    if spec.runtime == "process" and not (spec.command or spec.handler):
-        raise errors.InvalidArgument("a process function needs a command or a handler")
-    if spec.runtime == "docker" and not spec.image:
-        raise errors.InvalidArgument("a docker function needs an image")
-    P.check_secret_env(spec)
 
 
 class FunctionRegistry:
@@ -69,7 +58,7 @@ class FunctionRegistry:
 
     def register(self, spec: P.FunctionSpec, now: float) -> Generator[Persist, str, P.FunctionInfo]:
         """Register or update a function (synced write first); returns its info."""
-        check_spec(spec)
+        specs.check(spec)
         art_digest = ""
         puts = []
         if spec.artifact is not None:

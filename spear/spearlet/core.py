@@ -23,7 +23,7 @@ from typing import Any
 
 import msgspec
 
-from .. import errors, protocol as P
+from .. import errors, protocol as P, specs
 from ..config import Config
 from ..ids import is_prefix, new_id
 from .events import (Asked, Cancel, CancelAsked, Deployed, Dispatched, Drain, Ensure, Ensured,
@@ -179,7 +179,7 @@ class SpearletCore:
     def check_spec(self, spec: P.FunctionSpec) -> None:
         """Refuse a spec this node will not deploy (from a client or fetched from the SMS)."""
         self.check_limits(spec.limits)
-        P.check_secret_env(spec)
+        specs.check(spec)
         if spec.pool.min_warm > spec.pool.max:
             raise errors.InvalidArgument(
                 f"pool.min_warm ({spec.pool.min_warm}) exceeds pool.max ({spec.pool.max})")

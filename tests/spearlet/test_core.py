@@ -85,18 +85,18 @@ def test_a_spec_above_the_node_maxima_is_refused(core, limits, field):
 
 
 def test_a_spec_within_the_maxima_passes_and_other_spec_rules_hold(core):
-    core.check_spec(P.FunctionSpec(name="ok", runtime="wasm", limits=P.Limits(
+    core.check_spec(P.FunctionSpec(name="ok", runtime="wasm", artifact=b"w", limits=P.Limits(
         timeout=60.0, memory_mb=512, cpus=2.0, max_output_mb=8)))
     with pytest.raises(errors.InvalidArgument, match="min_warm"):
-        core.check_spec(P.FunctionSpec(name="p", runtime="wasm",
+        core.check_spec(P.FunctionSpec(name="p", runtime="wasm", artifact=b"w",
                                        pool=P.PoolSettings(min_warm=3, max=2)))
     with pytest.raises(errors.InvalidArgument, match="secret_env"):
-        core.check_spec(P.FunctionSpec(name="s", runtime="wasm", secret_env=["KEY"]))
+        core.check_spec(P.FunctionSpec(name="s", runtime="wasm", artifact=b"w", secret_env=["KEY"]))
 
 
 def test_a_node_without_maxima_grants_any_limits():
     c = C.SpearletCore("n")
-    c.check_spec(P.FunctionSpec(name="big", runtime="wasm",
+    c.check_spec(P.FunctionSpec(name="big", runtime="wasm", artifact=b"w",
                                 limits=P.Limits(timeout=86400, memory_mb=1 << 20, cpus=1024)))
 
 
