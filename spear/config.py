@@ -85,6 +85,9 @@ class SMSConfig(_Section, frozen=True):
     #: finished executions kept whole in memory; older ones are read back from the store
     cache_executions: Annotated[int, Meta(ge=0, le=10_000_000)] = 1_000
     queue_timeout: Annotated[float, Meta(gt=0, le=86400)] = 30.0
+    #: artifacts (wasm modules, code bundles) stored, all together, MiB; a
+    #: deploy of a new artifact past it is refused (one no function uses is deleted)
+    artifacts_max_mb: Annotated[int, Meta(ge=1, le=1 << 30)] = 4096
     #: executions waiting for capacity, all functions together; more are refused
     max_queue: Annotated[int, Meta(ge=1, le=10_000_000)] = 10_000
     #: a dispatched execution still running this long past its timeout (or past

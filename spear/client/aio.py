@@ -16,7 +16,7 @@ import msgspec
 from .. import errors, protocol as P
 from ..config import default_sms_address
 from ..mesh import DealerPeer
-from .api import RETRYABLE, Api, accepted, key_of, result_of, security_of
+from .api import RETRYABLE, Api, accepted, function_info, key_of, not_stored, result_of, security_of
 
 
 #: what an event queue holds after its subscriber fell too far behind
@@ -143,6 +143,16 @@ class AsyncClient(Api):
                     raise
                 await asyncio.sleep(min(0.1 * 2 ** attempt, 2.0))
                 msg = msgspec.structs.replace(msg, id=self._next_id())
+
+    async def _deploy(self, target, msg, artifact, by_ref, timeout):
+        if by_ref:
+            try:
+                return await self._call(target, msg, None, function_info, timeout)
+            except errors.NotFound as exc:
+                if not not_stored(exc):
+                    raise
+            msg = msgspec.structs.replace(msg, id=self._next_id())
+        return await self._call(target, msg, artifact, function_info, timeout)
 
     async def _call(self, target, msg, payload, extract, timeout):
         if target and self.security is not None and target not in self._peers \

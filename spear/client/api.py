@@ -7,6 +7,7 @@ and ``_next_id``. :class:`ExecutionResult` is what an invocation returns.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import uuid
 from typing import Any, Callable
@@ -23,9 +24,18 @@ def _field(name: str, *, as_list: bool = False) -> Callable[[Any, Any], Any]:
     return lambda reply, payload: getattr(reply, name)
 
 
+#: artifacts this large are named by SHA-256 before their bytes are sent
+BY_REFERENCE = 64 * 1024
+
+
+def not_stored(exc: errors.SpearError) -> bool:
+    """Whether a deploy naming its artifact alone was refused for lack of the bytes."""
+    return isinstance(exc, errors.NotFound) and exc.message.startswith("artifact ")
+
+
 _nodes = _field("nodes", as_list=True)
 _node = _field("node")
-_function = _field("function")
+function_info = _field("function")
 _functions = _field("functions", as_list=True)
 _spec = _field("spec")
 accepted = _field("execution_id")
@@ -100,6 +110,9 @@ class Api:
     def _call(self, target, msg, payload, extract, timeout):
         raise NotImplementedError
 
+    def _deploy(self, target, msg, artifact, by_ref, timeout):
+        raise NotImplementedError
+
     def _invoke_msg(self, function, data, args, mode, timeout, trace_id, idempotency_key=""):
         """The Invoke message and its payload frame (None when the input is empty)."""
         if isinstance(data, str):
@@ -137,13 +150,18 @@ class Api:
     def deploy(self, spec: P.FunctionSpec, *, node: str | None = None, timeout: float | None = None):
         """Deploy a function (directly on ``node``); returns its FunctionInfo.
 
-        The artifact travels as a raw payload frame, not inside the message.
+        The artifact travels as a raw payload frame, not inside the message,
+        and is named by its SHA-256. To the SMS, an artifact of
+        :data:`BY_REFERENCE` bytes or more is first named alone: the bytes
+        go only if the SMS does not store them yet.
         """
         artifact = spec.artifact
         if artifact is not None:
-            spec = msgspec.structs.replace(spec, artifact=None)
-        return self._call(node, P.DeployFunction(id=self._next_id(), spec=spec), artifact,
-                          _function, timeout or max(self.timeout, 60.0))
+            sha = spec.artifact_sha256 or hashlib.sha256(artifact).hexdigest()
+            spec = msgspec.structs.replace(spec, artifact=None, artifact_sha256=sha)
+        by_ref = artifact is not None and node is None and len(artifact) >= BY_REFERENCE
+        return self._deploy(node, P.DeployFunction(id=self._next_id(), spec=spec), artifact,
+                            by_ref, timeout or max(self.timeout, 60.0))
 
     def remove(self, name: str, *, node: str | None = None, timeout: float | None = None):
         """Remove a deployed function."""

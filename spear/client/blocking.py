@@ -25,7 +25,7 @@ from .. import errors, protocol as P
 from ..config import default_sms_address
 from ..mesh import context
 from ..mesh.endpoint import random_routing_id
-from .api import RETRYABLE, Api, accepted, key_of, result_of, security_of
+from .api import RETRYABLE, Api, accepted, function_info, key_of, not_stored, result_of, security_of
 
 #: how often (seconds) a waiting call checks whether the client was closed
 WAKE = 0.1
@@ -137,6 +137,16 @@ class Client(Api):
                 return extract(reply, rpayload)
         finally:
             self._give_back(target, sock, finished)
+
+    def _deploy(self, target, msg, artifact, by_ref, timeout):
+        if by_ref:
+            try:
+                return self._call(target, msg, None, function_info, timeout)
+            except errors.NotFound as exc:
+                if not not_stored(exc):
+                    raise
+            msg = msgspec.structs.replace(msg, id=self._next_id())
+        return self._call(target, msg, artifact, function_info, timeout)
 
     def _submit(self, target, msg, payload, retries):
         for attempt in range(retries + 1):

@@ -82,7 +82,8 @@ class SMSCore:
                                      on_event=self._on_node_event)
         for info in self.registry.nodes.values():
             self.table.upsert(info)
-        self.fns = FunctionRegistry(self.table, rec.functions, on_event=self._on_task_event)
+        self.fns = FunctionRegistry(self.table, rec.functions, on_event=self._on_task_event,
+                                    artifacts_max=config.artifacts_max_mb << 20)
         self.tasks = Executions(self.table, self.fns, self, now=now,
                                 settings=settings or task_settings(config),
                                 on_event=self._on_task_event, records=rec.executions,

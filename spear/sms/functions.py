@@ -29,6 +29,7 @@ class StoredFunction(msgspec.Struct, frozen=True, kw_only=True):
     spec: P.FunctionSpec
     digest: str
     artifact_digest: str = ""
+    artifact_size: int = 0  # 0 in records written before sizes were kept
     created_at: float = 0.0
     updated_at: float = 0.0
 
@@ -37,15 +38,22 @@ _dec_fn = msgspec.msgpack.Decoder(StoredFunction)
 
 
 class FunctionRegistry:
-    """Registered functions by name; ``on_event(kind, key, state, now, detail)`` hears changes."""
+    """Registered functions by name; ``on_event(kind, key, state, now, detail)`` hears changes.
+
+    Artifacts are stored once by SHA-256 and counted against
+    ``artifacts_max`` bytes; an artifact is deleted, in the same synced
+    write, when the last function using it is removed or moves to another.
+    """
 
     def __init__(self, table: NodeTable, records: Iterable[tuple[bytes, bytes]] = (),
-                 on_event: Callable[..., None] | None = None) -> None:
+                 on_event: Callable[..., None] | None = None,
+                 artifacts_max: int = 4096 << 20) -> None:
         self.table = table
         self.on_event = on_event
+        self.artifacts_max = artifacts_max
         self.functions: dict[str, StoredFunction] = {}
-        #: artifact digests known to be on disk (those of recovered functions, or written since)
-        self.artifacts: set[str] = set()
+        #: artifact digest -> size, of those known to be in the store
+        self.artifacts: dict[str, int] = {}
         for key, raw in records:
             try:
                 fn = _dec_fn.decode(raw)
@@ -54,28 +62,56 @@ class FunctionRegistry:
                 continue
             self.functions[fn.spec.name] = fn
             if fn.artifact_digest:
-                self.artifacts.add(fn.artifact_digest)
+                self.artifacts[fn.artifact_digest] = fn.artifact_size
+
+    def _artifact(self, spec: P.FunctionSpec) -> tuple[str, int, list]:
+        """(digest, size, puts) of the spec's artifact: stored now, or already stored."""
+        if spec.artifact is None:
+            digest = spec.artifact_sha256
+            if digest and digest not in self.artifacts:
+                raise errors.NotFound(f"artifact {digest} is not stored: deploy it with its bytes")
+            return digest, self.artifacts.get(digest, 0), []
+        digest = hashlib.sha256(spec.artifact).hexdigest()
+        size = len(spec.artifact)
+        if digest in self.artifacts:
+            return digest, size, []
+        used = sum(self.artifacts.values())
+        if used + size > self.artifacts_max:
+            raise errors.ResourceExhausted(
+                f"the artifact store is full: {used >> 20} MiB of {self.artifacts_max >> 20} MiB "
+                f"used, this artifact needs {max(1, size >> 20)} MiB more ([sms] "
+                "artifacts_max_mb; remove functions to free space)")
+        return digest, size, [(ART_PREFIX + digest.encode(), bytes(spec.artifact))]
+
+    def _orphaned(self, digest: str, leaving: str) -> list[bytes]:
+        """The artifact key to delete if ``leaving`` was the last function using ``digest``."""
+        if not digest or any(f.artifact_digest == digest for n, f in self.functions.items()
+                             if n != leaving):
+            return []
+        return [ART_PREFIX + digest.encode()]
 
     def register(self, spec: P.FunctionSpec, now: float) -> Generator[Persist, str, P.FunctionInfo]:
         """Register or update a function (synced write first); returns its info."""
         specs.check(spec)
-        art_digest = ""
-        puts = []
-        if spec.artifact is not None:
-            art_digest = hashlib.sha256(spec.artifact).hexdigest()
-            if art_digest not in self.artifacts:
-                puts.append((ART_PREFIX + art_digest.encode(), bytes(spec.artifact)))
-        bare = msgspec.structs.replace(spec, artifact=None)
+        art_digest, art_size, puts = self._artifact(spec)
+        bare = msgspec.structs.replace(spec, artifact=None, artifact_sha256=art_digest)
         digest = hashlib.sha256(_enc.encode(bare) + art_digest.encode()).hexdigest()
         prev = self.functions.get(spec.name)
         fn = StoredFunction(spec=bare, digest=digest, artifact_digest=art_digest,
+                            artifact_size=art_size,
                             created_at=prev.created_at if prev else now, updated_at=now)
         puts.append((FN_PREFIX + spec.name.encode(), _enc.encode(fn)))
-        error = yield Persist(puts, (), True)
+        old_art = prev.artifact_digest if prev is not None else ""
+        deletes = self._orphaned(old_art, spec.name) if old_art != art_digest else []
+        if deletes:
+            self.artifacts.pop(old_art, None)  # no deploy may name it while it is deleted
+        error = yield Persist(puts, deletes, True)
         if error:
+            if deletes:
+                self.artifacts[old_art] = prev.artifact_size
             raise errors.Unavailable(unavailable_text(error))
         if art_digest:
-            self.artifacts.add(art_digest)
+            self.artifacts[art_digest] = art_size
         prev = self.functions.get(spec.name)
         self.functions[spec.name] = fn
         if prev is not None and prev.digest != digest:
@@ -85,9 +121,14 @@ class FunctionRegistry:
 
     def remove(self, name: str, now: float) -> Generator[Persist, str, None]:
         """Unregister a function (its record is deleted, synced, first: that may fail)."""
-        self.get(name)
-        error = yield Persist((), (FN_PREFIX + name.encode(),), True)
+        fn = self.get(name)
+        deletes = [FN_PREFIX + name.encode(), *self._orphaned(fn.artifact_digest, name)]
+        if len(deletes) > 1:
+            self.artifacts.pop(fn.artifact_digest, None)
+        error = yield Persist((), deletes, True)
         if error:
+            if len(deletes) > 1:
+                self.artifacts[fn.artifact_digest] = fn.artifact_size
             raise errors.Unavailable(unavailable_text(error))
         if self.functions.pop(name, None) is not None:
             self.table.forget_function(name)

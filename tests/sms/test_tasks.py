@@ -286,7 +286,49 @@ def test_update_changes_digest_and_keeps_created_at(make):
     assert d3 not in (d1, d2)
     d4 = cl.svc.register_function(fspec("f", handler="b", artifact=b"v3"), T0 + 4).digest
     assert d4 != d3  # the artifact's content is part of the digest
-    assert len(list(cl.store.scan(ART_PREFIX))) == 2
+    # v2 is used by no function any more: deleted in the same write
+    assert [v for _, v in cl.store.scan(ART_PREFIX)] == [b"v3"]
+
+
+def test_an_artifact_is_stored_once_and_deleted_with_its_last_function(make):
+    cl = make()
+    sha = hashlib.sha256(b"code").hexdigest()
+    cl.svc.register_function(fspec("a", handler="m:f", artifact=b"code"), T0)
+    cl.svc.register_function(fspec("b", handler="m:f", artifact=b"code"), T0)
+    assert [v for _, v in cl.store.scan(ART_PREFIX)] == [b"code"]
+    assert cl.fns.get("a").spec.artifact_sha256 == sha  # stored specs name their artifact
+    cl.svc.remove_function("a", T0 + 1)
+    assert len(list(cl.store.scan(ART_PREFIX))) == 1  # b still uses it
+    cl.svc.remove_function("b", T0 + 2)
+    assert list(cl.store.scan(ART_PREFIX)) == [] and cl.fns.artifacts == {}
+
+
+def test_a_deploy_may_name_a_stored_artifact_by_its_sha256_alone(make):
+    cl = make()
+    sha = hashlib.sha256(b"bundle").hexdigest()
+    by_ref = fspec("b", handler="m:f", artifact_sha256=sha)
+    with pytest.raises(errors.NotFound, match=sha):
+        cl.svc.register_function(by_ref, T0)
+    cl.svc.register_function(fspec("a", handler="m:f", artifact=b"bundle"), T0)
+    info = cl.svc.register_function(by_ref, T0 + 1)
+    assert cl.fns.get("b").artifact_digest == sha and cl.fns.get("b").artifact_size == 6
+    assert info.digest == cl.fns.get("b").digest
+    wrong = fspec("c", handler="m:f", artifact=b"bundle", artifact_sha256="0" * 64)
+    with pytest.raises(errors.InvalidArgument, match="SHA-256"):
+        cl.svc.register_function(wrong, T0)
+
+
+def test_the_artifact_budget_refuses_new_bytes_and_frees_with_removal(make):
+    cl = make()
+    cl.fns.artifacts_max = 10
+    cl.svc.register_function(fspec("a", handler="m:f", artifact=b"x" * 8), T0)
+    with pytest.raises(errors.ResourceExhausted, match="artifacts_max_mb"):
+        cl.svc.register_function(fspec("b", handler="m:f", artifact=b"y" * 8), T0)
+    cl.svc.register_function(fspec("c", handler="m:f", artifact=b"x" * 8), T0)  # stored already
+    cl.svc.remove_function("a", T0)
+    cl.svc.remove_function("c", T0)
+    cl.svc.register_function(fspec("b", handler="m:f", artifact=b"y" * 8), T0)
+    assert [v for _, v in cl.store.scan(ART_PREFIX)] == [b"y" * 8]
 
 
 def test_update_forgets_warm_nodes_of_the_old_version(c):
