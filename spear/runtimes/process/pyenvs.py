@@ -52,6 +52,10 @@ OUTPUT_TAIL = 2000
 _NETWORK = re.compile(
     r"(?i)(connection|network|timed? ?out|temporary failure|name resolution|dns|"
     r"unreachable|ssl|tls|proxy|failed to fetch|http status 5\d\d|server error)")
+# installer output meaning a requirement cannot be had as asked
+_UNRESOLVED = re.compile(r"(?i)(not found|no solution|no matching|could not find|unsatisfiable|"
+                         r"no version|does not exist|no usable wheels|--no-build|only-binary)")
+_COMPLAINT = re.compile(r"(?i)(error|because|cause|no matching|could not)")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -223,13 +227,14 @@ class PyEnvs:
             with open(reqs, "w") as f:
                 f.write("".join(r.strip() + "\n" for r in requirements))
             deadline = time.monotonic() + self.timeout
+            final = os.path.join(self.root, key)
             for argv in self._commands(uv, interpreter, env_dir, reqs, bool(requirements)):
-                await self._run(name, requirements, argv, deadline)
+                await self._run(name, requirements, argv, deadline, (env_dir, final))
             with open(os.path.join(env_dir, ABOUT), "w") as f:
                 json.dump({"python": "%d.%d" % version, "requirements": sorted(requirements),
                            "built": time.time()}, f)
             await asyncio.to_thread(_seal, env_dir)
-            os.rename(env_dir, os.path.join(self.root, key))
+            os.rename(env_dir, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         self.builds += 1
@@ -254,7 +259,9 @@ class PyEnvs:
         return cmds
 
     async def _run(self, name: str, requirements: list[str], argv: list[str],
-                   deadline: float) -> None:
+                   deadline: float, where: tuple[str, str]) -> None:
+        """Run one installer command until ``deadline``; a failure names the final
+        place of the environment (``where``: (build dir, final dir)), not the build's."""
         env = {**self.env, "UV_LINK_MODE": "copy", "UV_PYTHON_DOWNLOADS": "never",
                "UV_NO_PROGRESS": "1", "PIP_NO_INPUT": "1"}
         proc = await asyncio.create_subprocess_exec(
@@ -273,23 +280,27 @@ class PyEnvs:
             await proc.wait()
             raise
         if proc.returncode != 0:
-            raise self._failure(name, requirements, out.decode("utf-8", "replace"))
+            output = out.decode("utf-8", "replace").replace(*where)
+            raise self._failure(name, requirements, output)
 
     def _failure(self, name: str, requirements: list[str], output: str) -> errors.SpearError:
         """The typed error of a failed install: which requirement, what the installer said."""
         tail = output.strip()[-OUTPUT_TAIL:]
-        low = output.lower()
-        named = [r for r in requirements
-                 if (m := _NAME.match(r.strip())) and m.group(0).lower() in low]
+        # the requirements named where the installer complains, else anywhere
+        complaints = "\n".join(line for line in output.lower().splitlines()
+                                if _COMPLAINT.search(line))
+        named: list[str] = []
+        for text in (complaints, output.lower()):
+            named = [r for r in requirements
+                     if (m := _NAME.match(r.strip())) and m.group(0).lower() in text]
+            if named:
+                break
         what = (f"requirement {', '.join(repr(r) for r in named)}" if named else
                 f"the requirements ({', '.join(map(repr, requirements))})" if requirements else
                 "the environment")
         message = (f"{name}: {what} cannot be installed on node {self.node or '?'} "
                    f"(wheels only, no source builds); the installer said:\n{tail}")
         details = {"output": tail, "requirements": named or requirements}
-        resolved_badly = re.search(r"(?i)(not found|no solution|no matching|could not find|"
-                                   r"unsatisfiable|no version|does not exist|no wheels|"
-                                   r"--no-build|only-binary)", output)
-        if _NETWORK.search(output) and not resolved_badly:
+        if _NETWORK.search(output) and not _UNRESOLVED.search(output):
             return errors.Unavailable(message, details=details)
         return errors.InvalidArgument(message, details=details)
