@@ -266,7 +266,8 @@ class PyEnvs:
                "UV_NO_PROGRESS": "1", "PIP_NO_INPUT": "1"}
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT, env=env, umask=_UMASK, start_new_session=True)
+            stderr=asyncio.subprocess.STDOUT, env=env, umask=_UMASK, start_new_session=True,
+            cwd=self.root)  # not the Spearlet's: no project file there may steer the installer
         try:
             out, _ = await asyncio.wait_for(proc.communicate(), max(0.1, deadline - time.monotonic()))
         except asyncio.TimeoutError:
