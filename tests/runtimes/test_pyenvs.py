@@ -22,6 +22,7 @@ from spear import errors, protocol as P
 from spear.config import child_env
 from spear.protocol import FunctionSpec, Limits
 from spear.runtimes.process import ProcessRuntime
+from spear.runtimes.process.codecache import default_cache_dir
 from spear.runtimes.process.pyenvs import LAST_USE, find_uv
 from spear.spearlet.core import SpearletCore
 from spear.spearlet.runner import Runner
@@ -312,7 +313,7 @@ class _Manager:
         return self.runtimes[name]
 
 
-def test_redeploying_new_code_leaves_no_worker_of_the_old_version(cache):
+def test_redeploying_new_code_leaves_no_worker_of_the_old_version_and_removing_no_code(cache):
     def app(version: str) -> bytes:
         return make_bundle({"app.py": (
             "import os\n"
@@ -343,8 +344,35 @@ def test_redeploying_new_code_leaves_no_worker_of_the_old_version(cache):
             assert version == "v2" and new_pid != pid
             assert gone([int(pid)])
             assert not os.path.exists(old_code)
+            new_code = os.path.join(cache, "code", r.deployments["f"].prepared.handle.bundle)
+            replies.clear()
+            r.handlers()[P.RemoveFunction](b"c", P.RemoveFunction(id=2, name="f"), None)
+            while not replies:
+                await asyncio.sleep(0.01)
+            assert isinstance(replies[0][1], P.Ok) and not os.path.exists(new_code)
         finally:
             await r.close()
+            await rt.close()
+
+    run(main())
+
+
+def test_the_default_cache_dir_and_one_the_sandbox_user_cannot_reach(cache):
+    data = os.path.join(cache, "data")
+    as_nobody = default_cache_dir(data, other_user=True)
+    assert as_nobody.startswith("/var/cache/spear/") and len(os.path.basename(as_nobody)) == 12
+    assert as_nobody == default_cache_dir(data + "/", other_user=True)  # one per data dir
+    assert default_cache_dir(data, other_user=False) == os.path.join(data, "cache")
+
+    private = os.path.join(cache, "private")
+    os.mkdir(private, 0o700)
+
+    async def main():
+        rt = runtime(os.path.join(private, "cache"))
+        try:
+            with pytest.raises(errors.Unavailable, match=r"cache_dir.*not reachable by nobody"):
+                await rt.prepare(hspec(requirements=[]))
+        finally:
             await rt.close()
 
     run(main())
