@@ -64,6 +64,14 @@ def as_root():
         pytest.skip("functions run as nobody only when the Spearlet is root")
 
 
+@pytest.fixture(autouse=True)
+def spearlet_umask():
+    """The Spearlet's umask: what the node writes is private unless made otherwise."""
+    old = os.umask(0o077)
+    yield
+    os.umask(old)
+
+
 @pytest.fixture
 def cache():
     """A cache directory the sandbox user can reach (pytest's tmp_path is 0700)."""

@@ -83,13 +83,17 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 
 def _seal(root: str) -> None:
-    """Take group and other write access off everything under ``root`` (an
-    installer may leave a world-writable file, such as uv's ``.lock``)."""
+    """Make everything under ``root`` readable and not writable by others:
+    directories 0755, files 0644 (0755 if executable). An installer may leave
+    a world-writable file (uv's ``.lock``), the Spearlet's umask private ones."""
     for top, dirs, files in os.walk(root):
         for path in [top, *(os.path.join(top, f) for f in files)]:
             st = os.lstat(path)
-            if not stat.S_ISLNK(st.st_mode) and st.st_mode & 0o022:
-                os.chmod(path, stat.S_IMODE(st.st_mode) & ~0o022)
+            if stat.S_ISLNK(st.st_mode):
+                continue
+            want = 0o755 if stat.S_ISDIR(st.st_mode) or st.st_mode & 0o100 else 0o644
+            if stat.S_IMODE(st.st_mode) != want:
+                os.chmod(path, want)
 
 
 class PyEnvs:
@@ -165,7 +169,9 @@ class PyEnvs:
             os.utime(path)
         except FileNotFoundError:
             try:
-                os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o644))
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+                os.fchmod(fd, 0o644)  # whatever the Spearlet's umask
+                os.close(fd)
             except OSError:
                 pass
         except OSError:
