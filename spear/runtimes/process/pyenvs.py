@@ -186,7 +186,10 @@ class PyEnvs:
         except OSError:
             return removed
         for key in names:
-            if key.startswith(".") or key in self._users:
+            if key in self._users:
+                self._touch(key)  # in use now: its last use is now
+                continue
+            if key.startswith("."):
                 continue
             lock = self._locks.get(key)
             if lock is not None and lock.locked():
