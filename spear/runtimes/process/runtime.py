@@ -248,8 +248,8 @@ class ProcessRuntime(Runtime):
 
     def collect(self) -> None:
         """Remove unpacked bundles no function uses, and environments unused for ``env_ttl``."""
-        if self.cache_dir is None:
-            return
+        if self.cache_dir is None or not os.path.isdir(self.cache_dir):
+            return  # nothing deployed here ever needed it: make nothing
         try:
             code, envs = self._caches()
         except errors.SpearError:
