@@ -38,6 +38,7 @@ import tempfile
 import time
 
 from ... import errors
+from .codecache import make_dirs
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +225,7 @@ class PyEnvs:
     async def _build(self, name: str, key: str, interpreter: str, version: tuple[int, int],
                      requirements: list[str]) -> None:
         """Build environment ``key`` in a temporary directory, then rename it into place."""
-        os.makedirs(self.root, exist_ok=True)
+        make_dirs(self.root)  # 0755 whatever the umask: the sandbox user goes through
         tmp = tempfile.mkdtemp(prefix=f"{_BUILD}{key}-", dir=self.root)
         t0 = time.monotonic()
         uv = self._tool()
