@@ -374,6 +374,12 @@ def test_the_default_cache_dir_and_one_the_sandbox_user_cannot_reach(cache, run)
     assert as_nobody == default_cache_dir(data + "/", other_user=True)  # one per data dir
     assert default_cache_dir(data, other_user=False) == os.path.join(data, "cache")
 
+    unused = os.path.join(cache, "unused")
+    idle = runtime(unused)
+    idle.collect()  # a node that never deployed a bundle makes no cache
+    assert not os.path.exists(unused)
+    run(idle.close())
+
     private = os.path.join(cache, "private")
     os.mkdir(private, 0o700)
 
