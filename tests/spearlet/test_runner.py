@@ -20,13 +20,13 @@ SPEC = P.FunctionSpec(name="echo", runtime="fake", pool=P.PoolSettings(min_warm=
 
 
 class FakeRuntime(Runtime):
-    """Echoes its input; inline unless ``hold`` is set (then it waits for ``release``)."""
+    """Echoes its input; inline unless ``hold`` is set (then it waits for ``go``)."""
 
     name = "fake"
 
     def __init__(self) -> None:
         self.hold = False
-        self.release = asyncio.Event()
+        self.go = asyncio.Event()  # lets held calls finish
         self.calls = 0
 
     async def prepare(self, spec):
@@ -46,7 +46,7 @@ class FakeRuntime(Runtime):
         if on_log is not None:
             on_log(b"log")
         if self.hold:
-            await self.release.wait()
+            await self.go.wait()
         return Outcome(bytes(data).upper())
 
     async def destroy(self, instance):
@@ -149,7 +149,7 @@ def test_a_dispatch_falls_back_to_a_task_streams_its_log_and_reports_to_the_sms(
                                        stream=True), b"ab"))
         await settle()
         assert [type(m) for m, _ in sent] == [P.LogChunk]
-        rt.release.set()
+        rt.go.set()
         await settle()
         result, payload = sent[-1]
         assert isinstance(result, P.Result) and result.id == 5 and payload == b"AB"
@@ -207,7 +207,7 @@ def test_get_execution_waits_for_the_end(arun):
         r.feed(E.Asked(b"c2", P.GetExecution(id=3, execution_id=eid, wait=30.0)))
         await settle()
         assert len(replies) == 1  # still waiting
-        rt.release.set()
+        rt.go.set()
         await settle()
         ident, msg, payload = replies[-1]
         assert ident == b"c2" and msg.id == 3 and msg.execution.status == "succeeded"
@@ -234,6 +234,66 @@ def test_a_spec_above_the_maxima_is_never_deployed(arun):
         with pytest.raises(errors.InvalidArgument, match="memory_mb"):
             await r.deploy(big)
         assert "big" not in r.deployments and "big" not in r.core.functions
+        await r.close()
+
+    arun(main())
+
+
+class Recycling(FakeRuntime):
+    """Records what the Runner hands back: releases (with the instances alive
+    then), collections, and refuses to warm up when ``broken``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.alive = 0
+        self.released: list[tuple[str, int]] = []
+        self.collected = 0
+        self.broken = False
+
+    async def prepare(self, spec):
+        return Prepared(spec, handle=spec.env.get("v", ""))
+
+    async def create_instance(self, prepared):
+        if self.broken:
+            raise errors.Unavailable("cannot warm up")
+        self.alive += 1
+        return await super().create_instance(prepared)
+
+    async def destroy(self, instance):
+        self.alive -= 1
+
+    async def release(self, prepared):
+        self.released.append((prepared.handle, self.alive))
+
+    def collect(self):
+        self.collected += 1
+
+
+def test_a_replaced_removed_or_failed_deployment_is_released_after_its_instances(arun):
+    async def main():
+        rt = Recycling()
+        manager = FakeManager(rt)
+        manager.runtimes = {"fake": rt}
+        r = Runner(manager, SpearletCore("n1"))
+        replies: list = []
+        r.reply = lambda ident, msg, payload=None: replies.append(msg)
+        await r.deploy(P.FunctionSpec(name="echo", runtime="fake", env={"v": "1"},
+                                      pool=P.PoolSettings(min_warm=1)))
+        await r.deploy(P.FunctionSpec(name="echo", runtime="fake", env={"v": "2"},
+                                      pool=P.PoolSettings(min_warm=1)))
+        assert rt.released == [("1", 1)]  # v1's instance gone, v2's alive
+        rt.broken = True
+        with pytest.raises(errors.Unavailable):
+            await r.deploy(P.FunctionSpec(name="echo", runtime="fake", env={"v": "3"},
+                                          pool=P.PoolSettings(min_warm=1)))
+        assert rt.released[-1] == ("3", 1) and r.deployments["echo"].prepared.handle == "2"
+        r.handlers()[P.RemoveFunction](b"c", P.RemoveFunction(id=1, name="echo"), None)
+        await settle()
+        assert rt.released[-1] == ("2", 0) and isinstance(replies[-1], P.Ok)
+        loop = asyncio.ensure_future(r.evict_loop(period=0.01))
+        while not rt.collected:
+            await asyncio.sleep(0.01)
+        loop.cancel()
         await r.close()
 
     arun(main())
