@@ -1,4 +1,9 @@
-"""A one-node cluster that may run spear.remote functions, and a connection to it."""
+"""A one-node cluster that runs spear.remote functions, and a connection to it.
+
+Functions run as the sandbox user (``nobody`` when the Spearlet is root), in
+an environment the node builds from their requirements: nothing of Spear or
+of the tests is installed for that user.
+"""
 
 from __future__ import annotations
 
@@ -6,23 +11,28 @@ import pytest
 
 import spear
 from spear.cluster import Cluster
-from spear.remote.functions import RUNNER_DIR
+
+
+def start_cluster(d):
+    """A started one-node cluster under ``d`` (the caller stops it)."""
+    cfg = d / "spear.toml"
+    cfg.write_text(
+        "[spearlet]\nmax_concurrency = 16\ndrain_timeout = 10\n"
+        "[runtimes.docker]\nbase_url = \"unix:///nonexistent/docker.sock\"\n")
+    c = Cluster(d / "cluster", spearlets=1, config=str(cfg), heartbeat_interval=0.2,
+                heartbeat_timeout=1.0)
+    try:
+        c.start(wait=30)
+    except BaseException:
+        c.stop()
+        raise
+    return c
 
 
 @pytest.fixture(scope="package")
 def cluster(tmp_path_factory):
-    d = tmp_path_factory.mktemp("remote")
-    cfg = d / "spear.toml"
-    # Functions run as the Spearlet's own user: its interpreter has cloudpickle
-    # and msgspec, which the runner needs (a system python3 for `nobody` may not).
-    cfg.write_text(
-        "[spearlet]\nmax_concurrency = 8\ndrain_timeout = 10\n"
-        "[runtimes.process]\nuser = \"\"\n"
-        "[runtimes.docker]\nbase_url = \"unix:///nonexistent/docker.sock\"\n")
-    c = Cluster(d / "cluster", spearlets=1, config=str(cfg), heartbeat_interval=0.2,
-                heartbeat_timeout=1.0, host_roots=[RUNNER_DIR])
+    c = start_cluster(tmp_path_factory.mktemp("remote"))
     try:
-        c.start(wait=30)
         yield c
     finally:
         c.stop()
@@ -30,7 +40,7 @@ def cluster(tmp_path_factory):
 
 @pytest.fixture(scope="package")
 def connection(cluster):
-    conn = spear.connect(cluster.sms_addr, timeout=30)
+    conn = spear.connect(cluster.sms_addr, timeout=60)
     try:
         yield conn
     finally:

@@ -1,8 +1,8 @@
 """Generic handler of functions shipped by value, and the payloads it speaks.
 
-Deployed as ``handler="spear_runner:run"`` with this file's directory as the
-working directory. Stand-alone on purpose (standard library, ``cloudpickle``
-and ``msgspec`` only): the worker's interpreter need not have Spear.
+Shipped in each function's code bundle as ``_spear_runner.py`` and deployed
+as ``handler="_spear_runner:run"``. Stand-alone on purpose (standard library,
+``cloudpickle`` and ``msgspec`` only): the worker's environment has no Spear.
 
 Payloads (every value starts with a tag byte):
 
