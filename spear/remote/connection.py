@@ -19,9 +19,8 @@ import weakref
 from .. import errors, protocol as P
 from ..client import AsyncClient
 from ..client.requirements import resolve, this_python
-from .functions import requirement_lines
 from .futures import RemoteFuture, read_reply
-from .shipping import code_bundle, runner_requirements
+from .shipping import code_bundle, requirement_lines, runner_requirements
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,8 @@ import threading
 import cloudpickle
 
 from .. import errors, protocol as P
-from ..specs import check_requirement
 from .runner.spear_runner import dumps_call
-from .shipping import HANDLER, ship_module
+from .shipping import HANDLER, requirement_lines, ship_module
 
 _UNITS = {"": 1 << 20, "b": 1, "k": 1000, "kb": 1000, "kib": 1 << 10, "m": 10**6, "mb": 10**6,
           "mib": 1 << 20, "g": 10**9, "gb": 10**9, "gib": 1 << 30}
@@ -49,13 +48,6 @@ def check_python(python: str | None) -> str | None:
     if python is not None and not _PYTHON_RE.match(python):
         raise errors.InvalidArgument(f"python must be a version like \"3.11\", got {python!r}")
     return python
-
-
-def requirement_lines(requirements) -> tuple[str, ...]:
-    """Requirement lines (``"humanize"``, ``"numpy>=1.26"``), each checked."""
-    if isinstance(requirements, (str, bytes)):
-        raise TypeError("requirements is a list of lines such as [\"humanize>=4\"], not one string")
-    return tuple(check_requirement(line) for line in requirements)
 
 
 class RemoteFunction:

@@ -23,6 +23,7 @@ import sysconfig
 import cloudpickle
 
 from .. import bundles, errors
+from ..specs import check_requirement
 from .runner import spear_runner
 
 #: the runner's name in every bundle, and the handler that calls it
@@ -35,6 +36,13 @@ def runner_source() -> bytes:
     """The source of :mod:`.runner.spear_runner`, shipped as ``_spear_runner.py``."""
     with open(spear_runner.__file__, "rb") as f:
         return f.read()
+
+
+def requirement_lines(requirements) -> tuple[str, ...]:
+    """Requirement lines (``"humanize"``, ``"numpy>=1.26"``), each checked."""
+    if isinstance(requirements, (str, bytes)):
+        raise TypeError("requirements is a list of lines such as [\"humanize>=4\"], not one string")
+    return tuple(check_requirement(line) for line in requirements)
 
 
 def runner_requirements() -> list[str]:
