@@ -7,6 +7,10 @@ of the tests is installed for that user.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 import spear
@@ -45,3 +49,29 @@ def connection(cluster):
         yield conn
     finally:
         conn.close()
+
+
+@pytest.fixture(scope="package")
+def user_site(tmp_path_factory):
+    """A directory with ``humanize`` installed: the user's machine has it, the
+    Spearlet's interpreter and the sandbox user's system Python do not."""
+    from spear.client.requirements import uv_binary
+
+    site = tmp_path_factory.mktemp("user-site")
+    subprocess.run([uv_binary(), "pip", "install", "--quiet", "--target", str(site), "humanize"],
+                   check=True, timeout=300)
+    return site
+
+
+def run_driver(cwd, script, cluster, user_site, timeout=300):
+    """Run ``script`` as a user would: this Python, in ``cwd``, SPEAR_SMS set,
+    ``humanize`` importable from ``user_site`` (and Spear from this tree)."""
+    path = os.pathsep.join(p for p in (str(user_site), os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, SPEAR_SMS=cluster.sms_addr, PYTHONPATH=path, PYTHONDONTWRITEBYTECODE="1")
+    return subprocess.run([sys.executable, script], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def humanize_importable(python: str) -> bool:
+    """Whether ``python`` (run as the sandbox user would) can import humanize."""
+    return subprocess.run([python, "-c", "import humanize"], capture_output=True).returncode == 0
