@@ -31,6 +31,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import sys
 import tempfile
 import time
@@ -74,6 +75,16 @@ def _kill_group(proc: asyncio.subprocess.Process) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def _seal(root: str) -> None:
+    """Take group and other write access off everything under ``root`` (an
+    installer may leave a world-writable file, such as uv's ``.lock``)."""
+    for top, dirs, files in os.walk(root):
+        for path in [top, *(os.path.join(top, f) for f in files)]:
+            st = os.lstat(path)
+            if not stat.S_ISLNK(st.st_mode) and st.st_mode & 0o022:
+                os.chmod(path, stat.S_IMODE(st.st_mode) & ~0o022)
 
 
 class PyEnvs:
@@ -217,7 +228,7 @@ class PyEnvs:
             with open(os.path.join(env_dir, ABOUT), "w") as f:
                 json.dump({"python": "%d.%d" % version, "requirements": sorted(requirements),
                            "built": time.time()}, f)
-            os.chmod(os.path.join(env_dir, ABOUT), 0o644)
+            await asyncio.to_thread(_seal, env_dir)
             os.rename(env_dir, os.path.join(self.root, key))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
