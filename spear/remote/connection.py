@@ -80,7 +80,7 @@ class Connection:
             await _once(self._deploys, spec.name, lambda: self.client.deploy(spec))
             reply = await self.client.invoke(spec.name, data, timeout=fn.timeout)
             reply.raise_for_status()
-            future.set_result(read_reply(reply.output, fn.__wrapped__))
+            future.set_result(read_reply(reply.output, fn.__wrapped__, self.code))
         except BaseException as exc:  # noqa: BLE001 - the caller gets whatever happened
             future.set_exception(exc)
 

@@ -31,4 +31,4 @@ def test_the_example_project_runs_end_to_end(cluster, user_site):
     assert _line(out, "remote error:") == "a size cannot be negative: -1"
     assert "Remote traceback:" in out
     assert 'raise ValueError(f"a size cannot be negative: {n_bytes}")' in out
-    assert "describe.py" in out
+    assert f"File \"{APP / 'sizes' / 'describe.py'}\", line" in out  # the local file, not the node's copy

@@ -188,3 +188,15 @@ def test_modules_outside_the_working_dir_keep_going_by_value(project):
         sys.path.remove(str(other))
         sys.modules.pop("outmod", None)
         cloudpickle.unregister_pickle_by_value(outmod)
+
+
+def test_remote_frames_of_the_working_dir_name_local_files(project):
+    from spear.remote.futures import with_local_source
+    from spear.remote.shipping import code_bundle
+
+    code = code_bundle(project)
+    remote = (f'Traceback (most recent call last):\n  File "/var/cache/spear/x/code/{code.sha256}'
+              '/shiplib/text.py", line 2, in shout\n    return s.upper()\nTypeError: no\n')
+    local = with_local_source(remote, None, code)
+    assert f'File "{project.resolve()}/shiplib/text.py", line 2, in shout' in local
+    assert local.endswith("    return s.upper()\nTypeError: no\n")

@@ -74,8 +74,11 @@ def dumps_call(fn_blob: bytes, args: tuple, kwargs: dict) -> bytes:
 
 
 def dumps_raised(exc: BaseException) -> bytes:
-    """A reply carrying ``exc``, its repr and its traceback text."""
-    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    """A reply carrying ``exc``, its repr and its traceback text (from the frame
+    below :func:`run`'s, which the caller has no use for)."""
+    tb = exc.__traceback__
+    # the caller's traceback starts in its function, not in this runner
+    text = "".join(traceback.format_exception(type(exc), exc, tb.tb_next if tb and tb.tb_next else tb))
     try:
         pickled = cloudpickle.dumps(exc)
     except Exception:  # noqa: BLE001 - any object may refuse to pickle
