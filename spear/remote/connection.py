@@ -23,6 +23,9 @@ from .futures import RemoteFuture, read_reply
 from .shipping import code_bundle, requirement_lines, runner_requirements
 
 log = logging.getLogger(__name__)
+#: how long the first calls of a deployment may wait, beyond their own
+#: timeout, for the nodes to build its environment
+BUILD_WAIT = 600.0
 
 
 class Connection:
@@ -31,7 +34,9 @@ class Connection:
     ``working_dir`` (a directory or None) is packed into the code bundle every
     function of this connection ships; ``requirements`` are added to every
     function's own. Each function is deployed once per connection, on its
-    first call; calls made while the deploy is under way wait for it.
+    first call; calls made while the deploy is under way wait for it, and
+    calls made before one came back wait for the nodes to build the
+    function's environment too (:data:`BUILD_WAIT`).
     """
 
     def __init__(self, address: str | None = None, *, working_dir=None, requirements=(),
@@ -48,6 +53,7 @@ class Connection:
         self._specs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # fn -> spec
         self._pins: dict[tuple, asyncio.Future] = {}  # (python, lines) -> resolved pins
         self._deploys: dict[str, asyncio.Future] = {}  # deployment name -> deploy
+        self._answered: set[str] = set()  # deployments a call of which came back
         self._closed = False
 
     @staticmethod
@@ -78,11 +84,26 @@ class Connection:
         try:
             spec = await self._spec(fn)
             await _once(self._deploys, spec.name, lambda: self.client.deploy(spec))
-            reply = await self.client.invoke(spec.name, data, timeout=fn.timeout)
+            reply = await self._call(spec.name, fn.timeout, data)
             reply.raise_for_status()
             future.set_result(read_reply(reply.output, fn.__wrapped__, self.code))
         except BaseException as exc:  # noqa: BLE001 - the caller gets whatever happened
             future.set_exception(exc)
+
+    async def _call(self, name: str, timeout: float | None, data: bytes):
+        if name in self._answered:
+            return await self.client.invoke(name, data, timeout=timeout)
+        # Until a call of this deployment has come back, a call may find its
+        # node building the function's environment first, which its timeout
+        # does not cover: wait for the execution's end, not for one reply.
+        eid = await self.client.submit(name, data, timeout=timeout)
+        budget = (timeout or self.client.timeout) + BUILD_WAIT
+        reply = await self.client.wait(eid, timeout=budget)
+        if reply.status not in P.TERMINAL:
+            raise errors.DeadlineExceeded(
+                f"execution {eid} of {name} is still {reply.status} after {budget:g} s")
+        self._answered.add(name)
+        return reply
 
     async def _spec(self, fn) -> P.FunctionSpec:
         return await _once(self._specs, fn, lambda: self._make_spec(fn))
