@@ -84,19 +84,20 @@ class Connection:
         try:
             spec = await self._spec(fn)
             await _once(self._deploys, spec.name, lambda: self.client.deploy(spec))
-            reply = await self._call(spec.name, fn.timeout, data)
+            reply = await self._call(future, spec.name, fn.timeout, data)
+            future.execution_id = reply.execution_id
             reply.raise_for_status()
             future.set_result(read_reply(reply.output, fn.__wrapped__, self.code))
         except BaseException as exc:  # noqa: BLE001 - the caller gets whatever happened
             future.set_exception(exc)
 
-    async def _call(self, name: str, timeout: float | None, data: bytes):
+    async def _call(self, future: RemoteFuture, name: str, timeout: float | None, data: bytes):
         if name in self._answered:
             return await self.client.invoke(name, data, timeout=timeout)
         # Until a call of this deployment has come back, a call may find its
         # node building the function's environment first, which its timeout
         # does not cover: wait for the execution's end, not for one reply.
-        eid = await self.client.submit(name, data, timeout=timeout)
+        eid = future.execution_id = await self.client.submit(name, data, timeout=timeout)
         budget = (timeout or self.client.timeout) + BUILD_WAIT
         reply = await self.client.wait(eid, timeout=budget)
         if reply.status not in P.TERMINAL:

@@ -17,7 +17,13 @@ from .runner.spear_runner import RAISED, RESULT, cloudpickle, loads_value, msgsp
 class RemoteFuture(concurrent.futures.Future):
     """The result of ``fn.remote(...)``: a :class:`concurrent.futures.Future`
     (``result(timeout)``, ``exception()``, ``done()``, ``add_done_callback``)
-    that can also be awaited from any event loop (``await fut``)."""
+    that can also be awaited from any event loop (``await fut``).
+
+    ``execution_id`` names the execution (``spear executions show ID``) once
+    the SMS has answered, at the latest when the future is done; None before.
+    """
+
+    execution_id: str | None = None
 
     def __await__(self):
         return asyncio.wrap_future(self).__await__()
