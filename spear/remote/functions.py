@@ -1,12 +1,11 @@
 """The object ``@spear.function`` makes: a function plus how to run it remotely.
 
-The function travels pickled by value with cloudpickle (see
+The function travels pickled with cloudpickle (see
 :func:`.shipping.ship_module` for which modules go with it by value and
 which are imported on the node). Its deployment is named by the hash of
 everything the node runs: the pickled function, the code bundle, the
 resolved requirements, the Python version and the limits; so a change to
-any of them is a new deployment, and an unchanged function redeploys
-nothing.
+any of them is a new deployment, and an unchanged function keeps its name.
 """
 
 from __future__ import annotations
