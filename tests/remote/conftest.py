@@ -8,8 +8,10 @@ of the tests is installed for that user.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -18,19 +20,34 @@ from spear.cluster import Cluster
 
 
 def start_cluster(d):
-    """A started one-node cluster under ``d`` (the caller stops it)."""
+    """A started one-node cluster under ``d`` and its code cache (the caller
+    stops it and removes the cache: :func:`stop_cluster`)."""
+    # the cache must be reachable by the sandbox user, which the pytest
+    # directories (0700) are not; a directory of its own keeps runs apart
+    cache = tempfile.mkdtemp(prefix="spear-remote-cache-")
+    os.chmod(cache, 0o755)
     cfg = d / "spear.toml"
     cfg.write_text(
         "[spearlet]\nmax_concurrency = 16\ndrain_timeout = 10\n"
+        f"[runtimes.process]\ncache_dir = \"{cache}\"\n"
         "[runtimes.docker]\nbase_url = \"unix:///nonexistent/docker.sock\"\n")
     c = Cluster(d / "cluster", spearlets=1, config=str(cfg), heartbeat_interval=0.2,
                 heartbeat_timeout=1.0)
+    c.code_cache = cache
     try:
         c.start(wait=30)
     except BaseException:
-        c.stop()
+        stop_cluster(c)
         raise
     return c
+
+
+def stop_cluster(c) -> None:
+    """Stop ``c`` and remove its code cache (code bundles and environments)."""
+    try:
+        c.stop()
+    finally:
+        shutil.rmtree(c.code_cache, ignore_errors=True)
 
 
 @pytest.fixture(scope="package")
@@ -39,7 +56,7 @@ def cluster(tmp_path_factory):
     try:
         yield c
     finally:
-        c.stop()
+        stop_cluster(c)
 
 
 @pytest.fixture(scope="package")
