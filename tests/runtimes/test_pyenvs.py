@@ -22,6 +22,7 @@ from spear import errors, protocol as P
 from spear.config import child_env
 from spear.protocol import FunctionSpec, Limits
 from spear.runtimes.process import ProcessRuntime
+from spear.runtimes.process.codecache import default_cache_dir
 from spear.runtimes.process.pyenvs import LAST_USE, find_uv
 from spear.spearlet.core import SpearletCore
 from spear.spearlet.runner import Runner
@@ -63,6 +64,14 @@ def as_root():
         pytest.skip("functions run as nobody only when the Spearlet is root")
 
 
+@pytest.fixture(autouse=True)
+def spearlet_umask():
+    """The Spearlet's umask: what the node writes is private unless made otherwise."""
+    old = os.umask(0o077)
+    yield
+    os.umask(old)
+
+
 @pytest.fixture
 def cache():
     """A cache directory the sandbox user can reach (pytest's tmp_path is 0700)."""
@@ -81,15 +90,17 @@ def hspec(name: str = "hz", artifact: bytes = HUMANIZE_APP, **kw) -> FunctionSpe
     return FunctionSpec(name=name, runtime="process", handler="app:handle", artifact=artifact, **kw)
 
 
-def run(coro, timeout: float = 180):
-    return asyncio.run(asyncio.wait_for(coro, timeout))
+@pytest.fixture
+def run(arun):
+    """Run a test's coroutine on asyncio and on uvloop (the Spearlet's loop)."""
+    return lambda coro, timeout=180: arun(asyncio.wait_for(coro, timeout))
 
 
 def envs_in(cache: str) -> list[str]:
     return sorted(os.listdir(os.path.join(cache, "envs")))
 
 
-def test_a_bundled_handler_with_a_requirement_runs_as_nobody(cache):
+def test_a_bundled_handler_with_a_requirement_runs_as_nobody(cache, run):
     async def main():
         rt = runtime(cache)
         try:
@@ -109,7 +120,7 @@ def test_a_bundled_handler_with_a_requirement_runs_as_nobody(cache):
     run(main())
 
 
-def test_the_sandbox_user_cannot_write_into_its_code_or_environment(cache):
+def test_the_sandbox_user_cannot_write_into_its_code_or_environment(cache, run):
     async def main():
         rt = runtime(cache)
         try:
@@ -133,7 +144,7 @@ def test_the_sandbox_user_cannot_write_into_its_code_or_environment(cache):
     run(main())
 
 
-def test_one_requirement_set_is_built_once_and_kept_across_restarts(cache):
+def test_one_requirement_set_is_built_once_and_kept_across_restarts(cache, run):
     async def main():
         rt = runtime(cache)
         try:
@@ -162,7 +173,7 @@ def test_one_requirement_set_is_built_once_and_kept_across_restarts(cache):
     run(main())
 
 
-def test_a_requirement_that_does_not_exist_fails_the_deploy_naming_it(cache):
+def test_a_requirement_that_does_not_exist_fails_the_deploy_naming_it(cache, run):
     async def main():
         rt = runtime(cache)
         try:
@@ -180,7 +191,7 @@ def test_a_requirement_that_does_not_exist_fails_the_deploy_naming_it(cache):
     run(main())
 
 
-def test_an_unknown_python_version_is_a_clear_error(cache):
+def test_an_unknown_python_version_is_a_clear_error(cache, run):
     async def main():
         rt = runtime(cache)
         try:
@@ -192,7 +203,7 @@ def test_an_unknown_python_version_is_a_clear_error(cache):
     run(main())
 
 
-def test_a_bundle_with_a_workdir_or_a_command_is_refused(cache):
+def test_a_bundle_with_a_workdir_or_a_command_is_refused(cache, run):
     async def main():
         rt = runtime(cache)
         try:
@@ -209,7 +220,7 @@ def test_a_bundle_with_a_workdir_or_a_command_is_refused(cache):
     run(main())
 
 
-def test_release_removes_a_bundle_once_no_function_uses_it(cache):
+def test_release_removes_a_bundle_once_no_function_uses_it(cache, run):
     async def main():
         rt = runtime(cache)
         try:
@@ -234,7 +245,7 @@ def test_release_removes_a_bundle_once_no_function_uses_it(cache):
     run(main())
 
 
-def test_unused_environments_are_collected_after_their_ttl(cache):
+def test_unused_environments_are_collected_after_their_ttl(cache, run):
     async def main():
         rt = runtime(cache, env_ttl=3600)
         try:
@@ -255,7 +266,7 @@ def test_unused_environments_are_collected_after_their_ttl(cache):
     run(main())
 
 
-def test_a_killed_or_timed_out_build_leaves_no_environment(cache):
+def test_a_killed_or_timed_out_build_leaves_no_environment(cache, run):
     async def main():
         rt = runtime(cache, env_build_timeout=0.05)
         try:
@@ -285,7 +296,7 @@ def test_a_killed_or_timed_out_build_leaves_no_environment(cache):
 
 
 @pytest.mark.skipif(find_uv() is None, reason="the pip fallback is compared with uv")
-def test_the_pip_fallback_builds_the_same_environment(cache):
+def test_the_pip_fallback_builds_the_same_environment(cache, run):
     async def main():
         rt = runtime(cache, installer="pip")
         try:
@@ -312,7 +323,7 @@ class _Manager:
         return self.runtimes[name]
 
 
-def test_redeploying_new_code_leaves_no_worker_of_the_old_version(cache):
+def test_a_redeploy_of_new_code_leaves_no_old_worker_and_a_remove_no_code(cache, run):
     def app(version: str) -> bytes:
         return make_bundle({"app.py": (
             "import os\n"
@@ -343,8 +354,35 @@ def test_redeploying_new_code_leaves_no_worker_of_the_old_version(cache):
             assert version == "v2" and new_pid != pid
             assert gone([int(pid)])
             assert not os.path.exists(old_code)
+            new_code = os.path.join(cache, "code", r.deployments["f"].prepared.handle.bundle)
+            replies.clear()
+            r.handlers()[P.RemoveFunction](b"c", P.RemoveFunction(id=2, name="f"), None)
+            while not replies:
+                await asyncio.sleep(0.01)
+            assert isinstance(replies[0][1], P.Ok) and not os.path.exists(new_code)
         finally:
             await r.close()
+            await rt.close()
+
+    run(main())
+
+
+def test_the_default_cache_dir_and_one_the_sandbox_user_cannot_reach(cache, run):
+    data = os.path.join(cache, "data")
+    as_nobody = default_cache_dir(data, other_user=True)
+    assert as_nobody.startswith("/var/cache/spear/") and len(os.path.basename(as_nobody)) == 12
+    assert as_nobody == default_cache_dir(data + "/", other_user=True)  # one per data dir
+    assert default_cache_dir(data, other_user=False) == os.path.join(data, "cache")
+
+    private = os.path.join(cache, "private")
+    os.mkdir(private, 0o700)
+
+    async def main():
+        rt = runtime(os.path.join(private, "cache"))
+        try:
+            with pytest.raises(errors.Unavailable, match=r"cache_dir.*not reachable by nobody"):
+                await rt.prepare(hspec(requirements=[]))
+        finally:
             await rt.close()
 
     run(main())

@@ -239,6 +239,66 @@ def test_a_spec_above_the_maxima_is_never_deployed(arun):
     arun(main())
 
 
+class Recycling(FakeRuntime):
+    """Records what the Runner hands back: releases (with the instances alive
+    then), collections, and refuses to warm up when ``broken``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.alive = 0
+        self.released: list[tuple[str, int]] = []
+        self.collected = 0
+        self.broken = False
+
+    async def prepare(self, spec):
+        return Prepared(spec, handle=spec.env.get("v", ""))
+
+    async def create_instance(self, prepared):
+        if self.broken:
+            raise errors.Unavailable("cannot warm up")
+        self.alive += 1
+        return await super().create_instance(prepared)
+
+    async def destroy(self, instance):
+        self.alive -= 1
+
+    async def release(self, prepared):
+        self.released.append((prepared.handle, self.alive))
+
+    def collect(self):
+        self.collected += 1
+
+
+def test_a_replaced_removed_or_failed_deployment_is_released_after_its_instances(arun):
+    async def main():
+        rt = Recycling()
+        manager = FakeManager(rt)
+        manager.runtimes = {"fake": rt}
+        r = Runner(manager, SpearletCore("n1"))
+        replies: list = []
+        r.reply = lambda ident, msg, payload=None: replies.append(msg)
+        await r.deploy(P.FunctionSpec(name="echo", runtime="fake", env={"v": "1"},
+                                      pool=P.PoolSettings(min_warm=1)))
+        await r.deploy(P.FunctionSpec(name="echo", runtime="fake", env={"v": "2"},
+                                      pool=P.PoolSettings(min_warm=1)))
+        assert rt.released == [("1", 1)]  # v1's instance gone, v2's alive
+        rt.broken = True
+        with pytest.raises(errors.Unavailable):
+            await r.deploy(P.FunctionSpec(name="echo", runtime="fake", env={"v": "3"},
+                                          pool=P.PoolSettings(min_warm=1)))
+        assert rt.released[-1] == ("3", 1) and r.deployments["echo"].prepared.handle == "2"
+        r.handlers()[P.RemoveFunction](b"c", P.RemoveFunction(id=1, name="echo"), None)
+        await settle()
+        assert rt.released[-1] == ("2", 0) and isinstance(replies[-1], P.Ok)
+        loop = asyncio.ensure_future(r.evict_loop(period=0.01))
+        while not rt.collected:
+            await asyncio.sleep(0.01)
+        loop.cancel()
+        await r.close()
+
+    arun(main())
+
+
 def test_a_runtime_error_becomes_a_bounded_error_info():
     exc = errors.FunctionError("boom", details={
         "exit_code": 1, "stderr": "a" * 10_000 + "END", "traceback": "t" * 20_000 + "RAISE"})

@@ -32,6 +32,7 @@ import re
 import shutil
 import signal
 import stat
+import subprocess
 import sys
 import tempfile
 import time
@@ -52,6 +53,10 @@ OUTPUT_TAIL = 2000
 _NETWORK = re.compile(
     r"(?i)(connection|network|timed? ?out|temporary failure|name resolution|dns|"
     r"unreachable|ssl|tls|proxy|failed to fetch|http status 5\d\d|server error)")
+# installer output meaning a requirement cannot be had as asked
+_UNRESOLVED = re.compile(r"(?i)(not found|no solution|no matching|could not find|unsatisfiable|"
+                         r"no version|does not exist|no usable wheels|--no-build|only-binary)")
+_COMPLAINT = re.compile(r"(?i)(error|because|cause|no matching|could not)")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -70,7 +75,7 @@ def find_uv() -> str | None:
         return shutil.which("uv")
 
 
-def _kill_group(proc: asyncio.subprocess.Process) -> None:
+def _kill_group(proc: subprocess.Popen) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
@@ -78,13 +83,17 @@ def _kill_group(proc: asyncio.subprocess.Process) -> None:
 
 
 def _seal(root: str) -> None:
-    """Take group and other write access off everything under ``root`` (an
-    installer may leave a world-writable file, such as uv's ``.lock``)."""
+    """Make everything under ``root`` readable and not writable by others:
+    directories 0755, files 0644 (0755 if executable). An installer may leave
+    a world-writable file (uv's ``.lock``), the Spearlet's umask private ones."""
     for top, dirs, files in os.walk(root):
         for path in [top, *(os.path.join(top, f) for f in files)]:
             st = os.lstat(path)
-            if not stat.S_ISLNK(st.st_mode) and st.st_mode & 0o022:
-                os.chmod(path, stat.S_IMODE(st.st_mode) & ~0o022)
+            if stat.S_ISLNK(st.st_mode):
+                continue
+            want = 0o755 if stat.S_ISDIR(st.st_mode) or st.st_mode & 0o100 else 0o644
+            if stat.S_IMODE(st.st_mode) != want:
+                os.chmod(path, want)
 
 
 class PyEnvs:
@@ -160,7 +169,9 @@ class PyEnvs:
             os.utime(path)
         except FileNotFoundError:
             try:
-                os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o644))
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+                os.fchmod(fd, 0o644)  # whatever the Spearlet's umask
+                os.close(fd)
             except OSError:
                 pass
         except OSError:
@@ -175,7 +186,10 @@ class PyEnvs:
         except OSError:
             return removed
         for key in names:
-            if key.startswith(".") or key in self._users:
+            if key in self._users:
+                self._touch(key)  # in use now: its last use is now
+                continue
+            if key.startswith("."):
                 continue
             lock = self._locks.get(key)
             if lock is not None and lock.locked():
@@ -223,13 +237,14 @@ class PyEnvs:
             with open(reqs, "w") as f:
                 f.write("".join(r.strip() + "\n" for r in requirements))
             deadline = time.monotonic() + self.timeout
+            final = os.path.join(self.root, key)
             for argv in self._commands(uv, interpreter, env_dir, reqs, bool(requirements)):
-                await self._run(name, requirements, argv, deadline)
+                await self._run(name, requirements, argv, deadline, (env_dir, final))
             with open(os.path.join(env_dir, ABOUT), "w") as f:
                 json.dump({"python": "%d.%d" % version, "requirements": sorted(requirements),
                            "built": time.time()}, f)
             await asyncio.to_thread(_seal, env_dir)
-            os.rename(env_dir, os.path.join(self.root, key))
+            os.rename(env_dir, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         self.builds += 1
@@ -254,42 +269,53 @@ class PyEnvs:
         return cmds
 
     async def _run(self, name: str, requirements: list[str], argv: list[str],
-                   deadline: float) -> None:
+                   deadline: float, where: tuple[str, str]) -> None:
+        """Run one installer command until ``deadline``; a failure names the final
+        place of the environment (``where``: (build dir, final dir)), not the build's."""
         env = {**self.env, "UV_LINK_MODE": "copy", "UV_PYTHON_DOWNLOADS": "never",
                "UV_NO_PROGRESS": "1", "PIP_NO_INPUT": "1"}
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT, env=env, umask=_UMASK, start_new_session=True)
+        # subprocess.Popen, not the loop's: uvloop cannot set a child's umask.
+        # cwd: not the Spearlet's, so that no project file there steers the installer
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, env=env, cwd=self.root, umask=_UMASK,
+                                start_new_session=True, close_fds=True)
+        talk = asyncio.ensure_future(asyncio.to_thread(proc.communicate))
         try:
-            out, _ = await asyncio.wait_for(proc.communicate(), max(0.1, deadline - time.monotonic()))
-        except asyncio.TimeoutError:
-            _kill_group(proc)
-            await proc.wait()
-            raise errors.Unavailable(
-                f"{name}: building its Python environment on node {self.node or '?'} took over "
-                f"{self.timeout:g}s ([runtimes.process] env_build_timeout)") from None
-        except BaseException:
-            _kill_group(proc)
-            await proc.wait()
+            out, _ = await asyncio.wait_for(asyncio.shield(talk),
+                                            max(0.1, deadline - time.monotonic()))
+        except BaseException as exc:
+            _kill_group(proc)  # the installer and anything it started
+            try:
+                await talk
+            except BaseException:  # noqa: BLE001 - cancelled again: the thread ends anyway
+                pass
+            if isinstance(exc, asyncio.TimeoutError):
+                raise errors.Unavailable(
+                    f"{name}: building its Python environment on node {self.node or '?'} took "
+                    f"over {self.timeout:g}s ([runtimes.process] env_build_timeout)") from None
             raise
         if proc.returncode != 0:
-            raise self._failure(name, requirements, out.decode("utf-8", "replace"))
+            output = out.decode("utf-8", "replace").replace(*where)
+            raise self._failure(name, requirements, output)
 
     def _failure(self, name: str, requirements: list[str], output: str) -> errors.SpearError:
         """The typed error of a failed install: which requirement, what the installer said."""
         tail = output.strip()[-OUTPUT_TAIL:]
-        low = output.lower()
-        named = [r for r in requirements
-                 if (m := _NAME.match(r.strip())) and m.group(0).lower() in low]
+        # the requirements named where the installer complains, else anywhere
+        complaints = "\n".join(line for line in output.lower().splitlines()
+                                if _COMPLAINT.search(line))
+        named: list[str] = []
+        for text in (complaints, output.lower()):
+            named = [r for r in requirements
+                     if (m := _NAME.match(r.strip())) and m.group(0).lower() in text]
+            if named:
+                break
         what = (f"requirement {', '.join(repr(r) for r in named)}" if named else
                 f"the requirements ({', '.join(map(repr, requirements))})" if requirements else
                 "the environment")
         message = (f"{name}: {what} cannot be installed on node {self.node or '?'} "
                    f"(wheels only, no source builds); the installer said:\n{tail}")
         details = {"output": tail, "requirements": named or requirements}
-        resolved_badly = re.search(r"(?i)(not found|no solution|no matching|could not find|"
-                                   r"unsatisfiable|no version|does not exist|no wheels|"
-                                   r"--no-build|only-binary)", output)
-        if _NETWORK.search(output) and not resolved_badly:
+        if _NETWORK.search(output) and not _UNRESOLVED.search(output):
             return errors.Unavailable(message, details=details)
         return errors.InvalidArgument(message, details=details)

@@ -12,7 +12,10 @@ the working directory and the mode. Three kinds of function:
 * **Python handler** (``handler="module:function"``): always pooled, served by
   :mod:`.pyworker`. The module is looked up in the working directory first,
   then ``PYTHONPATH`` from ``spec.env``. If ``command`` is also given it is
-  the interpreter to use (e.g. ``["/venv/bin/python"]``).
+  the interpreter to use (e.g. ``["/venv/bin/python"]``). A handler shipped
+  as a code bundle runs in the node's unpacked copy of it, and one with
+  ``requirements`` or ``python`` with its environment's interpreter (both
+  made by the runtime, see :mod:`.codecache` and :mod:`.pyenvs`).
 
 The environment is built from the runtime's ``base_env`` plus ``spec.env``
 only, never the Spearlet's own; ``spec.workdir`` must be under a host root
@@ -125,8 +128,8 @@ class Planner:
                 raise errors.InvalidArgument(
                     f"{spec.name}: a handler with requirements or python gets its interpreter "
                     "from its environment; leave command empty")
-            python = [interpreter] if interpreter else None
-            python = python or list(spec.command) or [self.python_for_handlers(spec.name)]
+            python = ([interpreter] if interpreter else
+                      list(spec.command) or [self.python_for_handlers(spec.name)])
             argv = [*python, self.worker_script(spec.name), handler]
             pooled = True
         elif spec.command:
