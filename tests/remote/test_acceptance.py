@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import sys
 
+from spear.client.requirements import this_python
+
 from .conftest import humanize_importable, run_driver
 
 TEXT_PY = '''\
@@ -36,7 +38,8 @@ boom.remote().result()                # raises ValueError("bad input"), remote t
 
 
 def test_the_acceptance_example(tmp_path, cluster, user_site):
-    for python in (sys.executable, "/usr/bin/python3"):  # the Spearlet's, the sandbox's
+    # neither the Spearlet's interpreter nor a system one the sandbox user may run
+    for python in (sys.executable, "/usr/bin/python3", f"/usr/bin/python{this_python()}"):
         assert not os.path.exists(python) or not humanize_importable(python), python
     home = tmp_path / "laptop"
     (home / "mylib").mkdir(parents=True)
