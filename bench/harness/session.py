@@ -120,8 +120,7 @@ class Session:
         self.cluster = Cluster(base / "cluster", spearlets=self.plan.spearlets,
                                store=os.environ.get("SPEAR_BENCH_STORE", "leveldb"),
                                config=str(cfg), log_level="warning",
-                               # the handlers' workdir, and the spear.remote runner's
-                               host_roots=[str(self.ex), str(runner_dir())])
+                               host_roots=[str(self.ex)])  # the handlers' workdir
         self.cluster.start(wait=60)
         self.t_ready = time.perf_counter() - t0
         self.sms = self.cluster.sms_addr
@@ -200,10 +199,3 @@ class Session:
             if f.key in ("rss.sms", "rss.spearlet"):
                 v = loaded.get(f.key.split(".")[1])
                 f.note = f"after the load: {v:.1f} MB" if v else ""
-
-
-def runner_dir() -> Path:
-    """Where the ``spear.remote`` runner lives (the workdir of ``.remote`` functions)."""
-    import spear.remote.runner
-
-    return Path(spear.remote.runner.__file__).parent

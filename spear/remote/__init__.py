@@ -2,12 +2,14 @@
 
 The client side of running plain Python functions on a cluster: ``api``
 (:func:`connect`, :func:`function`, :func:`get`, :func:`wait`),
-``functions`` (:class:`RemoteFunction`: pickling the function by value and
-naming its deployment), ``futures`` (:class:`RemoteFuture` and reading the
+``functions`` (:class:`RemoteFunction`: pickling the function and naming
+its deployment), ``shipping`` (the code bundle and requirements every
+function ships with), ``futures`` (:class:`RemoteFuture` and reading the
 replies), ``connection`` (one background asyncio loop driving an
 :class:`~spear.client.AsyncClient`). ``runner/`` is the node side, a
-stand-alone module the pooled Python worker imports. It may import
-``errors``, ``protocol``, ``config`` and ``client``, never a service.
+stand-alone module shipped in every bundle. It may import ``errors``,
+``protocol``, ``config``, ``bundles``, ``specs`` and ``client``, never a
+service.
 """
 
 from .api import connect, function, get, wait

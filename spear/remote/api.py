@@ -7,32 +7,41 @@ import concurrent.futures
 from .functions import RemoteFunction
 
 
-def connect(address: str | None = None, **client_kwargs):
+def connect(address: str | None = None, *, working_dir=None, requirements=(), **client_kwargs):
     """Make the process-wide default connection to the SMS at ``address``.
 
-    ``address`` defaults to ``spear.config.default_sms_address()`` (``SPEAR_SMS``);
-    ``client_kwargs`` go to :class:`spear.AsyncClient` (``timeout``, which
-    defaults to 60 s here, and ``security``). A previous default connection is
-    closed. Without a call to ``connect`` the first ``.remote`` connects to the
-    default address. Returns the connection (``close()`` ends it).
+    ``address`` defaults to ``spear.config.default_sms_address()`` (``SPEAR_SMS``).
+    ``working_dir``: a directory packed now (INVALID_ARGUMENT if it is not
+    one) and shipped with every function of this connection; modules in it
+    are imported on the node from there. ``requirements``: lines such as
+    ``"humanize>=4"`` added to every function's own. ``client_kwargs`` go to
+    :class:`spear.AsyncClient` (``timeout``, which defaults to 60 s here, and
+    ``security``). A previous default connection is closed. Without a call to
+    ``connect`` the first ``.remote`` connects to the default address, with no
+    working directory. Returns the connection (``close()`` ends it).
     """
     from .connection import Connection, set_default
 
-    return set_default(Connection(address, **client_kwargs))
+    return set_default(Connection(address, working_dir=working_dir, requirements=requirements,
+                                  **client_kwargs))
 
 
 def function(fn=None, /, *, memory: int | str | None = None, timeout: float | None = None,
-             retries: int = 0):
+             retries: int = 0, requirements=(), python: str | None = None):
     """Make ``fn`` callable on the cluster: ``@spear.function`` or
-    ``@spear.function(memory="256MiB", timeout=30, retries=2)``.
+    ``@spear.function(memory="256MiB", timeout=30, retries=2, requirements=["humanize"])``.
 
     ``memory``: MiB as an int or a size like ``"256MiB"``; ``timeout``:
     seconds per call (the node's default when None); ``retries``: how often
-    the SMS may run a call again after its node was lost. Returns a
+    the SMS may run a call again after its node was lost; ``requirements``:
+    lines such as ``"humanize>=4"``, resolved to exact versions at the first
+    deploy; ``python``: the ``major.minor`` to run on (default: this
+    interpreter's, which a function pickled by value needs). Returns a
     :class:`RemoteFunction`.
     """
     def wrap(f):
-        return RemoteFunction(f, memory=memory, timeout=timeout, retries=retries)
+        return RemoteFunction(f, memory=memory, timeout=timeout, retries=retries,
+                              requirements=requirements, python=python)
 
     return wrap if fn is None else wrap(fn)
 

@@ -3,35 +3,57 @@
 Every remote call is a coroutine on one private event loop in a daemon
 thread, so a thousand calls in flight cost a thousand small tasks, not a
 thousand threads, and callers on any thread (or in any event loop) get a
-:class:`~.futures.RemoteFuture` at once.
+:class:`~.futures.RemoteFuture` at once. The connection also holds what its
+functions ship: the code bundle (packed once, at connect) and the resolved
+requirements (one resolution per distinct set).
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import logging
 import threading
+import weakref
 
-from .. import errors
+from .. import errors, protocol as P
 from ..client import AsyncClient
+from ..client.requirements import resolve, this_python
 from .futures import RemoteFuture, read_reply
+from .shipping import code_bundle, requirement_lines, runner_requirements
+
+log = logging.getLogger(__name__)
+#: how long the first calls of a deployment may wait, beyond their own
+#: timeout, for the nodes to build its environment
+BUILD_WAIT = 600.0
 
 
 class Connection:
     """A background event loop and the :class:`AsyncClient` it drives.
 
-    Each function is deployed once per connection, on its first call; calls
-    made while the deploy is under way wait for it.
+    ``working_dir`` (a directory or None) is packed into the code bundle every
+    function of this connection ships; ``requirements`` are added to every
+    function's own. Each function is deployed once per connection, on its
+    first call; calls made while the deploy is under way wait for it, and
+    calls made before one came back wait for the nodes to build the
+    function's environment too (:data:`BUILD_WAIT`).
     """
 
-    def __init__(self, address: str | None = None, **client_kwargs) -> None:
+    def __init__(self, address: str | None = None, *, working_dir=None, requirements=(),
+                 **client_kwargs) -> None:
+        self.code = code_bundle(working_dir)  # a bad directory fails here, before any thread
+        self.requirements = requirement_lines(requirements)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="spear-remote",
                                         daemon=True)
         self._thread.start()
         client_kwargs.setdefault("timeout", 60.0)
         self.client: AsyncClient = self._run(self._open(address, client_kwargs)).result()
-        self._deploys: dict[str, asyncio.Future] = {}  # touched only on the loop
+        # the tasks below are touched only on the loop
+        self._specs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # fn -> spec
+        self._pins: dict[tuple, asyncio.Future] = {}  # (python, lines) -> resolved pins
+        self._deploys: dict[str, asyncio.Future] = {}  # deployment name -> deploy
+        self._answered: set[str] = set()  # deployments a call of which came back
         self._closed = False
 
     @staticmethod
@@ -46,9 +68,13 @@ class Connection:
         if self._closed:
             raise errors.Unavailable("this spear connection is closed")
         future = RemoteFuture()
-        data = fn.encode_call(args, kwargs)  # pickling happens on the caller's thread
+        data = fn.encode_call(args, kwargs, self.code.root)  # pickling on the caller's thread
         self._loop.call_soon_threadsafe(self._start, future, fn, data)
         return future
+
+    def spec_of(self, fn) -> P.FunctionSpec:
+        """The spec ``fn`` deploys with on this connection (resolving its requirements)."""
+        return self._run(self._spec(fn)).result()
 
     def _start(self, future: RemoteFuture, fn, data: bytes) -> None:
         if future.set_running_or_notify_cancel():
@@ -56,24 +82,39 @@ class Connection:
 
     async def _drive(self, future: RemoteFuture, fn, data: bytes) -> None:
         try:
-            await self._deployed(fn)
-            reply = await self.client.invoke(fn.deployment_name, data, timeout=fn.timeout)
+            spec = await self._spec(fn)
+            await _once(self._deploys, spec.name, lambda: self.client.deploy(spec))
+            reply = await self._call(future, spec.name, fn.timeout, data)
+            future.execution_id = reply.execution_id
             reply.raise_for_status()
-            future.set_result(read_reply(reply.output, fn.__wrapped__))
+            future.set_result(read_reply(reply.output, fn.__wrapped__, self.code))
         except BaseException as exc:  # noqa: BLE001 - the caller gets whatever happened
             future.set_exception(exc)
 
-    async def _deployed(self, fn) -> None:
-        name = fn.deployment_name
-        pending = self._deploys.get(name)
-        if pending is None:
-            pending = self._deploys[name] = self._loop.create_task(self.client.deploy(fn.spec()))
-        try:
-            await asyncio.shield(pending)
-        except BaseException:
-            if self._deploys.get(name) is pending:
-                del self._deploys[name]  # the next call tries again
-            raise
+    async def _call(self, future: RemoteFuture, name: str, timeout: float | None, data: bytes):
+        if name in self._answered:
+            return await self.client.invoke(name, data, timeout=timeout)
+        # Until a call of this deployment has come back, a call may find its
+        # node building the function's environment first, which its timeout
+        # does not cover: wait for the execution's end, not for one reply.
+        eid = future.execution_id = await self.client.submit(name, data, timeout=timeout)
+        budget = (timeout or self.client.timeout) + BUILD_WAIT
+        reply = await self.client.wait(eid, timeout=budget)
+        if reply.status not in P.TERMINAL:
+            raise errors.DeadlineExceeded(
+                f"execution {eid} of {name} is still {reply.status} after {budget:g} s")
+        self._answered.add(name)
+        return reply
+
+    async def _spec(self, fn) -> P.FunctionSpec:
+        return await _once(self._specs, fn, lambda: self._make_spec(fn))
+
+    async def _make_spec(self, fn) -> P.FunctionSpec:
+        python = fn.python or this_python()
+        lines = tuple(sorted({*runner_requirements(), *self.requirements, *fn.requirements}))
+        pins = await _once(self._pins, (python, lines),
+                           lambda: asyncio.to_thread(resolve, lines, python, log.info))
+        return fn.spec(self.code, pins, python)
 
     async def _shutdown(self) -> None:
         me = asyncio.current_task()
@@ -97,6 +138,20 @@ class Connection:
         self._thread.join(timeout=10)
         if not self._thread.is_alive():
             self._loop.close()
+
+
+async def _once(cache, key, start):
+    """Await the one task ``cache`` holds for ``key``, started by ``start()`` if
+    none is; a failed task is dropped, so the next caller tries again."""
+    task = cache.get(key)
+    if task is None:
+        task = cache[key] = asyncio.ensure_future(start())
+    try:
+        return await asyncio.shield(task)
+    except BaseException:
+        if cache.get(key) is task:
+            del cache[key]
+        raise
 
 
 _lock = threading.Lock()

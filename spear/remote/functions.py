@@ -1,12 +1,11 @@
 """The object ``@spear.function`` makes: a function plus how to run it remotely.
 
-The function travels pickled by value with cloudpickle. Which modules go by
-value: cloudpickle always ships ``__main__``'s functions by value; beyond
-that, the function's own module is shipped by value unless it lives in the
-interpreter's standard library or site-packages (an installed package, which
-the node is expected to have too). So a script, a notebook, a test module or
-a package of your project works without being installed on the node; other
-modules the function uses are imported there by name.
+The function travels pickled with cloudpickle (see
+:func:`.shipping.ship_module` for which modules go with it by value and
+which are imported on the node). Its deployment is named by the hash of
+everything the node runs: the pickled function, the code bundle, the
+resolved requirements, the Python version and the limits; so a change to
+any of them is a new deployment, and an unchanged function keeps its name.
 """
 
 from __future__ import annotations
@@ -15,24 +14,21 @@ import collections
 import functools
 import hashlib
 import operator
-import os
 import re
-import sys
-import sysconfig
 import threading
 
 import cloudpickle
 
-from .. import protocol as P
-from .runner import spear_runner
+from .. import errors, protocol as P
 from .runner.spear_runner import dumps_call
+from .shipping import HANDLER, requirement_lines, ship_module
 
-#: the working directory of deployed functions: the runner's directory
-RUNNER_DIR = os.path.dirname(os.path.abspath(spear_runner.__file__))
-HANDLER = "spear_runner:run"
 _UNITS = {"": 1 << 20, "b": 1, "k": 1000, "kb": 1000, "kib": 1 << 10, "m": 10**6, "mb": 10**6,
           "mib": 1 << 20, "g": 10**9, "gb": 10**9, "gib": 1 << 30}
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
+_PYTHON_RE = re.compile(r"^3\.\d{1,2}\Z")
+#: cloudpickle's by-value registry is process-wide: one pickling at a time
+_PICKLING = threading.Lock()
 
 
 def memory_mb(value: int | str | None) -> int | None:
@@ -42,28 +38,15 @@ def memory_mb(value: int | str | None) -> int | None:
     match = _SIZE_RE.match(str(value))
     unit = _UNITS.get(match.group(2).lower()) if match else None
     if unit is None:
-        from .. import errors
-
         raise errors.InvalidArgument(f"memory must look like 256MiB or 1GiB, got {value!r}")
     return max(1, int(float(match.group(1)) * unit) >> 20)
 
 
-def _installed_roots() -> tuple[str, ...]:
-    paths = sysconfig.get_paths()
-    return tuple(os.path.abspath(paths[k]) + os.sep
-                 for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths)
-
-
-def ship_module_by_value(fn) -> None:
-    """Register ``fn``'s module with cloudpickle by value unless it is installed
-    (see the module docstring for the rule)."""
-    module = sys.modules.get(getattr(fn, "__module__", None) or "")
-    if module is None or module.__name__ == "__main__":
-        return
-    path = getattr(module, "__file__", None)
-    if path and os.path.abspath(path).startswith(_installed_roots()):
-        return
-    cloudpickle.register_pickle_by_value(module)
+def check_python(python: str | None) -> str | None:
+    """``python`` if it is a ``major.minor`` such as ``"3.11"`` (or None)."""
+    if python is not None and not _PYTHON_RE.match(python):
+        raise errors.InvalidArgument(f"python must be a version like \"3.11\", got {python!r}")
+    return python
 
 
 class RemoteFunction:
@@ -75,7 +58,8 @@ class RemoteFunction:
     """
 
     def __init__(self, fn, *, memory: int | str | None = None, timeout: float | None = None,
-                 retries: int = 0, connection=None) -> None:
+                 retries: int = 0, requirements=(), python: str | None = None,
+                 connection=None) -> None:
         if not callable(fn):
             raise TypeError(f"spear.function needs a function, got {type(fn).__name__}")
         functools.update_wrapper(self, fn)
@@ -83,10 +67,10 @@ class RemoteFunction:
         self.memory_mb = memory_mb(memory)
         self.timeout = timeout
         self.retries = retries
+        self.requirements = requirement_lines(requirements)
+        self.python = check_python(python)
         self._connection = connection
-        self._lock = threading.Lock()
-        self._blob: bytes | None = None
-        self._name = ""
+        self._blobs: dict[str | None, bytes] = {}  # bundle root -> the pickled function
 
     def __call__(self, *args, **kwargs):
         return self._fn(*args, **kwargs)
@@ -94,44 +78,56 @@ class RemoteFunction:
     def __reduce__(self):
         # Pickled (as a global of a shipped function, say), it becomes the
         # plain function: on the node a call to it just runs it there, and
-        # neither Spear nor this object's lock and connection travel.
+        # neither Spear nor this object's connection travel.
         return operator.itemgetter(0), ((self._fn,),)
 
     def __repr__(self) -> str:
         return f"<spear.function {self.__qualname__}>"
 
-    def _pickled(self) -> bytes:
-        with self._lock:
-            if self._blob is None:
-                ship_module_by_value(self._fn)
-                self._blob = cloudpickle.dumps(self._fn)
-                digest = hashlib.sha256(self._blob).hexdigest()[:16]
-                qualname = re.sub(r"[^A-Za-z0-9_.\-]+", "", self.__qualname__.replace(".<locals>", ""))
-                self._name = f"py-{qualname[:100] or 'fn'}-{digest}"
-            return self._blob
+    def pickled(self, root: str | None = None) -> bytes:
+        """The function pickled for a connection whose bundle holds ``root``
+        (modules there go by reference, see :func:`.shipping.ship_module`)."""
+        blob = self._blobs.get(root)
+        if blob is None:
+            with _PICKLING:
+                ship_module(self._fn, root)
+                blob = cloudpickle.dumps(self._fn)
+            self._blobs[root] = blob
+        return blob
 
-    @property
-    def deployment_name(self) -> str:
-        """``py-<qualname>-<hash of the pickled function>``: a changed function, a new name."""
-        self._pickled()
-        return self._name
-
-    def spec(self) -> P.FunctionSpec:
-        """The deployment: a pooled Python handler running :mod:`.runner.spear_runner`."""
+    def spec(self, code, pins: list[str], python: str) -> P.FunctionSpec:
+        """The deployment of this function with the bundle ``code`` (a
+        :class:`~.shipping.CodeBundle`), the resolved requirements ``pins`` on
+        ``python``: named ``py-<qualname>-<hash of all of it>``."""
+        digest = hashlib.sha256(self.pickled(code.root))
+        for part in (code.sha256, python, repr((self.memory_mb, self.timeout, self.retries)), *pins):
+            digest.update(b"\0" + part.encode())
+        qualname = re.sub(r"[^A-Za-z0-9_.\-]+", "", self.__qualname__.replace(".<locals>", ""))
         return P.FunctionSpec(
-            name=self.deployment_name, runtime="process", handler=HANDLER, workdir=RUNNER_DIR,
+            name=f"py-{qualname[:100] or 'fn'}-{digest.hexdigest()[:16]}", runtime="process",
+            handler=HANDLER, artifact=code.data, artifact_sha256=code.sha256,
+            requirements=list(pins), python=python,
             limits=P.Limits(timeout=self.timeout, memory_mb=self.memory_mb), retries=self.retries,
         )
 
-    def encode_call(self, args: tuple, kwargs: dict) -> bytes:
-        """The invocation input of ``fn(*args, **kwargs)``."""
-        return dumps_call(self._pickled(), args, kwargs)
+    @property
+    def deployment_name(self) -> str:
+        """The name this function deploys under on its connection (the default one
+        unless it was given one); resolves the requirements on first use."""
+        return self._conn().spec_of(self).name
+
+    def encode_call(self, args: tuple, kwargs: dict, root: str | None = None) -> bytes:
+        """The invocation input of ``fn(*args, **kwargs)`` for a bundle of ``root``."""
+        return dumps_call(self.pickled(root), args, kwargs)
+
+    def _conn(self):
+        from .connection import default_connection
+
+        return self._connection or default_connection()
 
     def remote(self, *args, **kwargs):
         """Run ``fn(*args, **kwargs)`` on the cluster; returns a :class:`~.futures.RemoteFuture`."""
-        from .connection import default_connection
-
-        return (self._connection or default_connection()).submit(self, args, kwargs)
+        return self._conn().submit(self, args, kwargs)
 
     def map(self, items, *, max_in_flight: int = 64, timeout: float | None = None):
         """Yield ``fn(item)`` for each item, in order, at most ``max_in_flight`` running.

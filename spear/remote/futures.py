@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import linecache
+import os
 import re
 import sys
 import types
@@ -16,26 +17,34 @@ from .runner.spear_runner import RAISED, RESULT, cloudpickle, loads_value, msgsp
 class RemoteFuture(concurrent.futures.Future):
     """The result of ``fn.remote(...)``: a :class:`concurrent.futures.Future`
     (``result(timeout)``, ``exception()``, ``done()``, ``add_done_callback``)
-    that can also be awaited from any event loop (``await fut``)."""
+    that can also be awaited from any event loop (``await fut``).
+
+    ``execution_id`` names the execution (``spear executions show ID``) once
+    the SMS has answered, at the latest when the future is done; None before.
+    """
+
+    execution_id: str | None = None
 
     def __await__(self):
         return asyncio.wrap_future(self).__await__()
 
 
-def read_reply(output: bytes, fn=None):
+def read_reply(output: bytes, fn=None, code=None):
     """The value a reply carries; raises the remote exception it carries instead.
 
     The exception is the one the function raised (same type, unpickled), with
     the remote traceback as a note and, as its ``__cause__``, a
     :class:`spear.errors.FunctionError` holding the same text. One that cannot
     be unpickled here becomes a ``FunctionError`` with its repr and traceback.
+    ``fn`` and ``code`` (the :class:`~.shipping.CodeBundle` it ran from) let
+    the traceback name this machine's files (:func:`with_local_source`).
     """
     tag, body = output[:1], output[1:]
     if tag == RESULT:
         return loads_value(body)
     if tag == RAISED:
         name, text_repr, text, pickled = msgspec.msgpack.decode(body)
-        text = with_local_source(text, fn)
+        text = with_local_source(text, fn, code)
         why = "it cannot be pickled"
         if pickled is not None:
             try:
@@ -68,14 +77,18 @@ def _codes(fn) -> dict[str, str]:
     return out
 
 
-def with_local_source(text: str, fn) -> str:
+def with_local_source(text: str, fn, code=None) -> str:
     """The remote traceback with this machine's file names and source lines.
 
     cloudpickle ships a function's code with the file name ``<dynamic-code>``
     (its payload must not depend on where it was defined), and the node has no
     source anyway. The caller does: each such frame of a function it knows by
-    name gets its file back and, from it, the line that ran.
+    name gets its file back and, from it, the line that ran. A frame of a
+    file of the working directory names the node's copy of the bundle: it
+    gets the local path of that file instead.
     """
+    if code is not None and code.root and code.sha256 in text:
+        text = re.sub(rf'File "[^"\n]*/{code.sha256}/', lambda m: f'File "{code.root}{os.sep}', text)
     if fn is None or "<dynamic-code>" not in text:
         return text
     codes = _codes(fn)
@@ -90,7 +103,7 @@ def with_local_source(text: str, fn) -> str:
         out.append(f'{indent}File "{filename}", line {lineno}, in {name}')
         source = linecache.getline(filename, int(lineno)).strip()
         if source:
-            out.append(f"{indent}    {source}")
+            out.append(f"{indent}  {source}")
     return "\n".join(out) + ("\n" if text.endswith("\n") else "")
 
 

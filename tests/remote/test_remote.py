@@ -148,3 +148,14 @@ def test_a_redefined_function_gets_a_new_deployment(connection):
     assert spear.function(version).deployment_name == two.deployment_name  # content-addressed
     names = {f.name for f in connection._run(connection.client.functions()).result(WAIT)}
     assert {one.deployment_name, two.deployment_name} <= names
+
+
+def test_a_future_names_its_execution(connection):
+    futures = [add.remote(i) for i in range(3)]
+    assert [f.result(WAIT) for f in futures] == [0, 1, 2]
+    ids = [f.execution_id for f in futures]
+    assert len(set(ids)) == 3 and all(ids)
+    record = connection._run(connection.client.execution(ids[1])).result(WAIT)
+    assert record.execution_id == ids[1] and record.status == "succeeded"
+    failed = failing.remote("x")
+    assert isinstance(failed.exception(WAIT), ValueError) and failed.execution_id

@@ -1,8 +1,8 @@
 """Generic handler of functions shipped by value, and the payloads it speaks.
 
-Deployed as ``handler="spear_runner:run"`` with this file's directory as the
-working directory. Stand-alone on purpose (standard library, ``cloudpickle``
-and ``msgspec`` only): the worker's interpreter need not have Spear.
+Shipped in each function's code bundle as ``_spear_runner.py`` and deployed
+as ``handler="_spear_runner:run"``. Stand-alone on purpose (standard library,
+``cloudpickle`` and ``msgspec`` only): the worker's environment has no Spear.
 
 Payloads (every value starts with a tag byte):
 
@@ -74,8 +74,11 @@ def dumps_call(fn_blob: bytes, args: tuple, kwargs: dict) -> bytes:
 
 
 def dumps_raised(exc: BaseException) -> bytes:
-    """A reply carrying ``exc``, its repr and its traceback text."""
-    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    """A reply carrying ``exc``, its repr and its traceback text (from the frame
+    below :func:`run`'s, which the caller has no use for)."""
+    tb = exc.__traceback__
+    # the caller's traceback starts in its function, not in this runner
+    text = "".join(traceback.format_exception(type(exc), exc, tb.tb_next if tb and tb.tb_next else tb))
     try:
         pickled = cloudpickle.dumps(exc)
     except Exception:  # noqa: BLE001 - any object may refuse to pickle

@@ -1,0 +1,1 @@
+"""Human-readable file sizes: a small package of this project, shipped to the nodes."""
