@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Callable, Iterator
@@ -185,3 +186,27 @@ def arun(request) -> Callable:
             loop.close()
 
     return run
+
+
+# ---------------------------------------------------------------- code caches
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_node_code_caches(tmp_path_factory) -> Iterator[None]:
+    """Remove, after the run, the default code caches of the test nodes.
+
+    A node whose functions run as another user keeps its code bundles and
+    Python environments under ``/var/cache/spear/<hash of its data dir>``
+    (outside the private data directory), which outlives the test's
+    temporary directories: each records its data directory, and the ones of
+    this run's nodes (or of nodes whose data directory is gone) are removed.
+    """
+    yield
+    from spear.runtimes.process.codecache import OWNER_FILE
+
+    base = os.path.realpath(tmp_path_factory.getbasetemp())
+    root = Path("/var/cache/spear")
+    for marker in root.glob(f"*/{OWNER_FILE}") if root.is_dir() else ():
+        owner = marker.read_text()
+        if owner.startswith(base + os.sep) or not os.path.isdir(owner):
+            shutil.rmtree(marker.parent, ignore_errors=True)

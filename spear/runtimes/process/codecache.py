@@ -34,6 +34,20 @@ def default_cache_dir(data_dir: str | os.PathLike, other_user: bool) -> str:
     return os.path.join(os.fspath(data_dir), "cache")
 
 
+#: in a default cache directory: the data directory of the node it belongs to, so
+#: that a cache whose node is gone for good can be found and removed
+OWNER_FILE = ".spear-data-dir"
+
+
+def write_owner(root: str, data_dir: str) -> None:
+    """Record in ``root`` which node data directory it belongs to (once)."""
+    path = os.path.join(root, OWNER_FILE)
+    if not os.path.exists(path):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "w") as f:
+            f.write(data_dir)
+
+
 def make_dirs(path: str) -> None:
     """``os.makedirs(path)`` with every directory it makes 0755, whatever the umask."""
     if os.path.isdir(path):

@@ -23,7 +23,7 @@ from ...protocol import FunctionSpec, Limits
 from ..base import Instance, LogSink, Outcome, Prepared, Runtime
 from ..hostpaths import HostPaths
 from . import cgroups as cg
-from .codecache import CodeCache, default_cache_dir, make_dirs
+from .codecache import CodeCache, default_cache_dir, make_dirs, write_owner
 from .host import Host, close_host, open_host
 from .limits import Bounds
 from .oneshot import OneShot, run_oneshot
@@ -115,8 +115,11 @@ class ProcessRuntime(Runtime):
         self._env_options = dict(installer=installer, index_url=index_url,
                                  timeout=env_build_timeout, ttl=env_ttl,
                                  env=installer_env, node=node)
+        #: the node data directory a default cache belongs to (written into it as OWNER_FILE)
+        self._owner = ""
         if cache_dir is None and data_dir is not None:
             cache_dir = default_cache_dir(data_dir, self.sandbox.user is not None)
+            self._owner = os.path.realpath(data_dir)
         self.cache_dir = os.fspath(cache_dir) if cache_dir is not None else None
         self._cache_temp = False
         self._code: CodeCache | None = None
@@ -226,6 +229,8 @@ class ProcessRuntime(Runtime):
                 self._cache_temp = True
             make_dirs(os.path.join(root, "code"))
             make_dirs(os.path.join(root, "envs"))
+            if self._owner:
+                write_owner(root, self._owner)
             user = self.sandbox.user
             why = denied(os.path.join(root, "envs"), user, read=True, execute=True)
             if why is not None:
