@@ -2,7 +2,7 @@
 
 Output bytes kept exact, ``--node`` by name, options and positionals in any
 order, one meaning per timeout flag, readable ``stats``, ``up``'s log level and
-port checks, Ctrl-C during ``invoke``, and what ``import spear`` and
+port checks, Ctrl-C during ``invoke`` (waiting or streaming), and what ``import spear`` and
 ``spear --help`` load.
 """
 
@@ -174,6 +174,31 @@ def test_ctrl_c_during_invoke_names_the_execution(cluster, process_runtime):
             assert p.returncode == 130
             assert f"interrupted; execution {eid} continues" in err
             assert f"spear cancel {eid}" in err and "Traceback" not in err
+            assert c.execution(eid).info.status not in P.TERMINAL  # Ctrl-C left it running
+            c.cancel(eid)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def test_ctrl_c_during_invoke_stream_names_the_execution(cluster, process_runtime):
+    p = subprocess.Popen([sys.executable, "-m", "spear", "invoke", "sleepy", "--stream",
+                          "--sms", cluster.sms_addr],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        with Client(cluster.sms_addr) as c:
+            before = {i.execution_id for i in c.executions(function="sleepy")[0]}
+            running = wait_for(lambda: [i for i in c.executions(function="sleepy")[0]
+                                        if i.status not in P.TERMINAL
+                                        and i.execution_id not in before], 20,
+                               "the streamed sleepy execution to start")
+            p.send_signal(signal.SIGINT)
+            out, err = p.communicate(timeout=20)
+            eid = running[0].execution_id
+            assert p.returncode == 130
+            assert f"interrupted; execution {eid} continues" in err
+            assert f"spear logs {eid}" in err and "Traceback" not in err
             assert c.execution(eid).info.status not in P.TERMINAL  # Ctrl-C left it running
             c.cancel(eid)
     finally:
