@@ -8,6 +8,10 @@ Struct generated from the message's own field list, minus the request
 added to the protocol it appears in the REST API and its OpenAPI document
 with no edit here.
 
+A deploy's body is a :data:`DeploySpec`: FunctionSpec's own fields, its
+``runtime`` also taking the aliases of :data:`spear.specs.RUNTIME_ALIASES`
+(``python``), turned back into a FunctionSpec by :func:`spec_of`.
+
 The rest are the few envelopes only HTTP needs (pages, invoke results,
 errors) and the query-string Structs that validate parameters and, through
 :mod:`spear.gateway.openapi`, document them.
