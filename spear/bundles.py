@@ -22,6 +22,7 @@ import shutil
 import stat
 import tempfile
 import zipfile
+import zlib
 
 from . import errors
 from .protocol import MAX_PAYLOAD
@@ -143,8 +144,12 @@ def unpack(data: bytes, dest: str, max_files: int = MAX_FILES,
             _make_dirs(tmp, os.path.dirname(target))
             mode = 0o755 if (info.external_attr >> 16) & 0o111 else 0o644
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-            with os.fdopen(fd, "wb") as out, zf.open(info) as src:
-                _copy(src, out, info.file_size)
+            try:
+                with os.fdopen(fd, "wb") as out, zf.open(info) as src:
+                    _copy(src, out, info.file_size)
+            except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
+                # a damaged or lying entry (its CRC, sizes or compression)
+                raise errors.InvalidArgument(f"bundle entry {name!r} is damaged: {exc}") from None
             os.chmod(target, mode)
         try:
             os.rename(tmp, dest)

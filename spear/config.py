@@ -155,6 +155,18 @@ class ProcessConfig(_Section, frozen=True):
     #: a cgroup per execution: "auto" (where they work, else rlimits with a
     #: warning), "required" (no process runtime without them), "off"
     cgroups: Literal["auto", "required", "off"] = "auto"
+    #: where code bundles are unpacked and Python environments built; "" = a
+    #: root-owned /var/cache/spear/<12 hex of the data dir's hash> when functions
+    #: run as another user, else <data>/cache (the sandbox user must reach it)
+    cache_dir: str = ""
+    #: what builds the environments of Python handlers: "auto" (uv if installed, else pip)
+    installer: Literal["auto", "uv", "pip"] = "auto"
+    #: package index of those builds ("" = the installer's default, PyPI)
+    index_url: Annotated[str, Meta(pattern=r"^(https?://\S+)?\Z")] = ""
+    #: longest build of one environment (it fails the deploy, UNAVAILABLE)
+    env_build_timeout: Seconds = 600.0
+    #: how long an environment no deployed function uses is kept (seconds)
+    env_ttl: Annotated[float, Meta(gt=0)] = 86400.0
 
 
 class DockerConfig(_Section, frozen=True):

@@ -19,12 +19,12 @@ from typing import Any, Callable
 import psutil
 import zmq
 
-from spear import protocol as P
+from spear import bundles, protocol as P
 from spear.cluster import free_port
 from spear.mesh import context
 
 __all__ = ["EXAMPLES", "ADD_WAT", "FAST_HB", "wait_for", "free_port", "spear_cli", "add_spec",
-           "dealer", "request", "gone"]
+           "dealer", "request", "gone", "make_bundle"]
 
 #: the repository's examples/ (wasm and process functions the tests deploy)
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -112,3 +112,10 @@ def gone(pids, wait: float = 2.0) -> bool:
         if not alive or time.monotonic() > end:
             return not alive
         time.sleep(0.02)
+
+
+def make_bundle(files: dict[str, str | bytes]) -> bytes:
+    """A code bundle (what ``bundles.pack`` makes of a directory) holding ``files``
+    (archive name -> text or bytes)."""
+    return bundles.pack(None, {name: data.encode() if isinstance(data, str) else data
+                               for name, data in files.items()})

@@ -77,6 +77,9 @@ SAMPLES: dict[str, list[Any]] = {
     "spearlet.host_roots": [["/srv/data"], ["/tmp/in", "/tmp/out:rw"]],
     # HOST:PORT, checked when the gateway starts
     "gateway.listen": ["0.0.0.0:7781", "127.0.0.1:7999"],
+    "runtimes.process.cache_dir": ["/var/cache/spear/node-a", "/srv/spear-cache"],
+    "runtimes.process.index_url": ["https://pypi.example.org/simple",
+                                   "http://127.0.0.1:3141/root/pypi/+simple/"],
 }
 
 #: keys named like a [global] key that do NOT inherit it (a different meaning):

@@ -1,7 +1,7 @@
 """The interface every runtime provides (wasm, process, docker).
 
 A runtime turns a :class:`~spear.protocol.FunctionSpec` into running code in
-four steps, all driven by the Spearlet's RuntimeManager and InstancePool:
+steps, all driven by the Spearlet's RuntimeManager, Runner and InstancePool:
 
 1. ``prepare(spec)`` once per deploy: validate the spec, compile or fetch the
    artifact (cached), return an opaque ``Prepared`` handle.
@@ -13,8 +13,11 @@ four steps, all driven by the Spearlet's RuntimeManager and InstancePool:
    After any exception, or when ``instance.reusable`` is False, the caller
    destroys the instance instead of returning it to the pool.
 4. ``destroy(instance)`` frees everything (processes, containers, stores).
+5. ``release(prepared)`` once the deployment is replaced or removed and its
+   instances are gone; ``collect()`` (synchronous, quick) now and then removes
+   cached things no deployment uses.
 
-All methods are coroutines and must never block the event loop for long:
+The other methods are coroutines and must never block the event loop for long:
 blocking SDK calls go to a thread.
 """
 
@@ -112,6 +115,13 @@ class Runtime(abc.ABC):
     @abc.abstractmethod
     async def destroy(self, instance: Instance) -> None:
         """Release the instance; must not raise for an already-dead instance."""
+
+    async def release(self, prepared: Prepared) -> None:
+        """``prepared`` is no longer deployed (its instances are destroyed): free
+        what ``prepare`` kept for it (an unpacked bundle, a use of an environment)."""
+
+    def collect(self) -> None:
+        """Remove cached things nothing uses any more (called now and then by the Spearlet)."""
 
     async def close(self) -> None:
         """Release runtime-wide resources (threads, clients) at Spearlet stop."""

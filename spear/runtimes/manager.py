@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import errors
-from ..config import Config, inherited_env
+from ..config import Config, child_env, inherited_env
 from .base import Runtime
 from .hostpaths import HostPaths
 
@@ -240,7 +240,11 @@ class RuntimeManager:
                    host_paths=self.host_paths, max_output_mb=c.max_output_mb,
                    default_pids=c.pids, cgroups=c.cgroups,
                    # what it starts is recorded here (see _clean_process_leftovers)
-                   state_dir=self.data_dir / "process")
+                   state_dir=self.data_dir / "process",
+                   data_dir=self.data_dir, cache_dir=c.cache_dir or None,
+                   installer=c.installer, index_url=c.index_url,
+                   env_build_timeout=c.env_build_timeout, env_ttl=c.env_ttl,
+                   installer_env=child_env(), node=self.node_id)
 
     def _docker(self, cls: type[Runtime]) -> Runtime:
         c = self.config.runtimes.docker

@@ -198,13 +198,14 @@ class Runner:
                 await pool.prewarm()
             except BaseException:
                 await pool.close()
+                await runtime.release(prepared)
                 raise
             old = self.deployments.get(spec.name)
             d = Deployment(spec, runtime, prepared, pool)
             self.deployments[spec.name] = d
             self.feed(Deployed(spec, prepared.digest, sms_digest))
             if old is not None:
-                await old.pool.close()
+                await self._retire(old)
         log.info("deployed %s (%s, digest %s, %d warm)", spec.name, spec.runtime,
                  prepared.digest[:12], pool.warm)
         return self.info(d)
@@ -226,12 +227,22 @@ class Runner:
 
         async def close() -> None:
             if d is not None:
-                await d.pool.close()
+                await self._retire(d)
             log.info("removed %s", ins.name)
             if ins.ident is not None:
                 self.reply(ins.ident, P.Ok(id=ins.msg_id))
 
         self._spawn(close())
+
+    @staticmethod
+    async def _retire(d: Deployment) -> None:
+        """Close a replaced or removed deployment's pool, then let its runtime free
+        what it kept for it (its code, its environment)."""
+        await d.pool.close()
+        try:
+            await d.runtime.release(d.prepared)
+        except Exception:  # noqa: BLE001 - the deployment is gone either way
+            log.exception("releasing %s failed", d.spec.name)
 
     # ------------------------------------------------------------ executions
 
@@ -397,9 +408,15 @@ class Runner:
     # ------------------------------------------------------------ upkeep
 
     async def evict_loop(self, period: float = 5.0) -> None:
-        """Destroy instances idle for longer than their pool's ``idle_ttl``, forever."""
+        """Destroy instances idle for longer than their pool's ``idle_ttl``, and
+        let each runtime collect what no deployment uses, forever."""
         while True:
             await asyncio.sleep(period)
+            for rt in list(self.runtimes.runtimes.values()):
+                try:
+                    rt.collect()
+                except Exception:  # noqa: BLE001
+                    log.exception("collecting the unused cache of runtime %s failed", rt.name)
             for d in list(self.deployments.values()):
                 try:
                     n = await d.pool.evict_idle()

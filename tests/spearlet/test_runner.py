@@ -20,13 +20,13 @@ SPEC = P.FunctionSpec(name="echo", runtime="fake", pool=P.PoolSettings(min_warm=
 
 
 class FakeRuntime(Runtime):
-    """Echoes its input; inline unless ``hold`` is set (then it waits for ``release``)."""
+    """Echoes its input; inline unless ``hold`` is set (then it waits for ``go``)."""
 
     name = "fake"
 
     def __init__(self) -> None:
         self.hold = False
-        self.release = asyncio.Event()
+        self.go = asyncio.Event()  # lets held calls finish
         self.calls = 0
 
     async def prepare(self, spec):
@@ -46,7 +46,7 @@ class FakeRuntime(Runtime):
         if on_log is not None:
             on_log(b"log")
         if self.hold:
-            await self.release.wait()
+            await self.go.wait()
         return Outcome(bytes(data).upper())
 
     async def destroy(self, instance):
@@ -149,7 +149,7 @@ def test_a_dispatch_falls_back_to_a_task_streams_its_log_and_reports_to_the_sms(
                                        stream=True), b"ab"))
         await settle()
         assert [type(m) for m, _ in sent] == [P.LogChunk]
-        rt.release.set()
+        rt.go.set()
         await settle()
         result, payload = sent[-1]
         assert isinstance(result, P.Result) and result.id == 5 and payload == b"AB"
@@ -207,7 +207,7 @@ def test_get_execution_waits_for_the_end(arun):
         r.feed(E.Asked(b"c2", P.GetExecution(id=3, execution_id=eid, wait=30.0)))
         await settle()
         assert len(replies) == 1  # still waiting
-        rt.release.set()
+        rt.go.set()
         await settle()
         ident, msg, payload = replies[-1]
         assert ident == b"c2" and msg.id == 3 and msg.execution.status == "succeeded"

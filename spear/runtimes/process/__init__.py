@@ -8,14 +8,16 @@ node gives every process (:mod:`.host`), one-shot runs (:mod:`.oneshot`),
 pooled workers and their protocol (:mod:`.workers`), pipes and output caps
 (:mod:`.streams`), the typing of exits (:mod:`.exits`), execution cgroups
 (:mod:`.cgroups` over :mod:`.cgroupfs`), the record of what was started
-(:mod:`.leftovers`) and the Python handler worker program (:mod:`.pyworker`,
+(:mod:`.leftovers`), the node's code cache of unpacked bundles
+(:mod:`.codecache`), the Python environments of handlers with requirements
+(:mod:`.pyenvs`) and the Python handler worker program (:mod:`.pyworker`,
 run by path and importing nothing of Spear). It may import
-:mod:`spear.errors`, :mod:`spear.protocol`, :mod:`spear.fsmodes` and the
-runtimes' :mod:`..base` and :mod:`..hostpaths`; never the manager, another
-runtime, or anything above the runtimes.
+:mod:`spear.errors`, :mod:`spear.protocol`, :mod:`spear.fsmodes`,
+:mod:`spear.bundles` and the runtimes' :mod:`..base` and :mod:`..hostpaths`;
+never the manager, another runtime, or anything above the runtimes.
 
-See ``docs/sandbox.md`` for the sandbox and the limits, and
-``docs/worker-protocol.md`` for the pooled worker protocol.
+See ``docs/sandbox.md`` for the sandbox, the limits, code bundles and
+environments, and ``docs/worker-protocol.md`` for the pooled worker protocol.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import sys
 import tempfile
 
@@ -22,15 +23,18 @@ from ...protocol import FunctionSpec, Limits
 from ..base import Instance, LogSink, Outcome, Prepared, Runtime
 from ..hostpaths import HostPaths
 from . import cgroups as cg
+from .codecache import CodeCache, default_cache_dir, make_dirs
 from .host import Host, close_host, open_host
 from .limits import Bounds
 from .oneshot import OneShot, run_oneshot
-from .sandbox import Sandbox, User, resolve_user
+from .pyenvs import PyEnvs
+from .sandbox import Sandbox, User, denied, python_version, resolve_user
 from .spec import DEFAULT_ENV, Planner, Plan, rmtree
 from .streams import MAX_OUTPUT, MIB
 from .workers import Worker
 
 log = logging.getLogger(__name__)
+_VERSION = re.compile(r"^(\d+)\.(\d+)\Z")
 
 
 class ProcessRuntime(Runtime):
@@ -56,6 +60,12 @@ class ProcessRuntime(Runtime):
     ``state_dir``: where the record of started processes is kept (the node's
     data directory), so that :meth:`reap_leftovers` of a restarted Spearlet
     ends what a killed one left running. None: no record.
+    ``cache_dir``: where code bundles are unpacked (``code/``) and Python
+    environments built (``envs/``); None: :func:`.codecache.default_cache_dir`
+    of ``data_dir`` (a temporary directory, removed at close, without one).
+    ``installer``, ``index_url``, ``env_build_timeout``, ``env_ttl``,
+    ``installer_env``: how environments are built and kept (see
+    :class:`.pyenvs.PyEnvs`); ``node``: the node's id, named in their errors.
     """
 
     name = "process"
@@ -74,6 +84,14 @@ class ProcessRuntime(Runtime):
         default_pids: int | None = None,
         cgroups: str = "auto",
         state_dir: str | os.PathLike | None = None,
+        data_dir: str | os.PathLike | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        installer: str = "auto",
+        index_url: str = "",
+        env_build_timeout: float = 600.0,
+        env_ttl: float = 86400.0,
+        installer_env: dict[str, str] | None = None,
+        node: str = "",
     ) -> None:
         if cgroups not in ("auto", "required", "off"):
             raise ValueError(f"cgroups must be 'auto', 'required' or 'off', not {cgroups!r}")
@@ -92,6 +110,17 @@ class ProcessRuntime(Runtime):
         self._cgroups_why = ""
         self._workers: set[Worker] = set()
         self._oneshots: set[OneShot] = set()
+        if installer not in ("auto", "uv", "pip"):
+            raise ValueError(f"installer must be 'auto', 'uv' or 'pip', not {installer!r}")
+        self._env_options = dict(installer=installer, index_url=index_url,
+                                 timeout=env_build_timeout, ttl=env_ttl,
+                                 env=installer_env, node=node)
+        if cache_dir is None and data_dir is not None:
+            cache_dir = default_cache_dir(data_dir, self.sandbox.user is not None)
+        self.cache_dir = os.fspath(cache_dir) if cache_dir is not None else None
+        self._cache_temp = False
+        self._code: CodeCache | None = None
+        self._envs: PyEnvs | None = None
         u = self.sandbox.user
         if u is not None:
             log.info("process functions run as %s (uid %d, gid %d)", u.name, u.uid, u.gid)
@@ -152,8 +181,81 @@ class ProcessRuntime(Runtime):
     async def prepare(self, spec: FunctionSpec) -> Prepared:
         if spec.runtime != self.name:
             raise errors.InvalidArgument(f"{spec.name}: runtime is {spec.runtime!r}, not 'process'")
-        plan, digest = await self.planner.plan(spec)
+        handler = bool(spec.handler.strip())
+        bundle = pyenv = ""
+        try:
+            if handler and spec.artifact is not None:
+                bundle = await self._caches()[0].acquire(spec.name, spec.artifact,
+                                                         spec.artifact_sha256)
+            if handler and (spec.requirements or spec.python):
+                pyenv = await self._pyenv(spec)
+            code_dir = self._code.path(bundle) if bundle else ""
+            interpreter = self._envs.python_of(pyenv) if pyenv else ""
+            plan, digest = await self.planner.plan(spec, code_dir, interpreter)
+        except BaseException:
+            if bundle:
+                self._code.release(bundle)
+            if pyenv:
+                self._envs.release(pyenv)
+            raise
+        plan.bundle, plan.pyenv = bundle, pyenv
         return Prepared(spec=spec, handle=plan, digest=digest)
+
+    async def _pyenv(self, spec: FunctionSpec) -> str:
+        """The key of the environment of ``spec`` (Python version and requirements), built if need be."""
+        version = None
+        if spec.python:
+            m = _VERSION.match(spec.python)
+            if m is None:
+                raise errors.InvalidArgument(
+                    f"{spec.name}: python must be a version like '3.11', not {spec.python!r}")
+            version = (int(m.group(1)), int(m.group(2)))
+        version = version or python_version(self.planner.python) or sys.version_info[:2]
+        interpreter = self.planner.python_for_handlers(spec.name, version)
+        envs = self._caches()[1]
+        return await envs.acquire(spec.name, interpreter, version, list(spec.requirements))
+
+    def _caches(self) -> tuple[CodeCache, PyEnvs]:
+        """The code cache and the environments, under a cache directory made (0755) and
+        checked on first use: the sandbox user must be able to reach into it."""
+        if self._code is None:
+            root = self.cache_dir
+            if root is None:
+                root = self.cache_dir = tempfile.mkdtemp(prefix="spear-cache-")
+                os.chmod(root, 0o755)
+                self._cache_temp = True
+            make_dirs(os.path.join(root, "code"))
+            make_dirs(os.path.join(root, "envs"))
+            user = self.sandbox.user
+            why = denied(os.path.join(root, "envs"), user, read=True, execute=True)
+            if why is not None:
+                raise errors.Unavailable(
+                    f"the code cache {root} ([runtimes.process] cache_dir) is not reachable by "
+                    f"{user.name}, the user functions run as: {why}")
+            self._code = CodeCache(os.path.join(root, "code"))
+            self._envs = PyEnvs(os.path.join(root, "envs"), **self._env_options)
+        return self._code, self._envs
+
+    async def release(self, prepared: Prepared) -> None:
+        plan = prepared.handle
+        if not isinstance(plan, Plan):
+            return
+        bundle, pyenv, plan.bundle, plan.pyenv = plan.bundle, plan.pyenv, "", ""
+        if bundle and self._code is not None:
+            self._code.release(bundle)
+        if pyenv and self._envs is not None:
+            self._envs.release(pyenv)
+
+    def collect(self) -> None:
+        """Remove unpacked bundles no function uses, and environments unused for ``env_ttl``."""
+        if self.cache_dir is None:
+            return
+        try:
+            code, envs = self._caches()
+        except errors.SpearError:
+            return  # said at the deploy that needs it
+        code.collect()
+        envs.collect()
 
     # -- instances
     async def create_instance(self, prepared: Prepared) -> Instance:
@@ -254,6 +356,9 @@ class ProcessRuntime(Runtime):
         for tmpdir in [w.tmpdir for w in workers] + [h.tmpdir for h in oneshots]:
             rmtree(tmpdir)
         self.planner.close()
+        if self._cache_temp:
+            rmtree(self.cache_dir)
+            self.cache_dir, self._code, self._envs, self._cache_temp = None, None, None, False
         host, self._host_ = self._host_, None
         if host is not None:
             await close_host(host)

@@ -64,6 +64,9 @@ class Plan:
     pooled: bool
     limits: Limits  # the spec's own, used where the call's limits say None
     popen_kw: dict = field(default_factory=dict)
+    #: SHA-256 of the code bundle and key of the Python environment it uses ("": none)
+    bundle: str = ""
+    pyenv: str = ""
 
 
 def rmtree(path: str | None) -> None:
@@ -91,11 +94,16 @@ class Planner:
         self._pyworker: str | None = None
         self._pyworker_copy: str | None = None  # a readable copy we made, removed at close
 
-    async def plan(self, spec: FunctionSpec) -> tuple[Plan, str]:
-        """The plan of ``spec`` and its digest; InvalidArgument for what cannot run here."""
-        argv, pooled = self._command(spec)
+    async def plan(self, spec: FunctionSpec, code_dir: str = "",
+                   interpreter: str = "") -> tuple[Plan, str]:
+        """The plan of ``spec`` and its digest; InvalidArgument for what cannot run here.
+
+        ``code_dir``: the node's unpacked bundle of a handler (its workdir);
+        ``interpreter``: the Python of the handler's environment.
+        """
+        argv, pooled = self._command(spec, interpreter)
         env = self._environment(spec, pooled)
-        workdir = self._workdir(spec)
+        workdir = self._code_dir(spec, code_dir) if code_dir else self._workdir(spec)
         executable = self._executable(spec.name, argv[0], env, workdir)
         argv, executable, env, popen_kw = await self.sandbox.wrap(
             spec.name, argv, executable, env, spec.limits.network)
@@ -105,7 +113,7 @@ class Planner:
         ).hexdigest()
         return plan, digest
 
-    def _command(self, spec: FunctionSpec) -> tuple[list[str], bool]:
+    def _command(self, spec: FunctionSpec, interpreter: str = "") -> tuple[list[str], bool]:
         """What to run (before the sandbox wrapper) and whether it is a pooled worker."""
         handler = spec.handler.strip()
         if handler:
@@ -113,8 +121,13 @@ class Planner:
                 raise errors.InvalidArgument(
                     f"{spec.name}: handler must look like module:function, got {handler!r}"
                 )
-            interpreter = list(spec.command) or [self.python_for_handlers(spec.name)]
-            argv = [*interpreter, self.worker_script(spec.name), handler]
+            if interpreter and spec.command:
+                raise errors.InvalidArgument(
+                    f"{spec.name}: a handler with requirements or python gets its interpreter "
+                    "from its environment; leave command empty")
+            python = [interpreter] if interpreter else None
+            python = python or list(spec.command) or [self.python_for_handlers(spec.name)]
+            argv = [*python, self.worker_script(spec.name), handler]
             pooled = True
         elif spec.command:
             argv = list(spec.command)
@@ -136,6 +149,19 @@ class Planner:
         if pooled:
             env["SPEAR_WORKER_PROTOCOL"] = str(WORKER_PROTOCOL)
         return env
+
+    def _code_dir(self, spec: FunctionSpec, code_dir: str) -> str:
+        """The unpacked bundle as workdir: the node's own directory, not a host path."""
+        if spec.workdir:
+            raise errors.InvalidArgument(
+                f"{spec.name}: a handler deployed with a code bundle runs in it; leave workdir empty")
+        user = self.sandbox.user
+        why = denied(code_dir, user, read=True, execute=True)
+        if why is not None:
+            raise errors.InvalidArgument(
+                f"{spec.name}: the code cache {code_dir} is not accessible to {user.name}, the "
+                f"user functions run as: {why} (see [runtimes.process] cache_dir)")
+        return code_dir
 
     def _workdir(self, spec: FunctionSpec) -> str:
         """The granted, resolved workdir ("" for a fresh temporary one per instance)."""
@@ -170,18 +196,27 @@ class Planner:
             )
         return executable
 
-    def python_for_handlers(self, name: str) -> str:
-        """``self.python``, or a system interpreter of the same version the sandbox user can run."""
-        if self._handler_python is not None:
+    def python_for_handlers(self, name: str, version: tuple[int, int] | None = None) -> str:
+        """An interpreter of Python ``version`` the sandbox user can run.
+
+        ``version`` None: ``self.python``, or a system interpreter of its
+        version (or, failing that, any ``python3``, with a warning). A
+        version asked for is found or refused: InvalidArgument naming it and
+        the user.
+        """
+        if version is None and self._handler_python is not None:
             return self._handler_python
         user = self.sandbox.user
+        own = python_version(self.python)
         why = python_denied(self.python, user)
-        if why is None:
-            self._handler_python = self.python
+        if why is None and (version is None or own == version):
+            if version is None:
+                self._handler_python = self.python
             return self.python
-        want = python_version(self.python)
+        want = version or own
         names = [f"python{want[0]}.{want[1]}"] if want else []
-        names.append("python3")
+        if version is None or version[0] == 3:
+            names.append("python3")
         others: list[str] = []
         for exe in names:
             found = shutil.which(exe, path=SYSTEM_PATH)
@@ -190,18 +225,28 @@ class Planner:
             if want is None or python_version(found) == want:
                 others.insert(0, found)
                 break
-            others.append(found)
+            if version is None:
+                others.append(found)
+        fmt = lambda v: ".".join(map(str, v)) if v else "?"  # noqa: E731
+        who = user.name if user is not None else "the Spearlet's user"
+        if version is not None:
+            if not others:
+                raise errors.InvalidArgument(
+                    f"{name}: no Python {fmt(version)} interpreter on this node that {who}, "
+                    f"the user functions run as, can run (looked for {', '.join(names)} on "
+                    f"{SYSTEM_PATH})")
+            return others[0]
         if not others:
             raise errors.InvalidArgument(
-                f"{name}: the Python interpreter {self.python} cannot be run by {user.name}, "
+                f"{name}: the Python interpreter {self.python} cannot be run by {who}, "
                 f"the user functions run as ({why}), and no system python3 can; install "
                 "Python where that user can read it or name an interpreter in the command"
             )
         alt = others[0]
-        got, fmt = python_version(alt), lambda v: ".".join(map(str, v)) if v else "?"
         log.warning(
             "Python handlers run with %s (Python %s): the Spearlet's interpreter %s (Python %s) "
-            "cannot be run by %s: %s", alt, fmt(got), self.python, fmt(want), user.name, why,
+            "cannot be run by %s: %s", alt, fmt(python_version(alt)), self.python, fmt(own),
+            who, why,
         )
         self._handler_python = alt
         return alt

@@ -1,0 +1,307 @@
+"""Python environments of handlers: one virtual environment per interpreter version
+and requirement set, built once per node and shared.
+
+A handler whose spec names ``requirements`` or ``python`` runs with the
+interpreter of ``<root>/<key>/bin/python``, where ``key`` hashes the Python
+version and the sorted requirement lines. The first prepare of a key builds
+it (concurrent ones wait for that build: one lock per key); later ones, and
+a restarted Spearlet, find it whole on disk.
+
+Building never runs a tenant's code as root: only wheels are installed
+(``uv pip install --no-build`` or ``pip install --only-binary=:all:``), and
+the requirement lines were checked to be plain names and versions
+(:func:`spear.specs.check_requirement`). The environment is built in a
+temporary directory next to its final place and renamed there when complete,
+so a killed build leaves no half environment (the ``.build-*`` directories
+it leaves are removed when the next runtime starts). It is made with umask
+022: readable by the sandbox user, writable only by the node.
+
+When no prepared function uses an environment any longer, the time is noted
+in its :data:`LAST_USE` file; :meth:`PyEnvs.collect` removes those unused for
+longer than ``ttl``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import stat
+import sys
+import tempfile
+import time
+
+from ... import errors
+
+log = logging.getLogger(__name__)
+
+#: file in each environment whose mtime is when it was last used
+LAST_USE = ".spear-last-use"
+#: what a finished environment holds about itself
+ABOUT = ".spear-env.json"
+_BUILD = ".build-"
+_UMASK = 0o022
+#: what a failed build keeps of the installer's output, in the error
+OUTPUT_TAIL = 2000
+# installer output meaning the network, not the requirement, is at fault
+_NETWORK = re.compile(
+    r"(?i)(connection|network|timed? ?out|temporary failure|name resolution|dns|"
+    r"unreachable|ssl|tls|proxy|failed to fetch|http status 5\d\d|server error)")
+# installer output meaning a requirement cannot be had as asked
+_UNRESOLVED = re.compile(r"(?i)(not found|no solution|no matching|could not find|unsatisfiable|"
+                         r"no version|does not exist|no usable wheels|--no-build|only-binary)")
+_COMPLAINT = re.compile(r"(?i)(error|because|cause|no matching|could not)")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def env_key(version: tuple[int, int], requirements: list[str]) -> str:
+    """The name of the environment of ``version`` and ``requirements`` (order does not matter)."""
+    text = json.dumps([f"{version[0]}.{version[1]}", sorted(r.strip() for r in requirements)])
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def find_uv() -> str | None:
+    """The uv executable (the ``uv`` package's, else one on the system PATH), or None."""
+    try:
+        import uv  # noqa: PLC0415 - optional, looked up only when building
+        return uv.find_uv_bin()
+    except (ImportError, FileNotFoundError):
+        return shutil.which("uv")
+
+
+def _kill_group(proc: asyncio.subprocess.Process) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _seal(root: str) -> None:
+    """Take group and other write access off everything under ``root`` (an
+    installer may leave a world-writable file, such as uv's ``.lock``)."""
+    for top, dirs, files in os.walk(root):
+        for path in [top, *(os.path.join(top, f) for f in files)]:
+            st = os.lstat(path)
+            if not stat.S_ISLNK(st.st_mode) and st.st_mode & 0o022:
+                os.chmod(path, stat.S_IMODE(st.st_mode) & ~0o022)
+
+
+class PyEnvs:
+    """The environments under ``root``, and the builds of new ones.
+
+    ``installer``: ``"auto"`` (uv if found, else pip), ``"uv"`` or ``"pip"``.
+    ``index_url``: the package index ("" = the installer's default).
+    ``timeout``: seconds a build may take. ``ttl``: seconds an unused
+    environment is kept. ``env``: the environment of the installer's process
+    (the node's own: proxies, certificates). ``node``: named in errors.
+    """
+
+    def __init__(self, root: str, *, installer: str = "auto", index_url: str = "",
+                 timeout: float = 600.0, ttl: float = 86400.0,
+                 env: dict[str, str] | None = None, node: str = "") -> None:
+        if installer not in ("auto", "uv", "pip"):
+            raise ValueError(f"installer must be 'auto', 'uv' or 'pip', not {installer!r}")
+        self.root = root
+        self.installer = installer
+        self.index_url = index_url
+        self.timeout = timeout
+        self.ttl = ttl
+        self.env = dict(env if env is not None else {"PATH": "/usr/local/bin:/usr/bin:/bin"})
+        self.node = node
+        #: environments built by this runtime (tests count them)
+        self.builds = 0
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._users: dict[str, int] = {}
+        self._clean_builds()
+
+    def _clean_builds(self) -> None:
+        """Remove what builds killed with an earlier Spearlet left."""
+        try:
+            names = os.listdir(self.root)
+        except OSError:
+            return
+        for name in names:
+            if name.startswith(_BUILD):
+                shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
+
+    def python_of(self, key: str) -> str:
+        """The interpreter of environment ``key``."""
+        return os.path.join(self.root, key, "bin", "python")
+
+    async def acquire(self, name: str, interpreter: str, version: tuple[int, int],
+                      requirements: list[str]) -> str:
+        """The key of the environment of ``requirements`` on ``interpreter``, built if
+        need be, and counted as used until :meth:`release`."""
+        key = env_key(version, requirements)
+        self._users[key] = self._users.get(key, 0) + 1
+        try:
+            async with self._locks.setdefault(key, asyncio.Lock()):
+                if not os.path.isdir(os.path.join(self.root, key)):
+                    await self._build(name, key, interpreter, version, requirements)
+            self._touch(key)
+        except BaseException:
+            self.release(key)
+            raise
+        return key
+
+    def release(self, key: str) -> None:
+        """One prepared function no longer uses environment ``key``."""
+        left = self._users.get(key, 0) - 1
+        if left > 0:
+            self._users[key] = left
+            return
+        self._users.pop(key, None)
+        self._touch(key)
+
+    def _touch(self, key: str) -> None:
+        path = os.path.join(self.root, key, LAST_USE)
+        try:
+            os.utime(path)
+        except FileNotFoundError:
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o644))
+            except OSError:
+                pass
+        except OSError:
+            pass
+
+    def collect(self, now: float | None = None) -> list[str]:
+        """Remove the environments no prepared function uses, unused for over ``ttl``."""
+        now = time.time() if now is None else now
+        removed = []
+        try:
+            names = os.listdir(self.root)
+        except OSError:
+            return removed
+        for key in names:
+            if key.startswith(".") or key in self._users:
+                continue
+            lock = self._locks.get(key)
+            if lock is not None and lock.locked():
+                continue
+            path = os.path.join(self.root, key)
+            try:
+                last = os.stat(os.path.join(path, LAST_USE)).st_mtime
+            except OSError:
+                last = 0.0
+            if now - last > self.ttl:
+                # out of the way first, so a prepare never finds half of it
+                trash = tempfile.mkdtemp(prefix=_BUILD + "gc-", dir=self.root)
+                os.rename(path, os.path.join(trash, key))
+                shutil.rmtree(trash, ignore_errors=True)
+                self._locks.pop(key, None)
+                removed.append(key)
+                log.info("removed Python environment %s (unused for over %gs)", key, self.ttl)
+        return removed
+
+    # -- building
+    def _tool(self) -> str:
+        if self.installer in ("auto", "uv"):
+            uv = find_uv()
+            if uv is not None:
+                return uv
+            if self.installer == "uv":
+                raise errors.Unavailable(
+                    f"installer is 'uv' ([runtimes.process] installer) but node {self.node or '?'} "
+                    "has no uv (pip install uv)")
+        return ""
+
+    async def _build(self, name: str, key: str, interpreter: str, version: tuple[int, int],
+                     requirements: list[str]) -> None:
+        """Build environment ``key`` in a temporary directory, then rename it into place."""
+        os.makedirs(self.root, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=f"{_BUILD}{key}-", dir=self.root)
+        t0 = time.monotonic()
+        uv = self._tool()
+        log.info("building the Python %d.%d environment %s of %s: %d package(s) with %s",
+                 *version, key, name, len(requirements), "uv" if uv else "pip")
+        try:
+            os.chmod(tmp, 0o755)
+            env_dir = os.path.join(tmp, key)
+            reqs = os.path.join(tmp, "requirements.txt")
+            with open(reqs, "w") as f:
+                f.write("".join(r.strip() + "\n" for r in requirements))
+            deadline = time.monotonic() + self.timeout
+            final = os.path.join(self.root, key)
+            for argv in self._commands(uv, interpreter, env_dir, reqs, bool(requirements)):
+                await self._run(name, requirements, argv, deadline, (env_dir, final))
+            with open(os.path.join(env_dir, ABOUT), "w") as f:
+                json.dump({"python": "%d.%d" % version, "requirements": sorted(requirements),
+                           "built": time.time()}, f)
+            await asyncio.to_thread(_seal, env_dir)
+            os.rename(env_dir, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.builds += 1
+        log.info("built the Python environment %s of %s: %d package(s) in %.1fs",
+                 key, name, len(requirements), time.monotonic() - t0)
+
+    def _commands(self, uv: str, interpreter: str, env_dir: str, reqs: str,
+                  install: bool) -> list[list[str]]:
+        index = ["--index-url", self.index_url] if self.index_url else []
+        python = os.path.join(env_dir, "bin", "python")
+        if uv:
+            cmds = [[uv, "venv", "--quiet", "--relocatable", "--python", interpreter, env_dir]]
+            if install:
+                cmds.append([uv, "pip", "install", "--no-build", "--python", python, *index,
+                             "-r", reqs])
+            return cmds
+        cmds = [[interpreter, "-m", "venv", "--without-pip", env_dir]]
+        if install:
+            cmds.append([sys.executable, "-m", "pip", "--python", python, "install",
+                         "--no-input", "--disable-pip-version-check", "--only-binary=:all:",
+                         *index, "-r", reqs])
+        return cmds
+
+    async def _run(self, name: str, requirements: list[str], argv: list[str],
+                   deadline: float, where: tuple[str, str]) -> None:
+        """Run one installer command until ``deadline``; a failure names the final
+        place of the environment (``where``: (build dir, final dir)), not the build's."""
+        env = {**self.env, "UV_LINK_MODE": "copy", "UV_PYTHON_DOWNLOADS": "never",
+               "UV_NO_PROGRESS": "1", "PIP_NO_INPUT": "1"}
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT, env=env, umask=_UMASK, start_new_session=True,
+            cwd=self.root)  # not the Spearlet's: no project file there may steer the installer
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), max(0.1, deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            _kill_group(proc)
+            await proc.wait()
+            raise errors.Unavailable(
+                f"{name}: building its Python environment on node {self.node or '?'} took over "
+                f"{self.timeout:g}s ([runtimes.process] env_build_timeout)") from None
+        except BaseException:
+            _kill_group(proc)
+            await proc.wait()
+            raise
+        if proc.returncode != 0:
+            output = out.decode("utf-8", "replace").replace(*where)
+            raise self._failure(name, requirements, output)
+
+    def _failure(self, name: str, requirements: list[str], output: str) -> errors.SpearError:
+        """The typed error of a failed install: which requirement, what the installer said."""
+        tail = output.strip()[-OUTPUT_TAIL:]
+        # the requirements named where the installer complains, else anywhere
+        complaints = "\n".join(line for line in output.lower().splitlines()
+                                if _COMPLAINT.search(line))
+        named: list[str] = []
+        for text in (complaints, output.lower()):
+            named = [r for r in requirements
+                     if (m := _NAME.match(r.strip())) and m.group(0).lower() in text]
+            if named:
+                break
+        what = (f"requirement {', '.join(repr(r) for r in named)}" if named else
+                f"the requirements ({', '.join(map(repr, requirements))})" if requirements else
+                "the environment")
+        message = (f"{name}: {what} cannot be installed on node {self.node or '?'} "
+                   f"(wheels only, no source builds); the installer said:\n{tail}")
+        details = {"output": tail, "requirements": named or requirements}
+        if _NETWORK.search(output) and not _UNRESOLVED.search(output):
+            return errors.Unavailable(message, details=details)
+        return errors.InvalidArgument(message, details=details)
