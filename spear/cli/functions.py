@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import re
 import shlex
 import sys
 import tomllib
@@ -248,6 +249,9 @@ def _apply_python(raw: dict, args, code: Path | None, say) -> None:
     if alias or code is not None or lines:
         # functions pickled or written here run on this version unless told otherwise
         raw["python"] = raw.get("python") or this_python()
+    if raw.get("python") and not re.fullmatch(r"3\.\d{1,2}", str(raw["python"])):
+        raise errors.InvalidArgument(f"--python {raw['python']} is not a major.minor version "
+                                     "such as 3.11")
     if lines:
         raw["requirements"] = _resolve(lines, raw["python"], say)
 
@@ -327,7 +331,7 @@ def _show_function(args) -> int:
             ("env", ", ".join(f"{k}=(secret)" if k in spec.secret_env else f"{k}={v}"
                               for k, v in spec.env.items())),
             ("labels", ", ".join(f"{k}={v}" for k, v in spec.labels.items())),
-            ("retries", spec.retries if spec.retries or spec.idempotent else ""),
+            ("retries", spec.retries or ""),
             ("idempotent", "yes" if spec.idempotent else ""),
             ("grants", ", ".join(spec.grants))]
     print(f"function {spec.name}")

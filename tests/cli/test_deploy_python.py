@@ -192,6 +192,13 @@ def test_unresolvable_requirement(capsys, code):
     assert "no version of humanize" in line
 
 
+@pytest.mark.parametrize("version", ["3", "2.7", "3.11.2", "python3"])
+def test_python_version_is_major_minor(capsys, code, version):
+    line = _one_line_error(capsys, ["deploy", str(code), "--runtime", "python", "--handler",
+                                    "main:handler", "--python", version])
+    assert f"--python {version} is not a major.minor version" in line
+
+
 def test_python_runtime_needs_a_handler(capsys, code):
     line = _one_line_error(capsys, ["deploy", str(code), "--runtime", "python"])
     assert "--runtime python needs --handler module:function" in line
@@ -215,3 +222,4 @@ def test_help_says_the_handler_has_no_default(capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert "required with --runtime python: no default" in out
     assert "--requirements FILE" in out and "--python X.Y" in out
+
