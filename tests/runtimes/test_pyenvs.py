@@ -82,15 +82,17 @@ def hspec(name: str = "hz", artifact: bytes = HUMANIZE_APP, **kw) -> FunctionSpe
     return FunctionSpec(name=name, runtime="process", handler="app:handle", artifact=artifact, **kw)
 
 
-def run(coro, timeout: float = 180):
-    return asyncio.run(asyncio.wait_for(coro, timeout))
+@pytest.fixture
+def run(arun):
+    """Run a test's coroutine on asyncio and on uvloop (the Spearlet's loop)."""
+    return lambda coro, timeout=180: arun(asyncio.wait_for(coro, timeout))
 
 
 def envs_in(cache: str) -> list[str]:
     return sorted(os.listdir(os.path.join(cache, "envs")))
 
 
-def test_a_bundled_handler_with_a_requirement_runs_as_nobody(cache):
+def test_a_bundled_handler_with_a_requirement_runs_as_nobody(cache, run):
     async def main():
         rt = runtime(cache)
         try:
@@ -110,7 +112,7 @@ def test_a_bundled_handler_with_a_requirement_runs_as_nobody(cache):
     run(main())
 
 
-def test_the_sandbox_user_cannot_write_into_its_code_or_environment(cache):
+def test_the_sandbox_user_cannot_write_into_its_code_or_environment(cache, run):
     async def main():
         rt = runtime(cache)
         try:
@@ -134,7 +136,7 @@ def test_the_sandbox_user_cannot_write_into_its_code_or_environment(cache):
     run(main())
 
 
-def test_one_requirement_set_is_built_once_and_kept_across_restarts(cache):
+def test_one_requirement_set_is_built_once_and_kept_across_restarts(cache, run):
     async def main():
         rt = runtime(cache)
         try:
@@ -163,7 +165,7 @@ def test_one_requirement_set_is_built_once_and_kept_across_restarts(cache):
     run(main())
 
 
-def test_a_requirement_that_does_not_exist_fails_the_deploy_naming_it(cache):
+def test_a_requirement_that_does_not_exist_fails_the_deploy_naming_it(cache, run):
     async def main():
         rt = runtime(cache)
         try:
@@ -181,7 +183,7 @@ def test_a_requirement_that_does_not_exist_fails_the_deploy_naming_it(cache):
     run(main())
 
 
-def test_an_unknown_python_version_is_a_clear_error(cache):
+def test_an_unknown_python_version_is_a_clear_error(cache, run):
     async def main():
         rt = runtime(cache)
         try:
@@ -193,7 +195,7 @@ def test_an_unknown_python_version_is_a_clear_error(cache):
     run(main())
 
 
-def test_a_bundle_with_a_workdir_or_a_command_is_refused(cache):
+def test_a_bundle_with_a_workdir_or_a_command_is_refused(cache, run):
     async def main():
         rt = runtime(cache)
         try:
@@ -210,7 +212,7 @@ def test_a_bundle_with_a_workdir_or_a_command_is_refused(cache):
     run(main())
 
 
-def test_release_removes_a_bundle_once_no_function_uses_it(cache):
+def test_release_removes_a_bundle_once_no_function_uses_it(cache, run):
     async def main():
         rt = runtime(cache)
         try:
@@ -235,7 +237,7 @@ def test_release_removes_a_bundle_once_no_function_uses_it(cache):
     run(main())
 
 
-def test_unused_environments_are_collected_after_their_ttl(cache):
+def test_unused_environments_are_collected_after_their_ttl(cache, run):
     async def main():
         rt = runtime(cache, env_ttl=3600)
         try:
@@ -256,7 +258,7 @@ def test_unused_environments_are_collected_after_their_ttl(cache):
     run(main())
 
 
-def test_a_killed_or_timed_out_build_leaves_no_environment(cache):
+def test_a_killed_or_timed_out_build_leaves_no_environment(cache, run):
     async def main():
         rt = runtime(cache, env_build_timeout=0.05)
         try:
@@ -286,7 +288,7 @@ def test_a_killed_or_timed_out_build_leaves_no_environment(cache):
 
 
 @pytest.mark.skipif(find_uv() is None, reason="the pip fallback is compared with uv")
-def test_the_pip_fallback_builds_the_same_environment(cache):
+def test_the_pip_fallback_builds_the_same_environment(cache, run):
     async def main():
         rt = runtime(cache, installer="pip")
         try:
@@ -313,7 +315,7 @@ class _Manager:
         return self.runtimes[name]
 
 
-def test_redeploying_new_code_leaves_no_worker_of_the_old_version_and_removing_no_code(cache):
+def test_a_redeploy_of_new_code_leaves_no_old_worker_and_a_remove_no_code(cache, run):
     def app(version: str) -> bytes:
         return make_bundle({"app.py": (
             "import os\n"
@@ -357,7 +359,7 @@ def test_redeploying_new_code_leaves_no_worker_of_the_old_version_and_removing_n
     run(main())
 
 
-def test_the_default_cache_dir_and_one_the_sandbox_user_cannot_reach(cache):
+def test_the_default_cache_dir_and_one_the_sandbox_user_cannot_reach(cache, run):
     data = os.path.join(cache, "data")
     as_nobody = default_cache_dir(data, other_user=True)
     assert as_nobody.startswith("/var/cache/spear/") and len(os.path.basename(as_nobody)) == 12

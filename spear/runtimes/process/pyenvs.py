@@ -32,6 +32,7 @@ import re
 import shutil
 import signal
 import stat
+import subprocess
 import sys
 import tempfile
 import time
@@ -74,7 +75,7 @@ def find_uv() -> str | None:
         return shutil.which("uv")
 
 
-def _kill_group(proc: asyncio.subprocess.Process) -> None:
+def _kill_group(proc: subprocess.Popen) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
@@ -264,21 +265,25 @@ class PyEnvs:
         place of the environment (``where``: (build dir, final dir)), not the build's."""
         env = {**self.env, "UV_LINK_MODE": "copy", "UV_PYTHON_DOWNLOADS": "never",
                "UV_NO_PROGRESS": "1", "PIP_NO_INPUT": "1"}
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT, env=env, umask=_UMASK, start_new_session=True,
-            cwd=self.root)  # not the Spearlet's: no project file there may steer the installer
+        # subprocess.Popen, not the loop's: uvloop cannot set a child's umask.
+        # cwd: not the Spearlet's, so that no project file there steers the installer
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, env=env, cwd=self.root, umask=_UMASK,
+                                start_new_session=True, close_fds=True)
+        talk = asyncio.ensure_future(asyncio.to_thread(proc.communicate))
         try:
-            out, _ = await asyncio.wait_for(proc.communicate(), max(0.1, deadline - time.monotonic()))
-        except asyncio.TimeoutError:
-            _kill_group(proc)
-            await proc.wait()
-            raise errors.Unavailable(
-                f"{name}: building its Python environment on node {self.node or '?'} took over "
-                f"{self.timeout:g}s ([runtimes.process] env_build_timeout)") from None
-        except BaseException:
-            _kill_group(proc)
-            await proc.wait()
+            out, _ = await asyncio.wait_for(asyncio.shield(talk),
+                                            max(0.1, deadline - time.monotonic()))
+        except BaseException as exc:
+            _kill_group(proc)  # the installer and anything it started
+            try:
+                await talk
+            except BaseException:  # noqa: BLE001 - cancelled again: the thread ends anyway
+                pass
+            if isinstance(exc, asyncio.TimeoutError):
+                raise errors.Unavailable(
+                    f"{name}: building its Python environment on node {self.node or '?'} took "
+                    f"over {self.timeout:g}s ([runtimes.process] env_build_timeout)") from None
             raise
         if proc.returncode != 0:
             output = out.decode("utf-8", "replace").replace(*where)
