@@ -223,3 +223,29 @@ def test_help_says_the_handler_has_no_default(capsys):
     assert "required with --runtime python: no default" in out
     assert "--requirements FILE" in out and "--python X.Y" in out
 
+
+# ------------------------------------------------------------------ end to end
+
+
+@needs_uv
+def test_a_shipped_directory_runs_with_its_requirements(cluster, code):
+    """The nodes have never seen the code nor humanize: the bundle and the pins bring both."""
+    with Client(cluster.sms_addr) as c:
+        if "process" not in c.nodes()[0].runtimes:
+            pytest.skip("the process runtime is not available on this node")
+    r = spear_cli("deploy", str(code), "--runtime", "python", "--handler", "main:handler",
+                  "--requirements", str(code / "requirements.txt"), "--name", "pretty-e2e",
+                  "--sms", cluster.sms_addr, timeout=120)
+    assert r.returncode == 0, r.stderr
+    r = spear_cli("invoke", "pretty-e2e", "1234567", "--sms", cluster.sms_addr, timeout=180)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "1,234,567"
+    # new code, same name: the next call runs it
+    (code / "main.py").write_text(HANDLER.replace("intcomma(int(data))", "intword(int(data))"))
+    r = spear_cli("deploy", str(code), "--runtime", "python", "--handler", "main:handler",
+                  "--requirements", str(code / "requirements.txt"), "--name", "pretty-e2e",
+                  "--sms", cluster.sms_addr, timeout=120)
+    assert r.returncode == 0, r.stderr
+    r = spear_cli("invoke", "pretty-e2e", "1200000", "--sms", cluster.sms_addr, timeout=180)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "1.2 million"

@@ -67,6 +67,19 @@ def test_python_runtime_in_four_encodings(api, bundle):
         assert api.delete(f"/v1/functions/{name}").status_code == 204
 
 
+def test_a_python_bundle_runs_with_its_requirements(api, bundle):
+    """The bundle and the pins are all a node needs (it has never seen either)."""
+    if "process" not in api.get("/v1/nodes").json()[0]["runtimes"]:
+        pytest.skip("the process runtime is not available on this node")
+    r = api.post("/v1/functions", data=bundle, headers={
+        "Content-Type": "application/zip", "X-Spear-Spec": json.dumps(_spec("gw-pyrun", bundle))})
+    assert r.status_code == 201, r.text
+    r = api.post("/v1/functions/gw-pyrun/invoke", data=b"1234567", timeout=180)
+    assert r.status_code == 200, r.text
+    assert r.content == b"1,234,567"
+    assert api.delete("/v1/functions/gw-pyrun").status_code == 204
+
+
 def test_python_runtime_needs_a_handler(api):
     assert_error(api.post("/v1/functions", json={"name": "gw-pyx", "runtime": "python"}), 400,
                  "INVALID_ARGUMENT", "runtime python needs a handler")
