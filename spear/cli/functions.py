@@ -44,7 +44,8 @@ def add_deploy_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime", choices=["wasm", "process", "docker", "python"],
                    help="python: a Python handler (the process runtime with --handler, which "
                         "it requires)")
-    p.add_argument("--artifact", help="path of a .wasm/.wat file")
+    p.add_argument("--artifact", help="path of a .wasm/.wat file (or of a Python handler's code bundle, "
+                                      "a zip; a directory as NAME|DIR is packed for you)")
     p.add_argument("--handler", help="wasm export name, or Python module:function (required with "
                                      "--runtime python: no default, e.g. main:handler)")
     p.add_argument("--requirements", metavar="FILE",

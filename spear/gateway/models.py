@@ -62,7 +62,8 @@ def to_view(view_type: type, msg) -> object:
 
 def _deploy_spec_type() -> type:
     """FunctionSpec's fields, its ``runtime`` also taking the aliases (``python``)."""
-    fields = _fields(P.FunctionSpec, retype={"runtime": Literal[(*get_args(P.Runtime), *RUNTIME_ALIASES)]})
+    runtimes = Literal[(*get_args(P.Runtime), *RUNTIME_ALIASES)]
+    fields = _fields(P.FunctionSpec, retype={"runtime": runtimes})
     doc = ("A function to deploy: a FunctionSpec whose `runtime` may also be `python`, the "
            "`process` runtime serving `handler` (a Python `module:function`). A Python handler's "
            "`artifact` is its code as a zip bundle (files at the top: `main.py` for "
