@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from spear import Client, protocol as P
-from spear.cli import build_parser
+from spear.cli import build_parser, main as cli_main
 from spear.cluster import Cluster
 from tests.helpers import add_spec, free_port, gone, spear_cli, wait_for
 
@@ -205,6 +205,42 @@ def test_ctrl_c_during_invoke_stream_names_the_execution(cluster, process_runtim
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+class _InterruptedStream:
+    """A client whose stream is interrupted at once: no execution carries its trace id yet."""
+
+    def __init__(self) -> None:
+        self.trace_ids: list[str] = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def stream(self, name, data, **kw):
+        self.trace_ids.append(kw["trace_id"])
+        raise KeyboardInterrupt
+        yield  # a generator, as the client's is
+
+    def executions(self, **kw):
+        return [], 0
+
+
+@pytest.mark.parametrize("node, where", [
+    (None, "interrupted; the execution continues: spear executions --function sleepy lists it"),
+    ("tcp://127.0.0.1:9", "interrupted; the execution continues on tcp://127.0.0.1:9"),
+])
+def test_ctrl_c_before_the_stream_names_its_execution(monkeypatch, capsys, node, where):
+    from spear.cli import executions
+
+    client = _InterruptedStream()
+    monkeypatch.setattr(executions, "make_client", lambda args: client)
+    argv = ["invoke", "sleepy", "--stream"] + (["--node", node] if node else [])
+    assert cli_main(argv) == 130
+    assert capsys.readouterr().err.strip() == where
+    assert len(client.trace_ids[0]) == 32  # a trace id of the command's own, to find it by
 
 
 # ------------------------------------------------------------------ spear up
