@@ -249,3 +249,18 @@ def test_a_shipped_directory_runs_with_its_requirements(cluster, code):
     r = spear_cli("invoke", "pretty-e2e", "1200000", "--sms", cluster.sms_addr, timeout=180)
     assert r.returncode == 0, r.stderr
     assert r.stdout == "1.2 million"
+
+
+@pytest.mark.parametrize("argv, shipped", [
+    (["prettyfn", "--runtime", "python", "--handler", "m:f"], True),   # an existing directory
+    (["prettyfn", "--runtime", "process", "--handler", "m:f"], False),  # a name, as before
+    (["./prettyfn", "--runtime", "process", "--handler", "m:f"], True),  # written as a path
+    (["other", "--runtime", "python", "--handler", "m:f"], False),     # no such directory
+])
+def test_when_the_positional_is_a_directory(monkeypatch, code, argv, shipped):
+    from spear.cli import build_parser
+    from spear.cli.functions import _code_dir
+
+    monkeypatch.chdir(code.parent)
+    args = build_parser("deploy").parse_args(["deploy", *argv])
+    assert (_code_dir(args) is not None) == shipped
