@@ -242,11 +242,7 @@ def _apply_python(raw: dict, args, code: Path | None, say) -> None:
     if code is not None:
         if raw.get("artifact") is not None:
             raise errors.InvalidArgument(f"give the code as a directory ({code}) or --artifact, not both")
-        raw["artifact"] = _pack(code, say)
-    if raw.get("artifact") is not None:
-        from ..bundles import sha256
-
-        raw["artifact_sha256"] = sha256(raw["artifact"])
+        raw["artifact"], raw["artifact_sha256"] = _pack(code, say)
     if alias or code is not None or lines:
         # functions pickled or written here run on this version unless told otherwise
         raw["python"] = raw.get("python") or this_python()
@@ -257,8 +253,8 @@ def _apply_python(raw: dict, args, code: Path | None, say) -> None:
         raw["requirements"] = _resolve(lines, raw["python"], say)
 
 
-def _pack(code: Path, say) -> bytes:
-    """The code bundle of ``code``; says how many files and bytes it holds."""
+def _pack(code: Path, say) -> tuple[bytes, str]:
+    """The code bundle of ``code`` and its SHA-256; says how many files and bytes it holds."""
     from ..bundles import pack, sha256
 
     data = pack(str(code))
@@ -266,8 +262,9 @@ def _pack(code: Path, say) -> bytes:
         count = len(zf.infolist())
     if not count:
         raise errors.InvalidArgument(f"{code} holds no files to ship")
-    say(f"packed {count} file(s) from {code}, {fmt_bytes(len(data))}, sha256 {sha256(data)[:12]}…")
-    return data
+    digest = sha256(data)
+    say(f"packed {count} file(s) from {code}, {fmt_bytes(len(data))}, sha256 {digest[:12]}…")
+    return data, digest
 
 
 def _resolve(lines: list[str], python: str, say) -> list[str]:

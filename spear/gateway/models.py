@@ -19,7 +19,6 @@ errors) and the query-string Structs that validate parameters and, through
 
 from __future__ import annotations
 
-import hashlib
 import re
 from typing import Annotated, Literal, get_args
 
@@ -80,16 +79,9 @@ DeploySpec = _deploy_spec_type()
 
 
 def spec_of(deploy: DeploySpec) -> P.FunctionSpec:
-    """The FunctionSpec a :data:`DeploySpec` stands for (aliases replaced).
-
-    A Python handler's bundle sent without its SHA-256 gets it, so the
-    registered spec names its code as one deployed with the CLI does.
-    """
+    """The FunctionSpec a :data:`DeploySpec` stands for (aliases replaced)."""
     fields = {f: getattr(deploy, f) for f in deploy.__struct_fields__}
     fields["runtime"] = canonical_runtime(deploy.runtime)
-    if fields["runtime"] == "process" and deploy.handler and deploy.artifact is not None \
-            and not deploy.artifact_sha256:
-        fields["artifact_sha256"] = hashlib.sha256(deploy.artifact).hexdigest()
     return P.FunctionSpec(**fields)
 
 

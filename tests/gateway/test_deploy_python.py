@@ -80,16 +80,6 @@ def test_a_python_bundle_runs_with_its_requirements(api, bundle):
     assert api.delete("/v1/functions/gw-pyrun").status_code == 204
 
 
-def test_a_bundle_without_its_sha256_gets_it(api, bundle):
-    spec = {k: v for k, v in _spec("gw-pynosha", bundle).items() if k != "artifact_sha256"}
-    r = api.post("/v1/functions", files={
-        "spec": (None, json.dumps(spec), "application/json"),
-        "artifact": ("code.zip", bundle, "application/zip")})
-    assert r.status_code == 201, r.text
-    _assert_registered(api, "gw-pynosha", bundle)
-    assert api.delete("/v1/functions/gw-pynosha").status_code == 204
-
-
 def test_python_runtime_needs_a_handler(api):
     assert_error(api.post("/v1/functions", json={"name": "gw-pyx", "runtime": "python"}), 400,
                  "INVALID_ARGUMENT", "runtime python needs a handler")
