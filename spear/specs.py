@@ -58,3 +58,13 @@ def check(spec: P.FunctionSpec) -> None:
             "(runtime process with a handler)")
     for line in spec.requirements:
         check_requirement(line)
+
+
+#: runtime names a deployer may write for another: "python" is the process
+#: runtime serving a ``module:function`` handler (see :func:`canonical_runtime`)
+RUNTIME_ALIASES = {"python": "process"}
+
+
+def canonical_runtime(runtime: str) -> str:
+    """The runtime ``runtime`` stands for (``"python"`` -> ``"process"``); others as given."""
+    return RUNTIME_ALIASES.get(runtime, runtime)

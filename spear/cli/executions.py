@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import uuid
 from pathlib import Path
 
 import msgspec
@@ -116,6 +117,44 @@ def _print_result(args, res) -> int:
     return EXIT_OK if res.ok else EXIT_FAILED
 
 
+def _print_interrupted(eid: str | None, args) -> int:
+    """After Ctrl-C: which execution goes on running, and the commands that follow it."""
+    at = f" --node {args.node}" if args.node else ""  # a spearlet's own ids live there only
+    if eid is None:  # interrupted before the SMS knew it, or run on a spearlet directly
+        where = f" on {args.node}" if args.node else f": spear executions --function {args.name} lists it"
+        print(f"interrupted; the execution continues{where}", file=sys.stderr)
+    else:
+        print(f"interrupted; execution {eid} continues: spear executions {eid}{at} / "
+              f"spear logs {eid}{at} / spear cancel {eid}{at}", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
+def _invoke_stream(c, args, data: bytes, fargs: list) -> int:
+    """Stream the logs to stderr as they come, then print the result.
+
+    A stream names its execution only in its last reply, so the command
+    gives the invocation a trace id of its own (unless given one) and, on
+    Ctrl-C, asks the SMS which execution carries it.
+    """
+    trace_id = args.trace_id or uuid.uuid4().hex
+    res = None
+    try:
+        for item in c.stream(args.name, data, args=fargs, node=args.node,
+                             timeout=args.exec_timeout, trace_id=trace_id):
+            if isinstance(item, bytes):
+                sys.stderr.buffer.write(item)
+                sys.stderr.flush()
+            else:
+                res = item
+    except KeyboardInterrupt:
+        eid = None
+        if not args.node:  # executions run directly on a spearlet are not listed by the SMS
+            items, _ = c.executions(function=args.name, limit=100)
+            eid = next((i.execution_id for i in items if i.trace_id == trace_id), None)
+        return _print_interrupted(eid, args)
+    return _print_result(args, res)
+
+
 def cmd_invoke(args) -> int:
     """Invoke a function: wait for the result, stream its logs, or just submit it."""
     data = _read_input(args)
@@ -127,15 +166,7 @@ def cmd_invoke(args) -> int:
             print_either(args, {"execution_id": eid}, eid)
             return EXIT_OK
         if args.stream:
-            res = None
-            for item in c.stream(args.name, data, args=fargs, node=args.node,
-                                 timeout=args.exec_timeout, trace_id=args.trace_id):
-                if isinstance(item, bytes):
-                    sys.stderr.buffer.write(item)
-                    sys.stderr.flush()
-                else:
-                    res = item
-            return _print_result(args, res)
+            return _invoke_stream(c, args, data, fargs)
         # submitted, then waited for: so Ctrl-C can say which execution goes on running
         eid = c.submit(args.name, data, args=fargs, node=args.node, timeout=args.exec_timeout,
                        trace_id=args.trace_id, idempotency_key=args.idempotency_key)
@@ -144,10 +175,7 @@ def cmd_invoke(args) -> int:
             while res.info.status not in P.TERMINAL:
                 res = c.wait(eid, timeout=_WAIT_STEP, node=args.node)
         except KeyboardInterrupt:
-            at = f" --node {args.node}" if args.node else ""  # a spearlet's own ids live there only
-            print(f"interrupted; execution {eid} continues: spear executions {eid}{at} / "
-                  f"spear logs {eid}{at} / spear cancel {eid}{at}", file=sys.stderr)
-            return EXIT_INTERRUPTED
+            return _print_interrupted(eid, args)
     return _print_result(args, res)
 
 

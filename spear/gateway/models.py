@@ -8,6 +8,10 @@ Struct generated from the message's own field list, minus the request
 added to the protocol it appears in the REST API and its OpenAPI document
 with no edit here.
 
+A deploy's body is a :data:`DeploySpec`: FunctionSpec's own fields, its
+``runtime`` also taking the aliases of :data:`spear.specs.RUNTIME_ALIASES`
+(``python``), turned back into a FunctionSpec by :func:`spec_of`.
+
 The rest are the few envelopes only HTTP needs (pages, invoke results,
 errors) and the query-string Structs that validate parameters and, through
 :mod:`spear.gateway.openapi`, document them.
@@ -16,26 +20,34 @@ errors) and the query-string Structs that validate parameters and, through
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 import msgspec
 from msgspec import Meta, Struct
 
 from .. import protocol as P
+from ..specs import RUNTIME_ALIASES, canonical_runtime
+
+
+def _fields(struct_type: type, drop: tuple[str, ...] = (), retype: dict | None = None) -> list:
+    """``struct_type``'s fields for :func:`msgspec.defstruct`, minus ``drop``, some retyped."""
+    fields = []
+    for f in msgspec.structs.fields(struct_type):
+        if f.name in drop:
+            continue
+        typ = (retype or {}).get(f.name, f.type)
+        if f.default is not msgspec.NODEFAULT:
+            fields.append((f.name, typ, f.default))
+        elif f.default_factory is not msgspec.NODEFAULT:
+            fields.append((f.name, typ, msgspec.field(default_factory=f.default_factory)))
+        else:
+            fields.append((f.name, typ))
+    return fields
 
 
 def view(msg_type: type, name: str, *, drop: tuple[str, ...] = ("id",)) -> type:
     """A plain (untagged) Struct with ``msg_type``'s fields minus ``drop``."""
-    fields = []
-    for f in msgspec.structs.fields(msg_type):
-        if f.name in drop:
-            continue
-        if f.default is not msgspec.NODEFAULT:
-            fields.append((f.name, f.type, f.default))
-        elif f.default_factory is not msgspec.NODEFAULT:
-            fields.append((f.name, f.type, msgspec.field(default_factory=f.default_factory)))
-        else:
-            fields.append((f.name, f.type))
+    fields = _fields(msg_type, drop)
     doc = (msg_type.__doc__ or "").strip().splitlines()[0] if msg_type.__doc__ else ""
     doc = re.sub(r"^[\w ]+ -> [\w ]+: ", "", doc)  # the wire direction means nothing here
     doc = doc[:1].upper() + doc[1:]
@@ -46,6 +58,31 @@ def view(msg_type: type, name: str, *, drop: tuple[str, ...] = ("id",)) -> type:
 def to_view(view_type: type, msg) -> object:
     """Build a :func:`view` instance from the wire message it mirrors."""
     return view_type(**{f: getattr(msg, f) for f in view_type.__struct_fields__})
+
+
+def _deploy_spec_type() -> type:
+    """FunctionSpec's fields, its ``runtime`` also taking the aliases (``python``)."""
+    runtimes = Literal[(*get_args(P.Runtime), *RUNTIME_ALIASES)]
+    fields = _fields(P.FunctionSpec, retype={"runtime": runtimes})
+    doc = ("A function to deploy: a FunctionSpec whose `runtime` may also be `python`, the "
+           "`process` runtime serving `handler` (a Python `module:function`). A Python handler's "
+           "`artifact` is its code as a zip bundle (files at the top: `main.py` for "
+           "`main:handler`), `artifact_sha256` its SHA-256 (checked against the bytes); "
+           "`requirements` are plain requirement lines (pin them: nodes install exactly these, "
+           "wheels only) and `python` the `major.minor` to run on (\"\": the node's).")
+    return msgspec.defstruct("DeploySpec", fields, kw_only=True, frozen=True, module=__name__,
+                             namespace={"__doc__": doc})
+
+
+#: POST /v1/functions: a FunctionSpec, with the runtime aliases
+DeploySpec = _deploy_spec_type()
+
+
+def spec_of(deploy: DeploySpec) -> P.FunctionSpec:
+    """The FunctionSpec a :data:`DeploySpec` stands for (aliases replaced)."""
+    fields = {f: getattr(deploy, f) for f in deploy.__struct_fields__}
+    fields["runtime"] = canonical_runtime(deploy.runtime)
+    return P.FunctionSpec(**fields)
 
 
 #: GET /v1/stats: cluster totals and execution counts (wire ``StatsReply``)
@@ -204,4 +241,7 @@ class DeployQuery(Struct, frozen=True, kw_only=True):
     node: NodeRef = ""
 
 
-ExecutionId = Annotated[str, Meta(min_length=1, max_length=128)]
+ExecutionId = Annotated[str, Meta(
+    min_length=1, max_length=128,
+    description="an execution id, or a unique prefix of it (8 or more hex digits, dashes not "
+                "counted); answers name the whole id")]

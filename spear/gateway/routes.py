@@ -207,19 +207,24 @@ async def list_functions(gw, req, q: M.NodeQuery):
 
 DEPLOY_DOC = """Four ways to send the function:
 
-* `application/json`: a FunctionSpec, the artifact base64 in `artifact`;
-* `application/msgpack`: a FunctionSpec, the artifact as binary;
-* `multipart/form-data`: a part `spec` (JSON FunctionSpec, or MessagePack if that part says
+* `application/json`: a DeploySpec, the artifact base64 in `artifact`;
+* `application/msgpack`: a DeploySpec, the artifact as binary;
+* `multipart/form-data`: a part `spec` (JSON DeploySpec, or MessagePack if that part says
   so) and an optional file part `artifact`;
-* any other type (e.g. `application/octet-stream`, `application/wasm`): the body is the
-  artifact and the header `X-Spear-Spec` holds the FunctionSpec as JSON.
+* any other type (e.g. `application/octet-stream`, `application/wasm`, `application/zip`):
+  the body is the artifact and the header `X-Spear-Spec` holds the DeploySpec as JSON.
+
+A DeploySpec is a FunctionSpec whose `runtime` may also be `python`: a Python handler
+(`module:function` in `handler`), registered as runtime `process`. Its code travels as a
+zip bundle in `artifact` (as `spear deploy ./dir --runtime python` packs it), with
+`requirements` (exact pins: the gateway does not resolve them) and `python` (`major.minor`).
 
 Answers 201 with the FunctionInfo and `Location: /v1/functions/{name}`."""
 
 
 @route("POST", "/v1/functions", op=P.DeployFunction, summary="Deploy (or update) a function",
        tag="functions", query=M.DeployQuery, description=DEPLOY_DOC,
-       body=Body(P.FunctionSpec, "the function (see the operation's description for uploads)",
+       body=Body(M.DeploySpec, "the function (see the operation's description for uploads)",
                  extra_media=("multipart/form-data", "application/octet-stream")),
        replies={201: Reply("deployed", P.FunctionInfo, headers=("Location",)),
                 400: Reply("invalid spec", M.ErrorBody), 413: Reply("body too large", M.ErrorBody)})
@@ -235,7 +240,7 @@ async def deploy_function(gw, req: Request, q: M.DeployQuery):
         if "artifact" in parts:
             spec = msgspec.structs.replace(spec, artifact=parts["artifact"].data)
     elif ctype in ("", "application/json") or ctype.endswith("+json") or req.sent_msgpack:
-        spec = req.decode(body, P.FunctionSpec)
+        spec = req.decode(body, M.DeploySpec)
     else:
         header = req.headers.get("x-spear-spec")
         if not header:
@@ -243,15 +248,17 @@ async def deploy_function(gw, req: Request, q: M.DeployQuery):
                           "the X-Spear-Spec header (or send JSON or multipart/form-data)")
         spec = _decode_spec(header.encode("latin-1"), msgpack=False)
         spec = msgspec.structs.replace(spec, artifact=body)
-    info = await gw.client.deploy(spec, node=await gw.node_address(q.node))
+    if spec.runtime == "python" and not spec.handler:
+        raise invalid("runtime python needs a handler: the Python module:function to call")
+    info = await gw.client.deploy(M.spec_of(spec), node=await gw.node_address(q.node))
     return data(info, req, 201, headers=[("location", f"/v1/functions/{info.name}")])
 
 
-def _decode_spec(raw: bytes, *, msgpack: bool) -> P.FunctionSpec:
+def _decode_spec(raw: bytes, *, msgpack: bool) -> M.DeploySpec:
     try:
         if msgpack:
-            return msgspec.msgpack.decode(raw, type=P.FunctionSpec)
-        return msgspec.json.decode(raw, type=P.FunctionSpec)
+            return msgspec.msgpack.decode(raw, type=M.DeploySpec)
+        return msgspec.json.decode(raw, type=M.DeploySpec)
     except msgspec.ValidationError as exc:
         raise invalid(f"invalid spec: {exc}") from None
     except msgspec.DecodeError as exc:

@@ -2,7 +2,7 @@
 
 Output bytes kept exact, ``--node`` by name, options and positionals in any
 order, one meaning per timeout flag, readable ``stats``, ``up``'s log level and
-port checks, Ctrl-C during ``invoke``, and what ``import spear`` and
+port checks, Ctrl-C during ``invoke`` (waiting or streaming), and what ``import spear`` and
 ``spear --help`` load.
 """
 
@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from spear import Client, protocol as P
-from spear.cli import build_parser
+from spear.cli import build_parser, main as cli_main
 from spear.cluster import Cluster
 from tests.helpers import add_spec, free_port, gone, spear_cli, wait_for
 
@@ -180,6 +180,67 @@ def test_ctrl_c_during_invoke_names_the_execution(cluster, process_runtime):
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+def test_ctrl_c_during_invoke_stream_names_the_execution(cluster, process_runtime):
+    p = subprocess.Popen([sys.executable, "-m", "spear", "invoke", "sleepy", "--stream",
+                          "--sms", cluster.sms_addr],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        with Client(cluster.sms_addr) as c:
+            before = {i.execution_id for i in c.executions(function="sleepy")[0]}
+            running = wait_for(lambda: [i for i in c.executions(function="sleepy")[0]
+                                        if i.status not in P.TERMINAL
+                                        and i.execution_id not in before], 20,
+                               "the streamed sleepy execution to start")
+            p.send_signal(signal.SIGINT)
+            out, err = p.communicate(timeout=20)
+            eid = running[0].execution_id
+            assert p.returncode == 130
+            assert f"interrupted; execution {eid} continues" in err
+            assert f"spear logs {eid}" in err and "Traceback" not in err
+            assert c.execution(eid).info.status not in P.TERMINAL  # Ctrl-C left it running
+            c.cancel(eid)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+class _InterruptedStream:
+    """A client whose stream is interrupted at once: no execution carries its trace id yet."""
+
+    def __init__(self) -> None:
+        self.trace_ids: list[str] = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def stream(self, name, data, **kw):
+        self.trace_ids.append(kw["trace_id"])
+        raise KeyboardInterrupt
+        yield  # a generator, as the client's is
+
+    def executions(self, **kw):
+        return [], 0
+
+
+@pytest.mark.parametrize("node, where", [
+    (None, "interrupted; the execution continues: spear executions --function sleepy lists it"),
+    ("tcp://127.0.0.1:9", "interrupted; the execution continues on tcp://127.0.0.1:9"),
+])
+def test_ctrl_c_before_the_stream_names_its_execution(monkeypatch, capsys, node, where):
+    from spear.cli import executions
+
+    client = _InterruptedStream()
+    monkeypatch.setattr(executions, "make_client", lambda args: client)
+    argv = ["invoke", "sleepy", "--stream"] + (["--node", node] if node else [])
+    assert cli_main(argv) == 130
+    assert capsys.readouterr().err.strip() == where
+    assert len(client.trace_ids[0]) == 32  # a trace id of the command's own, to find it by
 
 
 # ------------------------------------------------------------------ spear up
