@@ -272,10 +272,10 @@ def floor_figures(res: Results) -> None:
         ("3hop.p99", "floor: 3-hop round trip p99", "ms"),
         ("2hop.rate", "floor: 2-hop pipelined round trips", "/s"),
         ("3hop.rate", "floor: 3-hop pipelined round trips (broker)", "/s"),
-        *((key, label, "ms") for size_tag, _, size in PAYLOADS for key, label in (
-            (f"2hop.{size_tag}.p50", f"floor: {size} echo p50, 2-hop"),
-            (f"3hop.{size_tag}.p50", f"floor: {size} echo p50, 3-hop broker"),
-            (f"pipe.{size_tag}.p50", f"floor: {size} echo p50 through a bare child's pipes (a worker's hop)"),
+        *((key, label, "ms") for size_tag, _, size_label in PAYLOADS for key, label in (
+            (f"2hop.{size_tag}.p50", f"floor: {size_label} echo p50, 2-hop"),
+            (f"3hop.{size_tag}.p50", f"floor: {size_label} echo p50, 3-hop broker"),
+            (f"pipe.{size_tag}.p50", f"floor: {size_label} echo p50 through a bare child's pipes (a worker's hop)"),
         )),
         ("parallel.efficiency", "floor: bare processes on all cores: parallel efficiency", "%"),
         ("wasmtime.call", "floor: bare wasmtime-py call of the add export", "us"),
