@@ -14,7 +14,7 @@ because these machines are shared and noisy. Modules, in the order a run
 uses them: :mod:`.plan` (sections, counts), :mod:`.kernels` (``scheduler``,
 ``pool``: ``spear.fast`` compiled kernels against their twins),
 :mod:`.floor` (``floor``: the bare servers' client; 2-hop echo and 3-hop
-broker round trips, p50/p99 and pipelined, 1 MiB echoes; bare processes and
+broker round trips, p50/p99 and pipelined, 64 KiB / 1 MiB / 16 MiB echoes; bare processes and
 bare wasmtime for their rows), :mod:`.session` (the embedded cluster,
 ``rss``, ``startup``), :mod:`.latency`, :mod:`.throughput`,
 :mod:`.runtimes` (``cold``, ``docker``), :mod:`.parallel`,

@@ -19,7 +19,7 @@ import zmq
 
 from bench.floor.floor_wire import PROTO, Call, Reply, sock
 
-from .plan import MiB, Plan
+from .plan import PAYLOADS, Plan, echo_warm
 from .procs import CpuMeter, Progress, program, stop_proc
 from .results import Figure, Results, ms
 
@@ -91,6 +91,10 @@ class Floor:
             s.close(linger=0)
         return out
 
+    def echo(self, addr: str, size: int, n: int) -> list[float]:
+        """``n`` sequential echoes of a random ``size``-byte payload frame; seconds each."""
+        return self.latency(addr, n, os.urandom(size), warm=echo_warm(size))
+
     def pipelined(self, addr: str, n: int, window: int) -> float:
         """Round trips per second with ``window`` requests in flight."""
         s = sock(self.ctx, zmq.DEALER)
@@ -129,7 +133,7 @@ class Floor:
 
 
 def latency_pass(fl: Floor, res: Results, plan: Plan, prog: Progress, tag: str = "") -> None:
-    """Sequential round trips (small and 1 MiB) through both floors."""
+    """Sequential round trips (small, then each echo payload) through both floors and a bare child's pipes."""
     raw = res.raw.setdefault("floor", {}).setdefault("latency_passes", [])
     one: dict[str, Any] = {}
     prog.step(f"floor{tag}: 2-hop and 3-hop round trips")
@@ -138,15 +142,16 @@ def latency_pass(fl: Floor, res: Results, plan: Plan, prog: Progress, tag: str =
         one[hop] = m
         res.floor_sample(f"{hop}.p50", m["p50"])
         res.floor_sample(f"{hop}.p99", m["p99"])
-    prog.step(f"floor{tag}: 1 MiB echo")
-    blob = os.urandom(MiB)
-    for hop, addr in (("2hop", fl.echo_addr), ("3hop", fl.broker_addr)):
-        m = ms(fl.latency(addr, plan.mib_n, blob, warm=5))
-        one[f"{hop}_1mib"] = m
-        res.floor_sample(f"{hop}.1mib.p50", m["p50"])
-    m = ms(pipe_echo(blob, plan.mib_n))
-    one["pipe_1mib"] = m
-    res.floor_sample("pipe.1mib.p50", m["p50"])
+    for size_tag, size, label in PAYLOADS:
+        prog.step(f"floor{tag}: {label} echo")
+        n = plan.echo_n[size_tag]
+        for hop, addr in (("2hop", fl.echo_addr), ("3hop", fl.broker_addr)):
+            m = ms(fl.echo(addr, size, n))
+            one[f"{hop}_{size_tag}"] = m
+            res.floor_sample(f"{hop}.{size_tag}.p50", m["p50"])
+        m = ms(pipe_echo(os.urandom(size), n))
+        one[f"pipe_{size_tag}"] = m
+        res.floor_sample(f"pipe.{size_tag}.p50", m["p50"])
     raw.append(one)
 
 
@@ -180,14 +185,19 @@ def _size_pipe(fd: int) -> None:
 
 
 def pipe_echo(blob: bytes, n: int) -> list[float]:
-    """Round trips of ``blob`` through a bare child's stdin/stdout (pipes sized as Spear's)."""
+    """Round trips of ``blob`` through a bare child's stdin/stdout (pipes sized as Spear's).
+
+    The child reads a whole frame before it answers, so writing all of a
+    frame larger than the pipes before reading cannot deadlock.
+    """
     p = subprocess.Popen(program("pipe_echo"), stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
     try:
         for f in (p.stdin, p.stdout):
             _size_pipe(f.fileno())
         frame = struct.pack(">I", len(blob)) + blob
         ts = []
-        for i in range(n + 3):
+        warm = echo_warm(len(blob))
+        for i in range(n + warm):
             t0 = time.perf_counter()
             out = memoryview(frame)
             while out:
@@ -198,7 +208,7 @@ def pipe_echo(blob: bytes, n: int) -> list[float]:
                 if not chunk:
                     raise RuntimeError("pipe echo child exited")
                 got += chunk
-            if i >= 3:
+            if i >= warm:
                 ts.append(time.perf_counter() - t0)
         return ts
     finally:
@@ -262,9 +272,11 @@ def floor_figures(res: Results) -> None:
         ("3hop.p99", "floor: 3-hop round trip p99", "ms"),
         ("2hop.rate", "floor: 2-hop pipelined round trips", "/s"),
         ("3hop.rate", "floor: 3-hop pipelined round trips (broker)", "/s"),
-        ("2hop.1mib.p50", "floor: 1 MiB echo p50, 2-hop", "ms"),
-        ("3hop.1mib.p50", "floor: 1 MiB echo p50, 3-hop broker", "ms"),
-        ("pipe.1mib.p50", "floor: 1 MiB echo p50 through a bare child's pipes (a worker's hop)", "ms"),
+        *((key, label, "ms") for size_tag, _, size_label in PAYLOADS for key, label in (
+            (f"2hop.{size_tag}.p50", f"floor: {size_label} echo p50, 2-hop"),
+            (f"3hop.{size_tag}.p50", f"floor: {size_label} echo p50, 3-hop broker"),
+            (f"pipe.{size_tag}.p50", f"floor: {size_label} echo p50 through a bare child's pipes (a worker's hop)"),
+        )),
         ("parallel.efficiency", "floor: bare processes on all cores: parallel efficiency", "%"),
         ("wasmtime.call", "floor: bare wasmtime-py call of the add export", "us"),
     ]

@@ -10,7 +10,7 @@ import time
 from . import floor, latency, remote
 from .kernels import measure_pool, measure_scheduler
 from .parallel import section_parallel
-from .plan import CLUSTER_SECTIONS, SECTIONS, Plan, select_sections
+from .plan import CLUSTER_SECTIONS, PAYLOADS, SECTIONS, Plan, select_sections
 from .procs import Progress
 from .profile import print_profile, profile_pass
 from .report import meta, print_results, write_json
@@ -50,15 +50,16 @@ def count_steps(sections: list[str], plan: Plan, profile: bool) -> int:
         n += 3
     if "pool" in want:
         n += 1
+    floor_pass = 1 + len(PAYLOADS)  # round trips, then one step per echo payload
     if "floor" in want:
-        n += 2 + (0 if "throughput" in want else 1)
+        n += floor_pass + (0 if "throughput" in want else 1)
         if plan.refloor and CLUSTER_SECTIONS & want:
-            n += 2
+            n += floor_pass
     if CLUSTER_SECTIONS & want:
         n += 2
         n += 1 if "rss" in want else 0
         n += latency.STEPS if "latency" in want else 0
-        n += 1 + 2 * plan.rate_trials + 2 if "throughput" in want else 0
+        n += 1 + 2 * plan.rate_trials + 2 * len(PAYLOADS) if "throughput" in want else 0
         n += remote.STEPS if "remote" in want else 0
         n += 5 if "cold" in want else 0
         n += 1 + plan.rate_trials if "parallel" in want else 0
