@@ -1,10 +1,20 @@
 """Microbenchmarks of the Cython kernels against their pure-Python twins.
 
-Run with ``python3 -m pytest bench/test_kernels.py``; compare within a group
-(same size, both twins) since the machines are shared and noisy. The target is
-one scheduling decision over 10,000 nodes in under 50 µs, and the
-compiled path at least 20x its twin. The pool benches time a loop of
-``PAIRS`` acquire+release pairs, so divide the mean by ``PAIRS``.
+Not part of the test run; ``python -m pytest bench/test_kernels.py
+--benchmark-only``. Every bench runs both twins (``compiled``, ``py``); the
+compiled one skips when it is not loaded (``SPEAR_NO_EXTENSIONS=1`` or not
+built). Compare within a group (same size, both twins) since the machines
+are shared and noisy. The target is one scheduling decision over 10,000 nodes
+in under 50 µs, and the compiled path at least 20x its twin.
+
+* ``pick_node n=N``: one placement decision (the best node) over N nodes.
+* ``pick_nodes k=3 n=N``: the SMS's call, the best 3 nodes (its candidates
+  for one execution, tried in order).
+* pool benches time a loop of ``PAIRS`` operations, so divide the mean by
+  ``PAIRS``: ``acquire+release`` (warm take/return, the hot path),
+  ``acquire miss`` (no idle instance), ``reserve+discard`` (the cold path: a
+  slot for a new instance, freed when it dies); ``evict sweep`` walks a pool
+  of ``SWEEP`` idle slots none of which is stale (the periodic check).
 """
 
 from __future__ import annotations
@@ -16,6 +26,8 @@ from bench.harness.kernels import cluster_arrays as _cluster_arrays
 
 PAIRS = 1000
 SIZES = (100, 1_000, 10_000)
+#: idle slots walked by the eviction sweep (the largest pool a function may have)
+SWEEP = 4096
 
 
 def _impl(kind: str, compiled, twin):
@@ -43,12 +55,15 @@ def test_pick_node(benchmark, kind, n):
 
 
 @pytest.mark.parametrize("kind", ["compiled", "py"])
-def test_pick_nodes_top3(benchmark, kind):
+@pytest.mark.parametrize("n", SIZES)
+def test_pick_nodes_top3(benchmark, kind, n):
     mod = _impl(kind, fast.compiled_scheduler, fast.py_scheduler)
-    c = _cluster(10_000)
-    benchmark.group = "pick_nodes k=3 n=10000"
+    c = _cluster(n)
+    benchmark.group = f"pick_nodes k=3 n={n}"
+    benchmark.extra_info["nodes"] = n
     top = benchmark(mod.pick_nodes, *c, 1.0, 2048.0, 3)
     assert len(top) == 3
+    assert top == fast.py_scheduler.pick_nodes(*c, 1.0, 2048.0, 3)  # the twins agree
 
 
 @pytest.mark.parametrize("kind", ["compiled", "py"])
@@ -81,3 +96,32 @@ def test_pool_acquire_miss(benchmark, kind):
 
     benchmark.group = f"acquire miss x{PAIRS}"
     benchmark(misses)
+    assert pool.misses >= PAIRS
+
+
+@pytest.mark.parametrize("kind", ["compiled", "py"])
+def test_pool_reserve_discard(benchmark, kind):
+    mod = _impl(kind, fast.compiled_pool, fast.py_pool)
+    pool = mod.SlotPool(16)
+    reserve, discard = pool.reserve, pool.discard
+
+    def pairs():
+        for _ in range(PAIRS):
+            discard(reserve())
+
+    benchmark.group = f"reserve+discard x{PAIRS}"
+    benchmark.extra_info["pairs_per_round"] = PAIRS
+    benchmark(pairs)
+    assert pool.size == 0
+
+
+@pytest.mark.parametrize("kind", ["compiled", "py"])
+def test_pool_evict_sweep(benchmark, kind):
+    mod = _impl(kind, fast.compiled_pool, fast.py_pool)
+    pool = mod.SlotPool(SWEEP)
+    for slot in [pool.reserve() for _ in range(SWEEP)]:
+        pool.release(slot, 100.0)
+    benchmark.group = f"evict sweep, {SWEEP} idle"
+    benchmark.extra_info["idle_slots"] = SWEEP
+    evicted = benchmark(pool.evict, 200.0, 300.0, 0)  # none idle for the ttl yet
+    assert evicted == [] and pool.idle == SWEEP
