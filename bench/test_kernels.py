@@ -10,6 +10,9 @@ in under 50 µs, and the compiled path at least 20x its twin.
 * ``pick_node n=N``: one placement decision (the best node) over N nodes.
 * ``pick_nodes k=3 n=N``: the SMS's call, the best 3 nodes (its candidates
   for one execution, tried in order).
+* ``schedule n=N``: the SMS's whole decision around that call,
+  ``NodeTable.candidates`` (cached masks) then ``take`` and ``give`` of the
+  chosen node's reservation, with each twin patched in as its kernel.
 * pool benches time a loop of ``PAIRS`` operations, so divide the mean by
   ``PAIRS``: ``acquire+release`` (warm take/return, the hot path),
   ``acquire miss`` (no idle instance), ``reserve+discard`` (the cold path: a
@@ -19,10 +22,14 @@ in under 50 µs, and the compiled path at least 20x its twin.
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 import spear.fast as fast
+import spear.sms.scheduler as sched
 from bench.harness.kernels import cluster_arrays as _cluster_arrays
+from spear import protocol as P
 
 PAIRS = 1000
 SIZES = (100, 1_000, 10_000)
@@ -64,6 +71,43 @@ def test_pick_nodes_top3(benchmark, kind, n):
     top = benchmark(mod.pick_nodes, *c, 1.0, 2048.0, 3)
     assert len(top) == 3
     assert top == fast.py_scheduler.pick_nodes(*c, 1.0, 2048.0, 3)  # the twins agree
+
+
+def _node_table(n: int, seed: int = 42) -> sched.NodeTable:
+    """A table of n ready nodes like ``_cluster``'s: mixed sizes, partly reserved, 5% warm."""
+    rnd = random.Random(seed)
+    table = sched.NodeTable()
+    for i in range(n):
+        cores = float(rnd.choice((2, 4, 8, 16, 32)))
+        nid = f"node-{i:05d}"
+        table.upsert(P.NodeInfo(
+            node_id=nid, runtimes=["wasm", "process"], labels={"zone": f"z{i % 3}"},
+            capacity=P.Capacity(cores=cores, memory=int(cores) << 32),
+            usage=P.Usage(load1=rnd.uniform(0.0, cores))))
+        table.take(nid, rnd.uniform(0.0, cores / 2), rnd.uniform(0.0, cores * (1 << 31)))
+        if rnd.random() < 0.05:
+            table.mark_warm(nid, "add-wasm")
+    return table
+
+
+@pytest.mark.parametrize("kind", ["compiled", "py"])
+@pytest.mark.parametrize("n", SIZES)
+def test_schedule_decision(benchmark, monkeypatch, kind, n):
+    mod = _impl(kind, fast.compiled_scheduler, fast.py_scheduler)
+    monkeypatch.setattr(sched, "pick_nodes", mod.pick_nodes)
+    table = _node_table(n)
+    cpu, mem = 1.0, float(256 << 20)
+
+    def decide():
+        best = table.candidates(runtime="wasm", labels={}, function="add-wasm",
+                                cpu=cpu, mem=mem)[0]
+        table.take(best, cpu, mem)
+        table.give(best, cpu, mem)
+        return best
+
+    benchmark.group = f"schedule n={n}"
+    benchmark.extra_info["nodes"] = n
+    assert benchmark(decide) in table.slot_of
 
 
 @pytest.mark.parametrize("kind", ["compiled", "py"])
