@@ -1,11 +1,19 @@
 """Microbenchmarks of the wire codec: ``protocol.encode`` / ``protocol.decode``.
 
-Run with ``python3 -m pytest bench/test_codec.py`` (not part of the test run).
-Each bench encodes or decodes one ``Invoke`` (client -> daemon) or one
-``Result`` (daemon -> client) with an empty, a small (64 B) or a 1 MiB
-payload. The payload is a raw frame that is never re-encoded, so the 1 MiB
-cases should cost about what the small ones do; if they don't, something
-copies the payload. Compare within a group: machines are shared and noisy.
+Not part of the test run (``testpaths`` is ``tests``); run with
+``python -m pytest bench/test_codec.py --benchmark-only``. Groups:
+
+* ``encode`` / ``decode``: every member of ``protocol.Message``, one
+  representative instance each (``bench/samples.py``), without a payload.
+  Compare a message with itself across runs; across messages the figures
+  mostly follow the body size (``extra_info["body_bytes"]``).
+* ``encode <Type> payload`` / ``decode <Type> payload``: the messages that carry
+  a payload frame on the hot path (``Invoke``, ``Dispatch``, ``Result``) with
+  an empty, a 64 B and a 1 MiB payload. The payload is a raw frame that is
+  never re-encoded, so 1 MiB should cost about what 64 B does; if it doesn't,
+  something copies the payload.
+* ``encode+decode 64B``: one hot-path message and a 64 B payload through both,
+  the codec's share of a hop.
 """
 
 from __future__ import annotations
@@ -14,55 +22,71 @@ import os
 
 import pytest
 
+from bench.samples import PAYLOAD_CARRIERS, SAMPLES, message_types
 from spear import protocol as P
 
-PAYLOADS = {"empty": None, "64B": os.urandom(64), "1MiB": os.urandom(1024 * 1024)}
+PAYLOADS = {"none": None, "64B": os.urandom(64), "1MiB": os.urandom(1024 * 1024)}
+TYPES = {t.__name__: t for t in message_types()}
+CARRIERS = [t.__name__ for t in PAYLOAD_CARRIERS]
 
 
-def _invoke(i: int = 7) -> P.Invoke:
-    return P.Invoke(id=i, function="add-wasm", args=[2, 40], trace_id="0123456789abcdef")
+def _sample(name: str) -> P._Msg:
+    builder = SAMPLES.get(TYPES[name])
+    if builder is None:  # tests/test_bench_samples.py fails too: add the entry
+        pytest.fail(f"bench/samples.py has no sample of {name}")
+    return builder()
 
 
-def _result(i: int = 7) -> P.Result:
-    return P.Result(id=i, execution=P.ExecutionInfo(
-        execution_id="5f0e8c4b9a7d4e2f8b1c3d5e7f9a0b1c", function="add-wasm", status="succeeded",
-        node_id="spearlet-1-78e3fe61", exit_code=None,
-        timings=P.Timings(queue=1.1e-5, cold_start=0.0, run=2.5e-5, total=2.8e-5),
-        usage=P.ExecUsage(cpu_time=2.1e-5, peak_memory=65536, fuel=12),
-        trace_id="5f0e8c4b9a7d4e2f8b1c3d5e7f9a0b1c", submitted_at=1.7e9, finished_at=1.7e9 + 3e-5,
-        args=[2, 40]))
+def _wire(msg: P._Msg, payload) -> list:
+    """What a socket hands the decoder: bytes frames (``recv`` with copy=True)."""
+    return [bytes(f) for f in P.encode(msg, payload)]
 
 
-MESSAGES = {"Invoke": _invoke, "Result": _result}
+@pytest.mark.parametrize("kind", list(TYPES))
+def test_encode(benchmark, kind):
+    msg = _sample(kind)
+    benchmark.group = "encode"
+    benchmark.extra_info["body_bytes"] = len(P.encode(msg)[1])
+    frames = benchmark(P.encode, msg)
+    assert frames[0] == P.PROTOCOL
+
+
+@pytest.mark.parametrize("kind", list(TYPES))
+def test_decode(benchmark, kind):
+    msg = _sample(kind)
+    frames = _wire(msg, None)
+    benchmark.group = "decode"
+    benchmark.extra_info["body_bytes"] = len(frames[1])
+    got, payload = benchmark(P.decode, frames)
+    assert got == msg and payload is None
 
 
 @pytest.mark.parametrize("size", list(PAYLOADS))
-@pytest.mark.parametrize("kind", list(MESSAGES))
-def test_encode(benchmark, kind, size):
-    msg, payload = MESSAGES[kind](), PAYLOADS[size]
-    benchmark.group = f"encode {kind}"
+@pytest.mark.parametrize("kind", CARRIERS)
+def test_encode_payload(benchmark, kind, size):
+    msg, payload = _sample(kind), PAYLOADS[size]
+    benchmark.group = f"encode {kind} payload"
     frames = benchmark(P.encode, msg, payload)
-    assert frames[0] == P.PROTOCOL
     if payload is not None:
         assert frames[2] is payload  # the payload frame travels as is
 
 
 @pytest.mark.parametrize("size", list(PAYLOADS))
-@pytest.mark.parametrize("kind", list(MESSAGES))
-def test_decode(benchmark, kind, size):
-    msg, payload = MESSAGES[kind](), PAYLOADS[size]
-    # what a socket hands over: bytes frames (recv_multipart with copy=True)
-    frames = [bytes(f) for f in P.encode(msg, payload)]
-    benchmark.group = f"decode {kind}"
+@pytest.mark.parametrize("kind", CARRIERS)
+def test_decode_payload(benchmark, kind, size):
+    msg, payload = _sample(kind), PAYLOADS[size]
+    frames = _wire(msg, payload)
+    benchmark.group = f"decode {kind} payload"
     got, got_payload = benchmark(P.decode, frames)
     assert got == msg
-    assert (got_payload is None) == (payload is None)
+    if payload is not None:
+        assert got_payload is frames[2]  # handed on, not copied
 
 
-@pytest.mark.parametrize("kind", list(MESSAGES))
+@pytest.mark.parametrize("kind", CARRIERS)
 def test_roundtrip_small(benchmark, kind):
-    """encode + decode of one message with a 64-byte payload: the codec's share of a hop."""
-    msg, payload = MESSAGES[kind](), PAYLOADS["64B"]
+    """encode + decode of one message with a 64 B payload: the codec's share of a hop."""
+    msg, payload = _sample(kind), PAYLOADS["64B"]
     encode, decode = P.encode, P.decode
     benchmark.group = "encode+decode 64B"
     got, _ = benchmark(lambda: decode(encode(msg, payload)))
