@@ -34,6 +34,7 @@ FLOOR = {
     "spear.roles": {"spear.errors", "spear.protocol"},
     "spear.specs": {"spear.errors", "spear.protocol"},
     "spear.bundles": {"spear.errors", "spear.protocol"},
+    "spear.memory": set(),
 }
 
 #: room (first part below ``spear``) -> rooms it must never import

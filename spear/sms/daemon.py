@@ -15,7 +15,7 @@ import logging
 import time
 
 from ..service import Service
-from .. import errors, protocol as P
+from .. import errors, memory, protocol as P
 from ..config import Config
 from ..metrics import SMSMetrics
 from ..mesh import RouterServer, context
@@ -137,6 +137,7 @@ class SMS(Service):
                 if not self.store.healthy:
                     self.store.probe()
                 self.feed(Tick(lag, self.store.error))
+                memory.trim()  # at most every few seconds: see spear.memory
             except Exception:  # never let housekeeping kill the daemon
                 log.exception("node tick failed")
 

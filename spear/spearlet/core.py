@@ -33,6 +33,14 @@ from .results import ResultBuffer
 
 log = logging.getLogger("spear.functions")
 
+#: an ended execution's output is kept with its record up to this size once it
+#: was delivered (to the SMS, or to the client that waited); bigger ones go, as
+#: in the SMS, so the records a node keeps cannot hold its memory
+KEEP_OUTPUT = 64 * 1024
+#: bytes of big outputs not yet read (direct async executions) kept in all;
+#: beyond it the oldest are dropped
+KEEP_UNREAD_BYTES = 256 << 20
+
 # ---------------------------------------------------------------- state
 
 
@@ -108,6 +116,9 @@ class SpearletCore:
         self.counts: dict[str, int] = {}  # ended executions by status
         self.dispatched: set[str] = set()  # SMS executions on this node, not yet ended
         self.results = ResultBuffer()  # SMS results sent, not yet confirmed
+        #: direct async executions whose big output nobody has read yet, oldest first
+        self.unread: collections.OrderedDict[str, int] = collections.OrderedDict()
+        self.unread_bytes = 0
         self.session = 0
         self._handlers = {
             Invoked: self._on_invoked, Dispatched: self._on_dispatched,
@@ -230,6 +241,7 @@ class SpearletCore:
                 if not old.done:
                     break  # never forget a running execution
                 del self.executions[old_id]
+                self._read(old_id)
         return ex
 
     def _start(self, ex: Execution, data, args: list, timeout: float | None) -> Start:
@@ -318,7 +330,7 @@ class SpearletCore:
             submitted_at=now - ev.total if ev.inline else ex.submitted_at, finished_at=now,
             cold=ev.cold > 0, timings=P.Timings(queue=ev.queue, cold_start=ev.cold, run=ev.run,
                                                 total=ev.total))
-        ex.output = ev.output
+        self._keep_output(ex, ev.output)
         ex.done = True
         ex.pending = None
         if ev.inline:
@@ -378,7 +390,35 @@ class SpearletCore:
         if msg.wait > 0 and not ex.done:
             # the waiter is keyed by the whole id, whatever prefix was asked for
             return [Wait(ev.ident, msgspec.structs.replace(msg, execution_id=ex.execution_id))]
-        return [Reply(ev.ident, P.Result(id=msg.id, execution=self._info(ex)), ex.output)]
+        output = ex.output
+        self._read(ex.execution_id)
+        return [Reply(ev.ident, P.Result(id=msg.id, execution=self._info(ex)), output)]
+
+    def _keep_output(self, ex: Execution, output) -> None:
+        """Keep what a later read of ``ex`` may need (see :data:`KEEP_OUTPUT`)."""
+        if len(output) <= KEEP_OUTPUT:
+            ex.output = output
+            return
+        if ex.ident is None or ex.mode != "async":
+            ex.output = b""  # delivered with the Result this ending sends
+            return
+        ex.output = output
+        self.unread[ex.execution_id] = len(output)
+        self.unread_bytes += len(output)
+        while self.unread_bytes > KEEP_UNREAD_BYTES:
+            old_id, size = next(iter(self.unread.items()))
+            self._read(old_id)
+            log.warning("output of execution %s (%d bytes) dropped unread: over %d MiB of "
+                        "unread outputs on this node", old_id, size, KEEP_UNREAD_BYTES >> 20)
+
+    def _read(self, eid: str) -> None:
+        """``eid``'s big output was delivered (or its record forgotten): it goes."""
+        size = self.unread.pop(eid, None)
+        if size is not None:
+            self.unread_bytes -= size
+            ex = self.executions.get(eid)
+            if ex is not None:
+                ex.output = b""
 
     # ------------------------------------------------------------ functions
 

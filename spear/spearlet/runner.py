@@ -29,7 +29,7 @@ from typing import Awaitable, Callable
 
 import msgspec
 
-from .. import errors, protocol as P
+from .. import errors, memory, protocol as P
 from ..runtimes import Prepared, Runtime, RuntimeManager
 from ..runtimes.base import STDERR_TAIL, TRACEBACK_TAIL
 from .core import SpearletCore
@@ -412,6 +412,7 @@ class Runner:
         let each runtime collect what no deployment uses, forever."""
         while True:
             await asyncio.sleep(period)
+            memory.trim()  # what a burst of big payloads freed goes back to the system
             for rt in list(self.runtimes.runtimes.values()):
                 try:
                     rt.collect()

@@ -370,3 +370,38 @@ def test_a_failed_execution_keeps_its_stderr_tail_and_traceback(core):
     sent = only(finish(core, "e2", "failed", error=err, output=b""), E.ToSMS)
     assert sent.msg.execution.error == err
 
+
+
+# ---------------------------------------------------------------- outputs kept
+
+BIG = b"x" * (C.KEEP_OUTPUT + 1)
+
+
+def test_a_delivered_big_output_is_not_kept_with_the_record(core):
+    """Ten thousand records of 64 MiB outputs would hold the node's memory: once
+    delivered (to the SMS, or to the client that waited), a big output goes."""
+    dispatch(core, "e1")
+    sent = only(finish(core, "e1", output=BIG), E.ToSMS)
+    assert sent.payload == BIG  # the SMS gets it (and the result buffer keeps it until acked)
+    assert core.executions["e1"].output == b""
+    start = only(invoke(core, "sync", execution_id=""), E.Start)
+    reply = only(finish(core, start.execution_id, output=BIG), E.Reply)
+    assert reply.payload == BIG
+    small = only(invoke(core, "sync"), E.Start)
+    finish(core, small.execution_id, output=b"small")
+    assert core.executions[small.execution_id].output == b"small"  # small ones stay readable
+
+
+def test_an_unread_big_async_output_is_kept_until_read_within_a_byte_budget(core, monkeypatch):
+    monkeypatch.setattr(C, "KEEP_UNREAD_BYTES", 2 * len(BIG))
+    ids = []
+    for _ in range(3):
+        _, start = invoke(core, "async")
+        finish(core, start.execution_id, output=BIG)
+        ids.append(start.execution_id)
+    # the oldest went over the budget: dropped; the two newest wait for their reader
+    assert [core.executions[i].output == BIG for i in ids] == [False, True, True]
+    asked = core.handle(E.Asked(b"cli", P.GetExecution(id=3, execution_id=ids[1])), T0 + 2)
+    assert only(asked, E.Reply).payload == BIG
+    assert core.executions[ids[1]].output == b""  # delivered now
+    assert core.unread_bytes == len(BIG)
