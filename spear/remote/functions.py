@@ -15,11 +15,13 @@ import functools
 import hashlib
 import operator
 import re
+import sys
 import threading
 
 import cloudpickle
 
 from .. import errors, protocol as P
+from ..client.requirements import this_python
 from .runner.spear_runner import dumps_call
 from .shipping import HANDLER, requirement_lines, ship_module
 
@@ -100,6 +102,11 @@ class RemoteFunction:
         :class:`~.shipping.CodeBundle`), the resolved requirements ``pins`` on
         ``python``: named ``py-<qualname>-<hash of all of it>``."""
         digest = hashlib.sha256(self.pickled(code.root))
+        if python != this_python() and self._by_value():
+            raise errors.InvalidArgument(
+                f"{self.__qualname__} travels by value (its code is pickled), which only "
+                f"Python {this_python()} can load, not python={python!r}: put it in a module "
+                "of the working directory or of an installed package to run it on another Python")
         for part in (code.sha256, python, repr((self.memory_mb, self.timeout, self.retries)), *pins):
             digest.update(b"\0" + part.encode())
         qualname = re.sub(r"[^A-Za-z0-9_.\-]+", "", self.__qualname__.replace(".<locals>", ""))
@@ -109,6 +116,14 @@ class RemoteFunction:
             requirements=list(pins), python=python,
             limits=P.Limits(timeout=self.timeout, memory_mb=self.memory_mb), retries=self.retries,
         )
+
+    def _by_value(self) -> bool:
+        """Whether cloudpickle ships this function's code (decided by :meth:`pickled`)."""
+        fn = self._fn
+        module = sys.modules.get(getattr(fn, "__module__", None) or "")
+        return (module is None or module.__name__ == "__main__" or "<locals>" in fn.__qualname__
+                or fn.__name__ == "<lambda>"
+                or module.__name__ in cloudpickle.list_registry_pickle_by_value())
 
     @property
     def deployment_name(self) -> str:

@@ -92,15 +92,29 @@ def test_requirements_of_connection_and_function_resolved_once_per_set(resolved)
     assert len({a.name, b.name, c.name}) == 3  # limits and requirements are in the name
 
 
-def test_python_version_goes_to_the_spec(resolved):
-    conn = _conn()
+def test_python_version_goes_to_the_spec(project, resolved):
+    import shiplib.text
+
+    conn = _conn(working_dir=project)
     try:
-        spec = conn.spec_of(spear.function(python="3.12")(double))
+        spec = conn.spec_of(spear.function(python="3.12")(shiplib.text.shout))
     finally:
         conn.close()
     assert spec.python == "3.12" and resolved[0][1] == "3.12"
     with pytest.raises(errors.InvalidArgument, match="3.11"):
         spear.function(python="python3")(double)
+
+
+def test_code_shipped_by_value_is_refused_for_another_python(resolved):
+    """Pickled code objects load only on the Python that made them."""
+    other = "3.12" if this_python() != "3.12" else "3.13"
+    conn = _conn()
+    try:
+        with pytest.raises(errors.InvalidArgument, match="travels by value"):
+            conn.spec_of(spear.function(python=other)(double))
+        assert conn.spec_of(spear.function(python=this_python())(double)).python == this_python()
+    finally:
+        conn.close()
 
 
 def test_bad_requirements_are_refused_at_once():
