@@ -635,7 +635,7 @@ def test_v1_and_v2_backends_on_this_machine():
                 assert str(p.pid) in Path(path, "cgroup.procs").read_text().split(), (h, path)
             assert g.cpu_ns() is not None
             g.kill()
-            assert p.wait(5) == -9
+            assert p.wait(30) == -9
         finally:
             p.kill()
         for h, path in g.dirs:  # each backend's own kill (v1: list and SIGKILL; v2: cgroup.kill)
@@ -644,13 +644,13 @@ def test_v1_and_v2_backends_on_this_machine():
                 g.attach(p.pid)  # before it forks: its children are born inside
                 p.stdin.write(b"\n")
                 p.stdin.close()
-                end = time.monotonic() + 5
+                end = time.monotonic() + 30
                 while len(h.procs(path)) < 2 and time.monotonic() < end:
                     time.sleep(0.01)
                 assert len(h.procs(path)) >= 2, (h, path)
                 h.kill(path)
-                assert p.wait(5) == -9
-                end = time.monotonic() + 5
+                assert p.wait(30) == -9
+                end = time.monotonic() + 30
                 while h.procs(path) and time.monotonic() < end:
                     time.sleep(0.01)
                 assert h.procs(path) == [], (h, path)
