@@ -253,7 +253,7 @@ class SpearletCore:
         if not ex.inline:
             ex.status = "running"
         return Start(ex.execution_id, ex.function, data, args, limits,
-                     inline=ex.inline, stream=ex.mode == "stream")
+                     inline=ex.inline, stream=ex.mode == "stream", trace_id=ex.trace_id)
 
     def _on_invoked(self, ev: Invoked, now: float) -> list:
         msg = ev.msg
