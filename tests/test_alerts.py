@@ -1,8 +1,12 @@
-"""deploy/prometheus/alerts.yml: well-formed rules over metrics Spear really exposes."""
+"""deploy/prometheus/alerts.yml: well-formed rules over metrics Spear really exposes,
+each unit-tested by deploy/prometheus/alerts_test.yml under ``promtool test rules``."""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,6 +16,7 @@ import yaml
 from spear.metrics import CATALOG, SMSMetrics, SpearletMetrics, metric_names
 
 RULES = Path(__file__).resolve().parents[1] / "deploy" / "prometheus" / "alerts.yml"
+RULE_TESTS = RULES.with_name("alerts_test.yml")
 
 #: series Prometheus makes itself for every target
 SYNTHETIC = {"up": ("job", "instance")}
@@ -145,3 +150,32 @@ def test_rule_uses_only_exposed_metrics_and_their_labels(rule):
     for ann in rule["annotations"].values():
         for lab in re.findall(r"\$labels\.(\w+)", ann):
             assert lab in usable, f"{rule['alert']}: annotation uses unknown label {lab}"
+
+
+def test_every_alert_has_a_rule_test_that_fires_it_and_one_that_does_not():
+    doc = yaml.safe_load(RULE_TESTS.read_text())
+    assert doc["rule_files"] == [RULES.name]
+    fires: set[str] = set()
+    quiet: set[str] = set()
+    for group in doc["tests"]:
+        for t in group["alert_rule_test"]:
+            (fires if t.get("exp_alerts") else quiet).add(t["alertname"])
+    alerts = {r["alert"] for r in RULE_LIST}
+    assert fires == alerts, f"no firing test: {sorted(alerts - fires)}; unknown: {sorted(fires - alerts)}"
+    assert quiet == alerts, f"no quiet test: {sorted(alerts - quiet)}"
+
+
+def test_promtool_passes_the_rule_tests():
+    """The rules do what alerts_test.yml says (promtool: Debian's ``prometheus`` package)."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        why = "promtool is not installed (apt-get install prometheus)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but {why}", pytrace=False)
+        pytest.skip(why)
+    r = subprocess.run([promtool, "check", "rules", RULES.name], cwd=RULES.parent,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = subprocess.run([promtool, "test", "rules", RULE_TESTS.name], cwd=RULES.parent,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
