@@ -8,30 +8,14 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import yaml
 
-from spear.metrics import CATALOG, SMSMetrics, SpearletMetrics, metric_names
+from tests.promql import TARGET_LABELS, exposed, labels_of, parse_expr
 
 RULES = Path(__file__).resolve().parents[1] / "deploy" / "prometheus" / "alerts.yml"
 RULE_TESTS = RULES.with_name("alerts_test.yml")
-
-#: series Prometheus makes itself for every target
-SYNTHETIC = {"up": ("job", "instance")}
-#: labels every scraped series carries
-TARGET_LABELS = {"job", "instance"}
-
-_KEYWORDS = {
-    # aggregations, functions and operators that look like identifiers
-    "sum", "min", "max", "avg", "count", "stddev", "stdvar", "topk", "bottomk", "quantile",
-    "count_values", "group", "rate", "irate", "increase", "delta", "idelta", "deriv",
-    "histogram_quantile", "abs", "absent", "absent_over_time", "avg_over_time", "max_over_time",
-    "min_over_time", "sum_over_time", "count_over_time", "clamp_min", "clamp_max", "vector",
-    "scalar", "time", "label_replace", "changes", "resets", "predict_linear", "and", "or",
-    "unless", "by", "without", "on", "ignoring", "group_left", "group_right", "bool", "offset",
-}
 
 
 def load_rules() -> list[dict]:
@@ -42,61 +26,6 @@ def load_rules() -> list[dict]:
         assert group.get("name") and group.get("rules"), group
         rules.extend(group["rules"])
     return rules
-
-
-def exposed() -> set[str]:
-    """Every series name the SMS and Spearlet registries can expose."""
-    sp = SpearletMetrics()
-    sp.watch(SimpleNamespace(deployments={}, running=0, max_concurrency=1, draining=False),
-             None, registered=lambda: True, reconnects=lambda: 0)
-    sp.watch_mesh({})
-    sms = SMSMetrics()
-    sms.watch(SimpleNamespace(queued=0, active=lambda: 0, functions={}, counts={}),
-              SimpleNamespace(nodes={}), SimpleNamespace(total_reserved=lambda: (0.0, 0.0)))
-    return metric_names(sp.registry) | metric_names(sms.registry) | set(SYNTHETIC)
-
-
-def labels_of(series: str) -> set[str]:
-    if series in SYNTHETIC:
-        return set(SYNTHETIC[series])
-    for suffix in ("", "_bucket", "_sum", "_count"):
-        base = series[: len(series) - len(suffix)] if suffix else series
-        if series.endswith(suffix) and base in CATALOG:
-            return set(CATALOG[base].labels) | ({"le"} if suffix == "_bucket" else set())
-    return set()
-
-
-_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
-_SELECTOR = re.compile(r"([A-Za-z_:][A-Za-z0-9_:]*)?\s*\{([^}]*)\}")
-_GROUPING = re.compile(r"\b(by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)")
-_IDENT = re.compile(r"[A-Za-z_:][A-Za-z0-9_:]*")
-
-
-def parse_expr(expr: str) -> tuple[set[str], list[tuple[str, set[str]]], set[str]]:
-    """(metric names, [(metric, matcher labels)], grouping labels) of a PromQL expression.
-
-    A lexical reading, enough for the expressions in the rules file.
-    """
-    selectors = [(m.group(1) or "", {part.split("=")[0].strip().rstrip("!~")
-                                     for part in _STRING.sub('""', m.group(2)).split(",")
-                                     if part.strip()})
-                 for m in _SELECTOR.finditer(expr)]
-    grouping = {lab.strip() for m in _GROUPING.finditer(expr)
-                for lab in m.group(2).split(",") if lab.strip()}
-    text = _STRING.sub(" ", expr)
-    text = _GROUPING.sub(" ", text)
-    text = re.sub(r"\{[^}]*\}", " ", text)
-    text = re.sub(r"\[[^\]]*\]", " ", text)  # range durations
-    names = set()
-    for m in _IDENT.finditer(text):
-        word = m.group(0)
-        following = text[m.end():].lstrip()[:1]
-        if word in _KEYWORDS or following == "(" or re.fullmatch(r"\d.*", word):
-            continue
-        if re.fullmatch(r"(Inf|NaN|e\d*)", word):
-            continue
-        names.add(word)
-    return names, selectors, grouping
 
 
 RULE_LIST = load_rules()
