@@ -1,7 +1,13 @@
-"""Logging set-up, called only from the CLI's main().
+"""Logging set-up (called only from the CLI's main()) and the execution log context.
 
 Daemons log one JSON object per line unless stderr is a terminal (or the
-config asks for text).
+config asks for text). A line logged while an execution is handled carries
+its ``execution_id`` and ``trace_id`` (the fields one ``grep`` finds an
+execution by, in every daemon's log): a caller passes them as ``extra``, or
+the code that runs the execution calls :func:`bind` once in the task that
+runs it, and :class:`ContextFilter` copies them onto the records that get
+emitted there. Both cost nothing for a line the level hides: the filter runs
+only on records that pass the level check.
 """
 
 from __future__ import annotations
@@ -10,12 +16,42 @@ import json
 import logging
 import sys
 import time
+from contextvars import ContextVar
+
+#: (execution_id, trace_id) of the execution the current task handles
+_current: ContextVar[tuple[str, str] | None] = ContextVar("spear_execution", default=None)
+
+
+def bind(execution_id: str, trace_id: str = "") -> None:
+    """Tag the lines the current task (and the tasks it starts) logs from now on.
+
+    Call it first thing in a task made for one execution: asyncio gives each
+    task its own copy of the context, so nothing needs resetting.
+    """
+    _current.set((execution_id, trace_id or execution_id))
+
+
+class ContextFilter(logging.Filter):
+    """Adds ``execution_id`` and ``trace_id`` of the bound execution to a record without them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        cur = _current.get()
+        if cur is not None:
+            d = record.__dict__
+            d.setdefault("execution_id", cur[0])
+            d.setdefault("trace_id", cur[1])
+        return True
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per record; extra fields such as trace_id are kept."""
+    """One JSON object per record; extra fields such as trace_id are kept.
 
-    _skip = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+    ``color_message`` (uvicorn's copy of the message with terminal colour
+    codes) is dropped: ``msg`` already holds the plain text.
+    """
+
+    _skip = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
+        "message", "asctime", "color_message"}
 
     def format(self, record: logging.LogRecord) -> str:
         out = {
@@ -35,6 +71,7 @@ class JsonFormatter(logging.Formatter):
 def setup(level: str = "info", fmt: str = "auto", *, component: str = "") -> None:
     """Configure the root logger for a daemon or the CLI."""
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(ContextFilter())
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     if use_json:
         handler.setFormatter(JsonFormatter())

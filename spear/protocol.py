@@ -309,10 +309,9 @@ class Welcome(_Msg, frozen=True):
 class HeartbeatAck(_Msg, frozen=True):
     """SMS -> Spearlet: heartbeat seen. ``known=False`` asks it to register again.
 
-    Of the heartbeat's ``finished`` executions: ``acked`` are ones whose result
-    the SMS has (or that it no longer knows): the node forgets them;
-    ``resend`` are ones still open at the SMS: the node sends their
-    ``Result`` again.
+    Of the heartbeat's ``finished`` executions: ``acked`` are ones whose result the SMS
+    has (or that it no longer knows): the node forgets them; ``resend`` are ones still
+    open at the SMS: the node sends their ``Result`` again.
     """
 
     id: int
@@ -405,6 +404,7 @@ class GetExecution(_Msg, frozen=True):
     id: int
     execution_id: str
     wait: Annotated[float, Meta(ge=0, le=86400)] = 0.0
+    follow: bool = False  # with wait: the SMS relays its LogChunks (stream mode) before Result
 
 
 class CancelExecution(_Msg, frozen=True):

@@ -1,32 +1,21 @@
-"""deploy/prometheus/alerts.yml: well-formed rules over metrics Spear really exposes."""
+"""deploy/prometheus/alerts.yml: well-formed rules over metrics Spear really exposes,
+each unit-tested by deploy/prometheus/alerts_test.yml under ``promtool test rules``."""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import yaml
 
-from spear.metrics import CATALOG, SMSMetrics, SpearletMetrics, metric_names
+from tests.promql import TARGET_LABELS, exposed, labels_of, parse_expr
 
 RULES = Path(__file__).resolve().parents[1] / "deploy" / "prometheus" / "alerts.yml"
-
-#: series Prometheus makes itself for every target
-SYNTHETIC = {"up": ("job", "instance")}
-#: labels every scraped series carries
-TARGET_LABELS = {"job", "instance"}
-
-_KEYWORDS = {
-    # aggregations, functions and operators that look like identifiers
-    "sum", "min", "max", "avg", "count", "stddev", "stdvar", "topk", "bottomk", "quantile",
-    "count_values", "group", "rate", "irate", "increase", "delta", "idelta", "deriv",
-    "histogram_quantile", "abs", "absent", "absent_over_time", "avg_over_time", "max_over_time",
-    "min_over_time", "sum_over_time", "count_over_time", "clamp_min", "clamp_max", "vector",
-    "scalar", "time", "label_replace", "changes", "resets", "predict_linear", "and", "or",
-    "unless", "by", "without", "on", "ignoring", "group_left", "group_right", "bool", "offset",
-}
+RULE_TESTS = RULES.with_name("alerts_test.yml")
 
 
 def load_rules() -> list[dict]:
@@ -37,61 +26,6 @@ def load_rules() -> list[dict]:
         assert group.get("name") and group.get("rules"), group
         rules.extend(group["rules"])
     return rules
-
-
-def exposed() -> set[str]:
-    """Every series name the SMS and Spearlet registries can expose."""
-    sp = SpearletMetrics()
-    sp.watch(SimpleNamespace(deployments={}, running=0, max_concurrency=1, draining=False),
-             None, registered=lambda: True, reconnects=lambda: 0)
-    sp.watch_mesh({})
-    sms = SMSMetrics()
-    sms.watch(SimpleNamespace(queued=0, active=lambda: 0, functions={}, counts={}),
-              SimpleNamespace(nodes={}), SimpleNamespace(total_reserved=lambda: (0.0, 0.0)))
-    return metric_names(sp.registry) | metric_names(sms.registry) | set(SYNTHETIC)
-
-
-def labels_of(series: str) -> set[str]:
-    if series in SYNTHETIC:
-        return set(SYNTHETIC[series])
-    for suffix in ("", "_bucket", "_sum", "_count"):
-        base = series[: len(series) - len(suffix)] if suffix else series
-        if series.endswith(suffix) and base in CATALOG:
-            return set(CATALOG[base].labels) | ({"le"} if suffix == "_bucket" else set())
-    return set()
-
-
-_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
-_SELECTOR = re.compile(r"([A-Za-z_:][A-Za-z0-9_:]*)?\s*\{([^}]*)\}")
-_GROUPING = re.compile(r"\b(by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)")
-_IDENT = re.compile(r"[A-Za-z_:][A-Za-z0-9_:]*")
-
-
-def parse_expr(expr: str) -> tuple[set[str], list[tuple[str, set[str]]], set[str]]:
-    """(metric names, [(metric, matcher labels)], grouping labels) of a PromQL expression.
-
-    A lexical reading, enough for the expressions in the rules file.
-    """
-    selectors = [(m.group(1) or "", {part.split("=")[0].strip().rstrip("!~")
-                                     for part in _STRING.sub('""', m.group(2)).split(",")
-                                     if part.strip()})
-                 for m in _SELECTOR.finditer(expr)]
-    grouping = {lab.strip() for m in _GROUPING.finditer(expr)
-                for lab in m.group(2).split(",") if lab.strip()}
-    text = _STRING.sub(" ", expr)
-    text = _GROUPING.sub(" ", text)
-    text = re.sub(r"\{[^}]*\}", " ", text)
-    text = re.sub(r"\[[^\]]*\]", " ", text)  # range durations
-    names = set()
-    for m in _IDENT.finditer(text):
-        word = m.group(0)
-        following = text[m.end():].lstrip()[:1]
-        if word in _KEYWORDS or following == "(" or re.fullmatch(r"\d.*", word):
-            continue
-        if re.fullmatch(r"(Inf|NaN|e\d*)", word):
-            continue
-        names.add(word)
-    return names, selectors, grouping
 
 
 RULE_LIST = load_rules()
@@ -145,3 +79,32 @@ def test_rule_uses_only_exposed_metrics_and_their_labels(rule):
     for ann in rule["annotations"].values():
         for lab in re.findall(r"\$labels\.(\w+)", ann):
             assert lab in usable, f"{rule['alert']}: annotation uses unknown label {lab}"
+
+
+def test_every_alert_has_a_rule_test_that_fires_it_and_one_that_does_not():
+    doc = yaml.safe_load(RULE_TESTS.read_text())
+    assert doc["rule_files"] == [RULES.name]
+    fires: set[str] = set()
+    quiet: set[str] = set()
+    for group in doc["tests"]:
+        for t in group["alert_rule_test"]:
+            (fires if t.get("exp_alerts") else quiet).add(t["alertname"])
+    alerts = {r["alert"] for r in RULE_LIST}
+    assert fires == alerts, f"no firing test: {sorted(alerts - fires)}; unknown: {sorted(fires - alerts)}"
+    assert quiet == alerts, f"no quiet test: {sorted(alerts - quiet)}"
+
+
+def test_promtool_passes_the_rule_tests():
+    """The rules do what alerts_test.yml says (promtool: Debian's ``prometheus`` package)."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        why = "promtool is not installed (apt-get install prometheus)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but {why}", pytrace=False)
+        pytest.skip(why)
+    r = subprocess.run([promtool, "check", "rules", RULES.name], cwd=RULES.parent,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = subprocess.run([promtool, "test", "rules", RULE_TESTS.name], cwd=RULES.parent,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr

@@ -82,6 +82,12 @@ class FakeMonitor:
                      disk_used=10 << 30, load1=0.75, net_rx=1000, net_tx=2000)
 
 
+class FakeResults(list):
+    """What SpearletCollector reads of the ResultBuffer: its length and ``dropped``."""
+
+    dropped = 4
+
+
 class FakeEndpoint:
     def __init__(self) -> None:
         self.received = self.sent = self.dropped = self.handler_errors = 0
@@ -106,7 +112,8 @@ class FakeDealer:
 def spearlet_metrics(**kw) -> tuple[SpearletMetrics, FakeFunctions]:
     m = SpearletMetrics(**kw)
     fns = FakeFunctions()
-    m.watch(fns, FakeMonitor(), registered=lambda: True, reconnects=lambda: 3)
+    m.watch(fns, FakeMonitor(), registered=lambda: True, reconnects=lambda: 3,
+            results=FakeResults([1, 2]))
     m.watch_mesh({"router": FakeRouter(), "sms-link": FakeDealer()})
     return m, fns
 
@@ -343,6 +350,8 @@ def test_running_draining_link_and_node_figures():
     assert value(reg, "spear_spearlet_draining") == 1
     assert value(reg, "spear_spearlet_sms_registered") == 1
     assert value(reg, "spear_spearlet_sms_reconnects_total") == 3
+    assert value(reg, "spear_spearlet_results_unconfirmed") == 2
+    assert value(reg, "spear_spearlet_results_dropped_total") == 4
     assert value(reg, "spear_node_capacity_cores") == 8
     assert value(reg, "spear_node_capacity_memory_bytes") == 16 << 30
     assert value(reg, "spear_node_capacity_slots") == 64

@@ -36,7 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "remove": ("functions", "remove a function"),
     "invoke": ("executions", "invoke a function"),
     "executions": ("executions", "list executions (filters, paging) or show one"),
-    "logs": ("executions", "an execution's record, output and trace"),
+    "logs": ("logs", "one execution's output (followed while it runs), or a function's"),
     "events": ("nodes", "node and execution events (resumable with --since)"),
     "stats": ("nodes", "cluster resources, reservations and execution counts"),
     "cancel": ("executions", "cancel an execution"),

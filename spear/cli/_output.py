@@ -23,6 +23,15 @@ def print_either(args, obj: Any, text: str) -> None:
         print(text)
 
 
+def print_failure(error, out) -> None:
+    """What a failed execution kept (an ``ErrorInfo`` or None): its stderr tail and
+    its traceback, when known."""
+    for title, text in (("stderr (tail)", error and error.stderr_tail),
+                        ("traceback", error and error.traceback)):
+        if text:
+            print(f"--- {title} ---\n{text.rstrip()}", file=out)
+
+
 def fmt_bytes(n: float) -> str:
     """``512B``, ``1.5KiB``, ... ``2.0TiB``."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):

@@ -1,4 +1,4 @@
-"""``spear invoke``, ``spear executions``, ``spear logs`` and ``spear cancel``: running functions."""
+"""``spear invoke``, ``spear executions`` and ``spear cancel``: running functions."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import msgspec
 
 from .. import errors, protocol as P
 from ._base import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, Command, client_options, make_client
-from ._output import print_either, print_table
+from ._output import print_either, print_failure, print_table
 
 
 #: seconds one wait of a sync ``spear invoke`` lasts before it asks again
@@ -52,7 +52,7 @@ def add_executions_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_execution_id_arguments(p: argparse.ArgumentParser) -> None:
-    """The options of ``spear logs`` and ``spear cancel``: one execution."""
+    """The options of ``spear cancel``: one execution."""
     p.add_argument("execution_id", help="its id, or a unique prefix of 8+ hex digits")
     p.add_argument("--node")
     client_options(p)
@@ -86,14 +86,6 @@ def _read_input(args) -> bytes:
     return (args.input or "").encode()
 
 
-def _print_failure(error: P.ErrorInfo | None, out) -> None:
-    """What a failed execution kept: its stderr tail and its traceback, when known."""
-    for title, text in (("stderr (tail)", error and error.stderr_tail),
-                        ("traceback", error and error.traceback)):
-        if text:
-            print(f"--- {title} ---\n{text.rstrip()}", file=out)
-
-
 def _print_result(args, res) -> int:
     """The output on stdout, a one-line summary on stderr (or all of it as JSON)."""
     if args.json:
@@ -113,7 +105,7 @@ def _print_result(args, res) -> int:
         print(f"[{i.status}] {i.function} on {i.node_id} exec {i.execution_id} "
               f"run {t.run * 1e3:.2f} ms, cold {t.cold_start * 1e3:.2f} ms, total {t.total * 1e3:.2f} ms"
               + (f" - {i.error.code}: {i.error.message}" if i.error else ""), file=sys.stderr)
-        _print_failure(i.error, sys.stderr)
+        print_failure(i.error, sys.stderr)
     return EXIT_OK if res.ok else EXIT_FAILED
 
 
@@ -201,28 +193,6 @@ def cmd_executions(args) -> int:
     return EXIT_OK
 
 
-def cmd_logs(args) -> int:
-    """An execution's record, output and trace."""
-    with make_client(args) as c:
-        res = c.execution(args.execution_id, node=args.node)
-    i = res.info
-    if args.json:
-        return _print_result(args, res)
-    print(f"execution {i.execution_id}  trace {i.trace_id}")
-    print(f"  function {i.function}  status {i.status}  node {i.node_id or '-'}  attempts {i.attempts}")
-    t = i.timings
-    print(f"  timings: queue {t.queue * 1e3:.3f} ms, cold start {t.cold_start * 1e3:.3f} ms, "
-          f"run {t.run * 1e3:.3f} ms, total {t.total * 1e3:.3f} ms")
-    u = i.usage
-    print(f"  usage: cpu {u.cpu_time * 1e3:.3f} ms, peak memory {u.peak_memory} B, fuel {u.fuel}")
-    if i.error:
-        print(f"  error: {i.error.code}: {i.error.message}")
-        _print_failure(i.error, sys.stdout)
-    print("--- output ---")
-    sys.stdout.buffer.write(res.output + (b"" if res.output.endswith(b"\n") or not res.output else b"\n"))
-    return EXIT_OK if res.ok or i.status not in P.TERMINAL else EXIT_FAILED
-
-
 def cmd_cancel(args) -> int:
     """Ask for an execution to be cancelled."""
     with make_client(args) as c:
@@ -234,6 +204,5 @@ def cmd_cancel(args) -> int:
 COMMANDS = {
     "invoke": Command(add_invoke_arguments, cmd_invoke),
     "executions": Command(add_executions_arguments, cmd_executions),
-    "logs": Command(add_execution_id_arguments, cmd_logs),
     "cancel": Command(add_execution_id_arguments, cmd_cancel),
 }

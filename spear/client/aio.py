@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 import msgspec
 
@@ -165,13 +165,26 @@ class AsyncClient(Api):
         reply, rpayload = await peer.request(msg, payload, timeout=timeout or self.timeout)
         return extract(reply, rpayload)
 
-    async def stream(self, function: str, data: bytes | str = b"", *, args=None,
-                     node: str | None = None, timeout: float | None = None, trace_id: str = ""):
+    def stream(self, function: str, data: bytes | str = b"", *, args=None,
+               node: str | None = None, timeout: float | None = None,
+               trace_id: str = "") -> AsyncIterator[Any]:
         """Invoke in stream mode: yields ``LogChunk`` data (bytes), then the result."""
+        msg, data = self._invoke_msg(function, data, args, "stream", timeout, trace_id)
+        return self._chunks_then_result(node, msg, data, (timeout or self.timeout) + 5.0)
+
+    def follow(self, execution_id: str, *, wait: float = 600.0,
+               node: str | None = None) -> AsyncIterator[Any]:
+        """Wait up to ``wait`` seconds for an execution to end: yields its log chunks
+        (bytes) as the SMS relays them (an execution invoked in stream mode has
+        them), then its record, terminal unless ``wait`` ran out first."""
+        msg = P.GetExecution(id=self._next_id(), execution_id=execution_id, wait=wait, follow=True)
+        return self._chunks_then_result(node, msg, None, wait + self.timeout)
+
+    async def _chunks_then_result(self, node: str | None, msg, data, timeout: float):
+        """Send ``msg``; yield the ``LogChunk`` data answering it, then its result."""
         peer = self._peer(node)
         queue: asyncio.Queue = asyncio.Queue()
-        msg, data = self._invoke_msg(function, data, args, "stream", timeout, trace_id)
-        fut = peer.request(msg, data, timeout=(timeout or self.timeout) + 5.0,
+        fut = peer.request(msg, data, timeout=timeout,
                            on_item=lambda m, p: queue.put_nowait(m.data))
         fut.add_done_callback(lambda f: queue.put_nowait(None))
         try:

@@ -163,12 +163,24 @@ class Client(Api):
                trace_id: str = "") -> Iterator[Any]:
         """Invoke in stream mode: yields log chunks (bytes) as they arrive, then the result."""
         msg, data = self._invoke_msg(function, data, args, "stream", timeout, trace_id)
+        return self._chunks_then_result(node, msg, data, (timeout or self.timeout) + 5.0)
+
+    def follow(self, execution_id: str, *, wait: float = 600.0,
+               node: str | None = None) -> Iterator[Any]:
+        """Wait up to ``wait`` seconds for an execution to end: yields its log chunks
+        (bytes) as the SMS relays them (an execution invoked in stream mode has
+        them), then its record, terminal unless ``wait`` ran out first."""
+        msg = P.GetExecution(id=self._next_id(), execution_id=execution_id, wait=wait, follow=True)
+        return self._chunks_then_result(node, msg, None, wait + self.timeout)
+
+    def _chunks_then_result(self, node: str | None, msg, data, timeout: float) -> Iterator[Any]:
+        """Send ``msg``; yield the ``LogChunk`` data answering it, then its result."""
         sock = self._borrow(node)
         finished = False
         try:
             sock.send_multipart(P.encode(msg, data))
             what = f"stream from {node or self.sms} timed out"
-            for reply, rpayload in self._replies(sock, msg, (timeout or self.timeout) + 5.0, what):
+            for reply, rpayload in self._replies(sock, msg, timeout, what):
                 if isinstance(reply, P.LogChunk):
                     yield reply.data
                     continue

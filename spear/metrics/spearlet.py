@@ -35,15 +35,17 @@ class SpearletMetrics(_DaemonMetrics):
 
     def watch(self, functions: Any, monitor: Any = None, *, usage: Callable[[], Any] | None = None,
               registered: Callable[[], bool] | None = None,
-              reconnects: Callable[[], int] | None = None) -> None:
+              reconnects: Callable[[], int] | None = None, results: Any = None) -> None:
         """Read pools, running executions and node figures at scrape time.
 
         ``functions``: the Spearlet's Runner (``deployments``, ``running``,
         ``max_concurrency``, ``draining``). ``monitor``: the ResourceMonitor
-        (``capacity()``; ``usage()`` unless ``usage`` is given).
+        (``capacity()``; ``usage()`` unless ``usage`` is given). ``results``:
+        the buffer of unconfirmed results (``len()``, ``dropped``).
         """
         self.registry.register(SpearletCollector(functions, monitor, usage=usage,
-                                                 registered=registered, reconnects=reconnects))
+                                                 registered=registered, reconnects=reconnects,
+                                                 results=results))
 
 
 class SpearletCollector(_Collector):
@@ -52,8 +54,9 @@ class SpearletCollector(_Collector):
     specs = _SPEARLET_STATE
 
     def __init__(self, functions: Any, monitor: Any = None, *, usage=None, registered=None,
-                 reconnects=None) -> None:
+                 reconnects=None, results=None) -> None:
         self.functions = functions
+        self.results = results
         self.monitor = monitor
         self.usage = usage or (monitor.usage if monitor is not None else None)
         self.registered = registered
@@ -75,6 +78,9 @@ class SpearletCollector(_Collector):
             g("spear_spearlet_sms_registered", 1 if self.registered() else 0)
         if self.reconnects is not None:
             g("spear_spearlet_sms_reconnects_total", self.reconnects())
+        if self.results is not None:
+            g("spear_spearlet_results_unconfirmed", len(self.results))
+            g("spear_spearlet_results_dropped_total", self.results.dropped)
         deployments = _snapshot(lambda: list(fn.deployments.items()), [])
         g("spear_spearlet_deployed_functions", len(deployments))
         with self._lock:

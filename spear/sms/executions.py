@@ -291,7 +291,8 @@ class Executions(Placement):
             return True
         self.counts["forged_reports"] += 1
         log.warning("SECURITY: dropped a %s for execution %s from node %s, which it was "
-                    "never dispatched to", what, ex.info.execution_id, node)
+                    "never dispatched to", what, ex.info.execution_id, node,
+                    extra={"trace_id": ex.info.trace_id, "execution_id": ex.info.execution_id})
         return False
 
     def on_log(self, node: str, msg: P.LogChunk) -> None:

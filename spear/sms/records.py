@@ -196,11 +196,12 @@ class ExecutionRecords:
         return P.Result(id=rid, execution=ex.info), ex.output
 
     def wait(self, ident: bytes, msg: P.GetExecution, now: float) -> Generator[Load, list, object]:
-        """Reply now if finished (or no wait asked), else register a waiter."""
+        """Reply now if finished (or no wait asked), else register a waiter
+        (one that gets the log chunks too if the request follows them)."""
         ex = yield from self.get(msg.execution_id)
         if ex.info.status in TERMINAL or msg.wait <= 0:
             return self.result_msg(ex, msg.id)
-        ex.waiters.append(Waiter(ident, msg.id, now + msg.wait))
+        ex.waiters.append(Waiter(ident, msg.id, now + msg.wait, stream=msg.follow))
         self.watch.add(ex.info.execution_id)
         return None
 

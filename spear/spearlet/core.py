@@ -253,7 +253,7 @@ class SpearletCore:
         if not ex.inline:
             ex.status = "running"
         return Start(ex.execution_id, ex.function, data, args, limits,
-                     inline=ex.inline, stream=ex.mode == "stream")
+                     inline=ex.inline, stream=ex.mode == "stream", trace_id=ex.trace_id)
 
     def _on_invoked(self, ev: Invoked, now: float) -> list:
         msg = ev.msg
@@ -409,7 +409,8 @@ class SpearletCore:
             old_id, size = next(iter(self.unread.items()))
             self._read(old_id)
             log.warning("output of execution %s (%d bytes) dropped unread: over %d MiB of "
-                        "unread outputs on this node", old_id, size, KEEP_UNREAD_BYTES >> 20)
+                        "unread outputs on this node", old_id, size, KEEP_UNREAD_BYTES >> 20,
+                        extra={"execution_id": old_id})
 
     def _read(self, eid: str) -> None:
         """``eid``'s big output was delivered (or its record forgotten): it goes."""

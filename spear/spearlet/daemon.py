@@ -36,8 +36,6 @@ from pathlib import Path
 
 import msgspec
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
 from ..service import Service
 from .. import __version__, errors, protocol as P
 from ..config import Config
@@ -116,23 +114,6 @@ def _node_proof(config: Config) -> str:
     return _persisted(Path(config.spearlet.data) / "node_proof", lambda: os.urandom(24).hex())
 
 
-class _ResultCollector:
-    """Prometheus figures of the result buffer (read at scrape time)."""
-
-    def __init__(self, buf: ResultBuffer) -> None:
-        self.buf = buf
-
-    def collect(self):
-        kept = GaugeMetricFamily("spear_spearlet_results_unconfirmed",
-                                 "Results of SMS executions sent and not yet confirmed by the SMS.")
-        kept.add_metric((), len(self.buf))
-        dropped = CounterMetricFamily(
-            "spear_spearlet_results_dropped",
-            "Unconfirmed results dropped because the buffer was full (bounds by count and bytes).")
-        dropped.add_metric((), self.buf.dropped)
-        return [kept, dropped]
-
-
 class Spearlet(Service):
     """Registers with the SMS, heartbeats, serves direct invocations.
 
@@ -181,9 +162,8 @@ class Spearlet(Service):
         self._reregister = asyncio.Event()
         self._reregister_why = ""  # empty: the SMS did not know the session
         self.metrics.watch(self.runner, self.monitor, registered=self.registered.is_set,
-                           reconnects=lambda: self.reconnects)
+                           reconnects=lambda: self.reconnects, results=self.results)
         self.metrics.watch_mesh({"router": self.server, "sms-link": self.link})
-        self.metrics.registry.register(_ResultCollector(self.results))
 
     @property
     def results(self) -> ResultBuffer:

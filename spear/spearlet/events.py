@@ -155,6 +155,7 @@ class Start(msgspec.Struct):
     limits: P.Limits
     inline: bool = False
     stream: bool = False
+    trace_id: str = ""  # tags the lines logged while it runs (spear.logs.bind)
 
 
 class Cancel(msgspec.Struct):

@@ -29,7 +29,7 @@ from typing import Awaitable, Callable
 
 import msgspec
 
-from .. import errors, memory, protocol as P
+from .. import errors, logs, memory, protocol as P
 from ..runtimes import Prepared, Runtime, RuntimeManager
 from ..runtimes.base import STDERR_TAIL, TRACEBACK_TAIL
 from .core import SpearletCore
@@ -270,7 +270,8 @@ class Runner:
             done = _failure(ins.execution_id, exc)
         except Exception as exc:  # noqa: BLE001 - a runtime bug fails the execution only
             d.pool.release(slot, healthy=False)
-            log.exception("inline execution of %s failed inside Spear", ins.function)
+            log.exception("inline execution of %s failed inside Spear", ins.function,
+                          extra={"execution_id": ins.execution_id, "trace_id": ins.trace_id})
             done = _internal(ins.execution_id, exc)
         else:
             if outcome is None:
@@ -285,6 +286,7 @@ class Runner:
     async def _run(self, ins: Start, d: Deployment | None, slot: int = -1) -> None:
         """Run one execution to its end and feed that end; never raises."""
         eid = ins.execution_id
+        logs.bind(eid, ins.trace_id)  # this task's own context: the runtime's lines say whose
         t_submit = t_run = time.perf_counter()
         cold = waited = 0.0  # waited: the runtime kept the call queued (for a thread)
         on_log = (lambda chunk: self.feed(Logged(eid, chunk))) if ins.stream else None

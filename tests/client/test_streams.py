@@ -124,3 +124,26 @@ def test_stream_yields_chunks_then_result_and_an_abandoned_one_is_forgotten(clus
             assert c._peers[None]._pending == {}
 
     run(main())
+
+
+def test_follow_yields_a_running_streamed_executions_chunks_then_its_record(cluster):
+    async def main():
+        async with AsyncClient(cluster.sms_addr, timeout=20) as c:
+            await c.deploy(P.FunctionSpec(name="cl-ticks", runtime="process", command=[
+                "sh", "-c", "for i in 1 2 3 4 5 6 7 8; do echo tick$i >&2; sleep 0.25; done; echo done"]))
+            invoked = asyncio.ensure_future(_drain(c.stream("cl-ticks")))
+            while True:  # bounded by run()'s timeout
+                items, _ = await c.executions(function="cl-ticks")
+                if items and items[0].status == "running":
+                    break
+                await asyncio.sleep(0.05)
+            followed = [i async for i in c.follow(items[0].execution_id, wait=20)]
+            assert b"tick8" in b"".join(i for i in followed if isinstance(i, bytes))
+            assert followed[-1].ok and followed[-1].output == b"done\n"
+            assert (await invoked)[-1].output == b"done\n"  # the invoker's stream is unchanged
+
+    run(main())
+
+
+async def _drain(stream) -> list:
+    return [item async for item in stream]

@@ -1186,6 +1186,18 @@ def test_stream_relays_log_chunks_with_the_client_request_id(c):
     assert res.id == 55 and res.execution.status == "succeeded"
 
 
+def test_a_following_waiter_gets_the_log_chunks_then_the_result(c):
+    c.submit("e1", mode="stream", rid=55)
+    _, d, _ = c.last_dispatch("e1")
+    c.svc.wait(OTHER, P.GetExecution(id=3, execution_id="e1", wait=60, follow=True), T0)
+    c.svc.on_log("n1", P.LogChunk(id=d.id, execution_id="e1", data=b"line\n", seq=0))
+    assert [m for m, _ in c.out.client_msgs(OTHER, P.LogChunk)] == [
+        P.LogChunk(id=3, execution_id="e1", data=b"line\n", seq=0)]
+    c.result("n1", "e1")
+    [(res, _)] = c.results_for(OTHER)
+    assert res.id == 3 and res.execution.status == "succeeded"
+
+
 def test_sync_submission_gets_no_log_chunks(c):
     c.submit("e1")
     c.svc.on_log("n1", P.LogChunk(id=1, execution_id="e1", data=b"x"))
