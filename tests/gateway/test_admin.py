@@ -236,7 +236,6 @@ def test_admin_role_checks_in_chromium(operated, browser):  # noqa: F811 - the f
     admin.on("dialog", lambda d: d.accept())
     _open(admin, f"{g.url}/admin#execution/{eid}", "tok-admin")
     admin.wait_for_selector("#detail-cancel:not([hidden])", timeout=20_000)
-    assert admin.locator("#node-drain").count() == 1
     admin.click("#detail-cancel")
     admin.wait_for_selector("#detail-status .badge.cancelled", timeout=20_000)
     admin.screenshot(path=str(ARTIFACTS / "admin-cancelled.png"), full_page=True)
