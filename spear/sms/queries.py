@@ -8,8 +8,9 @@ held whole in memory and the small index entries of archived ones
 one pass over the window and no store read.
 
 Statistics are per function, over the executions *submitted* in the window
-(the records are kept in submission order, so the pass stops at the window's
-start). A duration is submitted to finished, queue and cold start included:
+(the records are kept about in submission order - a long run is archived
+when it ends - so the pass stops after :data:`SETTLED` records in a row older
+than the window). A duration is submitted to finished, queue and cold start included:
 what the caller waited.
 """
 
@@ -22,6 +23,8 @@ from .. import protocol as P
 
 #: execution states that count as errors in statistics (cancelled is the caller's doing)
 ERRORS = frozenset({"failed", "timed_out", "lost"})
+#: records in a row submitted before a statistics window after which the pass stops
+SETTLED = 1024
 
 
 def index_entry(info: P.ExecutionInfo, idem: str) -> tuple:
@@ -119,9 +122,14 @@ def function_stats(live: Iterable[P.ExecutionInfo], archived: Iterable[tuple], *
         ((i.submitted_at, i.function, i.status, i.cold, i.finished_at) for i in live),
         ((e[0], e[1], e[2], e[6], e[5]) for e in archived),
         key=lambda r: r[0], reverse=True)
+    older = 0
     for ts, fn, status, cold, finished in rows:
         if ts < start:
-            break
+            older += 1
+            if older >= SETTLED:
+                break
+            continue
+        older = 0
         if function and fn != function:
             continue
         acc = totals.get(fn)

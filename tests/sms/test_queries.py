@@ -77,6 +77,15 @@ def test_function_stats_count_slice_and_rank_durations():
     assert [s.name for s in only_g] == ["g"]
 
 
+def test_function_stats_look_past_a_long_run_archived_late():
+    # a run submitted before the window, archived after newer ones: the pass goes on
+    long = queries.index_entry(_info("long", "f", "succeeded", 100.0, 900.0), "")
+    archived = [long] + [queries.index_entry(_info(f"n{k}", "f", "succeeded", 990.0 - k, 1.0), "")
+                         for k in range(3)]
+    (f,) = queries.function_stats([], archived, now=1000.0, window=60.0, slices=2)
+    assert f.total.calls == 3
+
+
 def test_stats_with_a_window_answers_per_function_figures(h):
     _submit(h, 3)
     (reply,) = only(h.send(P.Stats(id=h.next_id())), P.StatsReply)
