@@ -436,7 +436,8 @@ $("xs-filter").addEventListener("submit", (e) => {
   const q = new URLSearchParams();
   for (const el of e.target.elements) {
     if (!el.name || !el.value.trim()) continue;
-    const v = el.type === "datetime-local" ? String(new Date(el.value).getTime() / 1000) : el.value.trim();
+    let v = el.type === "datetime-local" ? String(new Date(el.value).getTime() / 1000) : el.value.trim();
+    if (el.name === "prefix") v = v.toLowerCase();
     q.set(el.name, v);
   }
   location.hash = "#executions" + (q.toString() ? "?" + q : "");
