@@ -106,6 +106,7 @@ SAMPLES: dict[type, Callable[[], P._Msg]] = {
                                        memory_total=256 << 30, cores_reserved=12.5,
                                        memory_reserved=24 << 30, executions_active=40,
                                        counts={"succeeded": 10_000, "failed": 12, "running": 40}),
+    P.DrainNode: lambda: P.DrainNode(id=7, node_id=_NODE),
 }
 
 #: messages followed by a payload frame on the hot path: input of a call, output of a result

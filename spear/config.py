@@ -233,6 +233,9 @@ class GatewayConfig(_Section, frozen=True):
     log_executions: Annotated[int, Meta(ge=0, le=1_000_000)] = 1000
     #: write an access log line per request
     access_log: bool = False
+    #: the admin page links an execution to its trace here ("{trace_id}" is replaced;
+    #: e.g. "http://jaeger:16686/trace/{trace_id}"); empty: no link
+    trace_url: Annotated[str, Meta(pattern=r"^(https?://[^\s\"'<>]*)?\Z", max_length=512)] = ""
     #: Host header names served (any port); "*" any, "*.example.org" its subdomains.
     #: Anything else gets 400, which keeps DNS-rebinding pages out.
     allowed_hosts: Annotated[list[HostPattern], Meta(max_length=256)] = msgspec.field(

@@ -29,6 +29,9 @@ import msgspec
 from msgspec import Meta, Struct
 
 from . import errors
+# the records of nodes and functions are wire types too: callers find them here
+from .schema import (MAX_OUTPUT_MB, Capacity, FunctionSpec, Limits, Name, NodeId, NodeInfo,
+                     NodeState, NonNeg, PoolSettings, Runtime, Text, Usage)
 
 #: Frame 0 of every message. Version 2: routing ids are no longer node ids,
 #: execution ids are UUIDv7, trace ids are restricted to printable tokens and
@@ -37,26 +40,14 @@ PROTOCOL = b"SPEAR/2"
 #: Largest encoded message body (frame 1). Payload frames have their own cap.
 MAX_BODY = 4 * 1024 * 1024
 #: Largest payload frame (frame 2) accepted on any socket.
-MAX_PAYLOAD = 64 * 1024 * 1024
+MAX_PAYLOAD = MAX_OUTPUT_MB << 20
 
-Name = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}\Z")]
-NodeId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}\Z")]
-LabelKey = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}\Z")]
-LabelValue = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.\-/:]{0,128}\Z")]
-LabelMap = Annotated[dict[LabelKey, LabelValue], Meta(max_length=64)]
-EnvKey = Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")]
 #: A trace id: a printable token (W3C traceparent fits), never CR/LF or spaces,
 #: so it can go into headers and log lines as it is.
 TraceId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9._:/+=\-]{0,128}\Z")]
-Text = Annotated[str, Meta(max_length=4096)]
-Arg = Annotated[str, Meta(max_length=65536)]
-Runtime = Literal["wasm", "process", "docker"]
-NodeState = Literal["ready", "unhealthy", "draining", "gone"]
 ExecStatus = Literal["pending", "scheduled", "running",  # running: started on a node
                      "succeeded", "failed", "cancelled", "timed_out", "lost"]
 TERMINAL = frozenset({"succeeded", "failed", "cancelled", "timed_out", "lost"})
-NonNeg = Annotated[float, Meta(ge=0)]
-NonNegInt = Annotated[int, Meta(ge=0)]
 #: a node's registration session, chosen by the SMS (0: none, a peer older than sessions)
 Session = Annotated[int, Meta(ge=0, le=2**63 - 1)]
 #: execution ids listed in a heartbeat or its ack (each list bounded; see the Spearlet)
@@ -68,109 +59,7 @@ class _Msg(Struct, frozen=True, tag_field="t", tag=True, kw_only=True, omit_defa
 
 
 # ---------------------------------------------------------------- shared types
-
-
-class Capacity(Struct, frozen=True, kw_only=True):
-    """What a node offers: logical cores, memory and disk in bytes."""
-
-    cores: Annotated[float, Meta(ge=0, le=1e6)] = 0.0
-    memory: Annotated[int, Meta(ge=0, le=2**48)] = 0
-    disk: Annotated[int, Meta(ge=0, le=2**52)] = 0
-    slots: NonNegInt = 0  # concurrent executions the node accepts (0: no limit)
-
-
-class Usage(Struct, frozen=True, kw_only=True):
-    """A node's current usage, sent in every heartbeat (psutil figures)."""
-
-    cpu_percent: NonNeg = 0.0
-    memory_used: NonNegInt = 0
-    memory_total: NonNegInt = 0
-    disk_used: NonNegInt = 0
-    disk_total: NonNegInt = 0
-    net_rx: NonNegInt = 0
-    net_tx: NonNegInt = 0
-    load1: NonNeg = 0.0
-    running: NonNegInt = 0
-    warm: NonNegInt = 0
-
-
-class NodeInfo(Struct, frozen=True, kw_only=True):
-    """A node as the SMS knows it (also the record stored in the SMS store)."""
-
-    node_id: NodeId
-    name: Annotated[str, Meta(max_length=256)] = ""
-    address: Annotated[str, Meta(max_length=512)] = ""
-    labels: LabelMap = {}
-    runtimes: Annotated[list[Annotated[str, Meta(max_length=64)]], Meta(max_length=16)] = []
-    unavailable: Annotated[dict[Annotated[str, Meta(max_length=64)],
-                                Annotated[str, Meta(max_length=2048)]], Meta(max_length=16)] = {}
-    capacity: Capacity = Capacity()
-    usage: Usage = Usage()
-    state: NodeState = "ready"
-    registered_at: float = 0.0
-    last_seen: float = 0.0
-    public_key: Annotated[str, Meta(max_length=64)] = ""  # z85 CURVE key of the node's ROUTER (empty: open)
-
-
-class Limits(Struct, frozen=True, kw_only=True):
-    """Per-function resource limits; ``None`` means the runtime default."""
-
-    timeout: Annotated[float, Meta(gt=0, le=86400)] | None = None
-    memory_mb: Annotated[int, Meta(ge=1, le=1 << 20)] | None = None
-    cpu_seconds: Annotated[float, Meta(gt=0)] | None = None
-    fuel: Annotated[int, Meta(ge=1)] | None = None
-    cpus: Annotated[float, Meta(gt=0, le=1024)] | None = None
-    pids: Annotated[int, Meta(ge=1, le=1 << 22)] | None = None
-    network: bool = False
-    read_only: bool = False
-    #: largest output of a call, MiB; None: the node's maximum (at most the payload cap)
-    max_output_mb: Annotated[int, Meta(ge=1, le=MAX_PAYLOAD >> 20)] | None = None
-
-
-class PoolSettings(Struct, frozen=True, kw_only=True):
-    """Warm-instance pool of one function on one node."""
-
-    min_warm: Annotated[int, Meta(ge=0, le=1024)] = 0
-    max: Annotated[int, Meta(ge=1, le=4096)] = 8
-    idle_ttl: Annotated[float, Meta(gt=0)] = 300.0
-
-
-class FunctionSpec(Struct, frozen=True, kw_only=True):
-    """A deployable function.
-
-    * ``wasm``: ``artifact`` holds .wasm or .wat bytes; ``handler`` names an
-      export to call with numeric ``args`` (empty: WASI command ``_start``).
-    * ``process``: ``command`` is an argv run one-shot, or ``handler`` is a
-      Python ``module:function``; ``mode="pooled"`` keeps a worker up. With
-      an ``artifact`` (a code bundle, see :mod:`spear.bundles`) the handler
-      runs in it, in an environment with ``requirements`` on ``python``.
-    * ``docker``: ``image`` plus ``command``; ``mode="pooled"`` keeps a
-      container up and execs into it.
-    """
-
-    name: Name
-    runtime: Runtime
-    artifact: bytes | None = None
-    handler: Annotated[str, Meta(max_length=512)] = ""
-    command: Annotated[list[Arg], Meta(max_length=1024)] = []
-    image: Annotated[str, Meta(max_length=512)] = ""
-    mode: Literal["oneshot", "pooled"] = "oneshot"
-    env: Annotated[dict[EnvKey, Annotated[str, Meta(max_length=65536)]], Meta(max_length=256)] = {}
-    workdir: Text = ""
-    limits: Limits = Limits()
-    pool: PoolSettings = PoolSettings()
-    labels: LabelMap = {}
-    retries: Annotated[int, Meta(ge=0, le=100)] = 0
-    idempotent: bool = False
-    grants: Annotated[list[Text], Meta(max_length=64)] = []
-    #: names in ``env`` whose values are secret: passed to the function, never
-    #: returned by the SMS or the gateway (to any role) and never logged
-    secret_env: Annotated[list[EnvKey], Meta(max_length=256)] = []
-    #: SHA-256 (hex) of ``artifact``, checked against the bytes; sent without
-    #: the bytes, it names an artifact the SMS already stores
-    artifact_sha256: Annotated[str, Meta(pattern=r"^([0-9a-f]{64})?\Z")] = ""
-    requirements: Annotated[list[Annotated[str, Meta(max_length=512)]], Meta(max_length=256)] = []
-    python: Annotated[str, Meta(pattern=r"^(3\.\d{1,2})?\Z")] = ""  # major.minor, "": the node's
+# (a node's and a function's records are in spear.schema)
 
 
 class Timings(Struct, frozen=True, kw_only=True):
@@ -511,7 +400,13 @@ class GetFunction(_Msg, frozen=True):
 
 
 class ListExecutions(_Msg, frozen=True):
-    """Client -> SMS: executions, newest first, filtered, one page at a time."""
+    """Client -> SMS: executions, newest first, filtered, one page at a time.
+
+    ``since``/``until`` bound the submission time (Unix seconds, 0: open);
+    ``prefix`` keeps the ids that start with it (dashes not counted);
+    ``cursor`` (a page's ``next_cursor``) starts right after that page, so
+    executions submitted meanwhile shift no page (``offset`` counts from it).
+    """
 
     id: int
     function: str = ""
@@ -519,14 +414,20 @@ class ListExecutions(_Msg, frozen=True):
     node_id: str = ""
     limit: Annotated[int, Meta(ge=1, le=10000)] = 100
     offset: Annotated[int, Meta(ge=0)] = 0
+    since: NonNeg = 0.0
+    until: NonNeg = 0.0
+    prefix: Annotated[str, Meta(pattern=r"^[0-9a-f\-]{0,36}\Z")] = ""
+    cursor: Annotated[str, Meta(max_length=80)] = ""
 
 
 class ExecutionList(_Msg, frozen=True):
-    """SMS -> client: one page of executions and the total that matched."""
+    """SMS -> client: one page of executions, how many matched the filters (cursor
+    aside), and the cursor of the next page ("" after the last one)."""
 
     id: int
     executions: list[ExecutionInfo]
     total: int = 0
+    next_cursor: str = ""
 
 
 class Subscribe(_Msg, frozen=True):
@@ -560,9 +461,40 @@ class Event(_Msg, frozen=True):
 
 
 class Stats(_Msg, frozen=True):
-    """Client -> SMS: cluster resource totals and scheduler figures."""
+    """Client -> SMS: cluster resource totals and scheduler figures.
+
+    With a ``window`` (seconds), also per-function figures of the executions
+    submitted in the last ``window`` seconds, cut in ``slices`` equal slices
+    (only ``function``'s, if named).
+    """
 
     id: int
+    window: Annotated[float, Meta(ge=0, le=30 * 86400)] = 0.0
+    slices: Annotated[int, Meta(ge=1, le=360)] = 12
+    function: str = ""
+
+
+class StatSlice(Struct, frozen=True, kw_only=True):
+    """Executions submitted from ``start`` on: how many, how many failed (failed,
+    timed out or lost) or started cold, and their duration (submitted to finished,
+    seconds) at the 50th and 99th percentile (None: none finished yet)."""
+
+    start: float = 0.0
+    calls: int = 0
+    errors: int = 0
+    cold: int = 0
+    p50: float | None = None
+    p99: float | None = None
+
+
+class FunctionStat(Struct, frozen=True, kw_only=True):
+    """One function's figures over a Stats window: the whole window (``active``: of
+    those, not finished yet), then slice by slice, oldest first."""
+
+    name: str
+    total: StatSlice = StatSlice()
+    active: int = 0
+    slices: list[StatSlice] = []
 
 
 class StatsReply(_Msg, frozen=True):
@@ -576,6 +508,16 @@ class StatsReply(_Msg, frozen=True):
     memory_reserved: int
     executions_active: int
     counts: dict[str, int] = {}
+    functions: list[FunctionStat] = []  # with a window: functions by name
+
+
+class DrainNode(_Msg, frozen=True):
+    """Client -> SMS: place no new work on a node (``drain=False``: resume). Its work
+    in flight finishes; it stays ``draining`` across its reconnects. Answer: NodeReply."""
+
+    id: int
+    node_id: str
+    drain: bool = True
 
 
 Message = Union[
@@ -585,7 +527,8 @@ Message = Union[
     DeployFunction, RemoveFunction, ListFunctions, Invoke, GetExecution, CancelExecution,
     Deployed, FunctionList, Accepted, LogChunk, Result,             # client <-> Spearlet/SMS
     Dispatch, FetchFunction, FunctionReply, GetFunction,            # SMS <-> node (tasks)
-    ListExecutions, ExecutionList, Subscribe, Unsubscribe, Event, Stats, StatsReply]
+    ListExecutions, ExecutionList, Subscribe, Unsubscribe, Event, Stats, StatsReply,
+    DrainNode]
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Message)

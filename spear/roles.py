@@ -7,7 +7,8 @@ decision is :func:`allowed`. This module imports only :mod:`spear.protocol`
 and :mod:`spear.errors`.
 
 * ``admin``: everything the others may do.
-* ``deployer``: deploy and remove functions, and every read-only view.
+* ``deployer``: deploy and remove functions, cancel executions, drain nodes,
+  and every read-only view (the operator's role).
 * ``invoker``: invoke and cancel executions, and every read-only view.
 * ``viewer``: the read-only views (nodes, functions, executions, events, stats).
 * ``node``: the Spearlet side of the SMS protocol, nothing else.
@@ -31,7 +32,7 @@ _NODE = frozenset({P.Ping, P.Register, P.Heartbeat, P.Deregister, P.FetchFunctio
 ALLOWED: dict[str, frozenset[type]] = {
     "viewer": _VIEW,
     "invoker": _VIEW | {P.Invoke, P.CancelExecution},
-    "deployer": _VIEW | {P.DeployFunction, P.RemoveFunction},
+    "deployer": _VIEW | {P.DeployFunction, P.RemoveFunction, P.CancelExecution, P.DrainNode},
     "node": _NODE,
 }
 ALLOWED["admin"] = frozenset().union(*ALLOWED.values())

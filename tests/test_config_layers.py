@@ -74,6 +74,7 @@ SAMPLES: dict[str, list[Any]] = {
     "global.log_level": ["debug", "warning,spear.mesh=debug"],
     "gateway.allowed_hosts": [["spear.example.org"], ["*.example.net", "10.0.0.1"]],
     "gateway.allowed_origins": [["https://ui.example.org"], ["http://127.0.0.1:8080"]],
+    "gateway.trace_url": ["http://jaeger:16686/trace/{trace_id}", "https://traces.example.org/t/{trace_id}"],
     "spearlet.host_roots": [["/srv/data"], ["/tmp/in", "/tmp/out:rw"]],
     # HOST:PORT, checked when the gateway starts
     "gateway.listen": ["0.0.0.0:7781", "127.0.0.1:7999"],

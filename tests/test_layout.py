@@ -29,7 +29,8 @@ MAX_FUNCTION_LINES = 80
 FLOOR = {
     "spear.errors": set(),
     "spear.ids": {"spear.errors"},
-    "spear.protocol": {"spear.errors", "spear.ids"},
+    "spear.schema": set(),
+    "spear.protocol": {"spear.errors", "spear.ids", "spear.schema"},
     "spear.config": {"spear.errors"},
     "spear.roles": {"spear.errors", "spear.protocol"},
     "spear.specs": {"spear.errors", "spear.protocol"},

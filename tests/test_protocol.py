@@ -89,16 +89,21 @@ SAMPLES: dict[type, P._Msg] = {
     P.FunctionReply: P.FunctionReply(id=27, spec=SPEC, digest="sha256:ab"),
     P.GetFunction: P.GetFunction(id=28, name="fn"),
     P.ListExecutions: P.ListExecutions(id=29, function="fn", status="running", node_id="n",
-                                       limit=10, offset=20),
-    P.ExecutionList: P.ExecutionList(id=30, executions=[EXEC], total=31),
+                                       limit=10, offset=20, since=1.5, until=2.5,
+                                       prefix="0190ab", cursor="1.5/x"),
+    P.ExecutionList: P.ExecutionList(id=30, executions=[EXEC], total=31, next_cursor="1.5/x"),
     P.Subscribe: P.Subscribe(id=31, since=12),
     P.Unsubscribe: P.Unsubscribe(id=32),
     P.Event: P.Event(id=33, seq=4, kind="node", key="node-1", state="ready", ts=5.5,
                      detail="registered"),
-    P.Stats: P.Stats(id=34),
+    P.Stats: P.Stats(id=34, window=600.0, slices=6, function="fn"),
     P.StatsReply: P.StatsReply(id=35, nodes_ready=2, cores_total=8.0, memory_total=1 << 34,
                                cores_reserved=1.5, memory_reserved=1 << 30,
-                               executions_active=3, counts={"succeeded": 10}),
+                               executions_active=3, counts={"succeeded": 10},
+                               functions=[P.FunctionStat(name="fn", total=P.StatSlice(
+                                   start=1.0, calls=3, errors=1, cold=1, p50=0.1, p99=0.3),
+                                   active=1, slices=[P.StatSlice(start=1.0, calls=3)])]),
+    P.DrainNode: P.DrainNode(id=36, node_id="node-1", drain=False),
 }
 
 

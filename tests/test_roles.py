@@ -27,8 +27,11 @@ def test_writes_by_role():
     assert not allowed("invoker", P.DeployFunction)
     assert allowed("deployer", P.DeployFunction) and allowed("deployer", P.RemoveFunction)
     assert not allowed("deployer", P.Invoke)
+    # operators: the admin page's cancel and drain buttons
+    assert allowed("deployer", P.CancelExecution) and allowed("deployer", P.DrainNode)
+    assert allowed("admin", P.DrainNode) and not allowed("invoker", P.DrainNode)
     assert not any(allowed("viewer", t) for t in (P.Invoke, P.DeployFunction, P.RemoveFunction,
-                                                  P.CancelExecution))
+                                                  P.CancelExecution, P.DrainNode))
 
 
 def test_a_node_speaks_only_the_node_side_of_the_protocol():

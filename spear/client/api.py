@@ -145,6 +145,11 @@ class Api:
         """One node by id or name; raises NotFound."""
         return self._call(None, P.GetNode(id=self._next_id(), node_id=node_id), None, _node, timeout)
 
+    def drain(self, node_id: str, drain: bool = True, *, timeout: float | None = None):
+        """Place no new work on a node (``drain=False``: resume); its NodeInfo after."""
+        msg = P.DrainNode(id=self._next_id(), node_id=node_id, drain=drain)
+        return self._call(None, msg, None, _node, timeout)
+
     # ------------------------------------------------------------ functions
 
     def deploy(self, spec: P.FunctionSpec, *, node: str | None = None, timeout: float | None = None):
@@ -237,10 +242,21 @@ class Api:
 
     def executions(self, *, function: str = "", status: str | None = None, node_id: str = "",
                    limit: int = 100, offset: int = 0, timeout: float | None = None):
-        """A page of execution records from the SMS, newest first: ``(items, total)``."""
+        """A page of execution records from the SMS, newest first: ``(items, total)``
+        (:meth:`execution_page` takes more filters, and pages by cursor)."""
         msg = P.ListExecutions(id=self._next_id(), function=function, status=status,
                                node_id=node_id, limit=limit, offset=offset)
         return self._call(None, msg, None, _exec_page, timeout)
+
+    def execution_page(self, *, function: str = "", status: str | None = None, node_id: str = "",
+                       since: float = 0.0, until: float = 0.0, prefix: str = "", cursor: str = "",
+                       limit: int = 100, offset: int = 0, timeout: float | None = None):
+        """A page of execution records as the SMS answers it: the ``ExecutionList``
+        with ``total`` and ``next_cursor`` (pass it as ``cursor`` for the next page)."""
+        msg = P.ListExecutions(id=self._next_id(), function=function, status=status,
+                               node_id=node_id, since=since, until=until, prefix=prefix,
+                               cursor=cursor, limit=limit, offset=offset)
+        return self._call(None, msg, None, _whole, timeout)
 
     def function(self, name: str, *, timeout: float | None = None):
         """A registered function's spec (without artifact bytes) from the SMS."""
@@ -249,6 +265,13 @@ class Api:
     def stats(self, *, timeout: float | None = None):
         """Cluster totals, reservations and execution counts (ResourceService)."""
         return self._call(None, P.Stats(id=self._next_id()), None, _whole, timeout)
+
+    def function_stats(self, window: float = 3600.0, *, slices: int = 12, function: str = "",
+                       timeout: float | None = None):
+        """Per-function figures (list of FunctionStat) of the executions submitted in the
+        last ``window`` seconds, in ``slices`` equal slices; only ``function``'s if named."""
+        msg = P.Stats(id=self._next_id(), window=window, slices=slices, function=function)
+        return self._call(None, msg, None, _field("functions", as_list=True), timeout)
 
     def cancel(self, execution_id: str, *, node: str | None = None, timeout: float | None = None):
         """Cancel an execution that has not finished."""

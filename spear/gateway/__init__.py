@@ -16,11 +16,12 @@ SMS link), never the SMS, the Spearlet or the runtimes. Layout:
 * :mod:`.app` - :class:`Gateway`, the ASGI app: dispatch, bearer auth, errors, pages
 * :mod:`.guard` - the front door (Host and cross-site checks) and the per-key
   stream limit; :mod:`.connections` - header deadlines and pending-connection caps
-* :mod:`.live` - live figures and captured logs
+* :mod:`.live` - live figures, nodes' usage over time and captured logs
 * :mod:`.settings` - the resolved settings; :mod:`.server` - uvicorn, threads,
   subprocesses (``spear gateway``
   is :mod:`spear.cli.gateway`)
-* ``static/`` - the admin page and the Swagger UI initializer (Swagger UI itself
+* ``static/`` - the admin page (views chosen by the URL's hash; actions shown as
+  ``/v1/whoami`` allows) and the Swagger UI initializer (Swagger UI itself
   comes from the ``swagger-ui-bundle-v2`` package: nothing is loaded from a CDN)
 """
 

@@ -1,9 +1,10 @@
 """Live figures for the admin page, and the logs this gateway saw stream by.
 
-:class:`Monitor` samples the SMS every ``interval`` seconds (two requests:
-``Stats`` and the newest page of executions) and keeps the last ``window``
-seconds of :class:`~spear.gateway.models.Sample` for plots; listeners get
-each new sample as it is taken. The figure arithmetic is in
+:class:`Monitor` samples the SMS every ``interval`` seconds (three requests:
+``Stats``, the newest page of executions and the nodes) and keeps the last
+``window`` seconds of :class:`~spear.gateway.models.Sample` for plots, and of
+each node's usage (:class:`~spear.gateway.models.NodeSample`: heartbeats
+are not stored anywhere else); listeners get each new sample as it is taken. The figure arithmetic is in
 :func:`make_sample`, a pure function of two readings, tested without a
 cluster.
 
@@ -19,7 +20,7 @@ import logging
 import time
 
 from .. import errors, protocol as P
-from .models import LiveHistory, Sample
+from .models import LiveHistory, NodeHistory, NodeSample, Sample
 
 log = logging.getLogger("spear.gateway")
 
@@ -83,6 +84,8 @@ class Monitor:
         self.interval = interval
         self.sample_size = sample_size
         self.samples: collections.deque[Sample] = collections.deque(maxlen=max(2, int(window / interval)))
+        #: node id -> its usage samples (nodes the SMS no longer lists are dropped)
+        self.nodes: dict[str, collections.deque[NodeSample]] = {}
         self._prev: Reading | None = None
         self._listeners: set[asyncio.Queue] = set()
         self._task: asyncio.Task | None = None
@@ -98,13 +101,37 @@ class Monitor:
             self._task = None
 
     def history(self) -> LiveHistory:
+        """The cluster samples held, oldest first."""
         return LiveHistory(interval=self.interval, samples=list(self.samples))
+
+    def node_history(self, node_id: str) -> NodeHistory:
+        """One node's usage samples held, oldest first (none for a node not seen yet)."""
+        return NodeHistory(node_id=node_id, interval=self.interval,
+                           samples=list(self.nodes.get(node_id, ())))
+
+    def _sample_nodes(self, ts: float, nodes: list[P.NodeInfo]) -> None:
+        keep = self.samples.maxlen
+        seen = set()
+        for n in nodes:
+            u = n.usage
+            q = self.nodes.get(n.node_id)
+            if q is None:
+                q = self.nodes[n.node_id] = collections.deque(maxlen=keep)
+            q.append(NodeSample(ts=ts, state=n.state, cpu_percent=u.cpu_percent,
+                                memory_used=u.memory_used,
+                                memory_total=n.capacity.memory or u.memory_total,
+                                load1=u.load1, running=u.running, warm=u.warm))
+            seen.add(n.node_id)
+        for gone in set(self.nodes) - seen:
+            del self.nodes[gone]
 
     async def poll(self) -> Sample:
         """Take one sample now (also what the loop does every interval)."""
         stats = await self.client.stats()
         recent, _ = await self.client.executions(limit=self.sample_size)
+        nodes = await self.client.nodes()
         cur = Reading(time.time(), stats, recent)
+        self._sample_nodes(cur.ts, nodes)
         sample = make_sample(self._prev, cur)
         self._prev = cur
         self.samples.append(sample)

@@ -112,12 +112,17 @@ class Health(Struct, frozen=True, kw_only=True):
 
 
 class ExecutionPage(Struct, frozen=True, kw_only=True):
-    """One page of execution records, newest first, and how many matched."""
+    """One page of execution records, newest first, and how many matched.
+
+    ``next_cursor``: pass it as ``cursor`` for the next page ("" on the last);
+    pages read by cursor do not shift when new executions arrive.
+    """
 
     executions: list[P.ExecutionInfo]
     total: int
     limit: int
     offset: int
+    next_cursor: str = ""
 
 
 class InvokeResult(Struct, frozen=True, kw_only=True):
@@ -183,6 +188,56 @@ class LiveHistory(Struct, frozen=True, kw_only=True):
     samples: list[Sample]
 
 
+class NodeSample(Struct, frozen=True, kw_only=True):
+    """A node's usage as its heartbeats reported it when the gateway sampled the SMS."""
+
+    ts: float
+    state: str = ""
+    cpu_percent: float = 0.0
+    memory_used: int = 0
+    memory_total: int = 0
+    load1: float = 0.0
+    running: int = 0
+    warm: int = 0
+
+
+class NodeHistory(Struct, frozen=True, kw_only=True):
+    """GET /v1/nodes/{node_id}/history: one node's usage samples, oldest first (the
+    gateway keeps ``[gateway] history`` seconds of them, one every ``sample_interval``)."""
+
+    node_id: str
+    interval: float
+    samples: list[NodeSample]
+
+
+class FunctionStats(Struct, frozen=True, kw_only=True):
+    """GET /v1/functions/{name}/stats: the SMS's figures of the function's executions
+    submitted in the last ``window`` seconds (whole and by slice), and its warm and busy
+    instances on each ready node now (a node that did not answer is left out)."""
+
+    name: str
+    window: float
+    total: P.StatSlice
+    active: int
+    slices: list[P.StatSlice]
+    warm: dict[str, int] = {}
+    busy: dict[str, int] = {}
+
+
+class WhoAmI(Struct, frozen=True, kw_only=True):
+    """GET /v1/whoami: the caller's role and the wire operations it may use (the
+    admin page shows only what these allow; the server checks every call anyway).
+
+    ``role`` is "" on an open gateway (no bearer tokens), where every operation
+    is allowed. ``trace_url``: where an execution's trace is shown ("{trace_id}"
+    to replace), "" when none is configured.
+    """
+
+    role: str
+    operations: list[str]
+    trace_url: str = ""
+
+
 # ---------------------------------------------------------------- query strings
 
 Seconds = Annotated[float, Meta(gt=0, le=86400)]
@@ -218,12 +273,27 @@ class InvokeQuery(Struct, frozen=True, kw_only=True):
                                                                  "(default: the request's)")] = ""
 
 
+UnixTime = Annotated[float, Meta(ge=0, le=1e11)]
+
+
 class ExecutionsQuery(Struct, frozen=True, kw_only=True):
     function: Annotated[str, Meta(max_length=128)] = ""
     status: P.ExecStatus | None = None
     node: Annotated[str, Meta(max_length=128, description="node id")] = ""
     limit: Annotated[int, Meta(ge=1, le=10000)] = 100
     offset: Annotated[int, Meta(ge=0, le=2**31)] = 0
+    since: Annotated[UnixTime, Meta(description="submitted at or after (Unix seconds)")] = 0.0
+    until: Annotated[UnixTime, Meta(description="submitted before (Unix seconds)")] = 0.0
+    prefix: Annotated[str, Meta(pattern=r"^[0-9a-f\-]{0,36}$",
+                                description="the execution id starts with this (hex)")] = ""
+    cursor: Annotated[str, Meta(max_length=80, description="a page's `next_cursor`: the "
+                                                           "page after it")] = ""
+
+
+class StatsQuery(Struct, frozen=True, kw_only=True):
+    window: Annotated[float, Meta(gt=0, le=30 * 86400,
+                                  description="seconds back from now")] = 3600.0
+    slices: Annotated[int, Meta(ge=1, le=360, description="equal slices of the window")] = 12
 
 
 class ExecutionQuery(Struct, frozen=True, kw_only=True):

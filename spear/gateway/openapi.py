@@ -26,8 +26,9 @@ TAGS = [
     {"name": "invoke", "description": "Run functions: sync, async or streamed."},
     {"name": "functions", "description": "Deploy, inspect and remove functions."},
     {"name": "executions", "description": "Execution records, outputs, logs, cancellation."},
-    {"name": "nodes", "description": "Compute nodes and their live usage."},
-    {"name": "cluster", "description": "Totals, live figures and the event stream."},
+    {"name": "nodes", "description": "Compute nodes, their usage over time, drain."},
+    {"name": "cluster", "description": "Totals, statistics, live figures, the event stream, "
+                                       "the caller's role."},
     {"name": "health", "description": "Liveness."},
 ]
 

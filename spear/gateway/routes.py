@@ -19,6 +19,7 @@ import msgspec
 
 from .. import errors, protocol as P
 from ..ids import is_uuid7
+from ..roles import ALLOWED
 from . import models as M
 from .live import LogTail
 from .http import (SSE_KEEPALIVE, HTTPError, Request, Response, StreamResponse, data,
@@ -194,6 +195,35 @@ async def get_node(gw, req, q, node_id: str):
     return data(await gw.client.node(node_id), req)
 
 
+@route("GET", "/v1/nodes/{node_id}/history", op=P.GetNode, summary="A node's usage over time",
+       tag="nodes", params={"node_id": NodeKey},
+       replies={200: Reply("its usage as sampled by this gateway, oldest first", M.NodeHistory),
+                404: Reply("no such node", M.ErrorBody)})
+async def get_node_history(gw, req, q, node_id: str):
+    """By node id or name; samples come from the heartbeats the SMS holds, read every
+    `sample_interval` seconds and kept for `history` seconds."""
+    info = await gw.client.node(node_id)
+    return data(gw.monitor.node_history(info.node_id), req)
+
+
+@route("POST", "/v1/nodes/{node_id}/drain", op=P.DrainNode, summary="Drain a node", tag="nodes",
+       params={"node_id": NodeKey},
+       replies={200: Reply("the node, now draining (no new work goes there)", P.NodeInfo),
+                404: Reply("no such node", M.ErrorBody)})
+async def drain_node(gw, req, q, node_id: str):
+    """Work running there finishes; queued and new work goes to other nodes. The node
+    stays draining across its reconnects, until the drain is undone."""
+    return data(await gw.client.drain(node_id), req)
+
+
+@route("DELETE", "/v1/nodes/{node_id}/drain", op=P.DrainNode, summary="Undo a node's drain",
+       tag="nodes", params={"node_id": NodeKey},
+       replies={200: Reply("the node, ready again if it is alive", P.NodeInfo),
+                404: Reply("no such node", M.ErrorBody)})
+async def undrain_node(gw, req, q, node_id: str):
+    return data(await gw.client.drain(node_id, False), req)
+
+
 # ---------------------------------------------------------------- functions
 
 
@@ -279,6 +309,41 @@ async def get_function(gw, req, q, name: str):
 async def remove_function(gw, req, q: M.NodeQuery, name: str):
     await gw.client.remove(name, node=await gw.node_address(q.node))
     return Response(b"", 204)
+
+
+@route("GET", "/v1/functions/{name}/stats", op=P.Stats, summary="A function's statistics",
+       tag="functions", params={"name": FunctionName}, query=M.StatsQuery,
+       replies={200: Reply("calls, errors, cold starts and durations over the window, and "
+                           "its instances now", M.FunctionStats)})
+async def get_function_stats(gw, req, q: M.StatsQuery, name: str):
+    """The figures count the executions submitted in the last `window` seconds, as the
+    SMS holds them (its retention bounds how far back they go); warm and busy instances
+    are asked of every ready node."""
+    figures = await gw.client.function_stats(q.window, slices=q.slices, function=name)
+    stat = figures[0] if figures else P.FunctionStat(name=name)
+    warm, busy = await _instances(gw, name)
+    return data(M.FunctionStats(name=name, window=q.window, total=stat.total, active=stat.active,
+                                slices=stat.slices, warm=warm, busy=busy), req)
+
+
+async def _instances(gw, name: str) -> tuple[dict[str, int], dict[str, int]]:
+    """Warm and busy instances of ``name`` per ready node (a node that does not answer
+    within a second is left out: one stuck node must not hold the page)."""
+    nodes = [n for n in await gw.client.nodes("ready") if n.address]
+
+    async def one(n):
+        fns = await gw.client.functions(node=n.address, timeout=1.0)
+        return n.node_id, next((f for f in fns if f.name == name), None)
+
+    warm: dict[str, int] = {}
+    busy: dict[str, int] = {}
+    for got in await asyncio.gather(*(one(n) for n in nodes), return_exceptions=True):
+        if isinstance(got, BaseException):
+            continue
+        node_id, f = got
+        if f is not None:
+            warm[node_id], busy[node_id] = f.warm, f.busy
+    return warm, busy
 
 
 # ---------------------------------------------------------------- invoke
@@ -369,9 +434,14 @@ async def _invoke_stream(gw, name: str, data_in: bytes, kw: dict):
        query=M.ExecutionsQuery,
        replies={200: Reply("a page of records, newest first", M.ExecutionPage)})
 async def list_executions(gw, req, q: M.ExecutionsQuery):
-    items, total = await gw.client.executions(function=q.function, status=q.status, node_id=q.node,
-                                              limit=q.limit, offset=q.offset)
-    return data(M.ExecutionPage(executions=items, total=total, limit=q.limit, offset=q.offset), req)
+    """Filtered by function, status, node, submission time and id prefix; page with
+    `offset`, or with `cursor` (each page's `next_cursor`) for pages that hold still
+    while new executions arrive."""
+    page = await gw.client.execution_page(
+        function=q.function, status=q.status, node_id=q.node, since=q.since, until=q.until,
+        prefix=q.prefix, cursor=q.cursor, limit=q.limit, offset=q.offset)
+    return data(M.ExecutionPage(executions=page.executions, total=page.total, limit=q.limit,
+                                offset=q.offset, next_cursor=page.next_cursor), req)
 
 
 @route("GET", "/v1/executions/{execution_id}", op=P.GetExecution, summary="Get an execution",
@@ -438,6 +508,24 @@ async def get_execution_logs(gw, req: Request, q, execution_id: str):
        tag="cluster", replies={200: Reply("the figures", M.Stats)})
 async def stats(gw, req, q):
     return data(M.to_view(M.Stats, await gw.client.stats()), req)
+
+
+@route("GET", "/v1/stats/functions", op=P.Stats, summary="Every function's statistics",
+       tag="cluster", query=M.StatsQuery,
+       replies={200: Reply("per function (by name): calls, errors, cold starts and durations "
+                           "of the executions submitted in the window", list[P.FunctionStat])})
+async def function_stats(gw, req, q: M.StatsQuery):
+    return data(await gw.client.function_stats(q.window, slices=q.slices), req)
+
+
+@route("GET", "/v1/whoami", op=P.Ping, summary="The caller's role and what it may do",
+       tag="cluster", replies={200: Reply("the role and its operations", M.WhoAmI)})
+async def whoami(gw, req, q):
+    """What the admin page asks first, to show only the actions the role may take."""
+    role = req.role if gw.tokens else ""
+    ops = ALLOWED.get(role, frozenset()) if gw.tokens else ALLOWED["admin"]
+    return data(M.WhoAmI(role=role, operations=sorted(t.__name__ for t in ops),
+                         trace_url=gw.settings.gateway.trace_url), req)
 
 
 @route("GET", "/v1/events", op=P.Subscribe, summary="Node and execution events (SSE)",

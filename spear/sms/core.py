@@ -33,6 +33,7 @@ from .events import (Commit, CommitSoon, Dropped, Event, Instruction, Loaded,
 from .executions import Executions
 from .functions import FunctionRegistry
 from .identity import NodeIdentity
+from . import queries
 from .nodes import NodeEvent, NodeRegistry
 from .records import TaskSettings
 from .recovery import Recovered
@@ -99,7 +100,7 @@ class SMSCore:
             P.Result: self._on_result, P.LogChunk: self._on_log_chunk,
             P.ErrorReply: self._on_node_error, P.Ok: lambda r: None,
             P.Subscribe: self._on_subscribe, P.Unsubscribe: self._on_unsubscribe,
-            P.Stats: self._on_stats,
+            P.Stats: self._on_stats, P.DrainNode: self._on_drain,
         }
 
     @property
@@ -324,7 +325,7 @@ class SMSCore:
         """A name or address held by another live node is not another node's to take:
         clients and the gateway find nodes by them."""
         for other in self.registry.nodes.values():
-            if other.node_id == node.node_id or other.state != "ready":
+            if other.node_id == node.node_id or other.state not in ("ready", "draining"):
                 continue
             for what in ("name", "address"):
                 value = getattr(node, what)
@@ -387,6 +388,13 @@ class SMSCore:
 
     def _on_get_node(self, r: Received):
         return P.NodeReply(id=r.msg.id, node=self.registry.get(r.msg.node_id))
+
+    def _on_drain(self, r: Received):
+        """An operator stops (or resumes) new work for a node; its running work goes on."""
+        info = self.registry.drain(self.registry.get(r.msg.node_id).node_id, r.msg.drain, self.now)
+        if not r.msg.drain:
+            self.tasks.retry_queue(self.now)  # work that waited may go there now
+        return P.NodeReply(id=r.msg.id, node=info)
 
     def _node_of(self, r: Received) -> str | None:
         """The registered node behind this message, or None (then it is dropped)."""
@@ -476,8 +484,8 @@ class SMSCore:
         return P.Ok(id=r.msg.id)
 
     def _on_list_executions(self, r: Received):
-        items, total = yield from self.tasks.list_executions(r.msg)
-        return P.ExecutionList(id=r.msg.id, executions=items, total=total)
+        items, total, cursor = yield from self.tasks.list_executions(r.msg)
+        return P.ExecutionList(id=r.msg.id, executions=items, total=total, next_cursor=cursor)
 
     def _on_result(self, r: Received):
         node = self._node_of(r)
@@ -517,4 +525,11 @@ class SMSCore:
             cores_total=sum(n.capacity.cores for n in ready),
             memory_total=sum(n.capacity.memory for n in ready),
             cores_reserved=round(cpu, 6), memory_reserved=int(mem),
-            executions_active=self.tasks.active(), counts=dict(self.tasks.counts))
+            executions_active=self.tasks.active(), counts=dict(self.tasks.counts),
+            functions=self._function_stats(r.msg) if r.msg.window else [])
+
+    def _function_stats(self, msg: P.Stats) -> list[P.FunctionStat]:
+        t = self.tasks
+        return queries.function_stats(
+            (ex.info for ex in reversed(t.execs.values())), reversed(t.archive.values()),
+            now=self.now, window=msg.window, slices=msg.slices, function=msg.function)

@@ -44,6 +44,7 @@ import msgspec
 from .. import errors, protocol as P
 from ..protocol import TERMINAL
 from ..ids import new_id
+from . import queries
 from .events import Load, Persist, unavailable_text
 from .functions import FunctionRegistry
 from .placement import Placement
@@ -87,8 +88,7 @@ class Executions(Placement):
             if st.idem:
                 self.by_idem[st.idem] = i.execution_id
             if i.status in TERMINAL:  # only its index entry stays in memory
-                self.archive[i.execution_id] = (i.submitted_at, i.function, i.status,
-                                                i.node_id, st.idem)
+                self.archive[i.execution_id] = queries.index_entry(i, st.idem)
                 continue
             ex = Exec(info=st.info, output=st.output, retries=st.retries, timeout=st.timeout,
                       data=st.input, failures=st.failures, stream=st.stream, idem=st.idem)

@@ -27,6 +27,7 @@ sessions, or an in-process caller) is checked the old way, by node id only.
 States::
 
     register ─► ready ──(no heartbeat for heartbeat_timeout)──► unhealthy
+      (draining instead of ready while an operator has drained the node)
                   ▲                                  (session ended)│
                   └───────────(register: a new session)─────────────┤
                                         (unhealthy for cleanup_interval)
@@ -108,12 +109,16 @@ class NodeRegistry:
         self.removed: set[str] = set()
         #: heartbeats refused because their session was stale or had ended
         self.stale_heartbeats = 0
+        #: nodes an operator drained: ``draining`` instead of ``ready`` until undone
+        self.drained: set[str] = set()
         for key, raw in records:
             try:
                 info = _dec.decode(raw)
             except msgspec.DecodeError:
                 log.error("skipping corrupt node record %r", key)
                 continue
+            if info.state == "draining":
+                self.drained.add(info.node_id)
             info = msgspec.structs.replace(info, state="unhealthy", last_seen=now)
             self.nodes[info.node_id] = info
             self._unhealthy_since[info.node_id] = now
@@ -174,9 +179,10 @@ class NodeRegistry:
         """Add or refresh a node; it is ready at once, in a new session
         (``self.sessions[node_id]``, which the driver returns in ``Welcome``)."""
         prev = self.nodes.get(info.node_id)
+        state = self._up(info.node_id)
         info = msgspec.structs.replace(
             info,
-            state="ready",
+            state=state,
             registered_at=prev.registered_at if prev else now,
             last_seen=now,
         )
@@ -185,7 +191,24 @@ class NodeRegistry:
         self.sessions[info.node_id] = self._new_session()
         self._persist(info)
         if self.on_event is not None:
-            self.on_event(NodeEvent(info.node_id, prev.state if prev else "", "ready", "registered"))
+            self.on_event(NodeEvent(info.node_id, prev.state if prev else "", state, "registered"))
+        return info
+
+    def _up(self, node_id: str) -> str:
+        """The state of a node that is alive: ready, unless an operator drained it."""
+        return "draining" if node_id in self.drained else "ready"
+
+    def drain(self, node_id: str, on: bool, now: float) -> NodeInfo:
+        """Drain a node (no new work goes there) or undo it; a drained node stays
+        draining when it registers again. An unhealthy node keeps its state."""
+        info = self.nodes[node_id]
+        if on:
+            self.drained.add(node_id)
+        else:
+            self.drained.discard(node_id)
+        if info.state in ("ready", "draining") and info.state != self._up(node_id):
+            info = self._set_state(info, self._up(node_id), now,
+                                   "drained by an operator" if on else "drain undone")
         return info
 
     def session_of(self, node_id: str) -> int:
@@ -210,7 +233,7 @@ class NodeRegistry:
         info = msgspec.structs.replace(info, usage=usage, last_seen=now)
         self.nodes[node_id] = info
         if info.state == "unhealthy":
-            self._set_state(info, "ready", now, "heartbeat resumed")
+            self._set_state(info, self._up(node_id), now, "heartbeat resumed")
         return True
 
     def deregister(self, node_id: str, now: float) -> NodeInfo:
@@ -256,6 +279,7 @@ class NodeRegistry:
                                         or now - since - self._deaf(since, now) > self.cleanup_interval):
                     info = self.nodes.pop(node_id)
                     del self._unhealthy_since[node_id]
+                    self.drained.discard(node_id)
                     self._remove(node_id)
                     events.append(NodeEvent(node_id, info.state, "gone",
                                             f"unhealthy for {now - since:.1f}s"))

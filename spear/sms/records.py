@@ -22,6 +22,7 @@ import msgspec
 
 from .. import errors, ids, protocol as P
 from ..protocol import TERMINAL
+from . import queries
 from .events import Load, Persist
 from .functions import FunctionRegistry
 from .recovery import COUNTS_KEY, EX_PREFIX
@@ -149,7 +150,8 @@ class ExecutionRecords:
         #: executions in flight, and the most recent finished ones, whole
         self.execs: collections.OrderedDict[str, Exec] = collections.OrderedDict()
         #: every other retained (finished) execution: a small index entry
-        #: (submitted_at, function, status, node_id, idem); its record is on disk
+        #: (submitted_at, function, status, node_id, idem, finished_at, cold); its
+        #: record is on disk
         self.archive: collections.OrderedDict[str, tuple] = collections.OrderedDict()
         self.by_node: dict[str, set[str]] = collections.defaultdict(set)
         #: executions waiting for capacity: one FIFO per function
@@ -205,31 +207,39 @@ class ExecutionRecords:
         self.watch.add(ex.info.execution_id)
         return None
 
-    def list_executions(self, msg: P.ListExecutions) -> Generator[Load, list, tuple[list, int]]:
-        """A page, newest first, over executions in memory and archived ones."""
-        fn, status, node = msg.function, msg.status, msg.node_id
+    def list_executions(self, msg: P.ListExecutions) -> Generator[Load, list, tuple[list, int, str]]:
+        """A page, newest first, over executions in memory and archived ones:
+        ``(records, how many matched, next page's cursor)`` (see :mod:`.queries`)."""
+        match = queries.matcher(msg)
+        after = queries.parse_cursor(msg.cursor)
         live = ((ex.info.submitted_at, eid, ex) for eid, ex in reversed(self.execs.items()))
         old = ((e[0], eid, e) for eid, e in reversed(self.archive.items()))
         page: list[P.ExecutionInfo] = []
-        total = 0
-        for _, eid, item in heapq.merge(live, old, key=lambda t: t[0], reverse=True):
+        total = skipped = 0
+        last = None
+        for ts, eid, item in heapq.merge(live, old, key=lambda t: t[0], reverse=True):
             if isinstance(item, Exec):
                 i = item.info
                 f, st, nd = i.function, i.status, i.node_id
             else:
                 i = None
-                _, f, st, nd, _ = item
-            if (fn and f != fn) or (status and st != status) or (node and nd != node):
+                f, st, nd = item[1], item[2], item[3]
+            if not match(eid, ts, f, st, nd):
                 continue
-            if msg.offset <= total < msg.offset + msg.limit:
+            total += 1
+            if after is not None and (ts, eid) >= after:
+                continue  # on the pages before the cursor
+            if msg.offset <= skipped < msg.offset + msg.limit:
                 if i is None:
                     ex = yield from self.find(eid)
                     if ex is None:
                         continue
                     i = ex.info
                 page.append(i)
-            total += 1
-        return page, total
+                last = (ts, eid)
+            skipped += 1
+        more = last is not None and skipped > msg.offset + msg.limit
+        return page, total, queries.cursor_of(*last) if more else ""
 
     @property
     def queue(self) -> list[str]:
@@ -287,7 +297,7 @@ class ExecutionRecords:
             looked += 1
             i = ex.info
             if i.status in TERMINAL and eid not in self.dirty and not ex.waiters:
-                moved.append((eid, (i.submitted_at, i.function, i.status, i.node_id, ex.idem)))
+                moved.append((eid, queries.index_entry(i, ex.idem)))
         for eid, entry in moved:
             del self.execs[eid]
             self.archive[eid] = entry

@@ -19,7 +19,8 @@ from spear import errors, protocol as P
 _SMS_ACCEPTS = {P.Ping, P.Register, P.Heartbeat, P.Deregister, P.ListNodes, P.GetNode,
                 P.DeployFunction, P.RemoveFunction, P.ListFunctions, P.GetFunction,
                 P.FetchFunction, P.Invoke, P.GetExecution, P.CancelExecution, P.ListExecutions,
-                P.Result, P.LogChunk, P.ErrorReply, P.Ok, P.Subscribe, P.Unsubscribe, P.Stats}
+                P.Result, P.LogChunk, P.ErrorReply, P.Ok, P.Subscribe, P.Unsubscribe, P.Stats,
+                P.DrainNode}
 _NODE_ACCEPTS = {P.Ping, P.DeployFunction, P.RemoveFunction, P.ListFunctions, P.Invoke,
                  P.GetExecution, P.CancelExecution}
 ACCEPTS = {"sms": _SMS_ACCEPTS, "node": _NODE_ACCEPTS}

@@ -202,3 +202,19 @@ def test_env_values_follow_the_role_and_secrets_never_leave(cluster, keys):
         p = c.data / log
         if p.exists():
             assert "tok-9f8e7d" not in p.read_text(), log
+
+
+def test_only_admin_and_deployer_keys_may_drain_a_node(cluster, keys):
+    from spear import errors
+
+    node = _node_id(cluster, keys)
+    for who, role in ROLES.items():
+        with client_for(cluster, keys, who) as cl:
+            if role in ("admin", "deployer"):
+                assert cl.drain(node).state == "draining", role
+                assert cl.drain(node, False).state == "ready", role
+            else:
+                with pytest.raises(errors.PermissionDenied):
+                    cl.drain(node)
+    with client_for(cluster, keys, "alice") as admin:
+        assert admin.node(node).state == "ready"

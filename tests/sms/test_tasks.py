@@ -984,7 +984,7 @@ def test_list_executions_filters_and_pages(make):
         cl.result(cl.ex(f"e{i}").info.node_id, f"e{i}")
 
     def ls(**kw):
-        items, total = cl.svc.list_executions(P.ListExecutions(id=1, **kw))
+        items, total, _ = cl.svc.list_executions(P.ListExecutions(id=1, **kw))
         return [i.execution_id for i in items], total
 
     assert ls() == (["e5", "e4", "e3", "e2", "e1", "e0"], 6)  # newest first
@@ -1491,7 +1491,7 @@ def test_finished_executions_leave_memory_but_stay_readable(make, tmp_path):
     assert old.info.status == "succeeded" and old.output == b"out0"
     res, payload = c.svc.wait(OTHER, P.GetExecution(id=900, execution_id="e03", wait=5), c.now)
     assert res.execution.execution_id == "e03" and payload == b"out3"
-    page, total = c.svc.list_executions(P.ListExecutions(id=901, limit=4, offset=26))
+    page, total, _ = c.svc.list_executions(P.ListExecutions(id=901, limit=4, offset=26))
     assert total == 30 and [i.execution_id for i in page] == ["e03", "e02", "e01", "e00"]
     # the same idempotency key still answers with the archived execution
     res, payload = c.svc.submit(CLIENT, P.Invoke(id=902, function="f", idempotency_key="k1"),
