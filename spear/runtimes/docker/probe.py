@@ -6,8 +6,7 @@ a node can start, offer (or refuse) the ``docker`` runtime and clean up
 after a crash without importing the Docker SDK, which costs a fifth of a
 second and several megabytes; the SDK is imported when a docker function
 is first deployed. An engine reached any other way (TCP, TLS settings from
-the environment) is asked through the SDK: :func:`local_socket`
-says which.
+the environment) is asked through the SDK: :func:`local_socket` says which.
 """
 
 from __future__ import annotations
