@@ -204,6 +204,12 @@ class Cluster:
 
         deadline = time.monotonic() + timeout
         last: list = []
+        # a client that connects before the SMS listens is refused and retries only
+        # a reconnect interval later: wait until the port is bound (without
+        # connecting to it), then connect once
+        while port_free(self.sms_port) and time.monotonic() < deadline:
+            self._check_alive()
+            time.sleep(0.005)
         with Client(self.sms_addr, timeout=1.0, security=self.client_security) as c:
             while time.monotonic() < deadline:
                 self._check_alive()
