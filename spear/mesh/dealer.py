@@ -72,7 +72,9 @@ class DealerPeer:
         ep.sock.setsockopt(zmq.ROUTING_ID, self.identity or random_routing_id())
         if self.security is not None:
             self.security.connect_to(ep.sock, self.server_key)
-        ep.sock.setsockopt(zmq.RECONNECT_IVL, 100)
+        # a node started with (or before) its SMS is refused until the SMS listens:
+        # retry soon at first (the wait is added to the node's start), then back off
+        ep.sock.setsockopt(zmq.RECONNECT_IVL, 10)
         ep.sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
         return ep
 

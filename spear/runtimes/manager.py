@@ -95,13 +95,20 @@ class RuntimeManager:
         self._cleaned = False
 
     async def probe(self) -> None:
-        """Create every enabled runtime and keep those that work here."""
+        """Create every enabled runtime and keep those that work here.
+
+        Each runtime's checks start as soon as it is built, and run while
+        the next one is imported: they wait on the engine or the disk, the
+        imports on the CPU. The docker runtime comes first, its engine ping
+        being the longest wait.
+        """
         rc = self.config.runtimes
         builders = {
-            "wasm": (rc.wasm.enabled, self._wasm),
-            "process": (rc.process.enabled, self._process),
             "docker": (rc.docker.enabled, self._docker),
+            "process": (rc.process.enabled, self._process),
+            "wasm": (rc.wasm.enabled, self._wasm),
         }
+        checks = []
         for name, (enabled, build) in builders.items():
             if not enabled:
                 self.unavailable[name] = "disabled in configuration"
@@ -117,9 +124,14 @@ class RuntimeManager:
                 log.warning("runtime %s unavailable: %s", name, self.unavailable[name])
                 continue
             self._built[name] = rt
-            if name == "process":
-                await self._clean_process_leftovers(rt)
-            await self.check(name)
+            checks.append(asyncio.ensure_future(self._first_check(name, rt)))
+            await asyncio.sleep(0)  # let it reach its thread before the next import
+        await asyncio.gather(*checks)
+
+    async def _first_check(self, name: str, rt: Runtime) -> None:
+        if name == "process":
+            await self._clean_process_leftovers(rt)
+        await self.check(name)
 
     async def check(self, name: str) -> bool:
         """Check now whether the runtime ``name`` works here; move it between
@@ -157,9 +169,10 @@ class RuntimeManager:
             self.runtimes[name] = rt
             if name == "docker" and self.node_id and not self._cleaned:
                 # only before this process ever used the engine: later, the
-                # containers of this node's owner label are its live instances
+                # containers of this node's owner label are its live instances.
+                # In the background: the runtime's first engine call waits for it
                 self._cleaned = True
-                await self._clean_docker_leftovers()
+                rt.remove_leftovers_first()
             if not was and not first:
                 log.warning("runtime %s is available again", name)
         else:
@@ -204,16 +217,6 @@ class RuntimeManager:
         if self._stale(name) and await self.check(name):
             self._changed()
         return self.get(name)
-
-    async def _clean_docker_leftovers(self) -> None:
-        try:
-            remove_leftovers = load("spear.runtimes.docker:remove_leftovers")
-            n = await asyncio.to_thread(remove_leftovers, self.config.runtimes.docker.base_url or None,
-                                        self.node_id)
-            if n:
-                log.info("removed %d container(s) left by an earlier run of this node", n)
-        except Exception as exc:  # noqa: BLE001 - cleanup is best effort
-            log.warning("could not remove leftover containers: %s", exc)
 
     async def _clean_process_leftovers(self, rt: Runtime) -> None:
         """End the processes that a killed earlier run of this node left running."""

@@ -21,7 +21,8 @@ from typing import Any, Callable
 
 from ... import errors
 from ...protocol import FunctionSpec
-from .engine import Engine, connect, docker_errors
+from . import probe
+from .engine import Engine, connect, engine_url, sdk
 from .limits import Effective, RunResult, host_config
 from .streams import pump
 from .usage import Cgroup
@@ -43,22 +44,36 @@ NAME_PREFIX = "spear-"
 def remove_leftovers(base_url: str | None = None, owner: str | None = None) -> int:
     """Force-remove Spear's containers (all, or those of ``owner``); returns how many.
 
-    Blocking; meant for tests, CI and operators.
+    Blocking; a node calls it (through :meth:`Engine.first`) before it uses
+    an engine the first time, and tests, CI and operators may too. A local
+    engine is asked over its socket, without the SDK (:mod:`.probe`).
     """
+    labels = [f"{MANAGED_LABEL}=1"] + ([f"{OWNER_LABEL}={owner}"] if owner else [])
+    path = probe.local_socket(engine_url(base_url))
+    if path is not None:
+        found = probe.containers(path, labels)
+        for c in found:
+            probe.remove_container(path, c["Id"])
+            _remove_cgroup_parents(c)
+        return len(found)
     api = connect(base_url, 30)
     try:
-        labels = [f"{MANAGED_LABEL}=1"] + ([f"{OWNER_LABEL}={owner}"] if owner else [])
         found = api.containers(all=True, filters={"label": labels})
         for c in found:
             try:
                 api.remove_container(c["Id"], force=True)
-            except docker_errors.NotFound:
+            except sdk().errors.NotFound:
                 pass
-            for name in c.get("Names") or []:
-                Cgroup.rmdir_parent(name.lstrip("/"))
+            _remove_cgroup_parents(c)
         return len(found)
     finally:
         api.close()
+
+
+def _remove_cgroup_parents(listed: dict) -> None:
+    """Remove the cgroup parent of a removed container (as the engine listed it)."""
+    for name in listed.get("Names") or []:
+        Cgroup.rmdir_parent(name.lstrip("/"))
 
 
 @dataclass
@@ -145,7 +160,7 @@ class Containers:
         ctr.killed = True
         try:
             self.engine.client().kill(ctr.id)
-        except docker_errors.APIError:  # already stopped or gone
+        except sdk().errors.APIError:  # already stopped or gone
             pass
 
     def _remove_blocking(self, ctr: Container) -> None:
@@ -154,9 +169,9 @@ class Containers:
         api = self.engine.client()
         try:
             api.remove_container(ctr.id, force=True)
-        except docker_errors.NotFound:
+        except sdk().errors.NotFound:
             pass
-        except docker_errors.APIError as exc:
+        except sdk().errors.APIError as exc:
             if "already in progress" not in str(exc):
                 raise
         ctr.removed = True
@@ -183,7 +198,7 @@ class Containers:
         """True if the engine says the container was OOM killed."""
         try:
             return bool(self.engine.client().inspect_container(ctr.id)["State"].get("OOMKilled"))
-        except docker_errors.NotFound:
+        except sdk().errors.NotFound:
             return False
 
     def exec_oom_blocking(self, ctr: Container, res: RunResult) -> bool:
@@ -207,7 +222,7 @@ class Containers:
                 sock.close()
             except Exception:
                 pass
-            if isinstance(exc, docker_errors.APIError) and not isinstance(exc, docker_errors.NotFound):
+            if isinstance(exc, sdk().errors.APIError) and not isinstance(exc, sdk().errors.NotFound):
                 # the engine refuses to start what the spec asks for (no such
                 # executable, bad workdir...): the function's fault
                 raise errors.FunctionError(
@@ -246,7 +261,7 @@ class Containers:
                 environment=dict(spec.env) or None, workdir=spec.workdir or None,
             )["Id"]
             sock = api.exec_start(exec_id, socket=True)
-        except docker_errors.APIError as exc:
+        except sdk().errors.APIError as exc:
             if exc.status_code == 409 or "not running" in str(exc):
                 raise errors.FunctionError(
                     f"pooled container {ctr.name} of {spec.name!r} is not running"

@@ -6,32 +6,53 @@ Which engine (``base_url``, else ``DOCKER_HOST`` through
 runtime, created on first use, with the private thread pool that every
 blocking SDK call runs on (the event loop is never blocked) and the Docker
 SDK's errors mapped to Spear's.
+
+The SDK is imported by :func:`sdk` on first use, never at import: a node
+starts, pings a local engine and cleans up after a crash through
+:mod:`.probe` without it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import importlib.util
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from types import ModuleType
 from typing import Any, Callable
 
 from ... import errors
 from ...config import docker_host
+from . import probe
 from .usage import detect_cgroups
 
-try:  # the SDK is a hard dependency, but keep `available()` honest without it
-    import docker
-    import docker.errors as docker_errors
-    import requests.exceptions as requests_errors
-except ImportError:  # pragma: no cover - exercised only without the SDK
-    docker = None  # type: ignore[assignment]
-    docker_errors = None  # type: ignore[assignment]
-    requests_errors = None  # type: ignore[assignment]
-
-__all__ = ["DEFAULT_URL", "Engine", "connect", "docker", "docker_errors", "engine_url", "ping"]
+__all__ = ["DEFAULT_URL", "Engine", "connect", "engine_url", "loaded_sdk", "ping", "sdk"]
 
 DEFAULT_URL = "unix:///var/run/docker.sock"
+
+_sdk: ModuleType | None = None
+
+
+def sdk() -> ModuleType:
+    """The Docker SDK (``docker``), imported now if it was not yet.
+
+    Unavailable if it is not installed."""
+    global _sdk
+    if _sdk is None:
+        try:
+            import docker
+            import docker.errors  # noqa: F401 - the names map_error and callers match on
+        except ImportError as exc:
+            raise errors.Unavailable("the 'docker' Python package is not installed") from exc
+        _sdk = docker
+    return _sdk
+
+
+def loaded_sdk() -> ModuleType | None:
+    """The Docker SDK if :func:`sdk` imported it already, else None (an error
+    raised before then cannot be one of its own)."""
+    return _sdk
 
 
 def engine_url(base_url: str | None) -> str:
@@ -42,8 +63,7 @@ def engine_url(base_url: str | None) -> str:
 def connect(base_url: str | None, timeout: float, **kwargs: Any) -> Any:
     """A new low-level ``APIClient``. Without ``base_url`` the SDK's own
     environment settings apply (``DOCKER_HOST``, and its TLS settings)."""
-    if docker is None:
-        raise errors.Unavailable("the 'docker' Python package is not installed")
+    docker = sdk()
     if base_url:
         where = {"base_url": base_url}
     else:
@@ -53,12 +73,21 @@ def connect(base_url: str | None, timeout: float, **kwargs: Any) -> Any:
 
 
 def ping(base_url: str | None) -> tuple[bool, str]:
-    """``(True, "")`` if the engine answers, else ``(False, why)`` (blocking)."""
-    if docker is None:
+    """``(True, "")`` if the engine answers, else ``(False, why)`` (blocking).
+
+    A local engine is asked over its socket directly (:mod:`.probe`); any
+    other through the SDK, which knows its TLS settings."""
+    if importlib.util.find_spec("docker") is None:  # found without importing it
         return False, "the 'docker' Python package is not installed"
     url = engine_url(base_url)
+    path = probe.local_socket(url)
     try:
+        if path is not None:
+            probe.ping(path)
+            return True, ""
         api = connect(base_url, 3)
+    except errors.Unavailable as exc:  # no SDK
+        return False, exc.message
     except Exception as exc:
         return False, f"cannot reach Docker Engine at {url}: {exc}"
     try:
@@ -78,6 +107,8 @@ class Engine:
     is measured through cgroups (``usage`` asked for, a local engine with the
     ``cgroupfs`` driver), else None. Background work (container removals
     off the reply path) is tracked so that :meth:`settle` can wait for it.
+    Work given to :meth:`first` ends before the client is made, so before
+    any call of the runtime reaches the engine.
     """
 
     def __init__(self, base_url: str | None, max_threads: int, usage: bool) -> None:
@@ -90,6 +121,7 @@ class Engine:
         self._api_lock = threading.Lock()
         self._api: Any = None
         self._background: set[Future] = set()
+        self._first: Future | None = None
 
     @property
     def connected(self) -> bool:
@@ -102,6 +134,8 @@ class Engine:
             return self._api
         with self._api_lock:
             if self._api is None:
+                if self._first is not None:  # its outcome is its own to report
+                    wait([self._first])
                 api = connect(self.base_url, 60, max_pool_size=64)
                 if self._want_usage and self.url.startswith("unix://"):
                     self.cgroup_version = detect_cgroups(api)
@@ -112,12 +146,15 @@ class Engine:
         """The Spear error for an SDK or connection failure while doing ``what``."""
         if isinstance(exc, errors.SpearError):
             return exc
-        if docker_errors is not None:
-            if isinstance(exc, docker_errors.NotFound):
+        docker = loaded_sdk()
+        if docker is not None:
+            from requests.exceptions import ConnectionError as RequestsConnectionError  # the SDK's transport
+
+            if isinstance(exc, docker.errors.NotFound):
                 return errors.NotFound(f"{what}: {exc.explanation or exc}")
-            if isinstance(exc, docker_errors.APIError):
+            if isinstance(exc, docker.errors.APIError):
                 return errors.Internal(f"{what}: Docker Engine error: {exc.explanation or exc}")
-            if isinstance(exc, (requests_errors.ConnectionError, docker_errors.DockerException)):
+            if isinstance(exc, (RequestsConnectionError, docker.errors.DockerException)):
                 return errors.Unavailable(f"cannot reach Docker Engine at {self.url}: {exc}")
         if isinstance(exc, (ConnectionError, FileNotFoundError)):
             return errors.Unavailable(f"cannot reach Docker Engine at {self.url}: {exc}")
@@ -129,6 +166,15 @@ class Engine:
         cfut = self._pool.submit(ctx.run, fn, *args)
         if track:
             self._track(cfut)
+        return asyncio.wrap_future(cfut)
+
+    def first(self, fn: Callable, *args: Any) -> asyncio.Future:
+        """Run ``fn(*args)`` on the pool now, before the shared client is made:
+        every engine call through :meth:`client` waits until it has ended
+        (:meth:`settle` waits for it too)."""
+        cfut = self._pool.submit(fn, *args)
+        self._first = cfut
+        self._track(cfut)
         return asyncio.wrap_future(cfut)
 
     def background(self, fn: Callable, *args: Any) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 from ... import errors
 from ...protocol import FunctionSpec, Limits
-from .engine import docker
+from .engine import sdk
 from ..base import tail_text
 
 __all__ = ["Effective", "RunResult", "effective", "failure", "host_config"]
@@ -79,7 +79,7 @@ def host_config(api: Any, eff: Effective, cgroup_parent: str | None) -> dict:
     ulimits = None
     if eff.cpu_seconds:
         secs = max(1, math.ceil(eff.cpu_seconds))
-        ulimits = [docker.types.Ulimit(name="cpu", soft=secs, hard=secs + 1)]
+        ulimits = [sdk().types.Ulimit(name="cpu", soft=secs, hard=secs + 1)]
     return api.create_host_config(
         mem_limit=eff.memory_mb * MiB,
         memswap_limit=eff.memory_mb * MiB,

@@ -36,7 +36,7 @@ from ... import errors
 from ...protocol import MAX_PAYLOAD, ExecUsage, FunctionSpec, Limits
 from ..base import Instance, LogSink, Outcome, Prepared, Runtime
 from .containers import Container, Containers, remove_leftovers
-from .engine import Engine, docker_errors, ping
+from .engine import Engine, ping, sdk
 from .limits import Effective, RunResult, effective, failure
 
 __all__ = ["DEFAULT_KEEPALIVE", "DockerRuntime"]
@@ -93,6 +93,17 @@ def _usage(res: RunResult) -> ExecUsage:
     return ExecUsage(cpu_time=(res.cpu_ns or 0) / 1e9, peak_memory=res.peak or 0)
 
 
+def _said_leftovers(fut: asyncio.Future) -> None:
+    """Log what :meth:`DockerRuntime.remove_leftovers_first` did (best effort: never raised)."""
+    if fut.cancelled():
+        return
+    exc = fut.exception()
+    if exc is not None:
+        log.warning("could not remove leftover containers: %s", exc)
+    elif fut.result():
+        log.info("removed %d container(s) left by an earlier run of this node", fut.result())
+
+
 class DockerRuntime(Runtime):
     """Functions as container images, through the Docker Engine API."""
 
@@ -138,6 +149,14 @@ class DockerRuntime(Runtime):
     def _effective(self, spec: FunctionSpec, limits: Limits | None) -> Effective:
         return effective(spec, limits, self.default_timeout, self.default_memory_mb, self.default_pids)
 
+    def remove_leftovers_first(self) -> asyncio.Future:
+        """Remove, in the background, the containers an earlier run of this
+        owner left (a node killed before it could): nothing of this runtime
+        reaches the engine before that has ended. Returns how many (a future)."""
+        fut = self._engine.first(remove_leftovers, self.base_url, self.owner)
+        fut.add_done_callback(_said_leftovers)
+        return fut
+
     async def settle(self) -> None:
         """Wait until background removals of finished one-shot containers are done."""
         await self._engine.settle()
@@ -157,7 +176,7 @@ class DockerRuntime(Runtime):
         def inspect() -> dict:
             try:
                 return self._engine.client().inspect_image(spec.image)
-            except docker_errors.ImageNotFound:
+            except sdk().errors.ImageNotFound:
                 raise errors.NotFound(
                     f"image {spec.image!r} is not present on this node's Docker Engine; "
                     "Spear never pulls images: build, load or import it first"
