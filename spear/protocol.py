@@ -46,8 +46,9 @@ LabelValue = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.\-/:]{0,128}\Z")]
 LabelMap = Annotated[dict[LabelKey, LabelValue], Meta(max_length=64)]
 EnvKey = Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")]
 #: A trace id: a printable token (W3C traceparent fits), never CR/LF or spaces,
-#: so it can go into headers and log lines as it is.
+#: so it can go into headers and log lines as it is. W3C tracestate: printable, bounded.
 TraceId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9._:/+=\-]{0,128}\Z")]
+TraceState = Annotated[str, Meta(pattern=r"^[\x20-\x7e]{0,512}\Z")]
 Text = Annotated[str, Meta(max_length=4096)]
 Arg = Annotated[str, Meta(max_length=65536)]
 Runtime = Literal["wasm", "process", "docker"]
@@ -391,6 +392,8 @@ class Invoke(_Msg, frozen=True):
     mode: Literal["sync", "async", "stream"] = "sync"
     timeout: Annotated[float, Meta(gt=0, le=86400)] | None = None
     trace_id: TraceId = ""
+    traceparent: TraceId = ""  # W3C trace context (spear.tracing): a bad one starts a new trace
+    tracestate: TraceState = ""
     #: refused by the SMS and by a Spearlet's direct path alike: execution ids
     #: are the receiver's to choose (unguessable); kept for the wire's shape
     execution_id: Annotated[str, Meta(max_length=128)] = ""
@@ -486,6 +489,8 @@ class Dispatch(_Msg, frozen=True):
     timeout: float | None = None
     trace_id: TraceId = ""
     stream: bool = False
+    traceparent: TraceId = ""  # the SMS's dispatch span: the parent of the node's spans
+    tracestate: TraceState = ""
 
 
 class FetchFunction(_Msg, frozen=True):
@@ -589,7 +594,6 @@ Message = Union[
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Message)
-_loose = msgspec.msgpack.Decoder()
 
 
 def encode(msg: _Msg, payload: bytes | memoryview | None = None) -> list:
@@ -624,16 +628,6 @@ def decode(frames: list) -> tuple[_Msg, bytes | None]:
     except (RecursionError, UnicodeDecodeError, ValueError, OverflowError) as exc:
         # msgspec raises these plain errors for deep nesting and bad UTF-8
         raise errors.ProtocolError(f"undecodable message: {type(exc).__name__}") from None
-
-
-def request_id_of(frames: list) -> int:
-    """Best effort: the request id of a frame list that failed to decode (else 0)."""
-    try:
-        obj = _loose.decode(frames[1])
-        rid = obj.get("id", 0) if isinstance(obj, dict) else 0
-        return rid if type(rid) is int and 0 <= rid < 2**63 else 0
-    except Exception:
-        return 0
 
 
 def error_reply(rid: int, exc: BaseException) -> ErrorReply:
