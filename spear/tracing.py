@@ -41,6 +41,8 @@ _MEMBER = re.compile(r"[a-z0-9][_0-9a-z\-*/@]{0,255}=[\x20-\x2b\x2d-\x3c\x3e-\x7
 #: longest tracestate kept, and most members (W3C: propagate at least 512 characters, 32 members)
 TRACESTATE_MAX, TRACESTATE_MEMBERS = 512, 32
 _ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
+_HEX32 = re.compile(r"[0-9a-f]{32}\Z")
+_ODD = frozenset("13579bdf")  # the last hex digit of sampled flags
 
 
 def parse(traceparent: str) -> tuple[str, str, str] | None:
@@ -98,6 +100,30 @@ def new_span_id() -> str:
 def root_of(execution_id: str) -> str:
     """The trace id of an execution started without a context: its id's 32 hex digits."""
     return execution_id.replace("-", "")
+
+
+def begin(tracer: Tracer, traceparent: str, tracestate: str, trace_id: str,
+          execution_id: str) -> tuple[str, str, str, str]:
+    """The context of a new execution: ``(trace_id, trace, parent, tracestate)``.
+
+    The caller's ``traceparent`` if valid; else a new trace whose id is the
+    caller's ``trace_id`` when that is a W3C trace id, else the execution id's.
+    ``trace``: the traceparent naming this daemon's span of the execution (a
+    new span id when it is traced, else the caller's parent unchanged);
+    ``parent``: the caller's span id ("" when the trace starts here);
+    ``trace_id``: what the record shows (the caller's own token if any).
+    """
+    parsed = parse(traceparent) if traceparent else None
+    if parsed is not None:
+        tid, parent, flags = parsed
+        tracestate = clean_state(tracestate)
+    else:
+        tid = trace_id if _HEX32.match(trace_id) and trace_id != _ZERO_TRACE \
+            else root_of(execution_id)
+        parent, tracestate = "", ""
+        flags = tracer.flags(tid)
+    own = new_span_id() if tracer and flags[-1] in _ODD else parent or tid[16:]
+    return trace_id or tid, format_parent(tid, own, flags), parent, tracestate
 
 
 def env(traceparent: str, tracestate: str) -> dict[str, str]:

@@ -41,7 +41,7 @@ from typing import Generator, Iterable
 
 import msgspec
 
-from .. import errors, protocol as P
+from .. import errors, protocol as P, tracing
 from ..protocol import TERMINAL
 from ..ids import new_id
 from . import spans
@@ -171,7 +171,8 @@ class Executions(Placement):
         if eid in self.execs or eid in self.archive:
             raise errors.InvalidArgument(f"execution id {eid!r} already exists")
         tracer = self.tracer
-        trace_id, trace, parent, state = spans.context(tracer, msg, eid)
+        trace_id, trace, parent, state = tracing.begin(tracer, msg.traceparent, msg.tracestate,
+                                                        msg.trace_id, eid)
         info = P.ExecutionInfo(execution_id=eid, function=fn.spec.name, status="pending",
                                trace_id=trace_id, submitted_at=now, args=list(msg.args))
         ex = Exec(info=info, data=bytes(payload) if payload is not None else b"",

@@ -10,33 +10,9 @@ a ``spear.dispatch`` span, the parent the node's spans name.
 
 from __future__ import annotations
 
-import re
-
-from .. import protocol as P, tracing
+from .. import tracing
 from ..tracing import Tracer
 from .records import Exec
-
-_HEX32 = re.compile(r"[0-9a-f]{32}\Z")
-
-
-def context(tracer: Tracer, msg: P.Invoke, eid: str) -> tuple[str, str, str, str]:
-    """``(trace_id, trace, parent, tracestate)`` of a new execution ``eid``.
-
-    The caller's traceparent if valid; else a new trace whose id is the
-    caller's ``trace_id`` when that is a W3C trace id, else the execution id's.
-    ``trace_id`` is what the record shows: the caller's own token if any.
-    """
-    parsed = tracing.parse(msg.traceparent) if msg.traceparent else None
-    if parsed is not None:
-        tid, parent, flags = parsed
-        state = tracing.clean_state(msg.tracestate)
-    else:
-        given = msg.trace_id
-        tid = given if _HEX32.match(given) and given.strip("0") else tracing.root_of(eid)
-        parent, state = "", ""
-        flags = tracer.flags(tid)
-    own = tracing.new_span_id() if tracer and flags[-1] in "13579bdf" else parent or tid[16:]
-    return msg.trace_id or tid, tracing.format_parent(tid, own, flags), parent, state
 
 
 def _attrs(ex: Exec, node: str = "") -> dict:

@@ -155,6 +155,9 @@ class Start(msgspec.Struct):
     limits: P.Limits
     inline: bool = False
     stream: bool = False
+    #: W3C context the function sees as TRACEPARENT / TRACESTATE
+    traceparent: str = ""
+    tracestate: str = ""
 
 
 class Cancel(msgspec.Struct):
