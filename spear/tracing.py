@@ -156,10 +156,11 @@ class Tracer:
 
     @classmethod
     def from_config(cls, config: Any, service: str, node: str = "") -> Tracer:
-        """The tracer a daemon of ``config`` uses (off without an endpoint or the packages)."""
+        """The tracer of a daemon whose ``[tracing]`` section is ``config`` (off
+        without an endpoint or without the packages)."""
         from .config import otlp_traces_endpoint
 
-        endpoint = otlp_traces_endpoint(config.tracing)
+        endpoint = otlp_traces_endpoint(config)
         if not endpoint:
             return OFF
         try:
@@ -171,7 +172,7 @@ class Tracer:
             return OFF
         processor = BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint))
         log.info("tracing: spans of %s go to %s", service, endpoint)
-        return cls(service, node=node, sample_ratio=config.tracing.sample_ratio,
+        return cls(service, node=node, sample_ratio=config.sample_ratio,
                    processor=processor)
 
     def __bool__(self) -> bool:

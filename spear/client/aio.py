@@ -166,11 +166,14 @@ class AsyncClient(Api):
         return extract(reply, rpayload)
 
     async def stream(self, function: str, data: bytes | str = b"", *, args=None,
-                     node: str | None = None, timeout: float | None = None, trace_id: str = ""):
-        """Invoke in stream mode: yields ``LogChunk`` data (bytes), then the result."""
+                     node: str | None = None, timeout: float | None = None, trace_id: str = "",
+                     traceparent: str = "", tracestate: str = ""):
+        """Invoke in stream mode: yields ``LogChunk`` data (bytes), then the result
+        (``traceparent``/``tracestate``: as for :meth:`invoke`)."""
         peer = self._peer(node)
         queue: asyncio.Queue = asyncio.Queue()
-        msg, data = self._invoke_msg(function, data, args, "stream", timeout, trace_id)
+        msg, data = self._invoke_msg(function, data, args, "stream", timeout, trace_id, "",
+                                     traceparent, tracestate)
         fut = peer.request(msg, data, timeout=(timeout or self.timeout) + 5.0,
                            on_item=lambda m, p: queue.put_nowait(m.data))
         fut.add_done_callback(lambda f: queue.put_nowait(None))

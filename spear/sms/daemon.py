@@ -47,7 +47,7 @@ class SMS(Service):
                             keyed=self.server.security is not None,
                             node_keys=self.security.node_keys if self.security.enabled else {},
                             metrics=self.metrics)
-        self.core.tasks.tracer = Tracer.from_config(config, "spear-sms")
+        self.core.tasks.tracer = Tracer.from_config(config.tracing, "spear-sms")
         self.server.handlers.update(dict.fromkeys(self.core.accepts, self._on_message))
         self.metrics.watch(self.core.tasks, self.core.registry, self.core.table, store=self.store)
         self.metrics.watch_mesh({"router": self.server})
