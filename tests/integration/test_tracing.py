@@ -183,3 +183,18 @@ def test_without_an_endpoint_no_daemon_imports_opentelemetry():
                          timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_a_direct_invoke_on_a_node_without_context_is_a_trace_of_its_own(traced, otlp):
+    c, _ = traced
+    with Client(c.sms_addr) as client:
+        r = client.invoke("tp-sh", node=c.spearlet_addrs[0])
+    r.raise_for_status()
+    tid = r.info.trace_id
+    assert r.output.decode().split("-")[1] == tid
+    wait_for(lambda: {"spear.execution", "spear.run", "spear.result"}
+             <= {s["name"] for s in otlp.of(tid)}, 15, "the node's spans")
+    spans = {s["name"]: s for s in otlp.of(tid)}
+    assert spans["spear.execution"]["parent"] == "" and spans["spear.execution"]["service"] == "spear-spearlet"
+    assert spans["spear.run"]["parent"] == spans["spear.execution"]["id"]
+    assert r.output.decode().split("-")[2] == spans["spear.run"]["id"]
