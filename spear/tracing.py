@@ -42,6 +42,8 @@ _MEMBER = re.compile(r"[a-z0-9][_0-9a-z\-*/@]{0,255}=[\x20-\x2b\x2d-\x3c\x3e-\x7
 TRACESTATE_MAX, TRACESTATE_MEMBERS = 512, 32
 _ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
 _HEX32 = re.compile(r"[0-9a-f]{32}\Z")
+#: a traceparent already in the form Spear passes on
+_V00 = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}\Z")
 _ODD = frozenset("13579bdf")  # the last hex digit of sampled flags
 
 
@@ -113,6 +115,14 @@ def begin(tracer: Tracer, traceparent: str, tracestate: str, trace_id: str,
     ``parent``: the caller's span id ("" when the trace starts here);
     ``trace_id``: what the record shows (the caller's own token if any).
     """
+    if not tracer:  # the common cases, passed on without recording anything
+        if not traceparent and not trace_id:
+            tid = execution_id.replace("-", "")
+            return tid, f"00-{tid}-{tid[16:]}-00", "", ""
+        if _V00.match(traceparent) and _ZERO_TRACE not in traceparent \
+                and not traceparent.endswith(_ZERO_SPAN, 0, 52):
+            return (trace_id or traceparent[3:35], traceparent, traceparent[36:52],
+                    clean_state(tracestate) if tracestate else "")
     parsed = parse(traceparent) if traceparent else None
     if parsed is not None:
         tid, parent, flags = parsed

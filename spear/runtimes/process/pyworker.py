@@ -173,6 +173,10 @@ def serve(fn, proto_in: int, proto_out: int) -> int:
                 data = body[4 + hlen :]
                 out = _encode(fn(data, *args))
             else:
+                if call_env:  # no variables for this call: not the last call's either
+                    for key in call_env:
+                        environ.pop(key, None)
+                    call_env = {}
                 out = _encode(fn(body[4:]))
             status = OK
         except MemoryError as exc:
