@@ -99,6 +99,11 @@ def new_span_id() -> str:
             return sid
 
 
+def sampled(traceparent: str) -> bool:
+    """Whether the trace a traceparent names is recorded (its sampled flag)."""
+    return traceparent[-1:] in _ODD
+
+
 def root_of(execution_id: str) -> str:
     """The trace id of an execution started without a context: its id's 32 hex digits."""
     return execution_id.replace("-", "")
@@ -132,7 +137,7 @@ def begin(tracer: Tracer, traceparent: str, tracestate: str, trace_id: str,
             else root_of(execution_id)
         parent, tracestate = "", ""
         flags = tracer.flags(tid)
-    own = new_span_id() if tracer and flags[-1] in _ODD else parent or tid[16:]
+    own = new_span_id() if tracer and flags[-1] in _ODD else parent or tid[16:]  # see sampled()
     return trace_id or tid, format_parent(tid, own, flags), parent, tracestate
 
 
@@ -208,7 +213,7 @@ class Tracer:
         starts here). ``start``/``end``: seconds since the epoch (``end``
         None: now). ``error``: a failure message (status ERROR).
         """
-        if self._processor is None or not int(traceparent[-1:] or "0", 16) & 1:
+        if self._processor is None or traceparent[-1:] not in _ODD:
             return
         end = time.time() if end is None else end
         try:

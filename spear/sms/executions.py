@@ -178,7 +178,7 @@ class Executions(Placement):
         ex = Exec(info=info, data=bytes(payload) if payload is not None else b"",
                   timeout=msg.timeout, retries=fn.spec.retries, stream=msg.mode == "stream",
                   idem=idem, trace=trace, parent=parent, tracestate=state)
-        if tracer:
+        if tracer and tracing.sampled(trace):
             spans.admitted(tracer, ex, now)
         self.execs[eid] = ex
         if idem:

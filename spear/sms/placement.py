@@ -14,7 +14,7 @@ import logging
 
 import msgspec
 
-from .. import protocol as P
+from .. import protocol as P, tracing
 from ..protocol import TERMINAL
 from . import spans
 from .records import MiB, Exec, ExecutionRecords
@@ -169,7 +169,7 @@ class Placement(ExecutionRecords):
             ex.output = b""  # delivered to the waiters; not retained (memory bound)
         if self.queued:
             self.retry_queue(now)  # the capacity it freed goes to the queues first
-        if self.tracer:
+        if self.tracer and tracing.sampled(ex.trace):
             spans.ended(self.tracer, ex, now)
         self._event("execution", ex.info.execution_id, status, now, ex.info.function)
 

@@ -30,7 +30,7 @@ def dispatching(tracer: Tracer, ex: Exec, since: float, now: float) -> str:
     """The traceparent a Dispatch of ``ex`` carries; with tracing on, the
     ``spear.queue`` (from ``since``) and ``spear.schedule`` spans too, and a new
     ``spear.dispatch`` span id (sent when the attempt ends: :func:`attempt_ended`)."""
-    if not tracer:
+    if not tracer or not tracing.sampled(ex.trace):
         return ex.trace
     attrs = _attrs(ex)
     tracer.span("spear.queue", ex.trace, tracing.new_span_id(), since, now, attrs)

@@ -343,7 +343,7 @@ class SpearletCore:
             submitted_at=now - ev.total if ev.inline else ex.submitted_at, finished_at=now,
             cold=ev.cold > 0, timings=P.Timings(queue=ev.queue, cold_start=ev.cold, run=ev.run,
                                                 total=ev.total))
-        if self.tracer:
+        if self.tracer and tracing.sampled(ex.trace):
             spans.finished(self.tracer, ex.trace, ex.parent, eid, ex.function, self.node_id, ev,
                            info.submitted_at, now)
         self._keep_output(ex, ev.output)

@@ -88,8 +88,9 @@ def traced(tmp_path_factory, otlp):
     c.start(wait=30)
     try:
         with Client(c.sms_addr) as client:
-            client.deploy(P.FunctionSpec(name="tp-py", runtime="process", handler="app:handle",
-                                         artifact=ENV_APP))
+            for name in ("tp-py", "tp-py-gw"):  # tp-py-gw: its first call is the gateway test's
+                client.deploy(P.FunctionSpec(name=name, runtime="process", handler="app:handle",
+                                             artifact=ENV_APP))
             client.deploy(P.FunctionSpec(name="tp-sh", runtime="process", mode="oneshot",
                                          command=["sh", "-c", 'printf "%s" "$TRACEPARENT"']))
             client.deploy(P.FunctionSpec(name="tp-wasm", runtime="wasm",
@@ -107,7 +108,7 @@ def post(url: str, headers: dict) -> tuple[bytes, dict]:
 
 def test_one_invoke_through_the_gateway_is_one_connected_trace(traced, otlp):
     _, gw = traced
-    out, headers = post(f"{gw}/v1/functions/tp-py/invoke",
+    out, headers = post(f"{gw}/v1/functions/tp-py-gw/invoke",
                         {"traceparent": TRACEPARENT, "tracestate": "spear=1,other=x"})
     seen = json.loads(out)
     assert seen["TRACEPARENT"].startswith(f"00-{TRACE}-") and seen["TRACEPARENT"].endswith("-01")
@@ -134,7 +135,7 @@ def test_one_invoke_through_the_gateway_is_one_connected_trace(traced, otlp):
     assert seen["TRACEPARENT"].split("-")[2] == spans["spear.run"]["id"]
     for name in ("spear.execution", "spear.run", "spear.dispatch"):
         assert spans[name]["attrs"]["spear.execution_id"] == eid
-        assert spans[name]["attrs"]["spear.function"] == "tp-py"
+        assert spans[name]["attrs"]["spear.function"] == "tp-py-gw"
     assert spans["spear.run"]["attrs"]["spear.node"] == spans["spear.dispatch"]["attrs"]["spear.node"] != ""
 
 
