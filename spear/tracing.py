@@ -105,8 +105,10 @@ def sampled(traceparent: str) -> bool:
 
 
 def root_of(execution_id: str) -> str:
-    """The trace id of an execution started without a context: its id's 32 hex digits."""
-    return execution_id.replace("-", "")
+    """The trace id of an execution started without a context: its id's 32 hex
+    digits (a random one for an id that is not a UUID)."""
+    tid = execution_id.replace("-", "")
+    return tid if _HEX32.match(tid) and tid != _ZERO_TRACE else os.urandom(16).hex()
 
 
 def begin(tracer: Tracer, traceparent: str, tracestate: str, trace_id: str,
@@ -122,7 +124,7 @@ def begin(tracer: Tracer, traceparent: str, tracestate: str, trace_id: str,
     """
     if not tracer:  # the common cases, passed on without recording anything
         if not traceparent and not trace_id:
-            tid = execution_id.replace("-", "")
+            tid = root_of(execution_id)
             return tid, f"00-{tid}-{tid[16:]}-00", "", ""
         if _V00.match(traceparent) and _ZERO_TRACE not in traceparent \
                 and not traceparent.endswith(_ZERO_SPAN, 0, 52):

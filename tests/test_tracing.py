@@ -161,3 +161,8 @@ def test_with_tracing_off_the_dispatch_carries_the_callers_context_unchanged():
     _, d = dispatch(h.invoke("sync", traceparent="bogus"))
     tid = d.execution_id.replace("-", "")
     assert d.traceparent == f"00-{tid}-{tid[16:]}-00"
+
+
+def test_an_execution_id_that_is_no_uuid_still_gets_a_valid_trace():
+    trace_id, trace, _, _ = tracing.begin(tracing.OFF, "", "", "", "e-1")
+    assert tracing.parse(trace) is not None and trace[3:35] == trace_id
