@@ -135,6 +135,7 @@ def test_the_sms_spans_of_an_execution_hang_below_the_callers_span():
         assert f"{spans[name].context.trace_id:032x}" == TRACE
     assert _ids(spans["spear.dispatch"])[0] == d.traceparent[36:52]
     assert spans["spear.dispatch"].attributes["spear.node"] == "n1"
+    assert spans["spear.schedule"].attributes["spear.node"] == "n1"
 
 
 def test_an_execution_without_a_context_is_the_root_of_its_own_trace():

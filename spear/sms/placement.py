@@ -85,7 +85,7 @@ class Placement(ExecutionRecords):
         ex.dispatch_id = next(self._dispatch_ids)
         ex.dispatched_at = now
         ex.deadline = self._deadline(ex, spec, now)
-        traceparent = spans.dispatching(self.tracer, ex, ex.queued_at or now, now)
+        traceparent = spans.dispatching(self.tracer, ex, node, ex.queued_at or now, now)
         ex.queued_at = 0.0
         ex.info = msgspec.structs.replace(ex.info, status="scheduled", node_id=node,
                                           attempts=ex.info.attempts + 1)

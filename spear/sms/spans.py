@@ -26,13 +26,13 @@ def admitted(tracer: Tracer, ex: Exec, now: float) -> None:
     tracer.span("spear.admission", ex.trace, tracing.new_span_id(), now, None, _attrs(ex))
 
 
-def dispatching(tracer: Tracer, ex: Exec, since: float, now: float) -> str:
-    """The traceparent a Dispatch of ``ex`` carries; with tracing on, the
-    ``spear.queue`` (from ``since``) and ``spear.schedule`` spans too, and a new
-    ``spear.dispatch`` span id (sent when the attempt ends: :func:`attempt_ended`)."""
+def dispatching(tracer: Tracer, ex: Exec, node: str, since: float, now: float) -> str:
+    """The traceparent a Dispatch of ``ex`` to ``node`` carries; with tracing on,
+    the ``spear.queue`` (from ``since``) and ``spear.schedule`` spans too, and a
+    new ``spear.dispatch`` span id (sent when the attempt ends: :func:`attempt_ended`)."""
     if not tracer or not tracing.sampled(ex.trace):
         return ex.trace
-    attrs = _attrs(ex)
+    attrs = _attrs(ex, node)
     tracer.span("spear.queue", ex.trace, tracing.new_span_id(), since, now, attrs)
     tracer.span("spear.schedule", ex.trace, tracing.new_span_id(), now, None, attrs)
     ex.span = tracing.new_span_id()
