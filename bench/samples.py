@@ -19,6 +19,8 @@ from spear import protocol as P
 
 _EID = "5f0e8c4b9a7d4e2f8b1c3d5e7f9a0b1c"
 _TRACE = "0123456789abcdef"
+#: the W3C context every Dispatch carries (the SMS's dispatch span)
+_TRACEPARENT = "00-5f0e8c4b9a7d4e2f8b1c3d5e7f9a0b1c-8b1c3d5e7f9a0b1c-00"
 _DIGEST = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 _NODE = "spearlet-1-78e3fe61"
 _NOW = 1.7e9
@@ -90,7 +92,8 @@ SAMPLES: dict[type, Callable[[], P._Msg]] = {
     P.LogChunk: lambda: P.LogChunk(id=7, execution_id=_EID, data=b"step 3 of 10 done\n" * 8, seq=3),
     P.Result: lambda: P.Result(id=7, execution=_execution()),
     P.Dispatch: lambda: P.Dispatch(id=7, execution_id=_EID, function="add-wasm", digest=_DIGEST,
-                                   args=[2, 40], timeout=30.0, trace_id=_TRACE),
+                                   args=[2, 40], timeout=30.0, trace_id=_TRACE,
+                                   traceparent=_TRACEPARENT),
     P.FetchFunction: lambda: P.FetchFunction(id=7, name="add-wasm"),
     P.FunctionReply: lambda: P.FunctionReply(id=7, spec=_spec(), digest=_DIGEST),
     P.GetFunction: lambda: P.GetFunction(id=7, name="add-wasm"),

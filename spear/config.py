@@ -12,6 +12,7 @@ TOML sections map to the Structs below::
     [spearlet]          -> SpearletConfig
     [runtimes.wasm]     -> WasmConfig       (also .process, .docker)
     [storage]           -> StorageConfig
+    [tracing]           -> TracingConfig
 
 Environment variables are ``SPEAR_<SECTION>_<KEY>`` (e.g.
 ``SPEAR_SMS_LISTEN``, ``SPEAR_RUNTIMES_WASM_FUEL``; lists are comma-separated,
@@ -257,6 +258,18 @@ class GatewayConfig(_Section, frozen=True):
     max_subscriptions_per_key: Annotated[int, Meta(ge=1, le=100_000)] = 16
 
 
+class TracingConfig(_Section, frozen=True):
+    """OpenTelemetry spans of every stage (sent over OTLP/HTTP; needs the ``otel`` extra)."""
+
+    #: False: no spans even with an endpoint (W3C trace context is passed on anyway)
+    enabled: bool = True
+    #: the OTLP/HTTP collector ("http://host:4318"); empty: the standard
+    #: OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT variable; neither set: no spans
+    otlp_endpoint: Annotated[str, Meta(pattern=r"^(https?://\S+)?\Z", max_length=512)] = ""
+    #: share of new traces recorded (a caller's sampled flag decides for its own)
+    sample_ratio: Annotated[float, Meta(ge=0, le=1)] = 1.0
+
+
 class RuntimesConfig(_Section, frozen=True):
     """Per-runtime defaults; per-function limits override them."""
 
@@ -275,6 +288,7 @@ class Config(_Section, frozen=True):
     storage: StorageConfig = StorageConfig()
     security: SecurityConfig = SecurityConfig()
     gateway: GatewayConfig = GatewayConfig()
+    tracing: TracingConfig = TracingConfig()
 
     def __post_init__(self) -> None:
         # the one place inherited keys are resolved, so every Config (loaded or
@@ -301,6 +315,7 @@ _SECTIONS = {
     "storage": StorageConfig,
     "security": SecurityConfig,
     "gateway": GatewayConfig,
+    "tracing": TracingConfig,
     "runtimes.wasm": WasmConfig,
     "runtimes.process": ProcessConfig,
     "runtimes.docker": DockerConfig,
@@ -530,6 +545,26 @@ def inherited_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
     """The part of the node's environment a function may see (:data:`INHERITABLE_ENV`)."""
     env = os.environ if env is None else env
     return {k: env[k] for k in INHERITABLE_ENV if k in env}
+
+
+def otlp_traces_endpoint(tracing: TracingConfig, env: Mapping[str, str] | None = None) -> str:
+    """Where spans go: the full OTLP/HTTP traces URL, or "" (no spans).
+
+    ``[tracing] otlp_endpoint``, else the standard OTEL_EXPORTER_OTLP_TRACES_ENDPOINT
+    (taken as it is), else OTEL_EXPORTER_OTLP_ENDPOINT; a base URL gets ``/v1/traces``.
+    """
+    env = os.environ if env is None else env
+    if not tracing.enabled:
+        return ""
+    if tracing.otlp_endpoint:
+        url = tracing.otlp_endpoint
+    elif env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip():
+        return env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"].strip()
+    else:
+        url = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
+    if not url or url.endswith("/v1/traces"):
+        return url
+    return url.rstrip("/") + "/v1/traces"
 
 
 def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -43,8 +43,9 @@ MAX_BODY = 4 * 1024 * 1024
 MAX_PAYLOAD = MAX_OUTPUT_MB << 20
 
 #: A trace id: a printable token (W3C traceparent fits), never CR/LF or spaces,
-#: so it can go into headers and log lines as it is.
+#: so it can go into headers and log lines as it is. W3C tracestate: printable, bounded.
 TraceId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9._:/+=\-]{0,128}\Z")]
+TraceState = Annotated[str, Meta(pattern=r"^[\x20-\x7e]{0,512}\Z")]
 ExecStatus = Literal["pending", "scheduled", "running",  # running: started on a node
                      "succeeded", "failed", "cancelled", "timed_out", "lost"]
 TERMINAL = frozenset({"succeeded", "failed", "cancelled", "timed_out", "lost"})
@@ -279,6 +280,8 @@ class Invoke(_Msg, frozen=True):
     mode: Literal["sync", "async", "stream"] = "sync"
     timeout: Annotated[float, Meta(gt=0, le=86400)] | None = None
     trace_id: TraceId = ""
+    traceparent: TraceId = ""  # W3C trace context (spear.tracing): a bad one starts a new trace
+    tracestate: TraceState = ""
     #: refused by the SMS and by a Spearlet's direct path alike: execution ids
     #: are the receiver's to choose (unguessable); kept for the wire's shape
     execution_id: Annotated[str, Meta(max_length=128)] = ""
@@ -375,6 +378,8 @@ class Dispatch(_Msg, frozen=True):
     timeout: float | None = None
     trace_id: TraceId = ""
     stream: bool = False
+    traceparent: TraceId = ""  # the SMS's dispatch span: the parent of the node's spans
+    tracestate: TraceState = ""
 
 
 class FetchFunction(_Msg, frozen=True):
@@ -532,7 +537,6 @@ Message = Union[
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Message)
-_loose = msgspec.msgpack.Decoder()
 
 
 def encode(msg: _Msg, payload: bytes | memoryview | None = None) -> list:
@@ -567,16 +571,6 @@ def decode(frames: list) -> tuple[_Msg, bytes | None]:
     except (RecursionError, UnicodeDecodeError, ValueError, OverflowError) as exc:
         # msgspec raises these plain errors for deep nesting and bad UTF-8
         raise errors.ProtocolError(f"undecodable message: {type(exc).__name__}") from None
-
-
-def request_id_of(frames: list) -> int:
-    """Best effort: the request id of a frame list that failed to decode (else 0)."""
-    try:
-        obj = _loose.decode(frames[1])
-        rid = obj.get("id", 0) if isinstance(obj, dict) else 0
-        return rid if type(rid) is int and 0 <= rid < 2**63 else 0
-    except Exception:
-        return 0
 
 
 def error_reply(rid: int, exc: BaseException) -> ErrorReply:

@@ -79,6 +79,7 @@ SAMPLES: dict[str, list[Any]] = {
     # HOST:PORT, checked when the gateway starts
     "gateway.listen": ["0.0.0.0:7781", "127.0.0.1:7999"],
     "runtimes.process.cache_dir": ["/var/cache/spear/node-a", "/srv/spear-cache"],
+    "tracing.otlp_endpoint": ["http://collector:4318", "https://otel.example.org/v1/traces"],
     "runtimes.process.index_url": ["https://pypi.example.org/simple",
                                    "http://127.0.0.1:3141/root/pypi/+simple/"],
 }

@@ -36,6 +36,7 @@ FLOOR = {
     "spear.specs": {"spear.errors", "spear.protocol"},
     "spear.bundles": {"spear.errors", "spear.protocol"},
     "spear.memory": set(),
+    "spear.tracing": {"spear.config"},
 }
 
 #: room (first part below ``spear``) -> rooms it must never import

@@ -6,7 +6,8 @@ Both speak the same protocol and share every public method through
 that threads may share one client. Every call has a timeout and raises a typed
 :mod:`spear.errors` exception; ``node=ADDR`` on a call talks to that Spearlet
 directly instead of going through the SMS. It may import ``errors``,
-``protocol``, ``config`` and ``mesh``, never a service.
+``protocol``, ``config``, ``tracing`` (checking a caller's W3C context) and ``mesh``, never
+a service.
 """
 
 from .aio import AsyncClient

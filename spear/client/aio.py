@@ -167,9 +167,12 @@ class AsyncClient(Api):
 
     def stream(self, function: str, data: bytes | str = b"", *, args=None,
                node: str | None = None, timeout: float | None = None,
-               trace_id: str = "") -> AsyncIterator[Any]:
-        """Invoke in stream mode: yields ``LogChunk`` data (bytes), then the result."""
-        msg, data = self._invoke_msg(function, data, args, "stream", timeout, trace_id)
+               trace_id: str = "", traceparent: str = "",
+               tracestate: str = "") -> AsyncIterator[Any]:
+        """Invoke in stream mode: yields ``LogChunk`` data (bytes), then the result
+        (``traceparent``/``tracestate``: as for :meth:`invoke`)."""
+        msg, data = self._invoke_msg(function, data, args, "stream", timeout, trace_id, "",
+                                     traceparent, tracestate)
         return self._chunks_then_result(node, msg, data, (timeout or self.timeout) + 5.0)
 
     def follow(self, execution_id: str, *, wait: float = 600.0,

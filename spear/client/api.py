@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import msgspec
 
-from .. import errors, protocol as P
+from .. import errors, protocol as P, tracing
 
 
 def _field(name: str, *, as_list: bool = False) -> Callable[[Any, Any], Any]:
@@ -113,8 +113,12 @@ class Api:
     def _deploy(self, target, msg, artifact, by_ref, timeout):
         raise NotImplementedError
 
-    def _invoke_msg(self, function, data, args, mode, timeout, trace_id, idempotency_key=""):
-        """The Invoke message and its payload frame (None when the input is empty)."""
+    def _invoke_msg(self, function, data, args, mode, timeout, trace_id, idempotency_key="",
+                    traceparent="", tracestate=""):
+        """The Invoke message and its payload frame (None when the input is empty).
+
+        A malformed ``traceparent`` is dropped (the SMS starts a new trace), never
+        refused: tracing must not lose a call; ``tracestate`` is bounded."""
         if isinstance(data, str):
             data = data.encode()
         if trace_id and not _TRACE_ID.match(trace_id):
@@ -124,9 +128,12 @@ class Api:
         if idempotency_key and not _IDEM.match(idempotency_key):
             raise errors.InvalidArgument(
                 f"idempotency_key {idempotency_key[:60]!r} is not valid: 1-128 printable ASCII, no spaces")
+        if traceparent:
+            traceparent, tracestate = tracing.incoming(traceparent, tracestate)
         msg = P.Invoke(id=self._next_id(), function=function, args=list(args or ()),
                        mode=mode, timeout=timeout, trace_id=trace_id,
-                       idempotency_key=idempotency_key)
+                       idempotency_key=idempotency_key, traceparent=traceparent,
+                       tracestate=tracestate if traceparent else "")
         return msg, data or None
 
     # ------------------------------------------------------------ any daemon
@@ -188,17 +195,22 @@ class Api:
         timeout: float | None = None,
         trace_id: str = "",
         idempotency_key: str = "",
+        traceparent: str = "",
+        tracestate: str = "",
     ):
         """Run ``function`` and return its :class:`ExecutionResult` (sync mode).
 
         ``idempotency_key``: calling again with the same key (after a timeout,
         say) waits for the first execution's result instead of starting another.
+        ``traceparent``/``tracestate``: the W3C trace context the execution joins
+        (its spans' parent; the function sees them as TRACEPARENT/TRACESTATE);
+        a malformed one is replaced by a new trace.
 
         A failed execution is a result with ``status != "succeeded"``, not an
         exception; call ``raise_for_status()`` to turn it into one.
         """
         msg, data = self._invoke_msg(function, data, args, "sync", timeout, trace_id,
-                                     idempotency_key)
+                                     idempotency_key, traceparent, tracestate)
         wait = (timeout or self.timeout) + 5.0
         return self._call(node, msg, data, result_of, wait)
 
@@ -213,6 +225,8 @@ class Api:
         trace_id: str = "",
         idempotency_key: str = "",
         retries: int = 2,
+        traceparent: str = "",
+        tracestate: str = "",
     ):
         """Start ``function`` asynchronously; returns the execution id.
 
@@ -221,10 +235,11 @@ class Api:
         is unavailable it is sent again with the same key up to ``retries``
         times, so the work runs once however many answers were lost. Reusing
         your own key later (even after an SMS restart) returns the same
-        execution id.
+        execution id. ``traceparent``/``tracestate``: as for :meth:`invoke`.
         """
         key = idempotency_key or (uuid.uuid4().hex if retries and node is None else "")
-        msg, data = self._invoke_msg(function, data, args, "async", timeout, trace_id, key)
+        msg, data = self._invoke_msg(function, data, args, "async", timeout, trace_id, key,
+                                     traceparent, tracestate)
         return self._submit(node, msg, data, retries if key else 0)
 
     def execution(self, execution_id: str, *, wait: float = 0.0, node: str | None = None,

@@ -5,7 +5,7 @@ and decides who may do what with :func:`spear.roles.allowed`, the table the
 daemons apply to CURVE keys; it may import :mod:`spear.client`,
 :mod:`spear.protocol`, :mod:`spear.errors`, :mod:`spear.config`,
 :mod:`spear.roles`, :mod:`spear.metrics`, :mod:`spear.fsmodes`,
-:mod:`spear.logs` and :mod:`spear.mesh.security` (for its warning about an open
+:mod:`spear.tracing`, :mod:`spear.logs` and :mod:`spear.mesh.security` (for its warning about an open
 SMS link), never the SMS, the Spearlet or the runtimes. Layout:
 
 * :mod:`.http` - a small ASGI toolkit (requests, responses, SSE, negotiation)

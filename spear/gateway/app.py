@@ -8,6 +8,7 @@ started by the ASGI lifespan (or lazily by the first request).
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import mimetypes
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import msgspec
 
-from .. import errors
+from .. import errors, tracing
 from .. import protocol as P
 from ..client import AsyncClient
 from ..roles import allowed, redact_spec
@@ -28,6 +29,7 @@ from .live import LogStore, Monitor
 from .metrics import GatewayMetrics
 from .routes import ROUTES, Route
 from .settings import Settings
+from ..tracing import Tracer
 
 log = logging.getLogger("spear.gateway")
 
@@ -77,6 +79,7 @@ class Gateway:
         self._nodes: tuple[float, list] = (0.0, [])
         self._started = False
         self.metrics = GatewayMetrics()
+        self.tracer: Tracer = tracing.OFF
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -90,6 +93,8 @@ class Gateway:
         self.monitor = Monitor(self.client, interval=s.gateway.sample_interval,
                                window=s.gateway.history)
         self.monitor.start()
+        if s.tracing is not None:
+            self.tracer = Tracer.from_config(s.tracing, "spear-gateway")
         self._started = True
         log.info("gateway for SMS %s on http://%s:%d (docs /docs, admin /admin)%s", s.sms, s.host,
                  s.port, "" if self.tokens else "; no bearer tokens: the HTTP API is OPEN")
@@ -101,6 +106,7 @@ class Gateway:
         await self.monitor.stop()
         await self.client.close()
         await self.invoker.close()
+        await asyncio.to_thread(self.tracer.close)  # sends the spans still buffered
 
     async def _lifespan(self, receive, send) -> None:
         while True:

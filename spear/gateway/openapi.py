@@ -126,6 +126,11 @@ def build(*, bearer: bool = False, routes: list[Route] | None = None) -> dict:
             params.append({"name": "X-Spear-Trace-Id", "in": "header", "required": False,
                            "schema": msgspec.json.schema(P.TraceId),
                            "description": "the execution's trace id, if `trace_id` is not given"})
+            params += [{"name": n, "in": "header", "required": False, "schema": {"type": "string"},
+                        "description": d} for n, d in (
+                ("traceparent", "W3C trace context the execution joins (a malformed one "
+                                "starts a new trace); the function sees it as TRACEPARENT"),
+                ("tracestate", "W3C vendor trace state, passed on with `traceparent`"))]
         if params:
             op["parameters"] = params
         if r.body is not None:

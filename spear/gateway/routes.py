@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import msgspec
 
-from .. import errors, protocol as P
+from .. import errors, protocol as P, tracing
 from ..ids import is_uuid7
 from ..roles import ALLOWED
 from . import models as M
@@ -385,12 +387,44 @@ async def invoke(gw, req: Request, q: M.InvokeQuery, name: str):
     trace_id = trace_id_of(req, q)  # before anything is submitted
     node = await gw.node_address(q.node)
     kw = dict(args=q.args, node=node, timeout=q.timeout, trace_id=trace_id)
+    tp, ts = req.headers.get("traceparent", ""), req.headers.get("tracestate", "")
+    if not gw.tracer:
+        if tp:  # passed on as it came (a malformed one is dropped: a new trace)
+            kw["traceparent"], kw["tracestate"] = tracing.incoming(tp, ts)
+        return await _invoke(gw, req, q, name, kw)
+    _, own, parent, ts = tracing.begin(gw.tracer, tp, ts, "", uuid.uuid4().hex)
+    kw["traceparent"], kw["tracestate"] = own, ts
+    start, status, eid, error = time.time(), 200, "", ""
+    try:
+        resp = await _invoke(gw, req, q, name, kw)
+        status = getattr(resp, "status", 200)
+        eid = next((v for k, v in getattr(resp, "headers", ()) if k == "x-spear-execution-id"), "")
+        return resp
+    except HTTPError as exc:
+        status = exc.status
+        error = str(status) if status >= 500 else ""
+        raise
+    except BaseException as exc:
+        error = getattr(exc, "code", type(exc).__name__)
+        raise
+    finally:
+        attrs = {"http.request.method": "POST", "url.path": req.path, "spear.function": name,
+                 "http.response.status_code": status}
+        if eid:
+            attrs["spear.execution_id"] = eid
+        up = f"{own[:36]}{parent}{own[52:]}" if parent else own
+        gw.tracer.span("spear.gateway", up, own[36:52], start, None, attrs, root=not parent,
+                       kind="server", tracestate=ts, error=error)
+
+
+async def _invoke(gw, req: Request, q: M.InvokeQuery, name: str, kw: dict):
+    """:func:`invoke` once its arguments (``kw``) are resolved."""
     if q.mode == "async":
         eid = await gw.client.submit(name, req.body, **kw)
         return data(M.AcceptedExecution(execution_id=eid), req, 202,
                     headers=[("location", f"/v1/executions/{eid}")])
     if q.mode == "stream":
-        if node is None:
+        if kw["node"] is None:
             await gw.client.function(name)  # 404 now, before the stream has begun
         return StreamResponse(_invoke_stream(gw, name, req.body, kw))
     chunks: list[bytes] = LogTail(gw.logs.max_bytes)

@@ -27,6 +27,8 @@ class Settings(Struct, frozen=True, kw_only=True):
     gateway: GatewayConfig = GatewayConfig()
     #: the ``[security]`` section (CURVE keys for the SMS link, bearer tokens)
     security: object = None
+    #: the ``[tracing]`` section (None: no spans)
+    tracing: object = None
 
     @property
     def tokens(self) -> dict[str, str]:
@@ -80,4 +82,5 @@ def from_config(cfg, *, sms: str | None = None, http: str | None = None,
         raise errors.ConfigError(f"[gateway] {exc}") from None
     host, port = parse_listen(gw.listen)
     return Settings(sms=gw.sms or cfg.global_.sms, host=host, port=port,
-                    timeout=cfg.global_.timeout, gateway=gw, security=cfg.security)
+                    timeout=cfg.global_.timeout, gateway=gw, security=cfg.security,
+                    tracing=getattr(cfg, "tracing", None))

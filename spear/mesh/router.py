@@ -14,11 +14,24 @@ import inspect
 import logging
 from typing import Any, Callable
 
+import msgspec
 import zmq
 
 from .. import errors, protocol
 from ..roles import allowed
 from .endpoint import Endpoint
+
+_loose = msgspec.msgpack.Decoder()
+
+
+def request_id_of(frames: list) -> int:
+    """Best effort: the request id of a frame list that failed to decode (else 0)."""
+    try:
+        obj = _loose.decode(frames[1])
+        rid = obj.get("id", 0) if isinstance(obj, dict) else 0
+        return rid if type(rid) is int and 0 <= rid < 2**63 else 0
+    except Exception:
+        return 0
 
 log = logging.getLogger("spear.mesh")
 
@@ -94,7 +107,7 @@ class RouterServer:
             self.protocol_errors += 1
             log.debug("%s: bad frames from %r: %s", self.name, ident, exc)
             self.reply(ident, protocol.ErrorReply(
-                id=protocol.request_id_of(body), code=exc.code, message=exc.message))
+                id=request_id_of(body), code=exc.code, message=exc.message))
             return
         if self.security is not None:
             from .security import parse_user

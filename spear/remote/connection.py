@@ -63,41 +63,46 @@ class Connection:
     def _run(self, coro):
         return asyncio.run_coroutine_threadsafe(coro, self._loop)
 
-    def submit(self, fn, args: tuple, kwargs: dict) -> RemoteFuture:
-        """Start one call of the :class:`~.functions.RemoteFunction` ``fn``."""
+    def submit(self, fn, args: tuple, kwargs: dict, trace: tuple[str, str] = ("", "")) -> RemoteFuture:
+        """Start one call of the :class:`~.functions.RemoteFunction` ``fn``
+        (``trace``: the W3C traceparent and tracestate it joins)."""
         if self._closed:
             raise errors.Unavailable("this spear connection is closed")
         future = RemoteFuture()
         data = fn.encode_call(args, kwargs, self.code.root)  # pickling on the caller's thread
-        self._loop.call_soon_threadsafe(self._start, future, fn, data)
+        self._loop.call_soon_threadsafe(self._start, future, fn, data, trace)
         return future
 
     def spec_of(self, fn) -> P.FunctionSpec:
         """The spec ``fn`` deploys with on this connection (resolving its requirements)."""
         return self._run(self._spec(fn)).result()
 
-    def _start(self, future: RemoteFuture, fn, data: bytes) -> None:
+    def _start(self, future: RemoteFuture, fn, data: bytes, trace: tuple[str, str]) -> None:
         if future.set_running_or_notify_cancel():
-            self._loop.create_task(self._drive(future, fn, data))
+            self._loop.create_task(self._drive(future, fn, data, trace))
 
-    async def _drive(self, future: RemoteFuture, fn, data: bytes) -> None:
+    async def _drive(self, future: RemoteFuture, fn, data: bytes, trace: tuple[str, str]) -> None:
         try:
             spec = await self._spec(fn)
             await _once(self._deploys, spec.name, lambda: self.client.deploy(spec))
-            reply = await self._call(future, spec.name, fn.timeout, data)
+            reply = await self._call(future, spec.name, fn.timeout, data, trace)
             future.execution_id = reply.execution_id
             reply.raise_for_status()
             future.set_result(read_reply(reply.output, fn.__wrapped__, self.code))
         except BaseException as exc:  # noqa: BLE001 - the caller gets whatever happened
             future.set_exception(exc)
 
-    async def _call(self, future: RemoteFuture, name: str, timeout: float | None, data: bytes):
+    async def _call(self, future: RemoteFuture, name: str, timeout: float | None, data: bytes,
+                    trace: tuple[str, str]):
+        tp, ts = trace
         if name in self._answered:
-            return await self.client.invoke(name, data, timeout=timeout)
+            return await self.client.invoke(name, data, timeout=timeout, traceparent=tp,
+                                            tracestate=ts)
         # Until a call of this deployment has come back, a call may find its
         # node building the function's environment first, which its timeout
         # does not cover: wait for the execution's end, not for one reply.
-        eid = future.execution_id = await self.client.submit(name, data, timeout=timeout)
+        eid = future.execution_id = await self.client.submit(name, data, timeout=timeout,
+                                                             traceparent=tp, tracestate=ts)
         budget = (timeout or self.client.timeout) + BUILD_WAIT
         reply = await self.client.wait(eid, timeout=budget)
         if reply.status not in P.TERMINAL:

@@ -144,6 +144,11 @@ class RemoteFunction:
         """Run ``fn(*args, **kwargs)`` on the cluster; returns a :class:`~.futures.RemoteFuture`."""
         return self._conn().submit(self, args, kwargs)
 
+    def traced(self, traceparent: str, tracestate: str = "") -> Traced:
+        """This function's calls joining the W3C trace ``traceparent``:
+        ``fn.traced(tp).remote(...)`` (a malformed context starts a new trace)."""
+        return Traced(self, (traceparent, tracestate))
+
     def map(self, items, *, max_in_flight: int = 64, timeout: float | None = None):
         """Yield ``fn(item)`` for each item, in order, at most ``max_in_flight`` running.
 
@@ -159,3 +164,14 @@ class RemoteFunction:
                 yield pending.popleft().result(timeout)
         while pending:
             yield pending.popleft().result(timeout)
+
+
+class Traced:
+    """A :class:`RemoteFunction` whose calls carry a W3C trace context."""
+
+    def __init__(self, fn: RemoteFunction, trace: tuple[str, str]) -> None:
+        self.fn, self.trace = fn, trace
+
+    def remote(self, *args, **kwargs):
+        """As :meth:`RemoteFunction.remote`, in the trace."""
+        return self.fn._conn().submit(self.fn, args, kwargs, self.trace)

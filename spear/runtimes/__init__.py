@@ -6,8 +6,8 @@ implementation lazily by name (:mod:`.manager`), the host-path capabilities
 shared by the runtimes (:mod:`.hostpaths`) and one module or package per
 runtime (:mod:`.wasm`, :mod:`.process`, :mod:`.docker`). It may import
 :mod:`spear.protocol`, :mod:`spear.errors`, :mod:`spear.config`,
-:mod:`spear.ids`, :mod:`spear.fsmodes`, :mod:`spear.bundles` and
-:mod:`spear.fast`; never
+:mod:`spear.ids`, :mod:`spear.fsmodes`, :mod:`spear.bundles`,
+:mod:`spear.tracing` (the TRACEPARENT variables) and :mod:`spear.fast`; never
 :mod:`spear.sms`, :mod:`spear.spearlet`, :mod:`spear.gateway`,
 :mod:`spear.cli` or ``bench``. Importing it loads no runtime implementation.
 """

@@ -6,7 +6,9 @@ steps, all driven by the Spearlet's RuntimeManager, Runner and InstancePool:
 1. ``prepare(spec)`` once per deploy: validate the spec, compile or fetch the
    artifact (cached), return an opaque ``Prepared`` handle.
 2. ``create_instance(prepared)`` per warm instance (cold start).
-3. ``invoke(instance, data, args, limits, on_log)`` per call; returns an
+3. ``invoke(instance, data, args, limits, on_log, traceparent=, tracestate=)``
+   per call (the W3C context the function sees as the TRACEPARENT and
+   TRACESTATE environment variables: :func:`spear.tracing.env`); returns an
    :class:`Outcome` or raises a typed :mod:`spear.errors` exception:
    ``DeadlineExceeded`` (timeout), ``ResourceExhausted`` (memory, fuel, OOM),
    ``FunctionError`` (the user's code failed), ``InvalidArgument``.
@@ -99,11 +101,15 @@ class Runtime(abc.ABC):
         args: list,
         limits: Limits,
         on_log: LogSink | None = None,
+        *,
+        traceparent: str = "",
+        tracestate: str = "",
     ) -> Outcome:
-        """Run one invocation on ``instance`` under ``limits``."""
+        """Run one invocation on ``instance`` under ``limits``; the function sees
+        ``traceparent``/``tracestate`` as TRACEPARENT/TRACESTATE."""
 
-    def invoke_now(self, instance: Instance, data: bytes, args: list,
-                   limits: Limits) -> Outcome | None:
+    def invoke_now(self, instance: Instance, data: bytes, args: list, limits: Limits, *,
+                   traceparent: str = "", tracestate: str = "") -> Outcome | None:
         """Run the call synchronously if it is known to be short (fast path).
 
         Returns None when the call must go through :meth:`invoke` (the

@@ -23,6 +23,7 @@ from ..mesh.endpoint import CLOSE_LINGER_MS
 from ..mesh.security import Security, start_authenticator, warn_open
 from ..store import open_store
 from ..store.guarded import GuardedStore
+from ..tracing import Tracer
 from . import recovery
 from .core import SMSCore
 from .events import (Commit, CommitSoon, Dropped, Load, Loaded, Persist, Persisted, Received,
@@ -46,6 +47,7 @@ class SMS(Service):
                             keyed=self.server.security is not None,
                             node_keys=self.security.node_keys if self.security.enabled else {},
                             metrics=self.metrics)
+        self.core.tasks.tracer = Tracer.from_config(config.tracing, "spear-sms")
         self.server.handlers.update(dict.fromkeys(self.core.accepts, self._on_message))
         self.metrics.watch(self.core.tasks, self.core.registry, self.core.table, store=self.store)
         self.metrics.watch_mesh({"router": self.server})
@@ -177,4 +179,5 @@ class SMS(Service):
         self.feed(Stopping())
         self.store.close()
         await asyncio.to_thread(self.metrics.close)
+        await asyncio.to_thread(self.core.tasks.tracer.close)  # sends the spans still buffered
         log.info("SMS stopped")

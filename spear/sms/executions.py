@@ -41,10 +41,10 @@ from typing import Generator, Iterable
 
 import msgspec
 
-from .. import errors, protocol as P
+from .. import errors, protocol as P, tracing
 from ..protocol import TERMINAL
 from ..ids import new_id
-from . import queries
+from . import queries, spans
 from .events import Load, Persist, unavailable_text
 from .functions import FunctionRegistry
 from .placement import Placement
@@ -91,7 +91,8 @@ class Executions(Placement):
                 self.archive[i.execution_id] = queries.index_entry(i, st.idem)
                 continue
             ex = Exec(info=st.info, output=st.output, retries=st.retries, timeout=st.timeout,
-                      data=st.input, failures=st.failures, stream=st.stream, idem=st.idem)
+                      data=st.input, failures=st.failures, stream=st.stream, idem=st.idem,
+                      trace=st.trace, parent=st.parent, tracestate=st.tracestate)
             self.execs[i.execution_id] = ex
             recovered.append(ex)
         # oldest first, so retention prunes the right ones
@@ -168,12 +169,16 @@ class Executions(Placement):
         eid = eid or new_id()
         if eid in self.execs or eid in self.archive:
             raise errors.InvalidArgument(f"execution id {eid!r} already exists")
+        tracer = self.tracer
+        trace_id, trace, parent, state = tracing.begin(tracer, msg.traceparent, msg.tracestate,
+                                                        msg.trace_id, eid)
         info = P.ExecutionInfo(execution_id=eid, function=fn.spec.name, status="pending",
-                               trace_id=msg.trace_id or eid, submitted_at=now,
-                               args=list(msg.args))
+                               trace_id=trace_id, submitted_at=now, args=list(msg.args))
         ex = Exec(info=info, data=bytes(payload) if payload is not None else b"",
                   timeout=msg.timeout, retries=fn.spec.retries, stream=msg.mode == "stream",
-                  idem=idem)
+                  idem=idem, trace=trace, parent=parent, tracestate=state)
+        if tracer and tracing.sampled(trace):
+            spans.admitted(tracer, ex, now)
         self.execs[eid] = ex
         if idem:
             self.by_idem[idem] = eid

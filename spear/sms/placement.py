@@ -14,8 +14,9 @@ import logging
 
 import msgspec
 
-from .. import protocol as P
+from .. import protocol as P, tracing
 from ..protocol import TERMINAL
+from . import spans
 from .records import MiB, Exec, ExecutionRecords
 
 # the logger name operators filter on (docs/operations.md)
@@ -84,6 +85,7 @@ class Placement(ExecutionRecords):
         ex.dispatch_id = next(self._dispatch_ids)
         ex.dispatched_at = now
         ex.deadline = self._deadline(ex, spec, now)
+        traceparent = spans.dispatching(self.tracer, ex, node, ex.queued_at or now, now)
         ex.queued_at = 0.0
         ex.info = msgspec.structs.replace(ex.info, status="scheduled", node_id=node,
                                           attempts=ex.info.attempts + 1)
@@ -96,7 +98,7 @@ class Placement(ExecutionRecords):
         msg = P.Dispatch(
             id=ex.dispatch_id, execution_id=ex.info.execution_id, function=spec.name,
             digest=fn.digest, args=ex.info.args, timeout=ex.timeout, trace_id=ex.info.trace_id,
-            stream=ex.stream)
+            stream=ex.stream, traceparent=traceparent, tracestate=ex.tracestate)
         if defer is not None:
             defer.append((node, msg, ex.data or None))
             return True
@@ -118,6 +120,8 @@ class Placement(ExecutionRecords):
 
     def _unassign(self, ex: Exec) -> None:
         if ex.node:
+            if ex.span:  # the attempt there is over
+                spans.attempt_ended(self.tracer, ex, ex.node)
             self.table.give(ex.node, *ex.reserved)
             self.by_node[ex.node].discard(ex.info.execution_id)
             ex.node = ""
@@ -165,6 +169,8 @@ class Placement(ExecutionRecords):
             ex.output = b""  # delivered to the waiters; not retained (memory bound)
         if self.queued:
             self.retry_queue(now)  # the capacity it freed goes to the queues first
+        if self.tracer and tracing.sampled(ex.trace):
+            spans.ended(self.tracer, ex, now)
         self._event("execution", ex.info.execution_id, status, now, ex.info.function)
 
     def _event(self, kind: str, key: str, state: str, now: float, detail: str = "") -> None:

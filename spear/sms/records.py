@@ -20,9 +20,10 @@ from typing import Any, Generator, Protocol
 
 import msgspec
 
-from .. import errors, ids, protocol as P
+from .. import errors, ids, protocol as P, tracing
 from ..protocol import TERMINAL
 from . import queries
+from ..tracing import Tracer
 from .events import Load, Persist
 from .functions import FunctionRegistry
 from .recovery import COUNTS_KEY, EX_PREFIX
@@ -47,6 +48,10 @@ class StoredExecution(msgspec.Struct, frozen=True, kw_only=True):
     stream: bool = False
     #: the caller-scoped idempotency key it was submitted with ("" if none)
     idem: str = ""
+    #: its W3C trace context (see :class:`Exec`)
+    trace: str = ""
+    parent: str = ""
+    tracestate: str = ""
 
 
 class StoredCounts(msgspec.Struct, kw_only=True):
@@ -106,6 +111,12 @@ class Exec:
     cancel_at: float = 0.0
     stream: bool = False
     idem: str = ""
+    #: W3C context (:mod:`.spans`): the traceparent naming this execution's span,
+    #: the caller's parent span id ("" if the trace starts here), its tracestate
+    trace: str = ""
+    parent: str = ""
+    tracestate: str = ""
+    span: str = ""  # the current attempt's dispatch span id (tracing on)
 
 
 @dataclass
@@ -145,6 +156,8 @@ class ExecutionRecords:
         self.outbox = outbox
         self.s = settings or TaskSettings()
         self.on_event = on_event
+        #: where spans go (the daemon sets it; off in tests of the core)
+        self.tracer: Tracer = tracing.OFF
         #: why writes fail ("" while they succeed): new work is refused meanwhile
         self.store_error = ""
         #: executions in flight, and the most recent finished ones, whole
@@ -181,7 +194,8 @@ class ExecutionRecords:
             if raw is not None:
                 st = _dec_ex.decode(raw)
                 ex = Exec(info=st.info, output=st.output, retries=st.retries,
-                          timeout=st.timeout, failures=st.failures, stream=st.stream, idem=st.idem)
+                          timeout=st.timeout, failures=st.failures, stream=st.stream, idem=st.idem,
+                          trace=st.trace, parent=st.parent, tracestate=st.tracestate)
         return ex
 
     def get(self, eid: str) -> Generator[Load, list, Exec]:
@@ -318,7 +332,8 @@ class ExecutionRecords:
             inp = ex.data
         return EX_PREFIX + ex.info.execution_id.encode(), _enc.encode(StoredExecution(
             info=ex.info, output=out, retries=ex.retries, timeout=ex.timeout, input=inp,
-            failures=ex.failures, stream=ex.stream, idem=ex.idem))
+            failures=ex.failures, stream=ex.stream, idem=ex.idem, trace=ex.trace,
+            parent=ex.parent, tracestate=ex.tracestate))
 
     def flush(self, *, sync: bool = False) -> Generator[Persist, str, bool]:
         """Write dirty execution records, deleted ones and the counters in one batch.

@@ -23,9 +23,11 @@ from typing import Any
 
 import msgspec
 
-from .. import errors, protocol as P, specs
+from .. import errors, protocol as P, specs, tracing
 from ..config import Config
 from ..ids import is_prefix, new_id
+from ..tracing import Tracer
+from . import spans
 from .events import (Asked, Cancel, CancelAsked, Deployed, Dispatched, Drain, Ensure, Ensured,
                      Finished, HeartbeatAcked, HeartbeatDue, Invoked, Logged, Remove, RemoveAsked,
                      Reply, Reregister, SendHeartbeat, Start, ToSMS, Wait, Welcomed)
@@ -95,6 +97,11 @@ class Execution(msgspec.Struct, gc=False):
     inline: bool = False
     seq: int = 0
     pending: tuple | None = None
+    #: W3C context (:func:`spear.tracing.begin`): the traceparent the function
+    #: sees, the caller's span id ("": the trace starts here), the tracestate
+    trace: str = ""
+    parent: str = ""
+    tracestate: str = ""
 
 
 class SpearletCore:
@@ -116,6 +123,8 @@ class SpearletCore:
         self.counts: dict[str, int] = {}  # ended executions by status
         self.dispatched: set[str] = set()  # SMS executions on this node, not yet ended
         self.results = ResultBuffer()  # SMS results sent, not yet confirmed
+        #: where spans go (the daemon sets it; off in tests of the core)
+        self.tracer: Tracer = tracing.OFF
         #: direct async executions whose big output nobody has read yet, oldest first
         self.unread: collections.OrderedDict[str, int] = collections.OrderedDict()
         self.unread_bytes = 0
@@ -229,11 +238,14 @@ class SpearletCore:
 
     # ------------------------------------------------------------ executions
 
-    def _new(self, eid: str, function: str, trace_id: str, now: float, ident: bytes | None,
-             rid: int, mode: str, inline: bool) -> Execution:
+    def _new(self, eid: str, function: str, msg: P.Invoke | P.Dispatch, now: float,
+             ident: bytes | None, rid: int, mode: str, inline: bool) -> Execution:
         """Record an admitted execution (counted in ``running`` until it ends)."""
         self.running += 1
-        ex = Execution(eid, function, trace_id or eid, now, ident, rid, mode, inline=inline)
+        trace_id, trace, parent, state = tracing.begin(self.tracer, msg.traceparent,
+                                                       msg.tracestate, msg.trace_id, eid)
+        ex = Execution(eid, function, trace_id, now, ident, rid, mode, inline=inline,
+                       trace=trace, parent=parent, tracestate=state)
         self.executions[eid] = ex
         if not inline:  # an inline one leaves no record: nothing to make room for
             while len(self.executions) > self.keep_executions:
@@ -253,7 +265,8 @@ class SpearletCore:
         if not ex.inline:
             ex.status = "running"
         return Start(ex.execution_id, ex.function, data, args, limits,
-                     inline=ex.inline, stream=ex.mode == "stream", trace_id=ex.trace_id)
+                     inline=ex.inline, stream=ex.mode == "stream", trace_id=ex.trace_id,
+                     traceparent=ex.trace, tracestate=ex.tracestate)
 
     def _on_invoked(self, ev: Invoked, now: float) -> list:
         msg = ev.msg
@@ -261,7 +274,7 @@ class SpearletCore:
                              execution_id=msg.execution_id)
         if refusal is not None:
             return [Reply(ev.ident, P.error_reply(msg.id, refusal))]
-        ex = self._new(new_id(), msg.function, msg.trace_id, now, ev.ident, msg.id, msg.mode,
+        ex = self._new(new_id(), msg.function, msg, now, ev.ident, msg.id, msg.mode,
                        inline=msg.mode == "sync")
         start = self._start(ex, ev.payload if ev.payload is not None else b"", msg.args,
                             msg.timeout)
@@ -282,7 +295,7 @@ class SpearletCore:
                 if known.done else []
         f = self.functions.get(msg.function)
         current = f is not None and f.sms_digest == msg.digest
-        ex = self._new(msg.execution_id, msg.function, msg.trace_id, now, None, msg.id,
+        ex = self._new(msg.execution_id, msg.function, msg, now, None, msg.id,
                        "stream" if msg.stream else "sms", inline=current and not msg.stream)
         self.dispatched.add(msg.execution_id)
         data = ev.payload if ev.payload is not None else b""
@@ -330,6 +343,9 @@ class SpearletCore:
             submitted_at=now - ev.total if ev.inline else ex.submitted_at, finished_at=now,
             cold=ev.cold > 0, timings=P.Timings(queue=ev.queue, cold_start=ev.cold, run=ev.run,
                                                 total=ev.total))
+        if self.tracer and tracing.sampled(ex.trace):
+            spans.finished(self.tracer, ex.trace, ex.parent, eid, ex.function, self.node_id, ev,
+                           info.submitted_at, now)
         self._keep_output(ex, ev.output)
         ex.done = True
         ex.pending = None

@@ -45,6 +45,7 @@ from ..mesh import DealerPeer, RouterServer, context
 from ..mesh.endpoint import CLOSE_LINGER_MS
 from ..mesh.security import Security, start_authenticator, warn_open
 from ..runtimes import RuntimeManager
+from ..tracing import Tracer
 from .core import Maxima, SpearletCore
 from .events import (CancelAsked, Dispatched, Drain, HeartbeatAcked, HeartbeatDue, RemoveAsked,
                      Reregister, SendHeartbeat, Welcomed)
@@ -144,6 +145,7 @@ class Spearlet(Service):
         self.metrics = SpearletMetrics()
         self.core = SpearletCore(self.node_id, max_concurrency=c.max_concurrency,
                                  maxima=Maxima.from_config(config), metrics=self.metrics)
+        self.core.tracer = Tracer.from_config(config.tracing, "spear-spearlet", self.node_id)
         self.runner = Runner(self.runtime_manager, self.core)
         self.runner.reply = self.server.reply
         self.runner.to_sms = self.link.send
@@ -361,6 +363,7 @@ class Spearlet(Service):
                 log.warning("could not deregister: %s", exc)
         self.link.close()
         await asyncio.to_thread(self.metrics.close)
+        await asyncio.to_thread(self.core.tracer.close)  # sends the spans still buffered
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the data directory's lock
             self._lock_fd = None

@@ -156,6 +156,9 @@ class Start(msgspec.Struct):
     inline: bool = False
     stream: bool = False
     trace_id: str = ""  # tags the lines logged while it runs (spear.logs.bind)
+    #: W3C context the function sees as TRACEPARENT / TRACESTATE
+    traceparent: str = ""
+    tracestate: str = ""
 
 
 class Cancel(msgspec.Struct):

@@ -264,7 +264,8 @@ class Runner:
         t0 = time.perf_counter()
         inst = d.pool.instances[slot]
         try:
-            outcome = d.runtime.invoke_now(inst, ins.data, ins.args, ins.limits)
+            outcome = d.runtime.invoke_now(inst, ins.data, ins.args, ins.limits,
+                                           traceparent=ins.traceparent, tracestate=ins.tracestate)
         except errors.SpearError as exc:
             d.pool.release(slot, healthy=isinstance(exc, errors.FunctionError) and inst.reusable)
             done = _failure(ins.execution_id, exc)
@@ -298,7 +299,8 @@ class Runner:
             healthy = False
             try:
                 outcome = await d.runtime.invoke(inst, bytes(ins.data), ins.args, ins.limits,
-                                                 on_log)
+                                                 on_log, traceparent=ins.traceparent,
+                                                 tracestate=ins.tracestate)
                 healthy = True
             except errors.FunctionError:
                 # the user's code failed but the instance may be fine (the runtime

@@ -22,7 +22,7 @@ never bound and what it sends is captured), so a crash replays from its input
 alone. Each message goes
 
 1. through :func:`spear.protocol.decode`, which may only raise ProtocolError;
-2. through :func:`spear.protocol.request_id_of`, which may not raise and must
+2. through :func:`spear.mesh.router.request_id_of`, which may not raise and must
    return an id in ``[0, 2**63)``;
 3. into ``RouterServer._on_frames`` of the SMS, which may not raise; every
    message the SMS sends must encode and decode again;
@@ -56,6 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 with atheris.instrument_imports(include=["spear"]):
     from spear import errors, protocol as P
     from spear.config import load_config
+    from spear.mesh.router import request_id_of
     from spear.sms.daemon import SMS
     from spear.sms.events import Tick, Upkeep
 
@@ -128,7 +129,7 @@ def one_message(sms: SMS, sent: list, raw: bytes) -> None:
             raise
 
     # 2. the best-effort id of a bad frame
-    rid = P.request_id_of(frames)
+    rid = request_id_of(frames)
     assert type(rid) is int and 0 <= rid < 2**63, rid
 
     # 3. the SMS behind its router

@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 
 from spear import errors, protocol as P
+from spear.mesh.router import request_id_of
 
 # ------------------------------------------------------------------ what the daemons accept
 
@@ -116,7 +117,7 @@ def expectation(target: str, frames: list, msg, exc) -> Expect | None:
     if exc is AMBIGUOUS:
         return None
     if exc is not None:
-        rid = P.request_id_of(frames)
+        rid = request_id_of(frames)
         if isinstance(exc, errors.ProtocolError):
             return Expect("error", rid, label="garbage")
         # a decoder finding (test_protocol.py::test_undecodable_frame_is_answered): may go unanswered

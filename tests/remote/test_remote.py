@@ -159,3 +159,18 @@ def test_a_future_names_its_execution(connection):
     assert record.execution_id == ids[1] and record.status == "succeeded"
     failed = failing.remote("x")
     assert isinstance(failed.exception(WAIT), ValueError) and failed.execution_id
+
+
+@spear.function
+def traceparent():
+    import os
+
+    return os.environ.get("TRACEPARENT", "")
+
+
+def test_a_traced_call_joins_the_callers_trace(connection):
+    tid = "4bf92f3577b34da6a3ce929d0e0e4736"
+    seen = traceparent.traced(f"00-{tid}-00f067aa0ba902b7-01").remote().result(WAIT)
+    assert seen.startswith(f"00-{tid}-")
+    fresh = traceparent.traced("not-a-traceparent").remote().result(WAIT)
+    assert fresh.startswith("00-") and tid not in fresh  # a new trace, the call not lost

@@ -481,3 +481,23 @@ def test_no_leftover_containers(rt, api):
     asyncio.run(rt.settle())
     left = containers(api, **{OWNER_LABEL: rt.owner})
     assert left == [], [(c["Names"], c["Labels"], c["Status"]) for c in left]
+
+
+@pytest.mark.parametrize("mode", ["oneshot", "pooled"])
+def test_the_container_sees_the_calls_trace_context(rt, mode):
+    tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    fs = spec(["sh", "-c", 'printf "%s|%s" "$TRACEPARENT" "$TRACESTATE"'], mode=mode,
+              env={"KEEP": "1"})
+
+    async def twice():
+        inst = await rt.create_instance(await rt.prepare(fs))
+        try:
+            first = await rt.invoke(inst, b"", [], Limits(), traceparent=tp, tracestate="a=b")
+            second = await rt.invoke(inst, b"", [], Limits(), traceparent=tp[:-2] + "00")
+            return first.output, second.output
+        finally:
+            await rt.destroy(inst)
+
+    first, second = asyncio.run(twice())
+    assert first == f"{tp}|a=b".encode()
+    assert second == f"{tp[:-2]}00|".encode()  # each call its own context

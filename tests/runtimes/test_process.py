@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import sys
@@ -558,3 +559,26 @@ def test_the_worker_in_the_protocol_docs_works(tmp_path):
         await rt.close()
 
     run(main())
+
+
+def test_each_call_sees_its_own_trace_context():
+    tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    other = tp[:-2] + "00"
+
+    async def main():
+        rt = ProcessRuntime(host_paths=EXAMPLES_ROOT)
+        worker = await start(rt, handler_spec("testhandlers:env"))
+        seen = []
+        for kw in (dict(traceparent=tp, tracestate="a=b"), dict(traceparent=other), {}):
+            out = await rt.invoke(worker, b"", [], Limits(), **kw)
+            env = json.loads(out.output)
+            seen.append((env.get("TRACEPARENT"), env.get("TRACESTATE")))
+        shell = await start(rt, spec("sh", command=["sh", "-c", 'printf "%s|%s" "$TRACEPARENT" "$TRACESTATE"']))
+        once = await rt.invoke(shell, b"", [], Limits(), traceparent=tp, tracestate="a=b")
+        await rt.close()
+        return seen, once.output
+
+    seen, once = run(main())
+    # a pooled worker sets each call's variables and unsets the last call's it lacks
+    assert seen == [(tp, "a=b"), (other, None), (None, None)]
+    assert once == f"{tp}|a=b".encode()

@@ -725,6 +725,23 @@ def test_env_only_with_grant(go):
     go(body)
 
 
+def test_a_command_sees_the_calls_trace_context_granted_env_or_not(go):
+    tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+    async def body(rt):
+        inst = await deploy(rt, spec("env.wat", env={"GREETING": "hi"}))
+        out = await rt.invoke(inst, b"", [], Limits(), traceparent=tp, tracestate="a=b")
+        assert out.output == f"TRACEPARENT={tp}\0TRACESTATE=a=b\0".encode()
+        inst = await deploy(rt, spec("env.wat", env={"A": "1"}, grants=["env"]))
+        out = await rt.invoke(inst, b"", [], Limits(), traceparent=tp)
+        assert out.output == f"A=1\0TRACEPARENT={tp}\0".encode()
+        assert (await call(rt, inst)).output == b"A=1\0"  # no context: nothing added
+        out = rt.invoke_now(inst, b"", [], Limits(), traceparent=tp)  # the inline path too
+        assert out is None or out.output == f"A=1\0TRACEPARENT={tp}\0".encode()
+
+    go(body)
+
+
 def test_argv_only_with_grant(go):
     async def body(rt):
         inst = await deploy(rt, spec("args.wat", name="prog"))

@@ -35,13 +35,13 @@ class FakeRuntime(Runtime):
     async def create_instance(self, prepared):
         return Instance(prepared.spec.name, object())
 
-    def invoke_now(self, instance, data, args, limits):
+    def invoke_now(self, instance, data, args, limits, **trace):
         if self.hold:
             return None
         self.calls += 1
         return Outcome(bytes(data))
 
-    async def invoke(self, instance, data, args, limits, on_log=None):
+    async def invoke(self, instance, data, args, limits, on_log=None, **trace):
         self.calls += 1
         if on_log is not None:
             on_log(b"log")

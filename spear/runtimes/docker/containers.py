@@ -98,7 +98,7 @@ class Containers:
     # -- lifecycle -------------------------------------------------------------
 
     def _create_blocking(self, image_id: str, spec: FunctionSpec, argv: list[str] | None,
-                         eff: Effective, mode: str) -> Container:
+                         eff: Effective, mode: str, env: dict[str, str] | None) -> Container:
         api = self.engine.client()
         name = f"{NAME_PREFIX}{spec.name[:40]}-{uuid.uuid4().hex[:12]}"
         version = self.engine.cgroup_version
@@ -113,7 +113,7 @@ class Containers:
                 FUNCTION_LABEL: spec.name,
                 MODE_LABEL: mode,
             },
-            environment=dict(spec.env) or None,
+            environment={**spec.env, **(env or {})} or None,
             working_dir=spec.workdir or None,
             stdin_open=(mode == "oneshot"),  # with attach: StdinOnce, closed at EOF
             host_config=host_config(api, eff, cg.parent if cg else None),
@@ -121,8 +121,9 @@ class Containers:
         return Container(id=created["Id"], name=name, cgroup=cg)
 
     async def create(self, image_id: str, spec: FunctionSpec, argv: list[str] | None,
-                     eff: Effective, mode: str) -> Container:
-        """Create a container; if the caller is cancelled meanwhile, it is removed.
+                     eff: Effective, mode: str, env: dict[str, str] | None = None) -> Container:
+        """Create a container (``env``: variables over the spec's, e.g. TRACEPARENT);
+        if the caller is cancelled meanwhile, it is removed.
 
         The hand-off happens under a lock in the worker thread, so a container
         is never created without an owner, even when the event loop is gone.
@@ -131,7 +132,7 @@ class Containers:
         state: dict = {"abandoned": False, "ctr": None}
 
         def work() -> Container:
-            ctr = self._create_blocking(image_id, spec, argv, eff, mode)
+            ctr = self._create_blocking(image_id, spec, argv, eff, mode, env)
             with lock:
                 if not state["abandoned"]:
                     state["ctr"] = ctr
@@ -245,9 +246,10 @@ class Containers:
         return res
 
     def run_exec(self, ctr: Container, argv: list[str], spec: FunctionSpec, data: bytes,
-                 sink: Callable[[bytes], None]) -> RunResult:
-        """Run ``argv`` inside a pooled container with ``data`` as its stdin;
-        usage figures are the cgroup's, taken before and after."""
+                 sink: Callable[[bytes], None], env: dict[str, str] | None = None) -> RunResult:
+        """Run ``argv`` inside a pooled container with ``data`` as its stdin and
+        ``env`` over the spec's environment; usage figures are the cgroup's,
+        taken before and after."""
         api = self.engine.client()
         cg = ctr.cgroup
         cpu0 = oom0 = None
@@ -258,7 +260,7 @@ class Containers:
         try:
             exec_id = api.exec_create(
                 ctr.id, argv, stdin=True, stdout=True, stderr=True,
-                environment=dict(spec.env) or None, workdir=spec.workdir or None,
+                environment={**spec.env, **(env or {})} or None, workdir=spec.workdir or None,
             )["Id"]
             sock = api.exec_start(exec_id, socket=True)
         except sdk().errors.APIError as exc:

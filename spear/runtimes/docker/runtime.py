@@ -34,6 +34,7 @@ from typing import Callable
 
 from ... import errors
 from ...protocol import MAX_PAYLOAD, ExecUsage, FunctionSpec, Limits
+from ...tracing import env as trace_env
 from ..base import Instance, LogSink, Outcome, Prepared, Runtime
 from .containers import Container, Containers, remove_leftovers
 from .engine import Engine, ping, sdk
@@ -222,15 +223,19 @@ class DockerRuntime(Runtime):
         args: list,
         limits: Limits,
         on_log: LogSink | None = None,
+        *,
+        traceparent: str = "",
+        tracestate: str = "",
     ) -> Outcome:
         handle = instance.handle
         instance.invocations += 1
         data = bytes(data or b"")
+        env = trace_env(traceparent, tracestate)
         if isinstance(handle, _OneShot):
-            return await self._invoke_oneshot(handle.prepared, data, args, limits, on_log)
+            return await self._invoke_oneshot(handle.prepared, data, args, limits, on_log, env)
         if isinstance(handle, _Pooled):
             try:
-                return await self._invoke_pooled(instance, handle, data, args, limits, on_log)
+                return await self._invoke_pooled(instance, handle, data, args, limits, on_log, env)
             except BaseException:
                 instance.reusable = False
                 raise
@@ -264,14 +269,14 @@ class DockerRuntime(Runtime):
         )
 
     async def _invoke_oneshot(self, prepared: Prepared, data: bytes, args: list, limits: Limits,
-                              on_log: LogSink | None) -> Outcome:
+                              on_log: LogSink | None, env: dict[str, str]) -> Outcome:
         spec = prepared.spec
         eff = self._effective(spec, limits)
         argv = _argv(prepared.handle.argv, args) or None
         sink = _log_sink(on_log)
         cs = self._containers
         engine = self._engine
-        ctr = await cs.create(prepared.handle.image_id, spec, argv, eff, "oneshot")
+        ctr = await cs.create(prepared.handle.image_id, spec, argv, eff, "oneshot", env)
         try:
             sock = await engine.call(f"starting container {ctr.name}", cs.attach_start_blocking, ctr, spec.name)
             fut = engine.submit(cs.run_oneshot, ctr, sock, data, sink)
@@ -290,7 +295,8 @@ class DockerRuntime(Runtime):
                 await cs.remove(ctr)
 
     async def _invoke_pooled(self, instance: Instance, handle: _Pooled, data: bytes, args: list,
-                             limits: Limits, on_log: LogSink | None) -> Outcome:
+                             limits: Limits, on_log: LogSink | None,
+                             env: dict[str, str]) -> Outcome:
         spec = handle.prepared.spec
         ctr = handle.container
         if ctr.removed or ctr.killed:
@@ -300,7 +306,7 @@ class DockerRuntime(Runtime):
         sink = _log_sink(on_log)
         cs = self._containers
         async with handle.lock:  # one exec at a time: usage figures stay per call
-            fut = self._engine.submit(cs.run_exec, ctr, argv, spec, data, sink)
+            fut = self._engine.submit(cs.run_exec, ctr, argv, spec, data, sink, env)
             try:
                 res = await self._await_run(fut, ctr, eff.timeout, spec.name)
             except (errors.DeadlineExceeded, asyncio.CancelledError):

@@ -134,11 +134,14 @@ async def run_oneshot(
     timeout: float,
     bounds: Bounds,
     max_output: int,
+    env: dict[str, str] | None = None,
 ) -> Outcome:
-    """Run one call of a one-shot instance: start it, feed it, wait, type the result."""
+    """Run one call of a one-shot instance: start it, feed it, wait, type the result.
+    ``env``: variables of this call only (TRACEPARENT), over the plan's."""
     plan = h.plan
     argv = plan.argv + [a if isinstance(a, str) else json.dumps(a) for a in args]
-    child = Child(h.host, h.name, argv, plan.env, h.cwd, plan.executable, bounds, plan.popen_kw)
+    child = Child(h.host, h.name, argv, {**plan.env, **env} if env else plan.env, h.cwd,
+                  plan.executable, bounds, plan.popen_kw)
     h.running.add(child)
     try:
         child.start()

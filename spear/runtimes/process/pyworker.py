@@ -151,6 +151,7 @@ def serve(fn, proto_in: int, proto_out: int) -> int:
     unpack = _U32.unpack
     unpack_from = _U32.unpack_from
     stdout, stderr = sys.stdout, sys.stderr
+    environ, call_env = os.environ, {}
     while True:
         head = read(4)
         if len(head) < 4:
@@ -164,9 +165,18 @@ def serve(fn, proto_in: int, proto_out: int) -> int:
             if hlen:
                 header = json.loads(body[4 : 4 + hlen])
                 args = header.get("args") or ()
+                env = header.get("env") or {}
+                for key in call_env.keys() - env.keys():  # the last call's, not this one's
+                    environ.pop(key, None)
+                environ.update(env)
+                call_env = env
                 data = body[4 + hlen :]
                 out = _encode(fn(data, *args))
             else:
+                if call_env:  # no variables for this call: not the last call's either
+                    for key in call_env:
+                        environ.pop(key, None)
+                    call_env = {}
                 out = _encode(fn(body[4:]))
             status = OK
         except MemoryError as exc:

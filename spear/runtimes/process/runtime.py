@@ -20,6 +20,7 @@ import tempfile
 
 from ... import errors
 from ...protocol import FunctionSpec, Limits
+from ...tracing import env as trace_env
 from ..base import Instance, LogSink, Outcome, Prepared, Runtime
 from ..hostpaths import HostPaths
 from . import cgroups as cg
@@ -305,6 +306,9 @@ class ProcessRuntime(Runtime):
         args: list,
         limits: Limits,
         on_log: LogSink | None = None,
+        *,
+        traceparent: str = "",
+        tracestate: str = "",
     ) -> Outcome:
         handle = instance.handle
         kind = type(handle)
@@ -320,7 +324,8 @@ class ProcessRuntime(Runtime):
         instance.invocations += 1
         if kind is Worker:
             try:
-                outcome = await handle.call(data, args, limits, on_log, timeout, bounds, max_output)
+                outcome = await handle.call(data, args, limits, on_log, timeout, bounds, max_output,
+                                            trace_env(traceparent, tracestate))
             except (errors.FunctionError, errors.InvalidArgument):
                 if not handle.alive:
                     instance.reusable = False
@@ -331,7 +336,8 @@ class ProcessRuntime(Runtime):
             if not handle.alive:  # replied, then died or was killed by a late timer
                 instance.reusable = False
             return outcome
-        return await run_oneshot(handle, data, args, limits, on_log, timeout, bounds, max_output)
+        return await run_oneshot(handle, data, args, limits, on_log, timeout, bounds, max_output,
+                                 trace_env(traceparent, tracestate))
 
     async def destroy(self, instance: Instance) -> None:
         instance.reusable = False

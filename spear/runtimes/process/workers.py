@@ -45,6 +45,22 @@ _U32 = struct.Struct(">I")
 _EMPTY_HEADER = b"\0\0\0\0"
 
 
+def _request_head(size: int, args: list, env: dict[str, str] | None) -> bytes:
+    """The frame length and header of a request whose input is ``size`` bytes."""
+    if env and not args and len(env) == 1:
+        # the common call: only TRACEPARENT, whose characters need no escaping
+        header = b'{"env":{"TRACEPARENT":"%s"}}' % env["TRACEPARENT"].encode()
+    elif args or env:
+        try:
+            header = json.dumps({"args": args, "env": env} if env else {"args": args},
+                                separators=(",", ":")).encode()
+        except (TypeError, ValueError) as exc:
+            raise errors.InvalidArgument(f"args must be JSON-serialisable: {exc}") from None
+    else:
+        return _U32.pack(4 + size) + _EMPTY_HEADER
+    return _U32.pack(4 + len(header) + size) + _U32.pack(len(header)) + header
+
+
 class Worker:
     """A long-lived worker process speaking the framed protocol on fds 3 and 4."""
 
@@ -358,9 +374,11 @@ class Worker:
         timeout: float,
         bounds: Bounds,
         max_output: int = MAX_OUTPUT,
+        env: dict[str, str] | None = None,
     ) -> Outcome:
         """One invocation: send the request, wait for the reply under ``timeout``,
-        ``limits.cpu_seconds`` and ``max_output``; a worker that died idle is restarted first."""
+        ``limits.cpu_seconds`` and ``max_output``; a worker that died idle is restarted first.
+        ``env``: variables the worker sets for this call (the header's ``env``)."""
         async with self.lock:
             if not self.alive:
                 if self.child is not None and not self.stopping:
@@ -368,14 +386,7 @@ class Worker:
                 if not self.died_idle:
                     raise errors.Unavailable("the worker has stopped")
                 await self.start(self.bounds, self.start_timeout)
-            if args:
-                try:
-                    header = json.dumps({"args": args}, separators=(",", ":")).encode()
-                except (TypeError, ValueError) as exc:
-                    raise errors.InvalidArgument(f"args must be JSON-serialisable: {exc}") from None
-                head = _U32.pack(4 + len(header) + len(data)) + _U32.pack(len(header)) + header
-            else:
-                head = _U32.pack(4 + len(data)) + _EMPTY_HEADER
+            head = _request_head(len(data), args, env)
             if bounds != self.bounds:
                 self._apply(bounds)
             self.max_output = max_output

@@ -262,6 +262,9 @@ class WasmRuntime(Runtime):
         args: list,
         limits: Limits,
         on_log: LogSink | None = None,
+        *,
+        traceparent: str = "",
+        tracestate: str = "",
     ) -> Outcome:
         h = instance.handle
         if h.__class__ is ExportInstance:
@@ -281,17 +284,19 @@ class WasmRuntime(Runtime):
                 raise errors.Unavailable("wasm instance or runtime is closed")
             compiled = h.compiled
             eff = self._limits(h, limits)
+            trace = (traceparent, tracestate)
             if compiled.inline and not compiled.slow and self.inline_commands:
-                return self._run_command_inline(compiled, data, args, eff, on_log)
-            return await self._run_command_async(compiled, data, args, eff, on_log)
+                return self._run_command_inline(compiled, data, args, eff, on_log, trace)
+            return await self._run_command_async(compiled, data, args, eff, on_log, trace)
         raise errors.InvalidArgument("instance does not come from the wasm runtime")
 
-    def invoke_now(self, instance: Instance, data: bytes, args: list,
-                   limits: Limits) -> Outcome | None:
+    def invoke_now(self, instance: Instance, data: bytes, args: list, limits: Limits, *,
+                   traceparent: str = "", tracestate: str = "") -> Outcome | None:
         """The Spearlet's fast path: inline calls answered without a coroutine.
 
         Same rules as :meth:`invoke`: exports and short WASI commands of
         modules that cannot block run inline; anything else returns None.
+        A plain export has no per-call environment (no TRACEPARENT).
         Logs (stderr) are not streamed here: stream mode never uses this path.
         """
         h = instance.handle
@@ -314,7 +319,8 @@ class WasmRuntime(Runtime):
                     or not self.inline_commands):
                 return None
             eff = self._limits(h, limits)
-            return self._run_command_inline(compiled, data, args, eff, None)
+            return self._run_command_inline(compiled, data, args, eff, None,
+                                            (traceparent, tracestate))
         return None
 
     # -- plain exports -------------------------------------------------------------
@@ -352,7 +358,7 @@ class WasmRuntime(Runtime):
     # -- WASI commands ------------------------------------------------------------
 
     def _run_command_inline(self, compiled: Compiled, data: bytes, args: list, eff: Effective,
-                            on_log: LogSink | None) -> Outcome:
+                            on_log: LogSink | None, trace: tuple[str, str]) -> Outcome:
         """Run a short command on the event-loop thread. stdout and stderr go
         to a reusable pair of memfds; stderr reaches ``on_log`` after the run."""
         captures = self._captures
@@ -362,7 +368,7 @@ class WasmRuntime(Runtime):
             raise errors.Unavailable(f"cannot create the stdio files of a WASI call: {exc}") from None
         logs = b""
         try:
-            cfg = wasi_config(compiled.wasi, args, data, cap.out_path, cap.err_path)
+            cfg = wasi_config(compiled.wasi, args, data, cap.out_path, cap.err_path, trace)
             captures.watch(cap)
             try:
                 exit_code, usage = commands.execute(self._engine, compiled, cfg, eff, self.inline_budget)
@@ -380,7 +386,7 @@ class WasmRuntime(Runtime):
             captures.give_back(cap, keep=not self._closed)
 
     async def _run_command_async(self, compiled: Compiled, data: bytes, args: list, eff: Effective,
-                                 on_log: LogSink | None) -> Outcome:
+                                 on_log: LogSink | None, trace: tuple[str, str]) -> Outcome:
         """Run a command on the pool, its stdout/stderr pipes read live."""
         loop = asyncio.get_running_loop()
         out_r, err_r, box = open_pipes(big_stdout=True)
@@ -390,7 +396,7 @@ class WasmRuntime(Runtime):
         job: Job | None = None
         try:
             try:
-                job = self._submit(self._run_command, compiled, data, args, eff, box)
+                job = self._submit(self._run_command, compiled, data, args, eff, box, trace)
                 exit_code, usage = await self._await_call(job, eff)
             finally:
                 close_all(box.take())  # only if the worker never started
@@ -407,13 +413,13 @@ class WasmRuntime(Runtime):
         return result
 
     def _run_command(self, compiled: Compiled, data: bytes, args: list, eff: Effective,
-                     box: FdBox) -> tuple[int, dict]:
+                     box: FdBox, trace: tuple[str, str]) -> tuple[int, dict]:
         """Run ``_start`` in a fresh store (pool thread). Returns (exit code, usage)."""
         fds = box.take()
         if fds is None:  # the caller gave up before this worker started
             raise errors.Cancelled("invocation cancelled before it started")
         try:
-            cfg = wasi_config(compiled.wasi, args, data, fd_path(fds[0]), fd_path(fds[1]))
+            cfg = wasi_config(compiled.wasi, args, data, fd_path(fds[0]), fd_path(fds[1]), trace)
         finally:
             close_all(fds)  # wasmtime opened its own descriptors
         return commands.execute(self._engine, compiled, cfg, eff, self.inline_budget)
