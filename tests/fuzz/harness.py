@@ -220,6 +220,9 @@ class Harness:
         if target == "sms":
             if t in (P.Heartbeat, P.Deregister) and msg.node_id == self.real_id:
                 return "spoof-real-node"  # test_spoofed_{heartbeat,deregister}_*
+            if t is P.DrainNode and msg.node_id == self.real_id:
+                # destructive by design without roles: test_identity's drain test has the role check
+                return "drain-real-node"
             if t is P.Invoke and msg.execution_id and msg.execution_id in self.direct_eids \
                     and msg.execution_id not in self.sms_eids:
                 # new to the SMS, which would dispatch it to the node that has it already
