@@ -66,6 +66,9 @@ def clock_ns(clock: int) -> int:
 class Child:
     """One process in its own session with pipes on fds 0-2, reaped by us.
 
+    A worker may also get its region (``region_fd``, see :mod:`.region`):
+    inherited under the same number, named in ``SPEAR_WORKER_REGION``.
+
     It starts behind the gate (:data:`_GATE`): :meth:`start` applies its
     limits — rlimits while it is still the root-run ``sh``, its cgroups — and
     only then lets it exec the command; a limit that cannot be applied kills

@@ -37,8 +37,9 @@ REGION_WORD = b"region"
 REGION_MIN = 64 * 1024
 #: the region's size: any payload the wire carries (sparse: only pages written cost memory)
 REGION_SIZE = MAX_PAYLOAD
-#: pages kept between calls; a bigger call's pages past this go back to the system
-REGION_KEEP = 16 * 1024 * 1024
+#: pages kept between calls (a 1 MiB echo reuses them); a bigger call's pages past
+#: this go back to the system after it, so an idle worker holds at most this much
+REGION_KEEP = 2 * 1024 * 1024
 
 _SEALS = (getattr(fcntl, "F_SEAL_SHRINK", 0x2) | getattr(fcntl, "F_SEAL_GROW", 0x4)
           | getattr(fcntl, "F_SEAL_SEAL", 0x1))
@@ -91,7 +92,8 @@ class Region:
         high, self.high = self.high, 0
         if high > REGION_KEEP:
             try:
-                self.map.madvise(mmap.MADV_REMOVE, REGION_KEEP, self.size - REGION_KEEP)
+                end = min(self.size, -(-high // mmap.PAGESIZE) * mmap.PAGESIZE)
+                self.map.madvise(mmap.MADV_REMOVE, REGION_KEEP, end - REGION_KEEP)
             except (AttributeError, OSError, ValueError) as exc:  # pragma: no cover - old kernel
                 log.debug("cannot release region pages: %s", exc)
 
