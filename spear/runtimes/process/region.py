@@ -76,10 +76,17 @@ class Region:
         return cls(fd, size, mapping)
 
     def write(self, data) -> int:
-        """Put a call's input at offset 0; returns its length."""
+        """Put a call's input at offset 0; returns its length.
+
+        Through ``pwrite``, not the mapping: a page the system cannot give is
+        an ``OSError`` here, where a store through the mapping would be SIGBUS.
+        """
         n = len(data)
-        self.map[:n] = data
         self.high = max(self.high, n)
+        with memoryview(data) as view:
+            done = 0
+            while done < n:
+                done += os.pwrite(self.fd, view[done:], done)
         return n
 
     def read(self, n: int) -> bytes:

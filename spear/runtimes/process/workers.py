@@ -436,7 +436,11 @@ class Worker:
                 await self.start(self.bounds, self.start_timeout)
             region = self.region
             if region is not None and REGION_MIN <= len(data) <= region.size:
-                head, data = _head(args, 0, region.write(data)), b""
+                try:
+                    head, data = _head(args, 0, region.write(data)), b""
+                except OSError as exc:  # no memory for the region's pages
+                    raise errors.ResourceExhausted(
+                        f"cannot hand the input to the worker: {exc}") from None
             else:
                 head = _head(args, len(data))
             if bounds != self.bounds:
