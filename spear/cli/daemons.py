@@ -11,6 +11,9 @@ from ._base import EXIT_OK, Command, config_of
 
 def run_async(coro) -> Any:
     """Run a coroutine on uvloop (plain asyncio where uvloop is missing), as every daemon does."""
+    from .. import memory
+
+    memory.tune()  # big payloads reuse heap pages instead of page-faulting fresh mmaps
     try:
         import uvloop
     except ImportError:  # pragma: no cover

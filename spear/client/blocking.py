@@ -24,11 +24,18 @@ import zmq
 from .. import errors, protocol as P
 from ..config import default_sms_address
 from ..mesh import context
-from ..mesh.endpoint import random_routing_id
+from ..mesh.endpoint import ZERO_COPY_MIN, random_routing_id
 from .api import RETRYABLE, Api, accepted, function_info, key_of, not_stored, result_of, security_of
 
 #: how often (seconds) a waiting call checks whether the client was closed
 WAKE = 0.1
+
+
+def _send(sock: zmq.Socket, frames: list) -> None:
+    """Send a request; a big ``bytes`` payload goes without a copy (libzmq keeps a
+    reference until it is on the wire; a mutable buffer might change before)."""
+    last = frames[-1]
+    sock.send_multipart(frames, copy=type(last) is not bytes or len(last) < ZERO_COPY_MIN)
 
 
 def _closed() -> errors.Unavailable:
@@ -129,7 +136,7 @@ class Client(Api):
         sock = self._borrow(target)
         finished = False
         try:
-            sock.send_multipart(P.encode(msg, payload))
+            _send(sock, P.encode(msg, payload))
             what = f"no reply from {target or self.sms} within {timeout:g}s"
             for reply, rpayload in self._replies(sock, msg, timeout, what):
                 finished = True  # an error reply ends the exchange too
@@ -181,7 +188,7 @@ class Client(Api):
         sock = self._borrow(node)
         finished = False
         try:
-            sock.send_multipart(P.encode(msg, data))
+            _send(sock, P.encode(msg, data))
             what = f"stream from {node or self.sms} timed out"
             for reply, rpayload in self._replies(sock, msg, timeout, what):
                 if isinstance(reply, P.LogChunk):

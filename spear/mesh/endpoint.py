@@ -158,6 +158,12 @@ ZERO_COPY_MIN = 64 * 1024
 _ctx: zmq.Context | None = None
 
 
+def _payload(frame: zmq.Frame):
+    """A received payload frame as delivered to a ``keep_payloads`` owner: big ones
+    stay frames (their bytes are never copied), small ones become bytes (cheaper)."""
+    return frame if len(frame) >= ZERO_COPY_MIN else frame.bytes
+
+
 def context() -> zmq.Context:
     """The one zmq context of this process."""
     global _ctx
@@ -202,6 +208,10 @@ class Endpoint:
         self.on_frames = on_frames
         #: deliver each message's ZAP User-Id (the caller's role) as a 2nd argument
         self.with_user = False
+        #: deliver payloads of ZERO_COPY_MIN bytes or more as the zmq.Frame that
+        #: received them (no copy; sent on as is, libzmq shares the buffer): only
+        #: for owners whose every payload consumer takes any bytes-like object
+        self.keep_payloads = False
         self.name = name
         self.loop: asyncio.AbstractEventLoop | None = None
         self._fd: int | None = None
@@ -263,6 +273,8 @@ class Endpoint:
         recv = sock.recv
         get = _get
         handle = self.on_frames
+        # index of the payload frame (after the routing id, PROTOCOL and body)
+        at = (3 if self.routed else 2) if self.keep_payloads else -1
         n = 0
         while n < BATCH:
             try:
@@ -271,7 +283,10 @@ class Endpoint:
                     return
                 frames = [recv(_NOBLOCK)]
                 while get(sock, _RCVMORE):
-                    frames.append(recv(_NOBLOCK))
+                    if len(frames) == at and frames[at - 2] == _PROTO:
+                        frames.append(_payload(recv(_NOBLOCK, False)))
+                    else:
+                        frames.append(recv(_NOBLOCK))
             except zmq.Again:
                 return
             except zmq.ZMQError as exc:  # socket closed under us
@@ -318,7 +333,10 @@ class Endpoint:
                 user = frames[-1].get("User-Id")
             except (zmq.ZMQError, KeyError, AttributeError):
                 user = None
-            self._deliver([f.bytes for f in frames], self.on_frames, user)
+            out = [f.bytes for f in frames[:4]]
+            if len(frames) == 4 and self.keep_payloads and self.routed and out[1] == _PROTO:
+                out[3] = _payload(frames[3])
+            self._deliver(out + [f.bytes for f in frames[4:]], self.on_frames, user)
         self._schedule_drain()
 
     def _schedule_drain(self) -> None:

@@ -43,6 +43,7 @@ class SMS(Service):
         self.store = GuardedStore(open_store(config.storage.backend, config.storage.path))
         self.security = Security.from_config(config.security)
         self.server = RouterServer("sms", {}, security=self.security)
+        self.server.endpoint.keep_payloads = True  # big payloads pass through uncopied
         self.core = SMSCore(config.sms, recovery.read(self.store), now=time.time(),
                             keyed=self.server.security is not None,
                             node_keys=self.security.node_keys if self.security.enabled else {},

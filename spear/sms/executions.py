@@ -174,7 +174,7 @@ class Executions(Placement):
                                                         msg.trace_id, eid)
         info = P.ExecutionInfo(execution_id=eid, function=fn.spec.name, status="pending",
                                trace_id=trace_id, submitted_at=now, args=list(msg.args))
-        ex = Exec(info=info, data=bytes(payload) if payload is not None else b"",
+        ex = Exec(info=info, data=payload if payload is not None else b"",
                   timeout=msg.timeout, retries=fn.spec.retries, stream=msg.mode == "stream",
                   idem=idem, trace=trace, parent=parent, tracestate=state)
         if tracer and tracing.sampled(trace):
@@ -288,7 +288,7 @@ class Executions(Placement):
         ex.info = msgspec.structs.replace(
             ex.info, node_id=node, error=info.error, exit_code=info.exit_code,
             timings=info.timings, usage=info.usage, cold=info.cold)
-        self._end(ex, status, now, output=bytes(payload) if payload is not None else b"")
+        self._end(ex, status, now, output=payload if payload is not None else b"")
 
     def _from_its_node(self, ex: Exec, node: str, what: str) -> bool:
         """Only a node an execution was dispatched to may report on it."""

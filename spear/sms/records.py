@@ -92,6 +92,8 @@ class Exec:
     """In-memory state of one execution."""
 
     info: P.ExecutionInfo
+    # Payloads are bytes, or (64 KiB and more) the zmq.Frame they arrived in,
+    # sent on without a copy; bytes() only where they are persisted.
     data: bytes | None = b""  # None: the input was not kept (too large) - no retry possible
     output: bytes = b""
     timeout: float | None = None
@@ -325,11 +327,11 @@ class ExecutionRecords:
         self.queued += 1
 
     def _record(self, ex: Exec) -> tuple[bytes, bytes]:
-        out = ex.output if len(ex.output) <= self.s.keep_output else b""
+        out = bytes(ex.output) if len(ex.output) <= self.s.keep_output else b""
         inp = None
         if ex.info.status not in TERMINAL and ex.data is not None \
                 and len(ex.data) <= self.s.keep_output:
-            inp = ex.data
+            inp = bytes(ex.data)
         return EX_PREFIX + ex.info.execution_id.encode(), _enc.encode(StoredExecution(
             info=ex.info, output=out, retries=ex.retries, timeout=ex.timeout, input=inp,
             failures=ex.failures, stream=ex.stream, idem=ex.idem, trace=ex.trace,

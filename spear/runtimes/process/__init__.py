@@ -5,7 +5,8 @@ spec into a plan (:mod:`.spec`), the sandbox — user switch and network
 namespace — (:mod:`.sandbox`), the limits and where they meet a process
 (:mod:`.limits`), one spawned and reaped process (:mod:`.child`), what the
 node gives every process (:mod:`.host`), one-shot runs (:mod:`.oneshot`),
-pooled workers and their protocol (:mod:`.workers`), pipes and output caps
+pooled workers and their protocol (:mod:`.workers`), a worker's shared
+region for big payloads (:mod:`.region`), pipes and output caps
 (:mod:`.streams`), the typing of exits (:mod:`.exits`), execution cgroups
 (:mod:`.cgroups` over :mod:`.cgroupfs`), the record of what was started
 (:mod:`.leftovers`), the node's code cache of unpacked bundles

@@ -33,6 +33,7 @@ from . import limits
 from .host import Host
 from .leftovers import TAG_VAR, new_tag, sweep
 from .limits import Bounds
+from .region import REGION_VAR
 from .streams import close_fd, grow_pipe
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,9 @@ def clock_ns(clock: int) -> int:
 class Child:
     """One process in its own session with pipes on fds 0-2, reaped by us.
 
+    A worker may also get its region (``region_fd``, see :mod:`.region`):
+    inherited under the same number, named in ``SPEAR_WORKER_REGION``.
+
     It starts behind the gate (:data:`_GATE`): :meth:`start` applies its
     limits — rlimits while it is still the root-run ``sh``, its cgroups — and
     only then lets it exec the command; a limit that cannot be applied kills
@@ -87,6 +91,7 @@ class Child:
         popen_kw: dict | None = None,
         *,
         worker: bool = False,
+        region_fd: int = -1,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.host = host
@@ -97,6 +102,9 @@ class Child:
             self.tag = new_tag()
             env = {**env, TAG_VAR: self.tag}
         kw = dict(popen_kw or {})
+        if region_fd >= 0:  # a worker's region (see .region): inherited under its own number
+            env = {**env, REGION_VAR: str(region_fd)}
+            kw["pass_fds"] = (region_fd,)
         rl = limits.rlimits(bounds)
         #: rlimits set by the forked child itself (the fork path), not by limits.apply
         self.pre_applied = bool(rl) and "user" in kw

@@ -14,7 +14,12 @@ serves invocations over the Spear worker protocol (docs/worker-protocol.md):
   the header may be empty or ``{"args": [...]}``;
 * each reply body is ``u8 status | payload``: 0 = output, 1 = the handler
   raised (``"Type: message"``, then a NUL byte and the end of its traceback),
-  2 = resources exhausted (``MemoryError``).
+  2 = resources exhausted (``MemoryError``);
+* given a shared region (its descriptor in ``SPEAR_WORKER_REGION``), the
+  worker says ``region`` in its ready reply; then a header ``{"region": n}``
+  means the input is the region's first ``n`` bytes, and an output of 64 KiB
+  or more is written there too, the reply being status 3 with its length as
+  a u64.
 
 The handler is called as ``function(data)`` or ``function(data, *args)`` and
 may return ``bytes`` (sent as is), ``str`` (UTF-8), ``None`` (empty output)
@@ -44,8 +49,15 @@ REQUEST_FD, REPLY_FD = 3, 4
 OK = 0
 ERROR = 1
 EXHAUSTED = 2
+IN_REGION = 3  # the output is in the region; the payload is its length
+
+#: names the descriptor of the region the runtime shares with this worker
+REGION_VAR = "SPEAR_WORKER_REGION"
+#: outputs at least this big go through the region
+REGION_MIN = 64 * 1024
 
 _U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
 _REPLY = struct.Struct(">IB")
 
 
@@ -144,7 +156,40 @@ def _isolate_protocol_fds() -> tuple[int, int]:
     return proto_in, proto_out
 
 
-def serve(fn, proto_in: int, proto_out: int) -> int:
+def _open_region() -> tuple[int, int]:
+    """The region the runtime passed (a close-on-exec copy) and its size; (-1, 0) if none."""
+    value = os.environ.pop(REGION_VAR, "")  # the handler has no use for it
+    if not value.isdigit():
+        return -1, 0
+    fd = int(value)
+    try:
+        size = os.fstat(fd).st_size
+        mine = os.dup(fd)  # close-on-exec: a subprocess of the handler never gets it
+        os.close(fd)
+    except OSError:
+        return -1, 0
+    return mine, size
+
+
+def _from_region(region: int, size: int, n) -> bytes:
+    """The input the runtime left in the region."""
+    if not isinstance(n, int) or not 0 <= n <= size:
+        raise ValueError(f"bad region length {n!r}")
+    data = os.pread(region, n, 0)
+    if len(data) != n:
+        raise ValueError(f"region input of {len(data)} bytes, {n} expected")
+    return data
+
+
+def _to_region(proto_out: int, region: int, out: bytes) -> None:
+    view = memoryview(out)
+    offset = 0
+    while offset < len(out):
+        offset += os.pwrite(region, view[offset:], offset)
+    _write_all(proto_out, _REPLY.pack(1 + _U64.size, IN_REGION) + _U64.pack(len(out)))
+
+
+def serve(fn, proto_in: int, proto_out: int, region: int = -1, region_size: int = 0) -> int:
     """Answer requests until EOF on ``proto_in``; returns the exit status."""
     reader = io.open(proto_in, "rb", buffering=1 << 16, closefd=False)
     read = reader.read
@@ -170,7 +215,10 @@ def serve(fn, proto_in: int, proto_out: int) -> int:
                     environ.pop(key, None)
                 environ.update(env)
                 call_env = env
-                data = body[4 + hlen :]
+                if "region" in header and region >= 0:
+                    data = _from_region(region, region_size, header["region"])
+                else:
+                    data = body[4 + hlen :]
                 out = _encode(fn(data, *args))
             else:
                 if call_env:  # no variables for this call: not the last call's either
@@ -194,7 +242,10 @@ def serve(fn, proto_in: int, proto_out: int) -> int:
             stderr.flush()
         except Exception:  # pragma: no cover
             pass
-        _send(proto_out, status, out)
+        if status == OK and region >= 0 and REGION_MIN <= len(out) <= region_size:
+            _to_region(proto_out, region, out)
+        else:
+            _send(proto_out, status, out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -216,8 +267,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.flush()
         _send(proto_out, ERROR, _describe(exc))
         return 1
-    _send(proto_out, OK, b"spear-pyworker %d" % PROTOCOL_VERSION)
-    return serve(fn, proto_in, proto_out)
+    region, region_size = _open_region()
+    ready = b"spear-pyworker %d" % PROTOCOL_VERSION
+    _send(proto_out, OK, ready + b" region" if region >= 0 else ready)
+    return serve(fn, proto_in, proto_out, region, region_size)
 
 
 if __name__ == "__main__":

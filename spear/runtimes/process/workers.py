@@ -13,6 +13,10 @@ worker's peak RSS (``VmHWM``, reset through ``/proc/<pid>/clear_refs``) for
 calls that used at least 0.5 ms of CPU, and its RSS after the call (``statm``)
 for shorter ones: reading and resetting the peak costs ~25 us, more than the
 rest of a warm call, and a call that short cannot touch much memory.
+
+Payloads of 64 KiB and more skip the pipes when the worker took its shared
+region (:mod:`.region`): the request then carries the input's length, the
+reply (status 3) the output's, checked against the call's output limit.
 """
 
 from __future__ import annotations
@@ -31,29 +35,38 @@ from .child import REAP_WAIT, Child, clock_ns, cpu_clock
 from .exits import describe_exit, failure
 from .host import Host
 from .limits import Bounds, CpuWatch, change_group_limits, change_memory
+from .region import REGION_MIN, REGION_WORD, Region
 from .spec import Plan
 from .streams import MAX_OUTPUT, Tail, close_fd, emit, open_proc, too_big
 
 log = logging.getLogger(__name__)
 
 STATUS_OK, STATUS_ERROR, STATUS_EXHAUSTED = 0, 1, 2
+#: the output is in the worker's region; the payload is its length (u64 BE)
+STATUS_REGION = 3
 
 _GRACE = 0.5  # seconds a pooled worker gets to exit on EOF before SIGKILL
 _PRECISE_NS = 500_000  # calls using this much CPU get their exact peak RSS
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
 _EMPTY_HEADER = b"\0\0\0\0"
 
 
-def _request_head(size: int, args: list, env: dict[str, str] | None) -> bytes:
-    """The frame length and header of a request whose input is ``size`` bytes."""
-    if env and not args and len(env) == 1:
+def _request_head(size: int, args: list, env: dict[str, str] | None, region: int = -1) -> bytes:
+    """A request's frame length, header length and JSON header; ``size`` input
+    bytes follow on the pipe, or ``region`` bytes wait in the worker's region."""
+    if env and not args and len(env) == 1 and region < 0:
         # the common call: only TRACEPARENT, whose characters need no escaping
         header = b'{"env":{"TRACEPARENT":"%s"}}' % env["TRACEPARENT"].encode()
-    elif args or env:
+    elif args or env or region >= 0:
+        fields: dict = {"args": args} if args else {}
+        if env:
+            fields["env"] = env
+        if region >= 0:
+            fields["region"] = region
         try:
-            header = json.dumps({"args": args, "env": env} if env else {"args": args},
-                                separators=(",", ":")).encode()
+            header = json.dumps(fields, separators=(",", ":")).encode()
         except (TypeError, ValueError) as exc:
             raise errors.InvalidArgument(f"args must be JSON-serialisable: {exc}") from None
     else:
@@ -86,6 +99,8 @@ class Worker:
         self.stopping = False
         self._status_fd = self._clear_fd = self._statm_fd = -1
         self._clock = 0
+        self.region: Region | None = None  # big payloads' way, once the worker took it
+        self._top = STATUS_EXHAUSTED  # the highest reply status this worker may send
 
     @property
     def alive(self) -> bool:
@@ -105,8 +120,15 @@ class Worker:
         self.tail = Tail()
         self.timed_out = self.died_idle = False
         self.reason = None
-        child = Child(self.host, self.name, plan.argv, plan.env, self.cwd, plan.executable,
-                       bounds, plan.popen_kw, worker=True)
+        self._top = STATUS_EXHAUSTED
+        region = self.region = Region.create()
+        try:
+            child = Child(self.host, self.name, plan.argv, plan.env, self.cwd, plan.executable,
+                           bounds, plan.popen_kw, worker=True,
+                           region_fd=region.fd if region is not None else -1)
+        except BaseException:
+            self._close_region()
+            raise
         try:
             child.start()
         except BaseException:
@@ -114,6 +136,7 @@ class Worker:
                 close_fd(fd)
             child.close_stdin()
             await child.wait()
+            self._close_region()
             raise
         self.child = child
         loop = child.loop
@@ -138,6 +161,10 @@ class Worker:
             self.waiter = None
         if status == STATUS_OK:
             self._memory(precise=True)  # start the peak window after the imports
+            if region is not None and REGION_WORD in payload.split():
+                self._top = STATUS_REGION
+            else:  # a worker that does not speak of it never gets big payloads that way
+                self._close_region()
             return
         await self.stop(grace=0)
         message = payload.decode("utf-8", "replace") or f"status {status}"
@@ -169,7 +196,7 @@ class Worker:
         buf = self.buf
         if not buf and len(chunk) >= 5:
             size = _U32.unpack_from(chunk)[0]
-            if size + 4 == len(chunk) and chunk[4] <= STATUS_EXHAUSTED and size <= self.max_output:
+            if size + 4 == len(chunk) and chunk[4] <= self._top and size <= self.max_output:
                 self._on_frame(chunk[4], chunk[5:])  # the usual case: one whole frame
                 return True
         buf += chunk
@@ -179,8 +206,9 @@ class Worker:
         if size < 1:
             self._violation("a frame of length 0")
             return False
-        if buf[4] > STATUS_EXHAUSTED:
-            self._violation(f"reply status {buf[4]} (0, 1 or 2 expected; header {bytes(buf[:5]).hex()})")
+        if buf[4] > self._top:
+            self._violation(f"reply status {buf[4]} (0 to {self._top} expected; "
+                            f"header {bytes(buf[:5]).hex()})")
             return False
         if size - 1 > self.max_output:
             self._stop_for(too_big(self.max_output), f"a reply of {size - 1} bytes")
@@ -198,8 +226,35 @@ class Worker:
         return True
 
     def _on_frame(self, status: int, payload: bytes) -> None:
+        if status == STATUS_REGION:
+            payload = self._from_region(payload)
+            if payload is None:
+                return
+            status = STATUS_OK
         self._drain_stderr()  # logs written before the reply belong to this call
         self.waiter.set_result((status, payload))
+
+    def _from_region(self, payload: bytes) -> bytes | None:
+        """The output a status-3 reply points at, checked before a byte is read; None
+        (and the worker stopped) if the reply is malformed or the output too big."""
+        if len(payload) != _U64.size:
+            self._violation(f"a region reply of {len(payload)} bytes ({_U64.size} expected)")
+            return None
+        (size,) = _U64.unpack(payload)
+        if size > self.max_output:
+            self._stop_for(too_big(self.max_output), f"a reply of {size} bytes in the region")
+            return None
+        region = self.region
+        if size > region.size:
+            self._violation(f"an output of {size} bytes in a region of {region.size}")
+            return None
+        return region.read(size)
+
+    def _close_region(self) -> None:
+        region, self.region = self.region, None
+        self._top = STATUS_EXHAUSTED
+        if region is not None:
+            region.close()
 
     def _on_stderr(self) -> None:
         try:
@@ -281,6 +336,7 @@ class Worker:
         for fd in (self._status_fd, self._clear_fd, self._statm_fd):
             close_fd(fd)
         self._status_fd = self._clear_fd = self._statm_fd = -1
+        self._close_region()
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             if self.timed_out:
@@ -386,7 +442,15 @@ class Worker:
                 if not self.died_idle:
                     raise errors.Unavailable("the worker has stopped")
                 await self.start(self.bounds, self.start_timeout)
-            head = _request_head(len(data), args, env)
+            region = self.region
+            if region is not None and REGION_MIN <= len(data) <= region.size:
+                try:
+                    head, data = _request_head(0, args, env, region.write(data)), b""
+                except OSError as exc:  # no memory for the region's pages
+                    raise errors.ResourceExhausted(
+                        f"cannot hand the input to the worker: {exc}") from None
+            else:
+                head = _request_head(len(data), args, env)
             if bounds != self.bounds:
                 self._apply(bounds)
             self.max_output = max_output
@@ -421,6 +485,8 @@ class Worker:
                     watch.cancel()
                 self.waiter = None
                 self.sink = None
+                if self.region is not None:
+                    self.region.settle()
             cpu = clock_ns(clock) - cpu0
             usage = ExecUsage(cpu_time=cpu / 1e9, peak_memory=self._memory(cpu >= _PRECISE_NS))
         if status == STATUS_OK:
