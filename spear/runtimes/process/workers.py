@@ -421,6 +421,18 @@ class Worker:
             f"cpu limit: the call used {used:.2f}s of CPU, limit {seconds:g}s",
             details={"limit": "cpu_seconds", "cpu_time": used}), "cpu_seconds")
 
+    def _request(self, data: bytes, args: list, env: dict[str, str] | None) -> tuple[bytes, bytes]:
+        """The request's head and what follows it on the pipe: big inputs go into
+        the worker's region (nothing follows), small ones follow the head."""
+        region = self.region
+        if region is not None and REGION_MIN <= len(data) <= region.size:
+            try:
+                return _request_head(0, args, env, region.write(data)), b""
+            except OSError as exc:  # no memory for the region's pages
+                raise errors.ResourceExhausted(
+                    f"cannot hand the input to the worker: {exc}") from None
+        return _request_head(len(data), args, env), data
+
     async def call(
         self,
         data: bytes,
@@ -442,15 +454,7 @@ class Worker:
                 if not self.died_idle:
                     raise errors.Unavailable("the worker has stopped")
                 await self.start(self.bounds, self.start_timeout)
-            region = self.region
-            if region is not None and REGION_MIN <= len(data) <= region.size:
-                try:
-                    head, data = _request_head(0, args, env, region.write(data)), b""
-                except OSError as exc:  # no memory for the region's pages
-                    raise errors.ResourceExhausted(
-                        f"cannot hand the input to the worker: {exc}") from None
-            else:
-                head = _request_head(len(data), args, env)
+            head, data = self._request(data, args, env)
             if bounds != self.bounds:
                 self._apply(bounds)
             self.max_output = max_output
