@@ -71,7 +71,7 @@ class Outbox(Protocol):
         """Send ``msg`` to the client at routing id ``ident``."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Waiter:
     """A client waiting for an execution's terminal state."""
 
@@ -81,7 +81,7 @@ class Waiter:
     stream: bool = False
 
 
-@dataclass
+@dataclass(slots=True)
 class Exec:
     """In-memory state of one execution."""
 
@@ -243,6 +243,8 @@ class ExecutionRecords:
         """Retention: at most ``max_executions`` records, none finished longer ago
         than ``retention_age`` (with ``now``); the oldest finished go first."""
         excess = len(self.execs) + len(self.archive) - self.s.max_executions
+        if excess <= 0 and now is None:
+            return  # the usual case, once per submission
         cutoff = now - self.s.retention_age if now is not None else None
         arch = self.archive
         while arch:
