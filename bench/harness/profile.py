@@ -85,7 +85,7 @@ def _profiled_run(s: Session, spy: str, out_dir: Path, name: str, path: str, nod
 
 
 def profile_pass(s: Session) -> None:
-    """Each of :data:`PROFILED` via the SMS and direct under py-spy; raw stacks and ``summary.json`` to ``--profile``."""
+    """Each of :data:`PROFILED`, via the SMS and direct, under py-spy; stacks and ``summary.json`` to DIR."""
     spy = py_spy()
     if spy is None:
         s.res.skipped["profile"] = "py-spy not found (pip install py-spy)"

@@ -1,4 +1,4 @@
-"""Pipelined no-op invocations (wasm and Python) and 64 KiB / 1 MiB / 16 MiB echoes, through the SMS and direct."""
+"""Pipelined no-op invocations (wasm, Python) and 64 KiB / 1 MiB / 16 MiB echoes, via the SMS and direct."""
 
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ _ECHO_TARGETS = {("1mib", "sms"): 1.2}
 
 #: the pipelined rows: (function, runtime tag, label); the wasm rows keep their historic keys
 RATE_FUNCS = (("b-add", "", "no-op wasm"), ("b-noop", ".python", "no-op Python handler"))
-#: path -> (floor hop, the least the row may be as a multiple of its floor) per runtime tag
+#: (path, runtime tag) -> the least the row may be, as a multiple of its floor
 _RATE_TARGETS = {("sms", ""): 0.6, ("sms", ".python"): 0.4}
 
 
@@ -102,7 +102,8 @@ def _rate_trials(s: Session, raw: dict) -> dict[str, dict]:
                 r = run_async(pipelined(s, name, node, plan.rate_n, plan.window))
                 key = path + tag
                 raw.setdefault(f"{key}_trials", []).append(r)
-                if key not in best or (r["rate"] > best[key]["rate"] and not r["failed"]) or best[key]["failed"]:
+                b = best.get(key)
+                if b is None or (r["rate"] > b["rate"] and not r["failed"]) or b["failed"]:
                     best[key] = r
     return best
 

@@ -276,22 +276,40 @@ class ExecutionRecords:
 
     def _evict(self) -> None:
         """Keep at most ``cache_executions`` finished executions whole in memory: the
-        oldest finished (written, nobody waiting) become index entries."""
+        oldest finished (written, nobody waiting) become index entries.
+
+        Under load the oldest are nearly always evictable: they are popped off
+        the front one by one; the first that is not (still running, unwritten,
+        or waited on) is put back where it was and the rest are looked for
+        past it.
+        """
         excess = len(self.execs) - self.s.cache_executions
+        if excess <= 0:
+            return
+        execs, archive, dirty = self.execs, self.archive, self.dirty
+        while excess > 0:
+            eid, ex = execs.popitem(last=False)
+            i = ex.info
+            if i.status not in TERMINAL or eid in dirty or ex.waiters:
+                execs[eid] = ex
+                execs.move_to_end(eid, last=False)
+                break
+            archive[eid] = (i.submitted_at, i.function, i.status, i.node_id, ex.idem)
+            excess -= 1
         if excess <= 0:
             return
         moved = []
         looked = 0
-        for eid, ex in self.execs.items():
+        for eid, ex in execs.items():
             if len(moved) >= excess or looked >= excess + 1024:
                 break
             looked += 1
             i = ex.info
-            if i.status in TERMINAL and eid not in self.dirty and not ex.waiters:
+            if i.status in TERMINAL and eid not in dirty and not ex.waiters:
                 moved.append((eid, (i.submitted_at, i.function, i.status, i.node_id, ex.idem)))
         for eid, entry in moved:
-            del self.execs[eid]
-            self.archive[eid] = entry
+            del execs[eid]
+            archive[eid] = entry
 
     def _enqueue(self, ex: Exec, now: float) -> None:
         ex.queued_at = now
