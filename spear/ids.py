@@ -26,10 +26,14 @@ _HEX_RE = re.compile(r"[0-9a-f]{1,32}\Z")
 MIN_PREFIX = 8
 
 
+#: hex digit -> the variant nibble (``10`` then two of its random bits)
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+
+
 class IdMaker:
     """Callable making canonical UUIDv7 strings, monotonic within this process."""
 
-    __slots__ = ("_ms", "_seq", "_pool", "_at")
+    __slots__ = ("_ms", "_seq", "_head", "_pool", "_at")
 
     #: random bytes read from the OS at a time (a syscall per id would triple its cost)
     POOL = 8192
@@ -37,37 +41,43 @@ class IdMaker:
     def __init__(self) -> None:
         self._ms = 0
         self._seq = 0
-        self._pool = b""
-        self._at = self.POOL
+        self._head = ""
+        self._pool = ""
+        self._at = 2 * self.POOL
 
-    def _random64(self) -> int:
+    def _random_hex(self, digits: int) -> str:
+        """``digits`` random hex digits from the pool, kept as text: an id is
+        made by slicing it, not by formatting integers."""
         at = self._at
-        if at >= self.POOL:
+        if at + digits > 2 * self.POOL:
             # re-read after fork too: see _after_fork below
-            self._pool = os.urandom(self.POOL)
+            self._pool = os.urandom(self.POOL).hex()
             at = 0
-        self._at = at + 8
-        return int.from_bytes(self._pool[at:at + 8], "big")
+        self._at = at + digits
+        return self._pool[at:at + digits]
+
+    def _tick(self, ms: int) -> None:
+        """A new millisecond ``ms``: its time digits, and the counter seeded below half."""
+        self._ms = ms
+        self._head = "%08x-%04x-7" % (ms >> 16, ms & 0xFFFF)
 
     def __call__(self) -> str:
         ms = time.time_ns() // 1_000_000
         if ms > self._ms:
-            self._ms = ms
-            self._seq = self._random64() & 0x7FF  # room to count up
+            self._tick(ms)
+            self._seq = int(self._random_hex(3), 16) & 0x7FF  # room to count up
         else:
             self._seq += 1
             if self._seq > 0xFFF:  # 4096 ids in one millisecond: borrow the next one
-                self._ms += 1
+                self._tick(self._ms + 1)
                 self._seq = 0
-            ms = self._ms
-        rand = self._random64()
-        return "%08x-%04x-%04x-%04x-%012x" % (
-            ms >> 16, ms & 0xFFFF, 0x7000 | self._seq,
-            0x8000 | ((rand >> 48) & 0x3FFF), rand & 0xFFFF_FFFF_FFFF)
+        # 62 random bits: two in the variant nibble, 12 beside it, 48 in the last group
+        r = self._random_hex(16)
+        return f"{self._head}{self._seq:03x}-{_VARIANT[r[0]]}{r[1:4]}-{r[4:]}"
 
     def _after_fork(self) -> None:
         # a forked child must never hand out the parent's unused random bytes
-        self._at = self.POOL
+        self._at = 2 * self.POOL
 
 
 new_id = IdMaker()

@@ -1,4 +1,4 @@
-"""The bench harness's echo rows run end to end: every payload size through the
+"""The bench harness's rate and echo rows run end to end: every payload size through the
 floor (2-hop, 3-hop, a bare child's pipes) and through a real cluster (SMS and
 direct, both public clients), each row resolved against its own size's floor.
 
@@ -23,7 +23,7 @@ from bench.harness.main import count_steps  # noqa: E402
 from bench.harness.plan import PAYLOADS, ROW_PREFIX, Plan  # noqa: E402
 from bench.harness.procs import Progress  # noqa: E402
 from bench.harness.session import Session  # noqa: E402
-from bench.harness.throughput import echo_rows  # noqa: E402
+from bench.harness.throughput import RATE_FUNCS, echo_rows, rate_rows  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -78,3 +78,36 @@ def test_echo_rows_beside_their_floors(tmp_path):
             assert "ratio" in row.as_json()
     # the 1 MiB rows keep the keys earlier results files used
     assert {"mib.sms.p50", "mib.direct.p50"} <= set(by_key)
+
+
+def test_rate_rows_for_wasm_and_python_beside_their_floors(tmp_path):
+    plan = _tiny_plan()
+    plan.rate_n, plan.window, plan.rate_trials = 20, 4, 1
+    plan.floor_rate_n, plan.floor_window = 50, 4
+    prog = Progress(count_steps(["floor", "throughput"], plan, profile=False), enabled=False)
+    s = Session(plan, ["floor", "throughput"], prog, profile=None, keep=False, data=str(tmp_path))
+    s.floor = floor.Floor()
+    try:
+        s.floor.start()
+        s.start_cluster()
+        with s.client() as c:
+            for name, _, _ in RATE_FUNCS:
+                s.ensure(c, name, sms=True, direct=True)
+        raw: dict = {}
+        rate_rows(s, raw)
+    finally:
+        s.stop_cluster()
+        s.floor.stop()
+    floor.floor_figures(s.res)
+    s.res.finalize()
+
+    by_key = {f.key: f for f in s.res.figures}
+    for path, hop in (("sms", "3hop"), ("direct", "2hop")):
+        for key in (f"rate.{path}", f"rate.{path}.python"):
+            row = by_key[key]
+            assert row.floor_key == f"{hop}.rate"
+            assert row.value > 0 and row.ratio is not None
+            assert len(raw[f"{key[5:]}_trials"]) == 1 and raw[f"{key[5:]}_trials"][0]["failed"] == 0
+    assert "Python handler" in by_key["rate.sms.python"].figure
+    assert by_key["rate.sms.python"].check == ("ratio>=", 0.4)
+    assert by_key["rate.sms"].check == ("ratio>=", 0.6)

@@ -250,6 +250,16 @@ def test_accepts_other_buffers(sched):
     assert sched.pick_node(*c, 1.0, 1.0) == 1
 
 
+def test_accepts_strided_and_typed_buffers(sched):
+    c = list(cluster({"free_cpu": 1.0}, {"free_cpu": 3.0}, {"free_cpu": 2.0, "eligible": 0}))
+    wide = array("d", [x for v in c[0] for x in (v, -1.0)])
+    c[0] = memoryview(wide)[::2]  # every other double: not contiguous
+    c[5] = array("B", c[5])
+    c[6] = memoryview(bytearray(b"".join(bytes([v, 9]) for v in c[6])))[::2]
+    assert sched.pick_node(*c, 1.0, 1.0) == 1
+    assert sched.pick_nodes(*c, 1.0, 1.0, 3) == [1, 0]
+
+
 @pytest.mark.parametrize("short", range(len(FIELDS)), ids=FIELDS)
 def test_length_mismatch(sched, short):
     c = list(cluster({}, {}, {}))

@@ -7,7 +7,7 @@ import signal
 import sys
 import time
 
-from . import floor, latency, remote
+from . import floor, latency, remote, throughput
 from .kernels import measure_pool, measure_scheduler
 from .parallel import section_parallel
 from .plan import CLUSTER_SECTIONS, PAYLOADS, SECTIONS, Plan, select_sections
@@ -59,7 +59,8 @@ def count_steps(sections: list[str], plan: Plan, profile: bool) -> int:
         n += 2
         n += 1 if "rss" in want else 0
         n += latency.STEPS if "latency" in want else 0
-        n += 1 + 2 * plan.rate_trials + 2 * len(PAYLOADS) if "throughput" in want else 0
+        if "throughput" in want:
+            n += 1 + 2 * len(throughput.RATE_FUNCS) * plan.rate_trials + 2 * len(PAYLOADS)
         n += remote.STEPS if "remote" in want else 0
         n += 5 if "cold" in want else 0
         n += 1 + plan.rate_trials if "parallel" in want else 0

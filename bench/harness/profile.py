@@ -1,4 +1,4 @@
-"""``--profile``: an unmeasured SMS and direct throughput pass with py-spy on the SMS and the Spearlet."""
+"""``--profile``: unmeasured SMS and direct throughput passes (wasm, Python) with py-spy on every process."""
 
 from __future__ import annotations
 
@@ -28,10 +28,16 @@ def py_spy() -> str | None:
     return shutil.which("py-spy")
 
 
-def _attach(spy: str, pids: dict[str, int], out_dir: Path) -> dict:
+#: the functions a profile pass loads: (function, label)
+PROFILED = (("b-add", "wasm export"), ("b-noop", "Python handler"))
+#: the processes sampled, by their role in :meth:`Session.pids`
+ROLES = ("client", "sms", "spearlet")
+
+
+def _attach(spy: str, pids: dict[str, int], out_dir: Path, prefix: str) -> dict:
     spies = {}
-    for name in ("sms", "spearlet"):
-        path = out_dir / f"{name}.txt"
+    for name in ROLES:
+        path = out_dir / f"{prefix}.{name}.txt"
         spies[name] = (subprocess.Popen(
             [spy, "record", "--pid", str(pids[name]), "--rate", "1000", "--format", "raw",
              "--nonblocking", "--output", str(path)],
@@ -51,33 +57,50 @@ def _detach(spies: dict) -> None:
             p.wait()
 
 
+def _collect(spies: dict, out: dict) -> None:
+    """Each sampled process's summary (or py-spy's error) into ``out`` by role."""
+    for name, (p, path) in spies.items():
+        err = p.stderr.read().decode(errors="replace") if p.stderr else ""
+        if p.stderr:
+            p.stderr.close()
+        if not path.exists():
+            out[name] = {"error": err.strip()[-300:]}
+            continue
+        out[name] = summarise_collapsed(path.read_text())
+        out[name]["file"] = str(path)
+
+
+def _profiled_run(s: Session, spy: str, out_dir: Path, name: str, path: str, node: str | None) -> dict:
+    """One pipelined run of ``name`` with every process sampled; its rate, CPU and profiles."""
+    spies = _attach(spy, s.pids(), out_dir, f"{name}.{path}")
+    time.sleep(1.0)  # py-spy attaches
+    n = max(s.plan.rate_n, 40_000 if path == "sms" else 10_000)
+    try:
+        r = run_async(pipelined(s, name, node, n, s.plan.window))
+    finally:
+        _detach(spies)
+    out = {"rate": r["rate"], "cpu": r["cpu_summary"]}
+    _collect(spies, out)
+    return out
+
+
 def profile_pass(s: Session) -> None:
-    """Run the load under py-spy; write raw stacks and ``summary.json`` to ``--profile``."""
+    """Each of :data:`PROFILED`, via the SMS and direct, under py-spy; stacks and ``summary.json`` to DIR."""
     spy = py_spy()
     if spy is None:
         s.res.skipped["profile"] = "py-spy not found (pip install py-spy)"
         return
     out_dir = Path(s.profile)
     out_dir.mkdir(parents=True, exist_ok=True)
-    s.prog.step("profile: py-spy on SMS and spearlet")
-    spies = _attach(spy, s.pids(), out_dir)
-    time.sleep(1.0)  # py-spy attaches
-    try:
-        r = run_async(pipelined(s, "b-add", None, max(s.plan.rate_n, 40_000), s.plan.window))
-        r2 = run_async(pipelined(s, "b-add", s.node, max(s.plan.rate_n, 10_000), s.plan.window))
-    finally:
-        _detach(spies)
-    prof = {"rate_sms_while_profiled": r["rate"], "rate_direct_while_profiled": r2["rate"],
-            "cpu_sms_pass": r["cpu_summary"], "cpu_direct_pass": r2["cpu_summary"]}
-    for name, (p, path) in spies.items():
-        err = p.stderr.read().decode(errors="replace") if p.stderr else ""
-        if p.stderr:
-            p.stderr.close()
-        if not path.exists():
-            prof[name] = {"error": err.strip()[-300:]}
-            continue
-        prof[name] = summarise_collapsed(path.read_text())
-        prof[name]["file"] = str(path)
+    s.prog.step("profile: py-spy on client, SMS and spearlet")
+    with s.client() as c:
+        for name, _ in PROFILED:
+            s.ensure(c, name, sms=True, direct=True)
+    prof = {}
+    for name, label in PROFILED:
+        prof[name] = {"label": label}
+        for path, node in (("sms", None), ("direct", s.node)):
+            prof[name][path] = _profiled_run(s, spy, out_dir, name, path, node)
     s.res.raw["profile"] = prof
     (out_dir / "summary.json").write_text(json.dumps(prof, indent=2))
 
@@ -120,16 +143,18 @@ def summarise_collapsed(text: str, top: int = 25) -> dict:
 
 
 def print_profile(prof: dict) -> None:
-    """Where the SMS's and the Spearlet's time went while profiled."""
-    print(f"\nprofile (py-spy, SMS load {prof.get('rate_sms_while_profiled', 0):,.0f}/s, "
-          f"direct {prof.get('rate_direct_while_profiled', 0):,.0f}/s while sampled)")
-    print(f"  SMS pass: {prof.get('cpu_sms_pass', '')}; direct pass: {prof.get('cpu_direct_pass', '')}")
-    for name in ("sms", "spearlet"):
-        p = prof.get(name) or {}
-        if "self" not in p:
-            print(f"  {name}: no profile ({p.get('error', 'no samples')})")
-            continue
-        print(f"  {name}: {p['samples']} working samples ({p['waiting_samples']} in thread waits left out); "
-              "top self time:")
-        for fn, share in p["self"][:15]:
-            print(f"    {share:5.1f}%  {fn}")
+    """Where each process's time went while profiled, per function and path."""
+    for name, runs in prof.items():
+        for path in ("sms", "direct"):
+            run = runs.get(path) or {}
+            print(f"\nprofile (py-spy): {runs.get('label', name)}, {path}, "
+                  f"{run.get('rate', 0):,.0f}/s while sampled; {run.get('cpu', '')}")
+            for role in ROLES:
+                p = run.get(role) or {}
+                if "self" not in p:
+                    print(f"  {role}: no profile ({p.get('error', 'no samples')})")
+                    continue
+                print(f"  {role}: {p['samples']} working samples ({p['waiting_samples']} in thread waits "
+                      "left out); top self time:")
+                for fn, share in p["self"][:12]:
+                    print(f"    {share:5.1f}%  {fn}")

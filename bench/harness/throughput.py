@@ -1,4 +1,4 @@
-"""Pipelined no-op invocations and 64 KiB / 1 MiB / 16 MiB echoes, through the SMS and direct."""
+"""Pipelined no-op invocations (wasm, Python) and 64 KiB / 1 MiB / 16 MiB echoes, via the SMS and direct."""
 
 from __future__ import annotations
 
@@ -81,44 +81,60 @@ def _echo_blocking(c, name: str, node: str | None, size: int, n: int) -> dict:
 _ECHO_TARGETS = {("1mib", "sms"): 1.2}
 
 
+#: the pipelined rows: (function, runtime tag, label); the wasm rows keep their historic keys
+RATE_FUNCS = (("b-add", "", "no-op wasm"), ("b-noop", ".python", "no-op Python handler"))
+#: (path, runtime tag) -> the least the row may be, as a multiple of its floor
+_RATE_TARGETS = {("sms", ""): 0.6, ("sms", ".python"): 0.4}
+
+
 def _rate_trials(s: Session, raw: dict) -> dict[str, dict]:
-    """Floor and Spear trials alternately; the best Spear trial per path."""
+    """Floor and Spear trials alternately; the best Spear trial per row (``<path><tag>``)."""
     plan = s.plan
     # alternating, a burst of noise from other tenants hits both; the best of each counts
     best: dict[str, dict] = {}
     for t in range(plan.rate_trials):
-        for path, node, hop in (("sms", None, "3hop"), ("direct", s.node, "2hop")):
-            s.prog.step(f"throughput {t + 1}/{plan.rate_trials}: {plan.rate_n:,} no-op, {path}, "
-                        f"{plan.window} in flight")
-            if s.floor is not None:
-                floor.rate_trial(s.floor, s.res, plan, hop)
-            r = run_async(pipelined(s, "b-add", node, plan.rate_n, plan.window))
-            raw.setdefault(f"{path}_trials", []).append(r)
-            if path not in best or (r["rate"] > best[path]["rate"] and not r["failed"]) or best[path]["failed"]:
-                best[path] = r
+        for name, tag, label in RATE_FUNCS:
+            for path, node, hop in (("sms", None, "3hop"), ("direct", s.node, "2hop")):
+                s.prog.step(f"throughput {t + 1}/{plan.rate_trials}: {plan.rate_n:,} {label}, {path}, "
+                            f"{plan.window} in flight")
+                if s.floor is not None:
+                    floor.rate_trial(s.floor, s.res, plan, hop)
+                r = run_async(pipelined(s, name, node, plan.rate_n, plan.window))
+                key = path + tag
+                raw.setdefault(f"{key}_trials", []).append(r)
+                b = best.get(key)
+                if b is None or (r["rate"] > b["rate"] and not r["failed"]) or b["failed"]:
+                    best[key] = r
     return best
 
 
-def section_throughput(s: Session) -> None:
-    """Pipelined rates (vs the floor's), then echoes of each payload size (see :func:`echo_rows`)."""
+def rate_rows(s: Session, raw: dict) -> None:
+    """The pipelined rows ``rate.<path>`` (wasm) and ``rate.<path>.python``, each beside its floor."""
     plan = s.plan
+    best = _rate_trials(s, raw)
+    for _, tag, label in RATE_FUNCS:
+        for path, hop in (("sms", "3hop"), ("direct", "2hop")):
+            r = best[path + tag]
+            note = r["cpu_summary"]
+            if plan.rate_trials > 1:
+                note = f"best of {plan.rate_trials}; " + note
+            if r["failed"]:
+                note = f"{r['failed']} FAILED ({r['first_error'][:80]}); " + note
+            bound = _RATE_TARGETS.get((path, tag))
+            s.res.add("throughput", f"rate.{path}{tag}",
+                      f"pipelined {label} invocations, {path} (AsyncClient, {plan.window} in flight)",
+                      r["rate"] if not r["failed"] else None, "/s", floor_key=f"{hop}.rate",
+                      target=("ratio>=", bound) if bound else None, note=note)
+
+
+def section_throughput(s: Session) -> None:
+    """Pipelined rates (vs the floor's, see :func:`rate_rows`), then echoes of each payload size."""
     raw = s.res.raw.setdefault("throughput", {})
     with s.client() as c:
         s.prog.step("throughput: deploy")
-        s.ensure(c, "b-add", sms=True, direct=True)
-        s.ensure(c, "b-echo", sms=True, direct=True)
-    best = _rate_trials(s, raw)
-    for path, hop in (("sms", "3hop"), ("direct", "2hop")):
-        r = best[path]
-        note = r["cpu_summary"]
-        if plan.rate_trials > 1:
-            note = f"best of {plan.rate_trials}; " + note
-        if r["failed"]:
-            note = f"{r['failed']} FAILED ({r['first_error'][:80]}); " + note
-        s.res.add("throughput", f"rate.{path}",
-                  f"pipelined no-op wasm invocations, {path} (AsyncClient, {plan.window} in flight)",
-                  r["rate"] if not r["failed"] else None, "/s", floor_key=f"{hop}.rate",
-                  target=("ratio>=", 0.6) if path == "sms" else None, note=note)
+        for name in ("b-add", "b-noop", "b-echo"):
+            s.ensure(c, name, sms=True, direct=True)
+    rate_rows(s, raw)
     echo_rows(s, raw)
 
 

@@ -5,8 +5,15 @@
 The score is evaluated with the same operations in the same order as the twin
 (and ``-ffp-contract=off`` keeps the C compiler from fusing them into FMAs),
 so both pick the same node bit for bit. See the twin for the formula.
+
+The columns are read through raw pointers: ``array('d')``/``array('B')`` and
+``bytearray`` (what the SMS's node table holds) are looked at directly, any
+other buffer through a typed memoryview kept alive for the call. Acquiring
+eight memoryviews cost more than scoring a small cluster.
 """
 
+from cpython.array cimport array
+from cpython.bytearray cimport PyByteArray_AS_STRING
 from libc.stdlib cimport malloc, free, qsort
 
 __all__ = ["EPS", "WEIGHTS", "pick_node", "pick_nodes"]
@@ -42,24 +49,71 @@ cdef inline double _score(double fc, double fm, double cc, double cm, double ld,
     return s
 
 
-cdef Py_ssize_t _check_lengths(const double[:] free_cpu, const double[:] free_mem,
-                               const double[:] cap_cpu, const double[:] cap_mem,
-                               const double[:] load, const unsigned char[:] eligible,
-                               const unsigned char[:] warm, const double[:] penalty) except -1:
-    cdef Py_ssize_t n = free_cpu.shape[0]
-    if (free_mem.shape[0] != n or cap_cpu.shape[0] != n or cap_mem.shape[0] != n
-            or load.shape[0] != n or eligible.shape[0] != n or warm.shape[0] != n
-            or penalty.shape[0] != n):
-        raise ValueError("node arrays differ in length: %r" % ([
-            free_cpu.shape[0], free_mem.shape[0], cap_cpu.shape[0], cap_mem.shape[0],
-            load.shape[0], eligible.shape[0], warm.shape[0], penalty.shape[0]],))
-    return n
+ctypedef struct Cols:
+    const double *free_cpu
+    const double *free_mem
+    const double *cap_cpu
+    const double *cap_mem
+    const double *load
+    const unsigned char *eligible
+    const unsigned char *warm
+    const double *penalty
+    Py_ssize_t n
 
 
-def pick_node(const double[:] free_cpu, const double[:] free_mem,
-              const double[:] cap_cpu, const double[:] cap_mem,
-              const double[:] load, const unsigned char[:] eligible,
-              const unsigned char[:] warm, const double[:] penalty,
+cdef const double *_doubles(object x, list keep, Py_ssize_t *n) except? NULL:
+    """A pointer to ``x``'s doubles and their count (contiguous; copied if not)."""
+    cdef const double[:] view
+    if type(x) is array and (<array>x).ob_descr.typecode == b'd':
+        n[0] = len(x)
+        return (<array>x).data.as_doubles
+    view = x
+    if view.shape[0] and view.strides[0] != sizeof(double):
+        view = array('d', x)
+    keep.append(view)
+    n[0] = view.shape[0]
+    return &view[0] if view.shape[0] else NULL
+
+
+cdef const unsigned char *_bytes(object x, list keep, Py_ssize_t *n) except? NULL:
+    """A pointer to ``x``'s bytes and their count (contiguous; copied if not)."""
+    cdef const unsigned char[:] view
+    if type(x) is bytearray:
+        n[0] = len(x)
+        return <const unsigned char *>PyByteArray_AS_STRING(x)
+    if type(x) is array and (<array>x).ob_descr.typecode == b'B':
+        n[0] = len(x)
+        return (<array>x).data.as_uchars
+    view = x
+    if view.shape[0] and view.strides[0] != 1:
+        view = bytes(x)
+    keep.append(view)
+    n[0] = view.shape[0]
+    return &view[0] if view.shape[0] else NULL
+
+
+cdef int _columns(Cols *c, list keep, object free_cpu, object free_mem, object cap_cpu,
+                  object cap_mem, object load, object eligible, object warm,
+                  object penalty) except -1:
+    """Fill ``c`` from the eight columns; ValueError if their lengths differ."""
+    cdef Py_ssize_t lens[8]
+    c.free_cpu = _doubles(free_cpu, keep, &lens[0])
+    c.free_mem = _doubles(free_mem, keep, &lens[1])
+    c.cap_cpu = _doubles(cap_cpu, keep, &lens[2])
+    c.cap_mem = _doubles(cap_mem, keep, &lens[3])
+    c.load = _doubles(load, keep, &lens[4])
+    c.eligible = _bytes(eligible, keep, &lens[5])
+    c.warm = _bytes(warm, keep, &lens[6])
+    c.penalty = _doubles(penalty, keep, &lens[7])
+    cdef Py_ssize_t i
+    for i in range(1, 8):
+        if lens[i] != lens[0]:
+            raise ValueError("node arrays differ in length: %r" % ([lens[j] for j in range(8)],))
+    c.n = lens[0]
+    return 0
+
+
+def pick_node(free_cpu, free_mem, cap_cpu, cap_mem, load, eligible, warm, penalty,
               double need_cpu, double need_mem):
     """Return the index of the best-scoring candidate node, or -1 if none fits.
 
@@ -67,21 +121,23 @@ def pick_node(const double[:] free_cpu, const double[:] free_mem,
     and ``warm`` a byte buffer (``array('B')``). Raises ValueError if their
     lengths differ.
     """
-    cdef Py_ssize_t n = _check_lengths(free_cpu, free_mem, cap_cpu, cap_mem, load,
-                                       eligible, warm, penalty)
+    cdef Cols c
+    cdef list keep = []
+    _columns(&c, keep, free_cpu, free_mem, cap_cpu, cap_mem, load, eligible, warm, penalty)
+    cdef Py_ssize_t n = c.n
     cdef Py_ssize_t i
     cdef Py_ssize_t best = -1
     cdef double best_s = 0.0
     cdef double s, fc, fm
     with nogil:
         for i in range(n):
-            if eligible[i] == 0:
+            if c.eligible[i] == 0:
                 continue
-            fc = free_cpu[i]
-            fm = free_mem[i]
+            fc = c.free_cpu[i]
+            fm = c.free_mem[i]
             if not (fc >= need_cpu and fm >= need_mem):
                 continue
-            s = _score(fc, fm, cap_cpu[i], cap_mem[i], load[i], warm[i], penalty[i],
+            s = _score(fc, fm, c.cap_cpu[i], c.cap_mem[i], c.load[i], c.warm[i], c.penalty[i],
                        need_cpu, need_mem)
             if s != s:  # NaN: corrupt figures never win
                 continue
@@ -102,17 +158,16 @@ cdef int _cmp_scored(const void *a, const void *b) noexcept nogil:
     return -1 if x.index < y.index else (1 if x.index > y.index else 0)
 
 
-def pick_nodes(const double[:] free_cpu, const double[:] free_mem,
-               const double[:] cap_cpu, const double[:] cap_mem,
-               const double[:] load, const unsigned char[:] eligible,
-               const unsigned char[:] warm, const double[:] penalty,
+def pick_nodes(free_cpu, free_mem, cap_cpu, cap_mem, load, eligible, warm, penalty,
                double need_cpu, double need_mem, Py_ssize_t k):
     """Return up to ``k`` candidate indices, best first (ties: lower index first).
 
     Raises ValueError if the arrays differ in length or ``k`` is negative.
     """
-    cdef Py_ssize_t n = _check_lengths(free_cpu, free_mem, cap_cpu, cap_mem, load,
-                                       eligible, warm, penalty)
+    cdef Cols c
+    cdef list keep = []
+    _columns(&c, keep, free_cpu, free_mem, cap_cpu, cap_mem, load, eligible, warm, penalty)
+    cdef Py_ssize_t n = c.n
     if k < 0:
         raise ValueError(f"k must be >= 0, got {k}")
     if k == 0 or n == 0:
@@ -128,13 +183,13 @@ def pick_nodes(const double[:] free_cpu, const double[:] free_mem,
     try:
         with nogil:
             for i in range(n):
-                if eligible[i] == 0:
+                if c.eligible[i] == 0:
                     continue
-                fc = free_cpu[i]
-                fm = free_mem[i]
+                fc = c.free_cpu[i]
+                fm = c.free_mem[i]
                 if not (fc >= need_cpu and fm >= need_mem):
                     continue
-                s = _score(fc, fm, cap_cpu[i], cap_mem[i], load[i], warm[i], penalty[i],
+                s = _score(fc, fm, c.cap_cpu[i], c.cap_mem[i], c.load[i], c.warm[i], c.penalty[i],
                            need_cpu, need_mem)
                 if s != s:
                     continue

@@ -285,10 +285,8 @@ class Executions(Placement):
             self.outbox.to_node(ex.node, P.CancelExecution(id=0, execution_id=info.execution_id))
         self.table.mark_warm(node, ex.info.function)
         status = info.status if info.status in TERMINAL else "failed"
-        ex.info = msgspec.structs.replace(
-            ex.info, node_id=node, error=info.error, exit_code=info.exit_code,
-            timings=info.timings, usage=info.usage, cold=info.cold)
-        self._end(ex, status, now, output=payload if payload is not None else b"")
+        self._end(ex, status, now, output=payload if payload is not None else b"",
+                  result=info, node=node)
 
     def _from_its_node(self, ex: Exec, node: str, what: str) -> bool:
         """Only a node an execution was dispatched to may report on it."""

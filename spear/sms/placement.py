@@ -144,12 +144,20 @@ class Placement(ExecutionRecords):
     # ------------------------------------------------------------------ endings
 
     def _end(self, ex: Exec, status: str, now: float, code: str = "", message: str = "",
-             output: bytes = b"") -> None:
+             output: bytes = b"", result: P.ExecutionInfo | None = None, node: str = "") -> None:
+        """``ex`` ends ``status``; ``result``: what ``node`` reported of it (its error,
+        exit code, timings, usage), taken into the record in the same copy."""
         self._unassign(ex)
-        err = ex.info.error
-        if code:
-            err = P.ErrorInfo(code=code, message=message)
-        ex.info = msgspec.structs.replace(ex.info, status=status, error=err, finished_at=now)
+        if result is not None:
+            ex.info = msgspec.structs.replace(
+                ex.info, node_id=node, error=result.error, exit_code=result.exit_code,
+                timings=result.timings, usage=result.usage, cold=result.cold, status=status,
+                finished_at=now)
+        else:
+            err = ex.info.error
+            if code:
+                err = P.ErrorInfo(code=code, message=message)
+            ex.info = msgspec.structs.replace(ex.info, status=status, error=err, finished_at=now)
         ex.output = output
         ex.data = b""
         ex.queued_at = 0.0

@@ -77,7 +77,7 @@ class Outbox(Protocol):
         """Send ``msg`` to the client at routing id ``ident``."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Waiter:
     """A client waiting for an execution's terminal state."""
 
@@ -87,7 +87,7 @@ class Waiter:
     stream: bool = False
 
 
-@dataclass
+@dataclass(slots=True)
 class Exec:
     """In-memory state of one execution."""
 
@@ -270,6 +270,8 @@ class ExecutionRecords:
         """Retention: at most ``max_executions`` records, none finished longer ago
         than ``retention_age`` (with ``now``); the oldest finished go first."""
         excess = len(self.execs) + len(self.archive) - self.s.max_executions
+        if excess <= 0 and now is None:
+            return  # the usual case, once per submission
         cutoff = now - self.s.retention_age if now is not None else None
         arch = self.archive
         while arch:
@@ -301,22 +303,40 @@ class ExecutionRecords:
 
     def _evict(self) -> None:
         """Keep at most ``cache_executions`` finished executions whole in memory: the
-        oldest finished (written, nobody waiting) become index entries."""
+        oldest finished (written, nobody waiting) become index entries.
+
+        Under load the oldest are nearly always evictable: they are popped off
+        the front one by one; the first that is not (still running, unwritten,
+        or waited on) is put back where it was and the rest are looked for
+        past it.
+        """
         excess = len(self.execs) - self.s.cache_executions
+        if excess <= 0:
+            return
+        execs, archive, dirty = self.execs, self.archive, self.dirty
+        while excess > 0:
+            eid, ex = execs.popitem(last=False)
+            i = ex.info
+            if i.status not in TERMINAL or eid in dirty or ex.waiters:
+                execs[eid] = ex
+                execs.move_to_end(eid, last=False)
+                break
+            archive[eid] = queries.index_entry(i, ex.idem)
+            excess -= 1
         if excess <= 0:
             return
         moved = []
         looked = 0
-        for eid, ex in self.execs.items():
+        for eid, ex in execs.items():
             if len(moved) >= excess or looked >= excess + 1024:
                 break
             looked += 1
             i = ex.info
-            if i.status in TERMINAL and eid not in self.dirty and not ex.waiters:
+            if i.status in TERMINAL and eid not in dirty and not ex.waiters:
                 moved.append((eid, queries.index_entry(i, ex.idem)))
         for eid, entry in moved:
-            del self.execs[eid]
-            self.archive[eid] = entry
+            del execs[eid]
+            archive[eid] = entry
 
     def _enqueue(self, ex: Exec, now: float) -> None:
         ex.queued_at = now

@@ -163,31 +163,47 @@ class NodeTable:
     def _refresh_free(self, node_id: str) -> None:
         slot = self.slot_of[node_id]
         cpu, mem = self.reserved.get(node_id, (0.0, 0.0))
-        self.free_cpu[slot] = self.cap_cpu[slot] - cpu
-        self.free_mem[slot] = self.cap_mem[slot] - mem
-        info = self.info[slot]
-        if info is not None and info.capacity.slots and \
-                self.running.get(node_id, 0) >= info.capacity.slots:
+        self._refresh(slot, self.info[slot], cpu, mem, self.running.get(node_id, 0))
+
+    def _refresh(self, slot: int, info: NodeInfo | None, cpu: float, mem: float, running: int) -> None:
+        """Free capacity of ``slot`` after reservations (cpu, mem) and ``running`` executions."""
+        if info is not None and info.capacity.slots and running >= info.capacity.slots:
             self.free_cpu[slot] = -1.0  # at its concurrency limit: fits nothing
+        else:
+            self.free_cpu[slot] = self.cap_cpu[slot] - cpu
+        self.free_mem[slot] = self.cap_mem[slot] - mem
 
     def _adjust(self, node_id: str, cpu: float, mem: float, running: int) -> None:
         """Change a node's reservations by (cpu, mem) and its running count by
-        ``running`` (+1 or -1), then refresh its free capacity and load (one refresh)."""
+        ``running`` (+1 or -1), then refresh its free capacity and load (one refresh).
+
+        Once per dispatch and once per ending: its work is inlined here rather
+        than spread over the helpers the cold paths use.
+        """
         r = self.reserved.get(node_id)
         if r is None and (cpu > 0 or mem > 0):
             r = self.reserved[node_id] = [0.0, 0.0]
-        if r is not None and (cpu or mem):  # (releasing what was never reserved: no-op)
-            r[0] = max(0.0, r[0] + cpu)
-            r[1] = max(0.0, r[1] + mem)
-            if abs(r[0]) < 1e-9:
-                r[0] = 0.0
-            if abs(r[1]) < 1e-3:
-                r[1] = 0.0
-        self.running[node_id] = max(0, self.running.get(node_id, 0) + running)
+        if r is not None:
+            if cpu or mem:  # (releasing what was never reserved: no-op)
+                c = r[0] + cpu
+                m = r[1] + mem
+                r[0] = c if c >= 1e-9 else 0.0
+                r[1] = m if m >= 1e-3 else 0.0
+            cpu, mem = r
+        else:
+            cpu = mem = 0.0
+        n = self.running.get(node_id, 0) + running
+        if n < 0:
+            n = 0
+        self.running[node_id] = n
         slot = self.slot_of.get(node_id)
         if slot is not None:
-            self._refresh_free(node_id)
-            self._set_load(slot, node_id)
+            info = self.info[slot]
+            self._refresh(slot, info, cpu, mem, n)
+            if info is not None:
+                self.load[slot] = (info.usage.load1 + n) / max(info.capacity.cores, 1.0)
+            else:
+                self.load[slot] = n
 
     def take(self, node_id: str, cpu: float, mem: float) -> None:
         """A dispatch: reserve cpu/mem and count one more running, in one step."""
@@ -255,7 +271,9 @@ class NodeTable:
                 slot = self.slot_of.get(nid)
                 if slot is not None:
                     elig[slot] = 0
-        warm = self._warm_mask(function)
+        warm = self._warm.get(function)
+        if warm is None:
+            warm = self._warm_mask(function)
         picks = pick_nodes(self.free_cpu, self.free_mem, self.cap_cpu, self.cap_mem, self.load,
                            elig, warm, self.penalty, cpu, mem, k)
         return [self.node_at[i] for i in picks]

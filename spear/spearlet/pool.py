@@ -92,21 +92,37 @@ class InstancePool:
         return slot, inst, time.perf_counter() - t0
 
     async def _wait_for_release(self, wait: float) -> int:
-        fut = asyncio.get_running_loop().create_future()
+        """The slot a release hands over (FIFO), or RESOURCE_EXHAUSTED after ``wait`` seconds.
+
+        A bare future and one timer per waiter (not ``asyncio.wait_for``, which
+        adds a future, a callback and a timer of its own): at a window of
+        hundreds in flight most callers of a small pool wait here.
+        """
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
         self._waiters.append(fut)
+        timer = loop.call_later(wait, self._expire, fut, wait)
         try:
-            return await asyncio.wait_for(fut, wait)
-        except asyncio.TimeoutError:
-            raise errors.ResourceExhausted(
-                f"all {self.settings.max} instances of {self.prepared.spec.name!r} busy "
-                f"for {wait:g}s") from None
-        finally:
-            if not fut.done():
+            return await fut
+        except BaseException:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                # handed a slot, then cancelled before it resumed: pass the slot on
+                self.release(fut.result())
+            elif not fut.done():
                 fut.cancel()
             try:
-                self._waiters.remove(fut)
+                self._waiters.remove(fut)  # a handed-over future has left the deque already
             except ValueError:
                 pass
+            raise
+        finally:
+            timer.cancel()
+
+    def _expire(self, fut: asyncio.Future, wait: float) -> None:
+        if not fut.done():
+            fut.set_exception(errors.ResourceExhausted(
+                f"all {self.settings.max} instances of {self.prepared.spec.name!r} busy "
+                f"for {wait:g}s"))
 
     def _wake_one(self, slot: int) -> bool:
         """Hand ``slot`` (busy, or -1: "reserve one yourself") to the oldest waiter."""

@@ -171,7 +171,8 @@ class Runner:
     def _track(self, eid: str, coro, d: Deployment | None = None, slot: int = -1) -> None:
         """Run ``coro`` as the task of execution ``eid`` (what Cancel cancels);
         ``slot`` of ``d``'s pool is already taken for it."""
-        task = self.tasks[eid] = asyncio.ensure_future(coro)
+        # the loop's own create_task: ensure_future's type checks cost a frame per execution
+        task = self.tasks[eid] = asyncio.get_running_loop().create_task(coro)
         task.add_done_callback(lambda t: self._reap(eid, t, d, slot))
 
     def _reap(self, eid: str, task: asyncio.Task, d: Deployment | None, slot: int) -> None:
