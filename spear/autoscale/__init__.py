@@ -1,0 +1,9 @@
+"""Node autoscaling: a pure policy core, the providers that start and stop
+Spearlets, and the controller that joins them to a running SMS.
+
+This package may import ``spear.protocol``, ``errors``, ``config``, ``ids``,
+``client`` and ``service``; never ``sms``, ``spearlet``, ``gateway`` or ``cli``
+internals (it talks to the SMS only through the public client). Cloud SDKs
+(kubernetes, libcloud, docker) are imported lazily by the provider that needs
+them.
+"""
