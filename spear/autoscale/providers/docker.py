@@ -72,7 +72,7 @@ class DockerProvider:
             import docker
         except ImportError:
             raise errors.ConfigError("the docker provider needs the docker SDK "
-                                     "(pip install 'spear[autoscale]')") from None
+                                     "(pip install docker)") from None
         self.cluster = cluster
         self.sms = sms
         self.defaults = dict(options or {})
