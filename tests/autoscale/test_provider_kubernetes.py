@@ -181,9 +181,16 @@ def test_manifests_are_valid_api_objects(where, doc):
     group, _, version = doc["apiVersion"].rpartition("/")
     model = getattr(k8s.client, f"V1{doc['kind']}")
     assert version == "v1", f"{where}: {doc['apiVersion']}"
-    # the client's models forbid unknown fields: a misspelt key fails here
-    obj = model.from_dict(doc)
+    # the client's models forbid unknown fields at every depth: a misspelt key fails here
+    obj = model.model_validate(doc)
     assert obj.metadata.name and (obj.metadata.namespace == "spear" or doc["kind"] == "Namespace")
+
+
+def test_manifest_check_catches_a_misspelt_key():
+    doc = dict(next(d for _, d in _manifest_docs() if d["kind"] == "Deployment"))
+    doc["spec"] = {**doc["spec"], "replica": 1}
+    with pytest.raises(ValueError, match="replica"):
+        k8s.client.V1Deployment.model_validate(doc)
 
 
 def test_manifests_fit_the_provider(tmp_path):
