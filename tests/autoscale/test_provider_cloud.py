@@ -123,3 +123,18 @@ def test_bad_configuration_is_refused_clearly(arun):
     bad = NodeType(name="big", provider="cloud", options={"size": "Galactic", "image": "1"})
     with pytest.raises(errors.Unavailable, match="no size 'Galactic'"):
         arun(provider.create(bad, "n"))
+
+
+def test_a_shared_node_key_instead_of_one_per_node(arun, tmp_path, sms_key):
+    _, shared = zmq.auth.create_certificates(tmp_path, "fleet")
+    clouds = [{"name": "home", "driver": f"{HERE}:NamingCloud", "key": "k"}]
+    keys = tmp_path / "node-keys"
+    provider = load("cloud")(cluster="c4", clouds=clouds, sms_key=str(sms_key),
+                             node_key=shared, keys_dir=str(keys))
+    arun(provider.create(SMALL, "c4-n1"))
+    doc = yaml.safe_load(NamingCloud.machines[0].extra["userdata"])
+    files = {f["path"]: f["content"] for f in doc["write_files"]}
+    assert files["/etc/spear/keys/node.key_secret"] == Path(shared).read_text()
+    assert not keys.exists()  # nothing new for the SMS to admit
+    with pytest.raises(errors.ConfigError, match="sms_key"):
+        load("cloud")(clouds=clouds, node_key=shared)

@@ -6,7 +6,8 @@ quota, an outage, a bad size) moves on to the next. Each machine boots a
 Spearlet through cloud-init user data (``ex_userdata``, or ``ex_customdata``
 on Azure) that installs spear and joins the SMS with a CURVE key pair made
 for that node alone: its secret key travels only in the user data, its
-public key is written to ``keys_dir`` for the SMS's ``[security] node`` list.
+public key is written to ``keys_dir`` for the SMS's ``[security] node`` list
+(or, with ``node_key``, every machine shares one key the SMS already lists).
 
 A cloud is a dict: ``name``, ``driver`` (a libcloud provider name such as
 ``ec2`` or ``dummy``, or ``module:Class`` for a driver of your own), ``key``,
@@ -131,7 +132,8 @@ class CloudProvider:
 
     def __init__(self, *, cluster: str = "spear", sms: str = DEFAULT_SMS,
                  clouds: list[dict[str, Any]] | None = None, sms_key: str = "",
-                 keys_dir: str = "", options: dict[str, str] | None = None) -> None:
+                 keys_dir: str = "", node_key: str = "",
+                 options: dict[str, str] | None = None) -> None:
         if not clouds:
             raise errors.ConfigError("cloud provider: no clouds configured")
         self.cluster = cluster
@@ -140,20 +142,25 @@ class CloudProvider:
         #: the SMS's public key file, copied into each node (empty: CURVE off)
         self.sms_cert = Path(sms_key).read_text() if sms_key else ""
         self.keys_dir = Path(keys_dir) if keys_dir else None
+        #: one secret key file every machine shares (a key the SMS already lists),
+        #: instead of a key pair per node
+        self.node_key = Path(node_key).read_text() if node_key else ""
+        if self.node_key and not self.sms_cert:
+            raise errors.ConfigError("cloud provider: node_key needs sms_key (the SMS's public key)")
         self.defaults = dict(options or {})
 
     def _candidates(self, opts: dict[str, str]) -> list[_Cloud]:
         wanted = [c.strip() for c in opts.get("clouds", "").split(",") if c.strip()]
         return [c for c in self.clouds if not wanted or c.name in wanted]
 
-    def _create_on(self, cloud: _Cloud, node_type: NodeType, name: str, opts: dict[str, str],
-                   data: str):
+    def _create_on(self, cloud: _Cloud, name: str, opts: dict[str, str], data: str):
+        """Ask ``cloud`` for one machine; whatever the driver raises is its refusal."""
         def opt(key: str) -> str:
             return opts.get(f"{cloud.name}.{key}", opts.get(key, ""))
 
         d = cloud.driver
         kwargs: dict[str, Any] = dict(cloud.create_args)
-        kwargs["name"] = SEP.join((self.cluster, node_type.name, name))
+        kwargs["name"] = name
         kwargs["size"] = _pick(d.list_sizes(), opt("size"), "size", cloud.name)
         kwargs["image"] = _pick(d.list_images(), opt("image"), "image", cloud.name)
         params = inspect.signature(d.create_node).parameters
@@ -171,13 +178,17 @@ class CloudProvider:
 
     def _create(self, node_type: NodeType, name: str) -> NodeHandle:
         opts = {**self.defaults, **node_type.options}
-        public, secret = node_keys(name) if self.sms_cert else ("", "")
+        if self.node_key or not self.sms_cert:
+            public, secret = "", self.node_key
+        else:
+            public, secret = node_keys(name)
         data = user_data(sms=self.sms, name=name, node_type=node_type.name, secret_cert=secret,
                          sms_cert=self.sms_cert, install=opts.get("install", "spear"))
+        machine = SEP.join((self.cluster, node_type.name, name))
         refusals = []
         for cloud in self._candidates(opts):
             try:
-                node = self._create_on(cloud, node_type, name, opts, data)
+                node = self._create_on(cloud, machine, opts, data)
             except errors.SpearError as exc:
                 refusals.append(f"{cloud.name}: {exc}")
             except Exception as exc:  # noqa: BLE001 - libcloud raises many types for a refusal

@@ -48,7 +48,8 @@ class KubernetesProvider:
             raise errors.ConfigError("the kubernetes provider needs the kubernetes client "
                                      "(pip install 'spear[autoscale]')") from None
         self.cluster = cluster
-        self.sms = sms  # the pods read it from the ConfigMap; kept for symmetry and logs
+        # the pods read the SMS address from the ConfigMap (``sms`` is accepted so every
+        # provider is built with the same arguments)
         self.defaults = dict(options or {})
         import urllib3  # the client's transport
 
