@@ -157,6 +157,7 @@ def test_no_new_pod_is_a_refusal(fake, arun):
     arun(p.create(SMALL, "n1"))
     with pytest.raises(errors.Unavailable, match="no new pod"):
         arun(p.create(SMALL, "n2"))
+    assert fake.replicas == 1  # the replica that made no pod is given back
 
 
 def test_unknown_deployment_or_server_down_is_a_refusal(fake, arun):

@@ -124,6 +124,8 @@ class KubernetesProvider:
                                   ref=f"{namespace}/{deployment}/{new[0]}", name=new[0],
                                   created_at=time.time())
             time.sleep(0.2)
+        # give the replica back, or it would come up later as a node nobody asked for
+        self._scale(namespace, deployment, -1)
         raise errors.Unavailable(f"kubernetes provider: {namespace}/{deployment} made no new pod "
                                  f"(quota, or no room in the cluster?)")
 
