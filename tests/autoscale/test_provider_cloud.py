@@ -12,6 +12,7 @@ import yaml
 import zmq.auth
 
 from spear import errors
+from spear.config import load_config
 from spear.autoscale.providers.base import NodeType, load
 
 pytest.importorskip("libcloud")
@@ -61,7 +62,7 @@ def sms_key(tmp_path):
 
 
 def test_dummy_driver_create_and_destroy(arun):
-    provider = load("cloud")(cluster="c1", clouds=[{"name": "d", "driver": "dummy", "key": "0"}])
+    provider = load("cloud")(options={"cluster": "c1"}, clouds=[{"name": "d", "driver": "dummy", "key": "0"}])
     handle = arun(provider.create(SMALL, "c1-n1"))
     assert handle.provider == "cloud" and handle.ref.startswith("d/") and handle.name == "c1-n1"
     driver = provider.clouds[0].driver
@@ -72,10 +73,13 @@ def test_dummy_driver_create_and_destroy(arun):
 
 
 def test_create_list_after_restart_destroy_with_node_keys(arun, tmp_path, sms_key):
-    clouds = [{"name": "home", "driver": f"{HERE}:NamingCloud", "key": "k", "secret": "s"}]
-    keys = tmp_path / "node-keys"
-    kw = dict(cluster="c2", sms="tcp://10.0.0.1:7700", clouds=clouds, sms_key=str(sms_key),
-              keys_dir=str(keys))
+    # configured as [autoscaler] options can say it: strings, the clouds in a TOML file
+    clouds = tmp_path / "clouds.toml"
+    clouds.write_text(f'[[clouds]]\nname = "home"\ndriver = "{HERE}:NamingCloud"\n'
+                      f'key = "k"\nsecret = "s"\n')
+    keys = tmp_path / "work" / "node-keys"  # the default: under the autoscaler's workdir
+    kw = dict(sms="tcp://10.0.0.1:7700", workdir=str(tmp_path / "work"),
+              options={"cluster": "c2", "clouds_file": str(clouds), "sms_key": str(sms_key)})
     provider = load("cloud")(**kw)
     handle = arun(provider.create(SMALL, "c2-n1"))
     machine = NamingCloud.machines[0]
@@ -90,7 +94,11 @@ def test_create_list_after_restart_destroy_with_node_keys(arun, tmp_path, sms_ke
     public, secret = zmq.auth.load_certificate(str(secret_file))
     assert secret and files["/etc/spear/keys/sms.key"]["content"] == sms_key.read_text()
     toml = files["/etc/spear/spear.toml"]["content"]
-    assert 'sms = "tcp://10.0.0.1:7700"' in toml and 'name = "c2-n1"' in toml
+    (tmp_path / "node.toml").write_text(toml)
+    cfg = load_config(tmp_path / "node.toml", env={})  # what the machine's Spearlet reads
+    assert cfg.spearlet.sms == "tcp://10.0.0.1:7700" and cfg.spearlet.name == "c2-n1"
+    assert cfg.spearlet.labels == {"spear.owner": "autoscaler", "spear.node-type": "small"}
+    assert cfg.security.key == "/etc/spear/keys/node.key_secret"
     assert any("spearlet" in cmd for cmd in doc["runcmd"])
     # ... and only its public half stays here, for the SMS's [security] node list
     assert zmq.auth.load_certificate(str(keys / "c2-n1.key")) == (public, None)
@@ -98,7 +106,7 @@ def test_create_list_after_restart_destroy_with_node_keys(arun, tmp_path, sms_ke
     again = load("cloud")(**kw)
     found = arun(again.list())
     assert [(h.ref, h.name, h.node_type) for h in found] == [(handle.ref, "c2-n1", "small")]
-    assert arun(load("cloud")(**{**kw, "cluster": "other"}).list()) == []
+    assert arun(load("cloud")(**{**kw, "options": {**kw["options"], "cluster": "other"}}).list()) == []
     arun(again.destroy(found[0]))
     assert arun(again.list()) == [] and not (keys / "c2-n1.key").exists()
 
@@ -106,7 +114,7 @@ def test_create_list_after_restart_destroy_with_node_keys(arun, tmp_path, sms_ke
 def test_refusal_falls_back_to_the_next_cloud_by_cost(arun):
     clouds = [{"name": "spare", "driver": f"{HERE}:NamingCloud", "key": "k", "cost": 3},
               {"name": "cheap", "driver": f"{HERE}:QuotaCloud", "key": "k", "cost": 1}]
-    provider = load("cloud")(cluster="c3", clouds=clouds)
+    provider = load("cloud")(options={"cluster": "c3"}, clouds=clouds)
     assert [c.name for c in provider.clouds] == ["cheap", "spare"]
     handle = arun(provider.create(SMALL, "c3-n1"))
     assert handle.ref.startswith("spare/")
@@ -129,12 +137,12 @@ def test_a_shared_node_key_instead_of_one_per_node(arun, tmp_path, sms_key):
     _, shared = zmq.auth.create_certificates(tmp_path, "fleet")
     clouds = [{"name": "home", "driver": f"{HERE}:NamingCloud", "key": "k"}]
     keys = tmp_path / "node-keys"
-    provider = load("cloud")(cluster="c4", clouds=clouds, sms_key=str(sms_key),
-                             node_key=shared, keys_dir=str(keys))
+    provider = load("cloud")(clouds=clouds, options={
+        "cluster": "c4", "sms_key": str(sms_key), "node_key": shared, "keys_dir": str(keys)})
     arun(provider.create(SMALL, "c4-n1"))
     doc = yaml.safe_load(NamingCloud.machines[0].extra["userdata"])
     files = {f["path"]: f["content"] for f in doc["write_files"]}
     assert files["/etc/spear/keys/node.key_secret"] == Path(shared).read_text()
     assert not keys.exists()  # nothing new for the SMS to admit
     with pytest.raises(errors.ConfigError, match="sms_key"):
-        load("cloud")(clouds=clouds, node_key=shared)
+        load("cloud")(clouds=clouds, options={"node_key": shared})

@@ -73,9 +73,9 @@ def sms(tmp_path_factory):
 
 def test_create_run_list_destroy(image, sms, arun):
     cluster = f"t-{uuid.uuid4().hex[:8]}"
-    options = {"image": image, "network": "host",
+    options = {"cluster": cluster, "image": image, "network": "host",
                "volumes": f"{sys.prefix}:{sys.prefix}:ro,{REPO}:/opt/spear:ro"}
-    provider = load("docker")(cluster=cluster, sms=sms.sms_addr, options=options)
+    provider = load("docker")(sms=sms.sms_addr, options=options)
     small = NodeType(name="small", provider="docker", cores=1.0, memory_mb=512)
     name = f"{cluster}-n1"
     handle = arun(provider.create(small, name))
@@ -84,12 +84,13 @@ def test_create_run_list_destroy(image, sms, arun):
         with Client(sms.sms_addr, timeout=20) as c:
             nodes = wait_for(lambda: [n for n in c.nodes("ready") if n.name == name], 60,
                              "the container's Spearlet to join the SMS")
-            assert nodes[0].labels.get("node_type") == "small"
+            assert nodes[0].labels.get("spear.node-type") == "small"
+            assert nodes[0].labels.get("spear.owner") == "autoscaler"
             c.deploy(P.FunctionSpec(name="add", runtime="wasm", handler="add", artifact=ADD_WAT))
             r = c.invoke("add", args=[40, 2])
             assert r.ok and r.output == b"42" and r.info.node_id == nodes[0].node_id
         # a new provider object (the autoscaler restarted) finds the node by its label
-        again = load("docker")(cluster=cluster, sms=sms.sms_addr)
+        again = load("docker")(sms=sms.sms_addr, options={"cluster": cluster})
         found = arun(again.list())
         assert [(h.ref, h.name, h.node_type) for h in found] == [(handle.ref, name, "small")]
         arun(again.destroy(found[0]))

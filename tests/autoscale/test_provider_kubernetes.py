@@ -129,7 +129,7 @@ def fake():
 
 
 def provider(fake, **options):
-    return load("kubernetes")(cluster=fake.cluster, options={"host": fake.url, "timeout": "2", **options})
+    return load("kubernetes")(options={"cluster": fake.cluster, "host": fake.url, "timeout": "2", **options})
 
 
 SMALL = NodeType(name="small", provider="kubernetes")

@@ -9,12 +9,17 @@ for that node alone: its secret key travels only in the user data, its
 public key is written to ``keys_dir`` for the SMS's ``[security] node`` list
 (or, with ``node_key``, every machine shares one key the SMS already lists).
 
-A cloud is a dict: ``name``, ``driver`` (a libcloud provider name such as
+The clouds are given as a list (``clouds=``) or, from ``[autoscaler]
+options``, as ``clouds_file``: a TOML file of ``[[clouds]]`` tables. A cloud
+has ``name``, ``driver`` (a libcloud provider name such as
 ``ec2`` or ``dummy``, or ``module:Class`` for a driver of your own), ``key``,
 ``secret``, ``cost`` (lower first), ``args`` (more driver constructor
 arguments, e.g. ``region``) and ``create_args`` (more ``create_node``
 arguments, e.g. Azure's ``ex_resource_group``).
 
+Provider options: ``cluster`` (default ``spear``), ``clouds_file``,
+``sms_key`` (the SMS's public key file; empty: CURVE off), ``keys_dir``
+(default ``<workdir>/node-keys``) and ``node_key`` (see above).
 Node type options: ``size``, ``image``, ``location`` (id or name; a
 ``CLOUD.size`` key overrides for one cloud), ``clouds`` (a comma-separated
 subset to use), ``install`` (the pip requirement, default ``spear``).
@@ -72,8 +77,11 @@ def node_keys(name: str) -> tuple[str, str]:
 def user_data(*, sms: str, name: str, node_type: str, secret_cert: str, sms_cert: str,
               install: str = "spear") -> str:
     """The cloud-init document that installs spear and starts the Spearlet as ``name``."""
+    labels = {"spear.owner": "autoscaler", "spear.node-type": node_type}
+    # JSON strings are valid TOML basic strings: values need no quoting rules of our own
     toml = (f"[spearlet]\nsms = {json.dumps(sms)}\nname = {json.dumps(name)}\n"
-            f"listen = \"tcp://0.0.0.0:7701\"\nlabels = {{ node_type = {json.dumps(node_type)} }}\n")
+            'listen = "tcp://0.0.0.0:7701"\nlabels = { '
+            + ", ".join(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in labels.items()) + " }\n")
     files = []
     if secret_cert:
         toml += ('[security]\nkey = "/etc/spear/keys/node.key_secret"\n'
@@ -91,6 +99,19 @@ def user_data(*, sms: str, name: str, node_type: str, secret_cert: str, sms_cert
               "  - [systemd-run, --unit=spearlet, --property=Restart=always, --working-directory=/var/lib,"
               " spear, spearlet, --config, /etc/spear/spear.toml]"]
     return "\n".join(lines) + "\n"
+
+
+def _clouds_file(path: str) -> list[dict[str, Any]]:
+    """The ``[[clouds]]`` tables of a TOML file ([] for no file)."""
+    if not path:
+        return []
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            return list(tomllib.load(f).get("clouds", []))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise errors.ConfigError(f"cloud provider: cannot read clouds_file {path}: {exc}") from None
 
 
 def _pick(items: list, wanted: str, what: str, cloud: str):
@@ -130,13 +151,16 @@ class CloudProvider:
 
     name = "cloud"
 
-    def __init__(self, *, cluster: str = "spear", sms: str = DEFAULT_SMS,
-                 clouds: list[dict[str, Any]] | None = None, sms_key: str = "",
-                 keys_dir: str = "", node_key: str = "",
-                 options: dict[str, str] | None = None) -> None:
+    def __init__(self, *, sms: str = DEFAULT_SMS, workdir: str = "",
+                 options: dict[str, str] | None = None,
+                 clouds: list[dict[str, Any]] | None = None) -> None:
+        opts = dict(options or {})
+        self.cluster = opts.pop("cluster", "spear")
+        clouds = clouds or _clouds_file(opts.pop("clouds_file", ""))
         if not clouds:
-            raise errors.ConfigError("cloud provider: no clouds configured")
-        self.cluster = cluster
+            raise errors.ConfigError("cloud provider: no clouds configured (options.clouds_file)")
+        sms_key, node_key = opts.pop("sms_key", ""), opts.pop("node_key", "")
+        keys_dir = opts.pop("keys_dir", "") or (str(Path(workdir) / "node-keys") if workdir else "")
         self.sms = sms
         self.clouds = sorted((_Cloud(c) for c in clouds), key=lambda c: c.cost)
         #: the SMS's public key file, copied into each node (empty: CURVE off)
@@ -147,7 +171,7 @@ class CloudProvider:
         self.node_key = Path(node_key).read_text() if node_key else ""
         if self.node_key and not self.sms_cert:
             raise errors.ConfigError("cloud provider: node_key needs sms_key (the SMS's public key)")
-        self.defaults = dict(options or {})
+        self.defaults = opts
 
     def _candidates(self, opts: dict[str, str]) -> list[_Cloud]:
         wanted = [c.strip() for c in opts.get("clouds", "").split(",") if c.strip()]

@@ -4,10 +4,13 @@ The image runs ``spear`` as its entrypoint (deploy/docker/Dockerfile builds
 one from this checkout); the provider adds ``spearlet --sms ... --name ...``.
 Every container carries the label ``spear.autoscaler=<cluster>``, so a new
 provider object (after the autoscaler restarts) finds the nodes the old one
-started. The docker SDK is imported when the provider is built, and its
+started; the Spearlet gets the node labels ``spear.owner=autoscaler`` and
+``spear.node-type=<type>``, as with every provider. The docker SDK is imported when the provider is built, and its
 blocking calls run in a worker thread.
 
-Node type options (``NodeType.options``, over the provider's own defaults):
+Provider options: ``cluster`` (default ``spear``) and ``base_url`` (the
+engine; default ``DOCKER_HOST``, else the local socket). Node type options
+(``NodeType.options``, over the provider's own):
 
 ``image``     the Spearlet image (default ``spear/spearlet:latest``)
 ``network``   a Docker network, or ``host`` to share the host's (loopback SMS)
@@ -28,6 +31,7 @@ from ...config import DEFAULT_SMS, docker_host
 from .base import NodeHandle, NodeType
 
 LABEL = "spear.autoscaler"
+OWNER_LABEL = "spear.owner"
 TYPE_LABEL = "spear.node-type"
 NAME_LABEL = "spear.node-name"
 DEFAULT_IMAGE = "spear/spearlet:latest"
@@ -66,18 +70,21 @@ class DockerProvider:
 
     name = "docker"
 
-    def __init__(self, *, cluster: str = "spear", sms: str = DEFAULT_SMS, base_url: str = "",
+    def __init__(self, *, sms: str = DEFAULT_SMS, workdir: str = "",
                  options: dict[str, str] | None = None) -> None:
+        """``workdir`` is unused (the engine keeps the state); kept so every provider
+        is built with the same arguments."""
         try:
             import docker
         except ImportError:
             raise errors.ConfigError("the docker provider needs the docker SDK "
                                      "(pip install docker)") from None
-        self.cluster = cluster
-        self.sms = sms
         self.defaults = dict(options or {})
+        self.cluster = self.defaults.pop("cluster", "spear")
+        self.sms = sms
         self._docker = docker
-        self._api = docker.DockerClient(base_url=base_url or docker_host() or None, timeout=60)
+        base_url = self.defaults.pop("base_url", "") or docker_host() or None
+        self._api = docker.DockerClient(base_url=base_url, timeout=60)
 
     def _run(self, node_type: NodeType, name: str):
         opts = {**self.defaults, **node_type.options}
@@ -85,7 +92,7 @@ class DockerProvider:
         listen = opts.get("listen") or (f"tcp://127.0.0.1:{_free_port()}" if network == "host"
                                         else "tcp://0.0.0.0:7701")
         command = ["spearlet", "--sms", self.sms, "--name", name, "--listen", listen,
-                   "--labels", f"node_type={node_type.name}"]
+                   "--labels", f"{OWNER_LABEL}=autoscaler,{TYPE_LABEL}={node_type.name}"]
         if network != "host":
             # other nodes and clients reach the container by its name on that network
             command += ["--advertise", listen.replace("0.0.0.0", name)]

@@ -11,7 +11,7 @@ Deployment.) The official ``kubernetes`` client is imported when the provider
 is built; its blocking calls run in a worker thread, one change at a time.
 
 Provider options (node types may override ``namespace`` and ``deployment``):
-``namespace`` (default ``spear``), ``deployment`` (default ``spearlet``),
+``cluster`` (default ``spear``), ``namespace`` (default ``spear``), ``deployment`` (default ``spearlet``),
 ``kubeconfig`` and ``context`` (default: in-cluster, else ``~/.kube/config``),
 ``host`` (an API server URL used as is, no credentials: for proxies and tests),
 ``timeout`` (seconds to wait for a new pod's name, default 120).
@@ -40,17 +40,17 @@ class KubernetesProvider:
 
     name = "kubernetes"
 
-    def __init__(self, *, cluster: str = "spear", sms: str = DEFAULT_SMS,
+    def __init__(self, *, sms: str = DEFAULT_SMS, workdir: str = "",
                  options: dict[str, str] | None = None) -> None:
+        """The pods read the SMS address from the ConfigMap and keep no state here:
+        ``sms`` and ``workdir`` are accepted so every provider is built alike."""
         try:
             import kubernetes
         except ImportError:
             raise errors.ConfigError("the kubernetes provider needs the kubernetes client "
                                      "(pip install 'spear[autoscale]')") from None
-        self.cluster = cluster
-        # the pods read the SMS address from the ConfigMap (``sms`` is accepted so every
-        # provider is built with the same arguments)
         self.defaults = dict(options or {})
+        self.cluster = self.defaults.pop("cluster", "spear")
         import urllib3  # the client's transport
 
         self._k8s = kubernetes
