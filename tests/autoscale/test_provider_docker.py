@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from spear import Client, protocol as P
+from spear import Client, errors, protocol as P
 from spear.autoscale.providers.base import NodeType, load
 from spear.cluster import Cluster
 from tests.helpers import ADD_WAT, wait_for
@@ -101,3 +101,8 @@ def test_create_run_list_destroy(image, sms, arun):
             docker.from_env().containers.get(handle.ref).remove(force=True)
         except docker.errors.NotFound:
             pass
+
+
+def test_no_engine_is_a_refusal():
+    with pytest.raises(errors.Unavailable, match="engine unreachable"):
+        load("docker")(options={"base_url": "unix:///nonexistent/docker.sock"})

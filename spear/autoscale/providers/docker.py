@@ -84,7 +84,10 @@ class DockerProvider:
         self.sms = sms
         self._docker = docker
         base_url = self.defaults.pop("base_url", "") or docker_host() or None
-        self._api = docker.DockerClient(base_url=base_url, timeout=60)
+        try:
+            self._api = docker.DockerClient(base_url=base_url, timeout=60)
+        except docker.errors.DockerException as exc:  # no engine at that address
+            raise errors.Unavailable(f"docker provider: engine unreachable: {exc}") from None
 
     def _run(self, node_type: NodeType, name: str):
         opts = {**self.defaults, **node_type.options}
