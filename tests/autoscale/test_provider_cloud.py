@@ -78,8 +78,9 @@ def test_create_list_after_restart_destroy_with_node_keys(arun, tmp_path, sms_ke
     clouds.write_text(f'[[clouds]]\nname = "home"\ndriver = "{HERE}:NamingCloud"\n'
                       f'key = "k"\nsecret = "s"\n')
     keys = tmp_path / "work" / "node-keys"  # the default: under the autoscaler's workdir
-    kw = dict(sms="tcp://10.0.0.1:7700", workdir=str(tmp_path / "work"),
-              options={"cluster": "c2", "clouds_file": str(clouds), "sms_key": str(sms_key)})
+    kw = dict(sms="tcp://127.0.0.1:7700", workdir=str(tmp_path / "work"),
+              options={"cluster": "c2", "clouds_file": str(clouds), "sms_key": str(sms_key),
+                       "sms": "tcp://10.0.0.1:7700"})
     provider = load("cloud")(**kw)
     handle = arun(provider.create(SMALL, "c2-n1"))
     machine = NamingCloud.machines[0]
@@ -146,3 +147,5 @@ def test_a_shared_node_key_instead_of_one_per_node(arun, tmp_path, sms_key):
     assert not keys.exists()  # nothing new for the SMS to admit
     with pytest.raises(errors.ConfigError, match="sms_key"):
         load("cloud")(clouds=clouds, options={"node_key": shared})
+    with pytest.raises(errors.ConfigError, match="cannot read sms_key"):
+        load("cloud")(clouds=clouds, options={"sms_key": str(tmp_path / "missing.key")})

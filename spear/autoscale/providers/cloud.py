@@ -17,7 +17,8 @@ has ``name``, ``driver`` (a libcloud provider name such as
 arguments, e.g. ``region``) and ``create_args`` (more ``create_node``
 arguments, e.g. Azure's ``ex_resource_group``).
 
-Provider options: ``cluster`` (default ``spear``), ``clouds_file``,
+Provider options: ``cluster`` (default ``spear``), ``sms`` (the SMS address
+the machines dial, default the autoscaler's), ``clouds_file``,
 ``sms_key`` (the SMS's public key file; empty: CURVE off), ``keys_dir``
 (default ``<workdir>/node-keys``) and ``node_key`` (see above).
 Node type options: ``size``, ``image``, ``location`` (id or name; a
@@ -114,6 +115,14 @@ def _clouds_file(path: str) -> list[dict[str, Any]]:
         raise errors.ConfigError(f"cloud provider: cannot read clouds_file {path}: {exc}") from None
 
 
+def _read(path: str, what: str) -> str:
+    """A key file's text ("" for no path)."""
+    try:
+        return Path(path).read_text() if path else ""
+    except OSError as exc:
+        raise errors.ConfigError(f"cloud provider: cannot read {what} {path}: {exc}") from None
+
+
 def _pick(items: list, wanted: str, what: str, cloud: str):
     for item in items:
         if wanted in (str(item.id), item.name):
@@ -161,14 +170,15 @@ class CloudProvider:
             raise errors.ConfigError("cloud provider: no clouds configured (options.clouds_file)")
         sms_key, node_key = opts.pop("sms_key", ""), opts.pop("node_key", "")
         keys_dir = opts.pop("keys_dir", "") or (str(Path(workdir) / "node-keys") if workdir else "")
-        self.sms = sms
+        # the address the machines dial: the autoscaler's own is often loopback
+        self.sms = opts.pop("sms", "") or sms
         self.clouds = sorted((_Cloud(c) for c in clouds), key=lambda c: c.cost)
         #: the SMS's public key file, copied into each node (empty: CURVE off)
-        self.sms_cert = Path(sms_key).read_text() if sms_key else ""
+        self.sms_cert = _read(sms_key, "sms_key")
         self.keys_dir = Path(keys_dir) if keys_dir else None
         #: one secret key file every machine shares (a key the SMS already lists),
         #: instead of a key pair per node
-        self.node_key = Path(node_key).read_text() if node_key else ""
+        self.node_key = _read(node_key, "node_key")
         if self.node_key and not self.sms_cert:
             raise errors.ConfigError("cloud provider: node_key needs sms_key (the SMS's public key)")
         self.defaults = opts

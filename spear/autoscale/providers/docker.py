@@ -8,8 +8,9 @@ started; the Spearlet gets the node labels ``spear.owner=autoscaler`` and
 ``spear.node-type=<type>``, as with every provider. The docker SDK is imported when the provider is built, and its
 blocking calls run in a worker thread.
 
-Provider options: ``cluster`` (default ``spear``) and ``base_url`` (the
-engine; default ``DOCKER_HOST``, else the local socket). Node type options
+Provider options: ``cluster`` (default ``spear``), ``sms`` (the SMS address
+the containers dial, default the autoscaler's) and ``base_url`` (the engine;
+default ``DOCKER_HOST``, else the local socket). Node type options
 (``NodeType.options``, over the provider's own):
 
 ``image``     the Spearlet image (default ``spear/spearlet:latest``)
@@ -81,7 +82,8 @@ class DockerProvider:
                                      "(pip install docker)") from None
         self.defaults = dict(options or {})
         self.cluster = self.defaults.pop("cluster", "spear")
-        self.sms = sms
+        # the address the containers dial: on a Docker network, not the host's loopback
+        self.sms = self.defaults.pop("sms", "") or sms
         self._docker = docker
         base_url = self.defaults.pop("base_url", "") or docker_host() or None
         try:
