@@ -1,0 +1,108 @@
+"""The docker provider against the real Docker Engine: a Spearlet container
+joins a real SMS on loopback (host network), runs a wasm function, and is found
+again by a new provider object; destroy removes it.
+
+No registry is reachable here, so the image is made from the local
+``spear-test/python`` (tests/images/build.sh) with this machine's Python and
+this checkout bind-mounted read-only; deploy/docker/Dockerfile is the image for
+real deployments. The image is tagged by a hash of what it is built from, so
+it is built once per change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import sys
+import tarfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+from spear import Client, errors, protocol as P
+from spear.autoscale.providers.base import NodeType, load
+from spear.cluster import Cluster
+from tests.helpers import ADD_WAT, wait_for
+
+docker = pytest.importorskip("docker")
+pytestmark = pytest.mark.docker
+
+REPO = Path(__file__).resolve().parents[2]
+BASE = "spear-test/python:latest"
+
+
+def _engine():
+    try:
+        api = docker.from_env(timeout=30)
+        api.ping()
+        api.images.get(BASE)
+    except Exception as exc:  # noqa: BLE001 - any failure means "no engine here"
+        pytest.skip(f"docker engine or {BASE} unavailable ({exc}); run .ci/setup-docker.sh")
+    return api
+
+
+@pytest.fixture(scope="module")
+def image():
+    api = _engine()
+    dockerfile = (f"FROM {BASE}\nENV PYTHONPATH=/opt/spear\n"
+                  f'ENTRYPOINT ["{sys.executable}", "-P", "-m", "spear"]\n')
+    tag = "spear-test/spearlet:" + hashlib.sha256(dockerfile.encode()).hexdigest()[:12]
+    try:
+        api.images.get(tag)
+    except docker.errors.ImageNotFound:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            info = tarfile.TarInfo("Dockerfile")
+            info.size = len(dockerfile)
+            tar.addfile(info, io.BytesIO(dockerfile.encode()))
+        buf.seek(0)
+        api.images.build(fileobj=buf, custom_context=True, tag=tag, pull=False, rm=True)
+    return tag
+
+
+@pytest.fixture(scope="module")
+def sms(tmp_path_factory):
+    c = Cluster(tmp_path_factory.mktemp("asdocker"), spearlets=0)
+    try:
+        c.start(wait=30)
+        yield c
+    finally:
+        c.stop()
+
+
+def test_create_run_list_destroy(image, sms, arun):
+    cluster = f"t-{uuid.uuid4().hex[:8]}"
+    options = {"cluster": cluster, "image": image, "network": "host",
+               "volumes": f"{sys.prefix}:{sys.prefix}:ro,{REPO}:/opt/spear:ro"}
+    provider = load("docker")(sms=sms.sms_addr, options=options)
+    small = NodeType(name="small", provider="docker", cores=1.0, memory_mb=512)
+    name = f"{cluster}-n1"
+    handle = arun(provider.create(small, name))
+    try:
+        assert handle.provider == "docker" and handle.name == name and handle.ref
+        with Client(sms.sms_addr, timeout=20) as c:
+            nodes = wait_for(lambda: [n for n in c.nodes("ready") if n.name == name], 60,
+                             "the container's Spearlet to join the SMS")
+            assert nodes[0].labels.get("spear.node-type") == "small"
+            assert nodes[0].labels.get("spear.owner") == "autoscaler"
+            c.deploy(P.FunctionSpec(name="add", runtime="wasm", handler="add", artifact=ADD_WAT))
+            r = c.invoke("add", args=[40, 2])
+            assert r.ok and r.output == b"42" and r.info.node_id == nodes[0].node_id
+        # a new provider object (the autoscaler restarted) finds the node by its label
+        again = load("docker")(sms=sms.sms_addr, options={"cluster": cluster})
+        found = arun(again.list())
+        assert [(h.ref, h.name, h.node_type) for h in found] == [(handle.ref, name, "small")]
+        arun(again.destroy(found[0]))
+        assert arun(provider.list()) == []
+        arun(provider.destroy(handle))  # idempotent
+    finally:
+        try:
+            docker.from_env().containers.get(handle.ref).remove(force=True)
+        except docker.errors.NotFound:
+            pass
+
+
+def test_no_engine_is_a_refusal():
+    with pytest.raises(errors.Unavailable, match="engine unreachable"):
+        load("docker")(options={"base_url": "unix:///nonexistent/docker.sock"})
