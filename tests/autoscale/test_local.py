@@ -161,3 +161,41 @@ def test_a_load_ramp_grows_the_cluster_then_it_shrinks_back_to_min(tmp_path, clu
             assert 2 <= ups <= 3 and actions.count("remove") == ups, actions
             assert "resume" not in actions  # it never flapped back
         assert not any(psutil.pid_exists(p) for p in _spearlet_pids(tmp_path / "autoscaler" / "local"))
+
+
+def test_spear_up_with_an_autoscaler_section_starts_it_beside_the_sms(tmp_path):
+    """``spear up --config FILE`` with ``[autoscaler]`` keeps min_nodes (its own node
+    counting) and stops the nodes it started when it stops."""
+    import signal
+    import subprocess
+    import sys
+
+    from spear.cluster import free_port
+
+    conf = tmp_path / "spear.toml"
+    conf.write_text("[autoscaler]\nmin_nodes = 2\nmax_nodes = 2\ntick = 0.2\n")
+    port = free_port()
+    sms = f"tcp://127.0.0.1:{port}"
+    data = tmp_path / "up"
+    up = subprocess.Popen([sys.executable, "-m", "spear", "up", "-n", "1", "--no-gateway", "--store",
+                           "memory", "--port", str(port), "--data", str(data), "--config", str(conf)],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        def two_nodes():
+            r = spear_cli("nodes", "--json", "--state", "ready", "--sms", sms, "--timeout", "2")
+            nodes = json.loads(r.stdout) if r.returncode == 0 else []
+            return len(nodes) == 2 and nodes
+
+        nodes = wait_for(two_nodes, 60, "the autoscaler's node ready")
+        assert sorted(n["owner"] for n in nodes) == ["", "autoscaler"]
+        pids = _spearlet_pids(data / "autoscaler" / "local")
+        assert len(pids) == 1
+    finally:
+        up.send_signal(signal.SIGTERM)
+        try:
+            up.wait(90)
+        except subprocess.TimeoutExpired:
+            up.kill()
+            up.wait(5)
+    assert up.returncode == 0
+    assert not any(psutil.pid_exists(p) for p in pids)
