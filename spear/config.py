@@ -273,7 +273,7 @@ class TracingConfig(_Section, frozen=True):
 
 class AutoscalerConfig(_Section, frozen=True):
     """The node autoscaler (``spear autoscaler``; ``spear up`` starts it when the
-    configuration file has this section). One node type, started by ``provider``."""
+    configuration sets any key of this section). One node type, started by ``provider``."""
 
     #: where nodes come from: local | docker | kubernetes | cloud
     provider: Literal["local", "docker", "kubernetes", "cloud"] = "local"
