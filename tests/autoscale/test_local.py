@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 
 import psutil
 import pytest
@@ -199,3 +200,50 @@ def test_spear_up_with_an_autoscaler_section_starts_it_beside_the_sms(tmp_path):
             up.wait(5)
     assert up.returncode == 0
     assert not any(psutil.pid_exists(p) for p in pids)
+
+
+def _autoscaler(sms: str, conf, data, *extra: str):
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "spear", "autoscaler", "--sms", sms, "--config",
+                             str(conf), "--data", str(data), *extra],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def _stop(proc) -> int:
+    import signal
+    import subprocess
+
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(5)
+
+
+def test_spear_autoscaler_keeps_its_nodes_with_keep_nodes_and_takes_them_back(tmp_path, cluster):
+    conf = tmp_path / "as.toml"
+    conf.write_text("[autoscaler]\nmin_nodes = 2\nmax_nodes = 2\ntick = 0.2\n")
+    data = tmp_path / "as"
+    with Client(cluster.sms_addr, timeout=10) as c:
+        first = _autoscaler(cluster.sms_addr, conf, data, "--keep-nodes")
+        try:
+            wait_for(lambda: len(_owned(c, ("ready",))) == 1, 45, "one autoscaled node")
+        finally:
+            assert _stop(first) == 0
+        pids = _spearlet_pids(data / "local")
+        assert len(pids) == 1 and all(psutil.pid_exists(p) for p in pids)
+        name = _owned(c, ("ready",))[0].name
+        second = _autoscaler(cluster.sms_addr, conf, data)
+        try:
+            # it takes the node back instead of starting another
+            for _ in range(15):
+                assert [n.name for n in _owned(c, ("ready",))] == [name]
+                assert _spearlet_pids(data / "local") == pids
+                time.sleep(0.2)
+        finally:
+            assert _stop(second) == 0
+        wait_for(lambda: not any(psutil.pid_exists(p) for p in pids), 20, "its node stopped")
+        assert not _owned(c, ("ready",))
