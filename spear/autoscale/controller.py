@@ -24,7 +24,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from .. import errors
+from .. import errors, protocol as P
 from ..config import AutoscalerConfig
 from .policy import Decision, NodeView, Observation, Policy, Settings
 from .providers.base import NodeHandle, NodeType, load
@@ -102,14 +102,22 @@ class Controller:
         page = await self.client.execution_page(since=max(0.0, now - self.cfg.protect_idle_s),
                                                 limit=RECENT_LIMIT)
         warm: dict[str, set[str]] = {}
+        active: dict[str, float] = {}
+        inflight: dict[str, int] = {}  # the SMS's records: ahead of a node's next heartbeat
         for ex in page.executions:
             if ex.node_id:
                 warm.setdefault(ex.node_id, set()).add(ex.function)
+                at = ex.finished_at or ex.submitted_at
+                active[ex.node_id] = max(active.get(ex.node_id, 0.0), at)
+                if ex.status not in P.TERMINAL:
+                    inflight[ex.node_id] = inflight.get(ex.node_id, 0) + 1
         views = tuple(NodeView(
             node_id=n.node_id, name=n.name, node_type=n.labels.get(TYPE_LABEL, ""),
-            owned=n.name in self.handles, state=n.state, running=n.usage.running,
+            owned=n.name in self.handles, state=n.state,
+            running=max(n.usage.running, inflight.get(n.node_id, 0)),
             slots=n.capacity.slots, cores=n.capacity.cores,
-            warm=frozenset(warm.get(n.node_id, ()))) for n in nodes)
+            warm=frozenset(warm.get(n.node_id, ())), last_active=active.get(n.node_id, 0.0))
+            for n in nodes)
         starting: dict[str, int] = {}
         seen = {v.name for v in views}
         for h in self.handles.values():

@@ -52,6 +52,9 @@ class NodeView:
     slots: int = 0             # concurrent executions it takes (0: unknown / no limit)
     cores: float = 0.0
     warm: frozenset[str] = frozenset()  # functions it ran recently (so holds warm)
+    #: when it last started or ended an execution, as far as the SMS's records show
+    #: (a heartbeat's ``running`` misses short calls between two heartbeats)
+    last_active: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -116,7 +119,7 @@ class Policy:
         self._track_idle(obs, live)
         out = [Decision("remove", node_id=n.node_id, name=n.name, reason="drained and idle")
                for n in live if n.owned and n.state == "draining" and n.running == 0
-               and obs.now - self._idle_since[n.node_id] >= self.s.settle_s]
+               and self._idle(n, obs.now) >= self.s.settle_s]
         removed = {d.node_id for d in out}
         live = [n for n in live if n.node_id not in removed]
         self._streak = self._streak + 1 if obs.queued > 0 else 0
@@ -129,6 +132,10 @@ class Policy:
         if obs.queued == 0:
             out += self._scale_down(obs, live)
         return out
+
+    def _idle(self, n: NodeView, now: float) -> float:
+        """How long ``n`` has run nothing."""
+        return now - max(self._idle_since.get(n.node_id, now), n.last_active)
 
     def _track_idle(self, obs: Observation, live: list[NodeView]) -> None:
         seen = set()
@@ -221,7 +228,7 @@ class Policy:
         for n in sorted(live, key=lambda n: self._idle_since.get(n.node_id, obs.now)):
             if not n.owned or n.state != "ready" or n.running or counts.get(n.node_type, 0) <= floor.get(n.node_type, 0):
                 continue
-            idle = obs.now - self._idle_since.get(n.node_id, obs.now)
+            idle = self._idle(n, obs.now)
             if idle < self.s.scale_down_idle_s:
                 continue
             sole = any(holders.get(f) == 1 for f in n.warm & obs.busy)

@@ -162,3 +162,14 @@ def test_never_flaps_under_a_steady_load():
 def test_no_node_types_is_an_error():
     with pytest.raises(ValueError):
         Policy(Settings(), [])
+
+
+def test_short_calls_between_heartbeats_keep_a_node_busy():
+    """``running`` is 0 at every look, but the SMS's records show it worked lately."""
+    p = policy(min_nodes=0)
+    p.tick(Observation(now=0, nodes=(node(1),)))
+    for t in range(5, 60, 5):
+        recent = NodeView(node_id="n1", name="auto-1", node_type="small", owned=True, slots=2,
+                          last_active=t - 1.0)
+        assert p.tick(Observation(now=float(t), nodes=(recent,))) == []
+    assert actions(p.tick(Observation(now=100, nodes=(recent,)))) == [("drain", "n1", 0)]
