@@ -78,7 +78,8 @@ class Controller:
         self.client = client
         self.provider = provider if provider is not None else load(cfg.provider)(
             sms=client.sms, workdir=Path(cfg.data) / cfg.provider)
-        self.types = {t.name: t for t in [node_type_of(cfg)]}
+        kind = node_type_of(cfg)
+        self.types = {kind.name: kind}
         self.policy = Policy(settings_of(cfg), list(self.types.values()))
         self.clock = clock
         self.handles: dict[str, NodeHandle] = {}   # node name -> what the provider started
@@ -132,7 +133,8 @@ class Controller:
         if not self._recovered:
             await self.recover()
         obs = await self.observe()
-        await self._reap(obs)
+        if await self._reap(obs):
+            obs = await self.observe()  # without the nodes given up on
         decisions = self.policy.tick(obs)
         for d in decisions:
             await self._act(d)
@@ -168,27 +170,31 @@ class Controller:
             await self.provider.destroy(handle)
             del self.handles[name]
 
-    async def _reap(self, obs: Observation) -> None:
-        """Destroy nodes of ours that died (gone in the SMS) or never registered."""
+    async def _reap(self, obs: Observation) -> bool:
+        """Destroy nodes of ours that died (gone in the SMS) or never registered; True if any."""
         state = {n.name: n.state for n in obs.nodes}
+        reaped = False
         for name, h in list(self.handles.items()):
             never = name not in state and obs.now - h.created_at > START_TIMEOUT
             if state.get(name) == "gone" or never:
                 log.warning("autoscaler: node %s %s; destroying it", name,
                             "is gone" if not never else f"did not register in {START_TIMEOUT:g}s")
+                reaped = True
                 try:
                     await self._destroy(name)
                 except errors.SpearError as exc:
                     self.metrics.failures.labels("destroy").inc()
                     log.warning("autoscaler: destroying %s failed: %s", name, exc.message)
+        return reaped
 
     def _gauges(self, obs: Observation) -> None:
+        """The node gauges as they stand after this tick's actions."""
         m = self.metrics
         m.queued.set(obs.queued)
-        owned = [n for n in obs.nodes if n.owned and n.state != "gone"]
-        for state in ("ready", "draining", "unhealthy"):
-            m.nodes.labels(state).set(sum(1 for n in owned if n.state == state))
-        m.nodes.labels("starting").set(sum(obs.starting.values()))
+        state = {n.name: n.state for n in obs.nodes}
+        for s in ("ready", "draining", "unhealthy"):
+            m.nodes.labels(s).set(sum(1 for name in self.handles if state.get(name) == s))
+        m.nodes.labels("starting").set(sum(1 for name in self.handles if name not in state))
 
     async def run(self, stop: asyncio.Event) -> None:
         """Tick until ``stop`` is set; an SMS that does not answer is retried next tick."""
