@@ -210,7 +210,9 @@ class Controller:
                 pass
 
     async def shutdown(self) -> None:
-        """Destroy every node this controller runs (used by ``spear up`` on exit)."""
+        """Destroy every node this controller runs (on exit, unless told to keep them)."""
+        if self.handles:
+            log.info("autoscaler: stopping %d node(s)", len(self.handles))
         for name in list(self.handles):
             try:
                 await self._destroy(name)

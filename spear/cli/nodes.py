@@ -109,6 +109,7 @@ def cmd_stats(args) -> int:
         ("cores", f"{st.cores_reserved:g} reserved of {st.cores_total:g}"),
         ("memory", f"{fmt_bytes(st.memory_reserved)} reserved of {fmt_bytes(st.memory_total)}"),
         ("executions active", str(st.executions_active)),
+        ("executions queued", str(st.queued)),  # waiting for a node with room
     ]
     lines += [(f"executions {status}", str(n)) for status, n in sorted(st.counts.items())]
     width = max(len(k) for k, _ in lines)
