@@ -188,7 +188,9 @@ class Policy:
                     for n in draining]
         # sized by the cheapest type's nodes; _spread moves on to the next when it is full
         t = self.types[0]
-        slots = max((n.slots for n in live if n.node_type == t.name and n.slots), default=0)
+        # a node's slots: as its type's nodes report them, else as any node's (likely alike)
+        slots = max((n.slots for n in live if n.node_type == t.name and n.slots), default=0) or \
+            max((n.slots for n in live if n.slots), default=0)
         by_slots = math.ceil(obs.queued / slots) if slots else obs.queued
         by_cores = math.ceil(obs.queued_cores / t.cores) if t.cores and obs.queued_cores else 0
         need = max(1, by_slots, by_cores) - sum(obs.starting.values())

@@ -173,3 +173,9 @@ def test_short_calls_between_heartbeats_keep_a_node_busy():
                           last_active=t - 1.0)
         assert p.tick(Observation(now=float(t), nodes=(recent,))) == []
     assert actions(p.tick(Observation(now=100, nodes=(recent,)))) == [("drain", "n1", 0)]
+
+
+def test_with_no_node_of_its_own_yet_a_scale_up_is_sized_by_the_other_nodes_slots():
+    p = policy(max_nodes=10, up_ticks=1)
+    foreign = (node(1, owned=False, running=4, slots=4),)
+    assert actions(p.tick(Observation(now=0, queued=8, nodes=foreign))) == [("scale_up", "small", 2)]
