@@ -204,6 +204,8 @@ class Controller:
             except (errors.DeadlineExceeded, errors.Unavailable) as exc:
                 log.warning("autoscaler: SMS not reachable (%s); next try in %gs",
                             exc.message, self.cfg.tick)
+            except Exception:  # a provider SDK's own error: one tick lost, not the autoscaler
+                log.exception("autoscaler: tick failed; next try in %gs", self.cfg.tick)
             try:
                 await asyncio.wait_for(stop.wait(), self.cfg.tick)
             except asyncio.TimeoutError:

@@ -160,3 +160,28 @@ def test_nodes_of_an_earlier_run_are_taken_back_and_foreign_ones_left_alone():
         assert [(x.action, x.name) for x in d] == [("drain", "auto-old")]
 
     asyncio.run(scenario())
+
+
+def test_run_outlives_a_tick_that_fails_and_stops_when_told():
+    class Broken(FakeProvider):
+        calls = 0
+
+        async def list(self):
+            Broken.calls += 1
+            raise RuntimeError("sdk exploded")
+
+    ctl = controller(FakeSMS(), Broken(), tick=0.05)
+
+    async def scenario():
+        stop = asyncio.Event()
+        task = asyncio.create_task(ctl.run(stop))
+        async def three_ticks():
+            while Broken.calls < 3:
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(three_ticks(), 10)
+        assert not task.done()
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+    asyncio.run(scenario())
