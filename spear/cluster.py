@@ -65,6 +65,7 @@ class Cluster:
         client_security=None,
         gateway: str | None = None,
         host_roots: list[str] | None = None,
+        autoscaler: bool = False,
     ) -> None:
         self.data = Path(data)
         self.n = spearlets
@@ -88,6 +89,9 @@ class Cluster:
         #: host directories the spearlets let functions reach ("PATH" or "PATH:rw");
         #: None: as their configuration says (none by default)
         self.host_roots = host_roots
+        #: run ``spear autoscaler`` beside the SMS (its settings: ``config``'s [autoscaler])
+        self.autoscaler = autoscaler
+        self.autoscaler_proc: subprocess.Popen | None = None
         self.sms: subprocess.Popen | None = None
         self.spearlets: list[subprocess.Popen] = []
         self.spearlet_addrs: list[str] = []
@@ -176,6 +180,9 @@ class Cluster:
         if self.gateway_proc is not None and self.gateway_proc.poll() is not None:
             raise errors.Unavailable(f"gateway ({self.gateway}) exited with "
                                      f"{self.gateway_proc.returncode} (log {self.data}/gateway.log)")
+        if self.autoscaler_proc is not None and self.autoscaler_proc.poll() is not None:
+            raise errors.Unavailable(f"autoscaler exited with {self.autoscaler_proc.returncode} "
+                                     f"(log {self.data}/autoscaler.log)")
 
     def start(self, *, wait: float = 30.0, first_spearlet_port: int | None = None) -> "Cluster":
         """Start every daemon; with ``wait``, return once all are up (Unavailable if one is not)."""
@@ -195,8 +202,17 @@ class Cluster:
                 from .gateway import wait_healthy
 
                 wait_healthy(f"http://{self.gateway}", proc=self.gateway_proc)
+            self.start_autoscaler()
             self.check_started()
         return self
+
+    def start_autoscaler(self) -> None:
+        """Start ``spear autoscaler`` if asked for, once the cluster's own nodes are up
+        (started earlier, it would count them missing and start nodes in their place)."""
+        if self.autoscaler and self.autoscaler_proc is None:
+            self.autoscaler_proc = self._spawn(
+                ["autoscaler", "--sms", self.sms_addr, "--data", str(self.data / "autoscaler")],
+                "autoscaler")
 
     def wait_ready(self, count: int, *, timeout: float = 30.0) -> list:
         """Block until ``count`` nodes are ready; raise DeadlineExceeded otherwise."""
@@ -245,6 +261,8 @@ class Cluster:
             return p.wait(5)
 
     def stop(self) -> None:
+        # first: it stops the nodes it started, which may take each one's drain
+        self.stop_process(self.autoscaler_proc, timeout=60.0)
         self.stop_process(self.gateway_proc)
         for p in self.spearlets:
             if p.poll() is None:
@@ -263,6 +281,14 @@ class Cluster:
         self.stop()
 
 
+def has_autoscaler(config: str | None) -> bool:
+    """Does the configuration (file or environment) set anything in ``[autoscaler]``?"""
+    from .config import load_config
+
+    _, origin = load_config(config, with_origin=True)
+    return any(key.startswith("autoscaler.") for key in origin)
+
+
 def run_up(args) -> int:
     """``spear up``: run the embedded cluster until Ctrl-C or SIGTERM.
 
@@ -275,7 +301,8 @@ def run_up(args) -> int:
                       config=args.config, quiet=False,
                       log_level=args.log_level, log_format=args.log_format,
                       gateway=None if args.no_gateway else args.http,
-                      host_roots=getattr(args, "host_root", None))
+                      host_roots=getattr(args, "host_root", None),
+                      autoscaler=has_autoscaler(args.config))
     stopping = []
 
     def on_signal(signum, frame):
@@ -286,6 +313,7 @@ def run_up(args) -> int:
     try:
         cluster.start(wait=0, first_spearlet_port=args.port + 1)
         nodes = cluster.wait_ready(args.spearlets, timeout=30)
+        cluster.start_autoscaler()
         if cluster.gateway:
             from .gateway import wait_healthy
 
@@ -293,6 +321,8 @@ def run_up(args) -> int:
         cluster.check_started()
         print(f"spear up: SMS {cluster.sms_addr}, {len(nodes)} spearlet(s) ready in "
               f"{time.perf_counter() - t0:.2f}s; data in {args.data}. Ctrl-C stops.", flush=True)
+        if cluster.autoscaler:
+            print(f"  autoscaler on: nodes it starts are under {args.data}/autoscaler", flush=True)
         if cluster.gateway:
             print(f"  admin http://{cluster.gateway}/admin, API docs http://{cluster.gateway}/docs",
                   flush=True)

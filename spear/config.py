@@ -13,6 +13,7 @@ TOML sections map to the Structs below::
     [runtimes.wasm]     -> WasmConfig       (also .process, .docker)
     [storage]           -> StorageConfig
     [tracing]           -> TracingConfig
+    [autoscaler]        -> AutoscalerConfig
 
 Environment variables are ``SPEAR_<SECTION>_<KEY>`` (e.g.
 ``SPEAR_SMS_LISTEN``, ``SPEAR_RUNTIMES_WASM_FUEL``; lists are comma-separated,
@@ -270,6 +271,39 @@ class TracingConfig(_Section, frozen=True):
     sample_ratio: Annotated[float, Meta(ge=0, le=1)] = 1.0
 
 
+class AutoscalerConfig(_Section, frozen=True):
+    """The node autoscaler (``spear autoscaler``; ``spear up`` starts it when the
+    configuration sets any key of this section). One node type, started by ``provider``."""
+
+    #: where nodes come from: local | docker | kubernetes | cloud
+    provider: Literal["local", "docker", "kubernetes", "cloud"] = "local"
+    #: nodes kept at least / at most, the cluster's own nodes included
+    min_nodes: Annotated[int, Meta(ge=0, le=10_000)] = 0
+    max_nodes: Annotated[int, Meta(ge=0, le=10_000)] = 4
+    #: a node of the autoscaler's that ran nothing this long is drained, then removed
+    scale_down_idle_s: Annotated[float, Meta(gt=0, le=86400)] = 60.0
+    #: ... unless it holds the only warm instance of a busy function: then this long
+    protect_idle_s: Annotated[float, Meta(gt=0, le=7 * 86400)] = 300.0
+    #: seconds between two looks at the SMS
+    tick: Annotated[float, Meta(ge=0.05, le=3600)] = 2.0
+    #: least time between two scale ups, and between a scale up or down and a scale down
+    up_cooldown: Annotated[float, Meta(ge=0, le=86400)] = 5.0
+    down_cooldown: Annotated[float, Meta(ge=0, le=86400)] = 30.0
+    #: consecutive ticks with queued executions before nodes are added
+    up_ticks: Annotated[int, Meta(ge=1, le=1000)] = 2
+    #: the nodes started: their name prefix, cores and memory (for sizing) and
+    #: provider-specific options (local: config, labels; see docs/autoscaling.md)
+    node_prefix: Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9\-]{0,30}\Z")] = "auto"
+    node_cores: Annotated[float, Meta(gt=0, le=1e6)] = 1.0
+    node_memory_mb: Annotated[int, Meta(ge=1)] = 1024
+    options: dict[str, str] = {}
+    #: the autoscaler's own state (local provider: the nodes' directories)
+    data: str = "./.spear/autoscaler"
+    #: serve Prometheus /metrics here (-1 off, 0 any free port)
+    metrics_port: MetricsPort = -1
+    metrics_host: Address = "127.0.0.1"
+
+
 class RuntimesConfig(_Section, frozen=True):
     """Per-runtime defaults; per-function limits override them."""
 
@@ -289,6 +323,7 @@ class Config(_Section, frozen=True):
     security: SecurityConfig = SecurityConfig()
     gateway: GatewayConfig = GatewayConfig()
     tracing: TracingConfig = TracingConfig()
+    autoscaler: AutoscalerConfig = AutoscalerConfig()
 
     def __post_init__(self) -> None:
         # the one place inherited keys are resolved, so every Config (loaded or
@@ -316,6 +351,7 @@ _SECTIONS = {
     "security": SecurityConfig,
     "gateway": GatewayConfig,
     "tracing": TracingConfig,
+    "autoscaler": AutoscalerConfig,
     "runtimes.wasm": WasmConfig,
     "runtimes.process": ProcessConfig,
     "runtimes.docker": DockerConfig,
@@ -493,6 +529,9 @@ def load_config(
                 origin[dotted] = origin[source]
             else:
                 origin.pop(dotted, None)
+    if cfg.autoscaler.min_nodes > cfg.autoscaler.max_nodes:
+        raise ConfigError(f"[autoscaler] min_nodes = {cfg.autoscaler.min_nodes} exceeds "
+                          f"max_nodes = {cfg.autoscaler.max_nodes}")
     if cfg.sms.heartbeat_timeout <= cfg.sms.heartbeat_interval:
         src_t = origin.get("sms.heartbeat_timeout", "default")
         src_i = origin.get("sms.heartbeat_interval", "default")

@@ -514,6 +514,8 @@ class StatsReply(_Msg, frozen=True):
     executions_active: int
     counts: dict[str, int] = {}
     functions: list[FunctionStat] = []  # with a window: functions by name
+    queued: int = 0                     # executions waiting for capacity (no node fits now)
+    queued_cores: float = 0.0           # the cores those ask for together
 
 
 class DrainNode(_Msg, frozen=True):

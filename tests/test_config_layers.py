@@ -82,6 +82,9 @@ SAMPLES: dict[str, list[Any]] = {
     "tracing.otlp_endpoint": ["http://collector:4318", "https://otel.example.org/v1/traces"],
     "runtimes.process.index_url": ["https://pypi.example.org/simple",
                                    "http://127.0.0.1:3141/root/pypi/+simple/"],
+    "autoscaler.node_prefix": ["burst", "pool-a"],
+    # at most the default max_nodes (min_nodes > max_nodes is refused)
+    "autoscaler.min_nodes": [1, 3],
 }
 
 #: keys named like a [global] key that do NOT inherit it (a different meaning):

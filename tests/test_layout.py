@@ -49,6 +49,7 @@ FORBIDDEN = {
     "client": {"sms", "spearlet", "gateway", "cli", "runtimes", "cluster"},
     "gateway": {"sms", "spearlet", "runtimes", "store"},
     "remote": {"sms", "spearlet", "gateway", "cli", "runtimes", "store", "cluster"},
+    "autoscale": {"sms", "spearlet", "gateway", "cli", "runtimes", "store", "mesh", "cluster"},
     "_fast": {"*"},
 }
 

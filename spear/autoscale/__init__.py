@@ -2,8 +2,9 @@
 Spearlets, and the controller that joins them to a running SMS.
 
 This package may import ``spear.protocol``, ``errors``, ``config``, ``ids``,
-``client`` and ``service``; never ``sms``, ``spearlet``, ``gateway`` or ``cli``
-internals (it talks to the SMS only through the public client). Cloud SDKs
+``client``, ``service`` and ``metrics`` (the controller's /metrics server);
+never ``sms``, ``spearlet``, ``gateway`` or ``cli`` internals (it talks to
+the SMS only through the public client). Cloud SDKs
 (kubernetes, libcloud, docker) are imported lazily by the provider that needs
 them.
 """

@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sms": ("daemons", "run the management service daemon"),
     "spearlet": ("daemons", "run an execution node daemon"),
     "up": ("cluster", "run an embedded cluster: SMS + N spearlets on loopback"),
+    "autoscaler": ("autoscaler", "add and remove nodes as the load asks (runs until SIGTERM)"),
     "nodes": ("nodes", "list nodes (or show one)"),
     "keygen": ("keys", "write a CURVE key pair (NAME.key, NAME.key_secret)"),
     "ping": ("nodes", "check that the SMS (or a spearlet) answers"),
@@ -46,7 +47,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 #: commands that run daemons: they log at the configured level and make private files
-DAEMONS = frozenset({"sms", "spearlet", "up", "gateway"})
+DAEMONS = frozenset({"sms", "spearlet", "up", "gateway", "autoscaler"})
 
 
 def load_command(name: str) -> Command:

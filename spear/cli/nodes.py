@@ -63,12 +63,22 @@ def _print_nodes(nodes) -> None:
             print(f"  {name} {r}: {why if len(nodes) == 1 else why[:200]}")
 
 
+#: the label naming who started a node (the autoscaler sets ``spear.owner=autoscaler``)
+OWNER_LABEL = "spear.owner"
+
+
+def _with_owner(node) -> dict:
+    """A node's JSON record plus ``owner``: who started it ("" when nobody said)."""
+    return {**msgspec.to_builtins(node), "owner": node.labels.get(OWNER_LABEL, "")}
+
+
 def cmd_nodes(args) -> int:
     """List the nodes (or show one)."""
     with make_client(args) as c:
         nodes = [c.node(args.node_id)] if args.node_id else c.nodes(args.state)
     if args.json:
-        print_json(nodes[0] if args.node_id else nodes)
+        records = [_with_owner(n) for n in nodes]
+        print_json(records[0] if args.node_id else records)
     else:
         _print_nodes(nodes)
     return EXIT_OK
@@ -99,6 +109,7 @@ def cmd_stats(args) -> int:
         ("cores", f"{st.cores_reserved:g} reserved of {st.cores_total:g}"),
         ("memory", f"{fmt_bytes(st.memory_reserved)} reserved of {fmt_bytes(st.memory_total)}"),
         ("executions active", str(st.executions_active)),
+        ("executions queued", str(st.queued)),  # waiting for a node with room
     ]
     lines += [(f"executions {status}", str(n)) for status, n in sorted(st.counts.items())]
     width = max(len(k) for k, _ in lines)

@@ -526,7 +526,8 @@ class SMSCore:
             memory_total=sum(n.capacity.memory for n in ready),
             cores_reserved=round(cpu, 6), memory_reserved=int(mem),
             executions_active=self.tasks.active(), counts=dict(self.tasks.counts),
-            functions=self._function_stats(r.msg) if r.msg.window else [])
+            functions=self._function_stats(r.msg) if r.msg.window else [],
+            queued=self.tasks.queued, queued_cores=round(self.tasks.queued_cores(), 6))
 
     def _function_stats(self, msg: P.Stats) -> list[P.FunctionStat]:
         t = self.tasks

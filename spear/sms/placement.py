@@ -46,6 +46,11 @@ class Placement(ExecutionRecords):
         mem = (spec.limits.memory_mb or self.s.default_memory_mb) * MiB
         return cpu, float(mem)
 
+    def queued_cores(self) -> float:
+        """The cores the queued executions ask for together (what an autoscaler must add)."""
+        return sum(len(q) * self._need(self.functions[name].spec)[0]
+                   for name, q in self.queues.items() if name in self.functions)
+
     def _schedule(self, ex: Exec, now: float, *, from_queue: bool = False,
                   defer: list | None = None) -> bool:
         """Pick a node and dispatch; queue if nothing fits; fail if nothing ever can.
