@@ -74,6 +74,20 @@ class _Calls:
         idle = now - self.last_end
         return 1 if w.prewarm <= idle < w.prewarm + w.keep_alive else 0
 
+    def eviction(self, now: float) -> tuple[float, int]:
+        """How a pool evicts at ``now``: ``(ttl, keep)`` = free idle instances
+        unused for ``ttl`` seconds or more, keeping ``keep`` of them.
+
+        Without a pre-warm window (the fixed keep-alive, and a learned one
+        that starts at once) each instance ages on its own, as the pool's
+        ``idle_ttl`` always did; with one, the window rules the idle function:
+        every idle instance goes outside it, one stays inside it.
+        """
+        w = self.windows()
+        if w.prewarm == 0.0 or self.busy:
+            return w.keep_alive, 0
+        return 0.0, self.wanted(now)
+
     def next_change(self, now: float) -> float | None:
         """The next time after ``now`` at which :meth:`wanted` may change while
         the function stays idle (None: never). The simulator's next event; the

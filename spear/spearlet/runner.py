@@ -30,6 +30,7 @@ from typing import Awaitable, Callable
 import msgspec
 
 from .. import errors, logs, memory, protocol as P
+from ..autoscale import warming
 from ..runtimes import Prepared, Runtime, RuntimeManager
 from ..runtimes.base import STDERR_TAIL, TRACEBACK_TAIL
 from .core import SpearletCore
@@ -88,8 +89,10 @@ class Runner:
     registering again).
     """
 
-    def __init__(self, runtimes: RuntimeManager, core: SpearletCore | str) -> None:
+    def __init__(self, runtimes: RuntimeManager, core: SpearletCore | str, *,
+                 warming: str = "fixed") -> None:
         self.runtimes = runtimes
+        self.warming = warming  # [spearlet] warming: "fixed" or "learned"
         self.core = core if isinstance(core, SpearletCore) else SpearletCore(core)
         self.node_id = self.core.node_id
         self.deployments: dict[str, Deployment] = {}
@@ -194,7 +197,8 @@ class Runner:
             prepared = await runtime.prepare(spec)
             if not prepared.digest:
                 prepared.digest = hashlib.sha256(msgspec.msgpack.encode(spec)).hexdigest()
-            pool = InstancePool(runtime, prepared, spec.pool)
+            policy = None if self.warming == "fixed" else warming.make(self.warming, spec.pool.idle_ttl)
+            pool = InstancePool(runtime, prepared, spec.pool, policy)
             try:
                 await pool.prewarm()
             except BaseException:
@@ -413,8 +417,8 @@ class Runner:
     # ------------------------------------------------------------ upkeep
 
     async def evict_loop(self, period: float = 5.0) -> None:
-        """Destroy instances idle for longer than their pool's ``idle_ttl``, and
-        let each runtime collect what no deployment uses, forever."""
+        """Destroy instances idle for longer than their pool's ``idle_ttl`` (or as
+        its warming policy says, pre-warming what it wants), and let each runtime collect what no deployment uses, forever."""
         while True:
             await asyncio.sleep(period)
             memory.trim()  # what a burst of big payloads freed goes back to the system
@@ -428,6 +432,8 @@ class Runner:
                     n = await d.pool.evict_idle()
                     if n:
                         log.info("evicted %d idle instance(s) of %s", n, d.spec.name)
+                    if await d.pool.warm_up():
+                        log.info("pre-warmed an instance of %s", d.spec.name)
                 except Exception:  # noqa: BLE001
                     log.exception("eviction failed for %s", d.spec.name)
 

@@ -93,3 +93,18 @@ def test_bad_arguments():
         make("sometimes", 600)
     with pytest.raises(ValueError):
         HybridHistogram(600, head=50, tail=10)
+
+
+def test_eviction_ages_each_instance_without_a_prewarm_window():
+    p = FixedKeepAlive(600)
+    _feed(p, [10])
+    assert p.eviction(5000) == (600.0, 0)
+
+
+def test_eviction_follows_the_window_with_one():
+    p = HybridHistogram(600)
+    end = _feed(p, [1800.0] * 20)
+    assert p.eviction(end + 1) == (0.0, 0)  # unload right after the call
+    assert p.eviction(end + 1790) == (0.0, 1)  # keep the pre-warmed one
+    p.arrive(end + 1800)
+    assert p.eviction(end + 1801) == (p.windows().keep_alive, 0)  # busy: age each
