@@ -84,7 +84,7 @@ class Simulator:
         # as the Spearlet: only a learned pool pre-warms (a fixed one just ages)
         self.prewarm = warming == "learned"
         self.placement = placement
-        self.nodes = nodes or policies.FixedNodes(shape.nodes)
+        self.nodes = nodes or policies.FixedNodes()
         self.stats = Stats()
         self.fns: dict[str, _Function] = {}
         self.used = [0] * shape.nodes  # MB held (busy and idle) per node

@@ -4,10 +4,11 @@
   policy for a function ("none", "fixed", "learned"), as the Spearlet does;
 * placement: which node holds a function's instances (:func:`hashed`: a
   stable hash; the place for placement policies to plug in);
-* nodes: how many nodes there are over time (:class:`FixedNodes`). The
-  autoscaler's policy (:mod:`spear.autoscale.policy`) plugs in here as a
-  :class:`NodeModel` whose ``count`` follows its scale-up/down decisions, to
-  give the time to absorb a burst.
+* nodes: what the cluster does when calls wait for memory
+  (:class:`FixedNodes`: nothing; the cluster keeps its ``Shape.nodes``).
+  This is the hook for the autoscaler's policy (:mod:`spear.autoscale.policy`):
+  a :class:`NodeModel` that feeds it the queue and adds nodes after a start
+  delay makes the report's ``burst_absorb_s`` its time to absorb a burst.
 """
 
 from __future__ import annotations
@@ -35,21 +36,13 @@ def hashed(func: str, nodes: int) -> int:
 
 
 class NodeModel(Protocol):
-    """How many nodes serve at ``now``; told how many calls wait for memory."""
-
-    def count(self, now: float) -> int: ...
+    """Told, each time a call starts waiting, how many calls wait for memory."""
 
     def observe(self, now: float, queued: int) -> None: ...
 
 
 class FixedNodes:
-    """A fixed number of nodes."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def count(self, now: float) -> int:
-        return self.n
+    """The cluster's nodes, and no more."""
 
     def observe(self, now: float, queued: int) -> None:
         """A fixed cluster does not react."""

@@ -60,7 +60,7 @@ def table(rows: list[Row]) -> str:
 
 def _fmt(v) -> str:
     if isinstance(v, float):
-        return f"{v:.4f}" if v < 10 else f"{v:,.0f}"
+        return f"{v:.4f}" if v < 10 else f"{v:,.1f}"
     return str(v)
 
 
