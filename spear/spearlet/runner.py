@@ -418,7 +418,8 @@ class Runner:
 
     async def evict_loop(self, period: float = 5.0) -> None:
         """Destroy instances idle for longer than their pool's ``idle_ttl`` (or as
-        its warming policy says, pre-warming what it wants), and let each runtime collect what no deployment uses, forever."""
+        its warming policy says, then pre-warm what it wants), and let each
+        runtime collect what no deployment uses, forever."""
         while True:
             await asyncio.sleep(period)
             memory.trim()  # what a burst of big payloads freed goes back to the system
@@ -432,10 +433,27 @@ class Runner:
                     n = await d.pool.evict_idle()
                     if n:
                         log.info("evicted %d idle instance(s) of %s", n, d.spec.name)
-                    if await d.pool.warm_up():
-                        log.info("pre-warmed an instance of %s", d.spec.name)
                 except Exception:  # noqa: BLE001
                     log.exception("eviction failed for %s", d.spec.name)
+            await self.warm_up()
+
+    async def warm_up(self) -> None:
+        """Pre-warm what the learned warming policies want, while the node's
+        memory has room (``[spearlet] max_memory_mb`` against each function's
+        ``limits.memory_mb``): a pre-warmed instance must not crowd out calls."""
+        cap = self.core.maxima.memory_mb
+        held = sum((d.pool.warm + d.pool.busy) * (d.spec.limits.memory_mb or 0)
+                   for d in self.deployments.values())
+        for d in list(self.deployments.values()):
+            need = d.spec.limits.memory_mb or 0
+            if d.pool.warming is None or (cap is not None and held + need > cap):
+                continue
+            try:
+                if await d.pool.warm_up():
+                    held += need
+                    log.info("pre-warmed an instance of %s", d.spec.name)
+            except Exception:  # noqa: BLE001
+                log.exception("pre-warming failed for %s", d.spec.name)
 
     async def close(self, timeout: float = 1.0) -> None:
         """Cancel running executions (their ends are still reported, within
