@@ -2,7 +2,9 @@
 
 import pytest
 
+from spear import errors
 from spear.autoscale.warming import FixedKeepAlive, HybridHistogram, Windows, make
+from spear.config import load_config
 
 
 def _feed(policy, idles, start=1000.0, run=1.0):
@@ -108,3 +110,12 @@ def test_eviction_follows_the_window_with_one():
     assert p.eviction(end + 1790) == (0.0, 1)  # keep the pre-warmed one
     p.arrive(end + 1800)
     assert p.eviction(end + 1801) == (p.windows().keep_alive, 0)  # busy: age each
+
+
+def test_the_spearlet_config_key(tmp_path):
+    assert load_config(env={}).spearlet.warming == "fixed"
+    assert load_config(env={"SPEAR_SPEARLET_WARMING": "learned"}).spearlet.warming == "learned"
+    toml = tmp_path / "spear.toml"
+    toml.write_text('[spearlet]\nwarming = "sometimes"\n')
+    with pytest.raises(errors.ConfigError):
+        load_config(toml, env={})
