@@ -26,6 +26,7 @@ nothing), it falls back to the fixed keep-alive.
 
 from __future__ import annotations
 
+import abc
 import math
 from dataclasses import dataclass
 
@@ -41,8 +42,9 @@ class Windows:
     learned: bool = False
 
 
-class _Calls:
-    """Calls in flight and when the last one ended (shared by every policy)."""
+class _Calls(abc.ABC):
+    """Calls in flight and when the last one ended, and the decisions every
+    policy draws from its :meth:`windows`."""
 
     def __init__(self) -> None:
         self.busy = 0
@@ -62,8 +64,9 @@ class _Calls:
         if self.busy == 0:
             self.last_end = now
 
-    def windows(self) -> Windows:  # pragma: no cover - overridden
-        raise NotImplementedError
+    @abc.abstractmethod
+    def windows(self) -> Windows:
+        """The pre-warm window and keep-alive in force now."""
 
     def wanted(self, now: float) -> int:
         """Idle instances to keep at ``now`` (0 or 1; the caller may keep more
