@@ -30,7 +30,7 @@ from typing import Awaitable, Callable
 import msgspec
 
 from .. import errors, logs, memory, protocol as P
-from ..autoscale import warming
+from ..autoscale.warming import make as make_warming
 from ..runtimes import Prepared, Runtime, RuntimeManager
 from ..runtimes.base import STDERR_TAIL, TRACEBACK_TAIL
 from .core import SpearletCore
@@ -197,7 +197,7 @@ class Runner:
             prepared = await runtime.prepare(spec)
             if not prepared.digest:
                 prepared.digest = hashlib.sha256(msgspec.msgpack.encode(spec)).hexdigest()
-            policy = None if self.warming == "fixed" else warming.make(self.warming, spec.pool.idle_ttl)
+            policy = None if self.warming == "fixed" else make_warming(self.warming, spec.pool.idle_ttl)
             pool = InstancePool(runtime, prepared, spec.pool, policy)
             try:
                 await pool.prewarm()
