@@ -197,8 +197,9 @@ class Runner:
             prepared = await runtime.prepare(spec)
             if not prepared.digest:
                 prepared.digest = hashlib.sha256(msgspec.msgpack.encode(spec)).hexdigest()
-            policy = None if self.warming == "fixed" else make_warming(self.warming, spec.pool.idle_ttl)
-            pool = InstancePool(runtime, prepared, spec.pool, policy)
+            learned = None if self.warming == "fixed" else make_warming(self.warming,
+                                                                          spec.pool.idle_ttl)
+            pool = InstancePool(runtime, prepared, spec.pool, learned)
             try:
                 await pool.prewarm()
             except BaseException:
