@@ -123,6 +123,9 @@ class SpearletConfig(_Section, frozen=True):
     #: host directories functions may reach (wasm ``dir:`` grants, process
     #: ``workdir``): "/abs/path" read-only, "/abs/path:rw" writable; none by default
     host_roots: list[HostRoot] = []
+    #: how long idle instances stay warm: "fixed" (each pool's idle_ttl) or
+    #: "learned" (a histogram of each function's idle times; see docs/autoscaling.md)
+    warming: Literal["fixed", "learned"] = "fixed"
 
 
 class WasmConfig(_Section, frozen=True):

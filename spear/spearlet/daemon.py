@@ -146,7 +146,7 @@ class Spearlet(Service):
         self.core = SpearletCore(self.node_id, max_concurrency=c.max_concurrency,
                                  maxima=Maxima.from_config(config), metrics=self.metrics)
         self.core.tracer = Tracer.from_config(config.tracing, "spear-spearlet", self.node_id)
-        self.runner = Runner(self.runtime_manager, self.core)
+        self.runner = Runner(self.runtime_manager, self.core, warming=c.warming)
         self.runner.reply = self.server.reply
         self.runner.to_sms = self.link.send
         self.runner.fetch = self._fetch_function

@@ -9,6 +9,12 @@ and a list index.
 When every slot is busy and the pool is at its maximum, callers wait in FIFO
 order for a released instance, up to ``wait`` seconds, then get
 RESOURCE_EXHAUSTED.
+
+Eviction: by default an instance idle for ``idle_ttl`` goes (keeping
+``min_warm``). With a learned warming policy (``[spearlet] warming =
+"learned"``, :mod:`spear.autoscale.warming`) the pool tells the policy when
+calls start and end, asks it how to evict, and :meth:`InstancePool.warm_up`
+creates the instance it wants warm at the end of a pre-warm window.
 """
 
 from __future__ import annotations
@@ -17,8 +23,10 @@ import asyncio
 import collections
 import logging
 import time
+from typing import Callable
 
 from .. import errors
+from ..autoscale.warming import Policy
 from ..fast import SlotPool
 from ..protocol import PoolSettings
 from ..runtimes import Instance, Prepared, Runtime
@@ -29,7 +37,11 @@ log = logging.getLogger("spear.pool")
 class InstancePool:
     """Per-function pool of warm instances."""
 
-    def __init__(self, runtime: Runtime, prepared: Prepared, settings: PoolSettings) -> None:
+    def __init__(self, runtime: Runtime, prepared: Prepared, settings: PoolSettings,
+                 warming: Policy | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock  # the time releases, evictions and the policy see
+        self.warming = warming  # None: idle_ttl alone, no bookkeeping on the hot path
         self.runtime = runtime
         self.prepared = prepared
         self.settings = settings
@@ -61,23 +73,34 @@ class InstancePool:
         """A warm instance's slot at once, or -1 (then use :meth:`acquire`)."""
         if self.closed:
             return -1
-        return self.slots.acquire()
+        slot = self.slots.acquire()
+        if slot >= 0 and self.warming is not None:
+            self.warming.arrive(self.clock())
+        return slot
 
     async def acquire(self, wait: float = 30.0, slot: int = -1) -> tuple[int, Instance, float]:
         """A slot and its instance; the float is the cold-start time (0 on a hit)."""
         if self.closed:
             raise errors.Unavailable(f"function {self.prepared.spec.name!r} was removed")
-        if slot < 0:
-            slot = self.slots.acquire()
-        if slot >= 0:
+        if slot >= 0:  # taken by try_acquire, which told the policy
             return slot, self.instances[slot], 0.0
-        slot = self.slots.reserve()
-        if slot < 0:
-            slot = await self._wait_for_release(wait)
-            inst = self.instances[slot]
-            if inst is not None:
-                return slot, inst, 0.0
-        return await self._create(slot)
+        if self.warming is not None:
+            self.warming.arrive(self.clock())
+        try:
+            slot = self.slots.acquire()
+            if slot >= 0:
+                return slot, self.instances[slot], 0.0
+            slot = self.slots.reserve()
+            if slot < 0:
+                slot = await self._wait_for_release(wait)
+                inst = self.instances[slot]
+                if inst is not None:
+                    return slot, inst, 0.0
+            return await self._create(slot)
+        except BaseException:
+            if self.warming is not None:  # the call got no instance: it ended here
+                self.warming.leave(self.clock())
+            raise
 
     async def _create(self, slot: int) -> tuple[int, Instance, float]:
         t0 = time.perf_counter()
@@ -107,7 +130,7 @@ class InstancePool:
         except BaseException:
             if fut.done() and not fut.cancelled() and fut.exception() is None:
                 # handed a slot, then cancelled before it resumed: pass the slot on
-                self.release(fut.result())
+                self._put_back(fut.result())
             elif not fut.done():
                 fut.cancel()
             try:
@@ -141,6 +164,11 @@ class InstancePool:
 
     def release(self, slot: int, *, healthy: bool = True) -> None:
         """Return an instance; an unhealthy or non-reusable one is destroyed."""
+        if self.warming is not None:
+            self.warming.leave(self.clock())
+        self._put_back(slot, healthy=healthy)
+
+    def _put_back(self, slot: int, *, healthy: bool = True) -> None:
         inst = self.instances[slot]
         if self.closed or not healthy or inst is None or not inst.reusable:
             self.instances[slot] = None
@@ -152,7 +180,7 @@ class InstancePool:
             return
         if self._waiters and self._wake_one(slot):
             return  # handed over while still busy: a hit for the waiter
-        self.slots.release(slot, time.monotonic())
+        self.slots.release(slot, self.clock())
 
     # ------------------------------------------------------------ upkeep
 
@@ -176,19 +204,35 @@ class InstancePool:
             if slot < 0:
                 break
             await self._create(slot)
-            self.slots.release(slot, time.monotonic())
+            self.slots.release(slot, self.clock())
             made += 1
         return made
 
     async def evict_idle(self, now: float | None = None) -> int:
-        """Destroy instances idle for longer than ``idle_ttl`` (keeping min_warm)."""
-        now = time.monotonic() if now is None else now
-        slots = self.slots.evict(now, self.settings.idle_ttl, self.settings.min_warm)
+        """Destroy instances idle for longer than ``idle_ttl`` (keeping min_warm),
+        or as the warming policy says."""
+        now = self.clock() if now is None else now
+        ttl, keep = self.settings.idle_ttl, self.settings.min_warm
+        if self.warming is not None:
+            ttl, learned_keep = self.warming.eviction(now)
+            keep = max(keep, learned_keep)
+        slots = self.slots.evict(now, ttl, keep)
         for slot in slots:
             inst, self.instances[slot] = self.instances[slot], None
             if inst is not None:
                 await self._destroy(inst)
         return len(slots)
+
+    async def warm_up(self, now: float | None = None) -> int:
+        """Create the instance the warming policy wants warm at ``now`` (the end
+        of a pre-warm window), if none is idle; the number created."""
+        if self.warming is None or self.closed:
+            return 0
+        now = self.clock() if now is None else now
+        wanted = self.warming.wanted(now)
+        if wanted <= self.slots.idle:
+            return 0
+        return await self.prewarm(wanted)
 
     async def close(self) -> None:
         """Destroy every instance; busy ones are destroyed when released."""

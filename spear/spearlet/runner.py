@@ -30,6 +30,7 @@ from typing import Awaitable, Callable
 import msgspec
 
 from .. import errors, logs, memory, protocol as P
+from ..autoscale.warming import make as make_warming
 from ..runtimes import Prepared, Runtime, RuntimeManager
 from ..runtimes.base import STDERR_TAIL, TRACEBACK_TAIL
 from .core import SpearletCore
@@ -88,8 +89,10 @@ class Runner:
     registering again).
     """
 
-    def __init__(self, runtimes: RuntimeManager, core: SpearletCore | str) -> None:
+    def __init__(self, runtimes: RuntimeManager, core: SpearletCore | str, *,
+                 warming: str = "fixed") -> None:
         self.runtimes = runtimes
+        self.warming = warming  # [spearlet] warming: "fixed" or "learned"
         self.core = core if isinstance(core, SpearletCore) else SpearletCore(core)
         self.node_id = self.core.node_id
         self.deployments: dict[str, Deployment] = {}
@@ -194,7 +197,9 @@ class Runner:
             prepared = await runtime.prepare(spec)
             if not prepared.digest:
                 prepared.digest = hashlib.sha256(msgspec.msgpack.encode(spec)).hexdigest()
-            pool = InstancePool(runtime, prepared, spec.pool)
+            learned = None if self.warming == "fixed" else make_warming(self.warming,
+                                                                          spec.pool.idle_ttl)
+            pool = InstancePool(runtime, prepared, spec.pool, learned)
             try:
                 await pool.prewarm()
             except BaseException:
@@ -413,8 +418,9 @@ class Runner:
     # ------------------------------------------------------------ upkeep
 
     async def evict_loop(self, period: float = 5.0) -> None:
-        """Destroy instances idle for longer than their pool's ``idle_ttl``, and
-        let each runtime collect what no deployment uses, forever."""
+        """Destroy instances idle for longer than their pool's ``idle_ttl`` (or as
+        its warming policy says, then pre-warm what it wants), and let each
+        runtime collect what no deployment uses, forever."""
         while True:
             await asyncio.sleep(period)
             memory.trim()  # what a burst of big payloads freed goes back to the system
@@ -430,6 +436,25 @@ class Runner:
                         log.info("evicted %d idle instance(s) of %s", n, d.spec.name)
                 except Exception:  # noqa: BLE001
                     log.exception("eviction failed for %s", d.spec.name)
+            await self.warm_up()
+
+    async def warm_up(self) -> None:
+        """Pre-warm what the learned warming policies want, while the node's
+        memory has room (``[spearlet] max_memory_mb`` against each function's
+        ``limits.memory_mb``): a pre-warmed instance must not crowd out calls."""
+        cap = self.core.maxima.memory_mb
+        held = sum((d.pool.warm + d.pool.busy) * (d.spec.limits.memory_mb or 0)
+                   for d in self.deployments.values())
+        for d in list(self.deployments.values()):
+            need = d.spec.limits.memory_mb or 0
+            if d.pool.warming is None or (cap is not None and held + need > cap):
+                continue
+            try:
+                if await d.pool.warm_up():
+                    held += need
+                    log.info("pre-warmed an instance of %s", d.spec.name)
+            except Exception:  # noqa: BLE001
+                log.exception("pre-warming failed for %s", d.spec.name)
 
     async def close(self, timeout: float = 1.0) -> None:
         """Cancel running executions (their ends are still reported, within
