@@ -106,3 +106,38 @@ def test_create_run_list_destroy(image, sms, arun):
 def test_no_engine_is_a_refusal():
     with pytest.raises(errors.Unavailable, match="engine unreachable"):
         load("docker")(options={"base_url": "unix:///nonexistent/docker.sock"})
+
+
+def test_a_load_ramp_grows_containers_then_shrinks_back_to_min(image, sms, tmp_path):
+    """The autoscaler with the docker provider: queued work makes it start Spearlet
+    containers (one slot each), every execution succeeds, and idle ones are drained
+    and removed down to ``min_nodes``; its containers are gone after shutdown."""
+    from spear.config import AutoscalerConfig
+    from tests.autoscale.test_local import Running, _owned
+
+    cluster = f"t-{uuid.uuid4().hex[:8]}"
+    options = {"cluster": cluster, "image": image, "network": "host",
+               "env": "SPEAR_SPEARLET_MAX_CONCURRENCY=1",
+               "volumes": f"{sys.prefix}:{sys.prefix}:ro,{REPO}:/opt/spear:ro"}
+    cfg = AutoscalerConfig(provider="docker", min_nodes=1, max_nodes=3, tick=0.2, up_ticks=2,
+                           up_cooldown=1.0, down_cooldown=2.0, scale_down_idle_s=2.0,
+                           protect_idle_s=4.0, node_cores=1.0, node_memory_mb=512,
+                           data=str(tmp_path / "autoscaler"), options=options)
+    api = docker.from_env()
+    try:
+        with Client(sms.sms_addr, timeout=30) as c, Running(cfg, sms.sms_addr) as run:
+            wait_for(lambda: len(_owned(c, ("ready",))) == 1, 90, "min_nodes container ready")
+            c.deploy(P.FunctionSpec(name="spin", runtime="wasm", handler="fib", artifact=ADD_WAT))
+            ids = [c.submit("spin", args=[150_000_000]) for _ in range(8)]
+            wait_for(lambda: len(_owned(c, ("ready",))) >= 2, 120, "more containers under load")
+            results = [c.wait(eid, timeout=180) for eid in ids]
+            assert [r.status for r in results] == ["succeeded"] * len(ids), \
+                [(r.status, r.info.error) for r in results]
+            assert len({r.info.node_id for r in results}) >= 2
+            wait_for(lambda: len(_owned(c)) == 1, 120, "back to min_nodes after idle")
+            assert sum(d.count for d in run.decisions if d.action == "scale_up") >= 2
+    finally:
+        left = api.containers.list(all=True, filters={"label": f"spear.autoscaler={cluster}"})
+        for ctr in left:
+            ctr.remove(force=True)
+    assert left == [], "the autoscaler's shutdown left containers behind"
