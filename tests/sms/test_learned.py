@@ -94,3 +94,109 @@ def test_bad_arguments():
     m = CostModels(min_samples=1)
     m.observe("f", -5, 0.0, 0)  # nonsense figures are clamped, not fatal
     assert math.isfinite(m.predict("f", 0).duration_s)
+
+
+# ---------------------------------------------------------------- policies in the SMS core
+
+from spear import protocol as P  # noqa: E402
+from spear.protocol import Capacity  # noqa: E402
+
+from .test_core import Harness, only  # noqa: E402
+
+
+def _finish(h: Harness, d: P.Dispatch, ident: bytes, *, run: float, peak: int,
+            cold: float = 0.0) -> None:
+    h.send(P.Result(id=d.id, execution=P.ExecutionInfo(
+        execution_id=d.execution_id, function=d.function, status="succeeded",
+        timings=P.Timings(run=run, cold_start=cold), cold=cold > 0,
+        usage=P.ExecUsage(peak_memory=peak))), ident=ident)
+
+
+def _train(h: Harness, n: int, *, run: float, peak: int, cold: float = 0.0) -> None:
+    for _ in range(n):
+        (d,) = only(h.invoke(), P.Dispatch)
+        _finish(h, d.msg, d.ident, run=run, peak=peak, cold=cold)
+
+
+def _policy_harness(placement: str, memory_mb: int = 512, nodes: int = 1) -> Harness:
+    h = Harness(placement=placement)
+    for i in range(1, nodes + 1):
+        h.register(f"n{i}", capacity=Capacity(cores=4.0, memory=1 << 30))
+    h.deploy("f", limits=P.Limits(memory_mb=memory_mb))
+    return h
+
+
+def test_results_feed_the_models_and_redeploy_forgets():
+    h = _policy_harness("baseline")
+    _train(h, 5, run=0.2, peak=3 * MiB)
+    p = h.core.tasks.models.predict("f", 2)
+    assert p.duration_s == pytest.approx(0.2) and p.memory == int(3 * MiB * 1.25)
+    h.deploy("f", limits=P.Limits(memory_mb=256))
+    assert h.core.tasks.models.predict("f", 2) is None
+
+
+def test_baseline_reserves_the_request():
+    h = _policy_harness("baseline")
+    _train(h, 5, run=0.2, peak=3 * MiB)
+    h.invoke()
+    assert h.core.table.reserved["n1"][1] == 512 * MiB
+
+
+def test_pack_reserves_the_prediction_and_never_more_than_the_request():
+    h = _policy_harness("pack")
+    h.invoke()  # no history yet: the request
+    assert h.core.tasks.execs[next(reversed(h.core.tasks.execs))].reserved[1] == 512 * MiB
+    h = _policy_harness("pack")
+    _train(h, 5, run=0.2, peak=8 * MiB)
+    h.invoke()
+    assert h.core.table.reserved["n1"][1] == int(8 * MiB * 1.25)
+    h = _policy_harness("pack", memory_mb=4)
+    _train(h, 5, run=0.2, peak=8 * MiB)  # it peaks above its request: the request caps it
+    h.invoke()
+    assert h.core.table.reserved["n1"][1] == 4 * MiB
+
+
+def test_pack_fits_more_executions_on_a_node():
+    base = _policy_harness("baseline", memory_mb=256)
+    pack = _policy_harness("pack", memory_mb=256)
+    for h in (base, pack):
+        _train(h, 5, run=0.2, peak=8 * MiB)
+        for _ in range(10):
+            h.invoke()
+    assert len(base.core.tasks.by_node["n1"]) == 4  # 1 GiB / 256 MiB
+    assert len(pack.core.tasks.by_node["n1"]) == 10
+
+
+def test_finish_prefers_the_node_that_finishes_first():
+    h = _policy_harness("finish", nodes=2)
+    _train(h, 5, run=1.0, peak=MiB, cold=5.0)  # everything ran on one node: warm there
+    warm = next(n for n in ("n1", "n2") if "f" in h.core.table.functions[h.core.table.slot_of[n]])
+    # a 5 s cold start elsewhere outweighs waiting behind a running one
+    (d,) = only(h.invoke(), P.Dispatch)
+    (d2,) = only(h.invoke(), P.Dispatch)
+    assert d.ident.decode() == warm and d2.ident.decode() == warm
+
+
+def test_a_wrong_model_never_fails_an_execution():
+    """The model says 1 MiB; the function really peaks at its whole 256 MiB request.
+
+    "pack" overcommits the SMS's bookkeeping on the strength of it (ten run
+    at once where four fit by request), but what the node runs is the
+    function as deployed (its limit stays the request), so every execution
+    succeeds; the bookkeeping returns to zero and the model, having seen the
+    real peaks, predicts them (capped by the request) from then on.
+    """
+    h = _policy_harness("pack", memory_mb=256)
+    _train(h, 5, run=0.2, peak=MiB)
+    dispatched = [d for _ in range(10) for d in only(h.invoke(), P.Dispatch)]
+    assert len(dispatched) == 10 and h.core.tasks.queued == 0
+    for d in dispatched:
+        assert h.core.fns.functions[d.msg.function].spec.limits.memory_mb == 256
+        _finish(h, d.msg, d.ident, run=0.2, peak=256 * MiB)
+    statuses = {h.core.tasks.execs[d.msg.execution_id].info.status for d in dispatched}
+    assert statuses == {"succeeded"}
+    assert h.core.tasks.counts["failed"] == 0
+    assert h.core.table.reserved["n1"] == [0.0, 0.0]
+    assert h.core.tasks.models.predict("f", 2).memory >= 256 * MiB
+    h.invoke()
+    assert h.core.table.reserved["n1"][1] == 256 * MiB  # the request again
