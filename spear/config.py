@@ -211,6 +211,11 @@ class SecurityConfig(_Section, frozen=True):
     #: node id -> public key (file or z85) that alone may register as it; node
     #: ids not listed are bound to the first key that registers them
     node_keys: dict[str, str] = {}
+    #: a directory of node public key files (``*.key``) the SMS re-reads while it
+    #: runs (on SIGHUP and every ``node_keys_poll`` seconds): a key added there
+    #: admits its node, a key removed refuses it at its next connection
+    node_keys_dir: str = ""
+    node_keys_poll: Seconds = 5.0
     tokens: dict[str, str] = {}
 
 
