@@ -300,3 +300,26 @@ def test_node_keys_dir_admits_and_refuses_keys_while_the_sms_runs(tmp_path, keys
         assert c.sms.poll() is None
     finally:
         c.stop()
+
+
+def test_read_keys_dir_trusts_only_this_users_unwritable_files(tmp_path):
+    import os
+
+    from spear.mesh.security import Security, keygen, read_keys_dir
+
+    pub, _, z = keygen(tmp_path / "gen", "n1")
+    pub2, _, _ = keygen(tmp_path / "gen", "n2")
+    d = tmp_path / "keys"
+    d.mkdir(mode=0o700)
+    (d / "n1.key").write_bytes(pub.read_bytes())
+    os.symlink(pub2, d / "n2.key")  # a link could point anywhere: not followed
+    (d / "n1.key_secret").write_text("ignored: not a public key file\n")
+    assert read_keys_dir(d) == {z.encode(): "n1.key"}
+    sec = Security(roles={b"x" * 40: "admin"})
+    assert sec.admit_node_keys(read_keys_dir(d)) == (["n1.key"], [])
+    assert sec.role_now("node", z) == "node"
+    assert sec.admit_node_keys({}) == ([], ["n1.key"])
+    assert sec.role_now("node", z) == "" and sec.roles == {b"x" * 40: "admin"}
+    os.chmod(d, 0o777)
+    assert read_keys_dir(d) is None  # anyone could add a key: the directory is not read
+    assert read_keys_dir(tmp_path / "missing") is None
