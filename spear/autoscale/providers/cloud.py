@@ -7,7 +7,8 @@ Spearlet through cloud-init user data (``ex_userdata``, or ``ex_customdata``
 on Azure) that installs spear and joins the SMS with a CURVE key pair made
 for that node alone: its secret key travels only in the user data, its
 public key is written to ``keys_dir``, which the SMS's ``[security]
-node_keys_dir`` names so a running SMS admits it (or, with ``node_key``, every machine shares one key the SMS already lists).
+node_keys_dir`` names so a running SMS admits it (or, with ``node_key``,
+every machine shares one key the SMS already lists).
 
 The clouds are given as a list (``clouds=``) or, from ``[autoscaler]
 options``, as ``clouds_file``: a TOML file of ``[[clouds]]`` tables. A cloud
