@@ -200,6 +200,11 @@ class SMS(Service):
         """Stop serving, write what is still in memory, close the store."""
         for t in self._tickers:
             t.cancel()
+        if self.config.security.node_keys_dir:
+            try:
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+            except (NotImplementedError, RuntimeError):
+                pass
         await self.server.finish(timeout=0.5)
         self.server.close(linger_ms=CLOSE_LINGER_MS)
         self.feed(Stopping())
