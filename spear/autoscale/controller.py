@@ -1,4 +1,4 @@
-"""The autoscaler's loop: look at the SMS, ask the policy, act through the provider.
+"""The autoscaler's loop: look at the SMS, ask the policy, act through the providers.
 
 Every ``[autoscaler] tick`` seconds :class:`Controller` reads the SMS through
 the public :class:`~spear.client.AsyncClient` (``stats`` for the queue,
@@ -8,6 +8,10 @@ and carries out the :class:`.policy.Decision` list: ``scale_up`` creates
 nodes (labelled ``spear.owner=autoscaler``), ``drain`` and ``resume`` go to
 the SMS, ``remove`` destroys a drained node. Each decision is logged and
 counted (Prometheus gauges and counters on ``[autoscaler] metrics_port``).
+
+Each node type (``[autoscaler.types.NAME]``, or the one ``default`` type) has
+its provider; when one refuses a node, the node is started as the next type
+in cost order that has room.
 
 A node the provider created is "starting" until a node of that name
 registers; one that never does within :data:`START_TIMEOUT` is destroyed. On
