@@ -34,6 +34,7 @@ from typing import Annotated, Any, Literal, Mapping
 
 import msgspec
 import msgspec.inspect
+import msgspec.json
 from msgspec import Meta, Struct
 
 from .errors import ConfigError
@@ -215,6 +216,11 @@ class SecurityConfig(_Section, frozen=True):
     #: node id -> public key (file or z85) that alone may register as it; node
     #: ids not listed are bound to the first key that registers them
     node_keys: dict[str, str] = {}
+    #: a directory of node public key files (``*.key``) the SMS re-reads while it
+    #: runs (on SIGHUP and every ``node_keys_poll`` seconds): a key added there
+    #: admits its node, a key removed refuses it at its next connection
+    node_keys_dir: str = ""
+    node_keys_poll: Seconds = 5.0
     tokens: dict[str, str] = {}
 
 
@@ -279,9 +285,28 @@ class TracingConfig(_Section, frozen=True):
     sample_ratio: Annotated[float, Meta(ge=0, le=1)] = 1.0
 
 
+class NodeTypeConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One named node type, ``[autoscaler.types.NAME]``: where its nodes come
+    from, their size, its own bounds and its ``cost`` (lower is tried first)."""
+
+    provider: Literal["local", "docker", "kubernetes", "cloud"] = "local"
+    cores: Annotated[float, Meta(gt=0, le=1e6)] = 1.0
+    memory_mb: Annotated[int, Meta(ge=1)] = 1024
+    min_nodes: Annotated[int, Meta(ge=0, le=10_000)] = 0
+    max_nodes: Annotated[int, Meta(ge=0, le=10_000)] = 4
+    cost: Annotated[float, Meta(ge=0)] = 1.0
+    options: dict[str, str] = {}
+
+
+#: a node type's name: it labels its nodes (``spear.node-type``) and names cloud machines
+NodeTypeName = Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9\-]{0,30}\Z")]
+
+
 class AutoscalerConfig(_Section, frozen=True):
     """The node autoscaler (``spear autoscaler``; ``spear up`` starts it when the
-    configuration sets any key of this section). One node type, started by ``provider``."""
+    configuration sets any key of this section). Its node types are the tables
+    ``[autoscaler.types.NAME]``; without any, one type ``default`` made of
+    ``provider``, ``node_cores``, ``node_memory_mb`` and ``options``."""
 
     #: where nodes come from: local | docker | kubernetes | cloud
     provider: Literal["local", "docker", "kubernetes", "cloud"] = "local"
@@ -307,6 +332,9 @@ class AutoscalerConfig(_Section, frozen=True):
     options: dict[str, str] = {}
     #: the autoscaler's own state (local provider: the nodes' directories)
     data: str = "./.spear/autoscaler"
+    #: named node types, tried cheapest first; a type whose provider refuses a
+    #: node is passed over for the next (multi-cloud)
+    types: dict[NodeTypeName, NodeTypeConfig] = {}
     #: serve Prometheus /metrics here (-1 off, 0 any free port)
     metrics_port: MetricsPort = -1
     metrics_host: Address = "127.0.0.1"
@@ -423,14 +451,17 @@ def _coerce_strings(section_cls: type, values: dict, source: str) -> dict:
             continue
         try:
             info = msgspec.inspect.type_info(typ)  # sees through Annotated[...]
-            if isinstance(info, msgspec.inspect.DictType):
+            if isinstance(info, msgspec.inspect.DictType) and \
+                    isinstance(info.value_type, msgspec.inspect.StructType):
+                out[key] = msgspec.json.decode(raw)  # a table of tables: JSON
+            elif isinstance(info, msgspec.inspect.DictType):
                 out[key] = _parse_labels(raw)
             elif isinstance(info, msgspec.inspect.ListType):  # "a,b" -> ["a", "b"]
                 out[key] = msgspec.convert([p.strip() for p in raw.split(",") if p.strip()],
                                            typ, strict=False)
             else:
                 out[key] = msgspec.convert(raw, typ, strict=False)
-        except (msgspec.ValidationError, ValueError) as exc:
+        except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as exc:
             section = next(s for s, c in _SECTIONS.items() if c is section_cls)
             raise ConfigError(f"{source}: [{section}] {key} = {raw!r}: {exc}") from None
     return out
@@ -540,6 +571,10 @@ def load_config(
     if cfg.autoscaler.min_nodes > cfg.autoscaler.max_nodes:
         raise ConfigError(f"[autoscaler] min_nodes = {cfg.autoscaler.min_nodes} exceeds "
                           f"max_nodes = {cfg.autoscaler.max_nodes}")
+    for tname, t in cfg.autoscaler.types.items():
+        if t.min_nodes > t.max_nodes:
+            raise ConfigError(f"[autoscaler.types.{tname}] min_nodes = {t.min_nodes} exceeds "
+                              f"max_nodes = {t.max_nodes}")
     if cfg.sms.heartbeat_timeout <= cfg.sms.heartbeat_interval:
         src_t = origin.get("sms.heartbeat_timeout", "default")
         src_i = origin.get("sms.heartbeat_interval", "default")

@@ -25,7 +25,7 @@ import msgspec.inspect as mi
 import pytest
 
 from spear import cli, config as C
-from spear.config import Config, load_config
+from spear.config import Config, NodeTypeConfig, load_config
 
 # ---------------------------------------------------------------- the keys
 
@@ -85,6 +85,9 @@ SAMPLES: dict[str, list[Any]] = {
     "autoscaler.node_prefix": ["burst", "pool-a"],
     # at most the default max_nodes (min_nodes > max_nodes is refused)
     "autoscaler.min_nodes": [1, 3],
+    # node type tables (in the environment: JSON)
+    "autoscaler.types": [{"aws": NodeTypeConfig(provider="cloud", cost=2.0, options={"clouds": "aws"})},
+                         {"home": NodeTypeConfig(max_nodes=2)}],
 }
 
 #: keys named like a [global] key that do NOT inherit it (a different meaning):
@@ -157,6 +160,8 @@ def two_values(key: Key) -> tuple[Any, Any]:
 
 
 def toml_literal(v: Any) -> str:
+    if isinstance(v, msgspec.Struct):
+        v = msgspec.structs.asdict(v)
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, (int, float)):
@@ -176,6 +181,8 @@ def env_text(v: Any) -> str:
         return "true" if v else "false"
     if isinstance(v, list):
         return ",".join(v)
+    if isinstance(v, dict) and any(isinstance(x, msgspec.Struct) for x in v.values()):
+        return json.dumps(msgspec.to_builtins(v))
     if isinstance(v, dict):
         return ",".join(f"{k}={x}" for k, x in v.items())
     return str(v)

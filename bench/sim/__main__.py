@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 
 from . import policies, report, workloads
 from .cluster import Shape, Simulator
@@ -22,6 +23,14 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--nodes", type=int, default=Shape.nodes)
     ap.add_argument("--node-mb", type=int, default=Shape.node_mb)
     ap.add_argument("--cold-s", type=float, default=Shape.cold_s, help="time to start an instance")
+    ap.add_argument("--autoscale", action="store_true",
+                    help="run each pair again with the autoscaler's policy adding nodes "
+                         "(a row field, autoscale, tells them apart)")
+    ap.add_argument("--max-nodes", type=int, default=0,
+                    help="the autoscaler's max_nodes (default: 2 x --nodes)")
+    ap.add_argument("--min-nodes", type=int, default=0,
+                    help="the autoscaled cluster's own nodes, its min_nodes (default: --nodes)")
+    ap.add_argument("--start-s", type=float, default=30.0, help="time for an added node to join")
     ap.add_argument("--json", metavar="FILE", help="write the rows to FILE")
     args = ap.parse_args(argv)
     args.trace = [t for t in args.trace.split(",") if t]
@@ -30,6 +39,20 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         if w not in policies.WARMING:
             ap.error(f"unknown warming policy {w!r} (choose from {', '.join(policies.WARMING)})")
     return args
+
+
+def run(trace, kind: str, shape: Shape, args, scaled: bool) -> report.Row:
+    """One (trace, policy) run, on a fixed cluster or an autoscaled one."""
+    model = policies.AutoscaledNodes(shape.nodes, shape.node_mb, own=args.min_nodes or shape.nodes,
+                                     start_s=args.start_s,
+                                     max_nodes=args.max_nodes or 2 * shape.nodes) if scaled else None
+    stats = Simulator(trace, kind, shape, keep_alive=args.keep_alive, nodes=model).run()
+    row = report.row(trace.name, kind, stats, shape, args.keep_alive)
+    if model is None:
+        return replace(row, cluster_node_hours=round(shape.nodes * trace.span / 3600, 4),
+                       peak_nodes=shape.nodes)
+    return replace(row, autoscale=True, cluster_node_hours=round(model.node_hours(trace.span), 4),
+                   peak_nodes=model.peak)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench.sim: {exc}", file=sys.stderr)
             return 2
         for kind in args.warming:
-            stats = Simulator(trace, kind, shape, keep_alive=args.keep_alive).run()
-            rows.append(report.row(trace.name, kind, stats, shape, args.keep_alive))
+            for scaled in (False, True) if args.autoscale else (False,):
+                rows.append(run(trace, kind, shape, args, scaled))
     print(report.table(rows))
     if args.json:
         report.write_json(rows, args.json)

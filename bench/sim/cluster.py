@@ -85,6 +85,8 @@ class Simulator:
         self.prewarm = warming == "learned"
         self.placement = placement
         self.nodes = nodes or policies.FixedNodes()
+        #: memory of each node now (a node model that adds nodes raises it)
+        self.node_mb = shape.node_mb
         self.stats = Stats()
         self.fns: dict[str, _Function] = {}
         self.used = [0] * shape.nodes  # MB held (busy and idle) per node
@@ -92,6 +94,7 @@ class Simulator:
         self.heap: list = []
         self._seq = 0
         self._last = 0.0  # the time the node-hours are integrated to
+        self.nodes.attach(self)
 
     # ------------------------------------------------------------ the loop
 
@@ -137,7 +140,7 @@ class Simulator:
         if not self._serve(fn, call, t):
             self.queues[fn.node].append((call, t))
             self.stats.queued += 1
-            self.nodes.observe(t, sum(map(len, self.queues)))
+        self.nodes.observe(t, sum(map(len, self.queues)))
         self._check(fn, t)
 
     def _serve(self, fn: _Function, call: Call, t: float) -> bool:
@@ -159,14 +162,26 @@ class Simulator:
         fn.policy.leave(t)
         inst.idle_since = t
         fn.idle.append(inst)
-        queue = self.queues[fn.node]
+        self._serve_queue(fn.node, t)
+        self._check(fn, t)
+
+    def _serve_queue(self, node: int, t: float) -> None:
+        """Start the calls waiting on ``node``, in order, while memory allows."""
+        queue = self.queues[node]
         while queue:
             call, since = queue[0]
             if not self._serve(self.fns[call.func], call, t):
                 break
             queue.popleft()
             self.stats.max_wait_s = max(self.stats.max_wait_s, t - since)
-        self._check(fn, t)
+
+    def resize(self, node_mb: int, t: float) -> None:
+        """Give each node ``node_mb`` from ``t`` on (a node model added or removed
+        nodes: their memory is spread over the placement's nodes); waiting calls
+        that now fit start."""
+        self.node_mb = node_mb
+        for node in range(self.shape.nodes):
+            self._serve_queue(node, t)
 
     def _check(self, fn: _Function, t: float) -> None:
         """Evict and pre-warm as ``fn``'s policy says at ``t``; plan the next check."""
@@ -176,7 +191,7 @@ class Simulator:
             self._drop(fn, fn.idle.pop(0), t)
             self.stats.evictions += 1
         if self.prewarm and not fn.policy.busy and fn.policy.wanted(t) > len(fn.idle) \
-                and self.used[fn.node] + fn.mem_mb <= self.shape.node_mb:
+                and self.used[fn.node] + fn.mem_mb <= self.node_mb:
             self._hold(fn.node, fn.mem_mb, t)
             fn.idle.append(_Instance(fn, t))
             self.stats.prewarms += 1
@@ -192,7 +207,7 @@ class Simulator:
     def _room(self, node: int, mb: int, t: float) -> bool:
         """Hold ``mb`` on ``node``, evicting its least recently idle instances
         if it must; False when busy instances fill it."""
-        while self.used[node] + mb > self.shape.node_mb:
+        while self.used[node] + mb > self.node_mb:
             victims = [fn for fn in self.fns.values() if fn.node == node and fn.idle]
             if not victims:
                 return False

@@ -34,6 +34,12 @@ class Row:
     nodes: int
     node_mb: int
     keep_alive_s: float
+    #: the nodes came from the autoscaler's policy (``--autoscale``), not a fixed cluster
+    autoscale: bool = False
+    #: nodes paid for, integrated: a fixed cluster's all the time, else those the autoscaler ran
+    cluster_node_hours: float = 0.0
+    #: most nodes at once
+    peak_nodes: int = 0
 
 
 def row(trace: str, warming: str, stats: Stats, shape: Shape, keep_alive: float) -> Row:
@@ -47,7 +53,7 @@ def row(trace: str, warming: str, stats: Stats, shape: Shape, keep_alive: float)
 
 
 COLUMNS = ("trace", "warming", "calls", "cold_starts", "cold_start_rate", "warm_mb_s",
-           "node_hours", "prewarms", "burst_absorb_s")
+           "node_hours", "prewarms", "burst_absorb_s", "autoscale", "cluster_node_hours", "peak_nodes")
 
 
 def table(rows: list[Row]) -> str:

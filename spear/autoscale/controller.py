@@ -1,4 +1,4 @@
-"""The autoscaler's loop: look at the SMS, ask the policy, act through the provider.
+"""The autoscaler's loop: look at the SMS, ask the policy, act through the providers.
 
 Every ``[autoscaler] tick`` seconds :class:`Controller` reads the SMS through
 the public :class:`~spear.client.AsyncClient` (``stats`` for the queue,
@@ -8,6 +8,10 @@ and carries out the :class:`.policy.Decision` list: ``scale_up`` creates
 nodes (labelled ``spear.owner=autoscaler``), ``drain`` and ``resume`` go to
 the SMS, ``remove`` destroys a drained node. Each decision is logged and
 counted (Prometheus gauges and counters on ``[autoscaler] metrics_port``).
+
+Each node type (``[autoscaler.types.NAME]``, or the one ``default`` type) has
+its provider; when one refuses a node, the node is started as the next type
+in cost order that has room.
 
 A node the provider created is "starting" until a node of that name
 registers; one that never does within :data:`START_TIMEOUT` is destroyed. On
@@ -39,11 +43,31 @@ RECENT_LIMIT = 1000
 TYPE_LABEL = "spear.node-type"
 
 
-def node_type_of(cfg: AutoscalerConfig) -> NodeType:
-    """The one node type ``[autoscaler]`` describes."""
-    return NodeType(name="default", provider=cfg.provider, cores=cfg.node_cores,
-                    memory_mb=cfg.node_memory_mb, min_nodes=0, max_nodes=cfg.max_nodes,
-                    options=dict(cfg.options))
+def node_types_of(cfg: AutoscalerConfig) -> list[NodeType]:
+    """The node types of ``[autoscaler]``: its ``types`` tables, or else the one
+    type ``default`` its single-type keys describe."""
+    if not cfg.types:
+        return [NodeType(name="default", provider=cfg.provider, cores=cfg.node_cores,
+                         memory_mb=cfg.node_memory_mb, min_nodes=0, max_nodes=cfg.max_nodes,
+                         options=dict(cfg.options))]
+    return [NodeType(name=name, provider=t.provider, cores=t.cores, memory_mb=t.memory_mb,
+                     min_nodes=t.min_nodes, max_nodes=t.max_nodes, cost=t.cost,
+                     options=dict(t.options))
+            for name, t in cfg.types.items()]
+
+
+def build_providers(cfg: AutoscalerConfig, sms: str, types: list[NodeType]) -> dict:
+    """One provider per node type; types with the same provider and options share it
+    (so an earlier run's nodes are listed once)."""
+    made: dict[tuple, object] = {}
+    out = {}
+    for t in types:
+        key = (t.provider, tuple(sorted(t.options.items())))
+        if key not in made:
+            made[key] = load(t.provider)(sms=sms, workdir=Path(cfg.data) / t.provider,
+                                         options=dict(t.options))
+        out[t.name] = made[key]
+    return out
 
 
 def settings_of(cfg: AutoscalerConfig) -> Settings:
@@ -71,25 +95,37 @@ class _Metrics:
 
 
 class Controller:
-    """Runs the policy against one SMS with one provider. ``clock``: wall seconds (tests may fake it)."""
+    """Runs the policy against one SMS with a provider per node type.
 
-    def __init__(self, cfg: AutoscalerConfig, client, provider=None, *, clock=time.time) -> None:
+    ``providers``: node type name -> provider (default: built from ``cfg``);
+    ``clock``: wall seconds (tests may fake it).
+    """
+
+    def __init__(self, cfg: AutoscalerConfig, client, providers: dict | None = None, *,
+                 clock=time.time) -> None:
         self.cfg = cfg
         self.client = client
-        self.provider = provider if provider is not None else load(cfg.provider)(
-            sms=client.sms, workdir=Path(cfg.data) / cfg.provider, options=dict(cfg.options))
-        kind = node_type_of(cfg)
-        self.types = {kind.name: kind}
-        self.policy = Policy(settings_of(cfg), list(self.types.values()))
+        types = node_types_of(cfg)
+        self.types = {t.name: t for t in types}
+        self.providers = providers if providers is not None else build_providers(cfg, client.sms, types)
+        self.policy = Policy(settings_of(cfg), types)
         self.clock = clock
         self.handles: dict[str, NodeHandle] = {}   # node name -> what the provider started
+        self._provider_of: dict[str, object] = {}  # node name -> the provider that started it
         self.metrics = _Metrics()
         self._recovered = False
 
     async def recover(self) -> None:
         """Take back the nodes an earlier run of the provider left running."""
-        for h in await self.provider.list():
-            self.handles[h.name] = h
+        seen = set()
+        for provider in self.providers.values():
+            if id(provider) in seen:
+                continue
+            seen.add(id(provider))
+            for h in await provider.list():
+                if h.name not in self.handles:
+                    self.handles[h.name] = h
+                    self._provider_of[h.name] = provider
         self._recovered = True
         if self.handles:
             log.info("autoscaler: %d node(s) of an earlier run found: %s", len(self.handles),
@@ -159,17 +195,47 @@ class Controller:
         self.metrics.decisions.labels(d.action).inc()
 
     async def _create(self, node_type: NodeType, count: int) -> None:
+        """Start ``count`` nodes of ``node_type``; a type whose provider refuses is
+        passed over for the next one in cost order that has room (raises when all refuse)."""
+        order = self.policy.types
+        start = next(i for i, t in enumerate(order) if t.name == node_type.name)
+        candidates = order[start:] + order[:start]
+        refused: list[str] = []
         for _ in range(count):
-            name = f"{self.cfg.node_prefix}-{uuid.uuid4().hex[:8]}"
-            handle = await self.provider.create(node_type, name)
-            # the name the node registers under: a kubernetes pod joins under its pod name
-            self.handles[handle.name] = handle
+            for t in candidates:
+                if t.name in refused or not self._has_room(t):
+                    continue
+                name = f"{self.cfg.node_prefix}-{uuid.uuid4().hex[:8]}"
+                provider = self.providers[t.name]
+                try:
+                    handle = await provider.create(t, name)
+                except (errors.Unavailable, errors.ResourceExhausted) as exc:
+                    log.warning("autoscaler: node type %s (%s) refused a node: %s", t.name,
+                                t.provider, exc.message)
+                    self.metrics.failures.labels("create").inc()
+                    refused.append(t.name)
+                    continue
+                if t.name != node_type.name:
+                    log.info("autoscaler: started %s as node type %s instead of %s",
+                             handle.name, t.name, node_type.name)
+                # the name the node registers under: a kubernetes pod joins under its pod name
+                self.handles[handle.name] = handle
+                self._provider_of[handle.name] = provider
+                break
+            else:
+                raise errors.Unavailable(f"every node type refused a node: {', '.join(refused)}"
+                                         if refused else "no node type has room for a node")
+
+    def _has_room(self, t: NodeType) -> bool:
+        return sum(1 for h in self.handles.values() if h.node_type == t.name) < t.max_nodes
 
     async def _destroy(self, name: str) -> None:
         handle = self.handles.get(name)
         if handle is not None:
-            await self.provider.destroy(handle)
+            provider = self._provider_of.get(name) or self.providers[handle.node_type]
+            await provider.destroy(handle)
             del self.handles[name]
+            self._provider_of.pop(name, None)
 
     async def _reap(self, obs: Observation) -> bool:
         """Destroy nodes of ours that died (gone in the SMS) or never registered; True if any."""
@@ -244,8 +310,9 @@ async def serve(cfg, *, keep_nodes: bool = False) -> None:
 
             server = MetricsServer(ctl.metrics.registry, a.metrics_host, a.metrics_port)
             log.info("autoscaler: metrics on %s", server.url)
-        log.info("autoscaler: %s provider, %d..%d nodes, SMS %s", a.provider, a.min_nodes,
-                 a.max_nodes, cfg.global_.sms)
+        log.info("autoscaler: node types %s, %d..%d nodes, SMS %s",
+                 ", ".join(f"{t.name} ({t.provider})" for t in ctl.policy.types),
+                 a.min_nodes, a.max_nodes, cfg.global_.sms)
         try:
             await ctl.run(stop)
         finally:

@@ -113,6 +113,7 @@ class RouterServer:
             from .security import parse_user
 
             role, key = parse_user(user)
+            role = self.security.role_now(role, key)  # a key removed since the handshake
             if not self._check_route(ident, key):
                 return
             if not allowed(role, type(msg)):

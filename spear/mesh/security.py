@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +24,7 @@ from pathlib import Path
 import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils import z85
 
 from .. import errors
 from ..fsmodes import private_dir, private_key_file
@@ -58,6 +61,68 @@ def _read_secret(path: str) -> tuple[bytes, bytes]:
     return public, secret
 
 
+#: a public key file larger than this is not a key file
+_KEY_FILE_MAX = 4096
+_PUBLIC_LINE = re.compile(r'^\s*public-key\s*=\s*"([^"]{40})"\s*$', re.M)
+
+
+def _open_owned(path: Path, flags: int) -> int:
+    """Open ``path`` (no symlink followed) if this user owns it and neither group
+    nor others may write it; the fd. Checked on the open file, so a swap after
+    the check changes nothing. Raises OSError or ValueError saying why not."""
+    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid():
+            raise ValueError(f"owned by uid {st.st_uid}, not by this process's user")
+        if st.st_mode & 0o022:
+            raise ValueError(f"writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})")
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _read_key_file(path: Path) -> bytes:
+    """The z85 public key of one key file written by ``spear keygen``."""
+    fd = _open_owned(path, os.O_RDONLY)
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise ValueError("not a regular file")
+        text = fh.read(_KEY_FILE_MAX + 1)
+    if len(text) > _KEY_FILE_MAX:
+        raise ValueError("too large for a key file")
+    m = _PUBLIC_LINE.search(text.decode("ascii", "replace"))
+    if m is None:
+        raise ValueError("no public-key line")
+    key = m.group(1).encode()
+    if len(z85.decode(key)) != 32:
+        raise ValueError("not a z85 CURVE key")
+    return key
+
+
+def read_keys_dir(directory: str | Path) -> dict[bytes, str] | None:
+    """The node keys of ``directory``: z85 public key -> file name, from its
+    ``*.key`` files. Only a directory and files owned by this user and not
+    writable by group or others count; a file that fails is logged and
+    skipped. None when the directory itself cannot be trusted or read (the
+    caller keeps what it had)."""
+    directory = Path(directory)
+    try:
+        os.close(_open_owned(directory, os.O_RDONLY | os.O_DIRECTORY))
+        names = sorted(n for n in os.listdir(directory) if n.endswith(".key"))
+    except (OSError, ValueError) as exc:
+        log.error("SECURITY: node keys directory %s not read: %s", directory, exc)
+        return None
+    keys: dict[bytes, str] = {}
+    for name in names:
+        try:
+            keys.setdefault(_read_key_file(directory / name), name)
+        except (OSError, ValueError) as exc:
+            log.warning("SECURITY: node key file %s skipped: %s", directory / name, exc)
+    return keys
+
+
 @dataclass
 class Security:
     """Key material and role table of one process; ``enabled`` False means open."""
@@ -70,9 +135,43 @@ class Security:
     #: node id -> z85 public key bound to it by configuration
     node_keys: dict[str, str] = field(default_factory=dict)
 
+    #: the node keys admitted from ``[security] node_keys_dir`` (the rest of
+    #: ``roles`` comes from the configuration and is never changed)
+    dir_keys: dict[bytes, str] = field(default_factory=dict)
+
     @property
     def enabled(self) -> bool:
         return bool(self.secret)
+
+    def admit_node_keys(self, keys: dict[bytes, str]) -> tuple[list[str], list[str]]:
+        """Make ``keys`` the node keys of the keys directory: the new ones are
+        admitted as nodes, those gone are refused from the next connection on
+        (keys the configuration lists keep their role). The ZAP handler reads
+        ``roles`` as it is, so this takes effect at once; each change is one
+        dict operation, safe against the handler's thread. Returns the file
+        names added and removed."""
+        added, removed = [], []
+        for key, name in keys.items():
+            if key not in self.roles:
+                self.roles[key] = "node"
+                self.dir_keys[key] = name
+                added.append(name)
+        for key in [k for k in self.dir_keys if k not in keys]:
+            removed.append(self.dir_keys.pop(key))
+            self.roles.pop(key, None)
+        for name in added:
+            log.info("SECURITY: node key %s admitted", name)
+        for name in removed:
+            log.warning("SECURITY: node key %s removed: its node is refused from now on", name)
+        return added, removed
+
+    def role_now(self, role: str, key_z85: str) -> str:
+        """The role of a caller whose connection was admitted with ``role``: ""
+        once its key was removed from the keys directory, so a connection made
+        before the removal is refused too."""
+        if role == "node" and key_z85.encode() not in self.roles:
+            return ""
+        return role
 
     @classmethod
     def from_config(cls, sec) -> "Security":

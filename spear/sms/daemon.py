@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import time
 
 from ..service import Service
@@ -20,7 +21,7 @@ from ..config import Config
 from ..metrics import SMSMetrics
 from ..mesh import RouterServer, context
 from ..mesh.endpoint import CLOSE_LINGER_MS
-from ..mesh.security import Security, start_authenticator, warn_open
+from ..mesh.security import Security, read_keys_dir, start_authenticator, warn_open
 from ..store import open_store
 from ..store.guarded import GuardedStore
 from ..tracing import Tracer
@@ -144,6 +145,20 @@ class SMS(Service):
             except Exception:  # never let housekeeping kill the daemon
                 log.exception("node tick failed")
 
+    def reload_node_keys(self) -> None:
+        """Re-read ``[security] node_keys_dir``: admit its new keys, refuse removed ones."""
+        keys = read_keys_dir(self.config.security.node_keys_dir)
+        if keys is not None:
+            self.security.admit_node_keys(keys)
+
+    async def _keys_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.security.node_keys_poll)
+            try:
+                self.reload_node_keys()
+            except Exception:  # a bad file is skipped inside; this is the unforeseen
+                log.exception("reading the node keys directory failed")
+
     async def _task_loop(self) -> None:
         while True:
             await asyncio.sleep(0.02)
@@ -155,14 +170,24 @@ class SMS(Service):
     async def start(self) -> str:
         """Bind and start serving; returns the bound address."""
         if self.security.enabled:
+            if self.config.security.node_keys_dir:
+                self.reload_node_keys()
             start_authenticator(context(), self.security)
             log.info("CURVE on: %d authorized key(s)", len(self.security.roles))
         else:
             warn_open("SMS")
+            if self.config.security.node_keys_dir:
+                log.warning("[security] node_keys_dir is ignored: CURVE is off")
         self.address = self.server.bind(self.config.sms.listen)
         self.server.start()
         self._tickers = [asyncio.ensure_future(self._tick_loop()),
                          asyncio.ensure_future(self._task_loop())]
+        if self.security.enabled and self.config.security.node_keys_dir:
+            self._tickers.append(asyncio.ensure_future(self._keys_loop()))
+            try:
+                asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload_node_keys)
+            except (NotImplementedError, RuntimeError):  # not the main thread (tests embed the SMS)
+                pass
         self._stopping = asyncio.Event()
         if self.config.sms.metrics_port >= 0:
             srv = self.metrics.serve(self.config.sms.metrics_host, self.config.sms.metrics_port)
@@ -175,6 +200,11 @@ class SMS(Service):
         """Stop serving, write what is still in memory, close the store."""
         for t in self._tickers:
             t.cancel()
+        if self.config.security.node_keys_dir:
+            try:
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+            except (NotImplementedError, RuntimeError):
+                pass
         await self.server.finish(timeout=0.5)
         self.server.close(linger_ms=CLOSE_LINGER_MS)
         self.feed(Stopping())

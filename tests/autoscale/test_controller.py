@@ -7,7 +7,7 @@ import asyncio
 from spear import errors, protocol as P
 from spear.autoscale.controller import START_TIMEOUT, Controller
 from spear.autoscale.providers.base import NodeHandle
-from spear.config import AutoscalerConfig
+from spear.config import AutoscalerConfig, NodeTypeConfig
 from spear.schema import Capacity, NodeInfo, Usage
 
 
@@ -80,7 +80,7 @@ def sample(ctl: Controller, name: str, **labels) -> float | None:
 def controller(sms, provider, **kw) -> Controller:
     cfg = AutoscalerConfig(min_nodes=1, max_nodes=3, up_ticks=1, up_cooldown=0, down_cooldown=0,
                            scale_down_idle_s=5, protect_idle_s=10, **kw)
-    return Controller(cfg, sms, provider, clock=clock)
+    return Controller(cfg, sms, {"default": provider}, clock=clock)
 
 
 def test_scale_up_to_min_then_for_the_queue_counting_nodes_still_starting():
@@ -185,3 +185,58 @@ def test_run_outlives_a_tick_that_fails_and_stops_when_told():
         await asyncio.wait_for(task, 5)
 
     asyncio.run(scenario())
+
+
+def test_a_refused_node_type_falls_back_to_the_next_cheapest():
+    sms, cheap, spare = FakeSMS(), FakeProvider(fail=True), FakeProvider()
+    cfg = AutoscalerConfig(min_nodes=2, max_nodes=4, up_ticks=1, up_cooldown=0, types={
+        "spot": NodeTypeConfig(provider="cloud", cost=1, max_nodes=4),
+        "onprem": NodeTypeConfig(provider="local", cost=2, max_nodes=1)})
+    ctl = Controller(cfg, sms, {"spot": cheap, "onprem": spare}, clock=clock)
+    assert [t.name for t in ctl.policy.types] == ["spot", "onprem"]
+
+    async def scenario():
+        d = await ctl.tick()
+        assert [(x.action, x.node_type, x.count) for x in d] == [("scale_up", "spot", 2)]
+        # the cloud refused: one node on the fallback type (its max is 1), the other refused
+        assert [h.node_type for h in spare.running.values()] == ["onprem"] and not cheap.running
+        assert sample(ctl, "spear_autoscaler_provider_errors_total", op="scale_up") == 1
+        assert sample(ctl, "spear_autoscaler_provider_errors_total", op="create") == 1
+        cheap.fail = False
+        clock.t += 1
+        await ctl.tick()
+        assert [h.node_type for h in cheap.running.values()] == ["spot"]
+        (name,) = spare.running
+        await ctl.shutdown()  # each node is destroyed by the provider that started it
+        assert spare.destroyed == [name] and len(cheap.destroyed) == 1
+
+    asyncio.run(scenario())
+
+
+def test_node_types_come_from_autoscaler_types_tables_or_the_single_type_keys(tmp_path):
+    from spear.autoscale.controller import node_types_of
+    from spear.config import load_config
+    from spear.errors import ConfigError
+
+    f = tmp_path / "spear.toml"
+    f.write_text('[autoscaler]\nprovider = "docker"\nnode_cores = 2\n')
+    (one,) = node_types_of(load_config(f).autoscaler)
+    assert (one.name, one.provider, one.cores) == ("default", "docker", 2)
+    f.write_text('[autoscaler.types.aws]\nprovider = "cloud"\ncost = 1\noptions = { clouds = "aws" }\n'
+                 '[autoscaler.types.home]\nprovider = "local"\ncost = 0.5\nmax_nodes = 2\n')
+    types = {t.name: t for t in node_types_of(load_config(f).autoscaler)}
+    assert types["aws"].options == {"clouds": "aws"} and types["home"].max_nodes == 2
+    f.write_text('[autoscaler.types.aws]\nmin_nodes = 3\nmax_nodes = 1\n')
+    try:
+        load_config(f)
+    except ConfigError as exc:
+        assert "autoscaler.types.aws" in str(exc)
+    else:
+        raise AssertionError("min_nodes > max_nodes accepted")
+    f.write_text('[autoscaler.types.aws]\nsize = "big"\n')
+    try:
+        load_config(f)
+    except ConfigError:
+        pass
+    else:
+        raise AssertionError("an unknown node type key accepted")

@@ -247,3 +247,26 @@ def test_spear_autoscaler_keeps_its_nodes_with_keep_nodes_and_takes_them_back(tm
             assert _stop(second) == 0
         wait_for(lambda: not any(psutil.pid_exists(p) for p in pids), 20, "its node stopped")
         assert not _owned(c, ("ready",))
+
+
+def test_a_cloud_that_refuses_falls_back_to_local_nodes(tmp_path, cluster, one_slot):
+    """Two node types on two providers: the cheap cloud refuses (over quota), so the
+    autoscaler starts its node as the local type; its nodes carry that type's label."""
+    pytest.importorskip("libcloud")
+    from spear.config import NodeTypeConfig
+
+    clouds = tmp_path / "clouds.toml"
+    clouds.write_text('[[clouds]]\nname = "full"\n'
+                      'driver = "tests.autoscale.test_provider_cloud:QuotaCloud"\nkey = "k"\n')
+    types = {"spot": NodeTypeConfig(provider="cloud", cost=1, options={
+                 "clouds_file": str(clouds), "size": "Small", "image": "1"}),
+             "home": NodeTypeConfig(provider="local", cost=2, max_nodes=1,
+                                    options={"config": one_slot})}
+    cfg = _settings(tmp_path, one_slot, min_nodes=2, types=types)
+    with Client(cluster.sms_addr, timeout=30) as c, Running(cfg, cluster.sms_addr) as run:
+        [node] = wait_for(lambda: _owned(c, ("ready",)), 45, "a fallback node ready")
+        assert node.labels["spear.node-type"] == "home"
+        wait_for(lambda: run.ctl.metrics.registry.get_sample_value(
+            "spear_autoscaler_provider_errors_total", {"op": "create"}), 10, "the refusal counted")
+        assert [h.node_type for h in run.ctl.handles.values()] == ["home"]
+    assert not any(psutil.pid_exists(p) for p in _spearlet_pids(tmp_path / "autoscaler" / "local"))

@@ -218,3 +218,108 @@ def test_only_admin_and_deployer_keys_may_drain_a_node(cluster, keys):
                     cl.drain(node)
     with client_for(cluster, keys, "alice") as admin:
         assert admin.node(node).state == "ready"
+
+
+def _wait(pred, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_node_keys_dir_admits_and_refuses_keys_while_the_sms_runs(tmp_path, keys):
+    """A node whose key is added to [security] node_keys_dir after the SMS started
+    joins (on SIGHUP); once the key is removed its open connection and any new one
+    are refused. Files another user could have written, or that are no keys, are skipped."""
+    import os
+    import shutil
+    import signal
+
+    from spear.mesh.security import keygen
+
+    d = tmp_path
+    keys_dir = d / "node-keys"
+    keys_dir.mkdir(mode=0o700)
+    (keys_dir / "junk.key").write_text("not a key\n")
+    sms_cfg = curve_config(d / "sms.toml", keys, "sms")
+    with open(sms_cfg, "a") as fh:
+        fh.write(f'node_keys_dir = "{keys_dir}"\nnode_keys_poll = 3600\n')
+    gen = d / "gen"
+    pub, sec, _ = keygen(gen, "cloud1")
+    wpub, wsec, _ = keygen(gen, "lax")
+    keys = {**keys, "cloud1": (pub, sec), "lax": (wpub, wsec)}
+    node_cfg = d / "cloud1.toml"
+    node_cfg.write_text(f'[security]\nkey = "{sec}"\nsms_key = "{keys["sms"][0]}"\n')
+    admin = load_config(curve_config(d / "admin.toml", keys, "alice"), env={}).security
+    c = Cluster(d / "c", spearlets=0, config=sms_cfg, spearlet_config=str(node_cfg),
+                heartbeat_interval=0.2, heartbeat_timeout=2.0, client_security=admin)
+
+    def register(who: str, node_id: str, timeout: float = 3.0):
+        raw = Raw(keys, who, c.sms_addr)
+        try:
+            return raw.rpc(P.Register(id=1, node=P.NodeInfo(node_id=node_id)), timeout=timeout)
+        except AssertionError:
+            return None  # the handshake was refused: no answer at all
+        finally:
+            raw.close()
+
+    try:
+        c.start(wait=30)
+        assert register("cloud1", "cloud1-raw", timeout=1.5) is None
+        shutil.copy(pub, keys_dir / "cloud1.key")
+        shutil.copy(wpub, keys_dir / "lax.key")
+        os.chmod(keys_dir / "lax.key", 0o664)  # group-writable: anyone in the group could swap it
+        c.sms.send_signal(signal.SIGHUP)
+        c.start_spearlet(0)
+        c.wait_ready(1, timeout=30)
+        assert register("lax", "lax-raw", timeout=1.5) is None
+        with client_for((c, d), keys, "alice") as cli:
+            [node] = [n for n in cli.nodes() if n.state == "ready"]
+            assert node.name == "spearlet-1"
+            cli.deploy(add_spec("add-dir"))
+            assert cli.invoke("add-dir", args=[2, 3]).output == b"5"
+        # an open connection of the key, made before its removal
+        raw = Raw(keys, "cloud1", c.sms_addr)
+        try:
+            assert isinstance(raw.rpc(P.Register(id=1, node=P.NodeInfo(node_id="cloud1-raw2"))),
+                              P.ErrorReply)  # the key is bound to spearlet-1's id: refused by identity
+            (keys_dir / "cloud1.key").unlink()
+            c.sms.send_signal(signal.SIGHUP)
+            assert _wait(lambda: "cloud1.key removed" in (c.data / "sms.log").read_text())
+            r = raw.rpc(P.Heartbeat(id=2, node_id="cloud1-raw2", usage=P.Usage()))
+            assert isinstance(r, P.ErrorReply) and r.code == "PERMISSION_DENIED", r
+        finally:
+            raw.close()
+        assert register("cloud1", "cloud1-raw3", timeout=1.5) is None
+        with client_for((c, d), keys, "alice") as cli:
+            assert _wait(lambda: all(n.state != "ready" for n in cli.nodes()), timeout=30)
+        log = (c.data / "sms.log").read_text()
+        assert "junk.key skipped" in log and "lax.key skipped" in log and "writable by group" in log
+        assert c.sms.poll() is None
+    finally:
+        c.stop()
+
+
+def test_read_keys_dir_trusts_only_this_users_unwritable_files(tmp_path):
+    import os
+
+    from spear.mesh.security import Security, keygen, read_keys_dir
+
+    pub, _, z = keygen(tmp_path / "gen", "n1")
+    pub2, _, _ = keygen(tmp_path / "gen", "n2")
+    d = tmp_path / "keys"
+    d.mkdir(mode=0o700)
+    (d / "n1.key").write_bytes(pub.read_bytes())
+    os.symlink(pub2, d / "n2.key")  # a link could point anywhere: not followed
+    (d / "n1.key_secret").write_text("ignored: not a public key file\n")
+    assert read_keys_dir(d) == {z.encode(): "n1.key"}
+    sec = Security(roles={b"x" * 40: "admin"})
+    assert sec.admit_node_keys(read_keys_dir(d)) == (["n1.key"], [])
+    assert sec.role_now("node", z) == "node"
+    assert sec.admit_node_keys({}) == ([], ["n1.key"])
+    assert sec.role_now("node", z) == "" and sec.roles == {b"x" * 40: "admin"}
+    os.chmod(d, 0o777)
+    assert read_keys_dir(d) is None  # anyone could add a key: the directory is not read
+    assert read_keys_dir(tmp_path / "missing") is None

@@ -6,8 +6,9 @@ quota, an outage, a bad size) moves on to the next. Each machine boots a
 Spearlet through cloud-init user data (``ex_userdata``, or ``ex_customdata``
 on Azure) that installs spear and joins the SMS with a CURVE key pair made
 for that node alone: its secret key travels only in the user data, its
-public key is written to ``keys_dir`` for the SMS's ``[security] node`` list
-(or, with ``node_key``, every machine shares one key the SMS already lists).
+public key is written to ``keys_dir``, which the SMS's ``[security]
+node_keys_dir`` names so a running SMS admits it (or, with ``node_key``,
+every machine shares one key the SMS already lists).
 
 The clouds are given as a list (``clouds=``) or, from ``[autoscaler]
 options``, as ``clouds_file``: a TOML file of ``[[clouds]]`` tables. A cloud
