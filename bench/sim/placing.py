@@ -19,6 +19,7 @@ runs there would pass the node's memory.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import math
 import random
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from spear import protocol as P
 from spear.config import SMSConfig
 from spear.protocol import Capacity, NodeInfo
+from spear.sms import executions
 from spear.sms.core import SMSCore
 from spear.sms.events import Commit, CommitSoon, Load, Loaded, Persist, Persisted, Received, Send, Upkeep
 
@@ -34,8 +36,9 @@ from .jobs import Work
 
 GiB = 1 << 30
 MiB = 1 << 20
-#: node sizes (cores, memory GiB), used in turn: small, medium, large
+#: node sizes (cores, memory GiB), used in turn; their names label the nodes (``size``)
 SIZES = ((2, 4), (4, 8), (8, 24))
+SIZE_NAMES = ("small", "medium", "large")
 CLIENT = b"client"
 
 
@@ -89,6 +92,25 @@ class _Node:
         self.alive = True
         self.born = 0.0
         self.died = math.inf
+
+
+@contextlib.contextmanager
+def _seeded_ids(seed: int):
+    """Execution ids from a seeded generator for the run, so the core's order
+    over them (e.g. retrying a lost node's work) is the same on every run
+    (with ``PYTHONHASHSEED`` fixed, as sets of ids are iterated)."""
+    rng = random.Random(seed)
+
+    def new_id() -> str:
+        h = f"{rng.getrandbits(128):032x}"
+        return f"{h[:8]}-{h[8:12]}-7{h[13:16]}-8{h[17:20]}-{h[20:]}"
+
+    real = executions.new_id
+    executions.new_id = new_id
+    try:
+        yield
+    finally:
+        executions.new_id = real
 
 
 def scale(work: Work, load: float, cores: int) -> float:
@@ -147,6 +169,10 @@ class PlacementSim:
 
     def run(self) -> Outcome:
         """Replay the whole trace; the figures."""
+        with _seeded_ids(self.setup.seed):
+            return self._replay()
+
+    def _replay(self) -> Outcome:
         self._start()
         end = self.work.span * self.factor
         for job in self.work.jobs:
@@ -172,7 +198,9 @@ class PlacementSim:
 
     def _start(self) -> None:
         for node in self.nodes.values():
+            size = SIZE_NAMES[int(node.id[1:]) % len(SIZES)]
             info = NodeInfo(node_id=node.id, name=node.id, runtimes=["process"],
+                            labels={"size": size},
                             capacity=Capacity(cores=float(node.cores), memory=node.mem_mb * MiB))
             self._msg(P.Register(id=self._rid(), node=info, proof="p"), node.id.encode())
         for name, req in sorted(self.work.request_mb.items()):
