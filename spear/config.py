@@ -96,6 +96,11 @@ class SMSConfig(_Section, frozen=True):
     #: default_run_timeout when it has none) ends timed_out in the SMS
     deadline_grace: Annotated[float, Meta(gt=0, le=86400)] = 5.0
     default_run_timeout: Annotated[float, Meta(gt=0, le=7 * 86400)] = 3600.0
+    #: how a node is picked: "baseline" (headroom, load, warmth), "finish"
+    #: (shortest expected finish time from each function's learned run time),
+    #: "pack" (reserve each function's learned peak memory, never more than
+    #: it asks for); see docs/scheduling.md
+    placement: Literal["baseline", "finish", "pack"] = "baseline"
     metrics_port: MetricsPort = -1
     metrics_host: Address = "127.0.0.1"
 

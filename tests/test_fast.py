@@ -116,6 +116,7 @@ def test_twins_share_constants(both_schedulers):
     c, py = both_schedulers
     assert c.WEIGHTS == py.WEIGHTS
     assert c.EPS == py.EPS
+    assert (c.BASELINE, c.FINISH) == (py.BASELINE, py.FINISH)
 
 
 def test_pool_twins_share_state_codes(both_pools):
@@ -152,8 +153,27 @@ def ref_score(c: tuple, i: int, need_cpu: float, need_mem: float) -> float | Non
     return None if math.isnan(s) else s
 
 
-def ref_order(c: tuple, need_cpu: float, need_mem: float) -> list[int]:
-    scored = [(ref_score(c, i, need_cpu, need_mem), i) for i in range(len(c[0]))]
+def ref_finish_score(c: tuple, i: int, need_cpu: float, need_mem: float, duration: float,
+                     cold: float) -> float | None:
+    """The documented finish-time score, written out independently."""
+    fc, fm, cc, cm, ld, el, wm, pen = (a[i] for a in c)
+    if not el or not (fc >= need_cpu and fm >= need_mem):
+        return None
+    s = -(duration * (1.0 + ld))
+    if not wm:
+        s = s - cold
+    s = s - pen
+    return None if math.isnan(s) else s
+
+
+def ref_order(c: tuple, need_cpu: float, need_mem: float, finish: tuple | None = None
+              ) -> list[int]:
+    """Candidates best first; ``finish``: (duration, cold) for the finish-time policy."""
+    if finish is None:
+        scored = [(ref_score(c, i, need_cpu, need_mem), i) for i in range(len(c[0]))]
+    else:
+        scored = [(ref_finish_score(c, i, need_cpu, need_mem, *finish), i)
+                  for i in range(len(c[0]))]
     return [i for s, i in sorted((t for t in scored if t[0] is not None),
                                  key=lambda t: (-t[0], t[1]))]
 
@@ -300,6 +320,17 @@ def test_scores_follow_documented_formula(sched):
     assert sched.pick_nodes(*c, 0.5, 256.0, 50) == ref_order(c, 0.5, 256.0)
 
 
+def test_finish_policy_prefers_idle_then_warm(sched):
+    c = cluster({"load": 2.0, "warm": 1}, {"load": 0.0}, {"load": 0.0, "warm": 1})
+    # 1 s runs, 0.5 s cold starts: the idle warm node, then the idle cold one
+    assert sched.pick_nodes(*c, 0.5, 256.0, 3, sched.FINISH, 1.0, 0.5) == [2, 1, 0]
+    # a long cold start: the busy warm node beats the idle cold one
+    assert sched.pick_nodes(*c, 0.5, 256.0, 3, sched.FINISH, 1.0, 5.0) == [2, 0, 1]
+    assert sched.pick_node(*c, 0.5, 256.0, sched.FINISH, 1.0, 5.0) == 2
+    with pytest.raises(ValueError):
+        sched.pick_nodes(*c, 0.5, 256.0, 3, 7, 1.0, 0.5)
+
+
 # ---------------------------------------------------------------- scheduler agreement
 
 finite = st.floats(min_value=-4.0, max_value=64.0, allow_nan=False, allow_infinity=False)
@@ -339,6 +370,32 @@ def test_twins_agree_on_extreme_figures(both_schedulers, c, need_cpu, need_mem, 
     comp, py = both_schedulers
     assert comp.pick_node(*c, need_cpu, need_mem) == py.pick_node(*c, need_cpu, need_mem)
     assert comp.pick_nodes(*c, need_cpu, need_mem, k) == py.pick_nodes(*c, need_cpu, need_mem, k)
+
+
+@settings(max_examples=200, deadline=None)
+@given(c=_cluster_strategy(figure), need_cpu=figure, need_mem=figure, k=st.integers(0, 70),
+       duration=st.one_of(coarse, finite), cold=st.one_of(coarse, finite))
+def test_twins_agree_on_finish_policy(both_schedulers, c, need_cpu, need_mem, k, duration,
+                                      cold):
+    comp, py = both_schedulers
+    args = (need_cpu, need_mem, k, py.FINISH, duration, cold)
+    top = py.pick_nodes(*c, *args)
+    assert comp.pick_nodes(*c, *args) == top
+    assert top == ref_order(c, need_cpu, need_mem, (duration, cold))[:k]
+    best = py.pick_node(*c, need_cpu, need_mem, py.FINISH, duration, cold)
+    assert comp.pick_node(*c, need_cpu, need_mem, py.FINISH, duration, cold) == best
+    if k:
+        assert top[:1] == ([best] if best >= 0 else [])
+
+
+@settings(max_examples=100, deadline=None)
+@given(c=_cluster_strategy(wild), need_cpu=wild, need_mem=wild, k=st.integers(0, 70),
+       duration=wild, cold=wild)
+def test_twins_agree_on_finish_policy_extremes(both_schedulers, c, need_cpu, need_mem, k,
+                                               duration, cold):
+    comp, py = both_schedulers
+    args = (need_cpu, need_mem, k, py.FINISH, duration, cold)
+    assert comp.pick_nodes(*c, *args) == py.pick_nodes(*c, *args)
 
 
 # ---------------------------------------------------------------- pool

@@ -447,6 +447,10 @@ def test_sms_queue_executions_and_nodes():
     assert value(reg, "spear_sms_cluster_capacity_cores") == 4
     assert value(reg, "spear_sms_cluster_capacity_memory_bytes") == 1 << 30
     assert value(reg, "spear_sms_cluster_running") == 2
+    assert value(reg, "spear_sms_placement_policy_info", policy="baseline") == 1
+    assert value(reg, "spear_sms_model_fallbacks_total", reason="history") == 0
+    core.tasks.models.predict("f", 0)  # (what a learned policy asks at dispatch)
+    assert value(reg, "spear_sms_model_fallbacks_total", reason="history") == 1
     assert value(reg, "spear_sms_cluster_reserved_cores") is not None
 
 

@@ -16,10 +16,12 @@ from cpython.array cimport array
 from cpython.bytearray cimport PyByteArray_AS_STRING
 from libc.stdlib cimport malloc, free, qsort
 
-__all__ = ["EPS", "WEIGHTS", "pick_node", "pick_nodes"]
+__all__ = ["BASELINE", "EPS", "FINISH", "WEIGHTS", "pick_node", "pick_nodes"]
 
 EPS = 1e-9
 WEIGHTS = (0.4, 0.4, 0.3, 1.0)
+BASELINE = 0
+FINISH = 1
 
 cdef double _EPS = 1e-9
 cdef double _W_CPU = 0.4
@@ -35,11 +37,25 @@ ctypedef struct Scored:
     Py_ssize_t index
 
 
+ctypedef struct Req:
+    double need_cpu
+    double need_mem
+    int finish
+    double duration
+    double cold
+
+
 cdef inline double _score(double fc, double fm, double cc, double cm, double ld,
-                          unsigned char wm, double pen,
-                          double need_cpu, double need_mem) noexcept nogil:
+                          unsigned char wm, double pen, const Req *r) noexcept nogil:
     """Score of a node that fits; same operations, same order as the twin."""
     cdef double s
+    cdef double need_cpu = r.need_cpu
+    cdef double need_mem = r.need_mem
+    if r.finish:
+        s = -(r.duration * (1.0 + ld))
+        if wm == 0:
+            s = s - r.cold
+        return s - pen
     s = _W_CPU * ((fc - need_cpu) / (cc if cc > _EPS else _EPS))
     s = s + _W_MEM * ((fm - need_mem) / (cm if cm > _EPS else _EPS))
     s = s - _W_LOAD * ld
@@ -113,14 +129,30 @@ cdef int _columns(Cols *c, list keep, object free_cpu, object free_mem, object c
     return 0
 
 
+cdef int _request(Req *r, double need_cpu, double need_mem, int policy, double duration,
+                  double cold) except -1:
+    if policy != 0 and policy != 1:
+        raise ValueError(f"unknown scoring policy {policy!r}")
+    r.need_cpu = need_cpu
+    r.need_mem = need_mem
+    r.finish = policy == 1
+    r.duration = duration
+    r.cold = cold
+    return 0
+
+
 def pick_node(free_cpu, free_mem, cap_cpu, cap_mem, load, eligible, warm, penalty,
-              double need_cpu, double need_mem):
+              double need_cpu, double need_mem, int policy=0, double duration=0.0,
+              double cold=0.0):
     """Return the index of the best-scoring candidate node, or -1 if none fits.
 
     Float arrays must expose a double buffer (``array('d')``), ``eligible``
-    and ``warm`` a byte buffer (``array('B')``). Raises ValueError if their
-    lengths differ.
+    and ``warm`` a byte buffer (``array('B')``). ``policy``, ``duration``,
+    ``cold``: see the twin. Raises ValueError if their lengths differ or the
+    policy is unknown.
     """
+    cdef Req r
+    _request(&r, need_cpu, need_mem, policy, duration, cold)
     cdef Cols c
     cdef list keep = []
     _columns(&c, keep, free_cpu, free_mem, cap_cpu, cap_mem, load, eligible, warm, penalty)
@@ -138,7 +170,7 @@ def pick_node(free_cpu, free_mem, cap_cpu, cap_mem, load, eligible, warm, penalt
             if not (fc >= need_cpu and fm >= need_mem):
                 continue
             s = _score(fc, fm, c.cap_cpu[i], c.cap_mem[i], c.load[i], c.warm[i], c.penalty[i],
-                       need_cpu, need_mem)
+                       &r)
             if s != s:  # NaN: corrupt figures never win
                 continue
             if best < 0 or s > best_s:
@@ -159,11 +191,15 @@ cdef int _cmp_scored(const void *a, const void *b) noexcept nogil:
 
 
 def pick_nodes(free_cpu, free_mem, cap_cpu, cap_mem, load, eligible, warm, penalty,
-               double need_cpu, double need_mem, Py_ssize_t k):
+               double need_cpu, double need_mem, Py_ssize_t k, int policy=0,
+               double duration=0.0, double cold=0.0):
     """Return up to ``k`` candidate indices, best first (ties: lower index first).
 
-    Raises ValueError if the arrays differ in length or ``k`` is negative.
+    Raises ValueError if the arrays differ in length, ``k`` is negative or
+    the policy is unknown.
     """
+    cdef Req r
+    _request(&r, need_cpu, need_mem, policy, duration, cold)
     cdef Cols c
     cdef list keep = []
     _columns(&c, keep, free_cpu, free_mem, cap_cpu, cap_mem, load, eligible, warm, penalty)
@@ -190,7 +226,7 @@ def pick_nodes(free_cpu, free_mem, cap_cpu, cap_mem, load, eligible, warm, penal
                 if not (fc >= need_cpu and fm >= need_mem):
                     continue
                 s = _score(fc, fm, c.cap_cpu[i], c.cap_mem[i], c.load[i], c.warm[i], c.penalty[i],
-                           need_cpu, need_mem)
+                           &r)
                 if s != s:
                     continue
                 if sort_all:

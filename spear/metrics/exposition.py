@@ -125,6 +125,12 @@ _SMS_STATE = _specs(
     ("spear_sms_cluster_reserved_cores", "gauge", "Cores reserved by placed executions."),
     ("spear_sms_cluster_reserved_memory_bytes", "gauge", "Memory reserved by placed executions."),
     ("spear_sms_cluster_running", "gauge", "Running executions the ready nodes last reported."),
+    ("spear_sms_placement_policy_info", "gauge",
+     "1, labelled with the placement policy in use ([sms] placement).", ("policy",)),
+    ("spear_sms_model_fallbacks_total", "counter",
+     "Dispatches under a learned placement policy that used the request instead of a "
+     "prediction, by reason (history: too few results yet; unhealthy: the model was wrong).",
+     ("reason",)),
 )
 
 _SPEARLET_STATE = _specs(

@@ -105,6 +105,12 @@ class SMSCollector(_Collector):
         g("spear_sms_retries_total", counts.get("retried", 0))
         g("spear_sms_late_results_total", counts.get("late_results", 0))
         g("spear_sms_forged_reports_total", counts.get("forged_reports", 0))
+        settings, models = getattr(t, "s", None), getattr(t, "models", None)
+        if settings is not None:
+            g("spear_sms_placement_policy_info", 1, (settings.placement,))
+        if models is not None:
+            for reason in ("history", "unhealthy"):
+                g("spear_sms_model_fallbacks_total", models.fallbacks.get(reason, 0), (reason,))
         for code, n in _snapshot(lambda: list(self.owner.refusals.items()), []):
             g("spear_sms_dispatch_refusals_total", n, (code,))
         for state, n in _snapshot(lambda: list(self.owner.transitions.items()), []):

@@ -51,7 +51,8 @@ def task_settings(c: SMSConfig) -> TaskSettings:
     return TaskSettings(max_executions=c.max_executions, queue_timeout=c.queue_timeout,
                         retention_age=c.retention_age, cache_executions=c.cache_executions,
                         startup_grace=2 * c.heartbeat_timeout, deadline_grace=c.deadline_grace,
-                        max_queue=c.max_queue, default_run_timeout=c.default_run_timeout)
+                        max_queue=c.max_queue, default_run_timeout=c.default_run_timeout,
+                        placement=c.placement)
 
 
 class SMSCore:
@@ -286,6 +287,9 @@ class SMSCore:
         # self.tasks is unset while Executions.__init__ recovers records
         if kind == "execution" and self.metrics is not None and hasattr(self, "tasks"):
             self.metrics.execution_ended(self.tasks, key)
+        elif kind == "function" and hasattr(self, "tasks"):
+            # (re)deployed or removed: what was learned of its old code no longer holds
+            self.tasks.models.forget(key)
 
     # ---------------------------------------------------------------- nodes
 

@@ -18,6 +18,15 @@ from .. import protocol as P, tracing
 from ..protocol import TERMINAL
 from . import spans
 from .records import MiB, Exec, ExecutionRecords
+from .scheduler import BASELINE, FINISH
+
+#: the least memory the "pack" policy reserves for one execution
+MIN_RESERVE = 1 * MiB
+
+
+def input_size(ex: Exec) -> int:
+    """Bytes of ``ex``'s input (0 when it was not kept): what the cost models learn on."""
+    return len(ex.data) if ex.data else 0
 
 # the logger name operators filter on (docs/operations.md)
 log = logging.getLogger("spear.sms.tasks")
@@ -46,6 +55,34 @@ class Placement(ExecutionRecords):
         mem = (spec.limits.memory_mb or self.s.default_memory_mb) * MiB
         return cpu, float(mem)
 
+    def _plan(self, name: str, ex: Exec, mem: float) -> tuple[int, float, float, float]:
+        """Scoring policy, predicted run time, cold start and memory to reserve for
+        one dispatch of ``name`` under ``[sms] placement`` (``mem``: what it asks for).
+
+        Without a trusted prediction every policy is the baseline. "pack" reserves
+        the predicted peak (with its margin) but never more than the request: the
+        limit the node enforces stays the request, so a wrong model can only make
+        the SMS overcommit its bookkeeping, never fail an execution.
+        """
+        placement = self.s.placement
+        if placement == "baseline":
+            return BASELINE, 0.0, 0.0, mem
+        p = self.models.predict(name, input_size(ex))
+        if p is None:
+            return BASELINE, 0.0, 0.0, mem
+        if placement == "finish":
+            return FINISH, p.duration_s, self.models.cold_start(name), mem
+        return BASELINE, 0.0, 0.0, min(mem, float(max(p.memory, MIN_RESERVE)))
+
+    def _learn(self, ex: Exec, result: P.ExecutionInfo) -> None:
+        """Feed a succeeded execution's run time and peak memory to the cost models."""
+        run = result.timings.run
+        if run > 0.0:
+            name = ex.info.function
+            self.models.observe(name, input_size(ex), run, result.usage.peak_memory)
+            if result.cold and result.timings.cold_start > 0.0:
+                self.models.observe_cold_start(name, result.timings.cold_start)
+
     def queued_cores(self) -> float:
         """The cores the queued executions ask for together (what an autoscaler must add)."""
         return sum(len(q) * self._need(self.functions[name].spec)[0]
@@ -64,9 +101,11 @@ class Placement(ExecutionRecords):
             return False
         spec = fn.spec
         cpu, mem = self._need(spec)
+        policy, duration, cold, reserve = self._plan(spec.name, ex, mem)
         picks = self.table.candidates(runtime=spec.runtime, labels=spec.labels,
-                                      function=spec.name, cpu=cpu, mem=mem, k=1,
-                                      exclude=ex.excluded or None)
+                                      function=spec.name, cpu=cpu, mem=reserve, k=1,
+                                      exclude=ex.excluded or None, policy=policy,
+                                      duration=duration, cold=cold)
         if not picks:
             if from_queue and not ex.excluded:
                 return False  # still waiting; the reason is worked out only to fail it
@@ -85,8 +124,8 @@ class Placement(ExecutionRecords):
         node = picks[0]
         ex.node = node
         ex.sent_to.add(node)
-        ex.reserved = (cpu, mem)
-        self.table.take(node, cpu, mem)
+        ex.reserved = (cpu, reserve)
+        self.table.take(node, cpu, reserve)
         ex.dispatch_id = next(self._dispatch_ids)
         ex.dispatched_at = now
         ex.deadline = self._deadline(ex, spec, now)
@@ -154,6 +193,8 @@ class Placement(ExecutionRecords):
         exit code, timings, usage), taken into the record in the same copy."""
         self._unassign(ex)
         if result is not None:
+            if status == "succeeded":
+                self._learn(ex, result)
             ex.info = msgspec.structs.replace(
                 ex.info, node_id=node, error=result.error, exit_code=result.exit_code,
                 timings=result.timings, usage=result.usage, cold=result.cold, status=status,

@@ -26,6 +26,7 @@ from . import queries
 from ..tracing import Tracer
 from .events import Load, Persist
 from .functions import FunctionRegistry
+from .learned import CostModels
 from .recovery import COUNTS_KEY, EX_PREFIX
 from .scheduler import NodeTable
 
@@ -143,6 +144,8 @@ class TaskSettings:
     #: timeout plus ``deadline_grace`` (cold start, transfer, heartbeat delay)
     default_run_timeout: float = 3600.0
     deadline_grace: float = 5.0
+    #: scoring policy (``[sms] placement``): baseline, finish or pack
+    placement: str = "baseline"
 
 
 
@@ -157,6 +160,8 @@ class ExecutionRecords:
         self.functions = fns.functions
         self.outbox = outbox
         self.s = settings or TaskSettings()
+        #: learned run times and peak memory per function (read by "finish" and "pack")
+        self.models = CostModels()
         self.on_event = on_event
         #: where spans go (the daemon sets it; off in tests of the core)
         self.tracer: Tracer = tracing.OFF

@@ -17,6 +17,10 @@ from array import array
 from ..fast import pick_nodes
 from ..protocol import NodeInfo
 
+#: scoring policies of the kernel (``spear._fast.scheduler_py`` documents both)
+BASELINE = 0
+FINISH = 1
+
 #: added to a node's score penalty when it refuses or fails a dispatch
 PENALTY = 2.0
 #: seconds for a penalty to decay by half
@@ -260,8 +264,13 @@ class NodeTable:
         return mask
 
     def candidates(self, *, runtime: str, labels: dict, function: str, cpu: float, mem: float,
-                   k: int = 3, exclude: set[str] | None = None) -> list[str]:
-        """Best ``k`` node ids for the request, best first (empty: nothing fits)."""
+                   k: int = 3, exclude: set[str] | None = None, policy: int = BASELINE,
+                   duration: float = 0.0, cold: float = 0.0) -> list[str]:
+        """Best ``k`` node ids for the request, best first (empty: nothing fits).
+
+        ``policy`` :data:`FINISH` ranks by expected finish time from a predicted
+        run time ``duration`` and the function's mean ``cold`` start.
+        """
         if not self.node_at:
             return []
         elig = self._eligible_mask(runtime, tuple(sorted(labels.items())) if labels else ())
@@ -275,7 +284,7 @@ class NodeTable:
         if warm is None:
             warm = self._warm_mask(function)
         picks = pick_nodes(self.free_cpu, self.free_mem, self.cap_cpu, self.cap_mem, self.load,
-                           elig, warm, self.penalty, cpu, mem, k)
+                           elig, warm, self.penalty, cpu, mem, k, policy, duration, cold)
         return [self.node_at[i] for i in picks]
 
     def why_not(self, *, runtime: str, labels: dict, cpu: float, mem: float) -> tuple[str, bool]:

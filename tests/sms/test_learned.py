@@ -1,0 +1,202 @@
+"""Learned cost models (spear.sms.learned) on fixed data, and the placement policies."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from spear.sms.learned import HEALTH_WINDOW, CostModels, Prediction
+
+MiB = 1 << 20
+
+
+def test_no_prediction_before_min_samples():
+    m = CostModels(min_samples=5)
+    for _ in range(4):
+        m.observe("f", 100, 0.5, 10 * MiB)
+    assert m.predict("f", 100) is None
+    assert m.fallbacks["history"] == 1
+    m.observe("f", 100, 0.5, 10 * MiB)
+    p = m.predict("f", 100)
+    assert isinstance(p, Prediction)
+    assert p.duration_s == pytest.approx(0.5)
+    assert p.memory == int(10 * MiB * 1.25)
+
+
+def test_duration_follows_input_size_power_law():
+    m = CostModels(min_samples=3)
+    # duration = 0.001 * (1 + size): a slope of 1 in log-log
+    for size in (10, 100, 1000, 10_000, 100_000) * 4:
+        m.observe("f", size, 0.001 * (1 + size), 4 * MiB)
+    for size in (50, 5000, 1_000_000):
+        assert m.predict("f", size).duration_s == pytest.approx(0.001 * (1 + size), rel=1e-6)
+
+
+def test_memory_is_a_high_quantile_with_margin():
+    m = CostModels(min_samples=1, margin=1.5)
+    for i in range(1, 21):
+        m.observe("f", 0, 0.1, i * MiB)
+    p = m.predict("f", 0)
+    assert p.memory == int(20 * MiB * 1.5)
+    assert m.predict("g", 0) is None
+
+
+def test_wrong_model_falls_back_and_recovers():
+    m = CostModels(min_samples=5)
+    for _ in range(10):
+        m.observe("f", 0, 1.0, MiB)
+    assert m.predict("f", 0) is not None and m.healthy("f")
+    # the function changes: 10x slower, erratic (alternating) so the fit keeps being wrong
+    for i in range(HEALTH_WINDOW):
+        m.observe("f", 0, 10.0 if i % 2 else 0.1, MiB)
+    assert not m.healthy("f")
+    assert m.health("f") > 3.0
+    assert m.predict("f", 0) is None
+    assert m.fallbacks["unhealthy"] == 1
+    for _ in range(3 * HEALTH_WINDOW):  # steady again: the model follows and is trusted
+        m.observe("f", 0, 10.0, MiB)
+    assert m.healthy("f")
+    assert m.predict("f", 0).duration_s == pytest.approx(10.0, rel=0.5)
+
+
+def test_memory_under_prediction_counts_as_error():
+    m = CostModels(min_samples=5)
+    for _ in range(10):
+        m.observe("f", 0, 1.0, MiB)
+    m.observe("f", 0, 1.0, 40 * MiB)  # one larger peak: the high quantile takes it at once
+    assert m.health("f") == 1.0  # (one error is not a median)
+    assert m.predict("f", 0).memory == int(40 * MiB * 1.25)
+
+
+def test_forget_and_max_functions():
+    m = CostModels(min_samples=1, max_functions=2)
+    for name in ("a", "b", "c"):
+        m.observe(name, 0, 1.0, MiB)
+    assert len(m) == 2 and m.predict("a", 0) is None and m.predict("c", 0) is not None
+    m.forget("c")
+    assert m.predict("c", 0) is None
+
+
+def test_cold_start_mean():
+    m = CostModels()
+    m.observe("f", 0, 1.0, MiB)
+    assert m.cold_start("f") == 0.0
+    m.observe_cold_start("f", 2.0)
+    assert m.cold_start("f") == 2.0
+    m.observe_cold_start("f", 4.0)
+    assert m.cold_start("f") == pytest.approx(2.4)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError):
+        CostModels(margin=0.5)
+    m = CostModels(min_samples=1)
+    m.observe("f", -5, 0.0, 0)  # nonsense figures are clamped, not fatal
+    assert math.isfinite(m.predict("f", 0).duration_s)
+
+
+# ---------------------------------------------------------------- policies in the SMS core
+
+from spear import protocol as P  # noqa: E402
+from spear.protocol import Capacity  # noqa: E402
+
+from .test_core import Harness, only  # noqa: E402
+
+
+def _finish(h: Harness, d: P.Dispatch, ident: bytes, *, run: float, peak: int,
+            cold: float = 0.0) -> None:
+    h.send(P.Result(id=d.id, execution=P.ExecutionInfo(
+        execution_id=d.execution_id, function=d.function, status="succeeded",
+        timings=P.Timings(run=run, cold_start=cold), cold=cold > 0,
+        usage=P.ExecUsage(peak_memory=peak))), ident=ident)
+
+
+def _train(h: Harness, n: int, *, run: float, peak: int, cold: float = 0.0) -> None:
+    for _ in range(n):
+        (d,) = only(h.invoke(), P.Dispatch)
+        _finish(h, d.msg, d.ident, run=run, peak=peak, cold=cold)
+
+
+def _policy_harness(placement: str, memory_mb: int = 512, nodes: int = 1) -> Harness:
+    h = Harness(placement=placement)
+    for i in range(1, nodes + 1):
+        h.register(f"n{i}", capacity=Capacity(cores=4.0, memory=1 << 30))
+    h.deploy("f", limits=P.Limits(memory_mb=memory_mb))
+    return h
+
+
+def test_results_feed_the_models_and_redeploy_forgets():
+    h = _policy_harness("baseline")
+    _train(h, 5, run=0.2, peak=3 * MiB)
+    p = h.core.tasks.models.predict("f", 2)
+    assert p.duration_s == pytest.approx(0.2) and p.memory == int(3 * MiB * 1.25)
+    h.deploy("f", limits=P.Limits(memory_mb=256))
+    assert h.core.tasks.models.predict("f", 2) is None
+
+
+def test_baseline_reserves_the_request():
+    h = _policy_harness("baseline")
+    _train(h, 5, run=0.2, peak=3 * MiB)
+    h.invoke()
+    assert h.core.table.reserved["n1"][1] == 512 * MiB
+
+
+def test_pack_reserves_the_prediction_and_never_more_than_the_request():
+    h = _policy_harness("pack")
+    h.invoke()  # no history yet: the request
+    assert h.core.tasks.execs[next(reversed(h.core.tasks.execs))].reserved[1] == 512 * MiB
+    h = _policy_harness("pack")
+    _train(h, 5, run=0.2, peak=8 * MiB)
+    h.invoke()
+    assert h.core.table.reserved["n1"][1] == int(8 * MiB * 1.25)
+    h = _policy_harness("pack", memory_mb=4)
+    _train(h, 5, run=0.2, peak=8 * MiB)  # it peaks above its request: the request caps it
+    h.invoke()
+    assert h.core.table.reserved["n1"][1] == 4 * MiB
+
+
+def test_pack_fits_more_executions_on_a_node():
+    base = _policy_harness("baseline", memory_mb=256)
+    pack = _policy_harness("pack", memory_mb=256)
+    for h in (base, pack):
+        _train(h, 5, run=0.2, peak=8 * MiB)
+        for _ in range(10):
+            h.invoke()
+    assert len(base.core.tasks.by_node["n1"]) == 4  # 1 GiB / 256 MiB
+    assert len(pack.core.tasks.by_node["n1"]) == 10
+
+
+def test_finish_prefers_the_node_that_finishes_first():
+    h = _policy_harness("finish", nodes=2)
+    _train(h, 5, run=1.0, peak=MiB, cold=5.0)  # everything ran on one node: warm there
+    warm = next(n for n in ("n1", "n2") if "f" in h.core.table.functions[h.core.table.slot_of[n]])
+    # a 5 s cold start elsewhere outweighs waiting behind a running one
+    (d,) = only(h.invoke(), P.Dispatch)
+    (d2,) = only(h.invoke(), P.Dispatch)
+    assert d.ident.decode() == warm and d2.ident.decode() == warm
+
+
+def test_a_wrong_model_never_fails_an_execution():
+    """The model says 1 MiB; the function really peaks at its whole 256 MiB request.
+
+    "pack" overcommits the SMS's bookkeeping on the strength of it (ten run
+    at once where four fit by request), but what the node runs is the
+    function as deployed (its limit stays the request), so every execution
+    succeeds; the bookkeeping returns to zero and the model, having seen the
+    real peaks, predicts them (capped by the request) from then on.
+    """
+    h = _policy_harness("pack", memory_mb=256)
+    _train(h, 5, run=0.2, peak=MiB)
+    dispatched = [d for _ in range(10) for d in only(h.invoke(), P.Dispatch)]
+    assert len(dispatched) == 10 and h.core.tasks.queued == 0
+    for d in dispatched:
+        assert h.core.fns.functions[d.msg.function].spec.limits.memory_mb == 256
+        _finish(h, d.msg, d.ident, run=0.2, peak=256 * MiB)
+    statuses = {h.core.tasks.execs[d.msg.execution_id].info.status for d in dispatched}
+    assert statuses == {"succeeded"}
+    assert h.core.tasks.counts["failed"] == 0
+    assert h.core.table.reserved["n1"] == [0.0, 0.0]
+    assert h.core.tasks.models.predict("f", 2).memory >= 256 * MiB
+    h.invoke()
+    assert h.core.table.reserved["n1"][1] == 256 * MiB  # the request again
