@@ -19,17 +19,28 @@ def _small() -> jobs.Work:
 def test_every_execution_is_accounted_for_under_each_policy():
     work = _small()
     setup = placing.Setup(nodes=6, failures=1, seed=3)
-    for policy in [p for p in placing.POLICIES if _available(p)]:
+    for policy in placing.POLICIES:
         for load in (0.5, 0.95):
             r = placing.simulate(work, policy, load, setup)
             assert FIELDS <= set(r)
             assert r["submitted"] == len(work.jobs)
             assert r["succeeded"] + r["failed"] == r["submitted"]
+            assert r["succeeded"] >= 0.9 * r["submitted"]  # the core really placed them
             assert r["failed_memory"] <= r["failed"]
             assert 0.0 <= r["utilization"] <= 1.0 and 0.0 <= r["mem_utilization"] <= 1.0
             assert 0 <= r["p50_s"] <= r["p99_s"]
             assert 0 <= r["queue_p50_s"] <= r["queue_p99_s"]
             assert 0 < r["cold_starts"] <= r["submitted"] + r["retried"]
+
+
+def test_packing_by_prediction_fails_no_more_than_the_baseline():
+    w = jobs.padded(span=60.0)
+    work = jobs.Work("padded", w.jobs, w.request_mb, w.span)
+    setup = placing.Setup(nodes=6, failures=0)
+    base = placing.simulate(work, "baseline", 0.8, setup)
+    pack = placing.simulate(work, "pack", 0.8, setup)
+    assert base["succeeded"] == base["submitted"] and pack["failed"] <= base["failed"]
+    assert pack["succeeded"] + pack["failed"] == pack["submitted"]
 
 
 def test_a_failed_node_work_is_retried_by_the_sms():
@@ -57,6 +68,3 @@ def test_azure_calls_get_seeded_memory():
     assert [j.peak_mb for j in a.jobs] == [j.peak_mb for j in b.jobs]
 
 
-def _available(policy: str) -> bool:
-    from spear.config import SMSConfig
-    return all(k in SMSConfig.__struct_fields__ for k in placing.POLICIES[policy])

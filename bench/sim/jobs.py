@@ -5,7 +5,10 @@ Generated traces (fixed seeds; names in :data:`TRACES`):
 
 * ``skewed`` — Zipf popularity over 60 functions, Poisson arrivals;
 * ``bursty`` — the same background plus fan-outs of a few functions;
-* ``mixed`` — fewer, longer and bigger functions next to many small ones.
+* ``mixed`` — fewer, longer and bigger functions next to many small ones;
+* ``padded`` — the skewed mix with generous requests (2, 4 or 8 GiB) of
+  which a function really uses 5..30%: memory requests, not cores, fill the
+  nodes (the case packing by predicted memory is for).
 
 Per function: median run time lognormal (median 0.5 s, sigma 1), per call
 lognormal around it (sigma 0.5), capped at 120 s. Memory: the user's
@@ -51,12 +54,13 @@ class Work:
 class _Fn:
     """A generated function: name, weight, median run, request, true peak fraction."""
 
-    def __init__(self, rng: random.Random, i: int, weight: float, run_scale: float = 1.0) -> None:
+    def __init__(self, rng: random.Random, i: int, weight: float, run_scale: float = 1.0,
+                 requests: tuple[int, ...] = REQUEST_MB, used: tuple[float, float] = (0.2, 0.9)) -> None:
         self.name = f"f{i:03d}"
         self.weight = weight
         self.run = math.exp(rng.gauss(math.log(0.5 * run_scale), 1.0))
-        self.request = rng.choice(REQUEST_MB)
-        self.frac = rng.uniform(0.2, 0.9)
+        self.request = rng.choice(requests)
+        self.frac = rng.uniform(*used)
 
     def job(self, rng: random.Random, t: float) -> Job:
         run = min(self.run * math.exp(rng.gauss(0.0, 0.5)), MAX_RUN_S)
@@ -75,8 +79,8 @@ def _poisson(rng: random.Random, fns: list[_Fn], rate: float, span: float) -> li
         jobs.append(fn.job(rng, t))
 
 
-def _zipf_fns(rng: random.Random, n: int, start: int = 0, run_scale: float = 1.0) -> list[_Fn]:
-    return [_Fn(rng, start + i, 1.0 / (i + 1) ** 1.1, run_scale) for i in range(n)]
+def _zipf_fns(rng: random.Random, n: int, **kw) -> list[_Fn]:
+    return [_Fn(rng, i, 1.0 / (i + 1) ** 1.1, **kw) for i in range(n)]
 
 
 def skewed(seed: int = 11, span: float = 600.0, rate: float = 8.0) -> Work:
@@ -110,11 +114,18 @@ def mixed(seed: int = 13, span: float = 600.0) -> Work:
     return _work("mixed", _poisson(rng, fns, 6.0, span), fns, span)
 
 
+def padded(seed: int = 14, span: float = 600.0) -> Work:
+    """Sixty functions asking for 2-8 GiB and peaking at 5-30% of it."""
+    rng = random.Random(seed)
+    fns = _zipf_fns(rng, 60, requests=(2048, 4096, 8192), used=(0.05, 0.3))
+    return _work("padded", _poisson(rng, fns, 8.0, span), fns, span)
+
+
 def _work(name: str, jobs: list[Job], fns: list[_Fn], span: float) -> Work:
     return Work(name, jobs, {f.name: f.request for f in fns}, span)
 
 
-TRACES = {"skewed": skewed, "bursty": bursty, "mixed": mixed}
+TRACES = {"skewed": skewed, "bursty": bursty, "mixed": mixed, "padded": padded}
 
 
 def from_calls(trace: workloads.Trace, seed: int) -> Work:

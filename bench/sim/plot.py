@@ -73,7 +73,8 @@ def plot(rows: list[dict], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Simulate (or read the rows), write the PNG, print the table."""
     ap = argparse.ArgumentParser(prog="python -m bench.sim.plot", description=__doc__)
-    ap.add_argument("--policies", default=",".join(placing.POLICIES))
+    ap.add_argument("--policies", default="baseline,finish,pack",
+                    help="comma-separated placement policies (learned is finish)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--nodes", type=int, default=placing.Setup.nodes)
     ap.add_argument("--rows", metavar="FILE", help="plot these rows instead of simulating")
