@@ -128,7 +128,7 @@ _SMS_STATE = _specs(
     ("spear_sms_placement_policy_info", "gauge",
      "1, labelled with the placement policy in use ([sms] placement).", ("policy",)),
     ("spear_sms_model_fallbacks_total", "counter",
-     "Dispatches under a learned placement policy that used the request instead of a "
+     "Placement decisions under a learned policy that used the request instead of a "
      "prediction, by reason (history: too few results yet; unhealthy: the model was wrong).",
      ("reason",)),
 )

@@ -14,12 +14,12 @@ from __future__ import annotations
 import math
 from array import array
 
-from ..fast import pick_nodes
+from ..fast import pick_nodes, scheduler_impl
 from ..protocol import NodeInfo
 
 #: scoring policies of the kernel (``spear._fast.scheduler_py`` documents both)
-BASELINE = 0
-FINISH = 1
+BASELINE: int = scheduler_impl.BASELINE
+FINISH: int = scheduler_impl.FINISH
 
 #: added to a node's score penalty when it refuses or fails a dispatch
 PENALTY = 2.0

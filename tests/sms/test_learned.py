@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 
@@ -200,3 +201,38 @@ def test_a_wrong_model_never_fails_an_execution():
     assert h.core.tasks.models.predict("f", 2).memory >= 256 * MiB
     h.invoke()
     assert h.core.table.reserved["n1"][1] == 256 * MiB  # the request again
+
+
+# functions run as an unprivileged user: a system interpreter it can reach
+PYTHON = "/usr/bin/python3"
+
+
+@pytest.mark.skipif(not os.access(PYTHON, os.X_OK), reason=f"needs {PYTHON}")
+def test_a_wrong_model_fails_no_execution_on_a_real_node(tmp_path):
+    """End to end: "pack" learns a small peak, then the function allocates 96 MiB.
+
+    The node still runs it under its 256 MiB limit (RLIMIT_AS), so it succeeds.
+    """
+    from spear import Client
+    from spear.cluster import Cluster
+
+    cfg = tmp_path / "spear.toml"
+    cfg.write_text('[sms]\nplacement = "pack"\n'
+                   '[runtimes.docker]\nbase_url = "unix:///nonexistent/docker.sock"\n')
+    code = "import sys; b = bytearray(int(sys.stdin.read()) << 20); print(len(b) >> 20)"
+    with Cluster(tmp_path / "cluster", spearlets=1, config=str(cfg), heartbeat_interval=0.2,
+                 heartbeat_timeout=1.0) as c:
+        c.start(wait=30)
+        with Client(c.sms_addr, timeout=30) as cl:
+            cl.deploy(P.FunctionSpec(name="grow", runtime="process",
+                                     command=[PYTHON, "-c", code],
+                                     limits=P.Limits(memory_mb=256)))
+            for _ in range(6):
+                r = cl.invoke("grow", b"1", timeout=30)
+                assert r.ok, r.info
+                # so the model predicts (and "pack" reserves) far less than what follows
+                assert 0 < r.info.usage.peak_memory * 1.25 < 96 * MiB
+            r = cl.invoke("grow", b"96", timeout=30)
+            assert r.ok, r.info
+            assert r.output.strip() == b"96"
+            assert r.info.usage.peak_memory > 96 * MiB
