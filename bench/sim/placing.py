@@ -34,7 +34,6 @@ from spear.sms.events import Commit, CommitSoon, Load, Loaded, Persist, Persiste
 
 from .jobs import Work
 
-GiB = 1 << 30
 MiB = 1 << 20
 #: node sizes (cores, memory GiB), used in turn; their names label the nodes (``size``)
 SIZES = ((2, 4), (4, 8), (8, 24))
@@ -258,7 +257,7 @@ class PlacementSim:
             return
         peak = self.job_of[msg.execution_id].peak_mb
         if status == "succeeded":
-            _, start, peak = node.running.pop(msg.execution_id)
+            _, _, peak = node.running.pop(msg.execution_id)
             node.used_mb -= peak
             node.idle.setdefault(msg.function, []).append(self.now)
             self.out.busy_core_s += run
