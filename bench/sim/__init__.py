@@ -1,7 +1,8 @@
-"""``python -m bench.sim``: a trace-driven, event-driven simulator of warm
-instances on a cluster, to compare policies without running one.
+"""``python -m bench.sim``: trace-driven, event-driven simulators to compare
+policies without running a cluster: warm instances (``--warming``) and
+placement on the real SMS core (``--policies``).
 
-Parts, each replaceable on its own (placement policies come next):
+Warming parts, each replaceable on its own:
 
 * :mod:`.workloads` — the calls: generated traces by name (``zipf``,
   ``bursts``, ``diurnal``; fixed seeds) and Azure Functions 2021 CSV files;
@@ -12,5 +13,16 @@ Parts, each replaceable on its own (placement policies come next):
   nodes there are;
 * :mod:`.report` — one row per (trace, policy): the table and the JSON.
 
-Imports ``spear.autoscale`` only; never the services.
+Placement parts:
+
+* :mod:`.jobs` — calls with run time and peak memory, per-function memory
+  requests: generated traces (``skewed``, ``bursty``, ``mixed``) and
+  Azure-format files with seeded memory;
+* :mod:`.placing` — the REAL :class:`spear.sms.core.SMSCore` fed events on a
+  simulated clock, simulated nodes answering its dispatches; one row per
+  (trace, policy, load);
+* :mod:`.plot` — the table and PNG of docs/scheduling.md (matplotlib).
+
+Imports ``spear.autoscale``, ``spear.config`` and the SMS core (pure, no
+I/O); never a daemon.
 """

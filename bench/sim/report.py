@@ -73,3 +73,15 @@ def _fmt(v) -> str:
 def write_json(rows: list[Row], path: str | Path) -> None:
     """``{"rows": [...]}``, one object per row."""
     Path(path).write_text(json.dumps({"rows": [asdict(r) for r in rows]}, indent=1) + "\n")
+
+
+PLACEMENT_COLUMNS = ("trace", "policy", "load", "p50_s", "p99_s", "queue_p50_s", "queue_p99_s",
+                     "utilization", "mem_utilization", "cold_starts", "failed", "failed_memory")
+
+
+def placement_table(rows: list[dict]) -> str:
+    """Placement rows (dicts) as an aligned text table."""
+    cells = [PLACEMENT_COLUMNS] + [tuple(_fmt(r[c]) for c in PLACEMENT_COLUMNS) for r in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(PLACEMENT_COLUMNS))]
+    return "\n".join("  ".join(c.rjust(w) if i > 1 else c.ljust(w)
+                               for i, (c, w) in enumerate(zip(line, widths))) for line in cells)

@@ -1,0 +1,344 @@
+"""Placement simulation: the REAL SMS core (:class:`spear.sms.core.SMSCore`)
+driven by a discrete-event loop with simulated time and simulated nodes.
+
+The core gets what the daemon would give it: node registrations, function
+deployments, async ``Invoke`` messages at the trace's (load-scaled) arrival
+times, the nodes' ``Result`` messages at simulated finish times, ``Upkeep``
+once a simulated second. Its ``Dispatch`` instructions are the decisions
+measured. Store writes are acknowledged at once (nothing is kept: the run
+is in memory). No heartbeats are simulated, so a failed node is reported
+gone (``Deregister``) one heartbeat timeout after it fails; the SMS then
+retries its executions elsewhere.
+
+A simulated node runs whatever it is sent: one core per execution, a cold
+start when it holds no idle instance of the function (instances stay idle
+for ``keep_alive``), and the execution fails for memory when its peak
+passes its function's request (the hard limit) or when the peaks of what
+runs there would pass the node's memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import math
+import random
+from dataclasses import dataclass, field
+
+from spear import protocol as P
+from spear.config import SMSConfig
+from spear.protocol import Capacity, NodeInfo
+from spear.sms import executions
+from spear.sms.core import SMSCore
+from spear.sms.events import Commit, CommitSoon, Load, Loaded, Persist, Persisted, Received, Send, Upkeep
+
+from .jobs import Work
+
+MiB = 1 << 20
+#: node sizes (cores, memory GiB), used in turn; their names label the nodes (``size``)
+SIZES = ((2, 4), (4, 8), (8, 24))
+SIZE_NAMES = ("small", "medium", "large")
+CLIENT = b"client"
+
+
+@dataclass(frozen=True)
+class Setup:
+    """The simulated cluster and its failures."""
+
+    nodes: int = 20
+    cold_s: float = 0.5
+    keep_alive: float = 60.0
+    #: nodes that fail during a run (at fixed fractions of the span)
+    failures: int = 2
+    detect_s: float = 5.0
+    seed: int = 1
+
+    def capacity(self) -> list[tuple[int, int]]:
+        """(cores, memory MiB) of each node."""
+        return [(SIZES[i % len(SIZES)][0], SIZES[i % len(SIZES)][1] * 1024)
+                for i in range(self.nodes)]
+
+
+@dataclass
+class Outcome:
+    """What one run measured (times in simulated seconds)."""
+
+    submitted: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    failed_memory: int = 0
+    cold_starts: int = 0
+    retried: int = 0
+    latency: list[float] = field(default_factory=list)
+    queue_delay: list[float] = field(default_factory=list)
+    busy_core_s: float = 0.0
+    used_mb_s: float = 0.0
+    capacity_core_s: float = 0.0
+    capacity_mb_s: float = 0.0
+    makespan: float = 0.0
+
+
+class _Node:
+    """A simulated Spearlet: what runs there and its idle instances."""
+
+    def __init__(self, node_id: str, cores: int, mem_mb: int) -> None:
+        self.id = node_id
+        self.cores = cores
+        self.mem_mb = mem_mb
+        self.used_mb = 0.0
+        self.running: dict[str, tuple[P.Dispatch, float, float]] = {}  # eid -> (msg, start, peak)
+        self.idle: dict[str, list[float]] = {}  # function -> idle-since times
+        self.alive = True
+        self.born = 0.0
+        self.died = math.inf
+
+
+@contextlib.contextmanager
+def _seeded_ids(seed: int):
+    """Execution ids from a seeded generator for the run, so the core's order
+    over them (e.g. retrying a lost node's work) is the same on every run
+    (with ``PYTHONHASHSEED`` fixed, as sets of ids are iterated)."""
+    rng = random.Random(seed)
+
+    def new_id() -> str:
+        h = f"{rng.getrandbits(128):032x}"
+        return f"{h[:8]}-{h[8:12]}-7{h[13:16]}-8{h[17:20]}-{h[20:]}"
+
+    real = executions.new_id
+    executions.new_id = new_id
+    try:
+        yield
+    finally:
+        executions.new_id = real
+
+
+def scale(work: Work, load: float, cores: int) -> float:
+    """The factor on arrival times that makes the offered work ``load`` x ``cores``."""
+    offered = sum(j.run for j in work.jobs) / work.span  # core-seconds per second
+    return offered / (load * cores)
+
+
+class PlacementSim:
+    """One run: ``work`` at ``load`` on ``setup`` under SMS config ``sms`` (the policy)."""
+
+    def __init__(self, work: Work, load: float, setup: Setup, sms: dict | None = None) -> None:
+        self.work = work
+        self.setup = setup
+        cfg = SMSConfig(max_executions=10_000_000, cache_executions=10_000_000,
+                        queue_timeout=3600.0, max_queue=10_000_000, **(sms or {}))
+        self.core = SMSCore(cfg, now=0.0)
+        self.nodes = {f"n{i:02d}": _Node(f"n{i:02d}", c, m)
+                      for i, (c, m) in enumerate(setup.capacity())}
+        self.by_ident = {n.encode(): n for n in self.nodes}
+        self.factor = scale(work, load, sum(n.cores for n in self.nodes.values()))
+        self.heap: list = []
+        self.seq = 0
+        self.rid = 0
+        self.job_of_rid: dict[int, object] = {}
+        self.job_of: dict[str, object] = {}
+        self.first_dispatch: dict[str, float] = {}
+        self.out = Outcome()
+        self.now = 0.0
+
+    # ------------------------------------------------------------ the loop
+
+    def _at(self, t: float, kind: str, arg=None) -> None:
+        self.seq += 1
+        heapq.heappush(self.heap, (t, self.seq, kind, arg))
+
+    def _feed(self, event) -> None:
+        """One event and everything it leads to, as the daemon carries it out."""
+        pending = [event]
+        later = []
+        while pending or later:
+            if not pending:
+                pending.append(later.pop(0))
+            for ins in self.core.handle(pending.pop(0), self.now):
+                if type(ins) is Send:
+                    self._sent(ins)
+                elif type(ins) is Persist:
+                    pending.append(Persisted(ins.token))
+                elif type(ins) is Load:
+                    pending.append(Loaded(ins.token, [None] * len(ins.keys)))
+                elif type(ins) is CommitSoon:
+                    later.append(Commit())
+
+    def _msg(self, msg, ident: bytes = CLIENT) -> None:
+        self._feed(Received(ident, "", "", msg))
+
+    def run(self) -> Outcome:
+        """Replay the whole trace; the figures."""
+        with _seeded_ids(self.setup.seed):
+            return self._replay()
+
+    def _replay(self) -> Outcome:
+        self._start()
+        end = self.work.span * self.factor
+        for job in self.work.jobs:
+            self._at(job.t * self.factor, "arrive", job)
+        rng = random.Random(self.setup.seed)
+        victims = rng.sample(sorted(self.nodes), min(self.setup.failures, len(self.nodes) - 1))
+        for k, nid in enumerate(victims):
+            self._at(end * (k + 1) / (len(victims) + 1), "fail", nid)
+        self._at(1.0, "upkeep")
+        while self.heap:
+            t, _, kind, arg = heapq.heappop(self.heap)
+            self.now = t
+            if kind == "upkeep":
+                self._feed(Upkeep())
+                if self._busy():
+                    self._at(t + 1.0, "upkeep")
+            else:
+                getattr(self, "_" + kind)(arg)
+        return self._finish()
+
+    def _busy(self) -> bool:
+        return bool(self.heap) or self.core.tasks.queued > 0
+
+    def _start(self) -> None:
+        for node in self.nodes.values():
+            size = SIZE_NAMES[int(node.id[1:]) % len(SIZES)]
+            info = NodeInfo(node_id=node.id, name=node.id, runtimes=["process"],
+                            labels={"size": size},
+                            capacity=Capacity(cores=float(node.cores), memory=node.mem_mb * MiB))
+            self._msg(P.Register(id=self._rid(), node=info, proof="p"), node.id.encode())
+        for name, req in sorted(self.work.request_mb.items()):
+            self._msg(P.DeployFunction(id=self._rid(), spec=P.FunctionSpec(
+                name=name, runtime="process", command=["true"], retries=2,
+                limits=P.Limits(memory_mb=req, cpus=1.0))))
+
+    def _rid(self) -> int:
+        self.rid += 1
+        return self.rid
+
+    # ------------------------------------------------------------ events
+
+    def _arrive(self, job) -> None:
+        rid = self._rid()
+        self.job_of_rid[rid] = job
+        self.out.submitted += 1
+        self._msg(P.Invoke(id=rid, function=job.func, mode="async"))
+
+    def _sent(self, s: Send) -> None:
+        msg = s.msg
+        if type(msg) is P.Accepted:
+            job = self.job_of_rid.pop(msg.id, None)
+            if job is not None:
+                self.job_of[msg.execution_id] = job
+        elif type(msg) is P.Dispatch:
+            self._run(self.nodes[self.by_ident[s.ident]], msg)
+
+    def _run(self, node: _Node, msg: P.Dispatch) -> None:
+        """``node`` starts ``msg`` now (a dead node starts nothing: it never answers)."""
+        if not node.alive:
+            return
+        job = self.job_of[msg.execution_id]
+        self.first_dispatch.setdefault(msg.execution_id, self.now)
+        idle = node.idle.get(msg.function)
+        while idle and self.now - idle[-1] > self.setup.keep_alive:
+            idle.pop(0)  # expired (oldest first)
+        cold = not idle
+        if cold:
+            self.out.cold_starts += 1
+        else:
+            idle.pop()
+        if job.peak_mb > self.work.request_mb[job.func] or node.used_mb + job.peak_mb > node.mem_mb:
+            self._at(self.now + 0.01, "result", (node.id, msg, "memory", cold, 0.0))
+            return
+        start = self.now + (self.setup.cold_s if cold else 0.0)
+        node.used_mb += job.peak_mb
+        node.running[msg.execution_id] = (msg, start, job.peak_mb)
+        self._at(start + job.run, "result", (node.id, msg, "succeeded", cold, job.run))
+
+    def _result(self, arg) -> None:
+        nid, msg, status, cold, run = arg
+        node = self.nodes[nid]
+        if not node.alive:
+            return
+        peak = self.job_of[msg.execution_id].peak_mb
+        if status == "succeeded":
+            _, _, peak = node.running.pop(msg.execution_id)
+            node.used_mb -= peak
+            node.idle.setdefault(msg.function, []).append(self.now)
+            self.out.busy_core_s += run
+            self.out.used_mb_s += run * peak
+            err = None
+        else:
+            self.out.failed_memory += 1
+            err = P.ErrorInfo(code="RESOURCE_EXHAUSTED", message="out of memory")
+        info = P.ExecutionInfo(
+            execution_id=msg.execution_id, function=msg.function, status=(
+                "succeeded" if status == "succeeded" else "failed"), node_id=nid, error=err,
+            timings=P.Timings(cold_start=self.setup.cold_s if cold else 0.0, run=run),
+            usage=P.ExecUsage(cpu_time=run, peak_memory=int(peak * MiB)), cold=cold)
+        self._msg(P.Result(id=msg.id, execution=info), nid.encode())
+
+    def _fail(self, nid: str) -> None:
+        node = self.nodes[nid]
+        node.alive = False
+        node.died = self.now
+        for msg, start, peak in node.running.values():  # work done there so far is lost
+            self.out.busy_core_s += max(0.0, self.now - start)
+            self.out.used_mb_s += max(0.0, self.now - start) * peak
+        node.running.clear()
+        self._at(self.now + self.setup.detect_s, "gone", nid)
+
+    def _gone(self, nid: str) -> None:
+        self._msg(P.Deregister(id=self._rid(), node_id=nid), nid.encode())
+
+    # ------------------------------------------------------------ figures
+
+    def _finish(self) -> Outcome:
+        out = self.out
+        out.makespan = self.now
+        for eid, job in self.job_of.items():
+            ex = self.core.tasks.execs.get(eid)
+            status = ex.info.status if ex is not None else "lost"
+            if status == "succeeded":
+                out.succeeded += 1
+                out.latency.append(ex.info.finished_at - job.t * self.factor)
+                out.queue_delay.append(self.first_dispatch[eid] - job.t * self.factor)
+            else:
+                out.failed += 1
+        out.failed += len(self.job_of_rid)  # refused at submission
+        out.retried = self.core.tasks.counts.get("retried", 0)
+        for node in self.nodes.values():
+            alive = min(node.died, out.makespan) - node.born
+            out.capacity_core_s += node.cores * alive
+            out.capacity_mb_s += node.mem_mb * alive
+        return out
+
+
+#: placement policies: the ``[sms]`` settings each runs the core with ("learned":
+#: shortest expected finish on the learned cost models)
+POLICIES: dict[str, dict] = {"baseline": {}, "learned": {"placement": "finish"},
+                             "finish": {"placement": "finish"}, "pack": {"placement": "pack"}}
+
+
+def _pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return 0.0
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def row(trace: str, policy: str, load: float, setup: Setup, out: Outcome) -> dict:
+    """The JSON row of one (trace, policy, load) run."""
+    return {
+        "trace": trace, "policy": policy, "load": load, "nodes": setup.nodes,
+        "seed": setup.seed, "submitted": out.submitted, "succeeded": out.succeeded,
+        "failed": out.failed, "failed_memory": out.failed_memory,
+        "cold_starts": out.cold_starts, "retried": out.retried,
+        "p50_s": round(_pct(out.latency, 0.5), 4), "p99_s": round(_pct(out.latency, 0.99), 4),
+        "queue_p50_s": round(_pct(out.queue_delay, 0.5), 4),
+        "queue_p99_s": round(_pct(out.queue_delay, 0.99), 4),
+        "utilization": round(out.busy_core_s / out.capacity_core_s, 4) if out.capacity_core_s else 0.0,
+        "mem_utilization": round(out.used_mb_s / out.capacity_mb_s, 4) if out.capacity_mb_s else 0.0,
+        "makespan_s": round(out.makespan, 2),
+    }
+
+
+def simulate(work: Work, policy: str, load: float, setup: Setup) -> dict:
+    """Run one (trace, policy, load) and return its row."""
+    return row(work.name, policy, load, setup,
+               PlacementSim(work, load, setup, POLICIES[policy]).run())
