@@ -171,6 +171,23 @@ def test_worker_runs_as_batch_task_and_still_reports_usage():
     run(main())
 
 
+def test_short_calls_report_memory_the_worker_keeps():
+    """Short calls report the worker's RSS (read every few calls), long ones
+    their peak: memory a call keeps shows in every later call's usage."""
+    async def main():
+        rt = ProcessRuntime(host_paths=EXAMPLES_ROOT)
+        inst = await start(rt, handler_spec("testhandlers:hold"))
+        small = [(await rt.invoke(inst, b"", [], Limits())).usage.peak_memory for _ in range(20)]
+        assert all(0 < m < 60 << 20 for m in small)
+        big = await rt.invoke(inst, b"80", [], Limits())
+        assert big.output == str(80 << 20).encode() and big.usage.peak_memory >= 80 << 20
+        for _ in range(20):
+            assert (await rt.invoke(inst, b"", [], Limits())).usage.peak_memory >= 80 << 20
+        await rt.close()
+
+    run(main())
+
+
 def test_handler_results_and_reuse():
     async def main():
         rt = ProcessRuntime(host_paths=EXAMPLES_ROOT)
