@@ -10,9 +10,12 @@ the worker and fails the call saying why.
 Usage of a pooled call is the worker's CPU clock delta (``clock_gettime`` on
 its process CPU clock: all threads, nanoseconds). Its peak memory is the
 worker's peak RSS (``VmHWM``, reset through ``/proc/<pid>/clear_refs``) for
-calls that used at least 0.5 ms of CPU, and its RSS after the call (``statm``)
-for shorter ones: reading and resetting the peak costs ~25 us, more than the
-rest of a warm call, and a call that short cannot touch much memory.
+calls that used at least 0.5 ms of CPU, and its RSS (``statm``) for shorter
+ones: reading and resetting the peak costs ~25 us, more than the rest of a
+warm call, and a call that short cannot touch much memory. The RSS is read
+again only every :data:`_RSS_EVERY` short calls (and after every long one):
+short calls in between report the last reading, which a call under 0.5 ms
+of CPU can move by a few MiB at most.
 
 Payloads of 64 KiB and more skip the pipes when the worker took its shared
 region (:mod:`.region`): the request then carries the input's length, the
@@ -47,6 +50,7 @@ STATUS_REGION = 3
 
 _GRACE = 0.5  # seconds a pooled worker gets to exit on EOF before SIGKILL
 _PRECISE_NS = 500_000  # calls using this much CPU get their exact peak RSS
+_RSS_EVERY = 8  # short calls between two RSS readings (the others reuse the last)
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
@@ -99,6 +103,8 @@ class Worker:
         self.stopping = False
         self._status_fd = self._clear_fd = self._statm_fd = -1
         self._clock = 0
+        self._rss = 0  # the last RSS reading, reported by short calls
+        self._rss_age = 0  # short calls since it was taken
         self.region: Region | None = None  # big payloads' way, once the worker took it
         self._top = STATUS_EXHAUSTED  # the highest reply status this worker may send
 
@@ -160,7 +166,8 @@ class Worker:
             timer.cancel()
             self.waiter = None
         if status == STATUS_OK:
-            self._memory(precise=True)  # start the peak window after the imports
+            self._rss = self._memory(precise=True)  # start the peak window after the imports
+            self._rss_age = 0
             if region is not None and REGION_WORD in payload.split():
                 self._top = STATUS_REGION
             else:  # a worker that does not speak of it never gets big payloads that way
@@ -403,6 +410,18 @@ class Worker:
             pass
         return 0
 
+    def _call_memory(self, cpu_ns: int) -> int:
+        """A call's peak memory: exact after a long call, else the RSS, read every
+        :data:`_RSS_EVERY` calls (a long call's peak is the next reading)."""
+        if cpu_ns >= _PRECISE_NS:
+            self._rss_age = _RSS_EVERY  # memory may have moved: read it next time
+            return self._memory(precise=True)
+        self._rss_age += 1
+        if self._rss_age >= _RSS_EVERY or not self._rss:
+            self._rss = self._memory(precise=False)
+            self._rss_age = 0
+        return self._rss
+
     def _apply(self, bounds: Bounds) -> None:
         """A call whose limits differ from those the worker runs under: change them."""
         child = self.child
@@ -492,7 +511,7 @@ class Worker:
                 if self.region is not None:
                     self.region.settle()
             cpu = clock_ns(clock) - cpu0
-            usage = ExecUsage(cpu_time=cpu / 1e9, peak_memory=self._memory(cpu >= _PRECISE_NS))
+            usage = ExecUsage(cpu_time=cpu / 1e9, peak_memory=self._call_memory(cpu))
         if status == STATUS_OK:
             return Outcome(output=payload, exit_code=None, usage=usage)
         # "Type: message", then (from Spear's Python worker) NUL and the traceback's end

@@ -80,3 +80,13 @@ def tree(data: bytes) -> str:
 
 def weird(data: bytes) -> object:
     return object()
+
+
+_HELD: list[bytes] = []
+
+
+def hold(data: bytes) -> int:
+    """Keep ``data`` MiB (touched) until the worker ends; b"" keeps nothing."""
+    if data:
+        _HELD.append(b"x" * (int(data) << 20))
+    return sum(map(len, _HELD))
