@@ -155,22 +155,6 @@ def test_oneshot_usage_counts_cpu_and_memory():
 # ---------------------------------------------------------- python handlers
 
 
-@pytest.mark.skipif(not hasattr(os, "sched_getscheduler"), reason="Linux scheduling classes")
-def test_worker_runs_as_batch_task_and_still_reports_usage():
-    """A pooled worker never preempts the Spearlet on wakeup (SCHED_BATCH); its
-    calls still report their CPU time and memory."""
-    async def main():
-        rt = ProcessRuntime(host_paths=EXAMPLES_ROOT)
-        inst = await start(rt, handler_spec("testhandlers:env"))
-        assert os.sched_getscheduler(inst.handle.pid) == os.SCHED_BATCH
-        for _ in range(3):
-            out = await rt.invoke(inst, b"x", [], Limits())
-            assert out.usage.cpu_time > 0 and out.usage.peak_memory > 0
-        await rt.close()
-
-    run(main())
-
-
 def test_short_calls_report_memory_the_worker_keeps():
     """Short calls report the worker's RSS (read every few calls), long ones
     their peak: memory a call keeps shows in every later call's usage."""

@@ -55,23 +55,6 @@ def cpu_clock(pid: int) -> int:
     return ((~pid) << 3) | 2
 
 
-def batch_scheduling(pid: int) -> None:
-    """Put ``pid`` (and what it execs and starts later) under ``SCHED_BATCH``.
-
-    A pooled worker is woken by each request the Spearlet writes to it; as an
-    ordinary task it then preempts the Spearlet at once (wakeup preemption),
-    about one involuntary switch per call, which stalls the Spearlet's loop
-    mid-batch and doubles a warm call's wall time on a busy node. A batch
-    task never preempts on wakeup: it runs on an idle CPU or when the
-    Spearlet waits. Same nice level and CPU share otherwise; the worker may
-    leave the class (only its own speed changes), so failure is not an error.
-    """
-    try:
-        os.sched_setscheduler(pid, os.SCHED_BATCH, os.sched_param(0))
-    except (AttributeError, OSError) as exc:  # not Linux, or a pid we may not change
-        log.debug("cannot put worker %d under SCHED_BATCH: %s", pid, exc)
-
-
 def clock_ns(clock: int) -> int:
     """The value of a process CPU clock in ns; 0 once the process is gone."""
     try:
@@ -129,7 +112,6 @@ class Child:
             kw["preexec_fn"] = functools.partial(limits.set_rlimits, tuple((r, v) for r, v, _ in rl))
         target = list(argv) if executable is None else [executable, *argv[1:]]
         script = _GATE_WORKER if worker else _GATE
-        self.worker = worker
         added = [v for v in _SHELL_ADDS if v not in env]
         if added:
             script = f"unset {' '.join(added)}; {script}"
@@ -206,8 +188,6 @@ class Child:
         then let it run. A limit that cannot be applied kills it and raises
         ``Unavailable`` naming the limit."""
         limits.apply(self)
-        if self.worker:
-            batch_scheduling(self.pid)
         os.write(self.stdin, b"\n")  # the gate's line: the pipe is empty, this cannot block
 
     def cpu_ns(self) -> int:
