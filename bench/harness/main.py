@@ -47,7 +47,7 @@ def count_steps(sections: list[str], plan: Plan, profile: bool) -> int:
     want = set(sections)
     n = 0
     if "scheduler" in want:
-        n += 3
+        n += 4  # 100, 1,000 and 10,000 nodes, then the finish policy at 10,000
     if "pool" in want:
         n += 1
     floor_pass = 1 + len(PAYLOADS)  # round trips, then one step per echo payload
