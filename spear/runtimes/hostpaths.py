@@ -116,14 +116,23 @@ class HostPaths:
                  forbidden: Iterable[tuple[str, str]] = ()) -> None:
         self.roots: tuple[Root, ...] = tuple(
             r if isinstance(r, Root) else parse_root(r) for r in roots)
-        pairs = [*forbidden, *_ALWAYS_FORBIDDEN]
-        self.forbidden: tuple[tuple[str, str], ...] = tuple(
-            dict((os.path.realpath(p), what) for p, what in pairs if p).items())
+        self.forbidden: tuple[tuple[str, str], ...] = ()
+        for path, what in [*forbidden, *_ALWAYS_FORBIDDEN]:
+            self.forbid(path, what)
+
+    def forbid(self, path: str | os.PathLike, what: str) -> None:
+        """Never grant ``path`` (nor anything inside or above it) from now on: a
+        runtime adds the directories it keeps for all tenants (its code cache)."""
+        if not path:
+            return
+        real = os.path.realpath(path)
+        if any(p == real for p, _ in self.forbidden):
+            return
+        self.forbidden = (*self.forbidden, (real, what))
         for root in self.roots:
-            for path, what in self.forbidden:
-                if _inside(root.path, path):
-                    log.warning("host root %s lies inside %s (%s): nothing under it can be granted",
-                                root.path, what, path)
+            if _inside(root.path, real):
+                log.warning("host root %s lies inside %s (%s): nothing under it can be granted",
+                            root.path, what, real)
 
     @classmethod
     def from_config(cls, config, *, data_dir: str | os.PathLike, config_file: str = "") -> "HostPaths":

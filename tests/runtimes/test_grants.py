@@ -64,9 +64,11 @@ class Host:
         self.spearlet = self.srv / "spearlet"  # the Spearlet's data directory
         self.keys = self.srv / "keys"
         self.etc = self.srv / "etc"
+        self.cache = self.srv / "cache"  # the process runtime's code and environment cache
         self.out = base / "out"
         self.outside = base / "outside"
-        for d in (self.data, self.spearlet / "wasm-cache", self.keys, self.etc, self.out, self.outside):
+        for d in (self.data, self.spearlet / "wasm-cache", self.keys, self.etc, self.out, self.outside,
+                  self.cache / "code"):
             d.mkdir(parents=True)
         (self.data / "secret.txt").write_bytes(b"allowed data")
         (self.outside / "secret.txt").write_bytes(b"HOST SECRET")
@@ -79,6 +81,7 @@ class Host:
             f'host_roots = ["{self.srv}", "{self.out}:rw"]\n'
             f'[security]\nkey = "{self.keys / "node.key_secret"}"\n'
             '[runtimes.process]\nuser = ""\n'  # tmp_path is out of nobody's reach
+            f'cache_dir = "{self.cache}"\n'
             '[runtimes.docker]\nenabled = false\n')
 
 
@@ -171,10 +174,11 @@ def test_a_symlink_inside_a_root_pointing_outside_is_refused(host):
     in_process(host, body)
 
 
-def test_the_spearlets_data_key_and_config_dirs_are_refused_inside_a_root(host):
+def test_the_spearlets_data_key_config_and_cache_dirs_are_refused_inside_a_root(host):
+    # the code cache holds every tenant's unpacked code and environments
     async def body(fs):
         for d in (host.spearlet, host.spearlet / "wasm-cache", host.keys, host.etc,
-                  host.data / "to-keys"):
+                  host.data / "to-keys", host.cache, host.cache / "code"):
             e = await refused(fs, wasm(f"dir:{d}:/data:ro"))
             assert "never granted" in e.message and f"{host.srv} (ro)" in e.message
         # the root holds them, so it cannot be granted whole either

@@ -204,3 +204,15 @@ def test_from_config_forbids_data_keys_config_and_store(tmp_path):
     assert {str(tmp_path / "d"), "/k", "/pub", "/etc/spear", "/proc",
             os.path.realpath(config.storage.path)} <= got
     assert HostPaths.from_config(Config(), data_dir=tmp_path).roots == ()
+
+
+def test_a_directory_forbidden_later_is_refused_with_what_it_is(tree):
+    # a runtime forbids its code cache once it knows where it is
+    hp = HostPaths([str(tree / "allowed")])
+    hp.grant(str(tree / "allowed" / "data"), write=False, what="grant").close()
+    hp.forbid(tree / "allowed" / "data", "the code cache")
+    hp.forbid(tree / "allowed" / "data", "the code cache")  # twice: listed once
+    assert [w for _, w in hp.forbidden].count("the code cache") == 1
+    for path in (tree / "allowed" / "data", tree / "allowed", tree / "allowed" / "in-link"):
+        e = denied(hp, path)
+        assert "the code cache" in e.message and "never granted" in e.message

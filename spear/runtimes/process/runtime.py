@@ -12,6 +12,7 @@ SIGKILLed Spearlet left running is recorded in ``state_dir`` and ended by
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import re
@@ -33,6 +34,9 @@ from .sandbox import Sandbox, User, denied, python_version, resolve_user
 from .spec import DEFAULT_ENV, Planner, Plan, rmtree
 from .streams import MAX_OUTPUT, MIB
 from .workers import Worker
+
+#: how a grant refused for reaching the code cache names it
+CACHE_WHAT = "the process runtime's code cache (every tenant's code and environments)"
 
 log = logging.getLogger(__name__)
 _VERSION = re.compile(r"^(\d+)\.(\d+)\Z")
@@ -122,6 +126,9 @@ class ProcessRuntime(Runtime):
             cache_dir = default_cache_dir(data_dir, self.sandbox.user is not None)
             self._owner = os.path.realpath(data_dir)
         self.cache_dir = os.fspath(cache_dir) if cache_dir is not None else None
+        self._forbid = functools.partial(self.planner.host_paths.forbid, what=CACHE_WHAT)
+        if self.cache_dir is not None:
+            self._forbid(self.cache_dir)
         self._cache_temp = False
         self._code: CodeCache | None = None
         self._envs: PyEnvs | None = None
@@ -227,6 +234,7 @@ class ProcessRuntime(Runtime):
             if root is None:
                 root = self.cache_dir = tempfile.mkdtemp(prefix="spear-cache-")
                 os.chmod(root, 0o755)
+                self._forbid(root)
                 self._cache_temp = True
             make_dirs(os.path.join(root, "code"))
             make_dirs(os.path.join(root, "envs"))
