@@ -599,3 +599,39 @@ def test_each_call_sees_its_own_trace_context():
     # a pooled worker sets each call's variables and unsets the last call's it lacks
     assert seen == [(tp, "a=b"), (other, None), (None, None)]
     assert once == f"{tp}|a=b".encode()
+
+
+def test_a_handlers_child_processes_see_the_calls_trace_context():
+    tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+    async def main():
+        rt = ProcessRuntime(host_paths=EXAMPLES_ROOT)
+        worker = await start(rt, handler_spec("testhandlers:child_env"))
+        seen = []
+        for kw in (dict(traceparent=tp, tracestate="k=v"), {}, dict(traceparent=tp[:-1] + "0")):
+            seen.append((await rt.invoke(worker, b"", [], Limits(), **kw)).output)
+        await rt.close()
+        return seen
+
+    assert run(main()) == [f"{tp}|k=v".encode(), b"|", f"{tp[:-1]}0|".encode()]
+
+
+def test_a_pooled_worker_does_not_grow_with_each_calls_trace_context():
+    # every call carries a new TRACEPARENT; setting it through setenv() keeps every
+    # old value (glibc never frees them): ~100 bytes per call, forever
+    async def main():
+        rt = ProcessRuntime(host_paths=EXAMPLES_ROOT)
+        worker = await start(rt, handler_spec("testhandlers:rss"))
+
+        async def calls(n: int) -> int:
+            for i in range(n):
+                out = await rt.invoke(worker, b"", [], Limits(),
+                                      traceparent=f"00-{i + 1:032x}-00f067aa0ba902b7-01")
+            return int(out.output)
+
+        before = await calls(2000)
+        after = await calls(20000)
+        await rt.close()
+        return after - before
+
+    assert run(main()) < 512 * 1024

@@ -99,6 +99,69 @@ def _encode(result) -> bytes:
 TRACEBACK_TAIL = 8192
 
 
+class CallEnv:
+    """The variables a request sets for its call alone (``TRACEPARENT``, ...).
+
+    Set in ``os.environ`` and in the process environment, so what the handler
+    starts sees them too. Not through ``os.environ[key] = value``: that calls
+    ``setenv()``, and glibc never frees a value it replaced, so a worker
+    serving calls that each carry a new trace id would grow by about 100
+    bytes per call for as long as it lives. Instead each variable lives in one
+    buffer of this object, handed to ``putenv()`` (which keeps the pointer, no
+    copy) and rewritten in place for the next call; a longer value gets a
+    bigger buffer. Where ``ctypes`` or ``putenv`` is missing, ``os.environ``
+    is used as is.
+    """
+
+    def __init__(self) -> None:
+        self.current: dict[str, str] = {}  # what the last call set
+        self._bufs: dict[str, object] = {}  # key -> its "KEY=value" buffer, in the environment
+        self._libc = None
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.putenv.argtypes = [ctypes.c_void_p]
+            libc.unsetenv.argtypes = [ctypes.c_char_p]
+            data = os.environ._data  # noqa: SLF001 - the mapping os.environ reads from
+            self._ctypes, self._libc, self._data = ctypes, libc, data
+        except (ImportError, OSError, AttributeError):
+            pass
+
+    def apply(self, env: dict) -> None:
+        """Make ``env`` this call's variables: set them, unset the last call's others."""
+        for key in self.current.keys() - env.keys():
+            self._unset(key)
+        for key, value in env.items():
+            if self.current.get(key) != value:
+                self._set(key, value)
+        self.current = env
+
+    def _set(self, key: str, value: str) -> None:
+        if self._libc is None or not key or "=" in key or "\0" in key or "\0" in value:
+            os.environ[key] = value
+            return
+        k, v = os.environ.encodekey(key), os.environ.encodevalue(value)
+        buf = self._bufs.get(key)
+        if buf is None or len(buf) < len(k) + len(v) + 2:
+            buf = self._ctypes.create_string_buffer(k + b"=" + v, len(k) + 2 * len(v) + 2)
+            if self._libc.putenv(self._ctypes.addressof(buf)) != 0:
+                os.environ[key] = value
+                return
+            self._bufs[key] = buf  # the one before it is no longer in the environment
+        else:
+            buf[len(k) + 1 : len(k) + len(v) + 2] = v + b"\0"
+        self._data[k] = v
+
+    def _unset(self, key: str) -> None:
+        if key in self._bufs:
+            self._libc.unsetenv(os.environ.encodekey(key))
+            del self._bufs[key]  # out of the environment: its buffer may go
+            self._data.pop(os.environ.encodekey(key), None)
+        else:
+            os.environ.pop(key, None)
+
+
 def _describe(exc: BaseException) -> bytes:
     text = str(exc).replace("\0", "\\0")  # NUL ends the message (see _failed)
     name = type(exc).__name__
@@ -196,7 +259,7 @@ def serve(fn, proto_in: int, proto_out: int, region: int = -1, region_size: int 
     unpack = _U32.unpack
     unpack_from = _U32.unpack_from
     stdout, stderr = sys.stdout, sys.stderr
-    environ, call_env = os.environ, {}
+    call_env = CallEnv()
     while True:
         head = read(4)
         if len(head) < 4:
@@ -210,21 +273,15 @@ def serve(fn, proto_in: int, proto_out: int, region: int = -1, region_size: int 
             if hlen:
                 header = json.loads(body[4 : 4 + hlen])
                 args = header.get("args") or ()
-                env = header.get("env") or {}
-                for key in call_env.keys() - env.keys():  # the last call's, not this one's
-                    environ.pop(key, None)
-                environ.update(env)
-                call_env = env
+                call_env.apply(header.get("env") or {})
                 if "region" in header and region >= 0:
                     data = _from_region(region, region_size, header["region"])
                 else:
                     data = body[4 + hlen :]
                 out = _encode(fn(data, *args))
             else:
-                if call_env:  # no variables for this call: not the last call's either
-                    for key in call_env:
-                        environ.pop(key, None)
-                    call_env = {}
+                if call_env.current:  # no variables for this call: not the last call's either
+                    call_env.apply({})
                 out = _encode(fn(body[4:]))
             status = OK
         except MemoryError as exc:
