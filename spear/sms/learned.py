@@ -218,7 +218,7 @@ class CostModels:
             m.bad = (len(m.errors) >= (HEALTH_WINDOW + 1) // 2
                      and sorted(m.errors)[len(m.errors) // 2] > _LOG_FACTOR)
             if t is not None and not m.bad:
-                self._learn_type(node_type, t, y - own - lt, s)
+                self._learn_type(node_type, t, y - own - lt)
             if not m.bad:
                 self._load.fit(load, math.exp(y - own - s))
         m.n += 1
@@ -226,10 +226,12 @@ class CostModels:
         if peak_memory > 0:
             m.remember_memory(peak_memory)
 
-    def _learn_type(self, name: str, t: _NodeType, r: float, s: float) -> None:
-        """A residual ``r`` (log) of a result on type ``t`` whose factor said ``s``."""
+    def _learn_type(self, name: str, t: _NodeType, r: float) -> None:
+        """A residual ``r`` (log) of a result on type ``t``: judge the factor learned
+        so far (used or set aside: it is trusted again once it is right again),
+        then learn."""
         if t.n >= TYPE_MIN_SAMPLES:
-            t.errors.append(abs(r - s))
+            t.errors.append(abs(r - self._learned(t)))
             bad = (len(t.errors) >= (HEALTH_WINDOW + 1) // 2
                    and sorted(t.errors)[len(t.errors) // 2] > _LOG_FACTOR)
             if bad and not t.bad:
@@ -242,12 +244,16 @@ class CostModels:
         self._gr = self._gr * DECAY + r
         self._publish(name, t)
 
+    def _learned(self, t: _NodeType) -> float:
+        """The log speed factor learned for ``t`` (centred, bounded)."""
+        s = t.sr / t.sw - self._gr / self._gw if t.sw > 0.0 and self._gw > 0.0 else 0.0
+        return min(max(s, _LOG_BOUNDS[0]), _LOG_BOUNDS[1])
+
     def _log_factor(self, t: _NodeType | None) -> float:
         """The log speed factor of type ``t`` as used (0: unknown, too new or wrong)."""
-        if t is None or t.n < TYPE_MIN_SAMPLES or t.bad or self._gw <= 0.0:
+        if t is None or t.n < TYPE_MIN_SAMPLES or t.bad:
             return 0.0
-        s = t.sr / t.sw - self._gr / self._gw
-        return min(max(s, _LOG_BOUNDS[0]), _LOG_BOUNDS[1])
+        return self._learned(t)
 
     def _publish(self, name: str, t: _NodeType) -> None:
         f = math.exp(self._log_factor(t))
