@@ -1,9 +1,10 @@
 """Scheduler: flat typed arrays of node figures and the scoring kernel.
 
 Every ready node has a slot in parallel ``array`` columns (free and total
-CPU and memory, load, penalty, and the learned speed factor of its type). A decision fills two byte masks — eligible
-(ready, runtime offered, labels match) and warm (the node already has the
-function) — from caches keyed by the request's shape, then calls
+CPU and memory, load, penalty, and the learned speed factor of its type).
+A decision fills two byte masks — eligible (ready, runtime offered, labels
+match) and warm (the node already has the function) — from caches keyed by
+the request's shape, then calls
 :func:`spear.fast.pick_nodes` (Cython, or its pure-Python twin) for the
 best candidates in order. Reservations are taken on dispatch and returned on
 every terminal state; the free columns are capacity minus reservations.
