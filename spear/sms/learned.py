@@ -56,6 +56,8 @@ COLD_ALPHA = 0.2
 TYPE_MIN_SAMPLES = 10
 LOAD_MIN_SAMPLES = 30
 LOAD_MIN_VARIANCE = 0.01
+#: node types given a factor (more: the reference; a cluster has a few)
+MAX_TYPES = 1024
 #: a node type's speed factor stays within these bounds
 FACTOR_BOUNDS = (0.125, 8.0)
 #: the load slope stays within these bounds; before it is learned, DEFAULT_SLOPE
@@ -205,7 +207,7 @@ class CostModels:
         y = math.log(max(duration_s, 1e-6))
         load = max(0.0, load)
         t = self._types.get(node_type) if node_type else None
-        if node_type and t is None:
+        if node_type and t is None and len(self._types) < MAX_TYPES:
             t = self._types[node_type] = _NodeType()
         lt = math.log1p(self._load.slope * load)
         own = m.a + m.b * x  # the function's reference prediction (log)
