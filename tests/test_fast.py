@@ -154,12 +154,13 @@ def ref_score(c: tuple, i: int, need_cpu: float, need_mem: float) -> float | Non
 
 
 def ref_finish_score(c: tuple, i: int, need_cpu: float, need_mem: float, duration: float,
-                     cold: float) -> float | None:
+                     cold: float, speed=None, slope: float = 1.0) -> float | None:
     """The documented finish-time score, written out independently."""
     fc, fm, cc, cm, ld, el, wm, pen = (a[i] for a in c)
     if not el or not (fc >= need_cpu and fm >= need_mem):
         return None
-    s = -(duration * (1.0 + ld))
+    sp = 1.0 if speed is None else speed[i]
+    s = -(duration * sp * (1.0 + slope * ld))
     if not wm:
         s = s - cold
     s = s - pen
@@ -168,7 +169,8 @@ def ref_finish_score(c: tuple, i: int, need_cpu: float, need_mem: float, duratio
 
 def ref_order(c: tuple, need_cpu: float, need_mem: float, finish: tuple | None = None
               ) -> list[int]:
-    """Candidates best first; ``finish``: (duration, cold) for the finish-time policy."""
+    """Candidates best first; ``finish``: (duration, cold[, speed, slope]) for the
+    finish-time policy."""
     if finish is None:
         scored = [(ref_score(c, i, need_cpu, need_mem), i) for i in range(len(c[0]))]
     else:
@@ -331,6 +333,22 @@ def test_finish_policy_prefers_idle_then_warm(sched):
         sched.pick_nodes(*c, 0.5, 256.0, 3, 7, 1.0, 0.5)
 
 
+def test_finish_policy_weighs_node_speed_and_load_slope(sched):
+    c = cluster({"load": 0.0}, {"load": 0.5}, {"load": 1.0})
+    slow_first = array("d", [2.0, 1.0, 1.0])
+    # node 0 is idle but its type runs work twice as long: with the old fixed
+    # slope 1 the half-loaded node wins, then node 0 ties the fully loaded one
+    assert sched.pick_nodes(*c, 0.5, 256.0, 3, sched.FINISH, 1.0, 0.0, slow_first) == [1, 0, 2]
+    # a learned slope of 0.25: load matters little, the slow type last
+    assert sched.pick_nodes(*c, 0.5, 256.0, 3, sched.FINISH, 1.0, 0.0, slow_first, 0.25) == [
+        1, 2, 0]
+    # no speed column: every node the reference (the old score)
+    assert sched.pick_nodes(*c, 0.5, 256.0, 3, sched.FINISH, 1.0, 0.0, None, 1.0) == [0, 1, 2]
+    assert sched.pick_node(*c, 0.5, 256.0, sched.FINISH, 1.0, 0.0, slow_first, 0.25) == 1
+    with pytest.raises(ValueError):  # a speed column of another length
+        sched.pick_node(*c, 0.5, 256.0, sched.FINISH, 1.0, 0.0, array("d", [1.0]))
+
+
 # ---------------------------------------------------------------- scheduler agreement
 
 finite = st.floats(min_value=-4.0, max_value=64.0, allow_nan=False, allow_infinity=False)
@@ -386,6 +404,39 @@ def test_twins_agree_on_finish_policy(both_schedulers, c, need_cpu, need_mem, k,
     assert comp.pick_node(*c, need_cpu, need_mem, py.FINISH, duration, cold) == best
     if k:
         assert top[:1] == ([best] if best >= 0 else [])
+
+
+def _with_speed(value):
+    """A cluster, and a speed column of its length."""
+    return _cluster_strategy(value).flatmap(lambda c: st.tuples(
+        st.just(c), st.lists(value, min_size=len(c[0]), max_size=len(c[0])).map(
+            lambda xs: array("d", xs))))
+
+
+@settings(max_examples=200, deadline=None)
+@given(cs=_with_speed(figure), need_cpu=figure, need_mem=figure, k=st.integers(0, 70),
+       duration=figure, cold=figure, slope=figure)
+def test_twins_agree_on_finish_policy_with_speeds(both_schedulers, cs, need_cpu, need_mem, k,
+                                                  duration, cold, slope):
+    comp, py = both_schedulers
+    c, speed = cs
+    args = (need_cpu, need_mem, k, py.FINISH, duration, cold, speed, slope)
+    top = py.pick_nodes(*c, *args)
+    assert comp.pick_nodes(*c, *args) == top
+    assert top == ref_order(c, need_cpu, need_mem, (duration, cold, speed, slope))[:k]
+    one = (need_cpu, need_mem, py.FINISH, duration, cold, speed, slope)
+    assert comp.pick_node(*c, *one) == py.pick_node(*c, *one)
+
+
+@settings(max_examples=100, deadline=None)
+@given(cs=_with_speed(wild), need_cpu=wild, need_mem=wild, k=st.integers(0, 70),
+       duration=wild, cold=wild, slope=wild)
+def test_twins_agree_on_finish_policy_with_extreme_speeds(both_schedulers, cs, need_cpu,
+                                                          need_mem, k, duration, cold, slope):
+    comp, py = both_schedulers
+    c, speed = cs
+    args = (need_cpu, need_mem, k, py.FINISH, duration, cold, speed, slope)
+    assert comp.pick_nodes(*c, *args) == py.pick_nodes(*c, *args)
 
 
 @settings(max_examples=100, deadline=None)

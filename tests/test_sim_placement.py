@@ -68,3 +68,30 @@ def test_azure_calls_get_seeded_memory():
     assert [j.peak_mb for j in a.jobs] == [j.peak_mb for j in b.jobs]
 
 
+
+
+def test_node_types_tenants_and_inputs_reach_the_sms():
+    """The simulated nodes differ in speed and load (heartbeats say so), the
+    sized trace carries inputs: the SMS's models learn all three."""
+    w = jobs.sized(span=120.0)
+    work = jobs.Work("sized", w.jobs, w.request_mb, w.span)
+    assert any(j.size for j in work.jobs)
+    setup = placing.Setup(nodes=6, failures=0, seed=2)
+    sim = placing.PlacementSim(work, 0.8, setup, placing.POLICIES["finish"])
+    r = placing.row("sized", "finish", 0.8, setup, sim.run())
+    assert r["succeeded"] + r["failed"] == r["submitted"]
+    models, table = sim.core.tasks.models, sim.core.table
+    big = table.type_of[table.slot_of["n02"]]  # 8 cores, 1.6x slower per core
+    medium = table.type_of[table.slot_of["n01"]]
+    assert models.speed_factor(big) > 1.1 * models.speed_factor(medium)  # (tenants blur it)
+    tenanted = [f"n{i:02d}" for i in setup.tenanted()]
+    assert tenanted and any(sim.core.registry.nodes[n].usage.load1 > 0 for n in tenanted)
+    fn = max(work.request_mb, key=lambda f: sum(j.func == f for j in work.jobs))
+    assert models._models[fn].b > 0.3  # run time grows with the input's size
+
+
+def test_a_run_repeats_with_its_seed():
+    work = _small()
+    setup = placing.Setup(nodes=6, failures=1, seed=5)
+    assert placing.simulate(work, "finish", 0.8, setup) == placing.simulate(
+        work, "finish", 0.8, setup)

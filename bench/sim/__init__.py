@@ -16,11 +16,12 @@ Warming parts, each replaceable on its own:
 Placement parts:
 
 * :mod:`.jobs` — calls with run time and peak memory, per-function memory
-  requests: generated traces (``skewed``, ``bursty``, ``mixed``) and
-  Azure-format files with seeded memory;
+  requests, inputs: generated traces (``skewed``, ``bursty``, ``mixed``,
+  ``padded``, ``sized``) and Azure-format files with seeded memory;
 * :mod:`.placing` — the REAL :class:`spear.sms.core.SMSCore` fed events on a
-  simulated clock, simulated nodes answering its dispatches; one row per
-  (trace, policy, load);
+  simulated clock, simulated nodes (of types that differ in speed, some
+  sharing their cores with a background tenant, all heartbeating their
+  load) answering its dispatches; one row per (trace, policy, load);
 * :mod:`.plot` — the table and PNG of docs/scheduling.md (matplotlib).
 
 Imports ``spear.autoscale``, ``spear.config`` and the SMS core (pure, no

@@ -8,7 +8,12 @@ Generated traces (fixed seeds; names in :data:`TRACES`):
 * ``mixed`` — fewer, longer and bigger functions next to many small ones;
 * ``padded`` — the skewed mix with generous requests (2, 4 or 8 GiB) of
   which a function really uses 5..30%: memory requests, not cores, fill the
-  nodes (the case packing by predicted memory is for).
+  nodes (the case packing by predicted memory is for);
+* ``sized`` — the skewed mix where each call carries an input (per function
+  a median of 1 KiB..256 KiB, per call lognormal around it, sigma 1.5,
+  capped at 4 MiB) and runs ``(size / median) ** e`` times the function's
+  median (``e`` per function 0.5..1): most of a call's run time is
+  explained by its input size.
 
 Per function: median run time lognormal (median 0.5 s, sigma 1), per call
 lognormal around it (sigma 0.5), capped at 120 s. Memory: the user's
@@ -29,16 +34,19 @@ from . import workloads
 
 REQUEST_MB = (256, 512, 1024, 2048, 4096)
 MAX_RUN_S = 120.0
+MAX_INPUT = 4 << 20
 
 
 @dataclass(frozen=True, slots=True)
 class Job:
-    """One call: arrival (s, before load scaling), function, run time (s), peak memory (MiB)."""
+    """One call: arrival (s, before load scaling), function, run time (s, on a
+    reference core with nothing else running), peak memory (MiB), input (bytes)."""
 
     t: float
     func: str
     run: float
     peak_mb: float
+    size: int = 0
 
 
 @dataclass(frozen=True)
@@ -62,9 +70,25 @@ class _Fn:
         self.request = rng.choice(requests)
         self.frac = rng.uniform(*used)
 
+        self.size = 0  # median input in bytes (0: calls carry none)
+        self.exponent = 0.0
+
+    def sized(self, rng: random.Random) -> _Fn:
+        """Calls of this function carry inputs their run time grows with."""
+        self.size = int(math.exp(rng.uniform(math.log(1024), math.log(256 * 1024))))
+        self.exponent = rng.uniform(0.5, 1.0)
+        return self
+
     def job(self, rng: random.Random, t: float) -> Job:
-        run = min(self.run * math.exp(rng.gauss(0.0, 0.5)), MAX_RUN_S)
-        return Job(t, self.name, run, self.request * self.frac * math.exp(rng.gauss(0.0, 0.1)))
+        if not self.size:
+            run = min(self.run * math.exp(rng.gauss(0.0, 0.5)), MAX_RUN_S)
+            return Job(t, self.name, run, self._peak(rng))
+        size = max(1, min(int(self.size * math.exp(rng.gauss(0.0, 1.5))), MAX_INPUT))
+        run = self.run * (size / self.size) ** self.exponent * math.exp(rng.gauss(0.0, 0.2))
+        return Job(t, self.name, min(run, MAX_RUN_S), self._peak(rng), size)
+
+    def _peak(self, rng: random.Random) -> float:
+        return self.request * self.frac * math.exp(rng.gauss(0.0, 0.1))
 
 
 def _poisson(rng: random.Random, fns: list[_Fn], rate: float, span: float) -> list[Job]:
@@ -121,11 +145,19 @@ def padded(seed: int = 14, span: float = 600.0) -> Work:
     return _work("padded", _poisson(rng, fns, 8.0, span), fns, span)
 
 
+def sized(seed: int = 15, span: float = 600.0) -> Work:
+    """Sixty functions whose calls' run times follow their input sizes."""
+    rng = random.Random(seed)
+    fns = [f.sized(rng) for f in _zipf_fns(rng, 60)]
+    return _work("sized", _poisson(rng, fns, 8.0, span), fns, span)
+
+
 def _work(name: str, jobs: list[Job], fns: list[_Fn], span: float) -> Work:
     return Work(name, jobs, {f.name: f.request for f in fns}, span)
 
 
-TRACES = {"skewed": skewed, "bursty": bursty, "mixed": mixed, "padded": padded}
+TRACES = {"skewed": skewed, "bursty": bursty, "mixed": mixed, "padded": padded,
+          "sized": sized}
 
 
 def from_calls(trace: workloads.Trace, seed: int) -> Work:

@@ -6,15 +6,25 @@ deployments, async ``Invoke`` messages at the trace's (load-scaled) arrival
 times, the nodes' ``Result`` messages at simulated finish times, ``Upkeep``
 once a simulated second. Its ``Dispatch`` instructions are the decisions
 measured. Store writes are acknowledged at once (nothing is kept: the run
-is in memory). No heartbeats are simulated, so a failed node is reported
-gone (``Deregister``) one heartbeat timeout after it fails; the SMS then
-retries its executions elsewhere.
+is in memory). Every live node sends a ``Heartbeat`` every
+``heartbeat_s`` with its load average (as Linux computes ``load1``: a
+one-minute exponential average of the runnable tasks, here its executions
+plus its background tenant's) and the executions it runs; a failed node
+stops, and is reported gone (``Deregister``) ``detect_s`` after it fails;
+the SMS then retries its executions elsewhere.
 
-A simulated node runs whatever it is sent: one core per execution, a cold
-start when it holds no idle instance of the function (instances stay idle
-for ``keep_alive``), and the execution fails for memory when its peak
-passes its function's request (the hard limit) or when the peaks of what
-runs there would pass the node's memory.
+A simulated node runs whatever it is sent. Node types differ in size and
+in per-core speed (:data:`SLOWNESS`: the big 8-core boxes are cheap ones,
+1.6x slower per core). Some nodes share their cores with a background
+tenant (a batch job of another team) whose use changes every few minutes.
+An execution's run time is the call's reference run time, times its node
+type's slowness, times the processor sharing it meets when it starts:
+``max(1, (executions running there + tenant's cores) / cores)`` (fixed at
+its start: a simplification of processor sharing). A cold start when the
+node holds no idle instance of the function (instances stay idle for
+``keep_alive``), and the execution fails for memory when its peak passes
+its function's request (the hard limit) or when the peaks of what runs
+there would pass the node's memory.
 """
 
 from __future__ import annotations
@@ -27,18 +37,29 @@ from dataclasses import dataclass, field
 
 from spear import protocol as P
 from spear.config import SMSConfig
-from spear.protocol import Capacity, NodeInfo
+from spear.protocol import Capacity, NodeInfo, Usage
 from spear.sms import executions
 from spear.sms.core import SMSCore
 from spear.sms.events import Commit, CommitSoon, Load, Loaded, Persist, Persisted, Received, Send, Upkeep
 
+from . import jobs
 from .jobs import Work
 
 MiB = 1 << 20
 #: node sizes (cores, memory GiB), used in turn; their names label the nodes (``size``)
 SIZES = ((2, 4), (4, 8), (8, 24))
 SIZE_NAMES = ("small", "medium", "large")
+#: run time per core of each size against the reference (small and medium
+#: nodes are the reference; the large ones are cheap boxes, 1.6x slower per core)
+SLOWNESS = (1.0, 1.0, 1.6)
+#: a background tenant uses this fraction of its node's cores (uniform), for
+#: a phase of this many seconds (uniform), then draws again
+TENANT_USE = (0.0, 0.9)
+TENANT_PHASE_S = (60.0, 240.0)
+#: the time constant of Linux's one-minute load average
+LOAD_TAU_S = 60.0
 CLIENT = b"client"
+_ZEROS = memoryview(bytes(jobs.MAX_INPUT))  # the simulated calls' inputs (their size matters)
 
 
 @dataclass(frozen=True)
@@ -52,11 +73,27 @@ class Setup:
     failures: int = 2
     detect_s: float = 5.0
     seed: int = 1
+    #: the fraction of nodes (drawn with the seed) that have a background tenant
+    tenants: float = 1 / 3
+    heartbeat_s: float = 2.0
 
     def capacity(self) -> list[tuple[int, int]]:
         """(cores, memory MiB) of each node."""
         return [(SIZES[i % len(SIZES)][0], SIZES[i % len(SIZES)][1] * 1024)
                 for i in range(self.nodes)]
+
+    def tenanted(self) -> set[int]:
+        """The nodes (by index) that have a background tenant."""
+        rng = random.Random(self.seed * 7919 + 1)
+        return set(rng.sample(range(self.nodes), round(self.tenants * self.nodes)))
+
+    def reference_cores(self) -> float:
+        """The cluster's capacity in reference cores: each node's cores, less its
+        tenant's mean use, over its slowness (what ``--load`` is a fraction of)."""
+        mean = sum(TENANT_USE) / 2
+        tenanted = self.tenanted()
+        return sum((c - (mean * c if i in tenanted else 0.0)) / SLOWNESS[i % len(SIZES)]
+                   for i, (c, _) in enumerate(self.capacity()))
 
 
 @dataclass
@@ -81,16 +118,32 @@ class Outcome:
 class _Node:
     """A simulated Spearlet: what runs there and its idle instances."""
 
-    def __init__(self, node_id: str, cores: int, mem_mb: int) -> None:
+    def __init__(self, node_id: str, cores: int, mem_mb: int, slowness: float) -> None:
         self.id = node_id
         self.cores = cores
         self.mem_mb = mem_mb
+        self.slowness = slowness
         self.used_mb = 0.0
-        self.running: dict[str, tuple[P.Dispatch, float, float]] = {}  # eid -> (msg, start, peak)
+        # eid -> (msg, start, peak, how many times its reference run it takes)
+        self.running: dict[str, tuple[P.Dispatch, float, float, float]] = {}
+        self.open: set[str] = set()  # dispatched here, result not sent yet
         self.idle: dict[str, list[float]] = {}  # function -> idle-since times
+        self.tenant = 0.0  # cores the background tenant uses now
+        self.ref_cores = cores / slowness  # capacity in reference cores (less a tenant's mean)
+        self.load1 = 0.0
+        self.load_at = 0.0
         self.alive = True
         self.born = 0.0
         self.died = math.inf
+
+    def runnable(self) -> float:
+        return len(self.running) + self.tenant
+
+    def update_load(self, now: float) -> None:
+        """Linux's load1: an exponential average of the runnable tasks."""
+        e = math.exp(-(now - self.load_at) / LOAD_TAU_S)
+        self.load1 = self.load1 * e + self.runnable() * (1.0 - e)
+        self.load_at = now
 
 
 @contextlib.contextmanager
@@ -112,8 +165,9 @@ def _seeded_ids(seed: int):
         executions.new_id = real
 
 
-def scale(work: Work, load: float, cores: int) -> float:
-    """The factor on arrival times that makes the offered work ``load`` x ``cores``."""
+def scale(work: Work, load: float, cores: float) -> float:
+    """The factor on arrival times that makes the offered work ``load`` x ``cores``
+    (reference cores: see :meth:`Setup.reference_cores`)."""
     offered = sum(j.run for j in work.jobs) / work.span  # core-seconds per second
     return offered / (load * cores)
 
@@ -127,10 +181,10 @@ class PlacementSim:
         cfg = SMSConfig(max_executions=10_000_000, cache_executions=10_000_000,
                         queue_timeout=3600.0, max_queue=10_000_000, **(sms or {}))
         self.core = SMSCore(cfg, now=0.0)
-        self.nodes = {f"n{i:02d}": _Node(f"n{i:02d}", c, m)
+        self.nodes = {f"n{i:02d}": _Node(f"n{i:02d}", c, m, SLOWNESS[i % len(SIZES)])
                       for i, (c, m) in enumerate(setup.capacity())}
         self.by_ident = {n.encode(): n for n in self.nodes}
-        self.factor = scale(work, load, sum(n.cores for n in self.nodes.values()))
+        self.factor = scale(work, load, setup.reference_cores())
         self.heap: list = []
         self.seq = 0
         self.rid = 0
@@ -139,10 +193,22 @@ class PlacementSim:
         self.first_dispatch: dict[str, float] = {}
         self.out = Outcome()
         self.now = 0.0
+        self.work_left = 0  # events of the trace still to come (not the periodic ones)
+        self.last_work = 0.0
+        self.hb = 0
+        self.tenanted = [self.nodes[f"n{i:02d}"] for i in sorted(setup.tenanted())]
+        mean = sum(TENANT_USE) / 2
+        for node in self.tenanted:
+            node.ref_cores = node.cores * (1.0 - mean) / node.slowness
 
     # ------------------------------------------------------------ the loop
 
+    #: events that repeat while there is work (they do not keep a run going)
+    PERIODIC = frozenset(("upkeep", "heartbeat", "tenant"))
+
     def _at(self, t: float, kind: str, arg=None) -> None:
+        if kind not in self.PERIODIC:
+            self.work_left += 1
         self.seq += 1
         heapq.heappush(self.heap, (t, self.seq, kind, arg))
 
@@ -163,8 +229,8 @@ class PlacementSim:
                 elif type(ins) is CommitSoon:
                     later.append(Commit())
 
-    def _msg(self, msg, ident: bytes = CLIENT) -> None:
-        self._feed(Received(ident, "", "", msg))
+    def _msg(self, msg, ident: bytes = CLIENT, payload=None) -> None:
+        self._feed(Received(ident, "", "", msg, payload))
 
     def run(self) -> Outcome:
         """Replay the whole trace; the figures."""
@@ -181,9 +247,16 @@ class PlacementSim:
         for k, nid in enumerate(victims):
             self._at(end * (k + 1) / (len(victims) + 1), "fail", nid)
         self._at(1.0, "upkeep")
+        self._at(self.setup.heartbeat_s, "heartbeat")
+        self.tenant_rng = random.Random(self.setup.seed * 104729 + 3)
+        for node in self.tenanted:
+            self._tenant(node)
         while self.heap:
             t, _, kind, arg = heapq.heappop(self.heap)
             self.now = t
+            if kind not in self.PERIODIC:
+                self.work_left -= 1
+                self.last_work = t
             if kind == "upkeep":
                 self._feed(Upkeep())
                 if self._busy():
@@ -193,7 +266,26 @@ class PlacementSim:
         return self._finish()
 
     def _busy(self) -> bool:
-        return bool(self.heap) or self.core.tasks.queued > 0
+        return self.work_left > 0 or self.core.tasks.queued > 0
+
+    def _heartbeat(self, _=None) -> None:
+        """Every live node reports its load average and what it runs."""
+        for node in self.nodes.values():
+            if node.alive:
+                node.update_load(self.now)
+                self.hb += 1
+                self._msg(P.Heartbeat(id=self.hb, node_id=node.id, usage=Usage(
+                    load1=node.load1, running=len(node.running)),
+                    running_ids=sorted(node.open)), node.id.encode())
+        if self._busy():
+            self._at(self.now + self.setup.heartbeat_s, "heartbeat")
+
+    def _tenant(self, node: _Node) -> None:
+        """``node``'s background tenant starts a new phase."""
+        node.update_load(self.now)
+        node.tenant = node.cores * self.tenant_rng.uniform(*TENANT_USE)
+        if self._busy() or self.now == 0.0:
+            self._at(self.now + self.tenant_rng.uniform(*TENANT_PHASE_S), "tenant", node)
 
     def _start(self) -> None:
         for node in self.nodes.values():
@@ -217,7 +309,8 @@ class PlacementSim:
         rid = self._rid()
         self.job_of_rid[rid] = job
         self.out.submitted += 1
-        self._msg(P.Invoke(id=rid, function=job.func, mode="async"))
+        self._msg(P.Invoke(id=rid, function=job.func, mode="async"),
+                  payload=_ZEROS[:job.size] if job.size else None)
 
     def _sent(self, s: Send) -> None:
         msg = s.msg
@@ -242,25 +335,33 @@ class PlacementSim:
             self.out.cold_starts += 1
         else:
             idle.pop()
+        node.open.add(msg.execution_id)
         if job.peak_mb > self.work.request_mb[job.func] or node.used_mb + job.peak_mb > node.mem_mb:
             self._at(self.now + 0.01, "result", (node.id, msg, "memory", cold, 0.0))
             return
         start = self.now + (self.setup.cold_s if cold else 0.0)
+        node.update_load(self.now)
+        # its type's speed, and the cores it shares with the others there when it starts
+        slow = node.slowness * max(1.0, (len(node.running) + 1 + node.tenant) / node.cores)
         node.used_mb += job.peak_mb
-        node.running[msg.execution_id] = (msg, start, job.peak_mb)
-        self._at(start + job.run, "result", (node.id, msg, "succeeded", cold, job.run))
+        node.running[msg.execution_id] = (msg, start, job.peak_mb, slow)
+        self._at(start + job.run * slow, "result",
+                 (node.id, msg, "succeeded", cold, job.run * slow))
 
     def _result(self, arg) -> None:
         nid, msg, status, cold, run = arg
         node = self.nodes[nid]
         if not node.alive:
             return
-        peak = self.job_of[msg.execution_id].peak_mb
+        job = self.job_of[msg.execution_id]
+        peak = job.peak_mb
+        node.open.discard(msg.execution_id)
         if status == "succeeded":
-            _, _, peak = node.running.pop(msg.execution_id)
+            node.update_load(self.now)
+            _, _, peak, _ = node.running.pop(msg.execution_id)
             node.used_mb -= peak
             node.idle.setdefault(msg.function, []).append(self.now)
-            self.out.busy_core_s += run
+            self.out.busy_core_s += job.run  # the work done, in reference core-seconds
             self.out.used_mb_s += run * peak
             err = None
         else:
@@ -277,10 +378,11 @@ class PlacementSim:
         node = self.nodes[nid]
         node.alive = False
         node.died = self.now
-        for msg, start, peak in node.running.values():  # work done there so far is lost
-            self.out.busy_core_s += max(0.0, self.now - start)
+        for msg, start, peak, slow in node.running.values():  # work done there so far is lost
+            self.out.busy_core_s += max(0.0, self.now - start) / slow
             self.out.used_mb_s += max(0.0, self.now - start) * peak
         node.running.clear()
+        node.open.clear()
         self._at(self.now + self.setup.detect_s, "gone", nid)
 
     def _gone(self, nid: str) -> None:
@@ -290,7 +392,7 @@ class PlacementSim:
 
     def _finish(self) -> Outcome:
         out = self.out
-        out.makespan = self.now
+        out.makespan = self.last_work
         for eid, job in self.job_of.items():
             ex = self.core.tasks.execs.get(eid)
             status = ex.info.status if ex is not None else "lost"
@@ -304,7 +406,7 @@ class PlacementSim:
         out.retried = self.core.tasks.counts.get("retried", 0)
         for node in self.nodes.values():
             alive = min(node.died, out.makespan) - node.born
-            out.capacity_core_s += node.cores * alive
+            out.capacity_core_s += node.ref_cores * alive
             out.capacity_mb_s += node.mem_mb * alive
         return out
 

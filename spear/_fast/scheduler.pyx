@@ -43,16 +43,18 @@ ctypedef struct Req:
     int finish
     double duration
     double cold
+    double slope
 
 
 cdef inline double _score(double fc, double fm, double cc, double cm, double ld,
-                          unsigned char wm, double pen, const Req *r) noexcept nogil:
+                          unsigned char wm, double pen, double sp,
+                          const Req *r) noexcept nogil:
     """Score of a node that fits; same operations, same order as the twin."""
     cdef double s
     cdef double need_cpu = r.need_cpu
     cdef double need_mem = r.need_mem
     if r.finish:
-        s = -(r.duration * (1.0 + ld))
+        s = -(r.duration * sp * (1.0 + r.slope * ld))
         if wm == 0:
             s = s - r.cold
         return s - pen
@@ -74,6 +76,7 @@ ctypedef struct Cols:
     const unsigned char *eligible
     const unsigned char *warm
     const double *penalty
+    const double *speed  # NULL: 1.0 for every node
     Py_ssize_t n
 
 
@@ -110,9 +113,10 @@ cdef const unsigned char *_bytes(object x, list keep, Py_ssize_t *n) except? NUL
 
 cdef int _columns(Cols *c, list keep, object free_cpu, object free_mem, object cap_cpu,
                   object cap_mem, object load, object eligible, object warm,
-                  object penalty) except -1:
-    """Fill ``c`` from the eight columns; ValueError if their lengths differ."""
-    cdef Py_ssize_t lens[8]
+                  object penalty, object speed) except -1:
+    """Fill ``c`` from the columns (``speed`` may be None); ValueError if their
+    lengths differ."""
+    cdef Py_ssize_t lens[9]
     c.free_cpu = _doubles(free_cpu, keep, &lens[0])
     c.free_mem = _doubles(free_mem, keep, &lens[1])
     c.cap_cpu = _doubles(cap_cpu, keep, &lens[2])
@@ -121,16 +125,21 @@ cdef int _columns(Cols *c, list keep, object free_cpu, object free_mem, object c
     c.eligible = _bytes(eligible, keep, &lens[5])
     c.warm = _bytes(warm, keep, &lens[6])
     c.penalty = _doubles(penalty, keep, &lens[7])
+    cdef Py_ssize_t m = 8
+    c.speed = NULL
+    if speed is not None:
+        c.speed = _doubles(speed, keep, &lens[8])
+        m = 9
     cdef Py_ssize_t i
-    for i in range(1, 8):
+    for i in range(1, m):
         if lens[i] != lens[0]:
-            raise ValueError("node arrays differ in length: %r" % ([lens[j] for j in range(8)],))
+            raise ValueError("node arrays differ in length: %r" % ([lens[j] for j in range(m)],))
     c.n = lens[0]
     return 0
 
 
 cdef int _request(Req *r, double need_cpu, double need_mem, int policy, double duration,
-                  double cold) except -1:
+                  double cold, double slope) except -1:
     if policy != 0 and policy != 1:
         raise ValueError(f"unknown scoring policy {policy!r}")
     r.need_cpu = need_cpu
@@ -138,12 +147,13 @@ cdef int _request(Req *r, double need_cpu, double need_mem, int policy, double d
     r.finish = policy == 1
     r.duration = duration
     r.cold = cold
+    r.slope = slope
     return 0
 
 
 def pick_node(free_cpu, free_mem, cap_cpu, cap_mem, load, eligible, warm, penalty,
               double need_cpu, double need_mem, int policy=0, double duration=0.0,
-              double cold=0.0):
+              double cold=0.0, speed=None, double slope=1.0):
     """Return the index of the best-scoring candidate node, or -1 if none fits.
 
     Float arrays must expose a double buffer (``array('d')``), ``eligible``
@@ -152,10 +162,11 @@ def pick_node(free_cpu, free_mem, cap_cpu, cap_mem, load, eligible, warm, penalt
     policy is unknown.
     """
     cdef Req r
-    _request(&r, need_cpu, need_mem, policy, duration, cold)
+    _request(&r, need_cpu, need_mem, policy, duration, cold, slope)
     cdef Cols c
     cdef list keep = []
-    _columns(&c, keep, free_cpu, free_mem, cap_cpu, cap_mem, load, eligible, warm, penalty)
+    _columns(&c, keep, free_cpu, free_mem, cap_cpu, cap_mem, load, eligible, warm, penalty,
+             speed)
     cdef Py_ssize_t n = c.n
     cdef Py_ssize_t i
     cdef Py_ssize_t best = -1
@@ -170,7 +181,7 @@ def pick_node(free_cpu, free_mem, cap_cpu, cap_mem, load, eligible, warm, penalt
             if not (fc >= need_cpu and fm >= need_mem):
                 continue
             s = _score(fc, fm, c.cap_cpu[i], c.cap_mem[i], c.load[i], c.warm[i], c.penalty[i],
-                       &r)
+                       c.speed[i] if c.speed != NULL else 1.0, &r)
             if s != s:  # NaN: corrupt figures never win
                 continue
             if best < 0 or s > best_s:
@@ -192,17 +203,18 @@ cdef int _cmp_scored(const void *a, const void *b) noexcept nogil:
 
 def pick_nodes(free_cpu, free_mem, cap_cpu, cap_mem, load, eligible, warm, penalty,
                double need_cpu, double need_mem, Py_ssize_t k, int policy=0,
-               double duration=0.0, double cold=0.0):
+               double duration=0.0, double cold=0.0, speed=None, double slope=1.0):
     """Return up to ``k`` candidate indices, best first (ties: lower index first).
 
     Raises ValueError if the arrays differ in length, ``k`` is negative or
     the policy is unknown.
     """
     cdef Req r
-    _request(&r, need_cpu, need_mem, policy, duration, cold)
+    _request(&r, need_cpu, need_mem, policy, duration, cold, slope)
     cdef Cols c
     cdef list keep = []
-    _columns(&c, keep, free_cpu, free_mem, cap_cpu, cap_mem, load, eligible, warm, penalty)
+    _columns(&c, keep, free_cpu, free_mem, cap_cpu, cap_mem, load, eligible, warm, penalty,
+             speed)
     cdef Py_ssize_t n = c.n
     if k < 0:
         raise ValueError(f"k must be >= 0, got {k}")
@@ -225,8 +237,8 @@ def pick_nodes(free_cpu, free_mem, cap_cpu, cap_mem, load, eligible, warm, penal
                 fm = c.free_mem[i]
                 if not (fc >= need_cpu and fm >= need_mem):
                     continue
-                s = _score(fc, fm, c.cap_cpu[i], c.cap_mem[i], c.load[i], c.warm[i], c.penalty[i],
-                           &r)
+                s = _score(fc, fm, c.cap_cpu[i], c.cap_mem[i], c.load[i], c.warm[i],
+                           c.penalty[i], c.speed[i] if c.speed != NULL else 1.0, &r)
                 if s != s:
                     continue
                 if sort_all:

@@ -129,7 +129,8 @@ _SMS_STATE = _specs(
      "1, labelled with the placement policy in use ([sms] placement).", ("policy",)),
     ("spear_sms_model_fallbacks_total", "counter",
      "Placement decisions under a learned policy that used the request instead of a "
-     "prediction, by reason (history: too few results yet; unhealthy: the model was wrong).",
+     "prediction, by reason (history: too few results yet; unhealthy: the model was wrong), "
+     "and node types whose learned speed factor was found wrong and set aside (node_type).",
      ("reason",)),
 )
 

@@ -9,13 +9,28 @@ dispatch path) and is O(1) (the window is of fixed size);
 :meth:`CostModels.predict` runs at dispatch: a dict lookup and a few float
 operations.
 
+Where an execution ran is a feature too. Per node type (what the SMS knows
+of a node: its type label, else its shape) a *speed factor*: the decayed
+mean residual of ``log(duration)`` against the function's prediction,
+pooled over every function (a new function benefits at once) and centred
+on the mean residual of all results (so the factors and the functions' fits
+cannot drift against each other). And one *load slope*: how the run time
+grows with the node's load per core at dispatch, ``duration x (1 + slope x
+load)``, a decayed least-squares fit of the residual ratio on the load.
+The functions' fits learn on durations with both effects taken out, so a
+prediction is for a reference node at no load; the scheduler multiplies in
+the node's factor and load per node.
+
 A model is only trusted when it has been right: every observation is first
 compared with what the model would have predicted, and while the median
 error over the last :data:`HEALTH_WINDOW` predictions is larger than a factor
 :data:`HEALTH_FACTOR` (duration either way, memory when under-predicted)
 :meth:`predict` returns None and the caller falls back to the request.
-``fallbacks`` counts why predictions were not given (``history``: too few
-observations; ``unhealthy``: the model has been wrong).
+A node type's factor is judged the same way (on results of healthy
+functions) and set aside (1.0) while it is wrong. ``fallbacks`` counts why
+predictions were not given (``history``: too few observations;
+``unhealthy``: the model has been wrong) and node-type factors found wrong
+(``node_type``).
 """
 
 from __future__ import annotations
@@ -37,7 +52,23 @@ MEMORY_QUANTILE = 0.95
 #: cold starts weigh this much in their running mean (exponentially weighted)
 COLD_ALPHA = 0.2
 
+#: results of a node type (and of load) before its factor (the slope) is used
+TYPE_MIN_SAMPLES = 10
+LOAD_MIN_SAMPLES = 30
+LOAD_MIN_VARIANCE = 0.01
+#: node types given a factor (more: the reference; a cluster has a few)
+MAX_TYPES = 1024
+#: a node type's speed factor stays within these bounds
+FACTOR_BOUNDS = (0.125, 8.0)
+#: the load slope stays within these bounds; before it is learned, DEFAULT_SLOPE
+SLOPE_BOUNDS = (0.0, 4.0)
+DEFAULT_SLOPE = 1.0
+#: the published factors change (the scheduler's column is refreshed) when one
+#: moves by more than this (log scale: about 5%)
+PUBLISH_STEP = 0.05
+
 _LOG_FACTOR = math.log(HEALTH_FACTOR)
+_LOG_BOUNDS = (math.log(FACTOR_BOUNDS[0]), math.log(FACTOR_BOUNDS[1]))
 
 
 class Prediction(NamedTuple):
@@ -89,6 +120,48 @@ class _Model:
         self.mem_q = float(ordered[min(len(ordered) - 1, int(MEMORY_QUANTILE * len(ordered)))])
 
 
+class _NodeType:
+    """One node type's decayed mean residual and health."""
+
+    __slots__ = ("n", "sw", "sr", "errors", "bad")
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.sw = self.sr = 0.0
+        self.errors: collections.deque[float] = collections.deque(maxlen=HEALTH_WINDOW)
+        self.bad = False
+
+
+class _Load:
+    """The decayed least-squares fit of the residual ratio q on the load per core."""
+
+    __slots__ = ("n", "sw", "sl", "sq", "sll", "slq", "slope", "fitted")
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.sw = self.sl = self.sq = self.sll = self.slq = 0.0
+        self.slope = 0.0
+        self.fitted = False  # the loads seen spread enough for a slope
+
+    def fit(self, load: float, q: float) -> None:
+        d = DECAY
+        self.n += 1
+        self.sw = self.sw * d + 1.0
+        self.sl = self.sl * d + load
+        self.sq = self.sq * d + q
+        self.sll = self.sll * d + load * load
+        self.slq = self.slq * d + load * q
+        det = self.sw * self.sll - self.sl * self.sl
+        # fit only once the loads seen differ (variance above LOAD_MIN_VARIANCE)
+        if det > LOAD_MIN_VARIANCE * self.sw * self.sw:
+            self.fitted = True
+            b = (self.sw * self.slq - self.sl * self.sq) / det
+            a = (self.sq - b * self.sl) / self.sw
+            # relative growth (q = a (1 + slope load)): the noise's mean cancels
+            if a > 0:
+                self.slope = min(max(b / a, SLOPE_BOUNDS[0]), SLOPE_BOUNDS[1])
+
+
 class CostModels:
     """Every function's cost model; see the module docstring.
 
@@ -105,15 +178,24 @@ class CostModels:
         self.margin = margin
         self.max_functions = max_functions
         self._models: collections.OrderedDict[str, _Model] = collections.OrderedDict()
-        #: predictions not given, by reason (``history``, ``unhealthy``)
+        #: predictions not given, by reason (``history``, ``unhealthy``); node-type
+        #: factors found wrong (``node_type``)
         self.fallbacks: collections.Counter = collections.Counter()
+        self._types: dict[str, _NodeType] = {}
+        self._gw = self._gr = 0.0  # decayed mean residual of every result (the centre)
+        self._load = _Load()
+        self._published: dict[str, float] = {}
+        #: bumped whenever :meth:`speed_factors` changes (the scheduler refreshes its column)
+        self.version = 0
 
     def __len__(self) -> int:
         return len(self._models)
 
     def observe(self, function: str, input_size: int, duration_s: float,
-                peak_memory: int) -> None:
-        """Learn from one finished execution (its run time and peak memory)."""
+                peak_memory: int, node_type: str = "", load: float = 0.0) -> None:
+        """Learn from one finished execution: its run time and peak memory, and
+        (when known) the type of the node it ran on and that node's load per
+        core when it was dispatched."""
         m = self._models.get(function)
         if m is None:
             m = self._models[function] = _Model()
@@ -123,17 +205,89 @@ class CostModels:
             self._models.move_to_end(function)
         x = math.log1p(max(0, input_size))
         y = math.log(max(duration_s, 1e-6))
+        load = max(0.0, load)
+        t = self._types.get(node_type) if node_type else None
+        if node_type and t is None and len(self._types) < MAX_TYPES:
+            t = self._types[node_type] = _NodeType()
+        lt = math.log1p(self._load.slope * load)
+        own = m.a + m.b * x  # the function's reference prediction (log)
+        s = self._log_factor(t)
         if m.n >= self.min_samples:  # judge what it would have said before learning this
-            err = abs(y - (m.a + m.b * x))
+            err = abs(y - (own + s + lt))
             if peak_memory > 0 and m.mem_q > 0:
                 err = max(err, math.log(max(1.0, peak_memory / (m.mem_q * self.margin))))
             m.errors.append(err)
             m.bad = (len(m.errors) >= (HEALTH_WINDOW + 1) // 2
                      and sorted(m.errors)[len(m.errors) // 2] > _LOG_FACTOR)
+            if t is not None and not m.bad:
+                self._learn_type(node_type, t, y - own - lt)
+            if not m.bad:
+                self._load.fit(load, math.exp(y - own - s))
         m.n += 1
-        m.fit(x, y)
+        m.fit(x, y - s - lt)
         if peak_memory > 0:
             m.remember_memory(peak_memory)
+
+    def _learn_type(self, name: str, t: _NodeType, r: float) -> None:
+        """A residual ``r`` (log) of a result on type ``t``: judge the factor learned
+        so far (used or set aside: it is trusted again once it is right again),
+        then learn."""
+        if t.n >= TYPE_MIN_SAMPLES:
+            t.errors.append(abs(r - self._learned(t)))
+            bad = (len(t.errors) >= (HEALTH_WINDOW + 1) // 2
+                   and sorted(t.errors)[len(t.errors) // 2] > _LOG_FACTOR)
+            if bad and not t.bad:
+                self.fallbacks["node_type"] += 1
+            t.bad = bad
+        t.n += 1
+        t.sw = t.sw * DECAY + 1.0
+        t.sr = t.sr * DECAY + r
+        self._gw = self._gw * DECAY + 1.0
+        self._gr = self._gr * DECAY + r
+        self._publish(name, t)
+
+    def _learned(self, t: _NodeType) -> float:
+        """The log speed factor learned for ``t`` (centred, bounded)."""
+        s = t.sr / t.sw - self._gr / self._gw if t.sw > 0.0 and self._gw > 0.0 else 0.0
+        return min(max(s, _LOG_BOUNDS[0]), _LOG_BOUNDS[1])
+
+    def _log_factor(self, t: _NodeType | None) -> float:
+        """The log speed factor of type ``t`` as used (0: unknown, too new or wrong)."""
+        if t is None or t.n < TYPE_MIN_SAMPLES or t.bad:
+            return 0.0
+        return self._learned(t)
+
+    def _publish(self, name: str, t: _NodeType) -> None:
+        f = math.exp(self._log_factor(t))
+        old = self._published.get(name)
+        if old is None or abs(math.log(f / old)) > PUBLISH_STEP:
+            self._published[name] = f
+            self.version += 1
+
+    def speed_factor(self, node_type: str) -> float:
+        """How much longer than the reference an execution runs on ``node_type``
+        (1.0: unknown, too little history, or set aside as wrong)."""
+        return math.exp(self._log_factor(self._types.get(node_type)))
+
+    def speed_factors(self) -> dict[str, float]:
+        """Every node type's factor as last published (changes bump :attr:`version`)."""
+        return dict(self._published)
+
+    @property
+    def load_slope(self) -> float:
+        """How run time grows with the node's load per core: ``x (1 + slope x load)``
+        (:data:`DEFAULT_SLOPE` until enough results at different loads were seen)."""
+        ld = self._load
+        return ld.slope if ld.n >= LOAD_MIN_SAMPLES and ld.fitted else DEFAULT_SLOPE
+
+    def expected(self, function: str, input_size: int, node_type: str = "",
+                 load: float = 0.0) -> float | None:
+        """Expected run time of ``function`` on a node of ``node_type`` at ``load``
+        (what the finish policy computes per node); None without a trusted model."""
+        p = self.predict(function, input_size)
+        if p is None:
+            return None
+        return p.duration_s * self.speed_factor(node_type) * (1.0 + self.load_slope * load)
 
     def observe_cold_start(self, function: str, seconds: float) -> None:
         """Learn one cold start of ``function`` (its running mean, for the finish policy)."""

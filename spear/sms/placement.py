@@ -56,8 +56,10 @@ class Placement(ExecutionRecords):
         return cpu, float(mem)
 
     def _plan(self, name: str, ex: Exec, mem: float) -> tuple[int, float, float, float]:
-        """Scoring policy, predicted run time, cold start and memory to reserve for
-        one dispatch of ``name`` under ``[sms] placement`` (``mem``: what it asks for).
+        """Scoring policy, predicted run time (on a reference node at no load: the
+        kernel applies each node's speed factor and load), cold start and memory to
+        reserve for one dispatch of ``name`` under ``[sms] placement`` (``mem``:
+        what it asks for).
 
         Without a trusted prediction every policy is the baseline. "pack" reserves
         the predicted peak (with its margin) but never more than the request: the
@@ -75,13 +77,19 @@ class Placement(ExecutionRecords):
         return BASELINE, 0.0, 0.0, min(mem, float(max(p.memory, MIN_RESERVE)))
 
     def _learn(self, ex: Exec, result: P.ExecutionInfo) -> None:
-        """Feed a succeeded execution's run time and peak memory to the cost models."""
+        """Feed a succeeded execution's run time and peak memory, with the type and
+        load of the node it was dispatched to, to the cost models; when the node
+        types' speed factors moved, refresh the scheduler's column (off the dispatch path)."""
         run = result.timings.run
         if run > 0.0:
             name = ex.info.function
-            self.models.observe(name, input_size(ex), run, result.usage.peak_memory)
+            models = self.models
+            models.observe(name, input_size(ex), run, result.usage.peak_memory,
+                           ex.placed_type, ex.placed_load)
             if result.cold and result.timings.cold_start > 0.0:
-                self.models.observe_cold_start(name, result.timings.cold_start)
+                models.observe_cold_start(name, result.timings.cold_start)
+            if models.version != self.table.speeds_version:
+                self.table.set_speeds(models.speed_factors(), models.version)
 
     def queued_cores(self) -> float:
         """The cores the queued executions ask for together (what an autoscaler must add)."""
@@ -102,10 +110,12 @@ class Placement(ExecutionRecords):
         spec = fn.spec
         cpu, mem = self._need(spec)
         policy, duration, cold, reserve = self._plan(spec.name, ex, mem)
-        picks = self.table.candidates(runtime=spec.runtime, labels=spec.labels,
-                                      function=spec.name, cpu=cpu, mem=reserve, k=1,
-                                      exclude=ex.excluded or None, policy=policy,
-                                      duration=duration, cold=cold)
+        table = self.table
+        picks = table.candidates(runtime=spec.runtime, labels=spec.labels,
+                                 function=spec.name, cpu=cpu, mem=reserve, k=1,
+                                 exclude=ex.excluded or None, policy=policy,
+                                 duration=duration, cold=cold,
+                                 slope=self.models.load_slope if policy == FINISH else 1.0)
         if not picks:
             if from_queue and not ex.excluded:
                 return False  # still waiting; the reason is worked out only to fail it
@@ -125,7 +135,10 @@ class Placement(ExecutionRecords):
         ex.node = node
         ex.sent_to.add(node)
         ex.reserved = (cpu, reserve)
-        self.table.take(node, cpu, reserve)
+        slot = table.slot_of[node]  # what the models learn the result against
+        ex.placed_type = table.type_of[slot]
+        ex.placed_load = table.load[slot]
+        table.take(node, cpu, reserve)
         ex.dispatch_id = next(self._dispatch_ids)
         ex.dispatched_at = now
         ex.deadline = self._deadline(ex, spec, now)

@@ -105,6 +105,10 @@ class Exec:
     dispatched_at: float = 0.0
     deadline: float = float("inf")  # dispatched: the node must have finished by then
     reserved: tuple[float, float] = (0.0, 0.0)
+    #: the type of the node it was last dispatched to and that node's load per
+    #: core then (what the cost models learn its run time against)
+    placed_type: str = ""
+    placed_load: float = 0.0
     excluded: set[str] = field(default_factory=set)
     #: every node this execution was dispatched to: only they may report on it
     sent_to: set[str] = field(default_factory=set)

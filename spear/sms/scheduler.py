@@ -1,9 +1,10 @@
 """Scheduler: flat typed arrays of node figures and the scoring kernel.
 
 Every ready node has a slot in parallel ``array`` columns (free and total
-CPU and memory, load, penalty). A decision fills two byte masks — eligible
-(ready, runtime offered, labels match) and warm (the node already has the
-function) — from caches keyed by the request's shape, then calls
+CPU and memory, load, penalty, and the learned speed factor of its type).
+A decision fills two byte masks — eligible (ready, runtime offered, labels
+match) and warm (the node already has the function) — from caches keyed by
+the request's shape, then calls
 :func:`spear.fast.pick_nodes` (Cython, or its pure-Python twin) for the
 best candidates in order. Reservations are taken on dispatch and returned on
 every terminal state; the free columns are capacity minus reservations.
@@ -25,6 +26,19 @@ FINISH: int = scheduler_impl.FINISH
 PENALTY = 2.0
 #: seconds for a penalty to decay by half
 PENALTY_HALF_LIFE = 5.0
+#: labels naming a node's type, first found wins (the autoscaler's first)
+TYPE_LABELS = ("spear.node-type", "node.type", "type")
+
+
+def node_type(info: NodeInfo) -> str:
+    """What the SMS calls a node's type: its type label, else its shape
+    (e.g. ``8c/24576MiB``: the cores and memory it registered with)."""
+    labels = info.labels
+    for key in TYPE_LABELS:
+        t = labels.get(key)
+        if t:
+            return t
+    return f"{info.capacity.cores:g}c/{info.capacity.memory >> 20}MiB"
 
 
 class NodeTable:
@@ -40,6 +54,12 @@ class NodeTable:
         self.cap_mem = array("d")
         self.load = array("d")
         self.penalty = array("d")
+        #: per node, how much longer than the reference its type runs work (learned)
+        self.speed = array("d")
+        self.type_of: list[str] = []
+        #: the speed factor of each node type (:meth:`set_speeds`); 1.0 if absent
+        self.speeds: dict[str, float] = {}
+        self.speeds_version = -1
         self._penalty_at: dict[int, float] = {}
         self.ready = bytearray()
         self.functions: list[set[str]] = []
@@ -65,6 +85,8 @@ class NodeTable:
                 for col in (self.free_cpu, self.free_mem, self.cap_cpu, self.cap_mem, self.load,
                             self.penalty):
                     col.append(0.0)
+                self.speed.append(1.0)
+                self.type_of.append("")
                 self.ready.append(0)
                 self.node_at.append(None)
                 self.info.append(None)
@@ -84,6 +106,8 @@ class NodeTable:
         self.info[slot] = info
         self.cap_cpu[slot] = info.capacity.cores
         self.cap_mem[slot] = float(info.capacity.memory)
+        kind = self.type_of[slot] = node_type(info)
+        self.speed[slot] = self.speeds.get(kind, 1.0)
         self.update_usage(info)
         ready = 1 if info.state == "ready" else 0
         if (old is None or old.labels != info.labels or old.runtimes != info.runtimes
@@ -105,6 +129,16 @@ class NodeTable:
         cores = max(info.capacity.cores, 1.0) if info is not None else 1.0
         hb = info.usage.load1 if info is not None else 0.0
         self.load[slot] = (hb + self.running.get(node_id, 0)) / cores
+
+    def set_speeds(self, speeds: dict[str, float], version: int) -> None:
+        """Take the node types' learned speed factors (``version``: the models'
+        counter, so an unchanged set is not written again); O(nodes)."""
+        if version == self.speeds_version:
+            return
+        self.speeds = dict(speeds)
+        self.speeds_version = version
+        for i, kind in enumerate(self.type_of):
+            self.speed[i] = self.speeds.get(kind, 1.0)
 
     def all_ready(self) -> bool:
         """True when there are nodes and every known one is ready."""
@@ -265,11 +299,12 @@ class NodeTable:
 
     def candidates(self, *, runtime: str, labels: dict, function: str, cpu: float, mem: float,
                    k: int = 3, exclude: set[str] | None = None, policy: int = BASELINE,
-                   duration: float = 0.0, cold: float = 0.0) -> list[str]:
+                   duration: float = 0.0, cold: float = 0.0, slope: float = 1.0) -> list[str]:
         """Best ``k`` node ids for the request, best first (empty: nothing fits).
 
         ``policy`` :data:`FINISH` ranks by expected finish time from a predicted
-        run time ``duration`` and the function's mean ``cold`` start.
+        run time ``duration`` (on a reference node at no load), each node's
+        speed factor, its load times ``slope``, and the function's mean ``cold`` start.
         """
         if not self.node_at:
             return []
@@ -284,7 +319,8 @@ class NodeTable:
         if warm is None:
             warm = self._warm_mask(function)
         picks = pick_nodes(self.free_cpu, self.free_mem, self.cap_cpu, self.cap_mem, self.load,
-                           elig, warm, self.penalty, cpu, mem, k, policy, duration, cold)
+                           elig, warm, self.penalty, cpu, mem, k, policy, duration, cold,
+                           self.speed, slope)
         return [self.node_at[i] for i in picks]
 
     def why_not(self, *, runtime: str, labels: dict, cpu: float, mem: float) -> tuple[str, bool]:

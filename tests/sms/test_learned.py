@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from spear.sms.learned import HEALTH_WINDOW, CostModels, Prediction
+from spear.sms.learned import (DEFAULT_SLOPE, HEALTH_WINDOW, LOAD_MIN_SAMPLES,
+                               TYPE_MIN_SAMPLES, CostModels, Prediction)
 
 MiB = 1 << 20
 
@@ -97,6 +98,77 @@ def test_bad_arguments():
     assert math.isfinite(m.predict("f", 0).duration_s)
 
 
+# ---------------------------------------------------------------- node types and load
+
+
+def _two_types(m: CostModels, n: int = 40, function: str = "f", base: float = 1.0) -> None:
+    """``function`` runs ``base`` s on "fast" nodes and 1.6 x that on "slow" ones."""
+    for i in range(n):
+        slow = i % 2 == 1
+        m.observe(function, 0, base * (1.6 if slow else 1.0), MiB, "slow" if slow else "fast")
+
+
+def test_a_function_on_two_node_types_is_predicted_per_type():
+    m = CostModels()
+    _two_types(m)
+    assert m.speed_factor("slow") / m.speed_factor("fast") == pytest.approx(1.6, rel=0.02)
+    assert m.expected("f", 0, "fast") == pytest.approx(1.0, rel=0.02)
+    assert m.expected("f", 0, "slow") == pytest.approx(1.6, rel=0.02)
+    assert m.speed_factor("unknown") == 1.0  # a type never seen: the reference
+    assert m.speed_factors() and m.version > 0
+
+
+def test_a_type_factor_needs_history():
+    m = CostModels()
+    for _ in range(TYPE_MIN_SAMPLES - 1):
+        m.observe("f", 0, 1.0, MiB, "fast")
+    for _ in range(TYPE_MIN_SAMPLES + 10):
+        m.observe("f", 0, 2.0, MiB, "slow")
+    assert m.speed_factor("fast") == 1.0  # judged only after its first results
+    assert m.speed_factor("slow") > 1.0
+
+
+def test_a_new_function_inherits_the_node_type_factors():
+    m = CostModels()
+    _two_types(m)
+    for _ in range(5):  # g has only ever run on slow nodes
+        m.observe("g", 0, 3.2, MiB, "slow")
+    assert m.expected("g", 0, "slow") == pytest.approx(3.2, rel=0.03)
+    assert m.expected("g", 0, "fast") == pytest.approx(2.0, rel=0.03)
+
+
+def test_the_load_slope_is_learned():
+    m = CostModels()
+    assert m.load_slope == DEFAULT_SLOPE  # nothing seen: the fixed duration x (1 + load)
+    for i in range(LOAD_MIN_SAMPLES + 20):
+        load = (i % 5) * 0.5  # 0 .. 2 per core
+        m.observe("f", 0, 2.0 * (1 + 0.25 * load), MiB, "t", load)
+    assert m.load_slope == pytest.approx(0.25, rel=0.05)
+    assert m.expected("f", 0, "t", 2.0) == pytest.approx(3.0, rel=0.05)
+    assert m.expected("f", 0, "t", 0.0) == pytest.approx(2.0, rel=0.05)
+    same = CostModels()
+    for _ in range(2 * LOAD_MIN_SAMPLES):  # every load the same: no slope to learn
+        same.observe("f", 0, 1.0, MiB, "t", 0.5)
+    assert same.load_slope == DEFAULT_SLOPE
+
+
+def test_a_wrong_node_type_factor_is_set_aside_and_counted():
+    m = CostModels()
+    for i in range(60):  # three types, the same speed
+        m.observe("f", 0, 1.0, MiB, ("a", "b", "c")[i % 3])
+    assert m.speed_factor("b") == pytest.approx(1.0)
+    # type b turns erratic (10x either way): f's own model stays right on a and c
+    for i in range(3 * HEALTH_WINDOW):
+        k = i % 3
+        m.observe("f", 0, (10.0 if i % 2 else 0.1) if k == 1 else 1.0, MiB, "abc"[k])
+    assert m.healthy("f")
+    assert m.fallbacks["node_type"] == 1
+    assert m.speed_factor("b") == 1.0 and m.speed_factors()["b"] == 1.0
+    for i in range(15 * HEALTH_WINDOW):  # b settles (2x slower): trusted again
+        m.observe("f", 0, 2.0 if i % 3 == 1 else 1.0, MiB, "abc"[i % 3])
+    assert m.speed_factor("b") / m.speed_factor("a") == pytest.approx(2.0, rel=0.1)
+
+
 # ---------------------------------------------------------------- policies in the SMS core
 
 from spear import protocol as P  # noqa: E402
@@ -176,6 +248,35 @@ def test_finish_prefers_the_node_that_finishes_first():
     (d,) = only(h.invoke(), P.Dispatch)
     (d2,) = only(h.invoke(), P.Dispatch)
     assert d.ident.decode() == warm and d2.ident.decode() == warm
+
+
+def test_finish_learns_node_types_from_results_and_prefers_the_faster():
+    """Two node shapes (so two types); f runs 1.6x longer on the big one.
+
+    Results carry only run times; the SMS remembers where each ran and the
+    load there, learns the big type's factor, writes it into the scheduler's
+    column, and then sends f to the small node (both are warm by then).
+    """
+    h = Harness(placement="finish")
+    h.register("small", capacity=Capacity(cores=2.0, memory=1 << 30))
+    h.register("big", capacity=Capacity(cores=2.0, memory=2 << 30))
+    h.deploy("f", limits=P.Limits(memory_mb=256, cpus=1.0))
+    for _ in range(8):  # four at a time: both nodes get work
+        ds = [d for _ in range(4) for d in only(h.invoke(), P.Dispatch)]
+        assert {d.ident for d in ds} == {b"small", b"big"}
+        for d in ds:
+            _finish(h, d.msg, d.ident, run=1.6 if d.ident == b"big" else 1.0, peak=MiB)
+    table, models = h.core.table, h.core.tasks.models
+    big, small = table.type_of[table.slot_of["big"]], table.type_of[table.slot_of["small"]]
+    assert big == "2c/2048MiB" and small == "2c/1024MiB"
+    # 32 results: near the truth, still converging
+    assert models.speed_factor(big) / models.speed_factor(small) == pytest.approx(1.6, rel=0.1)
+    assert table.speed[table.slot_of["big"]] == pytest.approx(models.speed_factor(big), rel=0.06)
+    assert table.speed[table.slot_of["big"]] > table.speed[table.slot_of["small"]]
+    for _ in range(3):
+        (d,) = only(h.invoke(), P.Dispatch)
+        assert d.ident == b"small"
+        _finish(h, d.msg, d.ident, run=1.0, peak=MiB)
 
 
 def test_a_wrong_model_never_fails_an_execution():
