@@ -149,8 +149,8 @@ class CallEnv:
                 os.environ[key] = value
                 return
             self._bufs[key] = buf  # the one before it is no longer in the environment
-        else:
-            buf[len(k) + 1 : len(k) + len(v) + 2] = v + b"\0"
+        else:  # the value after "KEY=", NUL-terminated
+            self._ctypes.memmove(self._ctypes.addressof(buf) + len(k) + 1, v + b"\0", len(v) + 1)
         self._data[k] = v
 
     def _unset(self, key: str) -> None:
