@@ -153,6 +153,9 @@ class ProcessConfig(_Section, frozen=True):
     env_build_timeout: Seconds = 600.0
     #: how long an environment no deployed function uses is kept (seconds)
     env_ttl: Annotated[float, Meta(gt=0)] = 86400.0
+    #: disk all those environments may take together (MB); past it, unused ones are
+    #: removed first, then a build is refused RESOURCE_EXHAUSTED
+    envs_max_mb: Annotated[int, Meta(ge=1)] = 20480
 
 
 class DockerConfig(_Section, frozen=True):

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import stat
+import sys
 import tempfile
 
 import psutil
@@ -23,7 +24,7 @@ from spear.config import child_env
 from spear.protocol import FunctionSpec, Limits
 from spear.runtimes.process import ProcessRuntime
 from spear.runtimes.process.codecache import default_cache_dir
-from spear.runtimes.process.pyenvs import LAST_USE, find_uv
+from spear.runtimes.process.pyenvs import ABOUT, LAST_USE, PyEnvs, find_uv
 from spear.spearlet.core import SpearletCore
 from spear.spearlet.runner import Runner
 from tests.helpers import gone, make_bundle
@@ -390,5 +391,37 @@ def test_the_default_cache_dir_and_one_the_sandbox_user_cannot_reach(cache, run)
                 await rt.prepare(hspec(requirements=[]))
         finally:
             await rt.close()
+
+    run(main())
+
+
+def test_the_environments_stay_within_their_disk_budget(cache, run):
+    # a tenant deploying one requirement set after another must not fill the disk
+    version = tuple(sys.version_info[:2])
+    root = os.path.join(cache, "envs")
+
+    def size(key: str) -> int:
+        with open(os.path.join(root, key, ABOUT)) as f:
+            return json.load(f)["bytes"]
+
+    async def main():
+        envs = PyEnvs(root, env=child_env(), node=NODE)
+        a = await envs.acquire("a", sys.executable, version, ["humanize==4.9.0"])
+        assert size(a) > 0
+        envs.max_bytes = size(a) * 3 // 2  # room for one of these, not two
+        with pytest.raises(errors.ResourceExhausted) as ei:  # a is in use: b cannot stay
+            await envs.acquire("b", sys.executable, version, ["humanize==4.8.0"])
+        assert "envs_max_mb" in ei.value.message and "b:" in ei.value.message
+        assert os.listdir(root) == [a]
+        envs.release(a)  # unused now: b's build makes room by removing it
+        b = await envs.acquire("b", sys.executable, version, ["humanize==4.8.0"])
+        assert os.listdir(root) == [b]
+        # a restarted node reads the sizes back; a full budget refuses before building
+        again = PyEnvs(root, env=child_env(), node=NODE, max_bytes=size(b))
+        assert await again.acquire("b2", sys.executable, version, ["humanize==4.8.0"]) == b
+        with pytest.raises(errors.ResourceExhausted) as ei:
+            await again.acquire("c", sys.executable, version, ["humanize==4.7.0"])
+        assert again.builds == 0 and ei.value.details["limit"] == "envs_max_mb"
+        assert os.listdir(root) == [b]
 
     run(main())

@@ -19,6 +19,14 @@ it leaves are removed when the next runtime starts). It is made with umask
 When no prepared function uses an environment any longer, the time is noted
 in its :data:`LAST_USE` file; :meth:`PyEnvs.collect` removes those unused for
 longer than ``ttl``.
+
+The environments together stay within ``max_bytes`` of disk (each one's size
+is summed once, when it is sealed, and kept in its :data:`ABOUT` file): a
+build that would pass it first removes unused environments, least recently
+used first, and is refused RESOURCE_EXHAUSTED when what is in use leaves no
+room, before it starts if the budget is already full, else once its size is
+known (the new environment is then removed). A tenant deploying one
+requirement set after another cannot fill the node's disk this way.
 """
 
 from __future__ import annotations
@@ -83,18 +91,22 @@ def _kill_group(proc: subprocess.Popen) -> None:
         pass
 
 
-def _seal(root: str) -> None:
+def _seal(root: str) -> int:
     """Make everything under ``root`` readable and not writable by others:
     directories 0755, files 0644 (0755 if executable). An installer may leave
-    a world-writable file (uv's ``.lock``), the Spearlet's umask private ones."""
+    a world-writable file (uv's ``.lock``), the Spearlet's umask private ones.
+    Returns the disk space it all takes, in bytes."""
+    used = 0
     for top, dirs, files in os.walk(root):
         for path in [top, *(os.path.join(top, f) for f in files)]:
             st = os.lstat(path)
+            used += st.st_blocks * 512
             if stat.S_ISLNK(st.st_mode):
                 continue
             want = 0o755 if stat.S_ISDIR(st.st_mode) or st.st_mode & 0o100 else 0o644
             if stat.S_IMODE(st.st_mode) != want:
                 os.chmod(path, want)
+    return used
 
 
 class PyEnvs:
@@ -103,12 +115,13 @@ class PyEnvs:
     ``installer``: ``"auto"`` (uv if found, else pip), ``"uv"`` or ``"pip"``.
     ``index_url``: the package index ("" = the installer's default).
     ``timeout``: seconds a build may take. ``ttl``: seconds an unused
-    environment is kept. ``env``: the environment of the installer's process
-    (the node's own: proxies, certificates). ``node``: named in errors.
+    environment is kept. ``max_bytes``: the disk all environments may take
+    together. ``env``: the environment of the installer's process (the
+    node's own: proxies, certificates). ``node``: named in errors.
     """
 
     def __init__(self, root: str, *, installer: str = "auto", index_url: str = "",
-                 timeout: float = 600.0, ttl: float = 86400.0,
+                 timeout: float = 600.0, ttl: float = 86400.0, max_bytes: int = 20 << 30,
                  env: dict[str, str] | None = None, node: str = "") -> None:
         if installer not in ("auto", "uv", "pip"):
             raise ValueError(f"installer must be 'auto', 'uv' or 'pip', not {installer!r}")
@@ -117,6 +130,8 @@ class PyEnvs:
         self.index_url = index_url
         self.timeout = timeout
         self.ttl = ttl
+        self.max_bytes = max_bytes
+        self._sizes: dict[str, int] | None = None  # key -> bytes, read from disk once
         self.env = dict(env if env is not None else {"PATH": "/usr/local/bin:/usr/bin:/bin"})
         self.node = node
         #: environments built by this runtime (tests count them)
@@ -148,7 +163,14 @@ class PyEnvs:
         try:
             async with self._locks.setdefault(key, asyncio.Lock()):
                 if not os.path.isdir(os.path.join(self.root, key)):
-                    await self._build(name, key, interpreter, version, requirements)
+                    self._make_room(name, key, 0)
+                    size = await self._build(name, key, interpreter, version, requirements)
+                    self._sizes_now()[key] = size
+                    try:
+                        self._make_room(name, key, size)
+                    except errors.ResourceExhausted:
+                        self._remove(key)
+                        raise
             self._touch(key)
         except BaseException:
             self.release(key)
@@ -201,14 +223,80 @@ class PyEnvs:
             except OSError:
                 last = 0.0
             if now - last > self.ttl:
-                # out of the way first, so a prepare never finds half of it
-                trash = tempfile.mkdtemp(prefix=_BUILD + "gc-", dir=self.root)
-                os.rename(path, os.path.join(trash, key))
-                shutil.rmtree(trash, ignore_errors=True)
-                self._locks.pop(key, None)
+                self._remove(key)
                 removed.append(key)
                 log.info("removed Python environment %s (unused for over %gs)", key, self.ttl)
         return removed
+
+    def _remove(self, key: str) -> None:
+        """Remove environment ``key``: out of the way first, so a prepare never finds half of it."""
+        trash = tempfile.mkdtemp(prefix=_BUILD + "gc-", dir=self.root)
+        try:
+            os.rename(os.path.join(self.root, key), os.path.join(trash, key))
+        except FileNotFoundError:
+            pass  # gone already
+        shutil.rmtree(trash, ignore_errors=True)
+        self._locks.pop(key, None)
+        if self._sizes is not None:
+            self._sizes.pop(key, None)
+
+    # -- the disk budget
+    def _sizes_now(self) -> dict[str, int]:
+        """Each environment's size (read from their :data:`ABOUT` files once)."""
+        if self._sizes is None:
+            sizes = {}
+            try:
+                names = os.listdir(self.root)
+            except OSError:
+                names = []
+            for key in names:
+                if key.startswith("."):
+                    continue
+                try:
+                    with open(os.path.join(self.root, key, ABOUT)) as f:
+                        sizes[key] = int(json.load(f).get("bytes", 0))
+                except (OSError, ValueError, TypeError, AttributeError):
+                    sizes[key] = 0  # built before sizes were kept: counted from its next build
+            self._sizes = sizes
+        return self._sizes
+
+    def _make_room(self, name: str, key: str, size: int) -> None:
+        """Keep all environments (``key``'s ``size`` included) within ``max_bytes``:
+        remove unused ones, least recently used first, else RESOURCE_EXHAUSTED."""
+        sizes = self._sizes_now()
+        used = sum(sizes.values()) - sizes.get(key, 0) + size
+
+        def full() -> bool:  # before a build: no room at all; after: over the budget
+            return used > self.max_bytes if size else used >= self.max_bytes
+
+        if not full():
+            return
+        unused = []
+        for other in sizes:
+            lock = self._locks.get(other)
+            if other == key or other in self._users or (lock is not None and lock.locked()):
+                continue
+            try:
+                last = os.stat(os.path.join(self.root, other, LAST_USE)).st_mtime
+            except OSError:
+                last = 0.0
+            unused.append((last, other))
+        for _, other in sorted(unused):
+            if not full():
+                break
+            used -= sizes.get(other, 0)
+            self._remove(other)
+            log.info("removed the unused Python environment %s to make room for %s "
+                     "([runtimes.process] envs_max_mb)", other, name)
+        if full():
+            mb = 1 << 20
+            raise errors.ResourceExhausted(
+                f"{name}: no room for its Python environment on node {self.node or '?'}: "
+                + (f"it takes {size / mb:.1f} MB, and " if size else "")
+                + f"the environments in use take {(used - size) / mb:.1f} MB of the "
+                f"{self.max_bytes / mb:.0f} MB allowed ([runtimes.process] envs_max_mb)",
+                details={"limit": "envs_max_mb", "used": used - size, "size": size,
+                         "max": self.max_bytes})
 
     # -- building
     def _tool(self) -> str:
@@ -223,8 +311,9 @@ class PyEnvs:
         return ""
 
     async def _build(self, name: str, key: str, interpreter: str, version: tuple[int, int],
-                     requirements: list[str]) -> None:
-        """Build environment ``key`` in a temporary directory, then rename it into place."""
+                     requirements: list[str]) -> int:
+        """Build environment ``key`` in a temporary directory, then rename it into place;
+        returns its size in bytes."""
         make_dirs(self.root)  # 0755 whatever the umask: the sandbox user goes through
         tmp = tempfile.mkdtemp(prefix=f"{_BUILD}{key}-", dir=self.root)
         t0 = time.monotonic()
@@ -241,16 +330,18 @@ class PyEnvs:
             final = os.path.join(self.root, key)
             for argv in self._commands(uv, interpreter, env_dir, reqs, bool(requirements)):
                 await self._run(name, requirements, argv, deadline, (env_dir, final))
+            size = await asyncio.to_thread(_seal, env_dir)
             with open(os.path.join(env_dir, ABOUT), "w") as f:
                 json.dump({"python": "%d.%d" % version, "requirements": sorted(requirements),
-                           "built": time.time()}, f)
-            await asyncio.to_thread(_seal, env_dir)
+                           "built": time.time(), "bytes": size}, f)
+            os.chmod(os.path.join(env_dir, ABOUT), 0o644)
             os.rename(env_dir, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         self.builds += 1
-        log.info("built the Python environment %s of %s: %d package(s) in %.1fs",
-                 key, name, len(requirements), time.monotonic() - t0)
+        log.info("built the Python environment %s of %s: %d package(s), %.1f MB, in %.1fs",
+                 key, name, len(requirements), size / (1 << 20), time.monotonic() - t0)
+        return size
 
     def _commands(self, uv: str, interpreter: str, env_dir: str, reqs: str,
                   install: bool) -> list[list[str]]:
