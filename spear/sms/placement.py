@@ -206,8 +206,8 @@ class Placement(ExecutionRecords):
         exit code, timings, usage), taken into the record in the same copy."""
         self._unassign(ex)
         if result is not None:
-            if status == "succeeded":
-                self._learn(ex, result)
+            if status == "succeeded" and self.s.placement != "baseline":
+                self._learn(ex, result)  # nothing reads the models under the baseline
             ex.info = msgspec.structs.replace(
                 ex.info, node_id=node, error=result.error, exit_code=result.exit_code,
                 timings=result.timings, usage=result.usage, cold=result.cold, status=status,

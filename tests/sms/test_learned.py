@@ -199,12 +199,21 @@ def _policy_harness(placement: str, memory_mb: int = 512, nodes: int = 1) -> Har
     return h
 
 
-def test_results_feed_the_models_and_redeploy_forgets():
-    h = _policy_harness("baseline")
+@pytest.mark.parametrize("policy", ["finish", "pack"])
+def test_results_feed_the_models_and_redeploy_forgets(policy):
+    h = _policy_harness(policy)
     _train(h, 5, run=0.2, peak=3 * MiB)
     p = h.core.tasks.models.predict("f", 2)
     assert p.duration_s == pytest.approx(0.2) and p.memory == int(3 * MiB * 1.25)
     h.deploy("f", limits=P.Limits(memory_mb=256))
+    assert h.core.tasks.models.predict("f", 2) is None
+
+
+def test_the_baseline_learns_nothing():
+    # nothing reads the models under the baseline: learning would only cost each result
+    h = _policy_harness("baseline")
+    _train(h, 5, run=0.2, peak=3 * MiB)
+    assert not h.core.tasks.models.fallbacks  # never asked either
     assert h.core.tasks.models.predict("f", 2) is None
 
 
