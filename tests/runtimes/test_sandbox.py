@@ -481,6 +481,32 @@ def test_pooled_workers_are_reused_under_the_sandbox(shared, listener):
     run(main())
 
 
+def test_a_function_cannot_read_another_functions_worker(shared):
+    # both run as nobody: without more, one reads the other's environment (its
+    # secrets), memory map and descriptors through /proc
+    async def main():
+        rt = ProcessRuntime(host_paths=TMP)
+        victim = await start(rt, handler("sandboxhandlers:whoami", shared,
+                                         env={"API_TOKEN": "s3cr3t"}))
+        thief = await start(rt, handler("sandboxhandlers:peek", shared))
+        try:
+            await rt.invoke(victim, b"", [], Limits())
+            seen = json.loads((await rt.invoke(thief, str(victim.handle.pid).encode(), [],
+                                               Limits())).output)
+            mine = json.loads((await rt.invoke(thief, str(thief.handle.pid).encode(), [],
+                                               Limits())).output)
+        finally:
+            await rt.close()
+        return seen, mine
+
+    seen, mine = run(main())
+    assert seen == {"environ": "PermissionError", "maps": "PermissionError",
+                    "fd": "PermissionError"}, seen
+    # its own map and descriptors it still reads (its /proc/self/environ is root's now:
+    # os.environ is where a handler reads its variables)
+    assert mine["maps"] > 0 and mine["fd"] > 0, mine
+
+
 def test_nothing_is_left_behind(shared, no_leftovers):
     before = no_leftovers
 

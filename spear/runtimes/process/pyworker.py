@@ -305,6 +305,26 @@ def serve(fn, proto_in: int, proto_out: int, region: int = -1, region_size: int 
             _send(proto_out, status, out)
 
 
+#: prctl(2) option: whether the process may be dumped, traced or read through /proc by others
+PR_SET_DUMPABLE = 4
+#: set to "1" by the runtime when functions run as another user than the Spearlet
+PRIVATE_VAR = "SPEAR_WORKER_PRIVATE"
+
+
+def _private() -> bool:
+    """Make this worker non-dumpable: its ``/proc/<pid>`` entries then belong to
+    root, so another function running as the same sandbox user can neither read
+    its environment (the function's variables, secrets included), memory map,
+    memory or descriptors (its payload region), nor ptrace it. Its own
+    ``/proc/self`` stays its own. Returns whether the kernel took it."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == 0
+    except (ImportError, OSError, AttributeError):
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     """Load the handler named in ``argv`` and serve it until the runtime closes fd 3."""
     argv = sys.argv[1:] if argv is None else argv
@@ -316,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     here = os.path.dirname(os.path.abspath(__file__))
     if sys.path and os.path.abspath(sys.path[0] or ".") == here:
         sys.path[0] = os.getcwd()
+    if os.environ.pop(PRIVATE_VAR, "") == "1":  # set when functions run as another user
+        _private()  # before the handler's code runs and before the region is opened
     proto_in, proto_out = _isolate_protocol_fds()
     try:
         fn = load(argv[0])

@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 
 #: The Python handler worker, run by path so that it never imports Spear.
 PYWORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pyworker.py")
+#: tells Spear's Python worker to make itself non-dumpable (it drops the variable)
+PRIVATE_VAR = "SPEAR_WORKER_PRIVATE"
 #: Version of the framed worker protocol, given to workers in SPEAR_WORKER_PROTOCOL.
 #: 2: requests on fd 3, replies on fd 4; stdin is /dev/null, stdout a log stream.
 WORKER_PROTOCOL = 2
@@ -151,6 +153,11 @@ class Planner:
         env["SPEAR_FUNCTION"] = spec.name
         if pooled:
             env["SPEAR_WORKER_PROTOCOL"] = str(WORKER_PROTOCOL)
+        if spec.handler.strip() and self.sandbox.user is not None:
+            # functions run as another user than the Spearlet: Spear's Python worker makes
+            # itself non-dumpable, out of the other functions' reach (the Spearlet, root,
+            # still reads its memory figures); see pyworker._private
+            env[PRIVATE_VAR] = "1"
         return env
 
     def _code_dir(self, spec: FunctionSpec, code_dir: str) -> str:

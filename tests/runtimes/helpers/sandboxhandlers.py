@@ -36,3 +36,19 @@ def touch(data: bytes) -> dict:
 def sleep(data: bytes) -> str:
     time.sleep(float(data or b"30"))
     return "slept"
+
+
+def peek(data: bytes) -> dict:
+    """What this function can read of process ``data`` (a pid) through /proc."""
+    out = {}
+    for name in ("environ", "maps", "fd"):
+        path = f"/proc/{int(data)}/{name}"
+        try:
+            if name == "fd":
+                out[name] = len(os.listdir(path))
+            else:
+                with open(path, "rb") as f:
+                    out[name] = len(f.read())
+        except OSError as exc:
+            out[name] = type(exc).__name__
+    return out
