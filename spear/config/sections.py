@@ -144,7 +144,7 @@ class ProcessConfig(_Section, frozen=True):
     #: where code bundles are unpacked and Python environments built; "" = a
     #: root-owned /var/cache/spear/<12 hex of the data dir's hash> when functions
     #: run as another user, else <data>/cache (the sandbox user must reach it)
-    cache_dir: str = ""
+    cache_dir: Annotated[str, Meta(pattern=r"^(/.*)?\Z")] = ""  # absolute, or ""
     #: what builds the environments of Python handlers: "auto" (uv if installed, else pip)
     installer: Literal["auto", "uv", "pip"] = "auto"
     #: package index of those builds ("" = the installer's default, PyPI)

@@ -251,6 +251,24 @@ def test_the_granted_directory_is_the_one_checked_at_deploy(host):
     in_process(host, body)
 
 
+def test_a_process_functions_scratch_directory_is_never_granted(host):
+    # a wasm function runs inside the Spearlet: with a grant of another function's
+    # scratch directory (its cwd, first on its sys.path) it could plant code there
+    async def body(fs):
+        await fs.deploy(P.FunctionSpec(name="py", runtime="process", command=["cat"]))
+        d = fs.get("py")
+        inst = await d.runtime.create_instance(d.prepared)
+        try:
+            scratch = Path(inst.handle.tmpdir)
+            assert scratch.is_relative_to(host.cache)  # not the system's temporary directory
+            e = await refused(fs, wasm(f"dir:{scratch}:/d:ro"))
+            assert "code cache" in e.message
+        finally:
+            await d.runtime.destroy(inst)
+
+    in_process(host, body)
+
+
 # ------------------------------------------------------- a real Spearlet
 
 

@@ -50,6 +50,7 @@ def write_owner(root: str, data_dir: str) -> None:
 
 def make_dirs(path: str) -> None:
     """``os.makedirs(path)`` with every directory it makes 0755, whatever the umask."""
+    path = os.path.abspath(path)
     if os.path.isdir(path):
         return
     make_dirs(os.path.dirname(path))

@@ -12,7 +12,6 @@ SIGKILLed Spearlet left running is recorded in ``state_dir`` and ended by
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 import re
@@ -127,11 +126,15 @@ class ProcessRuntime(Runtime):
         if cache_dir is None and data_dir is not None:
             cache_dir = default_cache_dir(data_dir, self.sandbox.user is not None)
             self._owner = os.path.realpath(data_dir)
-        self.cache_dir = os.fspath(cache_dir) if cache_dir is not None else None
-        self._forbid = functools.partial(self.planner.host_paths.forbid, what=CACHE_WHAT)
-        if self.cache_dir is not None:
-            self._forbid(self.cache_dir)
-        self._cache_temp = False
+        self._cache_temp = cache_dir is None
+        if cache_dir is None:  # made now, so no grant made before it can hold it
+            cache_dir = tempfile.mkdtemp(prefix="spear-cache-")
+            os.chmod(cache_dir, 0o755)
+        self.cache_dir: str | None = os.path.abspath(cache_dir)
+        # never granted: every tenant's code and environments, the instances' scratch
+        # directories and the copy of pyworker.py (all under it, see _scratch)
+        self.planner.host_paths.forbid(self.cache_dir, CACHE_WHAT)
+        self.planner.scratch = self._scratch
         self._code: CodeCache | None = None
         self._envs: PyEnvs | None = None
         u = self.sandbox.user
@@ -234,10 +237,7 @@ class ProcessRuntime(Runtime):
         if self._code is None:
             root = self.cache_dir
             if root is None:
-                root = self.cache_dir = tempfile.mkdtemp(prefix="spear-cache-")
-                os.chmod(root, 0o755)
-                self._forbid(root)
-                self._cache_temp = True
+                raise errors.Unavailable("the process runtime is closed")
             make_dirs(os.path.join(root, "code"))
             make_dirs(os.path.join(root, "envs"))
             if self._owner:
@@ -251,6 +251,18 @@ class ProcessRuntime(Runtime):
             self._code = CodeCache(os.path.join(root, "code"))
             self._envs = PyEnvs(os.path.join(root, "envs"), **self._env_options)
         return self._code, self._envs
+
+    def _scratch(self) -> str:
+        """``<cache_dir>/run`` (0711): where the instances' working directories and the
+        copy of pyworker.py are made, out of every grant's reach (the cache is never
+        granted) and not listable by the sandbox user."""
+        if self.cache_dir is None:
+            raise errors.Unavailable("the process runtime is closed")
+        run = os.path.join(self.cache_dir, "run")
+        if not os.path.isdir(run):
+            make_dirs(run)
+            os.chmod(run, 0o711)
+        return run
 
     async def release(self, prepared: Prepared) -> None:
         plan = prepared.handle
@@ -280,7 +292,7 @@ class ProcessRuntime(Runtime):
         tmpdir = None
         cwd = plan.workdir
         if not cwd:
-            tmpdir = cwd = tempfile.mkdtemp(prefix=f"spear-{spec.name}-")
+            tmpdir = cwd = tempfile.mkdtemp(prefix=f"spear-{spec.name}-", dir=self._scratch())
             user = self.sandbox.user
             if user is not None:  # mode 0700: the function's own, nobody else's
                 try:
@@ -380,6 +392,8 @@ class ProcessRuntime(Runtime):
         if self._cache_temp:
             rmtree(self.cache_dir)
             self.cache_dir, self._code, self._envs, self._cache_temp = None, None, None, False
+        elif self.cache_dir is not None:
+            rmtree(os.path.join(self.cache_dir, "run"))  # only scratch: the next start makes it
         host, self._host_ = self._host_, None
         if host is not None:
             await close_host(host)

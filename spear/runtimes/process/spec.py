@@ -33,6 +33,7 @@ import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
+from typing import Callable
 
 from ... import errors
 from ...protocol import FunctionSpec, Limits
@@ -98,6 +99,9 @@ class Planner:
         self._handler_python: str | None = None
         self._pyworker: str | None = None
         self._pyworker_copy: str | None = None  # a readable copy we made, removed at close
+        #: where scratch directories go (the runtime's, out of every grant's reach);
+        #: None: the system's temporary directory
+        self.scratch: Callable[[], str] | None = None
 
     async def plan(self, spec: FunctionSpec, code_dir: str = "",
                    interpreter: str = "") -> tuple[Plan, str]:
@@ -269,7 +273,8 @@ class Planner:
         if denied(PYWORKER, user, read=True) is None:
             self._pyworker = PYWORKER
             return PYWORKER
-        copy_dir = tempfile.mkdtemp(prefix="spear-pyworker-")
+        copy_dir = tempfile.mkdtemp(prefix="spear-pyworker-",
+                                    dir=self.scratch() if self.scratch is not None else None)
         try:
             os.chmod(copy_dir, 0o755)
             target = os.path.join(copy_dir, "pyworker.py")
