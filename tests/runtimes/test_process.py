@@ -616,6 +616,27 @@ def test_a_handlers_child_processes_see_the_calls_trace_context():
     assert run(main()) == [f"{tp}|k=v".encode(), b"|", f"{tp[:-1]}0|".encode()]
 
 
+def test_each_call_sees_its_trace_context_whatever_the_last_handler_did_with_it():
+    def tp(i: int) -> str:
+        return f"00-{i:032x}-00f067aa0ba902b7-01"
+
+    async def main():
+        rt = ProcessRuntime(host_paths=EXAMPLES_ROOT)
+        worker = await start(rt, handler_spec("testhandlers:meddle"))
+        seen = []
+        for i, (act, state) in enumerate([("set", ""), ("", ""), ("unset", ""), ("", ""),
+                                          ("del-state", "k=v"), ("", "k=v")], 1):
+            out = await rt.invoke(worker, act.encode(), [], Limits(), traceparent=tp(i),
+                                  tracestate=state)
+            seen.append(json.loads(out.output))
+        await rt.close()
+        return seen
+
+    seen = run(main())
+    for i, (got, state) in enumerate(zip(seen, ["", "", "", "", "k=v", "k=v"]), 1):
+        assert got == {"env": [tp(i), state or None], "child": f"{tp(i)}|{state}"}, (i, got)
+
+
 def test_a_pooled_worker_does_not_grow_with_each_calls_trace_context():
     # every call carries a new TRACEPARENT; setting it through setenv() keeps every
     # old value (glibc never frees them): ~100 bytes per call, forever

@@ -109,13 +109,17 @@ class CallEnv:
     bytes per call for as long as it lives. Instead each variable lives in one
     buffer of this object, handed to ``putenv()`` (which keeps the pointer, no
     copy) and rewritten in place for the next call; a longer value gets a
-    bigger buffer. Where ``ctypes`` or ``putenv`` is missing, ``os.environ``
-    is used as is.
+    bigger buffer (capacity doubling, so a few at most). No buffer is ever
+    freed: another thread may be reading the environment. Every call checks
+    that the environment still holds the buffer (the handler may have set or
+    removed the variable itself) and puts it back if not. Where ``ctypes`` or
+    ``putenv`` is missing, ``os.environ`` is used as is.
     """
 
     def __init__(self) -> None:
         self.current: dict[str, str] = {}  # what the last call set
-        self._bufs: dict[str, object] = {}  # key -> its "KEY=value" buffer, in the environment
+        self._bufs: dict[str, object] = {}  # key -> its "KEY=value" buffer
+        self._outgrown: list[object] = []  # replaced by bigger ones; kept, never freed
         self._libc = None
         try:
             import ctypes
@@ -123,6 +127,8 @@ class CallEnv:
             libc = ctypes.CDLL(None, use_errno=True)
             libc.putenv.argtypes = [ctypes.c_void_p]
             libc.unsetenv.argtypes = [ctypes.c_char_p]
+            libc.getenv.argtypes = [ctypes.c_char_p]
+            libc.getenv.restype = ctypes.c_void_p
             data = os.environ._data  # noqa: SLF001 - the mapping os.environ reads from
             self._ctypes, self._libc, self._data = ctypes, libc, data
         except (ImportError, OSError, AttributeError):
@@ -130,36 +136,40 @@ class CallEnv:
 
     def apply(self, env: dict) -> None:
         """Make ``env`` this call's variables: set them, unset the last call's others."""
-        for key in self.current.keys() - env.keys():
-            self._unset(key)
-        for key, value in env.items():
-            if self.current.get(key) != value:
-                self._set(key, value)
-        self.current = env
+        try:
+            for key in self.current.keys() - env.keys():
+                self._unset(key)
+            for key, value in env.items():
+                self._set(key, value)  # every time: the handler may have changed it since
+        finally:
+            self.current = env
 
     def _set(self, key: str, value: str) -> None:
         if self._libc is None or not key or "=" in key or "\0" in key or "\0" in value:
             os.environ[key] = value
             return
+        c = self._ctypes
         k, v = os.environ.encodekey(key), os.environ.encodevalue(value)
         buf = self._bufs.get(key)
         if buf is None or len(buf) < len(k) + len(v) + 2:
-            buf = self._ctypes.create_string_buffer(k + b"=" + v, len(k) + 2 * len(v) + 2)
-            if self._libc.putenv(self._ctypes.addressof(buf)) != 0:
+            if buf is not None:
+                self._outgrown.append(buf)
+            buf = self._bufs[key] = c.create_string_buffer(k + b"=" + v, len(k) + 2 * len(v) + 2)
+        else:  # the value after "KEY=", NUL-terminated
+            c.memmove(c.addressof(buf) + len(k) + 1, v + b"\0", len(v) + 1)
+        if self._libc.getenv(k) != c.addressof(buf) + len(k) + 1:  # not (or no longer) ours
+            if self._libc.putenv(c.addressof(buf)) != 0:
                 os.environ[key] = value
                 return
-            self._bufs[key] = buf  # the one before it is no longer in the environment
-        else:  # the value after "KEY=", NUL-terminated
-            self._ctypes.memmove(self._ctypes.addressof(buf) + len(k) + 1, v + b"\0", len(v) + 1)
         self._data[k] = v
 
     def _unset(self, key: str) -> None:
-        if key in self._bufs:
-            self._libc.unsetenv(os.environ.encodekey(key))
-            del self._bufs[key]  # out of the environment: its buffer may go
-            self._data.pop(os.environ.encodekey(key), None)
-        else:
+        if self._libc is None or key not in self._bufs:
             os.environ.pop(key, None)
+            return
+        k = os.environ.encodekey(key)
+        self._libc.unsetenv(k)  # its buffer stays ours, for the next call that sets it
+        self._data.pop(k, None)
 
 
 def _describe(exc: BaseException) -> bytes:

@@ -104,3 +104,20 @@ def rss(data: bytes) -> int:
     """This worker's resident memory in bytes."""
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def meddle(data: bytes) -> dict:
+    """Report the call's trace variables (os.environ, a child's), then change them as
+    ``data`` says: ``set``, ``unset`` (os.unsetenv) or ``del-state``."""
+    import subprocess
+
+    seen = {"env": [os.environ.get("TRACEPARENT"), os.environ.get("TRACESTATE")],
+            "child": subprocess.run(["sh", "-c", 'printf "%s|%s" "$TRACEPARENT" "$TRACESTATE"'],
+                                    capture_output=True, check=True).stdout.decode()}
+    if data == b"set":
+        os.environ["TRACEPARENT"] = "set-by-the-handler"
+    elif data == b"unset":
+        os.unsetenv("TRACEPARENT")
+    elif data == b"del-state":
+        del os.environ["TRACESTATE"]
+    return seen
