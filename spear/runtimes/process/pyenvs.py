@@ -43,6 +43,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 from ... import errors
@@ -91,6 +92,18 @@ def _kill_group(proc: subprocess.Popen) -> None:
         pass
 
 
+def _disk_use(root: str) -> int:
+    """The disk space everything under ``root`` takes, in bytes."""
+    used = 0
+    for top, _dirs, files in os.walk(root):
+        for path in [top, *(os.path.join(top, f) for f in files)]:
+            try:
+                used += os.lstat(path).st_blocks * 512
+            except OSError:
+                pass
+    return used
+
+
 def _seal(root: str) -> int:
     """Make everything under ``root`` readable and not writable by others:
     directories 0755, files 0644 (0755 if executable). An installer may leave
@@ -132,6 +145,8 @@ class PyEnvs:
         self.ttl = ttl
         self.max_bytes = max_bytes
         self._sizes: dict[str, int] | None = None  # key -> bytes, read from disk once
+        self._refused: dict[str, int] = {}  # key -> the size of its build the budget refused
+        self._one_build = asyncio.Semaphore(1)
         self.env = dict(env if env is not None else {"PATH": "/usr/local/bin:/usr/bin:/bin"})
         self.node = node
         #: environments built by this runtime (tests count them)
@@ -163,19 +178,31 @@ class PyEnvs:
         try:
             async with self._locks.setdefault(key, asyncio.Lock()):
                 if not os.path.isdir(os.path.join(self.root, key)):
-                    self._make_room(name, key, 0)
-                    size = await self._build(name, key, interpreter, version, requirements)
-                    self._sizes_now()[key] = size
-                    try:
-                        self._make_room(name, key, size)
-                    except errors.ResourceExhausted:
-                        self._remove(key)
-                        raise
+                    async with self._one_build:  # so the budget sees every other build done
+                        await self._build_within_budget(name, key, interpreter, version,
+                                                        requirements)
             self._touch(key)
         except BaseException:
             self.release(key)
             raise
         return key
+
+    async def _build_within_budget(self, name: str, key: str, interpreter: str,
+                                   version: tuple[int, int], requirements: list[str]) -> None:
+        """Build ``key`` if the budget has room for it (its size, when an earlier build
+        of it was refused, else any room at all), then keep it only if it fits."""
+        if self._sizes is None:
+            self._sizes = await asyncio.to_thread(self._read_sizes)
+        self._make_room(name, key, self._refused.get(key, 0), before=True)
+        size = await self._build(name, key, interpreter, version, requirements)
+        self._sizes[key] = size
+        try:
+            self._make_room(name, key, size)
+        except errors.ResourceExhausted:
+            self._refused[key] = size  # the next deploy of it is refused without a build
+            self._remove(key)
+            raise
+        self._refused.pop(key, None)
 
     def release(self, key: str) -> None:
         """One prepared function no longer uses environment ``key``."""
@@ -229,45 +256,49 @@ class PyEnvs:
         return removed
 
     def _remove(self, key: str) -> None:
-        """Remove environment ``key``: out of the way first, so a prepare never finds half of it."""
+        """Remove environment ``key``: out of the way first (a prepare never finds half
+        of it), then deleted by a thread (gigabytes of files must not stall the loop)."""
         trash = tempfile.mkdtemp(prefix=_BUILD + "gc-", dir=self.root)
         try:
             os.rename(os.path.join(self.root, key), os.path.join(trash, key))
         except FileNotFoundError:
             pass  # gone already
-        shutil.rmtree(trash, ignore_errors=True)
-        self._locks.pop(key, None)
+        threading.Thread(target=shutil.rmtree, args=(trash, True), daemon=True,
+                         name="spear-env-rm").start()
+        lock = self._locks.get(key)
+        if lock is not None and not lock.locked():
+            del self._locks[key]  # a held one stays: its waiters and the next deploy share it
         if self._sizes is not None:
             self._sizes.pop(key, None)
 
     # -- the disk budget
-    def _sizes_now(self) -> dict[str, int]:
-        """Each environment's size (read from their :data:`ABOUT` files once)."""
-        if self._sizes is None:
-            sizes = {}
+    def _read_sizes(self) -> dict[str, int]:
+        """Each environment's size: from its :data:`ABOUT` file, else (built before
+        sizes were kept) measured (run in a thread, once per start)."""
+        sizes = {}
+        try:
+            names = os.listdir(self.root)
+        except OSError:
+            names = []
+        for key in names:
+            if key.startswith("."):
+                continue
             try:
-                names = os.listdir(self.root)
-            except OSError:
-                names = []
-            for key in names:
-                if key.startswith("."):
-                    continue
-                try:
-                    with open(os.path.join(self.root, key, ABOUT)) as f:
-                        sizes[key] = int(json.load(f).get("bytes", 0))
-                except (OSError, ValueError, TypeError, AttributeError):
-                    sizes[key] = 0  # built before sizes were kept: counted from its next build
-            self._sizes = sizes
-        return self._sizes
+                with open(os.path.join(self.root, key, ABOUT)) as f:
+                    sizes[key] = int(json.load(f)["bytes"])
+            except (OSError, ValueError, TypeError, KeyError):
+                sizes[key] = _disk_use(os.path.join(self.root, key))
+        return sizes
 
-    def _make_room(self, name: str, key: str, size: int) -> None:
+    def _make_room(self, name: str, key: str, size: int, *, before: bool = False) -> None:
         """Keep all environments (``key``'s ``size`` included) within ``max_bytes``:
-        remove unused ones, least recently used first, else RESOURCE_EXHAUSTED."""
-        sizes = self._sizes_now()
+        remove unused ones, least recently used first, else RESOURCE_EXHAUSTED.
+        ``before`` a build: a full budget has no room even for an unknown size."""
+        sizes = self._sizes if self._sizes is not None else {}
         used = sum(sizes.values()) - sizes.get(key, 0) + size
 
-        def full() -> bool:  # before a build: no room at all; after: over the budget
-            return used > self.max_bytes if size else used >= self.max_bytes
+        def full() -> bool:
+            return used >= self.max_bytes if before and not size else used > self.max_bytes
 
         if not full():
             return
@@ -364,8 +395,10 @@ class PyEnvs:
                    deadline: float, where: tuple[str, str]) -> None:
         """Run one installer command until ``deadline``; a failure names the final
         place of the environment (``where``: (build dir, final dir)), not the build's."""
+        # no installer cache: it would keep every wheel ever installed outside the budget
         env = {**self.env, "UV_LINK_MODE": "copy", "UV_PYTHON_DOWNLOADS": "never",
-               "UV_NO_PROGRESS": "1", "PIP_NO_INPUT": "1"}
+               "UV_NO_PROGRESS": "1", "PIP_NO_INPUT": "1", "UV_NO_CACHE": "1",
+               "PIP_NO_CACHE_DIR": "1"}
         # subprocess.Popen, not the loop's: uvloop cannot set a child's umask.
         # cwd: not the Spearlet's, so that no project file there steers the installer
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
