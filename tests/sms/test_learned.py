@@ -454,3 +454,51 @@ def test_finish_sends_each_function_to_the_type_it_runs_faster_on():
             (d,) = invoke(fn)
             assert d.ident == fast
             _finish(h, d.msg, d.ident, run=1.0, peak=MiB)
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+import spear.fast as fast  # noqa: E402
+
+_KINDS = ("a", "b", "c", "d")
+
+
+@settings(max_examples=100, deadline=None)
+@given(steps=st.lists(st.one_of(
+    st.tuples(st.just("node"), st.integers(0, 11), st.sampled_from(_KINDS)),
+    st.tuples(st.just("pooled"), st.dictionaries(st.sampled_from(_KINDS),
+                                                 st.floats(0.125, 8.0))),
+    st.tuples(st.just("own"), st.dictionaries(st.sampled_from(_KINDS),
+                                              st.floats(0.125, 8.0)))), max_size=30))
+def test_a_function_column_is_always_its_factors_over_the_pooled_ones(steps):
+    """Whatever joins, changes type or moves in between, the cached column is the
+    function's factor where it has one, else the pooled one; and the compiled
+    kernel and its twin pick the same nodes with it."""
+    from spear.sms.scheduler import FINISH, NodeTable
+
+    table = NodeTable()
+    pooled: dict[str, float] = {}
+    own: dict[str, float] = {}
+    version = 0
+    for step in steps + [("own", {"a": 2.0})]:
+        if step[0] == "node":
+            table.upsert(P.NodeInfo(node_id=f"n{step[1]}", state="ready", runtimes=["process"],
+                                    labels={"type": step[2]},
+                                    capacity=Capacity(cores=4.0, memory=1 << 30)))
+        elif step[0] == "pooled":
+            pooled = step[1]
+            version += 1
+            table.set_speeds(pooled, version)
+        else:
+            own = step[1]
+            version += 1
+        col = table.function_speed("f", (version, own) if own else None)
+        want = [own.get(t, pooled.get(t, 1.0)) for t in table.type_of]
+        assert list(col) == want
+    if fast.compiled_scheduler is not None and len(table):
+        args = (table.free_cpu, table.free_mem, table.cap_cpu, table.cap_mem, table.load,
+                table.ready, bytearray(len(table.ready)), table.penalty, 1.0, 1 << 20, 3,
+                FINISH, 1.0, 0.5, col, 1.0)
+        assert (fast.compiled_scheduler.pick_nodes(*args)
+                == fast.py_scheduler.pick_nodes(*args))
