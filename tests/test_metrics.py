@@ -451,6 +451,9 @@ def test_sms_queue_executions_and_nodes():
     assert value(reg, "spear_sms_model_fallbacks_total", reason="history") == 0
     core.tasks.models.predict("f", 0)  # (what a learned policy asks at dispatch)
     assert value(reg, "spear_sms_model_fallbacks_total", reason="history") == 1
+    assert value(reg, "spear_sms_model_fallbacks_total", reason="function_node_type") == 0
+    core.tasks.models.fallbacks["function_node_type"] += 1  # (a pair's factor set aside)
+    assert value(reg, "spear_sms_model_fallbacks_total", reason="function_node_type") == 1
     assert value(reg, "spear_sms_cluster_reserved_cores") is not None
 
 

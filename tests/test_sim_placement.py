@@ -76,7 +76,8 @@ def test_node_types_tenants_and_inputs_reach_the_sms():
     w = jobs.sized(span=120.0)
     work = jobs.Work("sized", w.jobs, w.request_mb, w.span)
     assert any(j.size for j in work.jobs)
-    setup = placing.Setup(nodes=6, failures=0, seed=2)
+    # every function CPU-bound: the big boxes are slower for all (pooled, a clear factor)
+    setup = placing.Setup(nodes=6, failures=0, seed=2, memory_bound=0.0)
     sim = placing.PlacementSim(work, 0.8, setup, placing.POLICIES["finish"])
     r = placing.row("sized", "finish", 0.8, setup, sim.run())
     assert r["succeeded"] + r["failed"] == r["submitted"]
@@ -95,3 +96,37 @@ def test_a_run_repeats_with_its_seed():
     setup = placing.Setup(nodes=6, failures=1, seed=5)
     assert placing.simulate(work, "finish", 0.8, setup) == placing.simulate(
         work, "finish", 0.8, setup)
+
+
+def test_functions_are_cpu_or_memory_bound_and_node_types_slow_at_one():
+    """Half the functions (seeded per name) are memory-bound: slow on the medium
+    boxes, fine on the big ones; CPU-bound ones the other way round."""
+    work = _small()
+    setup = placing.Setup(nodes=6, failures=0, seed=3)
+    fns = sorted(work.request_mb)
+    mem = setup.memory_bound_functions(fns)
+    assert 0 < len(mem) < len(fns)
+    assert mem == setup.memory_bound_functions(reversed(fns))  # per name, not per order
+    assert placing.Setup(memory_bound=0.0).memory_bound_functions(fns) == set()
+    assert setup.slowness(1, 1.0) > setup.slowness(2, 1.0)  # medium: slow memory
+    assert setup.slowness(1, 0.0) < setup.slowness(2, 0.0)  # large: slow cores
+    sim = placing.PlacementSim(work, 0.8, setup, placing.POLICIES["learned"])
+    out = sim.run()
+    runs = {}  # what each (kind, size) was reported to take against its reference
+    for eid, job in sim.job_of.items():
+        ex = sim.core.tasks.execs.get(eid)
+        if ex is not None and ex.info.status == "succeeded":
+            size = int(ex.info.node_id[1:]) % 3
+            runs.setdefault((job.func in mem, size), []).append(ex.info.timings.run / job.run)
+    assert min(runs[(True, 1)]) >= 1.6 - 1e-9 and min(runs[(False, 2)]) >= 1.6 - 1e-9
+    assert min(runs[(True, 2)]) >= 1.0 - 1e-9 and min(runs[(False, 1)]) >= 1.0 - 1e-9
+    assert out.succeeded + out.failed == out.submitted and out.failed == out.failed_memory
+    models, table = sim.core.tasks.models, sim.core.table
+    medium, big = table.type_of[table.slot_of["n01"]], table.type_of[table.slot_of["n02"]]
+    learned = 0
+    for fn in fns:  # where a function has its own factors on both, they rank them right
+        own = models.function_factors(fn)
+        if own is not None and medium in own[1] and big in own[1]:
+            learned += 1
+            assert (own[1][medium] > own[1][big]) == (fn in mem), fn
+    assert learned >= 2

@@ -14,11 +14,17 @@ stops, and is reported gone (``Deregister``) ``detect_s`` after it fails;
 the SMS then retries its executions elsewhere.
 
 A simulated node runs whatever it is sent. Node types differ in size and
-in per-core speed (:data:`SLOWNESS`: the big 8-core boxes are cheap ones,
-1.6x slower per core). Some nodes share their cores with a background
-tenant (a batch job of another team) whose use changes every few minutes.
-An execution's run time is the call's reference run time, times its node
-type's slowness, times the processor sharing it meets when it starts:
+in what they are slow at, and functions in what they are bound by: each
+function is memory-bound with probability :attr:`Setup.memory_bound` (a
+draw seeded by the run's seed and the function's name), else CPU-bound.
+CPU-bound work runs 1.6x slower on the big 8-core boxes (cheap ones, slow
+per core: :data:`SLOWNESS`); memory-bound work runs 1.6x slower on the
+medium boxes (slow memory: :data:`MEMORY_SLOWNESS`) and at reference speed
+on the big ones (plenty of memory bandwidth per core). Some nodes share
+their cores with a background tenant (a batch job of another team) whose
+use changes every few minutes. An execution's run time is the call's
+reference run time, times its node type's slowness for its function's
+kind, times the processor sharing it meets when it starts:
 ``max(1, (executions running there + tenant's cores) / cores)`` (fixed at
 its start: a simplification of processor sharing). A cold start when the
 node holds no idle instance of the function (instances stay idle for
@@ -49,9 +55,14 @@ MiB = 1 << 20
 #: node sizes (cores, memory GiB), used in turn; their names label the nodes (``size``)
 SIZES = ((2, 4), (4, 8), (8, 24))
 SIZE_NAMES = ("small", "medium", "large")
-#: run time per core of each size against the reference (small and medium
-#: nodes are the reference; the large ones are cheap boxes, 1.6x slower per core)
+#: run time per core of each size against the reference for CPU-bound work
+#: (small and medium nodes are the reference; the large ones are cheap boxes,
+#: 1.6x slower per core)
 SLOWNESS = (1.0, 1.0, 1.6)
+#: the same for memory-bound work (the medium boxes have slow memory)
+MEMORY_SLOWNESS = (1.0, 1.6, 1.0)
+#: the probability that a function is memory-bound
+MEMORY_BOUND = 0.5
 #: a background tenant uses this fraction of its node's cores (uniform), for
 #: a phase of this many seconds (uniform), then draws again
 TENANT_USE = (0.0, 0.9)
@@ -76,6 +87,20 @@ class Setup:
     #: the fraction of nodes (drawn with the seed) that have a background tenant
     tenants: float = 1 / 3
     heartbeat_s: float = 2.0
+    #: the probability that a function is memory-bound (0: every function CPU-bound)
+    memory_bound: float = MEMORY_BOUND
+
+    def memory_bound_functions(self, functions) -> set[str]:
+        """Which of ``functions`` are memory-bound (seeded per name: the same
+        function is of the same kind whatever else the trace holds)."""
+        return {f for f in functions
+                if random.Random(f"{self.seed}:{f}").random() < self.memory_bound}
+
+    def slowness(self, i: int, memory_share: float) -> float:
+        """Node ``i``'s mean slowness on work of which ``memory_share`` (of its
+        reference run time) is memory-bound."""
+        k = i % len(SIZES)
+        return (1.0 - memory_share) * SLOWNESS[k] + memory_share * MEMORY_SLOWNESS[k]
 
     def capacity(self) -> list[tuple[int, int]]:
         """(cores, memory MiB) of each node."""
@@ -87,12 +112,13 @@ class Setup:
         rng = random.Random(self.seed * 7919 + 1)
         return set(rng.sample(range(self.nodes), round(self.tenants * self.nodes)))
 
-    def reference_cores(self) -> float:
+    def reference_cores(self, memory_share: float = 0.0) -> float:
         """The cluster's capacity in reference cores: each node's cores, less its
-        tenant's mean use, over its slowness (what ``--load`` is a fraction of)."""
+        tenant's mean use, over its mean slowness on work of which ``memory_share``
+        is memory-bound (what ``--load`` is a fraction of)."""
         mean = sum(TENANT_USE) / 2
         tenanted = self.tenanted()
-        return sum((c - (mean * c if i in tenanted else 0.0)) / SLOWNESS[i % len(SIZES)]
+        return sum((c - (mean * c if i in tenanted else 0.0)) / self.slowness(i, memory_share)
                    for i, (c, _) in enumerate(self.capacity()))
 
 
@@ -118,18 +144,19 @@ class Outcome:
 class _Node:
     """A simulated Spearlet: what runs there and its idle instances."""
 
-    def __init__(self, node_id: str, cores: int, mem_mb: int, slowness: float) -> None:
+    def __init__(self, node_id: str, cores: int, mem_mb: int,
+                 slowness: tuple[float, float], mean_slowness: float) -> None:
         self.id = node_id
         self.cores = cores
         self.mem_mb = mem_mb
-        self.slowness = slowness
+        self.slowness = slowness  # (CPU-bound, memory-bound) work
         self.used_mb = 0.0
         # eid -> (msg, start, peak, how many times its reference run it takes)
         self.running: dict[str, tuple[P.Dispatch, float, float, float]] = {}
         self.open: set[str] = set()  # dispatched here, result not sent yet
         self.idle: dict[str, list[float]] = {}  # function -> idle-since times
         self.tenant = 0.0  # cores the background tenant uses now
-        self.ref_cores = cores / slowness  # capacity in reference cores (less a tenant's mean)
+        self.ref_cores = cores / mean_slowness  # capacity in reference cores (less a tenant's mean)
         self.load1 = 0.0
         self.load_at = 0.0
         self.alive = True
@@ -181,10 +208,16 @@ class PlacementSim:
         cfg = SMSConfig(max_executions=10_000_000, cache_executions=10_000_000,
                         queue_timeout=3600.0, max_queue=10_000_000, **(sms or {}))
         self.core = SMSCore(cfg, now=0.0)
-        self.nodes = {f"n{i:02d}": _Node(f"n{i:02d}", c, m, SLOWNESS[i % len(SIZES)])
+        self.memory_bound = setup.memory_bound_functions(work.request_mb)
+        total = sum(j.run for j in work.jobs)
+        share = (sum(j.run for j in work.jobs if j.func in self.memory_bound) / total
+                 if total > 0 else 0.0)
+        self.nodes = {f"n{i:02d}": _Node(f"n{i:02d}", c, m, (SLOWNESS[i % len(SIZES)],
+                                         MEMORY_SLOWNESS[i % len(SIZES)]),
+                                         setup.slowness(i, share))
                       for i, (c, m) in enumerate(setup.capacity())}
         self.by_ident = {n.encode(): n for n in self.nodes}
-        self.factor = scale(work, load, setup.reference_cores())
+        self.factor = scale(work, load, setup.reference_cores(share))
         self.heap: list = []
         self.seq = 0
         self.rid = 0
@@ -199,7 +232,7 @@ class PlacementSim:
         self.tenanted = [self.nodes[f"n{i:02d}"] for i in sorted(setup.tenanted())]
         mean = sum(TENANT_USE) / 2
         for node in self.tenanted:
-            node.ref_cores = node.cores * (1.0 - mean) / node.slowness
+            node.ref_cores *= 1.0 - mean
 
     # ------------------------------------------------------------ the loop
 
@@ -341,8 +374,9 @@ class PlacementSim:
             return
         start = self.now + (self.setup.cold_s if cold else 0.0)
         node.update_load(self.now)
-        # its type's speed, and the cores it shares with the others there when it starts
-        slow = node.slowness * max(1.0, (len(node.running) + 1 + node.tenant) / node.cores)
+        # its type's speed for its kind of work, and the cores it shares with the
+        # others there when it starts
+        slow = node.slowness[msg.function in self.memory_bound] * max(1.0, (len(node.running) + 1 + node.tenant) / node.cores)
         node.used_mb += job.peak_mb
         node.running[msg.execution_id] = (msg, start, job.peak_mb, slow)
         self._at(start + job.run * slow, "result",

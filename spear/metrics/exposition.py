@@ -130,7 +130,8 @@ _SMS_STATE = _specs(
     ("spear_sms_model_fallbacks_total", "counter",
      "Placement decisions under a learned policy that used the request instead of a "
      "prediction, by reason (history: too few results yet; unhealthy: the model was wrong), "
-     "and node types whose learned speed factor was found wrong and set aside (node_type).",
+     "and learned speed factors found wrong and set aside: a node type's, pooled over "
+     "every function (node_type), or one function's on one node type (function_node_type).",
      ("reason",)),
 )
 

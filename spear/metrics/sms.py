@@ -109,7 +109,7 @@ class SMSCollector(_Collector):
         if settings is not None:
             g("spear_sms_placement_policy_info", 1, (settings.placement,))
         if models is not None:
-            for reason in ("history", "unhealthy", "node_type"):
+            for reason in ("history", "unhealthy", "node_type", "function_node_type"):
                 g("spear_sms_model_fallbacks_total", models.fallbacks.get(reason, 0), (reason,))
         for code, n in _snapshot(lambda: list(self.owner.refusals.items()), []):
             g("spear_sms_dispatch_refusals_total", n, (code,))

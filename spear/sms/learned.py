@@ -21,21 +21,33 @@ The functions' fits learn on durations with both effects taken out, so a
 prediction is for a reference node at no load; the scheduler multiplies in
 the node's factor and load per node.
 
+Hardware does not slow every function alike (slow memory hurts a
+memory-bound function, slow cores a CPU-bound one), so once a (function,
+node type) pair has :data:`PAIR_MIN_SAMPLES` results it gets its own factor:
+the decayed mean residual of that pair, centred on the function's own mean
+residual over every type, learned in O(1) per result. Below that the pooled
+type factor is used. At most :data:`MAX_PAIRS` pairs are kept (the least
+recently observed is dropped first); :meth:`CostModels.function_factors`
+publishes a function's pair factors with a version that moves only when one
+of them moved by more than :data:`PUBLISH_STEP`, so the scheduler rebuilds
+that function's speed column only then.
+
 A model is only trusted when it has been right: every observation is first
 compared with what the model would have predicted, and while the median
 error over the last :data:`HEALTH_WINDOW` predictions is larger than a factor
 :data:`HEALTH_FACTOR` (duration either way, memory when under-predicted)
 :meth:`predict` returns None and the caller falls back to the request.
-A node type's factor is judged the same way (on results of healthy
-functions) and set aside (1.0) while it is wrong. ``fallbacks`` counts why
-predictions were not given (``history``: too few observations;
-``unhealthy``: the model has been wrong) and node-type factors found wrong
-(``node_type``).
+A node type's factor, and a pair's, is judged the same way (on results of
+healthy functions) and set aside while it is wrong (a type's: 1.0; a pair's:
+the pooled type factor). ``fallbacks`` counts why predictions were not given
+(``history``: too few observations; ``unhealthy``: the model has been wrong)
+and factors found wrong (``node_type``, ``function_node_type``).
 """
 
 from __future__ import annotations
 
 import collections
+import itertools
 import math
 from typing import NamedTuple
 
@@ -63,6 +75,10 @@ FACTOR_BOUNDS = (0.125, 8.0)
 #: the load slope stays within these bounds; before it is learned, DEFAULT_SLOPE
 SLOPE_BOUNDS = (0.0, 4.0)
 DEFAULT_SLOPE = 1.0
+#: results of a (function, node type) pair before its own factor is used
+PAIR_MIN_SAMPLES = 5
+#: (function, node type) pairs given a factor (the least recently observed dropped)
+MAX_PAIRS = 65536
 #: the published factors change (the scheduler's column is refreshed) when one
 #: moves by more than this (log scale: about 5%)
 PUBLISH_STEP = 0.05
@@ -83,7 +99,7 @@ class _Model:
     """One function's fit, memory window and health."""
 
     __slots__ = ("n", "sw", "sx", "sy", "sxx", "sxy", "a", "b", "mem", "mem_q", "errors",
-                 "bad", "cold")
+                 "bad", "cold", "pairs", "gw", "gr", "published", "pversion")
 
     def __init__(self) -> None:
         self.n = 0
@@ -94,6 +110,11 @@ class _Model:
         self.errors: collections.deque[float] = collections.deque(maxlen=HEALTH_WINDOW)
         self.bad = False
         self.cold = 0.0
+        #: node type -> this function's factor there (:class:`_NodeType` sums)
+        self.pairs: dict[str, _NodeType] = {}
+        self.gw = self.gr = 0.0  # decayed mean residual over every type (the pairs' centre)
+        self.published: dict[str, float] = {}
+        self.pversion = 0
 
     def duration(self, x: float) -> float:
         return math.exp(self.a + self.b * x)
@@ -166,20 +187,26 @@ class CostModels:
     """Every function's cost model; see the module docstring.
 
     ``min_samples``: observations before a function's model predicts;
-    ``margin``: factor on the predicted memory; ``max_functions``: models kept
-    (the least recently observed is dropped first).
+    ``margin``: factor on the predicted memory; ``max_functions``: models kept,
+    ``max_pairs``: (function, node type) factors kept (for both, the least
+    recently observed is dropped first).
     """
 
     def __init__(self, *, min_samples: int = 5, margin: float = 1.25,
-                 max_functions: int = 10000) -> None:
-        if min_samples < 1 or margin < 1.0 or max_functions < 1:
-            raise ValueError("min_samples and max_functions must be >= 1, margin >= 1")
+                 max_functions: int = 10000, max_pairs: int = MAX_PAIRS) -> None:
+        if min_samples < 1 or margin < 1.0 or max_functions < 1 or max_pairs < 1:
+            raise ValueError("min_samples, max_functions and max_pairs must be >= 1, "
+                             "margin >= 1")
         self.min_samples = min_samples
         self.margin = margin
         self.max_functions = max_functions
+        self.max_pairs = max_pairs
         self._models: collections.OrderedDict[str, _Model] = collections.OrderedDict()
-        #: predictions not given, by reason (``history``, ``unhealthy``); node-type
-        #: factors found wrong (``node_type``)
+        #: (function, node type) pairs with a factor, least recently observed first
+        self._pairs: collections.OrderedDict[tuple[str, str], None] = collections.OrderedDict()
+        self._pair_versions = itertools.count(1)
+        #: predictions not given, by reason (``history``, ``unhealthy``); factors
+        #: found wrong (``node_type``, ``function_node_type``)
         self.fallbacks: collections.Counter = collections.Counter()
         self._types: dict[str, _NodeType] = {}
         self._gw = self._gr = 0.0  # decayed mean residual of every result (the centre)
@@ -200,7 +227,7 @@ class CostModels:
         if m is None:
             m = self._models[function] = _Model()
             if len(self._models) > self.max_functions:
-                self._models.popitem(last=False)
+                self._drop_pairs(*self._models.popitem(last=False))
         else:
             self._models.move_to_end(function)
         x = math.log1p(max(0, input_size))
@@ -211,7 +238,8 @@ class CostModels:
             t = self._types[node_type] = _NodeType()
         lt = math.log1p(self._load.slope * load)
         own = m.a + m.b * x  # the function's reference prediction (log)
-        s = self._log_factor(t)
+        pair = m.pairs.get(node_type) if node_type else None
+        s = self._log_speed(t, m, pair)
         if m.n >= self.min_samples:  # judge what it would have said before learning this
             err = abs(y - (own + s + lt))
             if peak_memory > 0 and m.mem_q > 0:
@@ -221,6 +249,8 @@ class CostModels:
                      and sorted(m.errors)[len(m.errors) // 2] > _LOG_FACTOR)
             if t is not None and not m.bad:
                 self._learn_type(node_type, t, y - own - lt)
+            if node_type and not m.bad:
+                self._learn_pair(function, m, node_type, pair, y - own - lt)
             if not m.bad:
                 self._load.fit(load, math.exp(y - own - s))
         m.n += 1
@@ -257,6 +287,62 @@ class CostModels:
             return 0.0
         return self._learned(t)
 
+    def _learn_pair(self, function: str, m: _Model, name: str, p: _NodeType | None,
+                    r: float) -> None:
+        """A residual ``r`` (log) of ``function`` on type ``name``: judge the pair's
+        factor (set aside while wrong), learn it, and publish it if it moved."""
+        key = (function, name)
+        if p is None:
+            p = m.pairs[name] = _NodeType()
+            self._pairs[key] = None
+            if len(self._pairs) > self.max_pairs:
+                old_fn, old_type = self._pairs.popitem(last=False)[0]
+                old = self._models.get(old_fn)
+                if old is not None:
+                    old.pairs.pop(old_type, None)
+                    if old.published.pop(old_type, None) is not None:
+                        old.pversion = next(self._pair_versions)
+        else:
+            self._pairs.move_to_end(key)
+        if p.n >= PAIR_MIN_SAMPLES:
+            p.errors.append(abs(r - self._pair_learned(m, p)))
+            bad = (len(p.errors) >= (HEALTH_WINDOW + 1) // 2
+                   and sorted(p.errors)[len(p.errors) // 2] > _LOG_FACTOR)
+            if bad and not p.bad:
+                self.fallbacks["function_node_type"] += 1
+            p.bad = bad
+        p.n += 1
+        p.sw = p.sw * DECAY + 1.0
+        p.sr = p.sr * DECAY + r
+        m.gw = m.gw * DECAY + 1.0
+        m.gr = m.gr * DECAY + r
+        old_f = m.published.get(name)
+        if p.n < PAIR_MIN_SAMPLES or p.bad:
+            if old_f is not None:  # the column falls back to the pooled factor
+                del m.published[name]
+                m.pversion = next(self._pair_versions)
+            return
+        f = math.exp(self._pair_learned(m, p))
+        if old_f is None or abs(math.log(f / old_f)) > PUBLISH_STEP:
+            m.published[name] = f
+            m.pversion = next(self._pair_versions)
+
+    def _pair_learned(self, m: _Model, p: _NodeType) -> float:
+        """The log factor learned for one of ``m``'s pairs (centred on ``m``, bounded)."""
+        s = p.sr / p.sw - m.gr / m.gw if p.sw > 0.0 and m.gw > 0.0 else 0.0
+        return min(max(s, _LOG_BOUNDS[0]), _LOG_BOUNDS[1])
+
+    def _log_speed(self, t: _NodeType | None, m: _Model | None, p: _NodeType | None) -> float:
+        """The log factor used for a function ``m`` on type ``t``: its pair's ``p``
+        when that has enough history and is trusted, else the pooled one."""
+        if m is not None and p is not None and p.n >= PAIR_MIN_SAMPLES and not p.bad:
+            return self._pair_learned(m, p)
+        return self._log_factor(t)
+
+    def _drop_pairs(self, function: str, m: _Model) -> None:
+        for name in m.pairs:
+            self._pairs.pop((function, name), None)
+
     def _publish(self, name: str, t: _NodeType) -> None:
         f = math.exp(self._log_factor(t))
         old = self._published.get(name)
@@ -268,6 +354,23 @@ class CostModels:
         """How much longer than the reference an execution runs on ``node_type``
         (1.0: unknown, too little history, or set aside as wrong)."""
         return math.exp(self._log_factor(self._types.get(node_type)))
+
+    def factor(self, function: str, node_type: str) -> float:
+        """How much longer than the reference ``function`` runs on ``node_type``:
+        its own factor there once learned and trusted, else the pooled one."""
+        m = self._models.get(function)
+        pair = m.pairs.get(node_type) if m is not None else None
+        return math.exp(self._log_speed(self._types.get(node_type), m, pair))
+
+    def function_factors(self, function: str) -> tuple[int, dict[str, float]] | None:
+        """``function``'s own factors per node type as last published, and their
+        version (unique over every function; it moves only when a factor moved
+        by more than :data:`PUBLISH_STEP`); None when it has none. The dict is
+        the model's own: read it, do not keep or change it."""
+        m = self._models.get(function)
+        if m is None or not m.published:
+            return None
+        return m.pversion, m.published
 
     def speed_factors(self) -> dict[str, float]:
         """Every node type's factor as last published (changes bump :attr:`version`)."""
@@ -287,7 +390,7 @@ class CostModels:
         p = self.predict(function, input_size)
         if p is None:
             return None
-        return p.duration_s * self.speed_factor(node_type) * (1.0 + self.load_slope * load)
+        return p.duration_s * self.factor(function, node_type) * (1.0 + self.load_slope * load)
 
     def observe_cold_start(self, function: str, seconds: float) -> None:
         """Learn one cold start of ``function`` (its running mean, for the finish policy)."""
@@ -327,4 +430,6 @@ class CostModels:
 
     def forget(self, function: str) -> None:
         """Drop ``function``'s model (it was removed or redeployed)."""
-        self._models.pop(function, None)
+        m = self._models.pop(function, None)
+        if m is not None:
+            self._drop_pairs(function, m)

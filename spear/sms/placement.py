@@ -79,7 +79,9 @@ class Placement(ExecutionRecords):
     def _learn(self, ex: Exec, result: P.ExecutionInfo) -> None:
         """Feed a succeeded execution's run time and peak memory, with the type and
         load of the node it was dispatched to, to the cost models; when the node
-        types' speed factors moved, refresh the scheduler's column (off the dispatch path)."""
+        types' speed factors moved, refresh the scheduler's column (off the dispatch
+        path; and the function's own column, when its factors moved: after the
+        pooled factors or the nodes changed it is rebuilt once at its next dispatch)."""
         run = result.timings.run
         if run > 0.0:
             name = ex.info.function
@@ -90,6 +92,9 @@ class Placement(ExecutionRecords):
                 models.observe_cold_start(name, result.timings.cold_start)
             if models.version != self.table.speeds_version:
                 self.table.set_speeds(models.speed_factors(), models.version)
+            own = models.function_factors(name)
+            if own is not None:  # rebuilt here if they moved, not at its next dispatch
+                self.table.function_speed(name, own)
 
     def queued_cores(self) -> float:
         """The cores the queued executions ask for together (what an autoscaler must add)."""
@@ -111,11 +116,15 @@ class Placement(ExecutionRecords):
         cpu, mem = self._need(spec)
         policy, duration, cold, reserve = self._plan(spec.name, ex, mem)
         table = self.table
+        finish = policy == FINISH
         picks = table.candidates(runtime=spec.runtime, labels=spec.labels,
                                  function=spec.name, cpu=cpu, mem=reserve, k=1,
                                  exclude=ex.excluded or None, policy=policy,
                                  duration=duration, cold=cold,
-                                 slope=self.models.load_slope if policy == FINISH else 1.0)
+                                 slope=self.models.load_slope if finish else 1.0,
+                                 speed=table.function_speed(
+                                     spec.name, self.models.function_factors(spec.name))
+                                 if finish else None)
         if not picks:
             if from_queue and not ex.excluded:
                 return False  # still waiting; the reason is worked out only to fail it

@@ -12,6 +12,7 @@ every terminal state; the free columns are capacity minus reservations.
 
 from __future__ import annotations
 
+import collections
 import math
 from array import array
 
@@ -28,6 +29,8 @@ PENALTY = 2.0
 PENALTY_HALF_LIFE = 5.0
 #: labels naming a node's type, first found wins (the autoscaler's first)
 TYPE_LABELS = ("spear.node-type", "node.type", "type")
+#: functions whose own speed column is kept (80 KB each at 10,000 nodes)
+FUNCTION_COLUMNS = 64
 
 
 def node_type(info: NodeInfo) -> str:
@@ -60,6 +63,13 @@ class NodeTable:
         #: the speed factor of each node type (:meth:`set_speeds`); 1.0 if absent
         self.speeds: dict[str, float] = {}
         self.speeds_version = -1
+        #: node type -> its slots, and a counter bumped when a slot is added or
+        #: changes type (what the per-function columns are built from)
+        self.slots_of_type: dict[str, set[int]] = {}
+        self.layout = 0
+        # function -> (its factors' version, speeds_version, layout, column)
+        self._fspeed: collections.OrderedDict[str, tuple[int, int, int, array]] = \
+            collections.OrderedDict()
         self._penalty_at: dict[int, float] = {}
         self.ready = bytearray()
         self.functions: list[set[str]] = []
@@ -106,7 +116,12 @@ class NodeTable:
         self.info[slot] = info
         self.cap_cpu[slot] = info.capacity.cores
         self.cap_mem[slot] = float(info.capacity.memory)
-        kind = self.type_of[slot] = node_type(info)
+        kind = node_type(info)
+        if kind != self.type_of[slot]:
+            self.slots_of_type.get(self.type_of[slot], set()).discard(slot)
+            self.slots_of_type.setdefault(kind, set()).add(slot)
+            self.type_of[slot] = kind
+            self.layout += 1
         self.speed[slot] = self.speeds.get(kind, 1.0)
         self.update_usage(info)
         ready = 1 if info.state == "ready" else 0
@@ -139,6 +154,30 @@ class NodeTable:
         self.speeds_version = version
         for i, kind in enumerate(self.type_of):
             self.speed[i] = self.speeds.get(kind, 1.0)
+
+    def function_speed(self, function: str,
+                       factors: tuple[int, dict[str, float]] | None) -> array:
+        """The speed column for ``function``: its own ``factors`` (version, factor
+        per node type) where it has them, the pooled factor elsewhere. Kept per
+        function and rebuilt (a copy of the pooled column, then the slots of its
+        types) only when its version, the pooled factors or the node slots changed."""
+        if factors is None:
+            return self.speed
+        version, own = factors
+        cached = self._fspeed.get(function)
+        if (cached is not None and cached[0] == version and cached[1] == self.speeds_version
+                and cached[2] == self.layout):
+            self._fspeed.move_to_end(function)
+            return cached[3]
+        col = array("d", self.speed)
+        for kind, f in own.items():
+            for slot in self.slots_of_type.get(kind, ()):
+                col[slot] = f
+        self._fspeed[function] = (version, self.speeds_version, self.layout, col)
+        self._fspeed.move_to_end(function)
+        if len(self._fspeed) > FUNCTION_COLUMNS:
+            self._fspeed.popitem(last=False)
+        return col
 
     def all_ready(self) -> bool:
         """True when there are nodes and every known one is ready."""
@@ -299,12 +338,15 @@ class NodeTable:
 
     def candidates(self, *, runtime: str, labels: dict, function: str, cpu: float, mem: float,
                    k: int = 3, exclude: set[str] | None = None, policy: int = BASELINE,
-                   duration: float = 0.0, cold: float = 0.0, slope: float = 1.0) -> list[str]:
+                   duration: float = 0.0, cold: float = 0.0, slope: float = 1.0,
+                   speed: array | None = None) -> list[str]:
         """Best ``k`` node ids for the request, best first (empty: nothing fits).
 
         ``policy`` :data:`FINISH` ranks by expected finish time from a predicted
         run time ``duration`` (on a reference node at no load), each node's
-        speed factor, its load times ``slope``, and the function's mean ``cold`` start.
+        speed factor (``speed``: the function's column from :meth:`function_speed`;
+        None: the pooled one), its load times ``slope``, and the function's mean
+        ``cold`` start.
         """
         if not self.node_at:
             return []
@@ -320,7 +362,7 @@ class NodeTable:
             warm = self._warm_mask(function)
         picks = pick_nodes(self.free_cpu, self.free_mem, self.cap_cpu, self.cap_mem, self.load,
                            elig, warm, self.penalty, cpu, mem, k, policy, duration, cold,
-                           self.speed, slope)
+                           self.speed if speed is None else speed, slope)
         return [self.node_at[i] for i in picks]
 
     def why_not(self, *, runtime: str, labels: dict, cpu: float, mem: float) -> tuple[str, bool]:

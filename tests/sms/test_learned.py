@@ -8,7 +8,7 @@ import os
 import pytest
 
 from spear.sms.learned import (DEFAULT_SLOPE, HEALTH_WINDOW, LOAD_MIN_SAMPLES,
-                               TYPE_MIN_SAMPLES, CostModels, Prediction)
+                               PAIR_MIN_SAMPLES, TYPE_MIN_SAMPLES, CostModels, Prediction)
 
 MiB = 1 << 20
 
@@ -167,6 +167,92 @@ def test_a_wrong_node_type_factor_is_set_aside_and_counted():
     for i in range(15 * HEALTH_WINDOW):  # b settles (2x slower): trusted again
         m.observe("f", 0, 2.0 if i % 3 == 1 else 1.0, MiB, "abc"[i % 3])
     assert m.speed_factor("b") / m.speed_factor("a") == pytest.approx(2.0, rel=0.1)
+
+
+def _opposite(m: CostModels, rounds: int) -> None:
+    """f runs 2x longer on "mem" boxes than on "cpu" boxes; g the other way round."""
+    for _ in range(rounds):
+        m.observe("f", 0, 1.0, MiB, "cpu")
+        m.observe("f", 0, 2.0, MiB, "mem")
+        m.observe("g", 0, 2.0, MiB, "cpu")
+        m.observe("g", 0, 1.0, MiB, "mem")
+
+
+def test_functions_that_rank_node_types_oppositely_get_opposite_predictions():
+    m = CostModels()
+    _opposite(m, 40)
+    # pooled over both functions the two types look alike
+    assert m.speed_factor("cpu") == pytest.approx(m.speed_factor("mem"), rel=0.05)
+    assert m.factor("f", "mem") / m.factor("f", "cpu") == pytest.approx(2.0, rel=0.05)
+    assert m.factor("g", "cpu") / m.factor("g", "mem") == pytest.approx(2.0, rel=0.05)
+    assert m.expected("f", 0, "cpu") == pytest.approx(1.0, rel=0.05)
+    assert m.expected("f", 0, "mem") == pytest.approx(2.0, rel=0.05)
+    assert m.expected("g", 0, "cpu") == pytest.approx(2.0, rel=0.05)
+    assert m.expected("g", 0, "mem") == pytest.approx(1.0, rel=0.05)
+    version, own = m.function_factors("f")
+    assert own["mem"] / own["cpu"] == pytest.approx(2.0, rel=0.1)
+    assert m.function_factors("f")[0] == version  # unchanged: the same version
+    assert m.function_factors("nobody") is None
+
+
+def test_below_its_history_a_pair_uses_the_pooled_factor():
+    m = CostModels(min_samples=5)
+    _two_types(m)
+    for _ in range(5 + PAIR_MIN_SAMPLES - 1):  # g: 5 to fit, then one short of a pair factor
+        m.observe("g", 0, 1.0, MiB, "fast")
+    assert m.factor("g", "fast") == m.speed_factor("fast")
+    assert m.function_factors("g") is None
+    m.observe("g", 0, 1.0, MiB, "fast")
+    assert m.function_factors("g") is not None
+    assert m.factor("g", "slow") == m.speed_factor("slow")  # no history there: pooled
+
+
+def test_the_pairs_are_capped_least_recently_observed_first():
+    m = CostModels(min_samples=1, max_pairs=3)
+    for kind in ("a", "b", "c", "d"):
+        for _ in range(2 + PAIR_MIN_SAMPLES):
+            m.observe("f", 0, 1.0, MiB, kind)
+    assert len(m._pairs) == 3
+    assert set(m.function_factors("f")[1]) == {"b", "c", "d"}  # a was dropped
+    m.forget("f")
+    assert len(m._pairs) == 0
+
+
+def test_a_wrong_pair_factor_is_set_aside_and_counted():
+    m = CostModels()
+    for i in range(60):  # f and g on three types, every pair the same speed
+        for fn in ("f", "g"):
+            m.observe(fn, 0, 1.0, MiB, "abc"[i % 3])
+    assert m.factor("f", "b") == pytest.approx(1.0, rel=0.01)
+    # f on b turns erratic (10x either way); f stays right on a and c, g everywhere
+    for i in range(6 * HEALTH_WINDOW):
+        kind = "abc"[i % 3]
+        m.observe("f", 0, (10.0 if i % 2 else 0.1) if kind == "b" else 1.0, MiB, kind)
+        m.observe("g", 0, 1.0, MiB, kind)
+    assert m.healthy("f")
+    assert m.fallbacks["function_node_type"] == 1
+    assert "b" not in m.function_factors("f")[1]  # the column falls back to the pooled
+    assert m.factor("f", "b") == m.speed_factor("b")
+
+
+def test_a_function_speed_column_is_cached_and_rebuilt_when_it_moved():
+    from spear.sms.scheduler import NodeTable
+
+    table = NodeTable()
+    for nid, mem in (("n1", 1 << 30), ("n2", 2 << 30), ("n3", 1 << 30)):
+        table.upsert(P.NodeInfo(node_id=nid, state="ready", runtimes=["process"],
+                                capacity=Capacity(cores=2.0, memory=mem)))
+    table.set_speeds({"2c/2048MiB": 1.5}, 1)
+    assert table.function_speed("f", None) is table.speed
+    col = table.function_speed("f", (7, {"2c/1024MiB": 3.0}))
+    assert list(col) == [3.0, 1.5, 3.0]
+    assert table.function_speed("f", (7, {"2c/1024MiB": 3.0})) is col  # cached
+    assert list(table.function_speed("f", (8, {"2c/1024MiB": 2.0}))) == [2.0, 1.5, 2.0]
+    table.upsert(P.NodeInfo(node_id="n4", state="ready", runtimes=["process"],
+                            capacity=Capacity(cores=2.0, memory=1 << 30)))
+    assert list(table.function_speed("f", (8, {"2c/1024MiB": 2.0}))) == [2.0, 1.5, 2.0, 2.0]
+    table.set_speeds({"2c/2048MiB": 1.25}, 2)
+    assert list(table.function_speed("f", (8, {"2c/1024MiB": 2.0}))) == [2.0, 1.25, 2.0, 2.0]
 
 
 # ---------------------------------------------------------------- policies in the SMS core
@@ -346,3 +432,82 @@ def test_a_wrong_model_fails_no_execution_on_a_real_node(tmp_path):
             assert r.ok, r.info
             assert r.output.strip() == b"96"
             assert r.info.usage.peak_memory > 96 * MiB
+
+
+def test_finish_sends_each_function_to_the_type_it_runs_faster_on():
+    """f is slow on the big box, g on the small one; both warm on both.
+
+    Pooled, the two types look alike; per function the SMS learns each pair's
+    factor and sends f to the small node and g to the big one.
+    """
+    h = Harness(placement="finish")
+    h.register("small", capacity=Capacity(cores=2.0, memory=1 << 30))
+    h.register("big", capacity=Capacity(cores=2.0, memory=2 << 30))
+    slow = {"f": b"big", "g": b"small"}
+    for fn in ("f", "g"):
+        h.deploy(fn, limits=P.Limits(memory_mb=256, cpus=1.0))
+
+    def invoke(fn):
+        return only(h.send(P.Invoke(id=h.next_id(), function=fn, mode="async"),
+                           payload=b"in"), P.Dispatch)
+
+    for _ in range(12):  # two at a time per function: both nodes get work
+        ds = [d for fn in ("f", "g") for _ in range(2) for d in invoke(fn)]
+        for d in ds:
+            _finish(h, d.msg, d.ident, run=2.0 if d.ident == slow[d.msg.function] else 1.0,
+                    peak=MiB)
+    models = h.core.tasks.models
+    assert models.function_factors("f") is not None and models.function_factors("g") is not None
+    for fn, fast in (("f", b"small"), ("g", b"big")):
+        for _ in range(2):
+            (d,) = invoke(fn)
+            assert d.ident == fast
+            _finish(h, d.msg, d.ident, run=1.0, peak=MiB)
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+import spear.fast as fast  # noqa: E402
+
+_KINDS = ("a", "b", "c", "d")
+
+
+@settings(max_examples=100, deadline=None)
+@given(steps=st.lists(st.one_of(
+    st.tuples(st.just("node"), st.integers(0, 11), st.sampled_from(_KINDS)),
+    st.tuples(st.just("pooled"), st.dictionaries(st.sampled_from(_KINDS),
+                                                 st.floats(0.125, 8.0))),
+    st.tuples(st.just("own"), st.dictionaries(st.sampled_from(_KINDS),
+                                              st.floats(0.125, 8.0)))), max_size=30))
+def test_a_function_column_is_always_its_factors_over_the_pooled_ones(steps):
+    """Whatever joins, changes type or moves in between, the cached column is the
+    function's factor where it has one, else the pooled one; and the compiled
+    kernel and its twin pick the same nodes with it."""
+    from spear.sms.scheduler import FINISH, NodeTable
+
+    table = NodeTable()
+    pooled: dict[str, float] = {}
+    own: dict[str, float] = {}
+    version = 0
+    for step in steps + [("own", {"a": 2.0})]:
+        if step[0] == "node":
+            table.upsert(P.NodeInfo(node_id=f"n{step[1]}", state="ready", runtimes=["process"],
+                                    labels={"type": step[2]},
+                                    capacity=Capacity(cores=4.0, memory=1 << 30)))
+        elif step[0] == "pooled":
+            pooled = step[1]
+            version += 1
+            table.set_speeds(pooled, version)
+        else:
+            own = step[1]
+            version += 1
+        col = table.function_speed("f", (version, own) if own else None)
+        want = [own.get(t, pooled.get(t, 1.0)) for t in table.type_of]
+        assert list(col) == want
+    if fast.compiled_scheduler is not None and len(table):
+        args = (table.free_cpu, table.free_mem, table.cap_cpu, table.cap_mem, table.load,
+                table.ready, bytearray(len(table.ready)), table.penalty, 1.0, 1 << 20, 3,
+                FINISH, 1.0, 0.5, col, 1.0)
+        assert (fast.compiled_scheduler.pick_nodes(*args)
+                == fast.py_scheduler.pick_nodes(*args))
