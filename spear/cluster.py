@@ -185,7 +185,15 @@ class Cluster:
                                      f"(log {self.data}/autoscaler.log)")
 
     def start(self, *, wait: float = 30.0, first_spearlet_port: int | None = None) -> "Cluster":
-        """Start every daemon; with ``wait``, return once all are up (Unavailable if one is not)."""
+        """Start every daemon; with ``wait``, return once all are up (Unavailable if one is
+        not). Whatever fails, nothing this call started is left running."""
+        try:
+            return self._start(wait, first_spearlet_port)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, wait: float, first_spearlet_port: int | None) -> "Cluster":
         self.check_ports()
         self.start_sms()
         for i in range(self.n):

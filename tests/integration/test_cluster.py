@@ -153,3 +153,13 @@ def test_spear_up_starts_and_stops_cleanly(tmp_path):
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
             p.wait()
+
+
+def test_a_cluster_that_fails_to_start_leaves_nothing_running(tmp_path):
+    # nodes cannot be ready within a millisecond: start() raises, and must stop what it started
+    c = Cluster(tmp_path / "c", spearlets=1, **FAST_HB)
+    with pytest.raises(errors.SpearError):
+        c.start(wait=0.001)
+    procs = [c.sms, *c.spearlets]
+    assert procs[0] is not None and all(p.poll() is not None for p in procs), \
+        [p.pid for p in procs if p.poll() is None]
