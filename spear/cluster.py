@@ -148,6 +148,8 @@ class Cluster:
             args += ["--labels", self.labels[i]]
         for root in self.host_roots or ():
             args += ["--host-root", root]
+        if self.host_roots:  # the other nodes' and the SMS's data: never a function's
+            args += ["--private-path", str(self.data.resolve())]
         p = self._spawn(args, f"spearlet-{i + 1}", self.spearlet_config)
         if i < len(self.spearlets):
             self.spearlets[i] = p

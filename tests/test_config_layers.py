@@ -76,6 +76,7 @@ SAMPLES: dict[str, list[Any]] = {
     "gateway.allowed_origins": [["https://ui.example.org"], ["http://127.0.0.1:8080"]],
     "gateway.trace_url": ["http://jaeger:16686/trace/{trace_id}", "https://traces.example.org/t/{trace_id}"],
     "spearlet.host_roots": [["/srv/data"], ["/tmp/in", "/tmp/out:rw"]],
+    "spearlet.private_paths": [["/srv/other-node"], ["/var/lib/a", "/var/lib/b"]],
     # HOST:PORT, checked when the gateway starts
     "gateway.listen": ["0.0.0.0:7781", "127.0.0.1:7999"],
     "runtimes.process.cache_dir": ["/var/cache/spear/node-a", "/srv/spear-cache"],
@@ -409,6 +410,7 @@ FLAGS: dict[tuple[str, str], tuple[str, Any]] = {
     ("spearlet", "--data"): ("spearlet.data", None),
     ("spearlet", "--metrics-port"): ("spearlet.metrics_port", None),
     ("spearlet", "--host-root"): ("spearlet.host_roots", None),
+    ("spearlet", "--private-path"): ("spearlet.private_paths", None),
     ("gateway", "--sms"): ("gateway.sms", lambda got: got["settings"].sms),
     ("gateway", "--http"): ("gateway.listen", lambda got: _gateway_value(got, "listen")),
     ("gateway", "--max-body"): ("gateway.max_body", lambda got: _gateway_value(got, "max_body")),

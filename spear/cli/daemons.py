@@ -48,6 +48,9 @@ def add_spearlet_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host-root", action="append", metavar="PATH[:rw]",
                    help="a host directory functions may reach, read-only unless :rw "
                         "(repeatable; replaces [spearlet] host_roots)")
+    p.add_argument("--private-path", action="append", metavar="PATH",
+                   help="a path never granted to a function, nor anything in or above it "
+                        "(repeatable; replaces [spearlet] private_paths)")
     p.add_argument("--config", help="TOML configuration file")
 
 
@@ -83,6 +86,7 @@ def cmd_spearlet(args: argparse.Namespace) -> int:
         "spearlet.data": args.data,
         "spearlet.metrics_port": args.metrics_port,
         "spearlet.host_roots": args.host_root,
+        "spearlet.private_paths": args.private_path,
     }
     cfg = config_of(args, overrides)
     run_async(Spearlet(cfg, config_file=config_file(getattr(args, "config", None))).serve_forever())

@@ -101,6 +101,9 @@ class SpearletConfig(_Section, frozen=True):
     #: host directories functions may reach (wasm ``dir:`` grants, process
     #: ``workdir``): "/abs/path" read-only, "/abs/path:rw" writable; none by default
     host_roots: list[HostRoot] = []
+    #: absolute paths never granted to a function, nor anything inside or above them,
+    #: besides the node's own directories (e.g. the other nodes' data on a shared host)
+    private_paths: list[Annotated[str, Meta(pattern=r"^/.*\Z")]] = []
     #: how long idle instances stay warm: "fixed" (each pool's idle_ttl) or
     #: "learned" (a histogram of each function's idle times; see docs/autoscaling.md)
     warming: Literal["fixed", "learned"] = "fixed"

@@ -150,6 +150,8 @@ class HostPaths:
                               "the Spearlet's configuration directory"))
         if config.storage.path:
             forbidden.append((config.storage.path, "the SMS store"))
+        for path in config.spearlet.private_paths:
+            forbidden.append((path, "a private path ([spearlet] private_paths)"))
         return cls(config.spearlet.host_roots, forbidden)
 
     def describe_roots(self) -> str:

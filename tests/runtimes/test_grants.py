@@ -297,7 +297,9 @@ def test_a_real_spearlet_refuses_on_direct_deploy(cluster):
     with Client(c.sms_addr, timeout=20) as cl:
         for grant in ("dir:/", "dir:/etc", f"dir:{base}/files/../..", f"dir:{base}",
                       f"dir:{base}/cluster/spearlet-1:/d:ro", f"dir:{base}/etc:/d:ro",
-                      f"dir:{base}/files:/d:rw"):
+                      f"dir:{base}/files:/d:rw",
+                      # the cluster's other directories: the SMS store, a sibling node's data
+                      f"dir:{base}/cluster/sms:/d:ro", f"dir:{base}/cluster:/d:ro"):
             with pytest.raises(errors.PermissionDenied) as ei:
                 cl.deploy(wasm(grant, name="bad"), node=addr)
             assert repr(grant) in ei.value.message and f"{base} (ro)" in ei.value.message

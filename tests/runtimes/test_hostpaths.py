@@ -197,6 +197,16 @@ def test_roots_parse_and_config_validates_them(tmp_path):
     assert load_config(env={}, overrides=flags).spearlet.host_roots == ["/x:rw"]
 
 
+def test_private_paths_are_never_granted(tree):
+    config = Config(spearlet=SpearletConfig(host_roots=[str(tree / "allowed")],
+                                            private_paths=[str(tree / "allowed" / "data")]))
+    hp = HostPaths.from_config(config, data_dir=tree / "node")
+    for path in (tree / "allowed" / "data", tree / "allowed"):
+        assert "private_paths" in denied(hp, path).message
+    with pytest.raises(ConfigError):
+        load_config(env={"SPEAR_SPEARLET_PRIVATE_PATHS": '["relative"]'})
+
+
 def test_from_config_forbids_data_keys_config_and_store(tmp_path):
     config = Config(security=SecurityConfig(key="/k/node.key_secret", sms_key="/pub/sms.key"))
     hp = HostPaths.from_config(config, data_dir=tmp_path / "d", config_file="/etc/spear/spear.toml")

@@ -126,6 +126,8 @@ class ProcessRuntime(Runtime):
         if cache_dir is None and data_dir is not None:
             cache_dir = default_cache_dir(data_dir, self.sandbox.user is not None)
             self._owner = os.path.realpath(data_dir)
+            if self.sandbox.user is not None:  # /var/cache/spear: every node's on this host
+                self.planner.host_paths.forbid(os.path.dirname(cache_dir), CACHE_WHAT)
         self._cache_temp = cache_dir is None
         if cache_dir is None:  # made now, so no grant made before it can hold it
             cache_dir = tempfile.mkdtemp(prefix="spear-cache-")
