@@ -64,17 +64,24 @@ def measure_scheduler(res: Results, plan: Plan, prog: Progress) -> None:
                 t_py, "us")
         res.add("scheduler", f"sched.{n}.speedup", f"scheduler: compiled speedup at {n:,} nodes",
                 (t_py / t_c) if t_c else None, "x", target=(">=", 20.0) if big else None)
-    # the learned "finish" policy scores by expected finish time: the same loop, two scalars more
+    # the learned "finish" policy scores by expected finish time: the same loop, three
+    # scalars more (duration, cold start, load slope) and the function's speed column
     prog.step("scheduler: one finish-policy decision over 10,000 nodes")
+    import random
+    from array import array
+
     arrays = cluster_arrays(10_000)
-    args = (*arrays, 1.0, 2048.0, twin.FINISH, 0.5, 0.2)
+    rnd = random.Random(7)
+    speed = array("d", [rnd.choice((1.0, 1.0, 1.6, 0.8)) for _ in range(10_000)])
+    args = (*arrays, 1.0, 2048.0, twin.FINISH, 0.5, 0.2, speed, 0.6)
     t_c = None
     if comp is not None:
         assert comp.pick_node(*args) == twin.pick_node(*args)
         t_c = best_time(lambda: comp.pick_node(*args), plan.kernel_repeat) * 1e6
     raw["10000.finish"] = {"compiled_us": t_c}
     res.add("scheduler", "sched.10000.finish.compiled",
-            "scheduler: finish-policy decision over 10,000 nodes, compiled", t_c, "us",
+            "scheduler: finish-policy decision over 10,000 nodes (with a speed column), "
+            "compiled", t_c, "us",
             target=("<", 50.0), note="" if comp is not None else "compiled kernel not loaded")
 
 
