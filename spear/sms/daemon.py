@@ -26,7 +26,7 @@ from ..store import open_store
 from ..store.guarded import GuardedStore
 from ..tracing import Tracer
 from . import recovery
-from .core import SMSCore
+from .core import STALL, SMSCore
 from .events import (Commit, CommitSoon, Dropped, Load, Loaded, Persist, Persisted, Received,
                      Send, Stopping, Tick, Undelivered, Upkeep)
 
@@ -56,6 +56,8 @@ class SMS(Service):
         self.address = ""
         self._stopping: asyncio.Event | None = None
         self._tickers: list[asyncio.Task] = []
+        #: monotonic time the loop last ran our code, and when a stall was last reported
+        self._awake = self._stall_reported = time.monotonic()
 
     @property
     def registry(self):
@@ -79,7 +81,20 @@ class SMS(Service):
 
     # ---------------------------------------------------------------- driving the core
 
+    def _awake_now(self) -> None:
+        """Called before each message and each upkeep: if the loop ran none of our
+        code for over :data:`STALL` seconds (SIGSTOP, a long GC, swap), say so to the
+        core first (a Tick with that lag), so what the stall may have broken (the
+        nodes' links) is known before the first message after it is handled. After
+        a stall, libuv may run the socket's callback before any timer's task."""
+        mono = time.monotonic()
+        gap, self._awake = mono - self._awake, mono
+        if gap > STALL:
+            self._stall_reported = mono
+            self.feed(Tick(gap, self.store.error))
+
     def _on_message(self, ident: bytes, msg, payload) -> None:
+        self._awake_now()
         server = self.server
         if server.security is not None:
             event = Received(ident, server.caller_key, server.caller_role, msg, payload)
@@ -135,8 +150,9 @@ class SMS(Service):
         while True:
             await asyncio.sleep(period)
             mono = time.monotonic()
-            lag = mono - last - period
-            last = mono
+            # a stall reported already (see _awake_now) is not reported again
+            lag = mono - max(last, self._stall_reported) - period
+            last = self._awake = mono
             try:
                 if not self.store.healthy:
                     self.store.probe()
@@ -163,6 +179,7 @@ class SMS(Service):
         while True:
             await asyncio.sleep(0.02)
             try:
+                self._awake_now()
                 self.feed(Upkeep())
             except Exception:
                 log.exception("task tick failed")
@@ -180,6 +197,7 @@ class SMS(Service):
                 log.warning("[security] node_keys_dir is ignored: CURVE is off")
         self.address = self.server.bind(self.config.sms.listen)
         self.server.start()
+        self._awake = self._stall_reported = time.monotonic()  # recovery was no stall
         self._tickers = [asyncio.ensure_future(self._tick_loop()),
                          asyncio.ensure_future(self._task_loop())]
         if self.security.enabled and self.config.security.node_keys_dir:

@@ -26,7 +26,7 @@ from spear.spearlet.daemon import Spearlet
 from spear.store import open_store
 from tests.helpers import EXAMPLES
 
-from .test_router import recv, running_sms
+from .test_router import recv, recv_or_none, running_sms
 
 WAIT = 5.0  # generous: only a broken daemon ever waits this long
 
@@ -409,5 +409,38 @@ def test_sms_flushes_node_records_at_shutdown(arun, tmp_path, free_port):
         sms.feed(Received(b"n1", "", "", P.Deregister(id=2, node_id="n1")))
         await sms.close()
         assert set(stored()) == {"n2"}
+
+    arun(main())
+
+
+def test_the_first_message_after_a_stall_finds_the_stall_reported(arun, free_port, zsocket):
+    """After a stall (SIGSTOP, swap) the nodes may have reset their links: work must
+    wait until each node is heard again. The first message handled after the stall
+    may come before any timer's task has run (libuv's order): it must find the stall
+    known already, not dispatch to the old link."""
+    port = free_port()
+
+    async def main():
+        async with running_sms(port) as sms:
+            from spear import AsyncClient
+
+            async with AsyncClient(sms.address, timeout=WAIT) as c:
+                await c.deploy(P.FunctionSpec(name="add", runtime="wasm", handler="add",
+                                              artifact=(EXAMPLES / "add.wat").read_bytes()))
+                info = dict(runtimes=["wasm"], capacity=P.Capacity(cores=4, memory=1 << 32))
+                node, _ = await raw_node(zsocket, sms, "node-z", **info)
+                # the loop ran nothing of ours for longer than half the heartbeat timeout
+                sms._awake -= sms.config.sms.heartbeat_timeout
+                eid = await c.submit("add", args=[1, 2])
+                assert "node-z" in sms.core.unconfirmed  # the stall was known first
+                assert (await c.execution(eid)).status == "pending"  # waits for its node
+                assert await recv_or_none(node, 0.3) is None  # nothing to the old link
+                await node.send_multipart(P.encode(P.Register(id=2, node=P.NodeInfo(
+                    node_id="node-z", **info))))
+                first, _ = await recv(node)
+                second, _ = await recv(node)
+                assert isinstance(first, P.Welcome)
+                assert isinstance(second, P.Dispatch) and second.execution_id == eid
+                node.close(linger=0)
 
     arun(main())
