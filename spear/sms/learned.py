@@ -141,8 +141,16 @@ class _Model:
         self.mem_q = float(ordered[min(len(ordered) - 1, int(MEMORY_QUANTILE * len(ordered)))])
 
 
+def _wrong(errors: collections.deque, error: float) -> bool:
+    """Note one ``error`` (log) in ``errors``; whether the median of the recent ones
+    is over :data:`HEALTH_FACTOR` (judged once half the window is full)."""
+    errors.append(error)
+    return (len(errors) >= (HEALTH_WINDOW + 1) // 2
+            and sorted(errors)[len(errors) // 2] > _LOG_FACTOR)
+
+
 class _NodeType:
-    """One node type's decayed mean residual and health."""
+    """One node type's (or one function's on a type) decayed mean residual and health."""
 
     __slots__ = ("n", "sw", "sr", "errors", "bad")
 
@@ -151,6 +159,19 @@ class _NodeType:
         self.sw = self.sr = 0.0
         self.errors: collections.deque[float] = collections.deque(maxlen=HEALTH_WINDOW)
         self.bad = False
+
+    def judge(self, error: float) -> bool:
+        """Note an error of the factor learned so far; True when it has just turned
+        wrong (it is set aside while wrong, and trusted again once it is right)."""
+        bad = _wrong(self.errors, error)
+        turned, self.bad = bad and not self.bad, bad
+        return turned
+
+    def add(self, r: float) -> None:
+        """Learn one residual ``r`` (log)."""
+        self.n += 1
+        self.sw = self.sw * DECAY + 1.0
+        self.sr = self.sr * DECAY + r
 
 
 class _Load:
@@ -244,9 +265,7 @@ class CostModels:
             err = abs(y - (own + s + lt))
             if peak_memory > 0 and m.mem_q > 0:
                 err = max(err, math.log(max(1.0, peak_memory / (m.mem_q * self.margin))))
-            m.errors.append(err)
-            m.bad = (len(m.errors) >= (HEALTH_WINDOW + 1) // 2
-                     and sorted(m.errors)[len(m.errors) // 2] > _LOG_FACTOR)
+            m.bad = _wrong(m.errors, err)
             if t is not None and not m.bad:
                 self._learn_type(node_type, t, y - own - lt)
             if node_type and not m.bad:
@@ -262,16 +281,9 @@ class CostModels:
         """A residual ``r`` (log) of a result on type ``t``: judge the factor learned
         so far (used or set aside: it is trusted again once it is right again),
         then learn."""
-        if t.n >= TYPE_MIN_SAMPLES:
-            t.errors.append(abs(r - self._learned(t)))
-            bad = (len(t.errors) >= (HEALTH_WINDOW + 1) // 2
-                   and sorted(t.errors)[len(t.errors) // 2] > _LOG_FACTOR)
-            if bad and not t.bad:
-                self.fallbacks["node_type"] += 1
-            t.bad = bad
-        t.n += 1
-        t.sw = t.sw * DECAY + 1.0
-        t.sr = t.sr * DECAY + r
+        if t.n >= TYPE_MIN_SAMPLES and t.judge(abs(r - self._learned(t))):
+            self.fallbacks["node_type"] += 1
+        t.add(r)
         self._gw = self._gw * DECAY + 1.0
         self._gr = self._gr * DECAY + r
         self._publish(name, t)
@@ -304,16 +316,9 @@ class CostModels:
                         old.pversion = next(self._pair_versions)
         else:
             self._pairs.move_to_end(key)
-        if p.n >= PAIR_MIN_SAMPLES:
-            p.errors.append(abs(r - self._pair_learned(m, p)))
-            bad = (len(p.errors) >= (HEALTH_WINDOW + 1) // 2
-                   and sorted(p.errors)[len(p.errors) // 2] > _LOG_FACTOR)
-            if bad and not p.bad:
-                self.fallbacks["function_node_type"] += 1
-            p.bad = bad
-        p.n += 1
-        p.sw = p.sw * DECAY + 1.0
-        p.sr = p.sr * DECAY + r
+        if p.n >= PAIR_MIN_SAMPLES and p.judge(abs(r - self._pair_learned(m, p))):
+            self.fallbacks["function_node_type"] += 1
+        p.add(r)
         m.gw = m.gw * DECAY + 1.0
         m.gr = m.gr * DECAY + r
         old_f = m.published.get(name)

@@ -300,6 +300,31 @@ def test_sms_sessions_over_the_wire(arun, free_port, zsocket):
     arun(main())
 
 
+#: what the raw nodes below offer: enough for the wasm function "add"
+WASM_NODE = dict(runtimes=["wasm"], capacity=P.Capacity(cores=4, memory=1 << 32))
+
+
+async def add_and_a_node(client, zsocket, sms, node_id: str):
+    """Deploy "add" and register a raw wasm node ``node_id``; its socket."""
+    await client.deploy(P.FunctionSpec(name="add", runtime="wasm", handler="add",
+                                       artifact=(EXAMPLES / "add.wat").read_bytes()))
+    node, _ = await raw_node(zsocket, sms, node_id, **WASM_NODE)
+    return node
+
+
+async def welcome_then_the_work(node, sms, node_id: str, eid: str) -> None:
+    """``node`` registers again: its Welcome (and the session it starts) comes before
+    the Dispatch of ``eid``, which waited for it. Closes ``node``."""
+    await node.send_multipart(P.encode(P.Register(id=2, node=P.NodeInfo(
+        node_id=node_id, **WASM_NODE))))
+    first, _ = await recv(node)
+    second, _ = await recv(node)
+    assert isinstance(first, P.Welcome), (first, second)
+    assert first.session == sms.registry.session_of(node_id)
+    assert isinstance(second, P.Dispatch) and second.execution_id == eid
+    node.close(linger=0)
+
+
 def test_sms_sends_welcome_before_the_work_that_waited(arun, free_port, zsocket):
     """A node that registers again (after it turned unhealthy) gets its Welcome -
     and the session it starts - before the execution that waited for it."""
@@ -310,22 +335,12 @@ def test_sms_sends_welcome_before_the_work_that_waited(arun, free_port, zsocket)
             from spear import AsyncClient
 
             async with AsyncClient(sms.address, timeout=WAIT) as c:
-                await c.deploy(P.FunctionSpec(name="add", runtime="wasm", handler="add",
-                                              artifact=(EXAMPLES / "add.wat").read_bytes()))
-                info = dict(runtimes=["wasm"], capacity=P.Capacity(cores=4, memory=1 << 32))
-                node, _ = await raw_node(zsocket, sms, "node-w", **info)
+                node = await add_and_a_node(c, zsocket, sms, "node-w")
                 sms.registry.tick(time.time() + sms.config.sms.heartbeat_timeout + 1)
                 assert sms.registry.nodes["node-w"].state == "unhealthy"
                 eid = await c.submit("add", args=[1, 2])
                 assert (await c.execution(eid)).status == "pending"  # waits for its node
-                await node.send_multipart(P.encode(P.Register(id=2, node=P.NodeInfo(
-                    node_id="node-w", **info))))
-                first, _ = await recv(node)
-                second, _ = await recv(node)
-                assert isinstance(first, P.Welcome), (first, second)
-                assert first.session == sms.registry.session_of("node-w")
-                assert isinstance(second, P.Dispatch) and second.execution_id == eid
-                node.close(linger=0)
+                await welcome_then_the_work(node, sms, "node-w", eid)
 
     arun(main())
 
@@ -425,22 +440,13 @@ def test_the_first_message_after_a_stall_finds_the_stall_reported(arun, free_por
             from spear import AsyncClient
 
             async with AsyncClient(sms.address, timeout=WAIT) as c:
-                await c.deploy(P.FunctionSpec(name="add", runtime="wasm", handler="add",
-                                              artifact=(EXAMPLES / "add.wat").read_bytes()))
-                info = dict(runtimes=["wasm"], capacity=P.Capacity(cores=4, memory=1 << 32))
-                node, _ = await raw_node(zsocket, sms, "node-z", **info)
+                node = await add_and_a_node(c, zsocket, sms, "node-z")
                 # the loop ran nothing of ours for longer than half the heartbeat timeout
                 sms._awake -= sms.config.sms.heartbeat_timeout
                 eid = await c.submit("add", args=[1, 2])
                 assert "node-z" in sms.core.unconfirmed  # the stall was known first
                 assert (await c.execution(eid)).status == "pending"  # waits for its node
                 assert await recv_or_none(node, 0.3) is None  # nothing to the old link
-                await node.send_multipart(P.encode(P.Register(id=2, node=P.NodeInfo(
-                    node_id="node-z", **info))))
-                first, _ = await recv(node)
-                second, _ = await recv(node)
-                assert isinstance(first, P.Welcome)
-                assert isinstance(second, P.Dispatch) and second.execution_id == eid
-                node.close(linger=0)
+                await welcome_then_the_work(node, sms, "node-z", eid)
 
     arun(main())

@@ -278,7 +278,8 @@ class ProcessRuntime(Runtime):
 
     def collect(self) -> None:
         """Remove unpacked bundles no function uses, and environments unused for ``env_ttl``."""
-        if self.cache_dir is None or not os.path.isdir(self.cache_dir):
+        root = self.cache_dir
+        if root is None or not any(os.path.isdir(os.path.join(root, d)) for d in ("code", "envs")):
             return  # nothing deployed here ever needed it: make nothing
         try:
             code, envs = self._caches()
@@ -394,8 +395,6 @@ class ProcessRuntime(Runtime):
         if self._cache_temp:
             rmtree(self.cache_dir)
             self.cache_dir, self._code, self._envs, self._cache_temp = None, None, None, False
-        elif self.cache_dir is not None:
-            rmtree(os.path.join(self.cache_dir, "run"))  # only scratch: the next start makes it
         host, self._host_ = self._host_, None
         if host is not None:
             await close_host(host)
