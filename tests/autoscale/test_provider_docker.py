@@ -42,6 +42,12 @@ def _engine():
     return api
 
 
+#: this Python (a virtual environment's and, if it is one, the interpreter it was made
+#: from) and this checkout, read-only, where the container expects them
+VOLUMES = ",".join(f"{p}:{p}:ro" for p in dict.fromkeys((sys.prefix, sys.base_prefix))) \
+    + f",{REPO}:/opt/spear:ro"
+
+
 @pytest.fixture(scope="module")
 def image():
     api = _engine()
@@ -74,7 +80,7 @@ def sms(tmp_path_factory):
 def test_create_run_list_destroy(image, sms, arun):
     cluster = f"t-{uuid.uuid4().hex[:8]}"
     options = {"cluster": cluster, "image": image, "network": "host",
-               "volumes": f"{sys.prefix}:{sys.prefix}:ro,{REPO}:/opt/spear:ro"}
+               "volumes": VOLUMES}
     provider = load("docker")(sms=sms.sms_addr, options=options)
     small = NodeType(name="small", provider="docker", cores=1.0, memory_mb=512)
     name = f"{cluster}-n1"
@@ -118,7 +124,7 @@ def test_a_load_ramp_grows_containers_then_shrinks_back_to_min(image, sms, tmp_p
     cluster = f"t-{uuid.uuid4().hex[:8]}"
     options = {"cluster": cluster, "image": image, "network": "host",
                "env": "SPEAR_SPEARLET_MAX_CONCURRENCY=1",
-               "volumes": f"{sys.prefix}:{sys.prefix}:ro,{REPO}:/opt/spear:ro"}
+               "volumes": VOLUMES}
     cfg = AutoscalerConfig(provider="docker", min_nodes=1, max_nodes=3, tick=0.2, up_ticks=2,
                            up_cooldown=1.0, down_cooldown=2.0, scale_down_idle_s=2.0,
                            protect_idle_s=4.0, node_cores=1.0, node_memory_mb=512,
