@@ -168,6 +168,34 @@ def test_a_given_registry_is_used():
     assert "process_cpu_seconds_total" not in metric_names(reg)
 
 
+def test_the_daemons_start_without_prometheus_client_until_metrics_are_read():
+    """prometheus-client costs ~50 ms of imports at every daemon start: it is loaded
+    when /metrics is served or read, and executions recorded before count."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import spear.sms.daemon, spear.spearlet.daemon\n"
+        "from spear.metrics import SpearletMetrics\n"
+        "m = SpearletMetrics()\n"
+        "m.watch_mesh({})\n"
+        "m.execution_finished('f', 'wasm', 'succeeded', 0.0, 0.0, 0.001, 0.001)\n"
+        "print('prometheus_client' in sys.modules)\n"
+        "from spear.metrics import metric_names\n"
+        "names = metric_names(m.registry)\n"
+        "print('prometheus_client' in sys.modules, 'spear_mesh_messages_sent_total' in names,\n"
+        "      'process_cpu_seconds_total' in names)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "True", "True", "True"]
+    m, _ = spearlet_metrics()
+    m.execution_finished("f", "wasm", "succeeded", 0.0, 0.0, 0.001, 0.001)
+    assert value(m.registry, "spear_spearlet_executions_total",
+                 function="f", runtime="wasm", status="succeeded") == 1
+
+
 def test_catalog_matches_what_the_registries_expose():
     sp, _ = spearlet_metrics()
     sms, *_ = sms_metrics()

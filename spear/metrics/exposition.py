@@ -7,19 +7,14 @@ here let a collector read daemon state from the scrape thread safely.
 
 from __future__ import annotations
 
+import functools
 import weakref
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from prometheus_client import CollectorRegistry
-from prometheus_client.metrics_core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    InfoMetricFamily,
-    Metric,
-)
-from prometheus_client.utils import floatToGoString
+if TYPE_CHECKING:  # prometheus-client is imported at the first scrape or serve, never at start
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.metrics_core import Metric
 
 #: latency buckets (seconds), about 3x apart: inline wasm calls take tens of µs, docker
 #: runs minutes. Few on purpose: every bucket is a line per function per stage, and
@@ -27,7 +22,6 @@ from prometheus_client.utils import floatToGoString
 BUCKETS: tuple[float, ...] = (
     0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0,
 )
-_LE = [floatToGoString(b) for b in BUCKETS] + ["+Inf"]
 _NB = len(BUCKETS) + 1  # slots per histogram, the last one is +Inf
 
 #: label value used for functions beyond ``max_functions`` (names start alphanumeric)
@@ -45,9 +39,24 @@ class MetricSpec:
 
     def family(self) -> Metric:
         """An empty family to fill with ``add_metric``."""
-        cls = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily,
-               "histogram": HistogramMetricFamily, "info": InfoMetricFamily}[self.kind]
-        return cls(self.name, self.help, labels=self.labels)
+        return _families()[self.kind](self.name, self.help, labels=self.labels)
+
+
+@functools.cache
+def _families() -> dict[str, type]:
+    from prometheus_client.metrics_core import (CounterMetricFamily, GaugeMetricFamily,
+                                                HistogramMetricFamily, InfoMetricFamily)
+
+    return {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily,
+            "histogram": HistogramMetricFamily, "info": InfoMetricFamily}
+
+
+@functools.cache
+def bucket_labels() -> list[str]:
+    """The ``le`` label of each bucket, as prometheus-client writes it, and ``+Inf``."""
+    from prometheus_client.utils import floatToGoString
+
+    return [floatToGoString(b) for b in BUCKETS] + ["+Inf"]
 
 
 def _specs(*rows: tuple) -> dict[str, MetricSpec]:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import threading
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
-from prometheus_client.metrics_core import Metric
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
 
 from .exposition import _MESH, _Collector, _Monotonic
 

@@ -9,14 +9,14 @@ counter and histogram families at scrape time.
 from __future__ import annotations
 
 import bisect
-from typing import Any, Iterable, Mapping
-
-from prometheus_client import CollectorRegistry, Info, PlatformCollector, ProcessCollector
-from prometheus_client.exposition import start_http_server
-from prometheus_client.metrics_core import Metric
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from .. import __version__, errors
-from .exposition import _COMMON, _EXEC, _LE, _NB, OTHER, _Collector, _snapshot
+from .exposition import _COMMON, _EXEC, _NB, OTHER, _Collector, _snapshot, bucket_labels
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.metrics_core import Metric
 from .mesh import MeshCollector
 
 
@@ -95,13 +95,14 @@ class _Executions(_Collector):
             fams[p + "execution_errors_total"].add_metric(labels, n)
         for code, n in _snapshot(lambda: list(self.rejected.items()), []):
             fams[p + "rejected_total"].add_metric((code,), n)
+        le = bucket_labels()
         for labels, (bins, sums) in _snapshot(lambda: list(self.latency.items()), []):
             bins = list(bins)
             for i, stage in enumerate(self.stages):
                 acc, buckets = 0, []
-                for le, c in zip(_LE, bins[i * _NB:(i + 1) * _NB]):
+                for bound, c in zip(le, bins[i * _NB:(i + 1) * _NB]):
                     acc += c
-                    buckets.append((le, acc))
+                    buckets.append((bound, acc))
                 fams[f"{p}execution_{stage}_seconds"].add_metric(labels, buckets, sums[i])
         return fams.values()
 
@@ -110,22 +111,52 @@ _bisect = bisect.bisect_left
 
 
 class _DaemonMetrics:
-    """What the SMS and the Spearlet share: registry, build info, mesh counters, HTTP."""
+    """What the SMS and the Spearlet share: registry, build info, mesh counters, HTTP.
+
+    The registry (and prometheus-client, ~50 ms of imports) is made when first
+    asked for: by ``/metrics`` being served or by a reader. Until then the
+    collectors wait in a list; the hot path never needs it.
+    """
 
     role = ""
     STAGES: tuple[str, ...] = ()
 
     def __init__(self, registry: CollectorRegistry | None = None, *, max_functions: int = 500,
                  process: bool = True) -> None:
-        self.registry = registry if registry is not None else CollectorRegistry()
-        Info("spear_build", _COMMON["spear_build_info"].help, registry=self.registry).info(
-            {"version": __version__, "role": self.role})
-        if process:
-            ProcessCollector(registry=self.registry)
-            PlatformCollector(registry=self.registry)
+        self._registry = registry
+        self._process = process
         self._exec = _Executions(self.role, self.STAGES, max_functions)
-        self.registry.register(self._exec)
+        self._collectors: list[Any] = [self._exec]
         self._server: MetricsServer | None = None
+        if registry is not None:
+            self._fill(registry)
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        """This daemon's registry, made (with its collectors) on first use."""
+        if self._registry is None:
+            from prometheus_client import CollectorRegistry
+
+            self._fill(CollectorRegistry())
+        return self._registry
+
+    def _fill(self, registry: CollectorRegistry) -> None:
+        from prometheus_client import Info, PlatformCollector, ProcessCollector
+
+        self._registry = registry
+        Info("spear_build", _COMMON["spear_build_info"].help, registry=registry).info(
+            {"version": __version__, "role": self.role})
+        if self._process:
+            ProcessCollector(registry=registry)
+            PlatformCollector(registry=registry)
+        for c in self._collectors:
+            registry.register(c)
+
+    def register(self, collector: Any) -> None:
+        """Add a collector: now if the registry exists, else when it is made."""
+        self._collectors.append(collector)
+        if self._registry is not None:
+            self._registry.register(collector)
 
     def rejected(self, code: str) -> None:
         """An invocation was refused before it became an execution (``code``: wire error code)."""
@@ -134,7 +165,7 @@ class _DaemonMetrics:
 
     def watch_mesh(self, sockets: Mapping[str, Any]) -> None:
         """Expose message counters of ``{"name": RouterServer | DealerPeer | Endpoint}``."""
-        self.registry.register(MeshCollector(sockets))
+        self.register(MeshCollector(sockets))
 
     def serve(self, host: str = "127.0.0.1", port: int = 0) -> "MetricsServer":
         """Serve ``/metrics`` from a daemon thread; ``port=0`` picks a free port."""
@@ -156,6 +187,8 @@ class MetricsServer:
     """``/metrics`` over HTTP from a daemon thread (prometheus-client's WSGI server)."""
 
     def __init__(self, registry: CollectorRegistry, host: str = "127.0.0.1", port: int = 0) -> None:
+        from prometheus_client.exposition import start_http_server
+
         try:
             self._httpd, self._thread = start_http_server(port, addr=host, registry=registry)
         except OSError as exc:

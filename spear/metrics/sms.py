@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
-from prometheus_client import CollectorRegistry
-from prometheus_client.metrics_core import Metric
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.metrics_core import Metric
 
 from .exposition import _NB, _SMS_STATE, BUCKETS, _Collector, _snapshot
 from .registry import _bisect, _DaemonMetrics
@@ -66,7 +67,7 @@ class SMSMetrics(_DaemonMetrics):
     def watch(self, tasks: Any, nodes: Any, table: Any = None, store: Any = None) -> None:
         """Read queue, executions, nodes and the store's health at scrape time
         (the SMS core's executions, node registry and node table; a GuardedStore)."""
-        self.registry.register(SMSCollector(self, tasks, nodes, table, store))
+        self.register(SMSCollector(self, tasks, nodes, table, store))
 
 
 _NODE_STATES = ("ready", "unhealthy", "draining")

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from prometheus_client.metrics_core import Metric
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
 
 from .exposition import _NB, _SPEARLET_STATE, BUCKETS, _Collector, _Monotonic, _snapshot
 from .registry import _bisect, _DaemonMetrics
@@ -43,7 +44,7 @@ class SpearletMetrics(_DaemonMetrics):
         (``capacity()``; ``usage()`` unless ``usage`` is given). ``results``:
         the buffer of unconfirmed results (``len()``, ``dropped``).
         """
-        self.registry.register(SpearletCollector(functions, monitor, usage=usage,
+        self.register(SpearletCollector(functions, monitor, usage=usage,
                                                  registered=registered, reconnects=reconnects,
                                                  results=results))
 
