@@ -159,6 +159,9 @@ class ProcessConfig(_Section, frozen=True):
     #: disk all those environments may take together (MB); past it, unused ones are
     #: removed first, then a build is refused RESOURCE_EXHAUSTED
     envs_max_mb: Annotated[int, Meta(ge=1)] = 20480
+    #: free disk (MB) under the environments that a build never takes: a build
+    #: is refused, or stopped while it runs, RESOURCE_EXHAUSTED, below it
+    envs_min_free_mb: Annotated[int, Meta(ge=0)] = 1024
 
 
 class DockerConfig(_Section, frozen=True):

@@ -247,7 +247,7 @@ class RuntimeManager:
                    data_dir=self.data_dir, cache_dir=c.cache_dir or None,
                    installer=c.installer, index_url=c.index_url,
                    env_build_timeout=c.env_build_timeout, env_ttl=c.env_ttl,
-                   envs_max_mb=c.envs_max_mb,
+                   envs_max_mb=c.envs_max_mb, envs_min_free_mb=c.envs_min_free_mb,
                    installer_env=child_env(), node=self.node_id)
 
     def _docker(self, cls: type[Runtime]) -> Runtime:

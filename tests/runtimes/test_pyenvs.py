@@ -442,3 +442,34 @@ def test_the_environments_stay_within_their_disk_budget(cache, run):
     run(main())
     # no installer cache outside the budget, keeping every wheel ever installed
     assert not os.path.exists(os.path.join(home, ".cache")), os.listdir(os.path.join(home, ".cache"))
+
+
+def test_a_build_that_outgrows_the_budget_or_the_free_disk_is_stopped_while_it_runs(cache, run):
+    # one requirement set bigger than the whole budget must not be written out whole
+    # (and removed after): the build is stopped once it passes what could be made room for
+    version = tuple(sys.version_info[:2])
+    root = os.path.join(cache, "envs")
+    env = {k: v for k, v in child_env().items() if not k.startswith("XDG_")} | {
+        "HOME": os.path.join(cache, "home")}
+
+    async def main():
+        envs = PyEnvs(root, env=env, node=NODE, max_bytes=4 << 20)
+        envs.watch_every = 0.05
+        with pytest.raises(errors.ResourceExhausted) as ei:
+            await envs.acquire("big", sys.executable, version, ["numpy==1.26.4"])
+        assert ei.value.details["limit"] == "envs_max_mb", ei.value
+        assert ei.value.details["while_building"] is True
+        assert "while it was built" in ei.value.message
+        assert envs.builds == 0 and envs_in(cache) == []
+        assert not [n for n in os.listdir(root) if n.startswith(".build-")]
+        # the installer's downloads count too: they go under the build's own directory
+        assert not os.path.exists(os.path.join(cache, "home", ".cache"))
+        # a disk with less free space than the reserve: refused before any build
+        free = shutil.disk_usage(root).free
+        tight = PyEnvs(root, env=env, node=NODE, min_free_bytes=free + (1 << 30))
+        with pytest.raises(errors.ResourceExhausted) as ei:
+            await tight.acquire("small", sys.executable, version, ["humanize==4.9.0"])
+        assert ei.value.details["limit"] == "envs_min_free_mb" and tight.builds == 0
+        assert "free" in ei.value.message and envs_in(cache) == []
+
+    run(main())

@@ -32,6 +32,7 @@ requirement set after another cannot fill the node's disk this way.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import logging
@@ -45,6 +46,7 @@ import sys
 import tempfile
 import threading
 import time
+from typing import Callable
 
 from ... import errors
 from .codecache import make_dirs
@@ -129,13 +131,16 @@ class PyEnvs:
     ``index_url``: the package index ("" = the installer's default).
     ``timeout``: seconds a build may take. ``ttl``: seconds an unused
     environment is kept. ``max_bytes``: the disk all environments may take
-    together. ``env``: the environment of the installer's process (the
-    node's own: proxies, certificates). ``node``: named in errors.
+    together. ``min_free_bytes``: free disk a build never goes below (the
+    node's store and logs share it). ``env``: the environment of the
+    installer's process (the node's own: proxies, certificates). ``node``:
+    named in errors.
     """
 
     def __init__(self, root: str, *, installer: str = "auto", index_url: str = "",
                  timeout: float = 600.0, ttl: float = 86400.0, max_bytes: int = 20 << 30,
-                 env: dict[str, str] | None = None, node: str = "") -> None:
+                 env: dict[str, str] | None = None, node: str = "",
+                 min_free_bytes: int = 1 << 30) -> None:
         if installer not in ("auto", "uv", "pip"):
             raise ValueError(f"installer must be 'auto', 'uv' or 'pip', not {installer!r}")
         self.root = root
@@ -144,6 +149,9 @@ class PyEnvs:
         self.timeout = timeout
         self.ttl = ttl
         self.max_bytes = max_bytes
+        self.min_free_bytes = min_free_bytes
+        #: seconds between two measures of a running build (its size, the free disk)
+        self.watch_every = 0.5
         self._sizes: dict[str, int] | None = None  # key -> bytes, read from disk once
         self._refused: dict[str, int] = {}  # key -> the size of its build the budget refused
         self._one_build = asyncio.Semaphore(1)
@@ -194,6 +202,7 @@ class PyEnvs:
         if self._sizes is None:
             self._sizes = await asyncio.to_thread(self._read_sizes)
         self._make_room(name, key, self._refused.get(key, 0), before=True)
+        self._check_free(name, 0)
         size = await self._build(name, key, interpreter, version, requirements)
         self._sizes[key] = size
         try:
@@ -329,6 +338,50 @@ class PyEnvs:
                 details={"limit": "envs_max_mb", "used": used - size, "size": size,
                          "max": self.max_bytes})
 
+    def _check_free(self, name: str, building: int) -> None:
+        """RESOURCE_EXHAUSTED if the disk under the environments has less than
+        ``min_free_bytes`` free (``building``: bytes the running build holds)."""
+        try:
+            free = shutil.disk_usage(self.root).free
+        except OSError:
+            return
+        if free < self.min_free_bytes:
+            mb = 1 << 20
+            raise errors.ResourceExhausted(
+                f"{name}: no room for its Python environment on node {self.node or '?'}: "
+                f"{free / mb:.0f} MB of disk free, {self.min_free_bytes / mb:.0f} MB kept free "
+                "([runtimes.process] envs_min_free_mb)"
+                + (f"; the build was stopped at {building / mb:.1f} MB" if building else ""),
+                details={"limit": "envs_min_free_mb", "free": free, "min_free": self.min_free_bytes,
+                         "while_building": bool(building)})
+
+    def _room(self, key: str) -> int:
+        """The most environment ``key`` can take: the budget less what environments
+        in use (or being built) hold; unused ones would be removed to make room."""
+        held = 0
+        for other, size in (self._sizes or {}).items():
+            lock = self._locks.get(other)
+            if other != key and (other in self._users or (lock is not None and lock.locked())):
+                held += size
+        return self.max_bytes - held
+
+    def _watch(self, name: str, key: str, build_dir: str) -> None:
+        """Raise RESOURCE_EXHAUSTED if the running build in ``build_dir`` (the
+        installer's downloads included) passed the room it could get, or left
+        less free disk than the reserve. Runs in a thread."""
+        used = _disk_use(build_dir)
+        room = self._room(key)
+        if used > room:
+            mb = 1 << 20
+            raise errors.ResourceExhausted(
+                f"{name}: its Python environment was stopped while it was built on node "
+                f"{self.node or '?'}: it took {used / mb:.1f} MB, more than the "
+                f"{max(0, room) / mb:.1f} MB left of the {self.max_bytes / mb:.0f} MB allowed "
+                "([runtimes.process] envs_max_mb)",
+                details={"limit": "envs_max_mb", "size": used, "room": room, "max": self.max_bytes,
+                         "while_building": True})
+        self._check_free(name, used or 1)
+
     # -- building
     def _tool(self) -> str:
         if self.installer in ("auto", "uv"):
@@ -359,8 +412,9 @@ class PyEnvs:
                 f.write("".join(r.strip() + "\n" for r in requirements))
             deadline = time.monotonic() + self.timeout
             final = os.path.join(self.root, key)
+            watch = functools.partial(self._watch, name, key, tmp)
             for argv in self._commands(uv, interpreter, env_dir, reqs, bool(requirements)):
-                await self._run(name, requirements, argv, deadline, (env_dir, final))
+                await self._run(name, requirements, argv, deadline, (env_dir, final), watch, tmp)
             size = await asyncio.to_thread(_seal, env_dir)
             with open(os.path.join(env_dir, ABOUT), "w") as f:
                 json.dump({"python": "%d.%d" % version, "requirements": sorted(requirements),
@@ -392,13 +446,18 @@ class PyEnvs:
         return cmds
 
     async def _run(self, name: str, requirements: list[str], argv: list[str],
-                   deadline: float, where: tuple[str, str]) -> None:
+                   deadline: float, where: tuple[str, str],
+                   watch: Callable[[], None] | None = None, tmp: str = "") -> None:
         """Run one installer command until ``deadline``; a failure names the final
-        place of the environment (``where``: (build dir, final dir)), not the build's."""
+        place of the environment (``where``: (build dir, final dir)), not the build's.
+        ``watch`` (in a thread, every :attr:`watch_every` s) raises to stop the build;
+        ``tmp``: the installer's temporary directory (its downloads), inside the build's."""
         # no installer cache: it would keep every wheel ever installed outside the budget
         env = {**self.env, "UV_LINK_MODE": "copy", "UV_PYTHON_DOWNLOADS": "never",
                "UV_NO_PROGRESS": "1", "PIP_NO_INPUT": "1", "UV_NO_CACHE": "1",
                "PIP_NO_CACHE_DIR": "1"}
+        if tmp:  # downloads and unpacked wheels count against the build's size
+            env["TMPDIR"] = tmp
         # subprocess.Popen, not the loop's: uvloop cannot set a child's umask.
         # cwd: not the Spearlet's, so that no project file there steers the installer
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -406,8 +465,16 @@ class PyEnvs:
                                 start_new_session=True, close_fds=True)
         talk = asyncio.ensure_future(asyncio.to_thread(proc.communicate))
         try:
-            out, _ = await asyncio.wait_for(asyncio.shield(talk),
-                                            max(0.1, deadline - time.monotonic()))
+            while True:
+                left = deadline - time.monotonic()
+                step = min(left, self.watch_every) if watch is not None else left
+                try:
+                    out, _ = await asyncio.wait_for(asyncio.shield(talk), max(0.01, step))
+                    break
+                except asyncio.TimeoutError:
+                    if left <= step:
+                        raise
+                await asyncio.to_thread(watch)  # raises to stop the build
         except BaseException as exc:
             _kill_group(proc)  # the installer and anything it started
             try:

@@ -68,6 +68,7 @@ class ProcessRuntime(Runtime):
     environments built (``envs/``); None: :func:`.codecache.default_cache_dir`
     of ``data_dir`` (a temporary directory, removed at close, without one).
     ``installer``, ``index_url``, ``env_build_timeout``, ``env_ttl``, ``envs_max_mb``,
+    ``envs_min_free_mb``,
     ``installer_env``: how environments are built and kept (see
     :class:`.pyenvs.PyEnvs`); ``node``: the node's id, named in their errors.
     """
@@ -95,6 +96,7 @@ class ProcessRuntime(Runtime):
         env_build_timeout: float = 600.0,
         env_ttl: float = 86400.0,
         envs_max_mb: int = 20480,
+        envs_min_free_mb: int = 1024,
         installer_env: dict[str, str] | None = None,
         node: str = "",
     ) -> None:
@@ -120,6 +122,7 @@ class ProcessRuntime(Runtime):
         self._env_options = dict(installer=installer, index_url=index_url,
                                  timeout=env_build_timeout, ttl=env_ttl,
                                  max_bytes=envs_max_mb << 20,
+                                 min_free_bytes=envs_min_free_mb << 20,
                                  env=installer_env, node=node)
         #: the node data directory a default cache belongs to (written into it as OWNER_FILE)
         self._owner = ""
