@@ -132,7 +132,8 @@ class ProcessConfig(_Section, frozen=True):
     memory_mb: Annotated[int, Meta(ge=1)] = 512
     timeout: Seconds = 30.0
     #: user functions run as: "auto" (nobody when the Spearlet is root), "" (the
-    #: Spearlet's own user), or a user name
+    #: Spearlet's own user), "per-function" (root only: a user of its own for each
+    #: function, see docs/sandbox.md), or a user name
     user: str = "auto"
     #: refuse network=false functions where no network namespace can be made
     strict_network: bool = True

@@ -528,3 +528,47 @@ def test_nothing_is_left_behind(shared, no_leftovers):
         assert gone([p.pid for p in new_descendants(before)], wait=0)
 
     run(main())
+
+
+def _uid_of(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(line for line in f if line.startswith("Uid:")).split()[1])
+
+
+def test_per_function_users_keep_functions_apart(shared):
+    # with one sandbox user for all (the default), a function may signal any other
+    # function's processes and read a command's environment (its secrets); with a
+    # user of its own per function ([runtimes.process] user = "per-function") neither
+    async def main():
+        out = {}
+        for mode in ("auto", "per-function"):
+            rt = ProcessRuntime(host_paths=TMP, user=mode)
+            victim = await start(rt, spec("victim", mode="pooled", env={"API_TOKEN": "s3cr3t"},
+                                          command=[os.path.join(shared, "upper_worker.sh")]))
+            thief = await start(rt, handler("sandboxhandlers:probe", shared))
+            toucher = await start(rt, handler("sandboxhandlers:touch", "", env={"PYTHONPATH": shared}))
+            try:
+                assert (await rt.invoke(victim, b"x", [], Limits())).output == b"X"
+                pid = victim.handle.pid
+                seen = json.loads((await rt.invoke(thief, str(pid).encode(), [], Limits())).output)
+                seen["victim_uid"] = _uid_of(pid)
+                seen["touched"] = json.loads((await rt.invoke(toucher, b"", [], Limits())).output)
+                seen["toucher_uid"] = _uid_of(toucher.handle.pid)
+                again = await start(rt, handler("sandboxhandlers:probe", shared))
+                seen["again_uid"] = _uid_of(again.handle.pid)
+            finally:
+                await rt.close()
+            out[mode] = seen
+        return out
+
+    out = run(main())
+    shared_user, own = out["auto"], out["per-function"]
+    assert shared_user["signal"] == "ok" and isinstance(shared_user["environ"], int), shared_user
+    assert shared_user["uid"] == shared_user["victim_uid"] == nobody()[0]
+    assert own["signal"] == "PermissionError" and own["environ"] == "PermissionError", own
+    uids = {own["uid"], own["victim_uid"], own["toucher_uid"]}
+    assert len(uids) == 3 and nobody()[0] not in uids and 0 not in uids, own
+    assert own["again_uid"] == own["uid"]  # one user per function, not per instance
+    assert own["gid"] == own["uid"]
+    # its scratch directory and what it makes there are its own
+    assert own["touched"]["owner"] == own["toucher_uid"]

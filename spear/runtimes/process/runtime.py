@@ -29,7 +29,8 @@ from .host import Host, close_host, open_host
 from .limits import Bounds
 from .oneshot import OneShot, run_oneshot
 from .pyenvs import PyEnvs
-from .sandbox import Sandbox, User, denied, python_version, resolve_user
+from .sandbox import (FUNCTION_UID_BASE, PER_FUNCTION, Sandbox, User, denied, python_version,
+                      resolve_user)
 from .spec import DEFAULT_ENV, Planner, Plan, rmtree
 from .streams import MAX_OUTPUT, MIB
 from .workers import Worker
@@ -46,7 +47,9 @@ class ProcessRuntime(Runtime):
 
     ``user``: who functions run as. ``"auto"`` (default): ``nobody`` when the
     Spearlet is root, else the Spearlet's own user; ``None`` or ``""``: the
-    Spearlet's own user; a name or uid: that user (needs root).
+    Spearlet's own user; ``"per-function"``: a user of its own for each function
+    (needs root, see :meth:`.sandbox.Sandbox.user_for`); a name or uid: that user
+    (needs root).
     ``strict_network``: when a function with ``limits.network = false`` cannot
     get a network namespace here, refuse it (``Unavailable``, the default) or,
     if False, run it with network after logging one warning.
@@ -110,7 +113,8 @@ class ProcessRuntime(Runtime):
         self.max_output = max_output_mb * MIB if max_output_mb else MAX_OUTPUT
         self.cgroups_mode = cgroups
         self.state_dir = state_dir
-        self.sandbox = Sandbox(resolve_user(user, os.geteuid()), strict_network=strict_network)
+        self.sandbox = Sandbox(resolve_user(user, os.geteuid()), strict_network=strict_network,
+                               per_function=user == PER_FUNCTION)
         self.planner = Planner(self.sandbox, host_paths if host_paths is not None else HostPaths(),
                                dict(DEFAULT_ENV if base_env is None else base_env), python)
         self._host_: Host | None = None
@@ -143,7 +147,10 @@ class ProcessRuntime(Runtime):
         self._code: CodeCache | None = None
         self._envs: PyEnvs | None = None
         u = self.sandbox.user
-        if u is not None:
+        if self.sandbox.per_function:
+            log.info("process functions run each as a user of its own (uid %d + a number "
+                     "drawn from its name)", FUNCTION_UID_BASE)
+        elif u is not None:
             log.info("process functions run as %s (uid %d, gid %d)", u.name, u.uid, u.gid)
 
     @property
@@ -165,6 +172,8 @@ class ProcessRuntime(Runtime):
         if self._host_ is None:
             self._host_, self._cgroups_why = open_host(self.cgroups_mode, self.state_dir,
                                                        self.sandbox.user)
+            if self.sandbox.per_function:  # one uid per function: sweeps look at every process
+                self._host_.sweep_uid = None
         return self._host_
 
     @property
@@ -299,7 +308,7 @@ class ProcessRuntime(Runtime):
         cwd = plan.workdir
         if not cwd:
             tmpdir = cwd = tempfile.mkdtemp(prefix=f"spear-{spec.name}-", dir=self._scratch())
-            user = self.sandbox.user
+            user = self.sandbox.user_for(spec.name)
             if user is not None:  # mode 0700: the function's own, nobody else's
                 try:
                     os.chown(tmpdir, user.uid, user.gid)

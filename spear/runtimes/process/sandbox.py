@@ -12,7 +12,8 @@ non-root Spearlet isolates the network with a user namespace (``unshare
 isolation is possible such functions are refused with ``Unavailable``
 (``strict_network=True``, the default) or run with network after one warning
 (``strict_network=False``). See ``docs/sandbox.md``; use the docker runtime
-for hostile code (all sandboxed functions share one user).
+for hostile code (all sandboxed functions share one user unless ``user`` is
+``"per-function"``).
 
 :class:`Sandbox` wraps a prepared command accordingly (:meth:`Sandbox.wrap`);
 :func:`denied` says, at deploy time, why the sandbox user could not reach a
@@ -22,6 +23,7 @@ path, so that a function it cannot run fails its deploy, not its calls.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import pwd
@@ -70,15 +72,39 @@ class User:
     gid: int
 
 
+#: ``[runtimes.process] user`` for a user of its own per function (root only)
+PER_FUNCTION = "per-function"
+#: the uids (each its own gid too) of per-function users: this base plus a number
+#: drawn from the function's name, below 0x7FFF0000 (systemd's reserved top range)
+#: and above the ranges that systems and container tools hand out
+FUNCTION_UID_BASE = 0x70000000
+FUNCTION_UID_SPAN = 0x0FFF0000
+
+
+def function_uid(name: str, taken: set[int] = frozenset()) -> int:
+    """The uid of function ``name``'s own user: the same on every node and after a
+    restart, unless it is ``taken`` here by another function (then the next free one)."""
+    n = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") % FUNCTION_UID_SPAN
+    while FUNCTION_UID_BASE + n in taken:
+        n = (n + 1) % FUNCTION_UID_SPAN
+    return FUNCTION_UID_BASE + n
+
+
 def resolve_user(user: str | None, euid: int) -> User | None:
     """The identity to switch to, or None to run functions as the Spearlet's own user.
 
     ``"auto"``: ``nobody`` when we are root, else ourselves. ``None``/``""``:
     ourselves. A name or numeric uid: that user (only root can switch).
+    ``"per-function"`` (root only): a user of its own per function (see
+    :meth:`Sandbox.user_for`); ``nobody`` is returned for the checks made at
+    deploy time, which then hold for any user that owns nothing on the host.
     """
     if not user:
         return None
-    if user == "auto":
+    if user == PER_FUNCTION and euid != 0:
+        raise ValueError("a user per function ([runtimes.process] user = \"per-function\") "
+                         "needs a Spearlet running as root")
+    if user in ("auto", PER_FUNCTION):
         if euid != 0:
             return None
         try:
@@ -243,14 +269,29 @@ class Sandbox:
     namespace can be made (else run it with network after one warning).
     """
 
-    def __init__(self, user: User | None, *, strict_network: bool = True) -> None:
+    def __init__(self, user: User | None, *, strict_network: bool = True,
+                 per_function: bool = False) -> None:
         self.user = user
+        #: each function runs as a user of its own (see :meth:`user_for`)
+        self.per_function = per_function and user is not None
+        self._uids: dict[str, int] = {}  # function -> the uid of its user here
         self.strict_network = strict_network
         self.root = os.geteuid() == 0
         #: util-linux unshare (None: no namespaces, the user switch is done by subprocess)
         self.unshare = shutil.which("unshare", path=SYSTEM_PATH)
         self._isolation: tuple[list[str] | None, str] | None = None  # probed on first need
         self._warned_network = False
+
+    def user_for(self, name: str) -> User | None:
+        """The user function ``name`` runs as: :attr:`user`, or with ``per_function`` a
+        user of its own (uid = gid, no passwd entry), so that no function can signal
+        another's processes, read their ``/proc`` entries or write their files."""
+        if not self.per_function:
+            return self.user
+        uid = self._uids.get(name)
+        if uid is None:
+            uid = self._uids[name] = function_uid(name, set(self._uids.values()))
+        return User(f"uid {uid}", uid, uid)
 
     async def network_isolation(self) -> tuple[bool, str]:
         """``(True, "")`` if functions can be denied the network here, else ``(False, why)``."""
@@ -287,7 +328,7 @@ class Sandbox:
         on this system). Loader-sensitive variables never reach the root-run
         wrapper: ``env`` sets them again after the switch.
         """
-        user = self.user
+        user = self.user_for(name)
         wrapper = [] if network else await self.network_prefix(name)
         popen_kw: dict = {}
         if user is not None:

@@ -52,3 +52,21 @@ def peek(data: bytes) -> dict:
         except OSError as exc:
             out[name] = type(exc).__name__
     return out
+
+
+def probe(data: bytes) -> dict:
+    """What this function can do to process ``data`` (a pid): signal it, read its
+    environment; and who it is."""
+    pid = int(data)
+    out: dict = {"uid": os.getuid(), "gid": os.getgid()}
+    try:
+        os.kill(pid, 0)
+        out["signal"] = "ok"
+    except OSError as exc:
+        out["signal"] = type(exc).__name__
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            out["environ"] = len(f.read())
+    except OSError as exc:
+        out["environ"] = type(exc).__name__
+    return out
