@@ -46,7 +46,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Callable
+from typing import Awaitable, Callable
 
 from ... import errors
 from .codecache import make_dirs
@@ -365,11 +365,12 @@ class PyEnvs:
                 held += size
         return self.max_bytes - held
 
-    def _watch(self, name: str, key: str, build_dir: str) -> None:
+    async def _watch(self, name: str, key: str, build_dir: str) -> None:
         """Raise RESOURCE_EXHAUSTED if the running build in ``build_dir`` (the
         installer's downloads included) passed the room it could get, or left
-        less free disk than the reserve. Runs in a thread."""
-        used = _disk_use(build_dir)
+        less free disk than the reserve. Measures in a thread, judges on the loop
+        (which changes the sizes and users the room is made of)."""
+        used = await asyncio.to_thread(_disk_use, build_dir)
         room = self._room(key)
         if used > room:
             mb = 1 << 20
@@ -447,10 +448,10 @@ class PyEnvs:
 
     async def _run(self, name: str, requirements: list[str], argv: list[str],
                    deadline: float, where: tuple[str, str],
-                   watch: Callable[[], None] | None = None, tmp: str = "") -> None:
+                   watch: Callable[[], Awaitable[None]] | None = None, tmp: str = "") -> None:
         """Run one installer command until ``deadline``; a failure names the final
         place of the environment (``where``: (build dir, final dir)), not the build's.
-        ``watch`` (in a thread, every :attr:`watch_every` s) raises to stop the build;
+        ``watch`` (awaited every :attr:`watch_every` s) raises to stop the build;
         ``tmp``: the installer's temporary directory (its downloads), inside the build's."""
         # no installer cache: it would keep every wheel ever installed outside the budget
         env = {**self.env, "UV_LINK_MODE": "copy", "UV_PYTHON_DOWNLOADS": "never",
@@ -474,7 +475,7 @@ class PyEnvs:
                 except asyncio.TimeoutError:
                     if left <= step:
                         raise
-                await asyncio.to_thread(watch)  # raises to stop the build
+                await watch()  # raises to stop the build
         except BaseException as exc:
             _kill_group(proc)  # the installer and anything it started
             try:

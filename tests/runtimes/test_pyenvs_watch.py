@@ -1,0 +1,81 @@
+"""The watch over a running Python environment build, offline: the installer
+is replaced by a command that only sleeps, the budget by one it outgrows at once."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+
+import pytest
+
+from spear import errors
+from spear.runtimes.process import pyenvs as pyenvs_mod
+from spear.runtimes.process.pyenvs import PyEnvs
+
+VERSION = tuple(sys.version_info[:2])
+SLEEP = [sys.executable, "-c", "import time; time.sleep(30)"]
+
+
+@pytest.fixture
+def root():
+    d = tempfile.mkdtemp(prefix="spear-test-watch-")
+    yield os.path.join(d, "envs")
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def run(arun):
+    return lambda coro, timeout=30: arun(asyncio.wait_for(coro, timeout))
+
+
+def sleeping(envs: PyEnvs, calls: list) -> None:
+    """The installer of ``envs`` sleeps 30 s (each command run appended to ``calls``)."""
+    def commands(*args, **kw):
+        calls.append(args)
+        return [SLEEP]
+    envs._commands = commands
+
+
+def builds_left(root: str) -> list[str]:
+    return [n for n in os.listdir(root) if n.startswith(".build-") and "-gc-" not in n]
+
+
+def test_the_watch_reads_the_budget_on_the_loop_thread(root, run):
+    # the loop changes _sizes/_users/_locks (collect, release, other deploys): a thread
+    # iterating them may see "dictionary changed size during iteration"
+    async def main():
+        envs = PyEnvs(root, max_bytes=1, min_free_bytes=0, installer="pip")
+        envs.watch_every = 0.02
+        sleeping(envs, [])
+        seen = []
+        room = envs._room
+
+        def spy(key):
+            seen.append(threading.current_thread() is threading.main_thread())
+            return room(key)
+        envs._room = spy
+        with pytest.raises(errors.ResourceExhausted):
+            await envs.acquire("big", sys.executable, VERSION, ["x==1"])
+        assert seen and all(seen), seen
+
+    run(main())
+
+
+def test_the_build_timeout_still_fires_on_time_with_its_error(root, run):
+    async def main():
+        envs = PyEnvs(root, timeout=0.6, min_free_bytes=0, installer="pip")
+        envs.watch_every = 0.25
+        sleeping(envs, [])
+        t0 = time.monotonic()
+        with pytest.raises(errors.Unavailable) as ei:
+            await envs.acquire("slow", sys.executable, VERSION, ["x==1"])
+        took = time.monotonic() - t0
+        assert "took over 0.6s" in ei.value.message and "env_build_timeout" in ei.value.message
+        assert 0.55 < took < 2.0, took
+
+    run(main())
