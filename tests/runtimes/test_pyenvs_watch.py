@@ -45,6 +45,29 @@ def builds_left(root: str) -> list[str]:
     return [n for n in os.listdir(root) if n.startswith(".build-") and "-gc-" not in n]
 
 
+def test_a_build_stopped_for_its_size_is_refused_again_without_a_build(root, run):
+    # before the watch, a too big set was built, measured and remembered: the next
+    # deploy of it was refused at once. Stopped while it runs, it must be remembered too,
+    # or each deploy downloads it again up to the budget
+    async def main():
+        envs = PyEnvs(root, max_bytes=1, min_free_bytes=0, installer="pip")
+        envs.watch_every = 0.02
+        calls: list = []
+        sleeping(envs, calls)
+        with pytest.raises(errors.ResourceExhausted) as ei:
+            await envs.acquire("big", sys.executable, VERSION, ["x==1"])
+        assert ei.value.details["while_building"] is True
+        assert len(calls) == 1
+        t0 = time.monotonic()
+        with pytest.raises(errors.ResourceExhausted) as ei:
+            await envs.acquire("big", sys.executable, VERSION, ["x==1"])
+        assert len(calls) == 1, "built again"
+        assert time.monotonic() - t0 < 1
+        assert not ei.value.details.get("while_building")
+
+    run(main())
+
+
 def test_the_watch_reads_the_budget_on_the_loop_thread(root, run):
     # the loop changes _sizes/_users/_locks (collect, release, other deploys): a thread
     # iterating them may see "dictionary changed size during iteration"

@@ -203,7 +203,12 @@ class PyEnvs:
             self._sizes = await asyncio.to_thread(self._read_sizes)
         self._make_room(name, key, self._refused.get(key, 0), before=True)
         self._check_free(name, 0)
-        size = await self._build(name, key, interpreter, version, requirements)
+        try:
+            size = await self._build(name, key, interpreter, version, requirements)
+        except errors.ResourceExhausted as exc:
+            if exc.details.get("limit") == "envs_max_mb":  # stopped while it ran: at least this big
+                self._refused[key] = max(self._refused.get(key, 0), exc.details["size"])
+            raise
         self._sizes[key] = size
         try:
             self._make_room(name, key, size)
