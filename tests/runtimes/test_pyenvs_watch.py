@@ -89,6 +89,37 @@ def test_the_watch_reads_the_budget_on_the_loop_thread(root, run):
     run(main())
 
 
+def test_a_stopped_build_is_removed_off_the_loop_and_the_next_build_works(root, run, monkeypatch):
+    # a build is stopped when it is big (up to envs_max_mb): removing it must not
+    # stall the loop, as _remove does not
+    async def main():
+        envs = PyEnvs(root, max_bytes=1, min_free_bytes=0, installer="pip")
+        envs.watch_every = 0.02
+        sleeping(envs, [])
+        on_loop = []
+        rmtree = shutil.rmtree
+
+        def spy(path, *a, **kw):
+            if os.path.basename(path).startswith(".build-"):
+                on_loop.append(threading.current_thread() is threading.main_thread())
+            return rmtree(path, *a, **kw)
+        monkeypatch.setattr(pyenvs_mod.shutil, "rmtree", spy)
+        with pytest.raises(errors.ResourceExhausted):
+            await envs.acquire("big", sys.executable, VERSION, ["x==1"])
+        for _ in range(200):
+            if not builds_left(root):
+                break
+            await asyncio.sleep(0.01)
+        assert builds_left(root) == []
+        assert on_loop and not any(on_loop), on_loop
+        # the next build (no requirements: a bare venv, offline) works
+        envs2 = PyEnvs(root, min_free_bytes=0, installer="pip")
+        key = await envs2.acquire("small", sys.executable, VERSION, [])
+        assert os.path.exists(envs2.python_of(key)) and envs2.builds == 1
+
+    run(main())
+
+
 def test_the_build_timeout_still_fires_on_time_with_its_error(root, run):
     async def main():
         envs = PyEnvs(root, timeout=0.6, min_free_bytes=0, installer="pip")

@@ -427,8 +427,8 @@ class PyEnvs:
                            "built": time.time(), "bytes": size}, f)
             os.chmod(os.path.join(env_dir, ABOUT), 0o644)
             os.rename(env_dir, final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        finally:  # by a thread: a build stopped for its size holds up to envs_max_mb of files
+            await asyncio.to_thread(shutil.rmtree, tmp, True)
         self.builds += 1
         log.info("built the Python environment %s of %s: %d package(s), %.1f MB, in %.1fs",
                  key, name, len(requirements), size / (1 << 20), time.monotonic() - t0)
