@@ -133,3 +133,17 @@ def test_the_build_timeout_still_fires_on_time_with_its_error(root, run):
         assert 0.55 < took < 2.0, took
 
     run(main())
+
+
+def test_a_disk_below_the_reserve_refuses_the_first_build_too(root, run):
+    # the first build on a node makes the environments' directory: the free disk
+    # must be read where it will be, not skipped because it is not there yet
+    async def main():
+        assert not os.path.exists(root)
+        free = shutil.disk_usage(os.path.dirname(root)).free
+        envs = PyEnvs(root, min_free_bytes=free + (1 << 30), installer="pip")
+        with pytest.raises(errors.ResourceExhausted) as ei:
+            await envs.acquire("small", sys.executable, VERSION, [])
+        assert ei.value.details["limit"] == "envs_min_free_mb" and envs.builds == 0
+
+    run(main())

@@ -346,8 +346,11 @@ class PyEnvs:
     def _check_free(self, name: str, building: int) -> None:
         """RESOURCE_EXHAUSTED if the disk under the environments has less than
         ``min_free_bytes`` free (``building``: bytes the running build holds)."""
+        where = self.root
+        while not os.path.exists(where) and os.path.dirname(where) != where:
+            where = os.path.dirname(where)  # the first build makes it: its disk all the same
         try:
-            free = shutil.disk_usage(self.root).free
+            free = shutil.disk_usage(where).free
         except OSError:
             return
         if free < self.min_free_bytes:
