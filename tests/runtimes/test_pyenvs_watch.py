@@ -147,3 +147,24 @@ def test_a_disk_below_the_reserve_refuses_the_first_build_too(root, run):
         assert ei.value.details["limit"] == "envs_min_free_mb" and envs.builds == 0
 
     run(main())
+
+
+def test_a_slow_measure_is_taken_less_often(root, run):
+    # measuring a big build walks tens of thousands of files (~0.5 s for 57k) in a
+    # thread of the Spearlet's process: back to back, the loop would share the GIL with
+    # it for the whole build. The measures take at most about a fifth of the time
+    async def main():
+        os.makedirs(root)
+        envs = PyEnvs(root, min_free_bytes=0, installer="pip")
+        envs.watch_every = 0.01
+        calls = []
+
+        async def watch():
+            calls.append(time.monotonic())
+            time.sleep(0.1)  # a slow walk (in a thread, really)
+
+        argv = [sys.executable, "-c", "import time; time.sleep(1.5)"]
+        await envs._run("f", [], argv, time.monotonic() + 30, ("", ""), watch, root)
+        assert 2 <= len(calls) <= 5, len(calls)
+
+    run(main())

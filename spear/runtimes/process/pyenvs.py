@@ -459,7 +459,8 @@ class PyEnvs:
                    watch: Callable[[], Awaitable[None]] | None = None, tmp: str = "") -> None:
         """Run one installer command until ``deadline``; a failure names the final
         place of the environment (``where``: (build dir, final dir)), not the build's.
-        ``watch`` (awaited every :attr:`watch_every` s) raises to stop the build;
+        ``watch`` (awaited every :attr:`watch_every` s, or four times as long as it
+        took the last time) raises to stop the build;
         ``tmp``: the installer's temporary directory (its downloads), inside the build's."""
         # no installer cache: it would keep every wheel ever installed outside the budget
         env = {**self.env, "UV_LINK_MODE": "copy", "UV_PYTHON_DOWNLOADS": "never",
@@ -473,17 +474,22 @@ class PyEnvs:
                                 stderr=subprocess.STDOUT, env=env, cwd=self.root, umask=_UMASK,
                                 start_new_session=True, close_fds=True)
         talk = asyncio.ensure_future(asyncio.to_thread(proc.communicate))
+        every = self.watch_every
         try:
             while True:
                 left = deadline - time.monotonic()
-                step = min(left, self.watch_every) if watch is not None else left
+                step = min(left, every) if watch is not None else left
                 try:
                     out, _ = await asyncio.wait_for(asyncio.shield(talk), max(0.01, step))
                     break
                 except asyncio.TimeoutError:
                     if left <= step:
                         raise
+                t0 = time.monotonic()
                 await watch()  # raises to stop the build
+                # a big build takes long to measure (~0.5 s for 57k files), in a thread
+                # sharing the GIL with the loop: measure it at most a fifth of the time
+                every = max(self.watch_every, 4 * (time.monotonic() - t0))
         except BaseException as exc:
             _kill_group(proc)  # the installer and anything it started
             try:
