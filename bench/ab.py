@@ -38,13 +38,21 @@ def start(env: dict[str, str], functions: list[str]) -> Session:
     try:
         s = Session(Plan.make(True), ["throughput"], Progress(1, False), profile=None,
                     keep=False, data=None)
-        s.start_cluster()
+        try:
+            s.start_cluster()
+        except BaseException:  # its daemons have sessions of their own: no Ctrl-C stops them
+            s.stop_cluster()
+            raise
     finally:
         os.environ.clear()
         os.environ.update(saved)
-    with s.client() as c:
-        for f in functions:
-            s.ensure(c, f, sms=True, direct=True)
+    try:
+        with s.client() as c:
+            for f in functions:
+                s.ensure(c, f, sms=True, direct=True)
+    except BaseException:
+        s.stop_cluster()
+        raise
     return s
 
 

@@ -36,8 +36,8 @@ def _p50(ts: list[float]) -> float:
 
 def floor_2hop(n: int) -> None:
     f = Floor()
-    f.start()
-    try:
+    try:  # started inside: its servers have sessions of their own, no Ctrl-C stops them
+        f.start()
         f.latency(f.echo_addr, 300)
         with CpuMeter({"client": os.getpid(), "echo": f.pids["echo"]}) as m:
             ts = f.latency(f.echo_addr, n, warm=0)
@@ -50,8 +50,8 @@ def spear(functions: list[str], n: int, sms: bool, raw: bool) -> None:
     from spear import protocol as P
 
     s = Session(Plan.make(True), ["latency"], Progress(1, False), profile=None, keep=False, data=None)
-    s.start_cluster()
-    try:
+    try:  # started inside: its daemons have sessions of their own, no Ctrl-C stops them
+        s.start_cluster()
         with s.client() as c:
             for name in functions:
                 s.ensure(c, name, sms=True, direct=True)

@@ -196,6 +196,41 @@ def test_the_daemons_start_without_prometheus_client_until_metrics_are_read():
                  function="f", runtime="wasm", status="succeeded") == 1
 
 
+def test_the_registry_is_made_once_when_threads_ask_for_it_together(monkeypatch):
+    """A scrape or reader thread and the loop asking at once get one registry,
+    every collector registered on it once (none lost with a second registry)."""
+    import time
+
+    import prometheus_client
+
+    made = []
+
+    class Slow(CollectorRegistry):
+        def __init__(self, *a, **kw):
+            made.append(self)
+            time.sleep(0.05)
+            super().__init__(*a, **kw)
+
+    monkeypatch.setattr(prometheus_client, "CollectorRegistry", Slow)
+    m = SpearletMetrics(process=False)
+    got, errs = [], []
+
+    def ask():
+        try:
+            got.append(m.registry)
+        except Exception as exc:  # noqa: BLE001
+            errs.append(exc)
+
+    threads = [threading.Thread(target=ask) for _ in range(2)]
+    for t in threads:
+        t.start()
+    m.watch_mesh({})  # while the registry is being made
+    for t in threads:
+        t.join()
+    assert not errs and len(made) == 1 and got[0] is got[1], (errs, made)
+    assert "spear_mesh_messages_sent_total" in metric_names(got[0])
+
+
 def test_catalog_matches_what_the_registries_expose():
     sp, _ = spearlet_metrics()
     sms, *_ = sms_metrics()

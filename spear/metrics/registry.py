@@ -9,6 +9,7 @@ counter and histogram families at scrape time.
 from __future__ import annotations
 
 import bisect
+import threading
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from .. import __version__, errors
@@ -125,6 +126,8 @@ class _DaemonMetrics:
                  process: bool = True) -> None:
         self._registry = registry
         self._process = process
+        #: the registry is made once, whichever thread asks first (the loop, a reader)
+        self._making = threading.Lock()
         self._exec = _Executions(self.role, self.STAGES, max_functions)
         self._collectors: list[Any] = [self._exec]
         self._server: MetricsServer | None = None
@@ -137,13 +140,14 @@ class _DaemonMetrics:
         if self._registry is None:
             from prometheus_client import CollectorRegistry
 
-            self._fill(CollectorRegistry())
+            with self._making:
+                if self._registry is None:
+                    self._fill(CollectorRegistry())
         return self._registry
 
     def _fill(self, registry: CollectorRegistry) -> None:
         from prometheus_client import Info, PlatformCollector, ProcessCollector
 
-        self._registry = registry
         Info("spear_build", _COMMON["spear_build_info"].help, registry=registry).info(
             {"version": __version__, "role": self.role})
         if self._process:
@@ -151,12 +155,14 @@ class _DaemonMetrics:
             PlatformCollector(registry=registry)
         for c in self._collectors:
             registry.register(c)
+        self._registry = registry  # last: a reader never gets it half filled
 
     def register(self, collector: Any) -> None:
         """Add a collector: now if the registry exists, else when it is made."""
-        self._collectors.append(collector)
-        if self._registry is not None:
-            self._registry.register(collector)
+        with self._making:  # registered by _fill or here, never both nor neither
+            self._collectors.append(collector)
+            if self._registry is not None:
+                self._registry.register(collector)
 
     def rejected(self, code: str) -> None:
         """An invocation was refused before it became an execution (``code``: wire error code)."""

@@ -46,7 +46,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Callable
+from typing import Awaitable, Callable
 
 from ... import errors
 from .codecache import make_dirs
@@ -203,7 +203,12 @@ class PyEnvs:
             self._sizes = await asyncio.to_thread(self._read_sizes)
         self._make_room(name, key, self._refused.get(key, 0), before=True)
         self._check_free(name, 0)
-        size = await self._build(name, key, interpreter, version, requirements)
+        try:
+            size = await self._build(name, key, interpreter, version, requirements)
+        except errors.ResourceExhausted as exc:
+            if exc.details.get("limit") == "envs_max_mb":  # stopped while it ran: at least this big
+                self._refused[key] = max(self._refused.get(key, 0), exc.details["size"])
+            raise
         self._sizes[key] = size
         try:
             self._make_room(name, key, size)
@@ -341,8 +346,11 @@ class PyEnvs:
     def _check_free(self, name: str, building: int) -> None:
         """RESOURCE_EXHAUSTED if the disk under the environments has less than
         ``min_free_bytes`` free (``building``: bytes the running build holds)."""
+        where = self.root
+        while not os.path.exists(where) and os.path.dirname(where) != where:
+            where = os.path.dirname(where)  # the first build makes it: its disk all the same
         try:
-            free = shutil.disk_usage(self.root).free
+            free = shutil.disk_usage(where).free
         except OSError:
             return
         if free < self.min_free_bytes:
@@ -365,11 +373,12 @@ class PyEnvs:
                 held += size
         return self.max_bytes - held
 
-    def _watch(self, name: str, key: str, build_dir: str) -> None:
+    async def _watch(self, name: str, key: str, build_dir: str) -> None:
         """Raise RESOURCE_EXHAUSTED if the running build in ``build_dir`` (the
         installer's downloads included) passed the room it could get, or left
-        less free disk than the reserve. Runs in a thread."""
-        used = _disk_use(build_dir)
+        less free disk than the reserve. Measures in a thread, judges on the loop
+        (which changes the sizes and users the room is made of)."""
+        used = await asyncio.to_thread(_disk_use, build_dir)
         room = self._room(key)
         if used > room:
             mb = 1 << 20
@@ -421,8 +430,8 @@ class PyEnvs:
                            "built": time.time(), "bytes": size}, f)
             os.chmod(os.path.join(env_dir, ABOUT), 0o644)
             os.rename(env_dir, final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        finally:  # by a thread: a build stopped for its size holds up to envs_max_mb of files
+            await asyncio.to_thread(shutil.rmtree, tmp, True)
         self.builds += 1
         log.info("built the Python environment %s of %s: %d package(s), %.1f MB, in %.1fs",
                  key, name, len(requirements), size / (1 << 20), time.monotonic() - t0)
@@ -447,10 +456,11 @@ class PyEnvs:
 
     async def _run(self, name: str, requirements: list[str], argv: list[str],
                    deadline: float, where: tuple[str, str],
-                   watch: Callable[[], None] | None = None, tmp: str = "") -> None:
+                   watch: Callable[[], Awaitable[None]] | None = None, tmp: str = "") -> None:
         """Run one installer command until ``deadline``; a failure names the final
         place of the environment (``where``: (build dir, final dir)), not the build's.
-        ``watch`` (in a thread, every :attr:`watch_every` s) raises to stop the build;
+        ``watch`` (awaited every :attr:`watch_every` s, or four times as long as it
+        took the last time) raises to stop the build;
         ``tmp``: the installer's temporary directory (its downloads), inside the build's."""
         # no installer cache: it would keep every wheel ever installed outside the budget
         env = {**self.env, "UV_LINK_MODE": "copy", "UV_PYTHON_DOWNLOADS": "never",
@@ -464,17 +474,22 @@ class PyEnvs:
                                 stderr=subprocess.STDOUT, env=env, cwd=self.root, umask=_UMASK,
                                 start_new_session=True, close_fds=True)
         talk = asyncio.ensure_future(asyncio.to_thread(proc.communicate))
+        every = self.watch_every
         try:
             while True:
                 left = deadline - time.monotonic()
-                step = min(left, self.watch_every) if watch is not None else left
+                step = min(left, every) if watch is not None else left
                 try:
                     out, _ = await asyncio.wait_for(asyncio.shield(talk), max(0.01, step))
                     break
                 except asyncio.TimeoutError:
                     if left <= step:
                         raise
-                await asyncio.to_thread(watch)  # raises to stop the build
+                t0 = time.monotonic()
+                await watch()  # raises to stop the build
+                # a big build takes long to measure (~0.5 s for 57k files), in a thread
+                # sharing the GIL with the loop: measure it at most a fifth of the time
+                every = max(self.watch_every, 4 * (time.monotonic() - t0))
         except BaseException as exc:
             _kill_group(proc)  # the installer and anything it started
             try:
