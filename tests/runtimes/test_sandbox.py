@@ -570,5 +570,7 @@ def test_per_function_users_keep_functions_apart(shared):
     assert len(uids) == 3 and nobody()[0] not in uids and 0 not in uids, own
     assert own["again_uid"] == own["uid"]  # one user per function, not per instance
     assert own["gid"] == own["uid"]
+    # no passwd entry: USER and LOGNAME name it (getpass.getuser() reads them first)
+    assert own["user"] == f"spear-{own['uid']}" and shared_user["user"] == "nobody"
     # its scratch directory and what it makes there are its own
     assert own["touched"]["owner"] == own["toucher_uid"]

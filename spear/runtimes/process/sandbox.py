@@ -291,7 +291,7 @@ class Sandbox:
         uid = self._uids.get(name)
         if uid is None:
             uid = self._uids[name] = function_uid(name, set(self._uids.values()))
-        return User(f"uid {uid}", uid, uid)
+        return User(f"spear-{uid}", uid, uid)
 
     async def network_isolation(self) -> tuple[bool, str]:
         """``(True, "")`` if functions can be denied the network here, else ``(False, why)``."""
@@ -329,6 +329,8 @@ class Sandbox:
         wrapper: ``env`` sets them again after the switch.
         """
         user = self.user_for(name)
+        if self.per_function:  # no passwd entry: say who it is where programs look first
+            env = {"USER": user.name, "LOGNAME": user.name, **env}
         wrapper = [] if network else await self.network_prefix(name)
         popen_kw: dict = {}
         if user is not None:

@@ -58,7 +58,9 @@ def probe(data: bytes) -> dict:
     """What this function can do to process ``data`` (a pid): signal it, read its
     environment; and who it is."""
     pid = int(data)
-    out: dict = {"uid": os.getuid(), "gid": os.getgid()}
+    import getpass
+
+    out: dict = {"uid": os.getuid(), "gid": os.getgid(), "user": getpass.getuser()}
     try:
         os.kill(pid, 0)
         out["signal"] = "ok"
