@@ -476,3 +476,34 @@ def test_a_build_that_outgrows_the_budget_or_the_free_disk_is_stopped_while_it_r
         assert "free" in ei.value.message and envs_in(cache) == []
 
     run(main())
+
+
+def test_unused_environments_are_removed_to_keep_the_free_disk_reserve(cache, run):
+    # below envs_min_free_mb a build first removes unused environments (least recently
+    # used first), as it does for the budget, rather than be refused while they stay
+    from spear.runtimes.process.pyenvs import _disk_use
+
+    version = tuple(sys.version_info[:2])
+    root = os.path.join(cache, "envs")
+    env = {k: v for k, v in child_env().items() if not k.startswith("XDG_")} | {
+        "HOME": os.path.join(cache, "home")}
+    disk = 100 << 30
+
+    def free() -> int:  # a disk as big as `disk` that holds only the finished environments
+        done = [n for n in os.listdir(root) if not n.startswith(".")] if os.path.isdir(root) else []
+        return disk - sum(_disk_use(os.path.join(root, n)) for n in done)
+
+    async def main():
+        envs = PyEnvs(root, env=env, node=NODE)
+        envs._free = free
+        a = await envs.acquire("a", sys.executable, version, ["humanize==4.9.0"])
+        envs.min_free_bytes = disk - 1  # any finished environment puts the disk below it
+        with pytest.raises(errors.ResourceExhausted) as ei:  # a is in use: it stays
+            await envs.acquire("b", sys.executable, version, ["humanize==4.8.0"])
+        assert ei.value.details["limit"] == "envs_min_free_mb" and envs_in(cache) == [a]
+        envs.release(a)  # unused now: b's build removes it first
+        b = await envs.acquire("b", sys.executable, version, ["humanize==4.8.0"])
+        assert envs_in(cache) == [b] and envs.builds == 2
+        assert not [n for n in os.listdir(root) if n.startswith(".build-")]
+
+    run(main())

@@ -202,6 +202,7 @@ class PyEnvs:
         if self._sizes is None:
             self._sizes = await asyncio.to_thread(self._read_sizes)
         self._make_room(name, key, self._refused.get(key, 0), before=True)
+        await self._keep_free(name, key)
         self._check_free(name, 0)
         try:
             size = await self._build(name, key, interpreter, version, requirements)
@@ -269,21 +270,24 @@ class PyEnvs:
                 log.info("removed Python environment %s (unused for over %gs)", key, self.ttl)
         return removed
 
-    def _remove(self, key: str) -> None:
+    def _remove(self, key: str, *, later: bool = True) -> str:
         """Remove environment ``key``: out of the way first (a prepare never finds half
-        of it), then deleted by a thread (gigabytes of files must not stall the loop)."""
+        of it), then deleted by a thread (gigabytes of files must not stall the loop);
+        with ``later=False`` the caller deletes the returned directory instead."""
         trash = tempfile.mkdtemp(prefix=_BUILD + "gc-", dir=self.root)
         try:
             os.rename(os.path.join(self.root, key), os.path.join(trash, key))
         except FileNotFoundError:
             pass  # gone already
-        threading.Thread(target=shutil.rmtree, args=(trash, True), daemon=True,
-                         name="spear-env-rm").start()
+        if later:
+            threading.Thread(target=shutil.rmtree, args=(trash, True), daemon=True,
+                             name="spear-env-rm").start()
         lock = self._locks.get(key)
         if lock is not None and not lock.locked():
             del self._locks[key]  # a held one stays: its waiters and the next deploy share it
         if self._sizes is not None:
             self._sizes.pop(key, None)
+        return trash
 
     # -- the disk budget
     def _read_sizes(self) -> dict[str, int]:
@@ -304,6 +308,33 @@ class PyEnvs:
                 sizes[key] = _disk_use(os.path.join(self.root, key))
         return sizes
 
+    def _unused(self, key: str) -> list[str]:
+        """Environments no prepared function uses and no build holds, but ``key``,
+        least recently used first."""
+        unused = []
+        for other in self._sizes or {}:
+            lock = self._locks.get(other)
+            if other == key or other in self._users or (lock is not None and lock.locked()):
+                continue
+            try:
+                last = os.stat(os.path.join(self.root, other, LAST_USE)).st_mtime
+            except OSError:
+                last = 0.0
+            unused.append((last, other))
+        return [other for _, other in sorted(unused)]
+
+    async def _keep_free(self, name: str, key: str) -> None:
+        """Below the free-disk reserve, remove unused environments, least recently used
+        first, each deleted before the disk is read again, until it is above it."""
+        for other in self._unused(key):
+            free = self._free()
+            if free is None or free >= self.min_free_bytes:
+                return
+            trash = self._remove(other, later=False)
+            await asyncio.to_thread(shutil.rmtree, trash, True)
+            log.info("removed the unused Python environment %s to keep %d MB of disk free for "
+                     "%s ([runtimes.process] envs_min_free_mb)", other, self.min_free_bytes >> 20, name)
+
     def _make_room(self, name: str, key: str, size: int, *, before: bool = False) -> None:
         """Keep all environments (``key``'s ``size`` included) within ``max_bytes``:
         remove unused ones, least recently used first, else RESOURCE_EXHAUSTED.
@@ -316,17 +347,7 @@ class PyEnvs:
 
         if not full():
             return
-        unused = []
-        for other in sizes:
-            lock = self._locks.get(other)
-            if other == key or other in self._users or (lock is not None and lock.locked()):
-                continue
-            try:
-                last = os.stat(os.path.join(self.root, other, LAST_USE)).st_mtime
-            except OSError:
-                last = 0.0
-            unused.append((last, other))
-        for _, other in sorted(unused):
+        for other in self._unused(key):
             if not full():
                 break
             used -= sizes.get(other, 0)
@@ -343,15 +364,21 @@ class PyEnvs:
                 details={"limit": "envs_max_mb", "used": used - size, "size": size,
                          "max": self.max_bytes})
 
-    def _check_free(self, name: str, building: int) -> None:
-        """RESOURCE_EXHAUSTED if the disk under the environments has less than
-        ``min_free_bytes`` free (``building``: bytes the running build holds)."""
+    def _free(self) -> int | None:
+        """Free bytes on the disk of the environments (None: unknown)."""
         where = self.root
         while not os.path.exists(where) and os.path.dirname(where) != where:
             where = os.path.dirname(where)  # the first build makes it: its disk all the same
         try:
-            free = shutil.disk_usage(where).free
+            return shutil.disk_usage(where).free
         except OSError:
+            return None
+
+    def _check_free(self, name: str, building: int) -> None:
+        """RESOURCE_EXHAUSTED if the disk under the environments has less than
+        ``min_free_bytes`` free (``building``: bytes the running build holds)."""
+        free = self._free()
+        if free is None:
             return
         if free < self.min_free_bytes:
             mb = 1 << 20
