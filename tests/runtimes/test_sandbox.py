@@ -574,3 +574,38 @@ def test_per_function_users_keep_functions_apart(shared):
     assert own["user"] == f"spear-{own['uid']}" and shared_user["user"] == "nobody"
     # its scratch directory and what it makes there are its own
     assert own["touched"]["owner"] == own["toucher_uid"]
+
+
+def _colliding_names() -> tuple[str, str]:
+    """Two function names drawn to the same per-function uid (a birthday search: ~2^14 names)."""
+    from spear.runtimes.process.sandbox import function_uid
+
+    seen: dict[int, str] = {}
+    i = 0
+    while True:
+        name = f"f{i}"
+        uid = function_uid(name)
+        if uid in seen:
+            return seen[uid], name
+        seen[uid] = name
+        i += 1
+
+
+def test_per_function_uids_do_not_change_hands(tmp_path):
+    # two names drawn to the same uid: whichever comes first must not decide who owns
+    # it, or after a restart (or on a second Spearlet sharing this host's cache) the
+    # other function runs as the uid that owns the first one's files in a host grant
+    from spear.runtimes.process.sandbox import Sandbox, User
+
+    a, b = _colliding_names()
+    nobody_ = User("nobody", *nobody())
+    owners: dict[int, set[str]] = {}
+    for order in ((a, b), (b, a)):  # a first, then b first after a "restart"
+        sb = Sandbox(nobody_, per_function=True)
+        sb.claims = str(tmp_path / "uids")
+        for name in order:
+            try:
+                owners.setdefault(sb.user_for(name).uid, set()).add(name)
+            except errors.InvalidArgument as exc:
+                assert "uid" in str(exc)
+    assert all(len(names) == 1 for names in owners.values()), owners

@@ -32,6 +32,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 
 from ... import errors
@@ -81,13 +82,35 @@ FUNCTION_UID_BASE = 0x70000000
 FUNCTION_UID_SPAN = 0x0FFF0000
 
 
-def function_uid(name: str, taken: set[int] = frozenset()) -> int:
-    """The uid of function ``name``'s own user: the same on every node and after a
-    restart, unless it is ``taken`` here by another function (then the next free one)."""
+def function_uid(name: str) -> int:
+    """The uid of function ``name``'s own user: the same on every node and after a restart
+    (two names may draw the same one: :meth:`Sandbox.user_for` then refuses the second)."""
     n = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") % FUNCTION_UID_SPAN
-    while FUNCTION_UID_BASE + n in taken:
-        n = (n + 1) % FUNCTION_UID_SPAN
     return FUNCTION_UID_BASE + n
+
+
+def claim_uid(claims: str, uid: int, name: str) -> str:
+    """Bind ``uid`` to function ``name`` for good in the directory ``claims`` (file
+    ``<uid>`` holding the name, made atomically); returns the name it is bound to."""
+    os.makedirs(claims, mode=0o700, exist_ok=True)
+    path = os.path.join(claims, str(uid))
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except FileNotFoundError:
+        pass
+    fd, tmp = tempfile.mkstemp(prefix=f".{uid}-", dir=claims)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(name)
+        try:
+            os.link(tmp, path)  # atomic, and never replaces another's claim
+        except FileExistsError:
+            pass
+    finally:
+        os.unlink(tmp)
+    with open(path, encoding="utf-8") as f:
+        return f.read()
 
 
 def resolve_user(user: str | None, euid: int) -> User | None:
@@ -275,6 +298,9 @@ class Sandbox:
         #: each function runs as a user of its own (see :meth:`user_for`)
         self.per_function = per_function and user is not None
         self._uids: dict[str, int] = {}  # function -> the uid of its user here
+        #: where uids are bound to functions for good (file ``<uid>`` holds the name), so
+        #: that a uid never changes hands across restarts or Spearlets sharing it
+        self.claims: str | None = None
         self.strict_network = strict_network
         self.root = os.geteuid() == 0
         #: util-linux unshare (None: no namespaces, the user switch is done by subprocess)
@@ -290,7 +316,21 @@ class Sandbox:
             return self.user
         uid = self._uids.get(name)
         if uid is None:
-            uid = self._uids[name] = function_uid(name, set(self._uids.values()))
+            uid = function_uid(name)
+            owner = next((n for n, u in self._uids.items() if u == uid), None)
+            if owner is None and self.claims is not None:
+                try:
+                    owner = claim_uid(self.claims, uid, name)
+                except OSError as exc:
+                    raise errors.Unavailable(
+                        f"{name}: cannot record the uid of its user in {self.claims}: {exc}"
+                    ) from None
+            if owner is not None and owner != name:
+                raise errors.InvalidArgument(
+                    f"{name}: the uid of its own user ({uid}) is already function {owner!r}'s "
+                    "on this host (drawn from the names); deploy it under another name"
+                )
+            self._uids[name] = uid
         return User(f"spear-{uid}", uid, uid)
 
     async def network_isolation(self) -> tuple[bool, str]:
