@@ -507,3 +507,26 @@ def test_unused_environments_are_removed_to_keep_the_free_disk_reserve(cache, ru
         assert not [n for n in os.listdir(root) if n.startswith(".build-")]
 
     run(main())
+
+
+def test_keeping_disk_free_spares_an_environment_taken_while_it_deletes(tmp_path):
+    # below the free-disk reserve a build deletes unused environments one by one,
+    # awaiting each deletion: an environment a prepare takes meanwhile (a concurrent
+    # acquire of an existing one) must not be deleted under it
+    root = tmp_path / "envs"
+    for i, key in enumerate(("old", "taken")):
+        (root / key / "bin").mkdir(parents=True)
+        (root / key / LAST_USE).touch()
+        os.utime(root / key / LAST_USE, (1000 + i, 1000 + i))
+    envs = PyEnvs(str(root), min_free_bytes=1 << 62)  # never enough free disk
+
+    async def main():
+        envs._sizes = {"old": 1, "taken": 1}
+        task = asyncio.create_task(envs._keep_free("f", "new"))
+        await asyncio.sleep(0)  # it now deletes "old" in a thread
+        envs._users["taken"] = 1  # what acquire does first for an existing environment
+        await task
+
+    asyncio.run(main())
+    assert not (root / "old").exists()
+    assert (root / "taken" / "bin").is_dir()

@@ -308,13 +308,17 @@ class PyEnvs:
                 sizes[key] = _disk_use(os.path.join(self.root, key))
         return sizes
 
+    def _taken(self, key: str) -> bool:
+        """Whether a prepared function uses environment ``key`` or a build holds it."""
+        lock = self._locks.get(key)
+        return key in self._users or (lock is not None and lock.locked())
+
     def _unused(self, key: str) -> list[str]:
         """Environments no prepared function uses and no build holds, but ``key``,
         least recently used first."""
         unused = []
         for other in self._sizes or {}:
-            lock = self._locks.get(other)
-            if other == key or other in self._users or (lock is not None and lock.locked()):
+            if other == key or self._taken(other):
                 continue
             try:
                 last = os.stat(os.path.join(self.root, other, LAST_USE)).st_mtime
@@ -330,6 +334,8 @@ class PyEnvs:
             free = self._free()
             if free is None or free >= self.min_free_bytes:
                 return
+            if self._taken(other):  # by a prepare while the previous one was deleted
+                continue
             trash = self._remove(other, later=False)
             await asyncio.to_thread(shutil.rmtree, trash, True)
             log.info("removed the unused Python environment %s to keep %d MB of disk free for "
