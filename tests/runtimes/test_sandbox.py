@@ -609,3 +609,9 @@ def test_per_function_uids_do_not_change_hands(tmp_path):
             except errors.InvalidArgument as exc:
                 assert "uid" in str(exc)
     assert all(len(names) == 1 for names in owners.values()), owners
+    # the runtime keeps the record with its cache (a default cache: in their shared parent)
+    rt = ProcessRuntime(host_paths=TMP, user="per-function", cache_dir=str(tmp_path / "c"))
+    try:
+        assert rt.sandbox.claims == str(tmp_path / "c" / "uids")
+    finally:
+        asyncio.run(rt.close())

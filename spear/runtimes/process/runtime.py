@@ -144,8 +144,10 @@ class ProcessRuntime(Runtime):
         # directories and the copy of pyworker.py (all under it, see _scratch)
         self.planner.host_paths.forbid(self.cache_dir, CACHE_WHAT)
         self.planner.scratch = self._scratch
-        if self.sandbox.per_function:  # the cache is this host's: so are the uids' owners
-            self.sandbox.claims = os.path.join(self.cache_dir, "uids")
+        if self.sandbox.per_function:  # who owns each uid: the default caches' parent
+            # (/var/cache/spear) is every node's on this host, so one record for them all
+            self.sandbox.claims = os.path.join(
+                os.path.dirname(self.cache_dir) if self._owner else self.cache_dir, "uids")
         self._code: CodeCache | None = None
         self._envs: PyEnvs | None = None
         u = self.sandbox.user

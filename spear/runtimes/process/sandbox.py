@@ -92,6 +92,10 @@ def function_uid(name: str) -> int:
 def claim_uid(claims: str, uid: int, name: str) -> str:
     """Bind ``uid`` to function ``name`` for good in the directory ``claims`` (file
     ``<uid>`` holding the name, made atomically); returns the name it is bound to."""
+    parent = os.path.dirname(claims)
+    if not os.path.isdir(parent):  # the cache's own (0755: the sandbox user goes through)
+        os.makedirs(parent, exist_ok=True)
+        os.chmod(parent, 0o755)
     os.makedirs(claims, mode=0o700, exist_ok=True)
     path = os.path.join(claims, str(uid))
     try:
