@@ -615,3 +615,16 @@ def test_per_function_uids_do_not_change_hands(tmp_path):
         assert rt.sandbox.claims == str(tmp_path / "c" / "uids")
     finally:
         asyncio.run(rt.close())
+
+
+def test_per_function_users_cannot_list_the_code_cache():
+    # every tenant's bundle is unpacked under <cache>/code/<sha256> and readable by all
+    # (bundles are shared by digest): with a user per function, the digests must not
+    # be listable, or any function reads any other's code
+    rt = ProcessRuntime(host_paths=TMP, user="per-function")
+    try:
+        rt._caches()
+        mode = os.stat(os.path.join(rt.cache_dir, "code")).st_mode & 0o777
+        assert mode == 0o711, oct(mode)
+    finally:
+        asyncio.run(rt.close())

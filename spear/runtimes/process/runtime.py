@@ -257,6 +257,8 @@ class ProcessRuntime(Runtime):
             if root is None:
                 raise errors.Unavailable("the process runtime is closed")
             make_dirs(os.path.join(root, "code"))
+            if self.sandbox.per_function:  # bundles are read by digest, never listed:
+                os.chmod(os.path.join(root, "code"), 0o711)  # no function finds another's
             make_dirs(os.path.join(root, "envs"))
             if self._owner:
                 write_owner(root, self._owner)
