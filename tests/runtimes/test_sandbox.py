@@ -628,3 +628,29 @@ def test_per_function_users_cannot_list_the_code_cache():
         assert mode == 0o711, oct(mode)
     finally:
         asyncio.run(rt.close())
+
+
+def test_per_function_users_do_not_share_a_home():
+    # HOME is where Python (user site-packages: usercustomize, .pth files), pip, git and
+    # most tools read code or settings from: a HOME shared by all functions lets one
+    # function run code as any other function's user
+    home = tempfile.mkdtemp(prefix="spear-home-")
+    os.chmod(home, 0o1777)  # as /tmp, the default HOME of functions
+    plant = ("import os, site; d = site.getusersitepackages(); os.makedirs(d, exist_ok=True); "
+             "open(os.path.join(d, 'usercustomize.py'), 'w').write('print(\"PLANTED\")')")
+
+    async def main():
+        rt = ProcessRuntime(host_paths=TMP, user="per-function",
+                            base_env={**process_spec.DEFAULT_ENV, "HOME": home})
+        try:
+            planter = await start(rt, spec("planter", command=[*python3(), "-c", plant]))
+            await rt.invoke(planter, b"", [], Limits())
+            victim = await start(rt, spec("victim", command=[*python3(), "-c", "print('mine')"]))
+            return (await rt.invoke(victim, b"", [], Limits())).output
+        finally:
+            await rt.close()
+
+    try:
+        assert run(main()).strip() == b"mine"
+    finally:
+        shutil.rmtree(home, ignore_errors=True)

@@ -31,6 +31,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from typing import Callable
@@ -150,6 +151,8 @@ class Planner:
     def _environment(self, spec: FunctionSpec, pooled: bool) -> dict[str, str]:
         """``base_env`` plus ``spec.env`` plus what Spear tells every function."""
         env = dict(self.base_env)
+        if self.sandbox.per_function and self.scratch is not None:
+            env["HOME"] = self._home(spec.name)
         for key, value in spec.env.items():
             if not key or "=" in key or "\0" in key or "\0" in value:
                 raise errors.InvalidArgument(f"{spec.name}: bad environment variable {key!r}")
@@ -163,6 +166,24 @@ class Planner:
             # still reads its memory figures); see pyworker._private
             env[PRIVATE_VAR] = "1"
         return env
+
+    def _home(self, name: str) -> str:
+        """``<scratch>/home-<uid>`` (0700), the HOME of function ``name``'s own user: a
+        shared one (``/tmp``) would let a function plant code or settings that another
+        one's Python (user site-packages), pip or git load."""
+        user = self.sandbox.user_for(name)
+        home = os.path.join(self.scratch(), f"home-{user.uid}")  # root's 0711: no one else's
+        try:
+            try:
+                os.mkdir(home, 0o700)
+            except FileExistsError:
+                if not stat.S_ISDIR(os.lstat(home).st_mode):
+                    raise NotADirectoryError(f"{home} is not a directory") from None
+            os.chown(home, user.uid, user.gid)
+            os.chmod(home, 0o700)
+        except OSError as exc:
+            raise errors.Unavailable(f"{name}: cannot make its home {home}: {exc}") from None
+        return home
 
     def _code_dir(self, spec: FunctionSpec, code_dir: str) -> str:
         """The unpacked bundle as workdir: the node's own directory, not a host path."""
