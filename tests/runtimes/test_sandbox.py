@@ -285,6 +285,8 @@ def test_explicit_user_and_no_user(shared):
     with pytest.raises(ValueError, match="no such user"):
         resolve_user("no-such-user-here", 0)
     assert resolve_user("auto", 1000) is None and resolve_user("", 0) is None
+    with pytest.raises(ValueError, match="needs a Spearlet running as root"):
+        resolve_user("per-function", 1000)  # never silently the Spearlet's own user
 
 
 # ----------------------------------------------------------------- network
