@@ -56,10 +56,21 @@ def start(env: dict[str, str], functions: list[str]) -> Session:
     return s
 
 
+def env_json(text: str) -> dict[str, str]:
+    """``--a``/``--b``: a JSON object of strings (an environment)."""
+    try:
+        env = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
+        raise argparse.ArgumentTypeError('an object of strings, e.g. {"SPEAR_NO_BATCH": "1"}')
+    return env
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--a", default="{}", help="JSON object: environment of side A's daemons")
-    p.add_argument("--b", default="{}", help="JSON object: environment of side B's daemons")
+    p.add_argument("--a", type=env_json, default={}, help="JSON object: environment of side A's daemons")
+    p.add_argument("--b", type=env_json, default={}, help="JSON object: environment of side B's daemons")
     p.add_argument("--functions", default="b-add,b-noop")
     p.add_argument("--paths", default="sms,direct")
     p.add_argument("--n", type=int, default=20000)
@@ -68,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default="")
     a = p.parse_args(argv)
     functions = a.functions.split(",")
-    sides = {"A": json.loads(a.a), "B": json.loads(a.b)}
+    sides = {"A": a.a, "B": a.b}
     sessions: dict[str, Session] = {}
     rows: dict[tuple[str, str, str], list[dict]] = {}
     try:

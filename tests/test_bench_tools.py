@@ -61,3 +61,11 @@ def test_seq_cpu_stops_a_floor_whose_start_was_interrupted(monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         seq_cpu.floor_2hop(1)
     assert len(stopped) == 1
+
+
+def test_ab_refuses_an_environment_that_is_not_an_object_of_strings(capsys):
+    for bad in ("nope", '{"SPEAR_NO_BATCH": 1}', "[1]"):
+        with pytest.raises(SystemExit) as ei:
+            ab.main(["--b", bad])
+        assert ei.value.code == 2
+        assert "--b" in capsys.readouterr().err

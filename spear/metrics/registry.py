@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from .. import __version__, errors
 from .exposition import _COMMON, _EXEC, _NB, OTHER, _Collector, _snapshot, bucket_labels
+from .mesh import MeshCollector
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
     from prometheus_client.metrics_core import Metric
-from .mesh import MeshCollector
 
 
 class _Series:

@@ -45,8 +45,8 @@ class SpearletMetrics(_DaemonMetrics):
         the buffer of unconfirmed results (``len()``, ``dropped``).
         """
         self.register(SpearletCollector(functions, monitor, usage=usage,
-                                                 registered=registered, reconnects=reconnects,
-                                                 results=results))
+                                        registered=registered, reconnects=reconnects,
+                                        results=results))
 
 
 class SpearletCollector(_Collector):

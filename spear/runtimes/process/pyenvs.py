@@ -399,11 +399,8 @@ class PyEnvs:
     def _room(self, key: str) -> int:
         """The most environment ``key`` can take: the budget less what environments
         in use (or being built) hold; unused ones would be removed to make room."""
-        held = 0
-        for other, size in (self._sizes or {}).items():
-            lock = self._locks.get(other)
-            if other != key and (other in self._users or (lock is not None and lock.locked())):
-                held += size
+        held = sum(size for other, size in (self._sizes or {}).items()
+                   if other != key and self._taken(other))
         return self.max_bytes - held
 
     async def _watch(self, name: str, key: str, build_dir: str) -> None:

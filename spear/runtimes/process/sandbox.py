@@ -36,6 +36,7 @@ import tempfile
 from dataclasses import dataclass
 
 from ... import errors
+from .codecache import make_dirs
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +93,7 @@ def function_uid(name: str) -> int:
 def claim_uid(claims: str, uid: int, name: str) -> str:
     """Bind ``uid`` to function ``name`` for good in the directory ``claims`` (file
     ``<uid>`` holding the name, made atomically); returns the name it is bound to."""
-    parent = os.path.dirname(claims)
-    if not os.path.isdir(parent):  # the cache's own (0755: the sandbox user goes through)
-        os.makedirs(parent, exist_ok=True)
-        os.chmod(parent, 0o755)
+    make_dirs(os.path.dirname(claims))  # the cache's own (0755: the sandbox user goes through)
     os.makedirs(claims, mode=0o700, exist_ok=True)
     path = os.path.join(claims, str(uid))
     try:
@@ -373,8 +371,6 @@ class Sandbox:
         wrapper: ``env`` sets them again after the switch.
         """
         user = self.user_for(name)
-        if self.per_function:  # no passwd entry: say who it is where programs look first
-            env = {"USER": user.name, "LOGNAME": user.name, **env}
         wrapper = [] if network else await self.network_prefix(name)
         popen_kw: dict = {}
         if user is not None:

@@ -152,7 +152,10 @@ class Planner:
         """``base_env`` plus ``spec.env`` plus what Spear tells every function."""
         env = dict(self.base_env)
         if self.sandbox.per_function and self.scratch is not None:
+            # a user of its own, without a passwd entry: its own home, and its name
+            # where programs look first (getpass.getuser() reads LOGNAME, USER)
             env["HOME"] = self._home(spec.name)
+            env["USER"] = env["LOGNAME"] = self.sandbox.user_for(spec.name).name
         for key, value in spec.env.items():
             if not key or "=" in key or "\0" in key or "\0" in value:
                 raise errors.InvalidArgument(f"{spec.name}: bad environment variable {key!r}")
